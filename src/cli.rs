@@ -1,0 +1,266 @@
+//! The command line: `tickwire serve` and `tickwire subscribe`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, SubscribeOptions};
+use crate::fanout::Hub;
+use crate::feed::{self, config, replay};
+use crate::metrics::Metrics;
+use crate::server::{self, ServerConfig};
+use crate::session::SessionConfig;
+
+/// Market-data ticker streaming over WebSocket.
+///
+/// With no command, runs `serve` (by default on the bundled sample, looping, at 1×).
+#[derive(Debug, Parser)]
+#[command(
+    name = "tickwire",
+    version,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `tickwire=debug` (or RUST_LOG).
+    #[arg(long, global = true, default_value = "info", env = "TICKWIRE_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay feeds into the book and serve WebSocket clients and HTTP.
+    Serve(ServeArgs),
+    /// Connect to a server, subscribe, and print each message as a JSON line.
+    Subscribe(SubscribeArgs),
+}
+
+/// `tickwire serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for HTTP and WebSocket (`/ws`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
+    /// Repeat to merge several files in receive-time order. Binance captures,
+    /// Tardis CSVs and tickwire NDJSON, gzip or plain.
+    #[arg(long, value_name = "[PREFIX=]PATH")]
+    pub replay: Vec<String>,
+    /// A feed file (`feeds/NAME.toml`); repeat to run several feeds at once.
+    #[arg(long, value_name = "FILE")]
+    pub feed: Vec<PathBuf>,
+    /// Replay speed for --replay and the bundled sample: a factor (1, 10, 0.5) or `max`.
+    #[arg(long, default_value = "1")]
+    pub speed: replay::Speed,
+    /// Start the --replay files over when they end (the bundled sample always loops
+    /// unless --once).
+    #[arg(long = "loop")]
+    pub looped: bool,
+    /// Play the bundled sample once instead of looping.
+    #[arg(long, conflicts_with = "looped")]
+    pub once: bool,
+    /// Shorten silences in a recording longer than this (milliseconds).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_GAP.as_millis() as u64)]
+    pub max_gap_ms: u64,
+    /// Most WebSocket connections at once.
+    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Largest client message in bytes; larger ones close with 1009.
+    #[arg(long, default_value_t = SessionConfig::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Most subscriptions per connection.
+    #[arg(long, default_value_t = SessionConfig::default().max_subscriptions)]
+    pub max_subscriptions: usize,
+    /// Seconds between server pings to a quiet client.
+    #[arg(long, default_value_t = SessionConfig::default().ping_interval.as_secs())]
+    pub ping_interval_secs: u64,
+    /// Seconds a client has to answer a ping before it is dropped.
+    #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
+    pub ping_timeout_secs: u64,
+}
+
+/// `tickwire subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// Server URL, e.g. ws://127.0.0.1:8080 (the /ws path is added if missing).
+    #[arg(default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Comma-separated symbols, e.g. spot:BTCUSDT,usdm:BTCUSDT.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub symbols: Vec<String>,
+    /// Exit after this many ticker messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Ask for at most this many updates per second per symbol.
+    #[arg(long)]
+    pub max_rate_hz: Option<f64>,
+}
+
+/// Parses the command line, runs the command, and maps errors to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let result = runtime.block_on(async {
+        match command {
+            Command::Serve(args) => serve(args).await,
+            Command::Subscribe(args) => {
+                client::subscribe(SubscribeOptions {
+                    url: args.url,
+                    symbols: args.symbols,
+                    count: args.count,
+                    max_rate_hz: args.max_rate_hz,
+                    connect_timeout: Duration::from_secs(10),
+                })
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The replay feeds the arguments describe.
+pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<replay::ReplayConfig>> {
+    let max_gap = Duration::from_millis(args.max_gap_ms);
+    let mut feeds = Vec::new();
+    for path in &args.feed {
+        feeds.push(config::load(path)?);
+    }
+    if !args.replay.is_empty() {
+        let sources = args
+            .replay
+            .iter()
+            .map(|arg| parse_replay_arg(arg))
+            .collect();
+        feeds.push(replay::ReplayConfig {
+            name: "replay".into(),
+            sources,
+            speed: args.speed,
+            looped: args.looped,
+            max_gap,
+            start_paused: false,
+        });
+    }
+    if feeds.is_empty() {
+        feeds.push(replay::ReplayConfig {
+            name: "bundled".into(),
+            sources: feed::bundled_sample(),
+            speed: args.speed,
+            looped: !args.once,
+            max_gap,
+            start_paused: false,
+        });
+    }
+    Ok(feeds)
+}
+
+/// `PREFIX=PATH` or `PATH`. A `=` inside a path (after a `/`) is part of the path.
+fn parse_replay_arg(arg: &str) -> replay::ReplaySource {
+    match arg.split_once('=') {
+        Some((prefix, path)) if !prefix.is_empty() && !prefix.contains('/') => {
+            replay::ReplaySource {
+                prefix: Some(prefix.to_owned()),
+                input: replay::ReplayInput::Path(path.into()),
+            }
+        }
+        _ => replay::ReplaySource {
+            prefix: None,
+            input: replay::ReplayInput::Path(arg.into()),
+        },
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let feeds = feeds(&args)?;
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let feeds_shutdown = CancellationToken::new();
+    for feed in feeds {
+        let name = feed.name.clone();
+        replay::spawn(hub.clone(), feed, feeds_shutdown.clone())
+            .with_context(|| format!("cannot start feed `{name}`"))?;
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        "serving {} symbols: ws://{address}/ws, http://{address}/metrics",
+        hub.symbol_count()
+    );
+    let config = ServerConfig {
+        session: SessionConfig {
+            max_message_bytes: args.max_message_bytes,
+            max_subscriptions: args.max_subscriptions,
+            ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
+            ping_timeout: Duration::from_secs(args.ping_timeout_secs.max(1)),
+            ..SessionConfig::default()
+        },
+        max_connections: args.max_connections,
+        ..ServerConfig::default()
+    };
+    server::run(listener, hub, config, shutdown_signal()).await?;
+    feeds_shutdown.cancel();
+    let latency = metrics.delivery_latency.summary();
+    tracing::info!("delivery latency (ingest → socket): {latency}");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

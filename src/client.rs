@@ -1,0 +1,127 @@
+//! A small protocol v1 client: `tickwire subscribe`. It prints every message
+//! the server sends, one JSON object per line, so it pipes into `jq` and serves
+//! as a demo, a smoke test and a reference for client authors.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What to subscribe to and when to stop.
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    /// `ws://host:port/ws` (the `/ws` path is added when missing).
+    pub url: String,
+    pub symbols: Vec<String>,
+    /// Stop after this many `ticker` messages.
+    pub count: Option<u64>,
+    /// Ask the server to send each symbol at most this often.
+    pub max_rate_hz: Option<f64>,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+}
+
+/// The WebSocket settings clients in this crate use: a small read buffer is
+/// both lighter and faster than tungstenite's 128 KiB default for small frames.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Adds the `/ws` path to a bare `ws://host:port` URL.
+pub fn websocket_url(url: &str) -> String {
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find(['/', '?']).map(|at| &rest[at..]));
+    match path {
+        Some(path) if path != "/" && !path.starts_with('?') => url.to_owned(),
+        _ => match url.split_once('?') {
+            Some((base, query)) => format!("{}/ws?{query}", base.trim_end_matches('/')),
+            None => format!("{}/ws", url.trim_end_matches('/')),
+        },
+    }
+}
+
+/// Subscribes and prints messages until the server closes, `count` tickers
+/// arrived, or Ctrl-C.
+pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
+    let url = websocket_url(&options.url);
+    let connect =
+        tokio_tungstenite::connect_async_with_config(&url, Some(websocket_config()), true);
+    let (mut socket, _) = tokio::time::timeout(options.connect_timeout, connect)
+        .await
+        .with_context(|| format!("timed out connecting to {url}"))?
+        .with_context(|| format!("cannot connect to {url}"))?;
+
+    let mut request = serde_json::json!({"op": "subscribe", "id": 1, "symbols": options.symbols});
+    if let Some(rate) = options.max_rate_hz {
+        request["max_rate_hz"] = rate.into();
+    }
+    socket.send(Message::text(request.to_string())).await?;
+
+    let mut tickers = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let message = tokio::select! {
+            message = socket.next() => message,
+            _ = tokio::signal::ctrl_c() => {
+                let close = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+                socket.close(Some(close)).await.ok();
+                return Ok(());
+            }
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let mut out = stdout.lock();
+                writeln!(out, "{text}")?;
+                out.flush()?;
+                if text.starts_with(r#"{"type":"ticker""#) {
+                    tickers += 1;
+                    if options.count.is_some_and(|count| tickers >= count) {
+                        socket.close(None).await.ok();
+                        return Ok(());
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame.map_or((CloseCode::Status, String::new()), |f| {
+                    (f.code, f.reason.to_string())
+                });
+                match code {
+                    CloseCode::Normal | CloseCode::Away => {
+                        eprintln!("server closed the connection: {} {reason}", u16::from(code));
+                        return Ok(());
+                    }
+                    _ => bail!("server closed the connection: {} {reason}", u16::from(code)),
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e).context("connection failed"),
+            None => bail!("connection closed without a close frame"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_urls_get_the_ws_path() {
+        assert_eq!(
+            websocket_url("ws://127.0.0.1:8080"),
+            "ws://127.0.0.1:8080/ws"
+        );
+        assert_eq!(websocket_url("ws://h:1/"), "ws://h:1/ws");
+        assert_eq!(
+            websocket_url("ws://h:1/ws?symbols=A"),
+            "ws://h:1/ws?symbols=A"
+        );
+        assert_eq!(websocket_url("ws://h:1?symbols=A"), "ws://h:1/ws?symbols=A");
+    }
+}

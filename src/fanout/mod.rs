@@ -1,0 +1,296 @@
+//! Fan-out: the symbol table, each symbol's current book version, and the
+//! conflating hand-off of new versions to subscribed sessions.
+//!
+//! A session owns one [`Mailbox`] and one [`Slot`] per subscribed symbol. A slot
+//! holds no data: the data is always the symbol's *current* snapshot, read when
+//! the session drains. Publishing a version therefore costs, per subscriber, one
+//! atomic swap on the slot's `queued` flag, plus — only when the flag was clear —
+//! one index pushed onto the session's ready list and a wake-up. A slow session
+//! accumulates nothing: its slots are already queued, so newer versions simply
+//! replace older ones (conflation), and its memory is bounded by its
+//! subscriptions, never by the feed rate.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::Notify;
+
+use crate::book::Snapshot;
+use crate::metrics::Metrics;
+use crate::normalize::Tick;
+
+/// Everything the service knows about one symbol.
+#[derive(Debug)]
+pub struct SymbolEntry {
+    name: Arc<str>,
+    current: ArcSwapOption<Snapshot>,
+    subscribers: ArcSwap<Vec<Arc<Slot>>>,
+    /// Serializes writers of this symbol (several feeds may share it) and
+    /// subscriber-list edits; never taken by readers.
+    publish_lock: Mutex<()>,
+    subscribers_lock: Mutex<()>,
+}
+
+impl SymbolEntry {
+    fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            current: ArcSwapOption::empty(),
+            subscribers: ArcSwap::from_pointee(Vec::new()),
+            publish_lock: Mutex::new(()),
+            subscribers_lock: Mutex::new(()),
+        }
+    }
+
+    /// The served name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The current version, or `None` before the first update.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    /// A cheap, lock-free borrow of the current version.
+    pub fn peek(&self) -> arc_swap::Guard<Option<Arc<Snapshot>>> {
+        self.current.load()
+    }
+
+    /// Adds a slot; from now on every new version queues it.
+    pub fn subscribe(&self, slot: Arc<Slot>) {
+        let _edit = self
+            .subscribers_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut next = Vec::with_capacity(self.subscribers.load().len() + 1);
+        next.extend(self.subscribers.load().iter().cloned());
+        next.push(slot);
+        self.subscribers.store(Arc::new(next));
+    }
+
+    /// Removes a slot; no new version queues it after this returns.
+    pub fn unsubscribe(&self, slot: &Arc<Slot>) {
+        let _edit = self
+            .subscribers_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let next: Vec<Arc<Slot>> = self
+            .subscribers
+            .load()
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, slot))
+            .cloned()
+            .collect();
+        self.subscribers.store(Arc::new(next));
+    }
+
+    /// Number of subscribed slots.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.load().len()
+    }
+}
+
+/// A session's inbox of "this subscription has something new" notices.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    ready: Mutex<Vec<u32>>,
+    notify: Notify,
+}
+
+impl Mailbox {
+    /// Moves every ready slot index into `into` (which should be empty), keeping
+    /// both vectors' capacity so steady-state draining never allocates.
+    pub fn take_ready(&self, into: &mut Vec<u32>) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *ready, into);
+    }
+
+    /// Resolves when a slot was queued since the last call (a stored permit
+    /// means no wake-up is ever lost).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// One (session, symbol) subscription as the publisher sees it.
+#[derive(Debug)]
+pub struct Slot {
+    mailbox: Arc<Mailbox>,
+    index: u32,
+    queued: AtomicBool,
+}
+
+impl Slot {
+    /// A slot that announces itself in `mailbox` under `index`.
+    pub fn new(mailbox: Arc<Mailbox>, index: u32) -> Self {
+        Self {
+            mailbox,
+            index,
+            queued: AtomicBool::new(false),
+        }
+    }
+
+    /// Called by the session just before it reads the symbol's current version.
+    /// The acquire pairs with the publisher's release in [`Slot::mark`]: any
+    /// version published before a mark that found the flag set is visible to the
+    /// read that follows, so the last version is never missed.
+    pub fn clear(&self) {
+        self.queued.swap(false, Ordering::AcqRel);
+    }
+
+    fn mark(&self) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return; // Already queued: the session will read the newest version anyway.
+        }
+        let was_empty = {
+            let mut ready = self.mailbox.ready.lock().unwrap_or_else(|e| e.into_inner());
+            ready.push(self.index);
+            ready.len() == 1
+        };
+        if was_empty {
+            self.mailbox.notify.notify_one();
+        }
+    }
+}
+
+/// The symbol table and publisher side of the fan-out.
+#[derive(Debug)]
+pub struct Hub {
+    symbols: RwLock<HashMap<Arc<str>, Arc<SymbolEntry>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// An empty hub reporting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            symbols: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The metrics registry this hub and its sessions report into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Makes `name` servable (idempotent) and returns its entry. Feeds declare
+    /// their symbols up front so clients can subscribe before the first update.
+    pub fn declare(&self, name: &str) -> Arc<SymbolEntry> {
+        if let Some(entry) = self.get(name) {
+            return entry;
+        }
+        let mut symbols = self.symbols.write().unwrap_or_else(|e| e.into_inner());
+        symbols
+            .entry(Arc::from(name))
+            .or_insert_with_key(|key| Arc::new(SymbolEntry::new(key.clone())))
+            .clone()
+    }
+
+    /// The entry for `name`, if it is served.
+    pub fn get(&self, name: &str) -> Option<Arc<SymbolEntry>> {
+        let symbols = self.symbols.read().unwrap_or_else(|e| e.into_inner());
+        symbols.get(name).cloned()
+    }
+
+    /// Every served symbol, sorted.
+    pub fn symbol_names(&self) -> Vec<Arc<str>> {
+        let symbols = self.symbols.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<Arc<str>> = symbols.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Number of served symbols.
+    pub fn symbol_count(&self) -> usize {
+        self.symbols.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Applies `tick` to `entry`'s book, publishes the new version and queues it
+    /// for every subscriber. Returns the new version's `seq`.
+    pub fn publish(&self, entry: &SymbolEntry, tick: &Tick, ingest_ts_ns: i64) -> u64 {
+        let seq = {
+            let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = entry.current.load();
+            let next = Snapshot::next(previous.as_deref(), &entry.name, tick, ingest_ts_ns);
+            let seq = next.seq;
+            entry.current.store(Some(Arc::new(next)));
+            seq
+        };
+        for slot in entry.subscribers.load().iter() {
+            slot.mark();
+        }
+        self.metrics.book_updates.fetch_add(1, Ordering::Relaxed);
+        seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::BookUpdate;
+    use rust_decimal::Decimal;
+
+    fn trade(price: i64) -> Tick {
+        Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Trade {
+                price: Decimal::new(price, 2),
+                size: Decimal::ONE,
+            },
+        }
+    }
+
+    #[test]
+    fn a_slow_subscriber_is_queued_once_and_reads_the_newest_version() {
+        let hub = Hub::new(Arc::default());
+        let entry = hub.declare("BTCUSDT");
+        let mailbox = Arc::new(Mailbox::default());
+        let slot = Arc::new(Slot::new(mailbox.clone(), 3));
+        entry.subscribe(slot.clone());
+
+        for price in 1..=1_000 {
+            hub.publish(&entry, &trade(price), price);
+        }
+        let mut ready = Vec::new();
+        mailbox.take_ready(&mut ready);
+        assert_eq!(ready, vec![3], "one notice however many versions");
+        slot.clear();
+        assert_eq!(entry.current().map(|s| s.seq), Some(1_000));
+
+        hub.publish(&entry, &trade(1), 1);
+        ready.clear();
+        mailbox.take_ready(&mut ready);
+        assert_eq!(ready, vec![3], "queued again after the session cleared it");
+    }
+
+    #[test]
+    fn unsubscribed_slots_are_not_queued() {
+        let hub = Hub::new(Arc::default());
+        let entry = hub.declare("ETHUSDT");
+        let mailbox = Arc::new(Mailbox::default());
+        let slot = Arc::new(Slot::new(mailbox.clone(), 0));
+        entry.subscribe(slot.clone());
+        entry.unsubscribe(&slot);
+        assert_eq!(entry.subscriber_count(), 0);
+        hub.publish(&entry, &trade(5), 5);
+        let mut ready = Vec::new();
+        mailbox.take_ready(&mut ready);
+        assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn declare_is_idempotent_and_names_are_sorted() {
+        let hub = Hub::new(Arc::default());
+        let a = hub.declare("b");
+        let b = hub.declare("b");
+        hub.declare("a");
+        assert!(Arc::ptr_eq(&a, &b));
+        let names: Vec<String> = hub.symbol_names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+}

@@ -1,0 +1,420 @@
+//! The replay feed: plays recorded files into the hub at recorded pace × speed.
+//!
+//! Replay runs on its own OS thread: reading and parsing are blocking, CPU-bound
+//! work that must not take a runtime worker from the sessions. Before the thread
+//! starts, the input is scanned once so every symbol it holds is declared, and
+//! clients can subscribe to a symbol before its first update arrives.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::merge::Merge;
+use super::source::{Item, ReplayFile, SourceError};
+use crate::fanout::{Hub, SymbolEntry};
+use crate::metrics::FeedStats;
+use crate::wall_clock_ns;
+
+/// Where a replay file comes from.
+#[derive(Clone, Debug)]
+pub enum ReplayInput {
+    /// A file on disk (gzip or plain).
+    Path(PathBuf),
+    /// A sample compiled into the binary.
+    Bundled {
+        name: &'static str,
+        bytes: &'static [u8],
+    },
+}
+
+impl ReplayInput {
+    fn open(&self) -> Result<ReplayFile, SourceError> {
+        match self {
+            ReplayInput::Path(path) => ReplayFile::open(path),
+            ReplayInput::Bundled { name, bytes } => ReplayFile::from_reader(*name, *bytes),
+        }
+    }
+}
+
+/// One replayed file and the namespace its symbols are served under.
+#[derive(Clone, Debug)]
+pub struct ReplaySource {
+    /// `Some("spot")` serves the file's `BTCUSDT` as `spot:BTCUSDT`.
+    pub prefix: Option<String>,
+    pub input: ReplayInput,
+}
+
+impl ReplaySource {
+    /// The served name of a symbol read from this source.
+    pub fn served_name(&self, symbol: &str) -> String {
+        match &self.prefix {
+            Some(prefix) => format!("{prefix}:{symbol}"),
+            None => symbol.to_owned(),
+        }
+    }
+}
+
+/// Replay pacing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Speed {
+    /// As fast as the book can take it.
+    Max,
+    /// Recorded time divided by this factor (`1.0` is real time).
+    Factor(f64),
+}
+
+impl std::str::FromStr for Speed {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.eq_ignore_ascii_case("max") {
+            return Ok(Speed::Max);
+        }
+        match text.trim_end_matches(['x', 'X']).parse::<f64>() {
+            Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(Speed::Factor(factor)),
+            _ => Err(format!(
+                "speed must be a positive number or `max`, not {text:?}"
+            )),
+        }
+    }
+}
+
+/// A replay feed's settings.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// The feed's name in logs and metrics.
+    pub name: String,
+    /// Files replayed together, merged in receive-time order.
+    pub sources: Vec<ReplaySource>,
+    pub speed: Speed,
+    /// Start over at the end instead of stopping.
+    pub looped: bool,
+    /// Longer silences in the recording are shortened to this, so files from
+    /// different days, or a recorder's outage, do not stall the replay.
+    pub max_gap: Duration,
+    /// Wait for [`ReplayHandle::start`] before the first tick.
+    pub start_paused: bool,
+}
+
+/// Why a replay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("replay feed `{0}` has no input files")]
+    NoInput(String),
+    #[error("cannot start the replay thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Controls a running replay.
+#[derive(Debug)]
+pub struct ReplayHandle {
+    start: mpsc::Sender<()>,
+    finished: watch::Receiver<bool>,
+    stats: Arc<FeedStats>,
+}
+
+impl ReplayHandle {
+    /// Starts a replay created with `start_paused`; no effect otherwise.
+    pub fn start(&self) {
+        let _ = self.start.send(());
+    }
+
+    /// Resolves once a non-looping replay has played everything (or stopped).
+    pub async fn finished(&self) {
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    /// The feed's counters.
+    pub fn stats(&self) -> &Arc<FeedStats> {
+        &self.stats
+    }
+}
+
+/// Declares the replay's symbols in `hub`, then plays it on a new thread until
+/// it ends or `shutdown` is cancelled.
+pub fn spawn(
+    hub: Arc<Hub>,
+    config: ReplayConfig,
+    shutdown: CancellationToken,
+) -> Result<ReplayHandle, ReplayError> {
+    if config.sources.is_empty() {
+        return Err(ReplayError::NoInput(config.name));
+    }
+    let started = Instant::now();
+    let declared = declare_symbols(&hub, &config.sources)?;
+    tracing::info!(
+        feed = %config.name,
+        symbols = declared,
+        scan_ms = started.elapsed().as_millis() as u64,
+        "replay input scanned"
+    );
+    let stats = hub.metrics().register_feed(&config.name);
+    let (start_tx, start_rx) = mpsc::channel();
+    let (finished_tx, finished_rx) = watch::channel(false);
+    let player = Player {
+        hub,
+        stats: stats.clone(),
+        config,
+        shutdown,
+    };
+    std::thread::Builder::new()
+        .name(format!("replay-{}", player.config.name))
+        .spawn(move || {
+            if player.config.start_paused && !player.wait_for_start(&start_rx) {
+                return;
+            }
+            player.play();
+            let _ = finished_tx.send(true);
+        })
+        .map_err(ReplayError::Thread)?;
+    Ok(ReplayHandle {
+        start: start_tx,
+        finished: finished_rx,
+        stats,
+    })
+}
+
+/// Reads every source once and declares the symbols found. Returns their count.
+fn declare_symbols(hub: &Hub, sources: &[ReplaySource]) -> Result<usize, ReplayError> {
+    let mut count = 0;
+    for source in sources {
+        let mut file = source.input.open()?;
+        while file.next_item().is_some() {}
+        for symbol in file.symbols() {
+            hub.declare(&source.served_name(symbol));
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+struct Player {
+    hub: Arc<Hub>,
+    stats: Arc<FeedStats>,
+    config: ReplayConfig,
+    shutdown: CancellationToken,
+}
+
+impl Player {
+    fn wait_for_start(&self, start: &mpsc::Receiver<()>) -> bool {
+        loop {
+            match start.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) if self.shutdown.is_cancelled() => {
+                    return false
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn play(&self) {
+        let name = &self.config.name;
+        let mut pacer = Pacer::new(self.config.speed, self.config.max_gap);
+        let mut warnings = WarningLimiter::default();
+        loop {
+            let files = match self.open_all() {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::error!(feed = %name, error = %e, "replay input unreadable; feed stops");
+                    break;
+                }
+            };
+            // Each file's symbol indices, resolved to hub entries on first use.
+            let mut entries: Vec<Vec<Option<Arc<SymbolEntry>>>> = vec![Vec::new(); files.len()];
+            let mut merge = Merge::new(files);
+            pacer.restart();
+            while let Some((file, item)) = merge.next_item() {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                self.stats.messages.fetch_add(1, Relaxed);
+                match item {
+                    Item::Tick { symbol, tick } => {
+                        if !pacer.wait_until_due(tick.recv_ts_ns, &self.shutdown) {
+                            return;
+                        }
+                        let Some(entry) = self.entry(&mut entries, &merge, file, symbol) else {
+                            continue;
+                        };
+                        self.hub.publish(&entry, &tick, wall_clock_ns());
+                        self.stats.ticks.fetch_add(1, Relaxed);
+                    }
+                    Item::Recognised(_) => {
+                        self.stats.recognised.fetch_add(1, Relaxed);
+                    }
+                    Item::Malformed { line, error } => {
+                        self.stats.malformed.fetch_add(1, Relaxed);
+                        let file_name = merge.files().get(file).map_or("?", |f| f.name());
+                        warnings.warn(|suppressed| {
+                            tracing::warn!(feed = %name, file = file_name, line, %error, suppressed, "skipping malformed line");
+                        });
+                    }
+                    Item::Failed(error) => {
+                        self.stats.malformed.fetch_add(1, Relaxed);
+                        let file_name = merge.files().get(file).map_or("?", |f| f.name());
+                        tracing::warn!(feed = %name, file = file_name, %error, "replay file ends early (read error)");
+                    }
+                }
+            }
+            if !self.config.looped || self.shutdown.is_cancelled() {
+                break;
+            }
+            self.stats.loops.fetch_add(1, Relaxed);
+            tracing::debug!(feed = %name, "replay starts over");
+        }
+        self.stats.ended.store(true, Relaxed);
+        tracing::info!(
+            feed = %name,
+            ticks = self.stats.ticks.load(Relaxed),
+            malformed = self.stats.malformed.load(Relaxed),
+            "replay feed ended; serving the final book"
+        );
+    }
+
+    fn open_all(&self) -> Result<Vec<ReplayFile>, SourceError> {
+        self.config
+            .sources
+            .iter()
+            .map(|source| source.input.open())
+            .collect()
+    }
+
+    fn entry(
+        &self,
+        entries: &mut [Vec<Option<Arc<SymbolEntry>>>],
+        merge: &Merge,
+        file: usize,
+        symbol: u32,
+    ) -> Option<Arc<SymbolEntry>> {
+        let resolved = entries.get_mut(file)?;
+        let index = symbol as usize;
+        if resolved.len() <= index {
+            resolved.resize(index + 1, None);
+        }
+        if let Some(entry) = &resolved[index] {
+            return Some(entry.clone());
+        }
+        let raw = merge.files().get(file)?.symbols().get(index)?;
+        let source = self.config.sources.get(file)?;
+        let entry = self.hub.declare(&source.served_name(raw));
+        resolved[index] = Some(entry.clone());
+        Some(entry)
+    }
+}
+
+/// Maps recorded receive times onto the wall clock.
+struct Pacer {
+    speed: Speed,
+    max_gap_ns: i64,
+    started: Instant,
+    /// Recorded time played so far, with long gaps shortened.
+    played_ns: i64,
+    last_recv_ns: Option<i64>,
+}
+
+impl Pacer {
+    fn new(speed: Speed, max_gap: Duration) -> Self {
+        Self {
+            speed,
+            max_gap_ns: i64::try_from(max_gap.as_nanos()).unwrap_or(i64::MAX),
+            started: Instant::now(),
+            played_ns: 0,
+            last_recv_ns: None,
+        }
+    }
+
+    /// A new pass over the files continues the timeline without a pause.
+    fn restart(&mut self) {
+        self.last_recv_ns = None;
+    }
+
+    /// Sleeps until the tick received at `recv_ns` is due. Returns false if
+    /// `shutdown` fired meanwhile.
+    fn wait_until_due(&mut self, recv_ns: i64, shutdown: &CancellationToken) -> bool {
+        if let Some(last) = self.last_recv_ns {
+            // Out-of-order receive times play immediately rather than rewinding.
+            self.played_ns += recv_ns.saturating_sub(last).clamp(0, self.max_gap_ns);
+        }
+        self.last_recv_ns = Some(recv_ns);
+        let Speed::Factor(factor) = self.speed else {
+            return true;
+        };
+        let due = self.started + Duration::from_secs_f64(self.played_ns as f64 / 1e9 / factor);
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                return true;
+            }
+            if shutdown.is_cancelled() {
+                return false;
+            }
+            std::thread::sleep((due - now).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// At most one warning a second, saying how many were held back.
+#[derive(Default)]
+struct WarningLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarningLimiter {
+    fn warn(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now - last < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        emit(self.suppressed);
+        self.suppressed = 0;
+        self.last = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_parses_factors_and_max() {
+        assert_eq!("max".parse::<Speed>(), Ok(Speed::Max));
+        assert_eq!("10".parse::<Speed>(), Ok(Speed::Factor(10.0)));
+        assert_eq!("2.5x".parse::<Speed>(), Ok(Speed::Factor(2.5)));
+        assert!("0".parse::<Speed>().is_err());
+        assert!("fast".parse::<Speed>().is_err());
+    }
+
+    #[test]
+    fn long_gaps_are_shortened_and_rewinds_ignored() {
+        let mut pacer = Pacer::new(Speed::Max, Duration::from_secs(1));
+        let never = CancellationToken::new();
+        for recv in [0, 500_000_000, 100, 86_400_000_000_000] {
+            assert!(pacer.wait_until_due(recv, &never));
+        }
+        // 0.5 s, then a rewind (0), then a day clamped to 1 s.
+        assert_eq!(pacer.played_ns, 1_500_000_000);
+    }
+
+    #[test]
+    fn prefixes_namespace_symbols() {
+        let source = ReplaySource {
+            prefix: Some("spot".into()),
+            input: ReplayInput::Path("x".into()),
+        };
+        assert_eq!(source.served_name("BTCUSDT"), "spot:BTCUSDT");
+    }
+}

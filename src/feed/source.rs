@@ -1,0 +1,670 @@
+//! One replay file: format and compression detected from content, read line by
+//! line into normalized ticks.
+//!
+//! The reader reuses one line buffer and interns symbols per file, so steady-state
+//! reading allocates nothing per line and every [`Item`] is small and `Copy`-able
+//! apart from its error cases.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+
+use crate::normalize::tardis::TardisCsv;
+use crate::normalize::{binance, native, ParseError, Parsed, Recognised, Tick};
+
+/// Longest line accepted; longer ones are skipped unread, never buffered whole.
+pub const MAX_LINE: usize = 4 << 20;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const READ_BUFFER: usize = 256 << 10;
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// The content format of a replay file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `<receive time ns> <raw Binance message>` per line (hftbacktest captures).
+    BinanceCapture,
+    /// A Tardis.dev `quotes` or `trades` CSV export.
+    TardisCsv,
+    /// tickwire's own NDJSON (see [`crate::normalize::native`]).
+    Native,
+}
+
+/// Why a replay file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The file could not be opened or its first line read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file (or the name given to [`ReplayFile::from_reader`]).
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The first line matches none of the supported formats.
+    #[error("{name}: unrecognised replay format (expected a Binance capture `<ns> <json>`, a Tardis CSV with a `local_timestamp` column, or tickwire NDJSON)")]
+    UnknownFormat {
+        /// The file's name.
+        name: String,
+    },
+    /// The file holds no non-blank line.
+    #[error("{name}: replay file is empty")]
+    Empty {
+        /// The file's name.
+        name: String,
+    },
+    /// A Tardis CSV header that lacks the columns a quotes or trades file needs.
+    #[error("{name}: unsupported Tardis CSV header: {source}")]
+    TardisHeader {
+        /// The file's name.
+        name: String,
+        /// What is missing.
+        source: ParseError,
+    },
+}
+
+/// One thing read from a replay file.
+#[derive(Debug)]
+pub enum Item {
+    /// A tick for `symbol`, an index into [`ReplayFile::symbols`].
+    Tick {
+        /// Index into the file's symbol table.
+        symbol: u32,
+        /// The normalized tick.
+        tick: Tick,
+    },
+    /// A well-formed line that changes no top of book.
+    Recognised(Recognised),
+    /// A line that could not be parsed (1-based line number); reading goes on.
+    Malformed {
+        /// 1-based line number in the (decompressed) file.
+        line: u64,
+        /// Why it was rejected.
+        error: ParseError,
+    },
+    /// Reading failed (e.g. a truncated gzip stream): the file ends here.
+    Failed(io::Error),
+}
+
+enum Parser {
+    Binance,
+    Tardis(TardisCsv),
+    Native,
+}
+
+enum LineRead {
+    Line,
+    TooLong,
+    Eof,
+    Failed(io::Error),
+}
+
+/// A replay file being read, one [`Item`] at a time.
+pub struct ReplayFile {
+    name: String,
+    parser: Parser,
+    reader: Box<dyn BufRead + Send>,
+    line: Vec<u8>,
+    line_no: u64,
+    /// The first data line was read during format detection and awaits parsing.
+    pending: bool,
+    done: bool,
+    symbols: SymbolTable,
+}
+
+impl fmt::Debug for ReplayFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayFile")
+            .field("name", &self.name)
+            .field("format", &self.format())
+            .field("line", &self.line_no)
+            .field("symbols", &self.symbols.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplayFile {
+    /// Opens `path`, decompressing gzip transparently and detecting the format.
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        let file = File::open(path).map_err(|source| SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_reader(path.display().to_string(), file)
+    }
+
+    /// Reads a replay from any byte stream (e.g. a sample embedded with
+    /// `include_bytes!`); `name` labels it in errors and logs.
+    pub fn from_reader(
+        name: impl Into<String>,
+        mut reader: impl Read + Send + 'static,
+    ) -> Result<Self, SourceError> {
+        let name = name.into();
+        let mut magic = [0u8; 2];
+        let got = read_prefix(&mut reader, &mut magic).map_err(|source| SourceError::Io {
+            path: PathBuf::from(&name),
+            source,
+        })?;
+        let is_gzip = got == magic.len() && magic == GZIP_MAGIC;
+        // Put the sniffed bytes back in front of the rest of the stream.
+        let whole = io::Cursor::new(magic).take(got as u64).chain(reader);
+        let buffered: Box<dyn BufRead + Send> = if is_gzip {
+            Box::new(BufReader::with_capacity(
+                READ_BUFFER,
+                MultiGzDecoder::new(whole),
+            ))
+        } else {
+            Box::new(BufReader::with_capacity(READ_BUFFER, whole))
+        };
+        Self::detect(name, buffered)
+    }
+
+    fn detect(name: String, reader: Box<dyn BufRead + Send>) -> Result<Self, SourceError> {
+        let mut file = Self {
+            name,
+            parser: Parser::Native,
+            reader,
+            line: Vec::with_capacity(4096),
+            line_no: 0,
+            pending: false,
+            done: false,
+            symbols: SymbolTable::default(),
+        };
+        loop {
+            match file.read_line() {
+                LineRead::Line => {}
+                LineRead::Eof => return Err(SourceError::Empty { name: file.name }),
+                LineRead::TooLong => return Err(SourceError::UnknownFormat { name: file.name }),
+                LineRead::Failed(source) => {
+                    return Err(SourceError::Io {
+                        path: PathBuf::from(file.name),
+                        source,
+                    })
+                }
+            }
+            if file.line_no == 1 && file.line.starts_with(UTF8_BOM) {
+                file.line.drain(..UTF8_BOM.len());
+            }
+            if !is_blank(&file.line) {
+                break;
+            }
+        }
+
+        let first = file.line.as_slice();
+        let digits = first.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && first.get(digits) == Some(&b' ') {
+            file.parser = Parser::Binance;
+            file.pending = true;
+        } else if first.trim_ascii_start().starts_with(b"{") {
+            file.parser = Parser::Native;
+            file.pending = true;
+        } else {
+            let header = std::str::from_utf8(first)
+                .ok()
+                .filter(|h| h.split(',').any(|c| c.trim() == "local_timestamp"));
+            let Some(header) = header else {
+                return Err(SourceError::UnknownFormat { name: file.name });
+            };
+            match TardisCsv::from_header(header) {
+                Ok(csv) => file.parser = Parser::Tardis(csv),
+                Err(source) => {
+                    return Err(SourceError::TardisHeader {
+                        name: file.name,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(file)
+    }
+
+    /// The name given at open (the path for [`ReplayFile::open`]).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The detected content format.
+    pub fn format(&self) -> Format {
+        match self.parser {
+            Parser::Binance => Format::BinanceCapture,
+            Parser::Tardis(_) => Format::TardisCsv,
+            Parser::Native => Format::Native,
+        }
+    }
+
+    /// Symbols seen so far, indexed by [`Item::Tick`]'s `symbol`.
+    pub fn symbols(&self) -> &[Box<str>] {
+        &self.symbols.names
+    }
+
+    /// Reads the next item; `None` once the file is exhausted or has failed.
+    pub fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.pending {
+                self.pending = false;
+            } else {
+                match self.read_line() {
+                    LineRead::Line => {}
+                    LineRead::Eof => {
+                        self.done = true;
+                        return None;
+                    }
+                    LineRead::Failed(e) => {
+                        self.done = true;
+                        return Some(Item::Failed(e));
+                    }
+                    LineRead::TooLong => {
+                        return Some(Item::Malformed {
+                            line: self.line_no,
+                            error: ParseError::Line("line longer than 4 MiB"),
+                        })
+                    }
+                }
+                if is_blank(&self.line) {
+                    continue;
+                }
+            }
+            return Some(self.parse_line());
+        }
+    }
+
+    fn parse_line(&mut self) -> Item {
+        let parsed = match &self.parser {
+            Parser::Binance => binance::parse_capture_line(&mut self.line),
+            Parser::Native => native::parse_line(&mut self.line),
+            Parser::Tardis(csv) => match std::str::from_utf8(&self.line) {
+                Ok(text) => csv.parse_line(text),
+                Err(_) => Err(ParseError::Line("not valid UTF-8")),
+            },
+        };
+        match parsed {
+            Ok(Parsed::Tick { symbol, tick }) => match self.symbols.intern(symbol) {
+                Some(symbol) => Item::Tick { symbol, tick },
+                None => Item::Malformed {
+                    line: self.line_no,
+                    error: ParseError::Line("too many distinct symbols in one file"),
+                },
+            },
+            Ok(Parsed::Recognised(r)) => Item::Recognised(r),
+            Err(error) => Item::Malformed {
+                line: self.line_no,
+                error,
+            },
+        }
+    }
+
+    /// Reads the next physical line into `self.line`, without its `\n` or `\r\n`.
+    fn read_line(&mut self) -> LineRead {
+        self.line.clear();
+        let mut too_long = false;
+        let mut any = false;
+        loop {
+            let buf = match self.reader.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return LineRead::Failed(e),
+            };
+            if buf.is_empty() {
+                if !any {
+                    return LineRead::Eof;
+                }
+                // The last line had no terminating newline.
+                break;
+            }
+            any = true;
+            let newline = buf.iter().position(|&b| b == b'\n');
+            let chunk = newline.unwrap_or(buf.len());
+            if !too_long {
+                if self.line.len() + chunk > MAX_LINE {
+                    too_long = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(&buf[..chunk]);
+                }
+            }
+            match newline {
+                Some(at) => {
+                    self.reader.consume(at + 1);
+                    break;
+                }
+                None => self.reader.consume(chunk),
+            }
+        }
+        self.line_no += 1;
+        if too_long {
+            return LineRead::TooLong;
+        }
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        LineRead::Line
+    }
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Reads until `buf` is full or the stream ends; a short stream is not an error.
+fn read_prefix(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+#[derive(Default)]
+struct SymbolTable {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32>,
+    /// Consecutive lines nearly always repeat the symbol; checked before hashing.
+    last: u32,
+}
+
+impl SymbolTable {
+    fn intern(&mut self, symbol: &str) -> Option<u32> {
+        if self
+            .names
+            .get(self.last as usize)
+            .is_some_and(|n| **n == *symbol)
+        {
+            return Some(self.last);
+        }
+        let id = match self.ids.get(symbol) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.names.len()).ok()?;
+                self.names.push(symbol.into());
+                self.ids.insert(symbol.into(), id);
+                id
+            }
+        };
+        self.last = id;
+        Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::BookUpdate;
+    use std::io::Write as _;
+
+    const SPOT_BOOK: &str = r#"1723161254087891268 {"stream":"btcusdt@bookTicker","data":{"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000","a":"61837.64000000","A":"1.54698000"}}"#;
+    const USDM_TRADE: &str = r#"1723161255088176367 {"stream":"btcusdt@trade","data":{"e":"trade","E":1723161256322,"T":1723161256322,"s":"BTCUSDT","t":5266583935,"p":"61800.30","q":"0.006","X":"MARKET","m":false}}"#;
+    const SPOT_DEPTH: &str = r#"1723161254036059768 {"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1723161255308,"s":"BTCUSDT","U":50093239203,"u":50093239207,"b":[["55653.87000000","0.00000000"]],"a":[["61838.04000000","0.32332000"]]}}"#;
+
+    fn memory(name: &str, bytes: impl Into<Vec<u8>>) -> Result<ReplayFile, SourceError> {
+        ReplayFile::from_reader(name, io::Cursor::new(bytes.into()))
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).expect("write to memory");
+        enc.finish().expect("finish gzip")
+    }
+
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Counts {
+        ticks: u64,
+        quotes: u64,
+        trades: u64,
+        recognised: u64,
+        malformed: u64,
+        failed: u64,
+    }
+
+    fn drain(file: &mut ReplayFile) -> Counts {
+        let mut c = Counts::default();
+        while let Some(item) = file.next_item() {
+            match item {
+                Item::Tick { tick, .. } => {
+                    c.ticks += 1;
+                    match tick.update {
+                        BookUpdate::Quote { .. } => c.quotes += 1,
+                        BookUpdate::Trade { .. } => c.trades += 1,
+                    }
+                }
+                Item::Recognised(_) => c.recognised += 1,
+                Item::Malformed { line, error } => {
+                    eprintln!("{}:{line}: {error}", file.name());
+                    c.malformed += 1;
+                }
+                Item::Failed(_) => c.failed += 1,
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn detects_formats() {
+        let binance = memory("b", format!("{SPOT_BOOK}\n")).expect("binance");
+        assert_eq!(binance.format(), Format::BinanceCapture);
+        let native = memory("n", "\n{\"tickwire_replay\":1,\"source\":\"x\"}\n").expect("native");
+        assert_eq!(native.format(), Format::Native);
+        let tardis = memory(
+            "t",
+            "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\r\n",
+        )
+        .expect("tardis");
+        assert_eq!(tardis.format(), Format::TardisCsv);
+        let bom = memory("bom", format!("\u{feff}{SPOT_BOOK}\n")).expect("bom");
+        assert_eq!(bom.format(), Format::BinanceCapture);
+
+        assert!(matches!(
+            memory("garbage.txt", "hello world\n"),
+            Err(SourceError::UnknownFormat { name }) if name == "garbage.txt"
+        ));
+        assert!(matches!(
+            memory("nospace", "12345\n"),
+            Err(SourceError::UnknownFormat { .. })
+        ));
+        assert!(matches!(
+            memory(
+                "book.csv",
+                "exchange,symbol,timestamp,local_timestamp,asks[0].price\n"
+            ),
+            Err(SourceError::TardisHeader { .. })
+        ));
+        assert!(matches!(
+            memory("empty", " \n\r\n\n"),
+            Err(SourceError::Empty { .. })
+        ));
+        assert!(matches!(memory("zero", ""), Err(SourceError::Empty { .. })));
+        assert!(matches!(
+            ReplayFile::open(Path::new("/nonexistent/tickwire/replay.gz")),
+            Err(SourceError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_lines_blank_crlf_and_unterminated() {
+        let text = format!("{SPOT_BOOK}\r\n\r\n  \n{SPOT_DEPTH}\nnot a line\n{USDM_TRADE}");
+        let mut file = memory("mixed", text).expect("opens");
+        let Some(Item::Tick { symbol: 0, tick }) = file.next_item() else {
+            panic!("first line is a tick");
+        };
+        assert_eq!(tick.recv_ts_ns, 1_723_161_254_087_891_268);
+        assert!(matches!(
+            file.next_item(),
+            Some(Item::Recognised(Recognised::DepthUpdate))
+        ));
+        assert!(matches!(
+            file.next_item(),
+            Some(Item::Malformed { line: 5, .. })
+        ));
+        assert!(matches!(
+            file.next_item(),
+            Some(Item::Tick { symbol: 0, .. })
+        ));
+        assert!(file.next_item().is_none());
+        assert!(file.next_item().is_none());
+        assert_eq!(file.symbols(), &["BTCUSDT".into()]);
+    }
+
+    #[test]
+    fn interns_symbols() {
+        let text = "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n\
+                    x,AAA,1,1,1,buy,1,1\nx,BBB,2,2,2,buy,1,1\nx,AAA,3,3,3,buy,1,1\n";
+        let mut file = memory("t", text).expect("opens");
+        let ids: Vec<u32> = std::iter::from_fn(|| file.next_item())
+            .map(|item| match item {
+                Item::Tick { symbol, .. } => symbol,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [0, 1, 0]);
+        assert_eq!(file.symbols(), &["AAA".into(), "BBB".into()]);
+    }
+
+    #[test]
+    fn gzip_detected_by_magic_not_name() {
+        let text = format!("{SPOT_BOOK}\n{USDM_TRADE}\n");
+        // Two concatenated gzip members, as `cat a.gz b.gz` produces.
+        let mut gz = gzip(SPOT_BOOK.as_bytes());
+        gz.extend(gzip(format!("\n{USDM_TRADE}\n").as_bytes()));
+        let mut file = memory("plain-name.txt", gz).expect("opens gzip");
+        assert_eq!(file.format(), Format::BinanceCapture);
+        let counts = drain(&mut file);
+        assert_eq!((counts.ticks, counts.malformed, counts.failed), (2, 0, 0));
+
+        let mut plain = memory("looks.gz", text).expect("opens plain text");
+        assert_eq!(drain(&mut plain).ticks, 2);
+    }
+
+    #[test]
+    fn truncated_gzip_fails_without_panicking() {
+        let mut text = String::new();
+        for _ in 0..2000 {
+            text.push_str(SPOT_BOOK);
+            text.push('\n');
+        }
+        let gz = gzip(text.as_bytes());
+        let cut = gz[..gz.len() * 2 / 3].to_vec();
+        let mut file = memory("cut.gz", cut).expect("first line is intact");
+        let counts = drain(&mut file);
+        assert_eq!(counts.failed, 1);
+        assert!(counts.ticks > 0 && counts.ticks < 2000);
+        assert!(file.next_item().is_none());
+    }
+
+    #[test]
+    fn over_long_line_is_skipped_not_buffered() {
+        let mut text = format!("{SPOT_BOOK}\n");
+        text.push_str("1 ");
+        text.extend(std::iter::repeat_n('x', 3 * MAX_LINE));
+        text.push('\n');
+        text.push_str(USDM_TRADE);
+        text.push('\n');
+        let mut file = memory("long", text).expect("opens");
+        assert!(matches!(file.next_item(), Some(Item::Tick { .. })));
+        let Some(Item::Malformed { line: 2, error }) = file.next_item() else {
+            panic!("expected the long line to be malformed");
+        };
+        assert_eq!(error, ParseError::Line("line longer than 4 MiB"));
+        // Growth stopped at the limit instead of following the 12 MiB line.
+        assert!(file.line.capacity() <= 2 * MAX_LINE);
+        assert!(matches!(file.next_item(), Some(Item::Tick { .. })));
+        assert!(file.next_item().is_none());
+    }
+
+    fn sample(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("replay-data")
+            .join(name)
+    }
+
+    // Expected counts computed with zcat | grep -c over the bundled samples
+    // (see replay-data/README.md).
+    #[test]
+    fn bundled_binance_spot_sample() {
+        let mut file =
+            ReplayFile::open(&sample("binance-spot-btcusdt-20240808.gz")).expect("sample opens");
+        assert_eq!(file.format(), Format::BinanceCapture);
+        let counts = drain(&mut file);
+        assert_eq!(
+            counts,
+            Counts {
+                ticks: 6741,
+                quotes: 5360,
+                trades: 1381,
+                recognised: 600,
+                malformed: 0,
+                failed: 0,
+            }
+        );
+        assert_eq!(file.symbols(), &["BTCUSDT".into()]);
+    }
+
+    #[test]
+    fn bundled_binance_usdm_sample() {
+        let mut file =
+            ReplayFile::open(&sample("binance-usdm-btcusdt-20240808.gz")).expect("sample opens");
+        let counts = drain(&mut file);
+        assert_eq!(
+            counts,
+            Counts {
+                ticks: 14589,
+                quotes: 12088,
+                trades: 2501,
+                recognised: 1149,
+                malformed: 0,
+                failed: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn bundled_tardis_samples() {
+        for (name, quotes, trades) in [
+            ("tardis-binance-futures-btcusdt-quotes-sample.csv", 500, 0),
+            ("tardis-binance-futures-btcusdt-trades-sample.csv", 0, 500),
+        ] {
+            let mut file = ReplayFile::open(&sample(name)).expect("sample opens");
+            assert_eq!(file.format(), Format::TardisCsv);
+            let counts = drain(&mut file);
+            assert_eq!(
+                counts,
+                Counts {
+                    ticks: quotes + trades,
+                    quotes,
+                    trades,
+                    ..Counts::default()
+                },
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_spot_capture_if_present() {
+        let path = Path::new("/work/shared/data/binance/spot_btcusdt_20240808.gz");
+        if !path.exists() {
+            eprintln!("skipping: {} is absent", path.display());
+            return;
+        }
+        let mut file = ReplayFile::open(path).expect("capture opens");
+        let counts = drain(&mut file);
+        // Counted with zcat | grep: 28,040 bookTicker + 9,757 trade, 3,451
+        // depthUpdate + 1 snapshot = 41,249 lines. (The data README's 28,041
+        // bookTicker does not add up to its own 41,249 line total.)
+        assert_eq!((counts.quotes, counts.trades), (28_040, 9_757));
+        assert_eq!(
+            (counts.recognised, counts.malformed, counts.failed),
+            (3_452, 0, 0)
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! Metrics: every counter the service exports, their names, and the Prometheus
+//! text rendering. Hot paths batch their increments (a session adds its totals
+//! once per socket write), so no shared cache line is touched per message.
+
+mod latency;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+pub use latency::{LatencyRecorder, LatencySummary};
+
+/// Counters for one feed (a replay or, later, a live upstream).
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// The feed's name, used as the `feed` label.
+    pub name: String,
+    /// Messages read from the source (ticks, recognised and malformed alike).
+    pub messages: AtomicU64,
+    /// Messages that became a book update.
+    pub ticks: AtomicU64,
+    /// Well-formed messages the top of book does not use (depth diffs, snapshots).
+    pub recognised: AtomicU64,
+    /// Messages that could not be parsed and were skipped.
+    pub malformed: AtomicU64,
+    /// Times a replay started over (`--loop`).
+    pub loops: AtomicU64,
+    /// Set once a replay without `--loop` has played every file.
+    pub ended: AtomicBool,
+}
+
+/// Why a connection or handshake was refused or closed; the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    PingTimeout,
+    Shutdown,
+    ProtocolError,
+    MessageTooBig,
+    BinaryFrame,
+    InvalidUtf8,
+    Io,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 8] = [
+        CloseReason::ClientClosed,
+        CloseReason::PingTimeout,
+        CloseReason::Shutdown,
+        CloseReason::ProtocolError,
+        CloseReason::MessageTooBig,
+        CloseReason::BinaryFrame,
+        CloseReason::InvalidUtf8,
+        CloseReason::Io,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::BinaryFrame => "binary_frame",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::Io => "io_error",
+        }
+    }
+}
+
+/// Error codes sent to clients in `error` messages (protocol v1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownSymbol,
+    NotEntitled,
+    LimitExceeded,
+    RateLimited,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 5] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownSymbol,
+        ErrorCode::NotEntitled,
+        ErrorCode::LimitExceeded,
+        ErrorCode::RateLimited,
+    ];
+
+    /// The code as it appears on the wire and in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownSymbol => "unknown_symbol",
+            ErrorCode::NotEntitled => "not_entitled",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Handshakes refused before a session started; the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotWebSocket,
+    ConnectionLimit,
+    ShuttingDown,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 3] = [
+        Refusal::NotWebSocket,
+        Refusal::ConnectionLimit,
+        Refusal::ShuttingDown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::NotWebSocket => "not_websocket",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// The process-wide metrics registry.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket sessions.
+    pub connections: AtomicI64,
+    /// WebSocket sessions accepted since start.
+    pub connections_total: AtomicU64,
+    /// Active (connection, symbol) subscriptions.
+    pub subscriptions: AtomicI64,
+    /// Frames written to clients (data and control).
+    pub messages_out: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_out: AtomicU64,
+    /// Book versions a client never saw because a newer one replaced them.
+    pub updates_conflated: AtomicU64,
+    /// Bytes encoded but not yet written, summed over connections.
+    pub write_buffered_bytes: AtomicI64,
+    /// Text messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Book versions published by all feeds.
+    pub book_updates: AtomicU64,
+    closes: [AtomicU64; CloseReason::ALL.len()],
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    refusals: [AtomicU64; Refusal::ALL.len()],
+    feeds: Mutex<Vec<Arc<FeedStats>>>,
+    /// Ingest → written to the client socket, per delivered update.
+    pub delivery_latency: LatencyRecorder,
+}
+
+impl Metrics {
+    /// Registers a feed and returns its counters.
+    pub fn register_feed(&self, name: &str) -> Arc<FeedStats> {
+        let stats = Arc::new(FeedStats {
+            name: name.to_owned(),
+            ..FeedStats::default()
+        });
+        self.lock_feeds().push(stats.clone());
+        stats
+    }
+
+    /// Counters of every registered feed.
+    pub fn feeds(&self) -> Vec<Arc<FeedStats>> {
+        self.lock_feeds().clone()
+    }
+
+    fn lock_feeds(&self) -> std::sync::MutexGuard<'_, Vec<Arc<FeedStats>>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.feeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn count_close(&self, reason: CloseReason) {
+        self.closes[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_error(&self, code: ErrorCode) {
+        self.errors[code as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_refusal(&self, refusal: Refusal) {
+        self.refusals[refusal as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Renders everything in the Prometheus text exposition format.
+    pub fn render(&self, symbols: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "tickwire_connections",
+            "Open WebSocket sessions.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            "tickwire_subscriptions",
+            "Active (connection, symbol) subscriptions.",
+            self.subscriptions.load(Relaxed),
+        );
+        gauge(
+            "tickwire_write_buffered_bytes",
+            "Encoded bytes waiting to be written, summed over connections.",
+            self.write_buffered_bytes.load(Relaxed),
+        );
+        gauge(
+            "tickwire_symbols",
+            "Symbols the server can serve.",
+            symbols as i64,
+        );
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "tickwire_connections_total",
+            "WebSocket sessions accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            "tickwire_messages_out_total",
+            "Frames written to clients.",
+            self.messages_out.load(Relaxed),
+        );
+        counter(
+            "tickwire_bytes_out_total",
+            "Bytes written to client sockets.",
+            self.bytes_out.load(Relaxed),
+        );
+        counter(
+            "tickwire_updates_conflated_total",
+            "Book versions replaced by a newer one before a client received them.",
+            self.updates_conflated.load(Relaxed),
+        );
+        counter(
+            "tickwire_messages_in_total",
+            "Text messages received from clients.",
+            self.messages_in.load(Relaxed),
+        );
+        counter(
+            "tickwire_book_updates_total",
+            "Book versions published.",
+            self.book_updates.load(Relaxed),
+        );
+        labelled(
+            &mut out,
+            "tickwire_connections_closed_total",
+            "Sessions ended, by reason.",
+            "reason",
+            CloseReason::ALL
+                .iter()
+                .map(|r| (r.label(), &self.closes[*r as usize])),
+        );
+        labelled(
+            &mut out,
+            "tickwire_client_errors_total",
+            "Error messages sent to clients, by code.",
+            "code",
+            ErrorCode::ALL
+                .iter()
+                .map(|c| (c.as_str(), &self.errors[*c as usize])),
+        );
+        labelled(
+            &mut out,
+            "tickwire_handshakes_refused_total",
+            "WebSocket handshakes refused, by reason.",
+            "reason",
+            Refusal::ALL
+                .iter()
+                .map(|r| (r.label(), &self.refusals[*r as usize])),
+        );
+        self.render_feeds(&mut out);
+        self.delivery_latency.summary().render(
+            &mut out,
+            "tickwire_delivery_latency_seconds",
+            "Ingest to written-to-socket latency per delivered update.",
+        );
+        out
+    }
+
+    fn render_feeds(&self, out: &mut String) {
+        let feeds = self.feeds();
+        let families: [FeedFamily; 6] = [
+            (
+                "tickwire_feed_messages_total",
+                "Messages read from the feed.",
+                "counter",
+                |f| f.messages.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_ticks_total",
+                "Feed messages that updated the book.",
+                "counter",
+                |f| f.ticks.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_recognised_total",
+                "Well-formed feed messages the top of book does not use.",
+                "counter",
+                |f| f.recognised.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_malformed_total",
+                "Feed messages skipped as malformed.",
+                "counter",
+                |f| f.malformed.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_loops_total",
+                "Times a looping replay started over.",
+                "counter",
+                |f| f.loops.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_ended",
+                "1 once a non-looping replay has played all its input.",
+                "gauge",
+                |f| u64::from(f.ended.load(Relaxed)),
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for feed in &feeds {
+                let _ = writeln!(
+                    out,
+                    "{name}{{feed=\"{}\"}} {}",
+                    escape_label(&feed.name),
+                    value(feed)
+                );
+            }
+        }
+    }
+}
+
+/// A per-feed metric: name, help, type, and how to read it off a feed.
+type FeedFamily = (&'static str, &'static str, &'static str, fn(&FeedStats) -> u64);
+
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, counter) in values {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{value}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

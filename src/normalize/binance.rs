@@ -1,0 +1,441 @@
+//! Binance WebSocket messages (spot and USD-M futures) and hftbacktest-style captures.
+//!
+//! A message may arrive wrapped in a combined-stream envelope
+//! (`{"stream":"btcusdt@bookTicker","data":{..}}`) or bare, as a single-stream
+//! connection delivers it; both are accepted. A capture line is
+//! `<receive time, ns since epoch> <raw message>`.
+
+use std::cell::RefCell;
+
+use simd_json::prelude::*;
+use simd_json::tape::{Object, Value};
+use simd_json::{Buffers, Tape};
+
+use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
+
+/// Parses one raw Binance message received at `recv_ts_ns`.
+///
+/// `bookTicker` (with or without the `e` field spot omits) becomes a quote,
+/// `trade` a trade; depth diffs and REST depth snapshots are recognised but carry
+/// no top-of-book change. simd-json unescapes in place, hence `&mut`.
+pub fn parse_message(json: &mut [u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
+    with_tape(json, |root| parse_root(root, recv_ts_ns))
+}
+
+/// Parses one capture line, `<receive time ns> <raw message>`.
+pub fn parse_capture_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
+    // An i64 has at most 19 digits, so a missing separator is found without
+    // scanning a 40 KB line.
+    let space = line
+        .iter()
+        .take(21)
+        .position(|&b| b == b' ')
+        .ok_or(ParseError::Line(
+            "expected `<receive time ns> <json>`: no space after the timestamp",
+        ))?;
+    let (ts, rest) = line.split_at_mut(space);
+    let recv_ts_ns = parse_digits(ts).ok_or(ParseError::Line(
+        "receive time is not a non-negative integer of nanoseconds",
+    ))?;
+    let json = rest.get_mut(1..).unwrap_or_default();
+    parse_message(json, recv_ts_ns)
+}
+
+fn parse_root<'de>(root: Value<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>, ParseError> {
+    let root = root
+        .as_object()
+        .ok_or_else(|| ParseError::Json("message is not a JSON object".into()))?;
+    let (stream, payload) = match root.get("data") {
+        Some(data) => {
+            let stream = match root.get("stream") {
+                Some(s) => Some(s.into_string().ok_or(ParseError::Field("stream"))?),
+                None => None,
+            };
+            (stream, data.as_object().ok_or(ParseError::Field("data"))?)
+        }
+        None => (None, root),
+    };
+
+    // The REST snapshot has no event type; its update id is what identifies it.
+    if payload.get("lastUpdateId").is_some() {
+        return Ok(Parsed::Recognised(Recognised::DepthSnapshot));
+    }
+
+    let kind = match payload.get("e") {
+        Some(e) => e.into_string().ok_or(ParseError::Field("e"))?,
+        None if is_spot_book_ticker(stream, &payload) => "bookTicker",
+        None => return Err(ParseError::Field("e")),
+    };
+    match kind {
+        "bookTicker" => quote(&payload, recv_ts_ns),
+        "trade" => trade(&payload, recv_ts_ns),
+        "depthUpdate" => Ok(Parsed::Recognised(Recognised::DepthUpdate)),
+        other => Err(ParseError::UnknownType(other.chars().take(40).collect())),
+    }
+}
+
+/// Spot's bookTicker omits `e`; the stream name, or failing that (a bare
+/// single-stream payload) its distinctive field set, identifies it.
+fn is_spot_book_ticker(stream: Option<&str>, payload: &Object<'_, '_>) -> bool {
+    if let Some(stream) = stream {
+        return stream.ends_with("@bookTicker");
+    }
+    payload.get("u").is_some()
+        && ["b", "B", "a", "A"]
+            .iter()
+            .all(|k| payload.get(*k).is_some_and(|v| v.is_str()))
+}
+
+fn quote<'de>(payload: &Object<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>, ParseError> {
+    let update = BookUpdate::Quote {
+        bid: dec(payload, "b")?,
+        bid_size: dec(payload, "B")?,
+        ask: dec(payload, "a")?,
+        ask_size: dec(payload, "A")?,
+    };
+    tick(payload, recv_ts_ns, update)
+}
+
+fn trade<'de>(payload: &Object<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>, ParseError> {
+    let update = BookUpdate::Trade {
+        price: dec(payload, "p")?,
+        size: dec(payload, "q")?,
+    };
+    tick(payload, recv_ts_ns, update)
+}
+
+fn tick<'de>(
+    payload: &Object<'_, 'de>,
+    recv_ts_ns: i64,
+    update: BookUpdate,
+) -> Result<Parsed<'de>, ParseError> {
+    let symbol = payload
+        .get("s")
+        .and_then(|v| v.into_string())
+        .ok_or(ParseError::Field("s"))?;
+    let exchange_ts_ns = match payload.get("E") {
+        Some(ms) => Some(
+            ms.as_i64()
+                .and_then(|ms| ms.checked_mul(1_000_000))
+                .ok_or(ParseError::Field("E"))?,
+        ),
+        None => None,
+    };
+    Ok(Parsed::Tick {
+        symbol,
+        tick: Tick {
+            recv_ts_ns,
+            exchange_ts_ns,
+            update,
+        },
+    })
+}
+
+fn dec(payload: &Object<'_, '_>, key: &'static str) -> Result<rust_decimal::Decimal, ParseError> {
+    let text = payload
+        .get(key)
+        .and_then(|v| v.into_string())
+        .ok_or(ParseError::Field(key))?;
+    decimal(key, text)
+}
+
+/// Parses an unsigned run of ASCII digits that fits an `i64`.
+pub(crate) fn parse_digits(digits: &[u8]) -> Option<i64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0i64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(i64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Parser buffers and tape kept per thread, so that parsing a message allocates
+/// nothing once they have grown to the largest message seen.
+struct Scratch {
+    buffers: Buffers,
+    tape: Tape<'static>,
+}
+
+impl Scratch {
+    fn parse<'de, R>(
+        &mut self,
+        json: &'de mut [u8],
+        read: impl FnOnce(Value<'_, 'de>) -> Result<R, ParseError>,
+    ) -> Result<R, ParseError> {
+        let mut tape: Tape<'de> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        let out = match simd_json::fill_tape(json, &mut self.buffers, &mut tape) {
+            Ok(()) => read(tape.as_value()),
+            Err(e) => Err(json_error(&e)),
+        };
+        self.tape = tape.reset();
+        out
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        buffers: Buffers::default(),
+        tape: Tape(Vec::new()),
+    });
+}
+
+/// Parses `json` into a simd-json tape and hands `read` its root value.
+///
+/// The tape is a flat, already-validated node list whose strings borrow `json`,
+/// so walking it is as cheap as a serde derive without forcing one struct shape
+/// on messages whose fields change type by event (`b` is a price in bookTicker
+/// and an array in depthUpdate). Shared with the native NDJSON parser.
+pub(crate) fn with_tape<'de, R>(
+    json: &'de mut [u8],
+    read: impl FnOnce(Value<'_, 'de>) -> Result<R, ParseError>,
+) -> Result<R, ParseError> {
+    let mut job = Some((json, read));
+    let reused = SCRATCH.try_with(|cell| {
+        let mut scratch = cell.try_borrow_mut().ok()?;
+        let (json, read) = job.take()?;
+        Some(scratch.parse(json, read))
+    });
+    if let Ok(Some(out)) = reused {
+        return out;
+    }
+    // Only reached during thread teardown or re-entrant use: parse without reuse.
+    let Some((json, read)) = job else {
+        return Err(ParseError::Json("parser state unavailable".into()));
+    };
+    let tape = simd_json::to_tape(json).map_err(|e| json_error(&e))?;
+    read(tape.as_value())
+}
+
+fn json_error(e: &simd_json::Error) -> ParseError {
+    ParseError::Json(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    // Real lines from /work/shared/data/binance (hftbacktest captures, 2024-08-08).
+    const SPOT_BOOK: &str = r#"1723161254087891268 {"stream":"btcusdt@bookTicker","data":{"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000","a":"61837.64000000","A":"1.54698000"}}"#;
+    const SPOT_TRADE: &str = r#"1723161254087896568 {"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,"p":"61837.63000000","q":"0.02000000","T":1723161255342,"m":true,"M":true}}"#;
+    const SPOT_DEPTH: &str = r#"1723161254036059768 {"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1723161255308,"s":"BTCUSDT","U":50093239203,"u":50093239207,"b":[["55653.87000000","0.00000000"]],"a":[["61838.04000000","0.32332000"],["61844.30000000","0.40163000"],["61862.50000000","0.05019000"],["61862.51000000","0.00000000"]]}}"#;
+    const USDM_BOOK: &str = r#"1723161255088169167 {"stream":"btcusdt@bookTicker","data":{"e":"bookTicker","u":5123107839020,"s":"BTCUSDT","b":"61800.20","B":"2.507","a":"61800.30","A":"2.510","T":1723161256313,"E":1723161256313}}"#;
+    const USDM_TRADE: &str = r#"1723161255088176367 {"stream":"btcusdt@trade","data":{"e":"trade","E":1723161256322,"T":1723161256322,"s":"BTCUSDT","t":5266583935,"p":"61800.30","q":"0.006","X":"MARKET","m":false}}"#;
+    const SNAPSHOT: &str = r#"1723161254206652067 {"lastUpdateId":50093239218,"bids":[["61837.63000000","3.78826000"],["61837.62000000","0.61700000"]],"asks":[["61837.64000000","1.54698000"]]}"#;
+
+    fn capture(line: &str) -> Result<Parsed<'static>, ParseError> {
+        // Leaked so the borrowed result can outlive the helper; tests only.
+        let buf: &'static mut [u8] = Box::leak(line.as_bytes().to_vec().into_boxed_slice());
+        parse_capture_line(buf)
+    }
+
+    fn quote_of(parsed: &Parsed<'_>) -> (String, String, String, String) {
+        match parsed {
+            Parsed::Tick {
+                tick:
+                    Tick {
+                        update:
+                            BookUpdate::Quote {
+                                bid,
+                                bid_size,
+                                ask,
+                                ask_size,
+                            },
+                        ..
+                    },
+                ..
+            } => (
+                bid.to_string(),
+                bid_size.to_string(),
+                ask.to_string(),
+                ask_size.to_string(),
+            ),
+            other => panic!("expected a quote, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decimals_keep_their_scale() {
+        for text in ["61800.20", "61837.63000000", "0.006", "2.510"] {
+            let d: Decimal = decimal("x", text).expect("valid decimal");
+            assert_eq!(d.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn spot_book_ticker_without_event_type() {
+        let parsed = capture(SPOT_BOOK).expect("spot bookTicker parses");
+        let Parsed::Tick { symbol, tick } = &parsed else {
+            panic!("expected a tick, got {parsed:?}");
+        };
+        assert_eq!(*symbol, "BTCUSDT");
+        assert_eq!(tick.recv_ts_ns, 1_723_161_254_087_891_268);
+        assert_eq!(tick.exchange_ts_ns, None);
+        assert_eq!(
+            quote_of(&parsed),
+            (
+                "61837.63000000".into(),
+                "3.78826000".into(),
+                "61837.64000000".into(),
+                "1.54698000".into()
+            )
+        );
+    }
+
+    #[test]
+    fn bare_spot_book_ticker_is_detected_by_fields() {
+        let mut json = br#"{"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000","a":"61837.64000000","A":"1.54698000"}"#.to_vec();
+        let parsed = parse_message(&mut json, 7).expect("bare spot bookTicker parses");
+        assert_eq!(quote_of(&parsed).0, "61837.63000000");
+    }
+
+    #[test]
+    fn usdm_book_ticker() {
+        let parsed = capture(USDM_BOOK).expect("usdm bookTicker parses");
+        let Parsed::Tick { symbol, tick } = &parsed else {
+            panic!("expected a tick, got {parsed:?}");
+        };
+        assert_eq!(*symbol, "BTCUSDT");
+        assert_eq!(tick.recv_ts_ns, 1_723_161_255_088_169_167);
+        assert_eq!(tick.exchange_ts_ns, Some(1_723_161_256_313_000_000));
+        assert_eq!(
+            quote_of(&parsed),
+            (
+                "61800.20".into(),
+                "2.507".into(),
+                "61800.30".into(),
+                "2.510".into()
+            )
+        );
+    }
+
+    #[test]
+    fn bare_usdm_book_ticker() {
+        let mut json = br#"{"e":"bookTicker","u":5123107839020,"s":"BTCUSDT","b":"61800.20","B":"2.507","a":"61800.30","A":"2.510","T":1723161256313,"E":1723161256313}"#.to_vec();
+        let parsed = parse_message(&mut json, 1).expect("bare usdm bookTicker parses");
+        assert_eq!(quote_of(&parsed).3, "2.510");
+    }
+
+    #[test]
+    fn trades() {
+        for (line, price, size, e_ms) in [
+            (
+                SPOT_TRADE,
+                "61837.63000000",
+                "0.02000000",
+                1_723_161_255_343,
+            ),
+            (USDM_TRADE, "61800.30", "0.006", 1_723_161_256_322),
+        ] {
+            let parsed = capture(line).expect("trade parses");
+            let Parsed::Tick {
+                symbol,
+                tick:
+                    Tick {
+                        exchange_ts_ns,
+                        update: BookUpdate::Trade { price: p, size: q },
+                        ..
+                    },
+            } = parsed
+            else {
+                panic!("expected a trade, got {parsed:?}");
+            };
+            assert_eq!(symbol, "BTCUSDT");
+            assert_eq!(p.to_string(), price);
+            assert_eq!(q.to_string(), size);
+            assert_eq!(exchange_ts_ns, Some(e_ms * 1_000_000));
+        }
+    }
+
+    #[test]
+    fn depth_update_and_snapshot_are_recognised() {
+        assert_eq!(
+            capture(SPOT_DEPTH),
+            Ok(Parsed::Recognised(Recognised::DepthUpdate))
+        );
+        assert_eq!(
+            capture(SNAPSHOT),
+            Ok(Parsed::Recognised(Recognised::DepthSnapshot))
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let truncated = &USDM_BOOK[..USDM_BOOK.len() - 20];
+        assert!(matches!(capture(truncated), Err(ParseError::Json(_))));
+        assert!(matches!(
+            capture("1 not json at all"),
+            Err(ParseError::Json(_))
+        ));
+        assert!(matches!(capture("1 [1,2]"), Err(ParseError::Json(_))));
+        assert!(matches!(capture("1 "), Err(ParseError::Json(_))));
+        assert!(matches!(capture(""), Err(ParseError::Line(_))));
+        assert!(matches!(capture("{\"a\":1}"), Err(ParseError::Line(_))));
+        assert!(matches!(capture("12x4 {}"), Err(ParseError::Line(_))));
+        assert!(matches!(
+            capture("99999999999999999999 {}"),
+            Err(ParseError::Line(_))
+        ));
+        assert_eq!(capture("1 {}"), Err(ParseError::Field("e")));
+        assert_eq!(
+            capture(r#"1 {"e":"aggTrade","s":"BTCUSDT"}"#),
+            Err(ParseError::UnknownType("aggTrade".into()))
+        );
+        assert_eq!(
+            capture(r#"1 {"e":7,"s":"BTCUSDT"}"#),
+            Err(ParseError::Field("e"))
+        );
+        assert_eq!(
+            capture(r#"1 {"stream":"x","data":[1]}"#),
+            Err(ParseError::Field("data"))
+        );
+        // Missing fields.
+        assert_eq!(
+            capture(r#"1 {"e":"trade","s":"BTCUSDT","p":"1.0"}"#),
+            Err(ParseError::Field("q"))
+        );
+        assert_eq!(
+            capture(r#"1 {"e":"bookTicker","b":"1","B":"1","a":"1","A":"1"}"#),
+            Err(ParseError::Field("s"))
+        );
+        assert_eq!(
+            capture(r#"1 {"e":"trade","s":"X","p":"1.0","q":"1","E":"soon"}"#),
+            Err(ParseError::Field("E"))
+        );
+        // A number where Binance sends a string would lose exactness.
+        assert_eq!(
+            capture(r#"1 {"e":"trade","s":"X","p":1.5,"q":"1"}"#),
+            Err(ParseError::Field("p"))
+        );
+        assert_eq!(
+            capture(r#"1 {"e":"trade","s":"X","p":"1.2.3","q":"1"}"#),
+            Err(ParseError::Decimal {
+                field: "p",
+                value: "1.2.3".into()
+            })
+        );
+    }
+
+    #[test]
+    fn escaped_symbol_is_unescaped() {
+        let parsed = capture(r#"5 {"e":"trade","s":"BTC\u0055SDT","p":"1.0","q":"2"}"#)
+            .expect("escaped symbol parses");
+        let Parsed::Tick { symbol, .. } = parsed else {
+            panic!("expected a tick");
+        };
+        assert_eq!(symbol, "BTCUSDT");
+    }
+
+    #[test]
+    fn digits() {
+        assert_eq!(parse_digits(b"0"), Some(0));
+        assert_eq!(parse_digits(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_digits(b"9223372036854775808"), None);
+        assert_eq!(parse_digits(b""), None);
+        assert_eq!(parse_digits(b"-1"), None);
+    }
+}

@@ -1,0 +1,330 @@
+//! tickwire's own replay format: NDJSON, one already-normalized tick per line.
+//!
+//! ```text
+//! {"tickwire_replay":1,"source":"free text"}
+//! {"recv_ts_ns":1723161255088169167,"symbol":"BTCUSDT","exchange_ts_ns":1723161256313000000,"type":"quote","bid":"61800.20","bid_size":"2.507","ask":"61800.30","ask_size":"2.510"}
+//! {"recv_ts_ns":1723161255088176367,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"trade","price":"61800.30","size":"0.006"}
+//! ```
+//!
+//! Prices and sizes are JSON strings: a JSON number would pass through binary
+//! floating point in most readers and lose the exact decimal, so numbers are
+//! rejected. `replay-data/README.md` documents the format field by field.
+
+use std::fmt::Display;
+use std::io::Write as _;
+
+use rust_decimal::Decimal;
+use simd_json::prelude::*;
+use simd_json::tape::{Object, Value};
+use simd_json::ValueType;
+
+use super::binance::with_tape;
+use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
+
+/// The format version written in, and accepted from, the header line.
+pub const VERSION: i64 = 1;
+
+/// Parses one line (a header or a tick). simd-json unescapes in place, hence `&mut`.
+pub fn parse_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
+    with_tape(line, parse_root)
+}
+
+fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
+    let obj = root
+        .as_object()
+        .ok_or_else(|| ParseError::Json("line is not a JSON object".into()))?;
+
+    if let Some(version) = obj.get("tickwire_replay") {
+        return match version.as_i64() {
+            Some(VERSION) => Ok(Parsed::Recognised(Recognised::Header)),
+            Some(other) => Err(ParseError::UnknownType(format!(
+                "tickwire_replay version {other}"
+            ))),
+            None => Err(ParseError::Field("tickwire_replay")),
+        };
+    }
+
+    let recv_ts_ns = obj
+        .get("recv_ts_ns")
+        .and_then(|v| v.as_i64())
+        .ok_or(ParseError::Field("recv_ts_ns"))?;
+    let symbol = obj
+        .get("symbol")
+        .and_then(|v| v.into_string())
+        .ok_or(ParseError::Field("symbol"))?;
+    let exchange_ts_ns = match obj.get("exchange_ts_ns") {
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) => Some(v.as_i64().ok_or(ParseError::Field("exchange_ts_ns"))?),
+    };
+    let kind = obj
+        .get("type")
+        .and_then(|v| v.into_string())
+        .ok_or(ParseError::Field("type"))?;
+    let update = match kind {
+        "quote" => BookUpdate::Quote {
+            bid: dec(&obj, "bid")?,
+            bid_size: dec(&obj, "bid_size")?,
+            ask: dec(&obj, "ask")?,
+            ask_size: dec(&obj, "ask_size")?,
+        },
+        "trade" => BookUpdate::Trade {
+            price: dec(&obj, "price")?,
+            size: dec(&obj, "size")?,
+        },
+        other => return Err(ParseError::UnknownType(other.chars().take(40).collect())),
+    };
+    Ok(Parsed::Tick {
+        symbol,
+        tick: Tick {
+            recv_ts_ns,
+            exchange_ts_ns,
+            update,
+        },
+    })
+}
+
+fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<Decimal, ParseError> {
+    let value = obj.get(key).ok_or(ParseError::Field(key))?;
+    if let Some(text) = value.as_str() {
+        return decimal(key, text);
+    }
+    match value.value_type() {
+        ValueType::I64 | ValueType::U64 | ValueType::F64 => Err(ParseError::Decimal {
+            field: key,
+            value: "a JSON number (write decimals as strings so they stay exact)".into(),
+        }),
+        _ => Err(ParseError::Field(key)),
+    }
+}
+
+/// Appends the header line, `{"tickwire_replay":1,"source":"..."}` and `\n`.
+pub fn encode_header(out: &mut Vec<u8>, source: &str) {
+    out.extend_from_slice(b"{\"tickwire_replay\":");
+    push_int(out, VERSION);
+    out.extend_from_slice(b",\"source\":");
+    push_json_str(out, source);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends one tick line, terminated by `\n`, that [`parse_line`] reads back
+/// exactly (decimals keep their scale).
+pub fn encode_tick(out: &mut Vec<u8>, symbol: &str, tick: &Tick) {
+    out.extend_from_slice(b"{\"recv_ts_ns\":");
+    push_int(out, tick.recv_ts_ns);
+    out.extend_from_slice(b",\"symbol\":");
+    push_json_str(out, symbol);
+    out.extend_from_slice(b",\"exchange_ts_ns\":");
+    match tick.exchange_ts_ns {
+        Some(ts) => push_int(out, ts),
+        None => out.extend_from_slice(b"null"),
+    }
+    match tick.update {
+        BookUpdate::Quote {
+            bid,
+            bid_size,
+            ask,
+            ask_size,
+        } => {
+            out.extend_from_slice(b",\"type\":\"quote\"");
+            push_decimal(out, "bid", bid);
+            push_decimal(out, "bid_size", bid_size);
+            push_decimal(out, "ask", ask);
+            push_decimal(out, "ask_size", ask_size);
+        }
+        BookUpdate::Trade { price, size } => {
+            out.extend_from_slice(b",\"type\":\"trade\"");
+            push_decimal(out, "price", price);
+            push_decimal(out, "size", size);
+        }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn push_int(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes `,"key":"value"`; keys are plain identifiers and a decimal's text
+/// is digits, `-` and `.`, so neither needs escaping.
+fn push_decimal(out: &mut Vec<u8>, key: &str, value: Decimal) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":\"");
+    push_display(out, value);
+    out.push(b'"');
+}
+
+fn push_display(out: &mut Vec<u8>, value: impl Display) {
+    // Writing into a Vec cannot fail, so there is no error to handle.
+    let _ = write!(out, "{value}");
+}
+
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in text.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            // Multi-byte UTF-8 is valid inside a JSON string as it is.
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUOTE: &str = r#"{"recv_ts_ns":1723161255088169167,"symbol":"BTCUSDT","exchange_ts_ns":1723161256313000000,"type":"quote","bid":"61800.20","bid_size":"2.507","ask":"61800.30","ask_size":"2.510"}"#;
+    const TRADE: &str = r#"{"recv_ts_ns":1723161255088176367,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"trade","price":"61800.30","size":"0.006"}"#;
+
+    fn parse(line: &str) -> Result<(String, Tick), ParseError> {
+        let mut buf = line.as_bytes().to_vec();
+        match parse_line(&mut buf)? {
+            Parsed::Tick { symbol, tick } => Ok((symbol.to_owned(), tick)),
+            Parsed::Recognised(r) => Err(ParseError::UnknownType(format!("{r:?}"))),
+        }
+    }
+
+    fn dec(text: &str) -> Decimal {
+        decimal("test", text).expect("valid decimal")
+    }
+
+    #[test]
+    fn documented_examples_parse() {
+        let (symbol, tick) = parse(QUOTE).expect("quote parses");
+        assert_eq!(symbol, "BTCUSDT");
+        assert_eq!(tick.recv_ts_ns, 1_723_161_255_088_169_167);
+        assert_eq!(tick.exchange_ts_ns, Some(1_723_161_256_313_000_000));
+        let (_, tick) = parse(TRADE).expect("trade parses");
+        assert_eq!(tick.exchange_ts_ns, None);
+        let absent = r#"{"recv_ts_ns":5,"symbol":"X","type":"trade","price":"1","size":"2"}"#;
+        assert_eq!(parse(absent).map(|(_, t)| t.exchange_ts_ns), Ok(None));
+    }
+
+    #[test]
+    fn encoding_matches_the_documented_lines() {
+        for line in [QUOTE, TRADE] {
+            let (symbol, tick) = parse(line).expect("example parses");
+            let mut out = Vec::new();
+            encode_tick(&mut out, &symbol, &tick);
+            assert_eq!(out, format!("{line}\n").into_bytes());
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_symbol_and_scale() {
+        let ticks = [
+            Tick {
+                recv_ts_ns: 1_723_161_254_087_891_268,
+                exchange_ts_ns: None,
+                update: BookUpdate::Quote {
+                    bid: dec("61837.63000000"),
+                    bid_size: dec("3.78826000"),
+                    ask: dec("61837.64000000"),
+                    ask_size: dec("1.54698000"),
+                },
+            },
+            Tick {
+                recv_ts_ns: -3,
+                exchange_ts_ns: Some(i64::MAX),
+                update: BookUpdate::Trade {
+                    price: dec("-0.000001"),
+                    size: dec("0"),
+                },
+            },
+        ];
+        let symbols = ["BTCUSDT", "we\"ird\\ sym\n\u{1}/€"];
+        for tick in ticks {
+            for symbol in symbols {
+                let mut out = Vec::new();
+                encode_tick(&mut out, symbol, &tick);
+                assert_eq!(out.last(), Some(&b'\n'));
+                let (back_symbol, back) = parse(
+                    std::str::from_utf8(&out[..out.len() - 1]).expect("encoder writes UTF-8"),
+                )
+                .expect("encoded line parses");
+                assert_eq!(back_symbol, symbol);
+                assert_eq!(back, tick);
+                assert_eq!(format!("{:?}", back.update), format!("{:?}", tick.update));
+            }
+        }
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let mut out = Vec::new();
+        encode_header(&mut out, "binance \"spot\" capture");
+        assert_eq!(
+            out,
+            b"{\"tickwire_replay\":1,\"source\":\"binance \\\"spot\\\" capture\"}\n"
+        );
+        assert_eq!(
+            parse_line(&mut out),
+            Ok(Parsed::Recognised(Recognised::Header))
+        );
+        let mut v2 = br#"{"tickwire_replay":2}"#.to_vec();
+        assert!(matches!(
+            parse_line(&mut v2),
+            Err(ParseError::UnknownType(_))
+        ));
+    }
+
+    #[test]
+    fn bad_lines_are_errors() {
+        type Check = fn(&ParseError) -> bool;
+        let cases: [(&str, Check); 10] = [
+            (
+                r#"{"recv_ts_ns":1,"symbol":"X","type":"trade","price":61800.3,"size":"1"}"#,
+                |e| matches!(e, ParseError::Decimal { field: "price", .. }),
+            ),
+            (
+                r#"{"recv_ts_ns":1,"symbol":"X","type":"trade","price":"1","size":2}"#,
+                |e| matches!(e, ParseError::Decimal { field: "size", .. }),
+            ),
+            (
+                r#"{"recv_ts_ns":1,"symbol":"X","type":"book","price":"1","size":"2"}"#,
+                |e| *e == ParseError::UnknownType("book".into()),
+            ),
+            (
+                r#"{"recv_ts_ns":1,"symbol":"X","type":"quote","bid":"1","bid_size":"1","ask":"1"}"#,
+                |e| *e == ParseError::Field("ask_size"),
+            ),
+            (
+                r#"{"recv_ts_ns":"1","symbol":"X","type":"trade","price":"1","size":"2"}"#,
+                |e| *e == ParseError::Field("recv_ts_ns"),
+            ),
+            (
+                r#"{"recv_ts_ns":1,"symbol":"X","exchange_ts_ns":"x","type":"trade","price":"1","size":"2"}"#,
+                |e| *e == ParseError::Field("exchange_ts_ns"),
+            ),
+            (
+                r#"{"recv_ts_ns":1,"type":"trade","price":"1","size":"2"}"#,
+                |e| *e == ParseError::Field("symbol"),
+            ),
+            (
+                r#"{"recv_ts_ns":1,"symbol":"X","type":"trade","price":"1,5","size":"2"}"#,
+                |e| matches!(e, ParseError::Decimal { field: "price", .. }),
+            ),
+            (r#"{"recv_ts_ns":1,"symbol":"X","type":"trade","pri"#, |e| {
+                matches!(e, ParseError::Json(_))
+            }),
+            ("[]", |e| matches!(e, ParseError::Json(_))),
+        ];
+        for (line, expected) in cases {
+            let err = parse(line).expect_err(line);
+            assert!(expected(&err), "{line}: unexpected {err:?}");
+        }
+    }
+}

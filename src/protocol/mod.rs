@@ -1,0 +1,329 @@
+//! Protocol v1: the JSON messages clients and the server exchange (see
+//! `docs/protocol.md`). I/O-free: requests are parsed from a text frame's
+//! payload and replies are encoded into byte buffers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::book::{Level, Snapshot};
+use crate::metrics::ErrorCode;
+
+/// The only channel protocol v1 serves.
+pub const TICKER_CHANNEL: &str = "ticker";
+
+/// A client request (one text frame).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Subscribe {
+        id: Option<u64>,
+        symbols: Vec<String>,
+        channel: Option<String>,
+        max_rate_hz: Option<f64>,
+    },
+    Unsubscribe {
+        id: Option<u64>,
+        symbols: Vec<String>,
+        channel: Option<String>,
+    },
+    List {
+        id: Option<u64>,
+    },
+    Ping {
+        id: Option<u64>,
+    },
+}
+
+/// A request that could not be understood: answered with `bad_request`, echoing
+/// the `id` when one could be read.
+#[derive(Debug, PartialEq)]
+pub struct BadRequest {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Parses one client text message.
+pub fn parse_request(text: &str) -> Result<Request, BadRequest> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let id = value.get("id").and_then(serde_json::Value::as_u64);
+    if !value.is_object() {
+        return Err(BadRequest {
+            id,
+            message: "a request must be a JSON object".into(),
+        });
+    }
+    let request: Request = serde_json::from_value(value).map_err(|e| BadRequest {
+        id,
+        message: e.to_string(),
+    })?;
+    if let Request::Subscribe {
+        max_rate_hz: Some(rate),
+        ..
+    } = request
+    {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(BadRequest {
+                id,
+                message: "max_rate_hz must be a positive number".into(),
+            });
+        }
+    }
+    Ok(request)
+}
+
+/// Server → client control messages (everything but `ticker`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Reply<'a> {
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        symbols: &'a [&'a str],
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        symbols: &'a [&'a str],
+    },
+    Symbols {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        symbols: &'a [&'a str],
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        server_ts_ns: i64,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        symbols: &'a [&'a str],
+    },
+}
+
+impl Reply<'_> {
+    /// An `error` reply.
+    pub fn error<'a>(
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &'a str,
+        symbols: &'a [&'a str],
+    ) -> Reply<'a> {
+        Reply::Error {
+            id,
+            code: code.as_str(),
+            message,
+            symbols,
+        }
+    }
+
+    /// The JSON text of this reply.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Encodes a ticker message up to and including `"skipped":`, the part every
+/// subscriber shares. Field order follows the protocol document.
+pub fn encode_ticker_prefix(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(320);
+    out.extend_from_slice(br#"{"type":"ticker","symbol":"#);
+    write_json_string(&mut out, &snapshot.symbol);
+    out.extend_from_slice(br#","seq":"#);
+    write_int(&mut out, snapshot.seq);
+    write_level(&mut out, "bid", snapshot.bid);
+    write_level(&mut out, "ask", snapshot.ask);
+    write_level(&mut out, "last", snapshot.last);
+    out.extend_from_slice(br#","exchange_ts_ns":"#);
+    match snapshot.exchange_ts_ns {
+        Some(ts) => write_int(&mut out, ts),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","ingest_ts_ns":"#);
+    write_int(&mut out, snapshot.ingest_ts_ns);
+    out.extend_from_slice(br#","skipped":"#);
+    out
+}
+
+/// Appends what follows the shared prefix for one subscriber. Returns the length
+/// written so callers can size a frame before writing it.
+pub fn ticker_suffix_len(skipped: u64, snapshot: bool) -> usize {
+    let mut digits = itoa::Buffer::new();
+    digits.format(skipped).len() + suffix_tail(snapshot).len()
+}
+
+/// Appends `skipped` and the `snapshot` flag, closing the ticker object.
+pub fn write_ticker_suffix(out: &mut Vec<u8>, skipped: u64, snapshot: bool) {
+    write_int(out, skipped);
+    out.extend_from_slice(suffix_tail(snapshot));
+}
+
+fn suffix_tail(snapshot: bool) -> &'static [u8] {
+    if snapshot {
+        br#","snapshot":true}"#
+    } else {
+        br#","snapshot":false}"#
+    }
+}
+
+/// The full ticker message of a snapshot as a newly subscribed client sees it
+/// (also the body of `GET /api/snapshot/{symbol}`).
+pub fn encode_ticker_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    let prefix = snapshot.ticker_prefix();
+    let mut out = Vec::with_capacity(prefix.len() + 24);
+    out.extend_from_slice(prefix);
+    write_ticker_suffix(&mut out, 0, true);
+    out
+}
+
+fn write_level(out: &mut Vec<u8>, name: &str, level: Option<Level>) {
+    let mut field = |suffix: &str, value: Option<rust_decimal::Decimal>| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(suffix.as_bytes());
+        out.extend_from_slice(b"\":");
+        match value {
+            // Decimal's Display prints exactly the digits and scale it was parsed with.
+            Some(v) => {
+                use std::io::Write as _;
+                out.push(b'"');
+                let _ = write!(out, "{v}");
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    };
+    field("", level.map(|l| l.price));
+    field("_size", level.map(|l| l.size));
+}
+
+fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    let mut buffer = itoa::Buffer::new();
+    out.extend_from_slice(buffer.format(value).as_bytes());
+}
+
+/// Writes `value` as a JSON string literal.
+pub fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    for &byte in value.as_bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x00..=0x1f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0xf)]);
+            }
+            _ => out.push(byte),
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{BookUpdate, Tick};
+    use rust_decimal::Decimal;
+    use std::sync::Arc;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn ticker_matches_the_protocol_example_field_for_field() {
+        let symbol: Arc<str> = Arc::from("BTCUSDT");
+        let quote = Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: Some(1_723_161_256_313_000_000),
+            update: BookUpdate::Quote {
+                bid: dec("61800.20"),
+                bid_size: dec("2.507"),
+                ask: dec("61800.30"),
+                ask_size: dec("2.510"),
+            },
+        };
+        let snap = Snapshot::next(None, &symbol, &quote, 1_723_161_255_088_169_167);
+        let mut message = snap.ticker_prefix().to_vec();
+        write_ticker_suffix(&mut message, 3, false);
+        assert_eq!(
+            message.len(),
+            snap.ticker_prefix().len() + ticker_suffix_len(3, false)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&message).unwrap_or_default();
+        let expected = serde_json::json!({
+            "type": "ticker", "symbol": "BTCUSDT", "seq": 1,
+            "bid": "61800.20", "bid_size": "2.507", "ask": "61800.30", "ask_size": "2.510",
+            "last": null, "last_size": null,
+            "exchange_ts_ns": 1_723_161_256_313_000_000_i64,
+            "ingest_ts_ns": 1_723_161_255_088_169_167_i64,
+            "skipped": 3, "snapshot": false
+        });
+        assert_eq!(value, expected);
+    }
+
+    #[test]
+    fn symbols_are_escaped() {
+        let mut out = Vec::new();
+        write_json_string(&mut out, "a\"b\\c\n");
+        assert_eq!(out, br#""a\"b\\c\u000a""#);
+    }
+
+    #[test]
+    fn requests_parse_and_bad_ones_keep_their_id() {
+        assert_eq!(
+            parse_request(r#"{"op":"subscribe","id":7,"symbols":["BTCUSDT"]}"#),
+            Ok(Request::Subscribe {
+                id: Some(7),
+                symbols: vec!["BTCUSDT".into()],
+                channel: None,
+                max_rate_hz: None
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"ping","id":9}"#),
+            Ok(Request::Ping { id: Some(9) })
+        );
+        let unknown = parse_request(r#"{"op":"fly","id":3}"#);
+        assert_eq!(unknown.map_err(|e| e.id), Err(Some(3)));
+        let wrong_type = parse_request(r#"{"op":"subscribe","id":4,"symbols":"BTCUSDT"}"#);
+        assert_eq!(wrong_type.map_err(|e| e.id), Err(Some(4)));
+        assert!(parse_request("{not json").is_err());
+        assert!(parse_request("[1,2]").is_err());
+        assert!(parse_request(r#"{"op":"subscribe","symbols":[],"max_rate_hz":-1}"#).is_err());
+    }
+
+    #[test]
+    fn replies_encode_as_documented() {
+        let reply = Reply::Subscribed {
+            id: Some(7),
+            channel: TICKER_CHANNEL,
+            symbols: &["BTCUSDT"],
+        };
+        assert_eq!(
+            reply.encode(),
+            br#"{"type":"subscribed","id":7,"channel":"ticker","symbols":["BTCUSDT"]}"#
+        );
+        let error = Reply::error(
+            Some(7),
+            ErrorCode::UnknownSymbol,
+            "no such symbol",
+            &["FOO"],
+        );
+        assert_eq!(
+            error.encode(),
+            br#"{"type":"error","id":7,"code":"unknown_symbol","message":"no such symbol","symbols":["FOO"]}"#
+        );
+    }
+}

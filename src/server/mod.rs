@@ -1,0 +1,158 @@
+//! Server: the listening socket, HTTP on it (health, metrics, the JSON API) and
+//! the upgrade of `GET /ws` into a [`session`](crate::session).
+//!
+//! The accept loop is ours rather than `axum::serve` so that every socket gets
+//! `TCP_NODELAY` and its send-buffer size before the first byte, and so an upgraded
+//! connection comes back to us as the plain `TcpStream` the session writes to.
+
+mod http;
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::fanout::Hub;
+use crate::session::SessionConfig;
+
+/// Server-wide settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Per-connection limits and timers.
+    pub session: SessionConfig,
+    /// Most WebSocket sessions at once; further handshakes get `503`.
+    pub max_connections: usize,
+    /// How long shutdown waits for sessions to send their close frames.
+    pub shutdown_grace: Duration,
+    /// Largest HTTP request head accepted (slowloris and header bombs).
+    pub max_header_bytes: usize,
+    /// Time allowed to send a complete request head.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            max_connections: 50_000,
+            shutdown_grace: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub hub: Arc<Hub>,
+    pub config: ServerConfig,
+    pub session_config: Arc<SessionConfig>,
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+}
+
+/// Serves HTTP and WebSocket clients on `listener` until `shutdown` resolves,
+/// then closes every session with 1001 and returns once they are gone (or the
+/// grace period is over).
+pub async fn run(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        hub,
+        session_config: Arc::new(config.session.clone()),
+        config,
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        next_id: AtomicU64::new(1),
+    });
+    let router = http::router(shared.clone());
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = tune_socket(&stream, &shared.session_config) {
+            tracing::debug!(%peer, error = %e, "could not tune socket");
+        }
+        connections.spawn(serve_connection(stream, router.clone(), shared.clone()));
+    }
+
+    tracing::info!("shutting down: closing sessions with 1001");
+    shared.shutdown.cancel();
+    drop(listener);
+    connections.close();
+    shared.sessions.close();
+    let grace = shared.config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        connections.wait().await;
+        shared.sessions.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(?grace, "some connections did not close in time");
+    }
+    Ok(())
+}
+
+fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
+    // Latency first: a ticker frame must not wait for Nagle's timer.
+    stream.set_nodelay(true)?;
+    if let Some(bytes) = config.send_buffer_bytes {
+        socket2::SockRef::from(stream).set_send_buffer_size(bytes)?;
+    }
+    Ok(())
+}
+
+async fn serve_connection(stream: TcpStream, router: axum::Router, shared: Arc<Shared>) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        router.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_timeout)
+        .max_buf_size(shared.config.max_header_bytes.max(8 * 1024));
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shared.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
