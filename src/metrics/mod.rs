@@ -341,7 +341,12 @@ impl Metrics {
 }
 
 /// A per-feed metric: name, help, type, and how to read it off a feed.
-type FeedFamily = (&'static str, &'static str, &'static str, fn(&FeedStats) -> u64);
+type FeedFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&FeedStats) -> u64,
+);
 
 fn labelled<'a>(
     out: &mut String,

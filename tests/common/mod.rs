@@ -1,0 +1,512 @@
+//! Shared test helpers: a real server on 127.0.0.1:0, real WebSocket clients, raw
+//! sockets for protocol abuse, the `tickwire` binary as a child process, and an
+//! independent reading of the sample files to check the served book against.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tickwire::fanout::Hub;
+use tickwire::feed::replay::{self, ReplayConfig, ReplayHandle, ReplayInput, ReplaySource, Speed};
+use tickwire::metrics::Metrics;
+use tickwire::server::{self, ServerConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound on any single wait, so a broken server fails the test instead
+/// of hanging it. Not a performance assertion: healthy runs take a fraction.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+pub fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("replay-data")
+        .join(name)
+}
+
+pub const SPOT: &str = "binance-spot-btcusdt-20240808.gz";
+pub const USDM: &str = "binance-usdm-btcusdt-20240808.gz";
+pub const TARDIS_QUOTES: &str = "tardis-binance-futures-btcusdt-quotes-sample.csv";
+pub const TARDIS_TRADES: &str = "tardis-binance-futures-btcusdt-trades-sample.csv";
+
+/// A replay of `files` (`(prefix, path)`), paused until started when `paused`.
+pub fn replay_of(
+    files: &[(Option<&str>, PathBuf)],
+    speed: Speed,
+    looped: bool,
+    paused: bool,
+) -> ReplayConfig {
+    ReplayConfig {
+        name: "test".into(),
+        sources: files
+            .iter()
+            .map(|(prefix, path)| ReplaySource {
+                prefix: prefix.map(str::to_owned),
+                input: ReplayInput::Path(path.clone()),
+            })
+            .collect(),
+        speed,
+        looped,
+        max_gap: Duration::from_secs(1),
+        start_paused: paused,
+    }
+}
+
+/// The server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub replays: Vec<ReplayHandle>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    feeds: CancellationToken,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig, feeds: Vec<ReplayConfig>) -> Self {
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::default())));
+        let cancel = CancellationToken::new();
+        let replays = feeds
+            .into_iter()
+            .map(|feed| replay::spawn(hub.clone(), feed, cancel.clone()).expect("replay starts"))
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, hub.clone(), config, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            hub,
+            replays,
+            shutdown: Some(tx),
+            task: Some(task),
+            feeds: cancel,
+        }
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.hub.metrics()
+    }
+
+    /// Triggers shutdown and waits for `server::run` to return.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.feeds.cancel();
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(GUARD, task)
+                .await
+                .expect("server stops")
+                .expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.feeds.cancel();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(GUARD, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// One value from a Prometheus text page, e.g. `tickwire_connections` or
+/// `tickwire_feed_ended{feed="test"}`.
+pub fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+}
+
+/// Polls `condition` every few milliseconds until it holds or GUARD passes.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `/metrics` until `series` reads `value` (or GUARD passes).
+pub async fn eventually_metric(server: &TestServer, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let page = server.get("/metrics").await.1;
+        let now = metric(&page, series);
+        if now == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed {now}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol v1 client on tokio-tungstenite.
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// What a client sees next.
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, response) = tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(tickwire::client::websocket_config()),
+            true,
+        )
+        .await
+        .expect("handshake");
+        assert_eq!(response.status(), 101);
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, request: Value) {
+        self.ws
+            .send(Message::text(request.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next text message or the close, skipping pings.
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let message = tokio::time::timeout(GUARD, self.ws.next())
+                .await
+                .expect("a message in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Event::Json(serde_json::from_str(&text).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Event::Closed(frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Event::Closed(None),
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Json(value) => value,
+            Event::Closed(code) => panic!("closed ({code:?}) while expecting a message"),
+        }
+    }
+
+    /// The next message of `kind`, skipping others (tickers usually).
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let value = self.recv().await;
+            if value["type"] == kind {
+                return value;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            if let Event::Closed(code) = self.next_event().await {
+                return code;
+            }
+        }
+    }
+}
+
+/// Per-symbol bookkeeping of everything a client received, checking the
+/// delivery guarantees on every message.
+#[derive(Default, Debug)]
+pub struct Tape {
+    pub last: std::collections::HashMap<String, Value>,
+    pub tickers: u64,
+    pub skipped: u64,
+}
+
+impl Tape {
+    /// Records a ticker, asserting `seq` grows and `skipped` matches the gap.
+    pub fn record(&mut self, ticker: &Value) {
+        let symbol = ticker["symbol"].as_str().expect("symbol").to_owned();
+        let seq = ticker["seq"].as_u64().expect("seq");
+        let skipped = ticker["skipped"].as_u64().expect("skipped");
+        if let Some(previous) = self.last.get(&symbol) {
+            let previous_seq = previous["seq"].as_u64().expect("seq");
+            assert!(
+                seq > previous_seq,
+                "{symbol}: seq {seq} after {previous_seq}"
+            );
+            if ticker["snapshot"] == false {
+                assert_eq!(
+                    skipped,
+                    seq - previous_seq - 1,
+                    "{symbol}: skipped at seq {seq}"
+                );
+            }
+        }
+        self.tickers += 1;
+        self.skipped += skipped;
+        self.last.insert(symbol, ticker.clone());
+    }
+
+    pub fn seq(&self, symbol: &str) -> u64 {
+        self.last
+            .get(symbol)
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// A WebSocket handshake on a bare socket, for sending what real clients won't.
+/// `recv_buffer` shrinks the socket's receive buffer (a client that stalls).
+pub async fn raw_connect(addr: SocketAddr, path: &str, recv_buffer: Option<u32>) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // Byte by byte, so no frame after the head is consumed here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(GUARD, stream.read_u8())
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "RFC 6455 accept key: {head}"
+    );
+    stream
+}
+
+/// A masked client frame.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The final top of book a file leaves, read independently of the crate's
+/// parsers: (bid, bid_size, ask, ask_size) of the last quote, (price, size) of
+/// the last trade, and the exchange time of the last tick.
+#[derive(Debug, Default, PartialEq)]
+pub struct FinalBook {
+    pub quote: Option<[String; 4]>,
+    pub trade: Option<[String; 2]>,
+    pub last_exchange_ts_ns: Option<i64>,
+}
+
+/// Reads a Binance capture (`<ns> <json>` lines, gzip) to its final book.
+pub fn binance_final_book(path: &Path) -> FinalBook {
+    let file = std::fs::File::open(path).expect("sample");
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+    let mut book = FinalBook::default();
+    for line in reader.lines() {
+        let line = line.expect("line");
+        let (_, json) = line.split_once(' ').expect("capture line");
+        let message: Value = serde_json::from_str(json).expect("json");
+        let data = &message["data"];
+        let stream = message["stream"].as_str().unwrap_or("");
+        let text = |key: &str| data[key].as_str().expect(key).to_owned();
+        if stream.ends_with("@bookTicker") {
+            book.quote = Some([text("b"), text("B"), text("a"), text("A")]);
+        } else if stream.ends_with("@trade") {
+            book.trade = Some([text("p"), text("q")]);
+        } else {
+            continue;
+        }
+        book.last_exchange_ts_ns = data["E"].as_i64().map(|ms| ms * 1_000_000);
+    }
+    book
+}
+
+/// Asserts a ticker message (or snapshot body) shows `book`.
+pub fn assert_shows(ticker: &Value, book: &FinalBook, what: &str) {
+    let quote = book.quote.as_ref().expect("file has quotes");
+    for (field, expected) in ["bid", "bid_size", "ask", "ask_size"].iter().zip(quote) {
+        assert_eq!(ticker[field], expected.as_str(), "{what}: {field}");
+    }
+    if let Some([price, size]) = &book.trade {
+        assert_eq!(ticker["last"], price.as_str(), "{what}: last");
+        assert_eq!(ticker["last_size"], size.as_str(), "{what}: last_size");
+    }
+    assert_eq!(
+        ticker["exchange_ts_ns"].as_i64(),
+        book.last_exchange_ts_ns,
+        "{what}: exchange_ts_ns"
+    );
+}
+
+/// The `tickwire` binary, started with `args`, killed on drop.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Everything the server logged, collected by a thread so the pipe never fills.
+    log: Arc<std::sync::Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Binary {
+    /// Starts `tickwire serve --listen 127.0.0.1:0 ARGS` and waits for its address.
+    pub fn serve(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("TICKWIRE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tickwire");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            let read = reader.read_line(&mut line).expect("read log");
+            assert!(read > 0, "tickwire exited before listening");
+            if let Some(rest) = line.split("ws://").nth(1) {
+                let addr = rest.split('/').next().expect("address");
+                break addr.parse().expect("socket address");
+            }
+        };
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let log_reader = std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self {
+            child,
+            addr,
+            log,
+            log_reader: Some(log_reader),
+        }
+    }
+
+    /// Resident set size of the server process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// Sends SIGTERM and returns (exit success, everything logged after startup).
+    pub fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = self.child.wait().expect("wait");
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (status.success(), log)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,278 @@
+//! The delivery guarantees of protocol v1, on real captures replayed at full
+//! speed: latest value wins, every client converges to the book whatever its
+//! speed, and a client that stops reading neither delays others nor costs
+//! unbounded memory.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tickwire::feed::replay::Speed;
+use tickwire::server::ServerConfig;
+use tickwire::session::SessionConfig;
+use tokio::io::AsyncWriteExt as _;
+
+const SYMBOLS: [&str; 2] = ["spot:BTCUSDT", "usdm:BTCUSDT"];
+
+/// Reads (pausing after each ticker) until the client holds the final `seq` of
+/// every symbol, which `finished` announces once the replay has ended.
+async fn read_until_converged(
+    mut client: Client,
+    mut finished: tokio::sync::watch::Receiver<Vec<(String, u64)>>,
+    pause: Duration,
+) -> Tape {
+    let mut tape = Tape::default();
+    loop {
+        {
+            let finals = finished.borrow_and_update();
+            if !finals.is_empty() && finals.iter().all(|(symbol, seq)| tape.seq(symbol) >= *seq) {
+                return tape;
+            }
+        }
+        tokio::select! {
+            message = client.recv() => {
+                if message["type"] == "ticker" {
+                    tape.record(&message);
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+            // The final seqs were announced: check again.
+            _ = finished.changed() => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_converges_to_the_file_and_the_snapshot_whatever_its_speed() {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Max, false, true);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+
+    // Everyone subscribes before the first update, so the slow reader is
+    // behind from the start.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client = Client::connect(&server.url("")).await;
+        client
+            .send(serde_json::json!({"op": "subscribe", "id": 1, "symbols": SYMBOLS}))
+            .await;
+        assert_eq!(
+            client.recv_type("subscribed").await["symbols"],
+            serde_json::json!(SYMBOLS)
+        );
+        clients.push(client);
+    }
+    server.replays[0].start();
+
+    let mut readers = Vec::new();
+    let (finished_tx, finished_rx) = tokio::sync::watch::channel(Vec::<(String, u64)>::new());
+    for (i, client) in clients.into_iter().enumerate() {
+        // Client 0 reads slowly: one message per 2 ms while the replay runs at full speed.
+        let pause = if i == 0 {
+            Duration::from_millis(2)
+        } else {
+            Duration::ZERO
+        };
+        readers.push(tokio::spawn(read_until_converged(
+            client,
+            finished_rx.clone(),
+            pause,
+        )));
+    }
+    // Readers read concurrently with the replay; they learn the final seqs to
+    // wait for once it has ended.
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let stats = server.replays[0].stats();
+    assert_eq!(stats.malformed.load(Relaxed), 0);
+    let final_seqs: Vec<(String, u64)> = SYMBOLS
+        .iter()
+        .map(|s| {
+            let seq = server
+                .hub
+                .get(s)
+                .and_then(|e| e.current())
+                .map_or(0, |c| c.seq);
+            (s.to_string(), seq)
+        })
+        .collect();
+    assert_eq!(
+        final_seqs.iter().map(|(_, seq)| seq).sum::<u64>(),
+        stats.ticks.load(Relaxed),
+        "every tick made one version"
+    );
+    finished_tx
+        .send(final_seqs.clone())
+        .expect("readers listen");
+
+    let page = server.get("/metrics").await.1;
+    assert_eq!(metric(&page, r#"tickwire_feed_ended{feed="test"}"#), 1.0);
+
+    let mut snapshots = Vec::new();
+    for symbol in SYMBOLS {
+        let (status, body) = server.get(&format!("/api/snapshot/{symbol}")).await;
+        assert_eq!(status, 200);
+        snapshots.push(serde_json::from_str::<Value>(&body).expect("snapshot JSON"));
+    }
+    let file_books = [
+        binance_final_book(&sample(SPOT)),
+        binance_final_book(&sample(USDM)),
+    ];
+    for ((symbol, snapshot), book) in SYMBOLS.iter().zip(&snapshots).zip(&file_books) {
+        assert_shows(snapshot, book, &format!("/api/snapshot/{symbol}"));
+    }
+
+    let mut slow_skipped = 0;
+    for (i, reader) in readers.into_iter().enumerate() {
+        let tape = tokio::time::timeout(GUARD, reader)
+            .await
+            .expect("client converges")
+            .expect("reader task");
+        for (symbol, snapshot) in SYMBOLS.iter().zip(&snapshots) {
+            let last = &tape.last[*symbol];
+            for field in [
+                "seq",
+                "bid",
+                "bid_size",
+                "ask",
+                "ask_size",
+                "last",
+                "last_size",
+                "exchange_ts_ns",
+                "ingest_ts_ns",
+            ] {
+                assert_eq!(last[field], snapshot[field], "client {i} {symbol} {field}");
+            }
+        }
+        if i == 0 {
+            slow_skipped = tape.skipped;
+        }
+    }
+    assert!(
+        slow_skipped > 0,
+        "the slow reader should have been conflated"
+    );
+    let page = server.get("/metrics").await.1;
+    assert!(metric(&page, "tickwire_updates_conflated_total") >= slow_skipped as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tardis_quotes_and_trades_merge_into_one_book() {
+    let files = [(None, sample(TARDIS_QUOTES)), (None, sample(TARDIS_TRADES))];
+    let replay = replay_of(&files, Speed::Max, false, false);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let (status, body) = server.get("/api/snapshot/BTCUSDT").await;
+    assert_eq!(status, 200, "{body}");
+    let snapshot: Value = serde_json::from_str(&body).expect("JSON");
+
+    // Independent reading: last quote row, last trade row, and the exchange
+    // time of whichever came last by local (receive) time.
+    let rows = |name: &str| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(sample(name)).expect("csv");
+        text.lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_owned).collect())
+            .collect()
+    };
+    let quotes = rows(TARDIS_QUOTES);
+    let trades = rows(TARDIS_TRADES);
+    let quote = quotes.last().expect("quotes");
+    let trade = trades.last().expect("trades");
+    // quotes: exchange,symbol,timestamp,local_timestamp,ask_amount,ask_price,bid_price,bid_amount
+    // trades: exchange,symbol,timestamp,local_timestamp,id,side,price,amount
+    let local = |row: &Vec<String>| row[3].parse::<i64>().expect("local_timestamp");
+    let last_row = if local(trade) >= local(quote) {
+        trade
+    } else {
+        quote
+    };
+    let book = FinalBook {
+        quote: Some([
+            quote[6].clone(),
+            quote[7].clone(),
+            quote[5].clone(),
+            quote[4].clone(),
+        ]),
+        trade: Some([trade[6].clone(), trade[7].clone()]),
+        last_exchange_ts_ns: Some(last_row[2].parse::<i64>().expect("timestamp") * 1_000),
+    };
+    assert_shows(&snapshot, &book, "tardis snapshot");
+    assert_eq!(
+        snapshot["seq"].as_u64(),
+        Some((quotes.len() + trades.len()) as u64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_delay_others_and_its_memory_stays_bounded() {
+    let high_water = 16 * 1024;
+    let config = ServerConfig {
+        session: SessionConfig {
+            write_high_water: high_water,
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, true, false)]).await;
+
+    // Ten clients that subscribe and then never read a byte.
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
+        let subscribe = br#"{"op":"subscribe","symbols":["spot:BTCUSDT","usdm:BTCUSDT"]}"#;
+        stream
+            .write_all(&client_frame(true, 0x1, subscribe))
+            .await
+            .expect("send");
+        stalled.push(stream);
+    }
+    let mut healthy = Client::connect(&server.url("?symbols=spot:BTCUSDT,usdm:BTCUSDT")).await;
+
+    let metrics = server.metrics();
+    let mut tape = Tape::default();
+    let mut peak_buffered = 0;
+    let start_updates = metrics.book_updates.load(Relaxed);
+    // Keep going until the feed has pushed far more than any buffer could
+    // hold: 100k versions × ~330 bytes ≈ 33 MB per stalled client if queued.
+    while metrics.book_updates.load(Relaxed) < start_updates + 100_000 {
+        let message = healthy.recv().await;
+        if message["type"] == "ticker" {
+            tape.record(&message);
+        }
+        peak_buffered = peak_buffered.max(metrics.write_buffered_bytes.load(Relaxed));
+    }
+    assert!(
+        tape.tickers > 1_000,
+        "healthy client kept receiving: {}",
+        tape.tickers
+    );
+    assert_eq!(
+        metrics.connections.load(Relaxed),
+        11,
+        "stalled clients are still connected"
+    );
+    // Each stalled session holds at most the high-water mark plus one batch
+    // (two symbols) and a ping; the kernel's buffers hold the rest.
+    let bound = 11 * (high_water as i64 + 4 * 1024);
+    assert!(
+        peak_buffered <= bound,
+        "peak buffered {peak_buffered} > {bound}"
+    );
+    for symbol in ["spot:BTCUSDT", "usdm:BTCUSDT"] {
+        assert_eq!(
+            server.hub.get(symbol).map(|e| e.subscriber_count()),
+            Some(11)
+        );
+    }
+    drop(stalled);
+}

@@ -1,0 +1,261 @@
+//! The service as a process: graceful shutdown, the command line, feed files,
+//! broken input, and memory under clients that never read.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+
+use common::*;
+use tickwire::feed::replay::Speed;
+use tickwire::server::ServerConfig;
+use tokio::io::AsyncWriteExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_client_with_1001() {
+    let files = [(Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Factor(1.0), true, false);
+    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+        client.recv_type("subscribed").await;
+        clients.push(client);
+    }
+    // One more that never reads must not hold shutdown up beyond the grace period.
+    let mut silent = raw_connect(server.addr, "/ws", Some(4096)).await;
+    silent
+        .write_all(&client_frame(
+            true,
+            0x1,
+            br#"{"op":"subscribe","symbols":["usdm:BTCUSDT"]}"#,
+        ))
+        .await
+        .expect("send");
+
+    server.shutdown().await.expect("clean shutdown");
+    for client in &mut clients {
+        assert_eq!(client.close_code().await, Some(1001));
+    }
+    assert_eq!(server.metrics().connections.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_1001_and_prints_latency() {
+    let server = Binary::serve(&[]);
+    let url = format!("ws://{}/ws?symbols=spot:BTCUSDT,usdm:BTCUSDT", server.addr);
+    let mut client = Client::connect(&url).await;
+    client.recv_type("subscribed").await;
+    for _ in 0..3 {
+        client.recv_type("ticker").await;
+    }
+    let (exited_cleanly, log) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("terminate");
+    assert_eq!(client.close_code().await, Some(1001));
+    assert!(exited_cleanly, "exit status after SIGTERM; log:\n{log}");
+    assert!(
+        log.contains("delivery latency"),
+        "latency summary at shutdown; log:\n{log}"
+    );
+    assert!(log.contains("p99.9="), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_command_prints_json_lines() {
+    let server = Binary::serve(&["--speed", "10"]);
+    let url = format!("ws://{}", server.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args([
+                "subscribe",
+                &url,
+                "--symbols",
+                "usdm:BTCUSDT",
+                "--count",
+                "5",
+            ])
+            .output()
+            .expect("run subscribe")
+    })
+    .await
+    .expect("subscribe");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines[0]["type"], "subscribed");
+    let tickers: Vec<_> = lines.iter().filter(|l| l["type"] == "ticker").collect();
+    assert_eq!(tickers.len(), 5);
+    assert!(tickers.iter().all(|t| t["symbol"] == "usdm:BTCUSDT"));
+    drop(server);
+}
+
+#[test]
+fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
+    let dir = tempdir();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "name = \"sample\"\nkind = \"replay\"\nspeed = \"max\"\n[[files]]\npath = \"{}\"\nprefix = \"usdm\"\n",
+            sample(USDM).display()
+        ),
+    )
+    .expect("write");
+    let server = Binary::serve(&["--feed", good.to_str().expect("utf-8 path")]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (status, body) = runtime.block_on(http_get(server.addr, "/api/symbols"));
+    assert_eq!((status, body.as_str()), (200, r#"["usdm:BTCUSDT"]"#));
+    drop(server);
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "kind = \"replay\"\n[[files]]\npath = \"x.gz\"\nprfix = \"a\"\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--feed",
+            bad.to_str().expect("utf-8 path"),
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+    assert!(stderr.contains("line 4"), "{stderr}");
+    assert!(stderr.contains("prfix"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--replay",
+            "/no/such/file.gz",
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file.gz"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_are_counted_and_skipped_without_stopping_the_replay() {
+    let dir = tempdir();
+    let path = dir.join("mixed.ndjson");
+    let mut file = std::fs::File::create(&path).expect("create");
+    let lines = [
+        r#"{"tickwire_replay":1,"source":"test"}"#,
+        r#"{"recv_ts_ns":1000,"symbol":"X","exchange_ts_ns":null,"type":"quote","bid":"1.10","bid_size":"5","ask":"1.20","ask_size":"6"}"#,
+        r#"{"recv_ts_ns":1001,"symbol":"X","type":"quote","bid":"1.1","bid_size":"5"}"#,
+        "this is not json",
+        r#"{"recv_ts_ns":1002,"symbol":"X","type":"quote","bid":1.15,"bid_size":"5","ask":"1.2","ask_size":"1"}"#,
+        r#"{"recv_ts_ns":1003,"symbol":"X","type":"teleport"}"#,
+        r#"{"recv_ts_ns":1004,"symbol":"X","exchange_ts_ns":77,"type":"trade","price":"1.15","size":"0.500"}"#,
+        r#"{"recv_ts_ns":1005,"symbol":"X","exchange_ts_ns":78,"type":"quote","bid":"1.11","bid_size":"4","ask":"1.19","ask_size":"2"}"#,
+        r#"{"recv_ts_ns":1006,"symbol":"X","type":"quote","bid":"1.12"#,
+    ];
+    for line in lines {
+        writeln!(file, "{line}").expect("write");
+    }
+    drop(file);
+    let replay = replay_of(&[(None, path)], Speed::Max, false, false);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let page = server.get("/metrics").await.1;
+    assert_eq!(
+        metric(&page, r#"tickwire_feed_malformed_total{feed="test"}"#),
+        5.0
+    );
+    assert_eq!(
+        metric(&page, r#"tickwire_feed_ticks_total{feed="test"}"#),
+        3.0
+    );
+    assert_eq!(
+        metric(&page, r#"tickwire_feed_recognised_total{feed="test"}"#),
+        1.0
+    );
+    assert_eq!(metric(&page, r#"tickwire_feed_ended{feed="test"}"#), 1.0);
+    let (_, body) = server.get("/api/snapshot/X").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(snapshot["seq"], 3);
+    assert_eq!(snapshot["bid"], "1.11");
+    assert_eq!(snapshot["last_size"], "0.500");
+    assert_eq!(snapshot["exchange_ts_ns"], 78);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cost_bounded_memory_in_the_real_process() {
+    let spot = format!("spot={}", sample(SPOT).display());
+    let usdm = format!("usdm={}", sample(USDM).display());
+    let server = Binary::serve(&[
+        "--replay", &spot, "--replay", &usdm, "--speed", "max", "--loop",
+    ]);
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
+        let subscribe = br#"{"op":"subscribe","symbols":["spot:BTCUSDT","usdm:BTCUSDT"]}"#;
+        stream
+            .write_all(&client_frame(true, 0x1, subscribe))
+            .await
+            .expect("send");
+        stalled.push(stream);
+    }
+    let updates = |page: &str| metric(page, "tickwire_book_updates_total");
+    let wait_for_updates = |target: f64| {
+        let addr = server.addr;
+        async move {
+            loop {
+                let page = http_get(addr, "/metrics").await.1;
+                if updates(&page) >= target {
+                    return page;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Warm up until every stalled socket is full, then measure over a long stretch.
+    let page = tokio::time::timeout(GUARD, wait_for_updates(50_000.0))
+        .await
+        .expect("warm-up");
+    let start = updates(&page);
+    let rss_before = server.rss_bytes();
+    let page = tokio::time::timeout(GUARD * 3, wait_for_updates(start + 300_000.0))
+        .await
+        .expect("feed keeps going");
+    let rss_after = server.rss_bytes();
+    assert_eq!(metric(&page, "tickwire_connections"), 50.0);
+    let buffered = metric(&page, "tickwire_write_buffered_bytes");
+    assert!(buffered <= 50.0 * 20.0 * 1024.0, "buffered {buffered}");
+    // 300k versions queued per client would be ~100 MB each; conflation keeps it flat.
+    let growth = rss_after as i64 - rss_before as i64;
+    assert!(
+        growth < 8 << 20,
+        "RSS grew {growth} bytes ({rss_before} → {rss_after})"
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tickwire-test-{}-{}",
+        std::process::id(),
+        tickwire::wall_clock_ns()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

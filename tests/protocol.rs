@@ -1,0 +1,429 @@
+//! Protocol v1 over real sockets: the request/answer flows, and every kind of
+//! bad input answered with its documented error or close code while the server
+//! keeps serving everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tickwire::feed::replay::Speed;
+use tickwire::server::ServerConfig;
+use tickwire::session::SessionConfig;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Both Binance samples, looping at 1× so updates keep coming.
+async fn live_server(config: ServerConfig) -> TestServer {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    TestServer::start(
+        config,
+        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_answers_then_snapshots_then_live_updates_in_seq_order() {
+    let server = live_server(ServerConfig::default()).await;
+    let entry = server
+        .hub
+        .get("usdm:BTCUSDT")
+        .expect("declared before any update");
+    eventually("first usdm update", || entry.current().is_some()).await;
+
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op": "subscribe", "id": 7, "symbols": ["usdm:BTCUSDT", "NOPE"]}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "subscribed", "id": 7, "channel": "ticker", "symbols": ["usdm:BTCUSDT"]})
+    );
+    let snapshot = client.recv().await;
+    assert_eq!(snapshot["type"], "ticker");
+    assert_eq!(snapshot["snapshot"], true);
+    assert_eq!(snapshot["skipped"], 0);
+    assert!(snapshot["bid"].is_string() && snapshot["ask_size"].is_string());
+    assert!(snapshot["ingest_ts_ns"].as_i64() > Some(0));
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "error", "id": 7, "code": "unknown_symbol", "message": "no such symbol", "symbols": ["NOPE"]})
+    );
+
+    let mut tape = Tape::default();
+    tape.record(&snapshot);
+    while tape.tickers < 20 {
+        let ticker = client.recv_type("ticker").await;
+        assert_eq!(ticker["snapshot"], false);
+        tape.record(&ticker);
+    }
+    let page = server.get("/metrics").await.1;
+    assert_eq!(metric(&page, "tickwire_connections"), 1.0);
+    assert_eq!(metric(&page, "tickwire_subscriptions"), 1.0);
+    assert_eq!(
+        metric(
+            &page,
+            r#"tickwire_client_errors_total{code="unknown_symbol"}"#
+        ),
+        1.0
+    );
+    assert!(metric(&page, "tickwire_delivery_latency_seconds_count") >= 19.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_subscribe_list_ping_and_unsubscribe() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut client = Client::connect(&server.url("?symbols=spot:BTCUSDT,usdm:BTCUSDT")).await;
+    let subscribed = client.recv_type("subscribed").await;
+    assert_eq!(
+        subscribed["symbols"],
+        json!(["spot:BTCUSDT", "usdm:BTCUSDT"])
+    );
+    assert!(
+        subscribed.get("id").is_none(),
+        "no id to echo: {subscribed}"
+    );
+
+    client.send(json!({"op": "list", "id": 1})).await;
+    let list = client.recv_type("symbols").await;
+    assert_eq!(
+        list,
+        json!({"type": "symbols", "id": 1, "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT"]})
+    );
+
+    client.send(json!({"op": "ping", "id": 9})).await;
+    let pong = client.recv_type("pong").await;
+    assert_eq!(pong["id"], 9);
+    assert!(pong["server_ts_ns"].as_i64() > Some(1_600_000_000_000_000_000));
+
+    // Subscribing again is accepted without a second snapshot.
+    client
+        .send(json!({"op": "subscribe", "id": 2, "symbols": ["spot:BTCUSDT"]}))
+        .await;
+    let again = client.recv_type("subscribed").await;
+    assert_eq!(again["symbols"], json!(["spot:BTCUSDT"]));
+
+    client
+        .send(json!({"op": "unsubscribe", "id": 3, "symbols": ["spot:BTCUSDT"]}))
+        .await;
+    loop {
+        let message = client.recv().await;
+        if message["type"] == "unsubscribed" {
+            assert_eq!(message["symbols"], json!(["spot:BTCUSDT"]));
+            break;
+        }
+        assert_ne!(
+            message["snapshot"], true,
+            "no second snapshot for a repeated subscribe"
+        );
+    }
+    // Nothing for spot after the answer; usdm keeps flowing.
+    let mut usdm = 0;
+    while usdm < 30 {
+        let message = client.recv().await;
+        assert_eq!(message["type"], "ticker");
+        assert_eq!(
+            message["symbol"], "usdm:BTCUSDT",
+            "update after unsubscribed"
+        );
+        usdm += 1;
+    }
+    client
+        .send(json!({"op": "unsubscribe", "symbols": ["usdm:BTCUSDT"]}))
+        .await;
+    client.recv_type("unsubscribed").await;
+    eventually("subscriptions released", || {
+        server
+            .metrics()
+            .subscriptions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_bad_request_and_the_connection_stays_open() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut client = Client::connect(&server.url("")).await;
+    let cases = [
+        ("{not json", None),
+        (r#"[1,2,3]"#, None),
+        (r#"{"op":"fly","id":11}"#, Some(11)),
+        (r#"{"id":12}"#, Some(12)),
+        (
+            r#"{"op":"subscribe","id":13,"symbols":"spot:BTCUSDT"}"#,
+            Some(13),
+        ),
+        (r#"{"op":"subscribe","id":14}"#, Some(14)),
+        (
+            r#"{"op":"subscribe","id":15,"symbols":["spot:BTCUSDT"],"channel":"book"}"#,
+            Some(15),
+        ),
+        (
+            r#"{"op":"subscribe","id":16,"symbols":["spot:BTCUSDT"],"max_rate_hz":0}"#,
+            Some(16),
+        ),
+    ];
+    for (request, id) in cases {
+        client.send_raw(Message::text(request)).await;
+        let error = client.recv_type("error").await;
+        assert_eq!(error["code"], "bad_request", "{request}");
+        assert_eq!(error["id"].as_u64(), id, "{request}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    client.send(json!({"op": "ping", "id": 99})).await;
+    assert_eq!(client.recv_type("pong").await["id"], 99, "still serving");
+    let page = server.get("/metrics").await.1;
+    assert_eq!(
+        metric(&page, r#"tickwire_client_errors_total{code="bad_request"}"#),
+        8.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_limit_is_enforced_per_connection() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            max_subscriptions: 1,
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op": "subscribe", "id": 1, "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT"]}))
+        .await;
+    assert_eq!(
+        client.recv_type("subscribed").await["symbols"],
+        json!(["spot:BTCUSDT"])
+    );
+    let error = client.recv_type("error").await;
+    assert_eq!(error["code"], "limit_exceeded");
+    assert_eq!(error["symbols"], json!(["usdm:BTCUSDT"]));
+}
+
+/// A fresh client can still subscribe and get data: the server was unharmed.
+async fn assert_still_serving(server: &TestServer) {
+    let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+    client.recv_type("ticker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_closes_with_1009() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            max_message_bytes: 1024,
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let mut client = Client::connect(&server.url("")).await;
+    let huge = format!(r#"{{"op":"subscribe","symbols":["{}"]}}"#, "A".repeat(4096));
+    client.send_raw(Message::text(huge)).await;
+    assert_eq!(client.close_code().await, Some(1009));
+    assert_still_serving(&server).await;
+    let series = r#"tickwire_connections_closed_total{reason="message_too_big"}"#;
+    eventually_metric(&server, series, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_kib_default_limit_refuses_a_larger_message_even_fragmented() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut stream = raw_connect(server.addr, "/ws", None).await;
+    // Two 40 KiB fragments: each fits, together they exceed 64 KiB.
+    let chunk = vec![b' '; 40 * 1024];
+    stream
+        .write_all(&client_frame(false, 0x1, &chunk))
+        .await
+        .expect("send");
+    stream
+        .write_all(&client_frame(true, 0x0, &chunk))
+        .await
+        .expect("send");
+    assert_eq!(read_close_code(&mut stream).await, Some(1009));
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_close_with_1003() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut client = Client::connect(&server.url("")).await;
+    client.send_raw(Message::binary(vec![1u8, 2, 3])).await;
+    assert_eq!(client.close_code().await, Some(1003));
+    assert_still_serving(&server).await;
+}
+
+/// Reads raw frames until a close frame; returns its code.
+async fn read_close_code(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    let mut buffer = Vec::new();
+    loop {
+        // Frames from the server are unmasked; parse just enough to skip them.
+        while buffer.len() >= 2 {
+            let opcode = buffer[0] & 0x0f;
+            let (len, header) = match buffer[1] & 0x7f {
+                126 if buffer.len() >= 4 => {
+                    (u16::from_be_bytes([buffer[2], buffer[3]]) as usize, 4)
+                }
+                127 if buffer.len() >= 10 => {
+                    let mut be = [0u8; 8];
+                    be.copy_from_slice(&buffer[2..10]);
+                    (u64::from_be_bytes(be) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buffer.len() < header + len {
+                break;
+            }
+            if opcode == 0x8 {
+                let payload = &buffer[header..header + len];
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            buffer.drain(..header + len);
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(GUARD, stream.read(&mut chunk))
+            .await
+            .expect("server answers in time")
+            .unwrap_or(0);
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
+    let server = live_server(ServerConfig::default()).await;
+    let unmasked = vec![0x81, 0x02, b'h', b'i'];
+    let reserved_opcode = client_frame(true, 0x3, b"");
+    let stray_continuation = client_frame(true, 0x0, b"x");
+    let invalid_utf8 = client_frame(true, 0x1, &[0xc3, 0x28]);
+    for (frame, code) in [
+        (unmasked, 1002),
+        (reserved_opcode, 1002),
+        (stray_continuation, 1002),
+        (invalid_utf8, 1007),
+    ] {
+        let mut stream = raw_connect(server.addr, "/ws", None).await;
+        stream.write_all(&frame).await.expect("send");
+        assert_eq!(
+            read_close_code(&mut stream).await,
+            Some(code),
+            "{frame:02x?}"
+        );
+    }
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_is_answered_and_everything_is_released() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut client = Client::connect(&server.url("?symbols=spot:BTCUSDT,usdm:BTCUSDT")).await;
+    client.recv_type("ticker").await;
+    client.ws.close(None).await.expect("close");
+    assert_eq!(client.close_code().await, Some(1000));
+    let metrics = server.metrics();
+    eventually("session released", || {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics.connections.load(Relaxed) == 0
+            && metrics.subscriptions.load(Relaxed) == 0
+            && metrics.write_buffered_bytes.load(Relaxed) == 0
+    })
+    .await;
+    for symbol in ["spot:BTCUSDT", "usdm:BTCUSDT"] {
+        let entry = server.hub.get(symbol).expect("symbol");
+        assert_eq!(
+            entry.subscriber_count(),
+            0,
+            "{symbol} still has subscribers"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_websocket_requests_to_ws_get_a_json_400() {
+    let server = live_server(ServerConfig::default()).await;
+    let (status, body) = server.get("/ws").await;
+    assert_eq!(status, 400);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(body["error"], "bad_request");
+    let (status, _) = server.get("/api/snapshot/NOPE").await;
+    assert_eq!(status, 404);
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_with_503_and_json() {
+    let config = ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let _first = Client::connect(&server.url("")).await;
+    let refused = tokio_tungstenite::connect_async(server.url("")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = response.body().as_deref().unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
+            assert_eq!(body["error"], "connection_limit");
+        }
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_dropped_and_released() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(200),
+            ping_timeout: Duration::from_millis(200),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    // A healthy client answers pings: tungstenite replies while it reads.
+    let mut healthy = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                event = healthy.next_event() => {
+                    assert!(matches!(event, Event::Json(_)), "healthy client closed: {event:?}");
+                }
+            }
+        }
+        healthy
+    });
+    // A dead one: subscribed, then silent and not reading.
+    let mut dead = raw_connect(server.addr, "/ws", Some(4096)).await;
+    let subscribe = br#"{"op":"subscribe","symbols":["spot:BTCUSDT"]}"#;
+    dead.write_all(&client_frame(true, 0x1, subscribe))
+        .await
+        .expect("send");
+
+    let metrics = server.metrics();
+    eventually("dead peer dropped", || {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics.connections.load(Relaxed) == 1 && metrics.subscriptions.load(Relaxed) == 1
+    })
+    .await;
+    let series = r#"tickwire_connections_closed_total{reason="ping_timeout"}"#;
+    eventually_metric(&server, series, 1.0).await;
+    // The healthy one lived through the same ping rounds.
+    let _ = stop.send(());
+    let mut healthy = reader.await.expect("reader");
+    healthy.send(json!({"op": "ping", "id": 1})).await;
+    assert_eq!(healthy.recv_type("pong").await["id"], 1);
+}
