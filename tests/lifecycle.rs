@@ -259,3 +259,30 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[test]
+fn every_shipped_feed_file_loads_and_declares_its_symbols() {
+    let feeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&feeds).expect("feeds/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let mut config = tickwire::feed::config::load(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        config.start_paused = true;
+        let hub = std::sync::Arc::new(tickwire::fanout::Hub::new(Default::default()));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _replay = tickwire::feed::replay::spawn(hub.clone(), config, cancel.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            hub.symbol_count() > 0,
+            "{} declares no symbols",
+            path.display()
+        );
+        cancel.cancel();
+        checked += 1;
+    }
+    assert!(checked >= 2, "expected the shipped feed files");
+}

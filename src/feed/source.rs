@@ -1,9 +1,9 @@
 //! One replay file: format and compression detected from content, read line by
 //! line into normalized ticks.
 //!
-//! The reader reuses one line buffer and interns symbols per file, so steady-state
-//! reading allocates nothing per line and every [`Item`] is small and `Copy`-able
-//! apart from its error cases.
+//! The reader reuses one line buffer and interns symbols per file, so a tick is a
+//! `Copy` value with a symbol index and steady-state reading allocates nothing
+//! per line.
 
 use std::collections::HashMap;
 use std::fmt;
