@@ -13,7 +13,6 @@ use serde_json::Value;
 use tickwire::feed::replay::Speed;
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
-use tokio::io::AsyncWriteExt as _;
 
 const SYMBOLS: [&str; 2] = ["spot:BTCUSDT", "usdm:BTCUSDT"];
 
@@ -228,13 +227,7 @@ async fn a_stalled_client_does_not_delay_others_and_its_memory_stays_bounded() {
     // Ten clients that subscribe and then never read a byte.
     let mut stalled = Vec::new();
     for _ in 0..10 {
-        let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
-        let subscribe = br#"{"op":"subscribe","symbols":["spot:BTCUSDT","usdm:BTCUSDT"]}"#;
-        stream
-            .write_all(&client_frame(true, 0x1, subscribe))
-            .await
-            .expect("send");
-        stalled.push(stream);
+        stalled.push(stalled_client(server.addr, &["spot:BTCUSDT", "usdm:BTCUSDT"]).await);
     }
     let mut healthy = Client::connect(&server.url("?symbols=spot:BTCUSDT,usdm:BTCUSDT")).await;
 

@@ -208,13 +208,7 @@ async fn clients_that_never_read_cost_bounded_memory_in_the_real_process() {
     ]);
     let mut stalled = Vec::new();
     for _ in 0..50 {
-        let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
-        let subscribe = br#"{"op":"subscribe","symbols":["spot:BTCUSDT","usdm:BTCUSDT"]}"#;
-        stream
-            .write_all(&client_frame(true, 0x1, subscribe))
-            .await
-            .expect("send");
-        stalled.push(stream);
+        stalled.push(stalled_client(server.addr, &["spot:BTCUSDT", "usdm:BTCUSDT"]).await);
     }
     let updates = |page: &str| metric(page, "tickwire_book_updates_total");
     let wait_for_updates = |target: f64| {

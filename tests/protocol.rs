@@ -407,11 +407,7 @@ async fn a_client_that_never_answers_pings_is_dropped_and_released() {
         healthy
     });
     // A dead one: subscribed, then silent and not reading.
-    let mut dead = raw_connect(server.addr, "/ws", Some(4096)).await;
-    let subscribe = br#"{"op":"subscribe","symbols":["spot:BTCUSDT"]}"#;
-    dead.write_all(&client_frame(true, 0x1, subscribe))
-        .await
-        .expect("send");
+    let _dead = stalled_client(server.addr, &["spot:BTCUSDT"]).await;
 
     let metrics = server.metrics();
     eventually("dead peer dropped", || {

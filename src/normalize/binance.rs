@@ -11,7 +11,7 @@ use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
 use simd_json::{Buffers, Tape};
 
-use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
+use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
 
 /// Parses one raw Binance message received at `recv_ts_ns`.
 ///
@@ -121,14 +121,7 @@ fn tick<'de>(
         ),
         None => None,
     };
-    Ok(Parsed::Tick {
-        symbol,
-        tick: Tick {
-            recv_ts_ns,
-            exchange_ts_ns,
-            update,
-        },
-    })
+    Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
 }
 
 fn dec(payload: &Object<'_, '_>, key: &'static str) -> Result<rust_decimal::Decimal, ParseError> {
@@ -217,6 +210,7 @@ fn json_error(e: &simd_json::Error) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::normalize::Tick;
     use rust_decimal::Decimal;
 
     // Real lines from /work/shared/data/binance (hftbacktest captures, 2024-08-08).

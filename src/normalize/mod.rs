@@ -46,6 +46,25 @@ pub enum Parsed<'a> {
     Recognised(Recognised),
 }
 
+impl<'a> Parsed<'a> {
+    /// A tick for `symbol`.
+    pub fn tick(
+        symbol: &'a str,
+        recv_ts_ns: i64,
+        exchange_ts_ns: Option<i64>,
+        update: BookUpdate,
+    ) -> Self {
+        Parsed::Tick {
+            symbol,
+            tick: Tick {
+                recv_ts_ns,
+                exchange_ts_ns,
+                update,
+            },
+        }
+    }
+}
+
 /// Well-formed messages that carry no top-of-book change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recognised {

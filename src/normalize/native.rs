@@ -74,14 +74,7 @@ fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
         },
         other => return Err(ParseError::UnknownType(other.chars().take(40).collect())),
     };
-    Ok(Parsed::Tick {
-        symbol,
-        tick: Tick {
-            recv_ts_ns,
-            exchange_ts_ns,
-            update,
-        },
-    })
+    Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
 }
 
 fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<Decimal, ParseError> {
@@ -103,7 +96,7 @@ pub fn encode_header(out: &mut Vec<u8>, source: &str) {
     out.extend_from_slice(b"{\"tickwire_replay\":");
     push_int(out, VERSION);
     out.extend_from_slice(b",\"source\":");
-    push_json_str(out, source);
+    crate::protocol::write_json_string(out, source);
     out.extend_from_slice(b"}\n");
 }
 
@@ -113,7 +106,7 @@ pub fn encode_tick(out: &mut Vec<u8>, symbol: &str, tick: &Tick) {
     out.extend_from_slice(b"{\"recv_ts_ns\":");
     push_int(out, tick.recv_ts_ns);
     out.extend_from_slice(b",\"symbol\":");
-    push_json_str(out, symbol);
+    crate::protocol::write_json_string(out, symbol);
     out.extend_from_slice(b",\"exchange_ts_ns\":");
     match tick.exchange_ts_ns {
         Some(ts) => push_int(out, ts),
@@ -158,28 +151,6 @@ fn push_decimal(out: &mut Vec<u8>, key: &str, value: Decimal) {
 fn push_display(out: &mut Vec<u8>, value: impl Display) {
     // Writing into a Vec cannot fail, so there is no error to handle.
     let _ = write!(out, "{value}");
-}
-
-fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in text.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            }
-            // Multi-byte UTF-8 is valid inside a JSON string as it is.
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! columns do not matter. Tardis timestamps are microseconds since the epoch.
 
 use super::binance::parse_digits;
-use super::{decimal, BookUpdate, ParseError, Parsed, Tick};
+use super::{decimal, BookUpdate, ParseError, Parsed};
 
 /// Which Tardis data type a CSV holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,14 +139,7 @@ impl TardisCsv {
                 size: dec(AMOUNT)?,
             },
         };
-        Ok(Parsed::Tick {
-            symbol,
-            tick: Tick {
-                recv_ts_ns,
-                exchange_ts_ns,
-                update,
-            },
-        })
+        Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
     }
 }
 

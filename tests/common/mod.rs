@@ -354,6 +354,17 @@ pub async fn raw_connect(addr: SocketAddr, path: &str, recv_buffer: Option<u32>)
     stream
 }
 
+/// A client that subscribes to `symbols` and then never reads a byte.
+pub async fn stalled_client(addr: SocketAddr, symbols: &[&str]) -> TcpStream {
+    let mut stream = raw_connect(addr, "/ws", Some(4096)).await;
+    let request = serde_json::json!({"op": "subscribe", "symbols": symbols}).to_string();
+    stream
+        .write_all(&client_frame(true, 0x1, request.as_bytes()))
+        .await
+        .expect("send");
+    stream
+}
+
 /// A masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0xa1, 0xb2, 0xc3, 0xd4];
