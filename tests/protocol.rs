@@ -423,3 +423,45 @@ async fn a_client_that_never_answers_pings_is_dropped_and_released() {
     healthy.send(json!({"op": "ping", "id": 1})).await;
     assert_eq!(healthy.recv_type("pong").await["id"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_hz_caps_delivery_and_still_converges_to_the_last_version() {
+    let files = [(Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Max, false, true);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let mut client = Client::connect(&server.url("")).await;
+    let rate_hz = 20.0;
+    client
+        .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"], "max_rate_hz": rate_hz}))
+        .await;
+    client.recv_type("subscribed").await;
+    let started = tokio::time::Instant::now();
+    server.replays[0].start();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let final_seq = server
+        .hub
+        .get("usdm:BTCUSDT")
+        .and_then(|e| e.current())
+        .map_or(0, |s| s.seq);
+
+    let mut tape = Tape::default();
+    while tape.seq("usdm:BTCUSDT") < final_seq {
+        tape.record(&client.recv_type("ticker").await);
+    }
+    // However fast the feed, no more than one update per 1/rate seconds (plus
+    // the first, which is not held back).
+    let allowed = started.elapsed().as_secs_f64() * rate_hz + 1.0;
+    assert!(
+        (tape.tickers as f64) <= allowed,
+        "{} updates in {:?} at {rate_hz} Hz",
+        tape.tickers,
+        started.elapsed()
+    );
+    assert_eq!(
+        tape.tickers + tape.skipped,
+        final_seq,
+        "every version delivered or counted as skipped"
+    );
+}
