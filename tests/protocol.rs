@@ -59,6 +59,11 @@ async fn subscribe_answers_then_snapshots_then_live_updates_in_seq_order() {
         assert_eq!(ticker["snapshot"], false);
         tape.record(&ticker);
     }
+    let (status, latency) = server.get("/api/latency").await;
+    assert_eq!(status, 200);
+    let latency: serde_json::Value = serde_json::from_str(&latency).expect("JSON");
+    assert!(latency["count"].as_u64() >= Some(19), "{latency}");
+    assert!(latency["p50_ns"].as_u64() <= latency["max_ns"].as_u64());
     let page = server.get("/metrics").await.1;
     assert_eq!(metric(&page, "tickwire_connections"), 1.0);
     assert_eq!(metric(&page, "tickwire_subscriptions"), 1.0);

@@ -220,6 +220,7 @@ impl Player {
         let name = &self.config.name;
         let mut pacer = Pacer::new(self.config.speed, self.config.max_gap);
         let mut warnings = WarningLimiter::default();
+        let started = Instant::now();
         loop {
             let files = match self.open_all() {
                 Ok(files) => files,
@@ -272,10 +273,14 @@ impl Player {
             tracing::debug!(feed = %name, "replay starts over");
         }
         self.stats.ended.store(true, Relaxed);
+        let elapsed = started.elapsed();
+        let ticks = self.stats.ticks.load(Relaxed);
         tracing::info!(
             feed = %name,
-            ticks = self.stats.ticks.load(Relaxed),
+            ticks,
             malformed = self.stats.malformed.load(Relaxed),
+            elapsed_ms = elapsed.as_millis() as u64,
+            ticks_per_sec = (ticks as f64 / elapsed.as_secs_f64().max(1e-9)) as u64,
             "replay feed ended; serving the final book"
         );
     }

@@ -24,6 +24,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/symbols", get(symbols))
         .route("/api/snapshot/{symbol}", get(snapshot))
+        .route("/api/latency", get(latency))
         .route("/ws", get(upgrade))
         .with_state(shared)
 }
@@ -71,6 +72,21 @@ async fn snapshot(State(shared): State<Arc<Shared>>, Path(symbol): Path<String>)
         protocol::encode_ticker_snapshot(&current),
     )
         .into_response()
+}
+
+/// The server's delivery-latency percentiles (ingest → written to the socket),
+/// in nanoseconds, for dashboards that do not read Prometheus text.
+async fn latency(State(shared): State<Arc<Shared>>) -> Response {
+    let summary = shared.hub.metrics().delivery_latency.summary();
+    Json(serde_json::json!({
+        "count": summary.count,
+        "p50_ns": summary.p50,
+        "p90_ns": summary.p90,
+        "p99_ns": summary.p99,
+        "p999_ns": summary.p999,
+        "max_ns": summary.max,
+    }))
+    .into_response()
 }
 
 /// `{"error":"<code>","message":"..."}` with a status, as protocol v1 refuses.

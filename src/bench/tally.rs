@@ -1,0 +1,309 @@
+//! What a load connection does with each message it receives, without I/O: read
+//! the few ticker fields that matter, check `seq`/`skipped` per symbol, and
+//! record end-to-end latency. The caller passes the receive time in.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+
+/// Latency samples are nanoseconds, 1 ns .. 60 s at 3 significant digits (the
+/// server's own bounds): three digits hold at every magnitude, also below 1 ms.
+pub const HIGHEST_NS: u64 = 60_000_000_000;
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// An empty latency histogram with the bounds above.
+pub fn new_histogram() -> Histogram<u64> {
+    // Constant bounds that hdrhistogram accepts; a failure would be a bug here.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, HIGHEST_NS, SIGNIFICANT_DIGITS).expect("valid histogram bounds")
+}
+
+/// The fields of a server message the load client reads; the rest (prices,
+/// sizes) is skipped by the parser without being copied.
+#[derive(Debug, Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    symbol: Option<Cow<'a, str>>,
+    seq: Option<u64>,
+    skipped: Option<u64>,
+    ingest_ts_ns: Option<i64>,
+    snapshot: Option<bool>,
+}
+
+/// A `ticker` message, reduced to what the benchmark checks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ticker<'a> {
+    pub symbol: Cow<'a, str>,
+    pub seq: u64,
+    pub skipped: u64,
+    pub ingest_ts_ns: i64,
+    pub snapshot: bool,
+}
+
+/// One server message as the benchmark sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    Ticker(Ticker<'a>),
+    /// An `error` message (rejected symbols, limits).
+    Error,
+    /// Anything else well-formed: `subscribed`, `status`, `pong`, ...
+    Other,
+    /// Not JSON, no `type`, or a ticker without `symbol`, `seq` or `ingest_ts_ns`.
+    Malformed,
+}
+
+/// Reads one text message.
+pub fn parse(text: &str) -> Received<'_> {
+    let Ok(wire) = serde_json::from_str::<Wire<'_>>(text) else {
+        return Received::Malformed;
+    };
+    match wire.kind.as_ref() {
+        "ticker" => match (wire.symbol, wire.seq, wire.ingest_ts_ns) {
+            (Some(symbol), Some(seq), Some(ingest_ts_ns)) => Received::Ticker(Ticker {
+                symbol,
+                seq,
+                skipped: wire.skipped.unwrap_or(0),
+                ingest_ts_ns,
+                snapshot: wire.snapshot.unwrap_or(false),
+            }),
+            _ => Received::Malformed,
+        },
+        "error" => Received::Error,
+        _ => Received::Other,
+    }
+}
+
+/// How a ticker's `seq` and `skipped` relate to the previous one for its symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// The first message for the symbol on this connection: nothing to compare.
+    First,
+    Ok,
+    /// `seq` did not increase: an older or repeated version.
+    Regression,
+    /// `seq` increased but `skipped != seq - previous - 1`.
+    SkippedMismatch,
+}
+
+/// The last `seq` seen per symbol on one connection.
+#[derive(Debug, Default)]
+pub struct SeqChecker {
+    last: HashMap<Box<str>, u64>,
+}
+
+impl SeqChecker {
+    /// Checks a ticker against the previous one for its symbol and remembers it.
+    /// A `snapshot` message (a fresh subscription) must still move forward, but
+    /// its `skipped` is not compared.
+    pub fn check(&mut self, symbol: &str, seq: u64, skipped: u64, snapshot: bool) -> SeqCheck {
+        let Some(previous) = self.last.get_mut(symbol) else {
+            self.last.insert(symbol.into(), seq);
+            return SeqCheck::First;
+        };
+        if seq <= *previous {
+            // Keep the newest seen, so one stray old version counts once.
+            return SeqCheck::Regression;
+        }
+        let expected = seq - *previous - 1;
+        *previous = seq;
+        if !snapshot && skipped != expected {
+            SeqCheck::SkippedMismatch
+        } else {
+            SeqCheck::Ok
+        }
+    }
+}
+
+/// Counts of one connection (or, merged, of the whole run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    /// Non-snapshot tickers received inside the measurement window; each one is
+    /// a latency sample.
+    pub delivered: u64,
+    /// Sum of their `skipped` fields: versions conflation dropped for this client.
+    pub skipped: u64,
+    /// Every non-snapshot ticker, warm-up included.
+    pub delivered_total: u64,
+    /// `snapshot: true` tickers (one per subscription), never timed.
+    pub snapshots: u64,
+    /// Samples outside 1 ns .. 60 s (a clock step, or a stuck server), clamped.
+    pub clamped: u64,
+    /// `seq` not increasing for a symbol (whole run, warm-up included).
+    pub seq_regressions: u64,
+    /// `skipped` not equal to `seq - previous - 1` (whole run).
+    pub skipped_mismatches: u64,
+    /// `error` messages from the server.
+    pub errors: u64,
+    /// Other well-formed messages (`subscribed`, `status`, ...).
+    pub other: u64,
+    /// Text messages that could not be read.
+    pub malformed: u64,
+}
+
+impl Tally {
+    /// Takes in one text message received at `now_ns` (Unix-epoch ns). When
+    /// `measuring`, a non-snapshot ticker's latency goes into `histogram`.
+    /// Returns true for a ticker message.
+    pub fn observe(
+        &mut self,
+        seqs: &mut SeqChecker,
+        histogram: &mut Histogram<u64>,
+        text: &str,
+        now_ns: i64,
+        measuring: bool,
+    ) -> bool {
+        let ticker = match parse(text) {
+            Received::Ticker(ticker) => ticker,
+            Received::Error => {
+                self.errors += 1;
+                return false;
+            }
+            Received::Other => {
+                self.other += 1;
+                return false;
+            }
+            Received::Malformed => {
+                self.malformed += 1;
+                return false;
+            }
+        };
+        match seqs.check(&ticker.symbol, ticker.seq, ticker.skipped, ticker.snapshot) {
+            SeqCheck::First | SeqCheck::Ok => {}
+            SeqCheck::Regression => self.seq_regressions += 1,
+            SeqCheck::SkippedMismatch => self.skipped_mismatches += 1,
+        }
+        if ticker.snapshot {
+            self.snapshots += 1;
+            return true;
+        }
+        self.delivered_total += 1;
+        if measuring {
+            self.delivered += 1;
+            self.skipped += ticker.skipped;
+            let latency = now_ns.saturating_sub(ticker.ingest_ts_ns);
+            let sample = if latency < 1 {
+                self.clamped += 1;
+                1
+            } else if latency as u64 > HIGHEST_NS {
+                self.clamped += 1;
+                HIGHEST_NS
+            } else {
+                latency as u64
+            };
+            // In range by construction, so this never fails.
+            let _ = histogram.record(sample);
+        }
+        true
+    }
+
+    /// Protocol violations seen: must be zero.
+    pub fn seq_violations(&self) -> u64 {
+        self.seq_regressions + self.skipped_mismatches
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        self.delivered += other.delivered;
+        self.skipped += other.skipped;
+        self.delivered_total += other.delivered_total;
+        self.snapshots += other.snapshots;
+        self.clamped += other.clamped;
+        self.seq_regressions += other.seq_regressions;
+        self.skipped_mismatches += other.skipped_mismatches;
+        self.errors += other.errors;
+        self.other += other.other;
+        self.malformed += other.malformed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticker(symbol: &str, seq: u64, skipped: u64, ingest: i64, snapshot: bool) -> String {
+        format!(
+            r#"{{"type":"ticker","symbol":"{symbol}","seq":{seq},"bid":"61800.20","bid_size":"2.507","ask":"61800.30","ask_size":"2.510","last":null,"last_size":null,"exchange_ts_ns":null,"ingest_ts_ns":{ingest},"skipped":{skipped},"snapshot":{snapshot}}}"#
+        )
+    }
+
+    #[test]
+    fn reads_the_ticker_fields_and_nothing_else() {
+        let text = ticker("spot:BTCUSDT", 4812, 3, 1_723_161_255_088_169_167, false);
+        assert_eq!(
+            parse(&text),
+            Received::Ticker(Ticker {
+                symbol: "spot:BTCUSDT".into(),
+                seq: 4812,
+                skipped: 3,
+                ingest_ts_ns: 1_723_161_255_088_169_167,
+                snapshot: false,
+            })
+        );
+        // Field order and whitespace are the sender's business.
+        let spaced = r#"{ "snapshot": true, "seq": 1, "ingest_ts_ns": 5, "symbol": "A\u0042", "type": "ticker" }"#;
+        let Received::Ticker(t) = parse(spaced) else {
+            panic!("a ticker");
+        };
+        assert_eq!((t.symbol.as_ref(), t.seq, t.skipped, t.snapshot), ("AB", 1, 0, true));
+    }
+
+    #[test]
+    fn other_messages_are_told_apart() {
+        assert_eq!(
+            parse(r#"{"type":"subscribed","id":1,"symbols":["A"]}"#),
+            Received::Other
+        );
+        assert_eq!(
+            parse(r#"{"type":"error","code":"unknown_symbol"}"#),
+            Received::Error
+        );
+        assert_eq!(parse("not json"), Received::Malformed);
+        assert_eq!(parse(r#"{"type":"ticker","symbol":"A"}"#), Received::Malformed);
+        assert_eq!(parse(r#"{"symbol":"A"}"#), Received::Malformed);
+    }
+
+    #[test]
+    fn seq_must_grow_and_skipped_must_match_the_gap() {
+        let mut seqs = SeqChecker::default();
+        assert_eq!(seqs.check("A", 10, 0, true), SeqCheck::First);
+        assert_eq!(seqs.check("A", 11, 0, false), SeqCheck::Ok);
+        assert_eq!(seqs.check("A", 15, 3, false), SeqCheck::Ok);
+        assert_eq!(seqs.check("B", 3, 0, false), SeqCheck::First);
+        assert_eq!(seqs.check("A", 17, 0, false), SeqCheck::SkippedMismatch);
+        assert_eq!(seqs.check("A", 17, 0, false), SeqCheck::Regression);
+        assert_eq!(seqs.check("A", 12, 0, false), SeqCheck::Regression);
+        assert_eq!(seqs.check("A", 18, 0, false), SeqCheck::Ok, "compares to the newest");
+        assert_eq!(seqs.check("A", 30, 0, true), SeqCheck::Ok, "a snapshot may jump");
+        assert_eq!(seqs.check("B", 4, 0, false), SeqCheck::Ok);
+    }
+
+    #[test]
+    fn only_window_tickers_are_timed() {
+        let mut tally = Tally::default();
+        let mut seqs = SeqChecker::default();
+        let mut histogram = new_histogram();
+        let now = 1_000_000_000;
+        let mut feed = |tally: &mut Tally, text: &str, measuring| {
+            tally.observe(&mut seqs, &mut histogram, text, now, measuring)
+        };
+        assert!(!feed(&mut tally, r#"{"type":"subscribed","id":1}"#, false));
+        assert!(feed(&mut tally, &ticker("A", 1, 0, now - 50_000, true), false));
+        assert!(feed(&mut tally, &ticker("A", 2, 0, now - 40_000, false), false));
+        assert!(feed(&mut tally, &ticker("A", 5, 2, now - 20_000, false), true));
+        assert!(feed(&mut tally, &ticker("A", 6, 0, now + 5, false), true));
+        assert!(feed(&mut tally, &ticker("A", 6, 0, now - 1, false), true));
+        assert_eq!(tally.snapshots, 1);
+        assert_eq!(tally.delivered_total, 4);
+        assert_eq!(tally.delivered, 3);
+        assert_eq!(tally.skipped, 2);
+        assert_eq!(tally.clamped, 1, "a receive time before ingest");
+        assert_eq!(tally.seq_violations(), 1);
+        assert_eq!(tally.other, 1);
+        assert_eq!(histogram.len(), 3);
+        assert!(histogram.equivalent(histogram.max(), 20_000));
+        assert_eq!(histogram.min(), 1);
+    }
+}
