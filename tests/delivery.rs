@@ -269,3 +269,38 @@ async fn a_stalled_client_does_not_delay_others_and_its_memory_stays_bounded() {
     }
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_many_symbols_converges_when_one_drain_exceeds_the_buffer() {
+    // 300 symbols × 30 versions in tickwire's own format: one round of updates
+    // (~300 × 330 bytes) is several times the per-connection high-water mark.
+    let path = std::env::temp_dir().join(format!("tickwire-many-{}.ndjson", std::process::id()));
+    let mut lines = String::new();
+    for round in 0..30 {
+        for symbol in 0..300 {
+            let ts = 1_000_000 + round * 1_000 + symbol;
+            lines.push_str(&format!(
+                r#"{{"recv_ts_ns":{ts},"symbol":"S{symbol:03}","type":"quote","bid":"{round}.10","bid_size":"1","ask":"{round}.20","ask_size":"2"}}"#
+            ));
+            lines.push('\n');
+        }
+    }
+    std::fs::write(&path, lines).expect("write replay");
+    let replay = replay_of(&[(None, path.clone())], Speed::Max, false, true);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let symbols: Vec<String> = (0..300).map(|i| format!("S{i:03}")).collect();
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(serde_json::json!({"op": "subscribe", "id": 1, "symbols": symbols}))
+        .await;
+    client.recv_type("subscribed").await;
+    server.replays[0].start();
+    let mut tape = Tape::default();
+    while symbols.iter().any(|s| tape.seq(s) < 30) {
+        tape.record(&client.recv_type("ticker").await);
+    }
+    for symbol in &symbols {
+        assert_eq!(tape.last[symbol]["bid"], "29.10", "{symbol}");
+    }
+    let _ = std::fs::remove_file(path);
+}

@@ -11,7 +11,7 @@
 //! subscriptions, never by the feed rate.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -31,6 +31,45 @@ pub struct SymbolEntry {
     /// subscriber-list edits; never taken by readers.
     publish_lock: Mutex<()>,
     subscribers_lock: Mutex<()>,
+    /// `generation << 2 | state`: one atomic load tells a publisher whether the
+    /// symbol is live and a session whether it has announced the latest status.
+    status: AtomicU64,
+    status_reason: Mutex<Arc<str>>,
+}
+
+/// Whether a symbol's data is current (protocol `status.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SymbolState {
+    Live = 0,
+    Stale = 1,
+    Halted = 2,
+}
+
+impl SymbolState {
+    fn from_bits(bits: u64) -> Self {
+        match bits & 3 {
+            1 => SymbolState::Stale,
+            2 => SymbolState::Halted,
+            _ => SymbolState::Live,
+        }
+    }
+
+    /// The state's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SymbolState::Live => "live",
+            SymbolState::Stale => "stale",
+            SymbolState::Halted => "halted",
+        }
+    }
+}
+
+/// A symbol's status and the generation it was set in (0: never changed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolStatus {
+    pub generation: u64,
+    pub state: SymbolState,
+    pub reason: Arc<str>,
 }
 
 impl SymbolEntry {
@@ -41,7 +80,33 @@ impl SymbolEntry {
             subscribers: ArcSwap::from_pointee(Vec::new()),
             publish_lock: Mutex::new(()),
             subscribers_lock: Mutex::new(()),
+            status: AtomicU64::new(SymbolState::Live as u64),
+            status_reason: Mutex::new(Arc::from("")),
         }
+    }
+
+    /// The status generation; compare with the one a session last announced.
+    pub fn status_generation(&self) -> u64 {
+        self.status.load(Ordering::Acquire) >> 2
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SymbolStatus {
+        let reason = self
+            .status_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let bits = self.status.load(Ordering::Acquire);
+        SymbolStatus {
+            generation: bits >> 2,
+            state: SymbolState::from_bits(bits),
+            reason,
+        }
+    }
+
+    fn state(&self) -> SymbolState {
+        SymbolState::from_bits(self.status.load(Ordering::Acquire))
     }
 
     /// The served name.
@@ -209,9 +274,36 @@ impl Hub {
         self.symbols.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Changes a symbol's status and tells its subscribers; no-op when unchanged.
+    pub fn set_status(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
+        {
+            let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let bits = entry.status.load(Ordering::Acquire);
+            if SymbolState::from_bits(bits) == state {
+                return;
+            }
+            *entry
+                .status_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
+            let generation = (bits >> 2) + 1;
+            entry
+                .status
+                .store(generation << 2 | state as u64, Ordering::Release);
+        }
+        tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
+        for slot in entry.subscribers.load().iter() {
+            slot.mark();
+        }
+    }
+
     /// Applies `tick` to `entry`'s book, publishes the new version and queues it
-    /// for every subscriber. Returns the new version's `seq`.
+    /// for every subscriber. A fresh update makes a stale symbol live again.
+    /// Returns the new version's `seq`.
     pub fn publish(&self, entry: &SymbolEntry, tick: &Tick, ingest_ts_ns: i64) -> u64 {
+        if entry.state() != SymbolState::Live {
+            self.set_status(entry, SymbolState::Live, "fresh update");
+        }
         let seq = {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
             let previous = entry.current.load();
@@ -281,6 +373,33 @@ mod tests {
         let mut ready = Vec::new();
         mailbox.take_ready(&mut ready);
         assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn status_changes_are_announced_and_a_fresh_update_makes_a_symbol_live() {
+        let hub = Hub::new(Arc::default());
+        let entry = hub.declare("BTCUSDT");
+        let mailbox = Arc::new(Mailbox::default());
+        let slot = Arc::new(Slot::new(mailbox.clone(), 0));
+        entry.subscribe(slot.clone());
+        assert_eq!(entry.status_generation(), 0);
+
+        hub.set_status(&entry, SymbolState::Stale, "feed disconnected");
+        hub.set_status(&entry, SymbolState::Stale, "again");
+        let status = entry.status();
+        assert_eq!((status.generation, status.state), (1, SymbolState::Stale));
+        assert_eq!(
+            &*status.reason, "feed disconnected",
+            "unchanged state keeps its reason"
+        );
+        let mut ready = Vec::new();
+        mailbox.take_ready(&mut ready);
+        assert_eq!(ready, vec![0]);
+
+        slot.clear();
+        hub.publish(&entry, &trade(1), 1);
+        assert_eq!(entry.status().state, SymbolState::Live);
+        assert_eq!(entry.status_generation(), 2);
     }
 
     #[test]

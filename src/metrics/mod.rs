@@ -152,7 +152,33 @@ pub struct Metrics {
     pub delivery_latency: LatencyRecorder,
 }
 
+/// One admitted client, counted in `tickwire_connections` until dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.metrics.connections.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Metrics {
+    /// Counts a new client unless `limit` are already open. Taken at the
+    /// handshake, so concurrent handshakes cannot overshoot the limit.
+    pub fn admit(self: &Arc<Self>, limit: usize) -> Option<ConnectionPermit> {
+        let open = self.connections.fetch_add(1, Relaxed);
+        if open >= i64::try_from(limit).unwrap_or(i64::MAX) {
+            self.connections.fetch_sub(1, Relaxed);
+            return None;
+        }
+        self.connections_total.fetch_add(1, Relaxed);
+        Some(ConnectionPermit {
+            metrics: self.clone(),
+        })
+    }
+
     /// Registers a feed and returns its counters.
     pub fn register_feed(&self, name: &str) -> Arc<FeedStats> {
         let stats = Arc::new(FeedStats {

@@ -99,6 +99,11 @@ pub enum Reply<'a> {
         id: Option<u64>,
         server_ts_ns: i64,
     },
+    Status {
+        symbol: &'a str,
+        state: &'a str,
+        reason: &'a str,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,

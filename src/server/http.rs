@@ -1,7 +1,6 @@
 //! HTTP routes: `/healthz`, `/metrics`, `/api/symbols`, `/api/snapshot/{symbol}`
 //! and the WebSocket upgrade at `/ws`.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
@@ -14,23 +13,60 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::Shared;
-use crate::metrics::Refusal;
+use crate::metrics::{ConnectionPermit, Refusal};
 use crate::protocol;
-use crate::session::{self, SessionContext};
+use crate::session::{self, sse, SessionContext};
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(dashboard_page))
+        .route("/app.js", get(dashboard_script))
+        .route("/style.css", get(dashboard_style))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/symbols", get(symbols))
         .route("/api/snapshot/{symbol}", get(snapshot))
         .route("/api/latency", get(latency))
         .route("/ws", get(upgrade))
+        .route("/sse", get(event_stream))
         .with_state(shared)
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// The browser dashboard (`src/server/dashboard/`), compiled into the binary.
+async fn dashboard_page() -> Response {
+    static_asset(
+        "text/html; charset=utf-8",
+        include_str!("dashboard/index.html"),
+    )
+}
+
+async fn dashboard_script() -> Response {
+    static_asset(
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard/app.js"),
+    )
+}
+
+async fn dashboard_style() -> Response {
+    static_asset(
+        "text/css; charset=utf-8",
+        include_str!("dashboard/style.css"),
+    )
+}
+
+fn static_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -100,6 +136,88 @@ struct WsQuery {
     symbols: Option<String>,
 }
 
+impl WsQuery {
+    /// The comma-separated `symbols` parameter as a list.
+    fn symbols(&self) -> Vec<String> {
+        self.symbols
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A refusal at the handshake: protocol v1's JSON body with a status.
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refusal(self.status, self.code, self.message)
+    }
+}
+
+/// Admits a new client, or refuses it while shutting down or at the
+/// connection limit.
+fn admission(shared: &Shared) -> Result<ConnectionPermit, Refused> {
+    let metrics = shared.hub.metrics();
+    if shared.shutdown.is_cancelled() {
+        metrics.count_refusal(Refusal::ShuttingDown);
+        return Err(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "shutting_down",
+            message: "server is shutting down",
+        });
+    }
+    metrics.admit(shared.config.max_connections).ok_or_else(|| {
+        metrics.count_refusal(Refusal::ConnectionLimit);
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "connection_limit",
+            message: "server is at its connection limit",
+        }
+    })
+}
+
+fn session_context(shared: &Shared) -> SessionContext {
+    SessionContext {
+        hub: shared.hub.clone(),
+        config: shared.session_config.clone(),
+        shutdown: shared.shutdown.clone(),
+        id: shared.next_id(),
+    }
+}
+
+/// `GET /sse?symbols=A,B`: the ticker stream as Server-Sent Events.
+async fn event_stream(State(shared): State<Arc<Shared>>, Query(query): Query<WsQuery>) -> Response {
+    let symbols = query.symbols();
+    if symbols.is_empty() {
+        return refusal(StatusCode::BAD_REQUEST, "bad_request", "give symbols=A,B");
+    }
+    let permit = match admission(&shared) {
+        Ok(permit) => permit,
+        Err(refused) => return refused.into_response(),
+    };
+    let stream = sse::start(symbols, session_context(&shared), permit);
+    let body = axum::body::Body::from_stream(stream);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Tells nginx-style proxies not to buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// The RFC 6455 handshake: checks the request, answers `101`, and hands the
 /// upgraded socket to a new session task.
 async fn upgrade(
@@ -120,41 +238,14 @@ async fn upgrade(
             return response;
         }
     };
-    if shared.shutdown.is_cancelled() {
-        metrics.count_refusal(Refusal::ShuttingDown);
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "server is shutting down",
-        );
-    }
-    let open = usize::try_from(metrics.connections.load(Relaxed)).unwrap_or(0);
-    if open >= shared.config.max_connections {
-        metrics.count_refusal(Refusal::ConnectionLimit);
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection_limit",
-            "server is at its connection limit",
-        );
-    }
-
-    let initial_symbols: Vec<String> = query
-        .symbols
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let permit = match admission(&shared) {
+        Ok(permit) => permit,
+        Err(refused) => return refused.into_response(),
+    };
+    let initial_symbols = query.symbols();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let context = SessionContext {
-        hub: shared.hub.clone(),
-        config: shared.session_config.clone(),
-        shutdown: shared.shutdown.clone(),
-        id: shared.next_id(),
-    };
+    let context = session_context(&shared);
     shared.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -170,6 +261,7 @@ async fn upgrade(
                     parts.read_buf,
                     initial_symbols,
                     context,
+                    permit,
                 )
                 .await
             }

@@ -261,10 +261,14 @@ impl Client {
         }
     }
 
-    /// The next message of `kind`, skipping others (tickers usually).
+    /// The next message of `kind`, skipping others (tickers usually), within
+    /// GUARD in all: a stream that never brings one fails instead of spinning.
     pub async fn recv_type(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + GUARD;
         loop {
-            let value = self.recv().await;
+            let value = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} message in time"));
             if value["type"] == kind {
                 return value;
             }
@@ -519,5 +523,92 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Server-Sent Events client over a bare socket (HTTP/1.1, chunked body).
+pub struct SseClient {
+    reader: tokio::io::BufReader<TcpStream>,
+    text: String,
+}
+
+impl SseClient {
+    /// Opens `path`; returns the status, the raw response head and the client.
+    pub async fn connect(addr: SocketAddr, path: &str) -> (u16, String, Self) {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            let read = tokio::time::timeout(GUARD, reader.read_line(&mut head))
+                .await
+                .expect("head in time")
+                .expect("head");
+            assert!(read > 0, "connection closed in the head: {head}");
+        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (
+            status,
+            head,
+            Self {
+                reader,
+                text: String::new(),
+            },
+        )
+    }
+
+    /// The next event's `data` as JSON (comments skipped); `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Value> {
+        use tokio::io::AsyncBufReadExt as _;
+        loop {
+            if let Some(end) = self.text.find("\n\n") {
+                let event: String = self.text.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                if data.is_empty() {
+                    continue; // A comment such as `: keep-alive`.
+                }
+                return Some(serde_json::from_str(&data.join("\n")).expect("data is JSON"));
+            }
+            // One chunk: `<hex size>\r\n<bytes>\r\n`; size 0 ends the body.
+            let mut size_line = String::new();
+            let read = tokio::time::timeout(GUARD, self.reader.read_line(&mut size_line))
+                .await
+                .expect("chunk in time")
+                .ok()?;
+            if read == 0 {
+                return None;
+            }
+            let size = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
+            if size == 0 {
+                return None;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            self.reader.read_exact(&mut chunk).await.ok()?;
+            self.text
+                .push_str(std::str::from_utf8(&chunk[..size]).expect("UTF-8 events"));
+        }
+    }
+
+    pub async fn next_type(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} event in time"))
+                .expect("stream open");
+            if event["type"] == kind {
+                return event;
+            }
+        }
     }
 }

@@ -1,0 +1,279 @@
+//! The bytes a client is owed: messages framed for its transport, awaiting the
+//! socket. It also keeps the ingest time of every buffered update so delivery
+//! latency is recorded when the bytes are actually written, and batches the
+//! counters it reports.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::codec::{self, OpCode};
+use crate::metrics::Metrics;
+use crate::protocol;
+use crate::wall_clock_ns;
+
+/// How messages are wrapped on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// One unmasked text frame per message (RFC 6455).
+    WebSocket,
+    /// One `id:`/`data:` event per message (Server-Sent Events).
+    EventStream,
+}
+
+/// A transport-neutral output buffer.
+#[derive(Debug)]
+pub struct Outbox {
+    framing: Framing,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already written.
+    written: usize,
+    /// Totals since the start, so latency samples can name where their message ends.
+    appended_total: u64,
+    written_total: u64,
+    /// (end of message in `appended_total` terms, ingest time) per buffered update.
+    samples: VecDeque<(u64, i64)>,
+    latency_scratch: Vec<u64>,
+    /// SSE event ids.
+    next_event_id: u64,
+    metrics: Arc<Metrics>,
+    latency_shard: u64,
+    unreported_messages: u64,
+    unreported_bytes: u64,
+    unreported_conflated: u64,
+    reported_buffered: usize,
+}
+
+impl Outbox {
+    pub fn new(framing: Framing, metrics: Arc<Metrics>, latency_shard: u64) -> Self {
+        Self {
+            framing,
+            buffer: Vec::new(),
+            written: 0,
+            appended_total: 0,
+            written_total: 0,
+            samples: VecDeque::new(),
+            latency_scratch: Vec::new(),
+            next_event_id: 1,
+            metrics,
+            latency_shard,
+            unreported_messages: 0,
+            unreported_bytes: 0,
+            unreported_conflated: 0,
+            reported_buffered: 0,
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> &[u8] {
+        &self.buffer[self.written..]
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffer.len() - self.written
+    }
+
+    /// Appends a ticker: the version's shared bytes plus this client's suffix.
+    /// `ingest_ts_ns` is given for live updates (their latency is recorded when
+    /// written) and omitted for snapshots, whose data may be old.
+    pub fn push_ticker(
+        &mut self,
+        prefix: &[u8],
+        skipped: u64,
+        snapshot: bool,
+        ingest_ts_ns: Option<i64>,
+    ) {
+        let before = self.buffer.len();
+        let len = prefix.len() + protocol::ticker_suffix_len(skipped, snapshot);
+        self.begin_message(len);
+        self.buffer.extend_from_slice(prefix);
+        protocol::write_ticker_suffix(&mut self.buffer, skipped, snapshot);
+        self.end_message(before);
+        if let Some(ingest_ts_ns) = ingest_ts_ns {
+            self.samples.push_back((self.appended_total, ingest_ts_ns));
+        }
+        self.unreported_conflated += skipped;
+    }
+
+    /// Appends one JSON message.
+    pub fn push_json(&mut self, json: &[u8]) {
+        let before = self.buffer.len();
+        self.begin_message(json.len());
+        self.buffer.extend_from_slice(json);
+        self.end_message(before);
+    }
+
+    /// Appends a WebSocket control frame (ping, pong).
+    pub fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
+        debug_assert_eq!(self.framing, Framing::WebSocket);
+        let before = self.buffer.len();
+        codec::write_frame(&mut self.buffer, opcode, payload);
+        self.end_message(before);
+    }
+
+    /// Appends a WebSocket close frame.
+    pub fn push_close(&mut self, code: u16, reason: &str) {
+        debug_assert_eq!(self.framing, Framing::WebSocket);
+        let before = self.buffer.len();
+        codec::write_close(&mut self.buffer, code, reason);
+        self.end_message(before);
+    }
+
+    /// Appends an SSE comment line (keeps proxies from timing the stream out).
+    pub fn push_comment(&mut self, text: &str) {
+        debug_assert_eq!(self.framing, Framing::EventStream);
+        let before = self.buffer.len();
+        self.buffer.extend_from_slice(b": ");
+        self.buffer.extend_from_slice(text.as_bytes());
+        self.buffer.extend_from_slice(b"\n\n");
+        self.appended_total += (self.buffer.len() - before) as u64;
+    }
+
+    fn begin_message(&mut self, payload_len: usize) {
+        match self.framing {
+            Framing::WebSocket => codec::write_header(&mut self.buffer, OpCode::Text, payload_len),
+            Framing::EventStream => {
+                let mut id = itoa::Buffer::new();
+                self.buffer.extend_from_slice(b"id: ");
+                self.buffer
+                    .extend_from_slice(id.format(self.next_event_id).as_bytes());
+                self.buffer.extend_from_slice(b"\ndata: ");
+                self.next_event_id += 1;
+            }
+        }
+    }
+
+    fn end_message(&mut self, before: usize) {
+        if self.framing == Framing::EventStream {
+            self.buffer.extend_from_slice(b"\n\n");
+        }
+        self.appended_total += (self.buffer.len() - before) as u64;
+        self.unreported_messages += 1;
+    }
+
+    /// Marks `n` more bytes as written: records the latency of every update now
+    /// fully on the wire and reclaims space.
+    pub fn advance(&mut self, n: usize, keep_capacity: usize) {
+        self.written += n;
+        self.count_written(n);
+        if self.written == self.buffer.len() {
+            self.buffer.clear();
+            self.written = 0;
+            if self.buffer.capacity() > keep_capacity {
+                // Idle clients (keep_capacity 0) hold no buffer at all.
+                self.buffer = Vec::with_capacity(keep_capacity);
+            }
+        } else if self.written >= self.buffer.len() / 2 {
+            self.buffer.drain(..self.written);
+            self.written = 0;
+        }
+    }
+
+    /// Takes everything pending, as written (for transports that hand off
+    /// owned chunks, like an HTTP body).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        let mut pending = std::mem::take(&mut self.buffer);
+        pending.drain(..self.written);
+        self.written = 0;
+        self.count_written(pending.len());
+        pending
+    }
+
+    fn count_written(&mut self, n: usize) {
+        self.written_total += n as u64;
+        self.unreported_bytes += n as u64;
+        self.record_latency();
+    }
+
+    fn record_latency(&mut self) {
+        if self
+            .samples
+            .front()
+            .is_none_or(|&(end, _)| end > self.written_total)
+        {
+            return;
+        }
+        let now = wall_clock_ns();
+        self.latency_scratch.clear();
+        while let Some(&(end, ingest_ts_ns)) = self.samples.front() {
+            if end > self.written_total {
+                break;
+            }
+            self.samples.pop_front();
+            self.latency_scratch
+                .push(now.saturating_sub(ingest_ts_ns).max(0) as u64);
+        }
+        self.metrics
+            .delivery_latency
+            .record_batch(self.latency_shard, &self.latency_scratch);
+    }
+
+    /// Publishes the batched counters and this buffer's size to the metrics.
+    pub fn report(&mut self) {
+        let metrics = &self.metrics;
+        if self.unreported_messages > 0 {
+            metrics
+                .messages_out
+                .fetch_add(self.unreported_messages, Relaxed);
+            self.unreported_messages = 0;
+        }
+        if self.unreported_bytes > 0 {
+            metrics.bytes_out.fetch_add(self.unreported_bytes, Relaxed);
+            self.unreported_bytes = 0;
+        }
+        if self.unreported_conflated > 0 {
+            metrics
+                .updates_conflated
+                .fetch_add(self.unreported_conflated, Relaxed);
+            self.unreported_conflated = 0;
+        }
+        let buffered = self.buffered();
+        if buffered != self.reported_buffered {
+            let delta = buffered as i64 - self.reported_buffered as i64;
+            metrics.write_buffered_bytes.fetch_add(delta, Relaxed);
+            self.reported_buffered = buffered;
+        }
+    }
+
+    /// Reports for the last time and takes this buffer out of the gauges.
+    pub fn release(&mut self) {
+        self.report();
+        self.metrics
+            .write_buffered_bytes
+            .fetch_sub(self.reported_buffered as i64, Relaxed);
+        self.reported_buffered = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_stream_messages_are_id_and_data_lines() {
+        let mut outbox = Outbox::new(Framing::EventStream, Arc::default(), 0);
+        outbox.push_json(br#"{"type":"subscribed"}"#);
+        outbox.push_ticker(br#"{"type":"ticker","skipped":"#, 2, false, Some(1));
+        let text = String::from_utf8(outbox.take_pending()).unwrap_or_default();
+        assert_eq!(
+            text,
+            "id: 1\ndata: {\"type\":\"subscribed\"}\n\nid: 2\ndata: {\"type\":\"ticker\",\"skipped\":2,\"snapshot\":false}\n\n"
+        );
+        assert_eq!(outbox.buffered(), 0);
+    }
+
+    #[test]
+    fn latency_is_recorded_only_once_an_update_is_fully_written() {
+        let metrics = Arc::new(Metrics::default());
+        let mut outbox = Outbox::new(Framing::WebSocket, metrics.clone(), 0);
+        outbox.push_ticker(b"0123456789", 0, false, Some(wall_clock_ns()));
+        let total = outbox.buffered();
+        outbox.advance(total - 1, 1024);
+        assert_eq!(metrics.delivery_latency.summary().count, 0);
+        outbox.advance(1, 1024);
+        assert_eq!(metrics.delivery_latency.summary().count, 1);
+        outbox.report();
+        assert_eq!(metrics.messages_out.load(Relaxed), 1);
+        assert_eq!(metrics.bytes_out.load(Relaxed), total as u64);
+    }
+}

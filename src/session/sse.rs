@@ -1,0 +1,89 @@
+//! Server-Sent Events: the same ticker stream over plain HTTP, for clients
+//! behind proxies that break WebSocket. Each event's `data:` is exactly the JSON
+//! message a WebSocket client would get; a reconnect (with `Last-Event-ID` or
+//! not) starts over with `subscribed` and fresh snapshots.
+//!
+//! The stream task hands the HTTP body one chunk at a time through a channel
+//! of capacity one, so while the client is slow the task waits and updates
+//! conflate in its mailbox, exactly as for a WebSocket client.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, sleep_until, Instant};
+
+use super::outbox::{Framing, Outbox};
+use super::subscriptions::Subscriptions;
+use super::SessionContext;
+use crate::metrics::{CloseReason, ConnectionPermit};
+
+/// How often a quiet stream sends a comment, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Starts an event stream subscribed to `symbols`; returns the HTTP body.
+pub fn start(
+    symbols: Vec<String>,
+    context: SessionContext,
+    permit: ConnectionPermit,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let (chunks, receiver) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        let metrics = context.hub.metrics().clone();
+        let reason = run(symbols, context, chunks).await;
+        metrics.count_close(reason);
+        drop(permit);
+    });
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((Ok(chunk), receiver))
+    })
+}
+
+async fn run(
+    symbols: Vec<String>,
+    context: SessionContext,
+    chunks: mpsc::Sender<Bytes>,
+) -> CloseReason {
+    let config = context.config.clone();
+    let mut out = Outbox::new(
+        Framing::EventStream,
+        context.hub.metrics().clone(),
+        context.id,
+    );
+    let mut subscriptions = Subscriptions::new(context.hub.clone(), config.max_subscriptions);
+    subscriptions.subscribe(None, symbols, None, &mut out);
+    let mut keep_alive = interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let reason = loop {
+        subscriptions.fill(&mut out, config.write_high_water);
+        if out.buffered() > 0 {
+            // Latency is recorded as the chunk is handed to the HTTP layer.
+            let chunk = Bytes::from(out.take_pending());
+            out.report();
+            tokio::select! {
+                biased;
+                () = context.shutdown.cancelled() => break CloseReason::Shutdown,
+                sent = chunks.send(chunk) => match sent {
+                    Ok(()) => continue,
+                    Err(_) => break CloseReason::ClientClosed,
+                },
+            }
+        }
+        let deadline = subscriptions
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + KEEP_ALIVE);
+        tokio::select! {
+            biased;
+            () = context.shutdown.cancelled() => break CloseReason::Shutdown,
+            () = chunks.closed() => break CloseReason::ClientClosed,
+            () = subscriptions.mailbox().notified() => {}
+            () = sleep_until(deadline) => subscriptions.on_timer(&mut out),
+            _ = keep_alive.tick() => out.push_comment("keep-alive"),
+        }
+    };
+    subscriptions.release();
+    out.release();
+    reason
+}

@@ -1,0 +1,369 @@
+//! A client's subscriptions and the conflating drain from its mailbox, shared
+//! by every transport (WebSocket, Server-Sent Events).
+//!
+//! The mailbox only says *which* subscriptions changed; the drain reads each
+//! symbol's current snapshot and status at that moment. A client that is behind
+//! therefore always gets the newest version, with `skipped` counting the ones
+//! it missed, and never a backlog.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::outbox::Outbox;
+use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
+use crate::metrics::ErrorCode;
+use crate::protocol::{self, Reply, TICKER_CHANNEL};
+
+/// One subscribed symbol.
+#[derive(Debug)]
+struct Subscription {
+    entry: Arc<SymbolEntry>,
+    slot: Arc<Slot>,
+    /// `seq` of the last version sent; 0 before the first.
+    last_seq: u64,
+    /// Status generation last announced to this client.
+    last_status: u64,
+    /// `max_rate_hz` as a minimum gap between two updates.
+    min_gap: Option<Duration>,
+    /// Earliest time the next update may go out under `min_gap`.
+    next_due: Instant,
+    /// Waiting in `deferred` for `next_due`.
+    deferred: bool,
+}
+
+/// Every subscription of one client.
+#[derive(Debug)]
+pub struct Subscriptions {
+    hub: Arc<Hub>,
+    max_subscriptions: usize,
+    mailbox: Arc<Mailbox>,
+    /// Indices taken from the mailbox, processed from `ready_pos` on.
+    ready: Vec<u32>,
+    ready_pos: usize,
+    /// Indices held back by their rate cap.
+    deferred: Vec<u32>,
+    slab: Vec<Option<Subscription>>,
+    free: Vec<u32>,
+    by_name: HashMap<Arc<str>, u32>,
+}
+
+impl Subscriptions {
+    pub fn new(hub: Arc<Hub>, max_subscriptions: usize) -> Self {
+        Self {
+            hub,
+            max_subscriptions,
+            mailbox: Arc::new(Mailbox::default()),
+            ready: Vec::new(),
+            ready_pos: 0,
+            deferred: Vec::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// The mailbox publishers notify.
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Whether ready notices are already taken from the mailbox but not yet
+    /// processed. Their slots stay marked queued, so no publisher will notify
+    /// for them again: the caller must drain again before waiting.
+    pub fn has_backlog(&self) -> bool {
+        self.ready_pos < self.ready.len()
+    }
+
+    /// Handles a subscribe request and appends the protocol's answer:
+    /// `subscribed`, a snapshot per accepted symbol with data (and its status
+    /// when not live), then errors for unknown symbols and those over the limit.
+    pub fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        symbols: Vec<String>,
+        max_rate_hz: Option<f64>,
+        out: &mut Outbox,
+    ) {
+        let min_gap = max_rate_hz.map(|hz| Duration::from_secs_f64((1.0 / hz).min(3_600.0)));
+        let mut accepted: Vec<Arc<str>> = Vec::new();
+        let mut fresh: Vec<u32> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        let mut over_limit: Vec<String> = Vec::new();
+        for name in symbols {
+            if accepted.iter().any(|a| **a == *name) {
+                continue;
+            }
+            if let Some(&index) = self.by_name.get(name.as_str()) {
+                // Subscribing again refreshes: a new rate cap and a new snapshot.
+                if let Some(sub) = self.get_mut(index) {
+                    sub.min_gap = min_gap;
+                    accepted.push(sub.entry.name().clone());
+                    fresh.push(index);
+                }
+                continue;
+            }
+            let Some(entry) = self.hub.get(&name) else {
+                unknown.push(name);
+                continue;
+            };
+            if self.by_name.len() >= self.max_subscriptions {
+                over_limit.push(name);
+                continue;
+            }
+            accepted.push(entry.name().clone());
+            fresh.push(self.add(entry, min_gap));
+        }
+
+        let names: Vec<&str> = accepted.iter().map(|n| &**n).collect();
+        out.push_json(
+            &Reply::Subscribed {
+                id,
+                channel: TICKER_CHANNEL,
+                symbols: &names,
+            }
+            .encode(),
+        );
+        for index in fresh {
+            self.push_snapshot(index, out);
+        }
+        if !unknown.is_empty() {
+            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            push_error(
+                out,
+                &self.hub,
+                id,
+                ErrorCode::UnknownSymbol,
+                "no such symbol",
+                &names,
+            );
+        }
+        if !over_limit.is_empty() {
+            let names: Vec<&str> = over_limit.iter().map(String::as_str).collect();
+            let message = format!(
+                "at most {} subscriptions per connection",
+                self.max_subscriptions
+            );
+            push_error(
+                out,
+                &self.hub,
+                id,
+                ErrorCode::LimitExceeded,
+                &message,
+                &names,
+            );
+        }
+    }
+
+    /// Drops the named subscriptions and appends `unsubscribed`. Nothing for
+    /// them is appended after this returns.
+    pub fn unsubscribe(&mut self, id: Option<u64>, symbols: &[String], out: &mut Outbox) {
+        for name in symbols {
+            if let Some(index) = self.by_name.remove(name.as_str()) {
+                self.remove(index);
+            }
+        }
+        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+        out.push_json(
+            &Reply::Unsubscribed {
+                id,
+                channel: TICKER_CHANNEL,
+                symbols: &names,
+            }
+            .encode(),
+        );
+    }
+
+    fn add(&mut self, entry: Arc<SymbolEntry>, min_gap: Option<Duration>) -> u32 {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            (self.slab.len() - 1) as u32
+        });
+        let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
+        // Registered before the snapshot is read, so no version can fall between.
+        entry.subscribe(slot.clone());
+        // A live symbol needs no announcement; any other state is announced
+        // with the snapshot.
+        let status = entry.status();
+        let last_status = match status.state {
+            SymbolState::Live => status.generation,
+            _ => u64::MAX,
+        };
+        self.by_name.insert(entry.name().clone(), index);
+        self.slab[index as usize] = Some(Subscription {
+            entry,
+            slot,
+            last_seq: 0,
+            last_status,
+            min_gap,
+            next_due: Instant::now(),
+            deferred: false,
+        });
+        self.hub
+            .metrics()
+            .subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        index
+    }
+
+    fn remove(&mut self, index: u32) {
+        if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::take) {
+            sub.entry.unsubscribe(&sub.slot);
+            self.deferred.retain(|&i| i != index);
+            self.free.push(index);
+            self.hub
+                .metrics()
+                .subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every subscription so publishers stop seeing this client.
+    pub fn release(&mut self) {
+        let indices: Vec<u32> = self.by_name.drain().map(|(_, index)| index).collect();
+        for index in indices {
+            self.remove(index);
+        }
+    }
+
+    fn get_mut(&mut self, index: u32) -> Option<&mut Subscription> {
+        self.slab.get_mut(index as usize).and_then(Option::as_mut)
+    }
+
+    fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
+        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(snapshot) = sub.entry.current() {
+            sub.last_seq = sub.last_seq.max(snapshot.seq);
+            out.push_ticker(snapshot.ticker_prefix(), 0, true, None);
+            // The snapshot counts as a delivery for the rate cap.
+            if let Some(gap) = sub.min_gap {
+                sub.next_due = Instant::now() + gap;
+            }
+        }
+        push_status_if_changed(sub, out);
+    }
+
+    /// Moves ready updates into `out` until it holds `high_water` bytes.
+    pub fn fill(&mut self, out: &mut Outbox, high_water: usize) {
+        let now = Instant::now();
+        while out.buffered() < high_water {
+            if self.ready_pos == self.ready.len() {
+                self.ready.clear();
+                self.ready_pos = 0;
+                self.mailbox.take_ready(&mut self.ready);
+                if self.ready.is_empty() {
+                    return;
+                }
+            }
+            let index = self.ready[self.ready_pos];
+            self.ready_pos += 1;
+            self.push_update(index, now, out);
+        }
+    }
+
+    /// Sends the updates whose rate-cap gap has passed.
+    pub fn on_timer(&mut self, out: &mut Outbox) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.deferred.len() {
+            let index = self.deferred[i];
+            let due = self
+                .slab
+                .get(index as usize)
+                .and_then(Option::as_ref)
+                .is_none_or(|s| s.next_due <= now);
+            if !due {
+                i += 1;
+                continue;
+            }
+            self.deferred.swap_remove(i);
+            if let Some(sub) = self.get_mut(index) {
+                sub.deferred = false;
+            }
+            self.push_update(index, now, out);
+        }
+    }
+
+    /// When the earliest deferred update is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deferred
+            .iter()
+            .filter_map(|&i| self.slab.get(i as usize).and_then(Option::as_ref))
+            .map(|s| s.next_due)
+            .min()
+    }
+
+    /// Appends the newest version (and status) of one subscription, if the
+    /// client does not have it yet and its rate cap allows.
+    fn push_update(&mut self, index: u32, now: Instant, out: &mut Outbox) {
+        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+            return; // Unsubscribed since it was queued.
+        };
+        if sub.deferred {
+            return;
+        }
+        if sub.min_gap.is_some() && now < sub.next_due {
+            // Leave the slot marked queued: the publisher need not notify again,
+            // and the timer sends whatever is newest when the gap has passed.
+            sub.deferred = true;
+            self.deferred.push(index);
+            return;
+        }
+        sub.slot.clear();
+        let guard = sub.entry.peek();
+        if let Some(snapshot) = guard.as_deref() {
+            if snapshot.seq > sub.last_seq {
+                let skipped = snapshot.seq - sub.last_seq - 1;
+                sub.last_seq = snapshot.seq;
+                if let Some(gap) = sub.min_gap {
+                    sub.next_due = now + gap;
+                }
+                out.push_ticker(
+                    snapshot.ticker_prefix(),
+                    skipped,
+                    false,
+                    Some(snapshot.ingest_ts_ns),
+                );
+            }
+        }
+        push_status_if_changed(sub, out);
+    }
+}
+
+/// Announces a status change the client has not seen.
+fn push_status_if_changed(sub: &mut Subscription, out: &mut Outbox) {
+    if sub.entry.status_generation() == sub.last_status {
+        return;
+    }
+    let status = sub.entry.status();
+    sub.last_status = status.generation;
+    out.push_json(
+        &Reply::Status {
+            symbol: sub.entry.name(),
+            state: status.state.as_str(),
+            reason: &status.reason,
+        }
+        .encode(),
+    );
+}
+
+/// Appends an `error` reply and counts it.
+pub fn push_error(
+    out: &mut Outbox,
+    hub: &Hub,
+    id: Option<u64>,
+    code: ErrorCode,
+    message: &str,
+    symbols: &[&str],
+) {
+    hub.metrics().count_error(code);
+    out.push_json(&protocol::Reply::error(id, code, message, symbols).encode());
+}

@@ -1,0 +1,125 @@
+//! The Server-Sent Events fallback and symbol status, over real sockets.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use common::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+use tickwire::fanout::SymbolState;
+use tickwire::feed::replay::Speed;
+use tickwire::normalize::{BookUpdate, Tick};
+use tickwire::server::ServerConfig;
+
+async fn live_server() -> TestServer {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    TestServer::start(
+        ServerConfig::default(),
+        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_the_same_messages_as_the_websocket() {
+    let server = live_server().await;
+    let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
+    eventually("first update", || entry.current().is_some()).await;
+
+    let (status, head, mut events) =
+        SseClient::connect(server.addr, "/sse?symbols=usdm:BTCUSDT,NOPE").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    assert_eq!(
+        events.next().await,
+        Some(json!({"type": "subscribed", "channel": "ticker", "symbols": ["usdm:BTCUSDT"]}))
+    );
+    let snapshot = events.next().await.expect("snapshot");
+    assert_eq!(
+        (snapshot["type"].as_str(), snapshot["snapshot"].as_bool()),
+        (Some("ticker"), Some(true))
+    );
+    let error = events.next().await.expect("error");
+    assert_eq!(error["code"], "unknown_symbol");
+    let mut tape = Tape::default();
+    tape.record(&snapshot);
+    while tape.tickers < 10 {
+        tape.record(&events.next_type("ticker").await);
+    }
+    assert_eq!(server.metrics().connections.load(Relaxed), 1);
+    drop(events);
+    eventually("stream released", || {
+        server.metrics().connections.load(Relaxed) == 0
+            && server.metrics().subscriptions.load(Relaxed) == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_needs_symbols_and_ends_at_shutdown() {
+    let mut server = live_server().await;
+    let (status, _, _) = SseClient::connect(server.addr, "/sse").await;
+    assert_eq!(status, 400);
+    let (_, _, mut events) = SseClient::connect(server.addr, "/sse?symbols=spot:BTCUSDT").await;
+    events.next_type("subscribed").await;
+    server.shutdown().await.expect("shutdown");
+    while events.next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_live_status_reach_subscribers_on_both_transports() {
+    // The replay never starts: this test drives the book by hand.
+    let files = [(Some("usdm"), sample(USDM))];
+    let server = TestServer::start(
+        ServerConfig::default(),
+        vec![replay_of(&files, Speed::Max, false, true)],
+    )
+    .await;
+    let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
+    let tick = |price: i64| Tick {
+        recv_ts_ns: 0,
+        exchange_ts_ns: None,
+        update: BookUpdate::Trade {
+            price: Decimal::new(price, 1),
+            size: Decimal::ONE,
+        },
+    };
+    server
+        .hub
+        .publish(&entry, &tick(10), tickwire::wall_clock_ns());
+
+    let mut ws = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    ws.recv_type("subscribed").await;
+    let (_, _, mut sse) = SseClient::connect(server.addr, "/sse?symbols=usdm:BTCUSDT").await;
+    sse.next_type("subscribed").await;
+
+    server
+        .hub
+        .set_status(&entry, SymbolState::Stale, "feed disconnected");
+    let expected = json!({"type": "status", "symbol": "usdm:BTCUSDT", "state": "stale", "reason": "feed disconnected"});
+    assert_eq!(ws.recv_type("status").await, expected);
+    assert_eq!(sse.next_type("status").await, expected);
+
+    // A client subscribing while the symbol is stale is told so with its snapshot.
+    let mut late = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    late.recv_type("subscribed").await;
+    assert_eq!(late.recv().await["snapshot"], true);
+    assert_eq!(late.recv().await, expected);
+
+    // The next update makes it live again: the update, then the status.
+    server
+        .hub
+        .publish(&entry, &tick(11), tickwire::wall_clock_ns());
+    for client in [&mut ws, &mut late] {
+        let update = client.recv_type("ticker").await;
+        assert_eq!(update["last"], "1.1");
+        assert_eq!(client.recv().await["state"], "live");
+    }
+    assert_eq!(sse.next_type("ticker").await["last"], "1.1");
+    assert_eq!(sse.next().await.expect("status")["state"], "live");
+}
