@@ -44,6 +44,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Connect to a server, subscribe, and print each message as a JSON line.
     Subscribe(SubscribeArgs),
+    /// Load a server with many connections; report latency percentiles and efficiency.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `tickwire serve`.
@@ -125,6 +127,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
             Command::Subscribe(args) => {
                 client::subscribe(SubscribeOptions {
                     url: args.url,

@@ -26,7 +26,10 @@
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
 //! - [`client`] is the small WebSocket client behind `tickwire subscribe`, and
 //!   [`cli`] the command line.
+//! - [`bench`] is `tickwire bench`, the load client that measures end-to-end
+//!   latency and server efficiency.
 
+pub mod bench;
 pub mod book;
 pub mod cli;
 pub mod client;

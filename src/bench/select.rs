@@ -28,7 +28,9 @@ impl SplitMix64 {
 /// Popularity of the symbol at `rank` (0 = first listed): `1 / (rank + 1)^s`.
 /// `s = 0` is uniform.
 pub fn zipf_weights(count: usize, s: f64) -> Vec<f64> {
-    (0..count).map(|rank| 1.0 / ((rank + 1) as f64).powf(s)).collect()
+    (0..count)
+        .map(|rank| 1.0 / ((rank + 1) as f64).powf(s))
+        .collect()
 }
 
 /// Picks `k` distinct indices out of `weights.len()`, each draw proportional to

@@ -247,7 +247,10 @@ mod tests {
         let Received::Ticker(t) = parse(spaced) else {
             panic!("a ticker");
         };
-        assert_eq!((t.symbol.as_ref(), t.seq, t.skipped, t.snapshot), ("AB", 1, 0, true));
+        assert_eq!(
+            (t.symbol.as_ref(), t.seq, t.skipped, t.snapshot),
+            ("AB", 1, 0, true)
+        );
     }
 
     #[test]
@@ -261,7 +264,10 @@ mod tests {
             Received::Error
         );
         assert_eq!(parse("not json"), Received::Malformed);
-        assert_eq!(parse(r#"{"type":"ticker","symbol":"A"}"#), Received::Malformed);
+        assert_eq!(
+            parse(r#"{"type":"ticker","symbol":"A"}"#),
+            Received::Malformed
+        );
         assert_eq!(parse(r#"{"symbol":"A"}"#), Received::Malformed);
     }
 
@@ -275,8 +281,16 @@ mod tests {
         assert_eq!(seqs.check("A", 17, 0, false), SeqCheck::SkippedMismatch);
         assert_eq!(seqs.check("A", 17, 0, false), SeqCheck::Regression);
         assert_eq!(seqs.check("A", 12, 0, false), SeqCheck::Regression);
-        assert_eq!(seqs.check("A", 18, 0, false), SeqCheck::Ok, "compares to the newest");
-        assert_eq!(seqs.check("A", 30, 0, true), SeqCheck::Ok, "a snapshot may jump");
+        assert_eq!(
+            seqs.check("A", 18, 0, false),
+            SeqCheck::Ok,
+            "compares to the newest"
+        );
+        assert_eq!(
+            seqs.check("A", 30, 0, true),
+            SeqCheck::Ok,
+            "a snapshot may jump"
+        );
         assert_eq!(seqs.check("B", 4, 0, false), SeqCheck::Ok);
     }
 
@@ -290,9 +304,21 @@ mod tests {
             tally.observe(&mut seqs, &mut histogram, text, now, measuring)
         };
         assert!(!feed(&mut tally, r#"{"type":"subscribed","id":1}"#, false));
-        assert!(feed(&mut tally, &ticker("A", 1, 0, now - 50_000, true), false));
-        assert!(feed(&mut tally, &ticker("A", 2, 0, now - 40_000, false), false));
-        assert!(feed(&mut tally, &ticker("A", 5, 2, now - 20_000, false), true));
+        assert!(feed(
+            &mut tally,
+            &ticker("A", 1, 0, now - 50_000, true),
+            false
+        ));
+        assert!(feed(
+            &mut tally,
+            &ticker("A", 2, 0, now - 40_000, false),
+            false
+        ));
+        assert!(feed(
+            &mut tally,
+            &ticker("A", 5, 2, now - 20_000, false),
+            true
+        ));
         assert!(feed(&mut tally, &ticker("A", 6, 0, now + 5, false), true));
         assert!(feed(&mut tally, &ticker("A", 6, 0, now - 1, false), true));
         assert_eq!(tally.snapshots, 1);

@@ -1,0 +1,314 @@
+//! The load: WebSocket connections spread over a few OS threads, each running a
+//! current-thread tokio runtime, so the client's own cost stays small and
+//! predictable. Each thread keeps one histogram its connections share.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::tally::{new_histogram, SeqChecker, Tally};
+use crate::client::websocket_config;
+use crate::wall_clock_ns;
+
+/// Handshakes in flight per thread: enough to connect thousands quickly
+/// without overrunning the server's accept backlog.
+const CONNECTING_AT_ONCE: usize = 64;
+/// How long a closing handshake may take once the run is over.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where the run is; connections read it on every message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting and warming up: messages are checked, not timed.
+    WarmUp = 0,
+    /// Inside the measurement window: tickers are timed and counted.
+    Measure = 1,
+    /// The window is over; the server is being scraped, connections stay open.
+    Done = 2,
+    /// Close and report.
+    Stop = 3,
+}
+
+/// Shared by the coordinator and every load thread.
+#[derive(Debug, Default)]
+pub struct Control {
+    phase: AtomicU8,
+    stop: CancellationToken,
+}
+
+impl Control {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::WarmUp,
+            1 => Phase::Measure,
+            2 => Phase::Done,
+            _ => Phase::Stop,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Relaxed);
+        if phase == Phase::Stop {
+            self.stop.cancel();
+        }
+    }
+}
+
+/// Live counters of one thread, polled by the coordinator.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Ticker messages received so far, every phase.
+    pub tickers: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicUsize,
+}
+
+/// How connecting went on one thread.
+#[derive(Clone, Debug, Default)]
+pub struct Connected {
+    pub connected: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+}
+
+impl Connected {
+    pub fn merge(&mut self, other: Connected) {
+        self.connected += other.connected;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// What one thread measured.
+#[derive(Debug)]
+pub struct Outcome {
+    pub tally: Tally,
+    pub histogram: Histogram<u64>,
+    /// Connections that ended before the run did, and the first reason seen.
+    pub closed_early: usize,
+    pub first_close: Option<String>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Self {
+            tally: Tally::default(),
+            histogram: new_histogram(),
+            closed_early: 0,
+            first_close: None,
+        }
+    }
+}
+
+impl Outcome {
+    pub fn merge(&mut self, other: Outcome) {
+        self.tally.merge(&other.tally);
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.closed_early += other.closed_early;
+        if self.first_close.is_none() {
+            self.first_close = other.first_close;
+        }
+    }
+}
+
+/// A running load thread.
+pub struct LoadThread {
+    /// Resolves once every connection of the thread connected or failed.
+    pub connected: oneshot::Receiver<Connected>,
+    pub progress: Arc<Progress>,
+    pub handle: std::thread::JoinHandle<anyhow::Result<Outcome>>,
+}
+
+/// Starts a thread that opens one connection per entry of `subscriptions` to
+/// `url` and subscribes it to those symbols.
+pub fn spawn(
+    index: usize,
+    url: String,
+    subscriptions: Vec<Vec<String>>,
+    control: Arc<Control>,
+    connect_timeout: Duration,
+) -> std::io::Result<LoadThread> {
+    let progress = Arc::new(Progress::default());
+    let (connected_tx, connected) = oneshot::channel();
+    let thread_progress = progress.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("bench-{index}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            let thread = Thread {
+                url: url.into(),
+                control,
+                progress: thread_progress,
+                histogram: Rc::new(RefCell::new(new_histogram())),
+                connect_timeout,
+            };
+            Ok(local.block_on(&runtime, thread.run(subscriptions, connected_tx)))
+        })?;
+    Ok(LoadThread {
+        connected,
+        progress,
+        handle,
+    })
+}
+
+/// What the connections of one thread share.
+#[derive(Clone)]
+struct Thread {
+    url: Rc<str>,
+    control: Arc<Control>,
+    progress: Arc<Progress>,
+    histogram: Rc<RefCell<Histogram<u64>>>,
+    connect_timeout: Duration,
+}
+
+/// How one connection ended.
+#[derive(Default)]
+struct ConnectionEnd {
+    tally: Tally,
+    /// Why it ended before the run did, if it did.
+    early: Option<String>,
+}
+
+impl Thread {
+    async fn run(
+        self,
+        subscriptions: Vec<Vec<String>>,
+        connected_tx: oneshot::Sender<Connected>,
+    ) -> Outcome {
+        let count = subscriptions.len();
+        let permits = Rc::new(Semaphore::new(CONNECTING_AT_ONCE));
+        // One result per connection, so the channel never holds more than `count`.
+        let (result_tx, mut results) = mpsc::unbounded_channel();
+        let tasks: Vec<_> = subscriptions
+            .into_iter()
+            .map(|symbols| {
+                let thread = self.clone();
+                let permits = permits.clone();
+                let result_tx = result_tx.clone();
+                tokio::task::spawn_local(async move {
+                    thread.connection(symbols, permits, result_tx).await
+                })
+            })
+            .collect();
+        drop(result_tx);
+        let mut connected = Connected::default();
+        for _ in 0..count {
+            match results.recv().await {
+                Some(Ok(())) => connected.connected += 1,
+                Some(Err(error)) => {
+                    connected.failed += 1;
+                    connected.first_error.get_or_insert(error);
+                }
+                None => break,
+            }
+        }
+        let _ = connected_tx.send(connected);
+
+        let mut outcome = Outcome::default();
+        for task in tasks {
+            let end = task.await.unwrap_or_else(|e| ConnectionEnd {
+                tally: Tally::default(),
+                early: Some(format!("connection task failed: {e}")),
+            });
+            outcome.tally.merge(&end.tally);
+            if let Some(reason) = end.early {
+                outcome.closed_early += 1;
+                outcome.first_close.get_or_insert(reason);
+            }
+        }
+        outcome.histogram = self.histogram.borrow().clone();
+        outcome
+    }
+
+    async fn connection(
+        &self,
+        symbols: Vec<String>,
+        permits: Rc<Semaphore>,
+        result_tx: mpsc::UnboundedSender<Result<(), String>>,
+    ) -> ConnectionEnd {
+        let connect = async {
+            let _permit = permits.acquire().await.ok();
+            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
+                &*self.url,
+                Some(websocket_config()),
+                true,
+            )
+            .await?;
+            let request = serde_json::json!({"op": "subscribe", "id": 1, "symbols": symbols});
+            socket.send(Message::text(request.to_string())).await?;
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(socket)
+        };
+        let mut socket = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => {
+                let _ = result_tx.send(Err(format!("cannot connect to {}: {error}", self.url)));
+                return ConnectionEnd::default();
+            }
+            Err(_) => {
+                let _ = result_tx.send(Err(format!("timed out connecting to {}", self.url)));
+                return ConnectionEnd::default();
+            }
+        };
+        self.progress.open.fetch_add(1, Relaxed);
+        let _ = result_tx.send(Ok(()));
+
+        let mut tally = Tally::default();
+        let mut seqs = SeqChecker::default();
+        // Pinned once: the stop signal must not cost a registration per message.
+        let stop = self.control.stop.cancelled();
+        tokio::pin!(stop);
+        let early = loop {
+            let message = tokio::select! {
+                biased;
+                message = socket.next() => message,
+                () = &mut stop => break None,
+            };
+            let phase = self.control.phase();
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let now = wall_clock_ns();
+                    let mut histogram = self.histogram.borrow_mut();
+                    let measuring = phase == Phase::Measure;
+                    if tally.observe(&mut seqs, &mut histogram, text.as_str(), now, measuring) {
+                        self.progress.tickers.fetch_add(1, Relaxed);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    break Some(format!("closed by the server: {code} {reason}"));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => break Some(format!("connection failed: {error}")),
+                None => break Some("connection ended without a close frame".to_owned()),
+            }
+            // A busy socket is always ready, so `stop` may never be polled above.
+            if phase == Phase::Stop {
+                break None;
+            }
+        };
+        self.progress.open.fetch_sub(1, Relaxed);
+        if early.is_none() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
+        }
+        // Connections that end after the window are not a finding.
+        let early = early.filter(|_| self.control.phase() != Phase::Stop);
+        ConnectionEnd { tally, early }
+    }
+}
