@@ -158,8 +158,8 @@ fn init_tracing(filter: &str) {
         .init();
 }
 
-/// The replay feeds the arguments describe.
-pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<replay::ReplayConfig>> {
+/// The feeds the arguments describe.
+pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
     let max_gap = Duration::from_millis(args.max_gap_ms);
     let mut feeds = Vec::new();
     for path in &args.feed {
@@ -171,24 +171,24 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<replay::ReplayConfig>> {
             .iter()
             .map(|arg| parse_replay_arg(arg))
             .collect();
-        feeds.push(replay::ReplayConfig {
+        feeds.push(config::FeedConfig::Replay(replay::ReplayConfig {
             name: "replay".into(),
             sources,
             speed: args.speed,
             looped: args.looped,
             max_gap,
             start_paused: false,
-        });
+        }));
     }
     if feeds.is_empty() {
-        feeds.push(replay::ReplayConfig {
+        feeds.push(config::FeedConfig::Replay(replay::ReplayConfig {
             name: "bundled".into(),
             sources: feed::bundled_sample(),
             speed: args.speed,
             looped: !args.once,
             max_gap,
             start_paused: false,
-        });
+        }));
     }
     Ok(feeds)
 }
@@ -215,8 +215,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(metrics.clone()));
     let feeds_shutdown = CancellationToken::new();
     for feed in feeds {
-        let name = feed.name.clone();
-        replay::spawn(hub.clone(), feed, feeds_shutdown.clone())
+        let name = feed.name().to_owned();
+        feed::spawn(hub.clone(), feed, feeds_shutdown.clone())
             .with_context(|| format!("cannot start feed `{name}`"))?;
     }
     let listener = TcpListener::bind(args.listen)

@@ -1,8 +1,8 @@
-//! Feed files: one TOML file per feed in `feeds/`, e.g.
+//! Feed files: one TOML file per feed in `feeds/`. `kind` picks the feed:
 //!
 //! ```toml
 //! name = "binance-sample"
-//! kind = "replay"
+//! kind = "replay"      # replay | binance | coinbase
 //! speed = "1"          # a factor, or "max"
 //! loop = true
 //! max_gap_ms = 5000
@@ -12,16 +12,43 @@
 //! prefix = "spot"      # served as spot:BTCUSDT
 //! ```
 //!
+//! ```toml
+//! name = "binance-usdm"
+//! kind = "binance"
+//! url = "wss://fstream.binance.com/stream?streams=btcusdt@bookTicker/btcusdt@trade"
+//! prefix = "usdm"
+//! stale_after_ms = 5000
+//! ```
+//!
 //! Relative paths are resolved against the directory of the TOML file, so a feed
 //! file works from any working directory. Unknown keys are errors, reported with
 //! the file, line and key.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::live::{Backoff, LiveConfig, Venue};
 use super::replay::{ReplayConfig, ReplayInput, ReplaySource, Speed};
+
+/// A feed, as a feed file describes it.
+#[derive(Clone, Debug)]
+pub enum FeedConfig {
+    Replay(ReplayConfig),
+    Live(LiveConfig),
+}
+
+impl FeedConfig {
+    /// The feed's name.
+    pub fn name(&self) -> &str {
+        match self {
+            FeedConfig::Replay(config) => &config.name,
+            FeedConfig::Live(config) => &config.name,
+        }
+    }
+}
 
 /// Why a feed file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +62,19 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// Just the `kind`, read first so the rest is checked against that kind's
+/// fields (and toml can point at the line of an unknown one).
+#[derive(Debug, Deserialize)]
+struct Kind {
+    kind: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FeedFile {
+struct ReplayFile {
     name: Option<String>,
-    kind: FeedKind,
+    #[allow(dead_code)] // Read by `Kind`.
+    kind: String,
     #[serde(default = "default_speed")]
     speed: String,
     #[serde(default, rename = "loop")]
@@ -50,16 +85,40 @@ struct FeedFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum FeedKind {
-    Replay,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileEntry {
     path: PathBuf,
     prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveFile {
+    name: Option<String>,
+    #[allow(dead_code)] // Read by `Kind`.
+    kind: String,
+    url: String,
+    /// Binance: derived from the URL's streams when absent.
+    #[serde(default)]
+    symbols: Vec<String>,
+    /// Coinbase: the products to subscribe to.
+    #[serde(default)]
+    products: Vec<String>,
+    /// Coinbase: the channels to subscribe to.
+    #[serde(default = "default_coinbase_channels")]
+    channels: Vec<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    rename: HashMap<String, String>,
+    #[serde(default = "default_stale_after_ms")]
+    stale_after_ms: u64,
+    #[serde(default = "default_backoff_initial_ms")]
+    backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    backoff_max_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    ca_file: Option<PathBuf>,
 }
 
 fn default_speed() -> String {
@@ -73,8 +132,28 @@ fn default_max_gap_ms() -> u64 {
     DEFAULT_MAX_GAP.as_millis() as u64
 }
 
+fn default_coinbase_channels() -> Vec<String> {
+    vec!["ticker".into(), "matches".into(), "heartbeat".into()]
+}
+
+fn default_stale_after_ms() -> u64 {
+    5_000
+}
+
+fn default_backoff_initial_ms() -> u64 {
+    Backoff::default().initial.as_millis() as u64
+}
+
+fn default_backoff_max_ms() -> u64 {
+    Backoff::default().max.as_millis() as u64
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+
 /// Reads and validates a feed file.
-pub fn load(path: &Path) -> Result<ReplayConfig, ConfigError> {
+pub fn load(path: &Path) -> Result<FeedConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -83,44 +162,117 @@ pub fn load(path: &Path) -> Result<ReplayConfig, ConfigError> {
 }
 
 /// Parses feed-file text; `path` names it in errors and anchors relative paths.
-pub fn parse(text: &str, path: &Path) -> Result<ReplayConfig, ConfigError> {
+pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         path: path.to_owned(),
         message,
     };
-    // toml's message names the line, column and key at fault.
-    let file: FeedFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    let FeedKind::Replay = file.kind;
-    let speed: Speed = file
-        .speed
-        .parse()
-        .map_err(|e: String| invalid(format!("field `speed`: {e}")))?;
-    if file.files.is_empty() {
-        return Err(invalid(
-            "field `files`: a replay feed needs at least one file".into(),
-        ));
-    }
+    // toml's messages name the line, column and key at fault.
+    let kind: Kind = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let sources = file
-        .files
-        .into_iter()
-        .map(|entry| ReplaySource {
-            prefix: entry.prefix.filter(|p| !p.is_empty()),
-            input: ReplayInput::Path(base.join(entry.path)),
-        })
-        .collect();
-    let name = file.name.unwrap_or_else(|| {
+    let default_name = || {
         path.file_stem()
             .map_or_else(|| "feed".into(), |s| s.to_string_lossy().into_owned())
-    });
-    Ok(ReplayConfig {
-        name,
-        sources,
-        speed,
-        looped: file.looped,
-        max_gap: Duration::from_millis(file.max_gap_ms),
-        start_paused: false,
-    })
+    };
+    match kind.kind.as_str() {
+        "replay" => {
+            let file: ReplayFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+            let speed: Speed = file
+                .speed
+                .parse()
+                .map_err(|e: String| invalid(format!("field `speed`: {e}")))?;
+            if file.files.is_empty() {
+                return Err(invalid(
+                    "field `files`: a replay feed needs at least one file".into(),
+                ));
+            }
+            let sources = file
+                .files
+                .into_iter()
+                .map(|entry| ReplaySource {
+                    prefix: entry.prefix.filter(|p| !p.is_empty()),
+                    input: ReplayInput::Path(base.join(entry.path)),
+                })
+                .collect();
+            Ok(FeedConfig::Replay(ReplayConfig {
+                name: file.name.unwrap_or_else(default_name),
+                sources,
+                speed,
+                looped: file.looped,
+                max_gap: Duration::from_millis(file.max_gap_ms),
+                start_paused: false,
+            }))
+        }
+        "binance" | "coinbase" => {
+            let file: LiveFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+            let venue = if kind.kind == "binance" {
+                if !file.products.is_empty() {
+                    return Err(invalid("field `products` is for coinbase feeds; binance streams are chosen in the URL".into()));
+                }
+                Venue::Binance
+            } else {
+                if file.products.is_empty() {
+                    return Err(invalid(
+                        "field `products`: a coinbase feed needs at least one product".into(),
+                    ));
+                }
+                Venue::Coinbase {
+                    products: file.products.clone(),
+                    channels: file.channels.clone(),
+                }
+            };
+            let symbols = match &venue {
+                Venue::Binance if file.symbols.is_empty() => binance_stream_symbols(&file.url),
+                Venue::Binance => file.symbols,
+                Venue::Coinbase { products, .. } => products.clone(),
+            };
+            if file.stale_after_ms == 0
+                || file.backoff_initial_ms == 0
+                || file.backoff_max_ms < file.backoff_initial_ms
+            {
+                return Err(invalid(
+                    "fields `stale_after_ms`, `backoff_initial_ms` must be positive and `backoff_max_ms` ≥ `backoff_initial_ms`".into(),
+                ));
+            }
+            Ok(FeedConfig::Live(LiveConfig {
+                name: file.name.unwrap_or_else(default_name),
+                venue,
+                url: file.url,
+                symbols,
+                prefix: file.prefix.filter(|p| !p.is_empty()),
+                rename: file.rename,
+                stale_after: Duration::from_millis(file.stale_after_ms),
+                backoff: Backoff {
+                    initial: Duration::from_millis(file.backoff_initial_ms),
+                    max: Duration::from_millis(file.backoff_max_ms),
+                },
+                connect_timeout: Duration::from_millis(file.connect_timeout_ms.max(1)),
+                ca_file: file.ca_file.map(|ca| base.join(ca)),
+            }))
+        }
+        other => Err(invalid(format!(
+            "field `kind`: unknown feed kind {other:?} (expected replay, binance or coinbase)"
+        ))),
+    }
+}
+
+/// The symbols a Binance stream URL names: `...streams=btcusdt@bookTicker/ethusdt@trade`
+/// or `/ws/btcusdt@bookTicker` → `BTCUSDT`, `ETHUSDT`.
+pub fn binance_stream_symbols(url: &str) -> Vec<String> {
+    let streams = match url.split_once("streams=") {
+        Some((_, query)) => query.split('&').next().unwrap_or(""),
+        None => url.rsplit('/').next().unwrap_or(""),
+    };
+    let mut symbols: Vec<String> = Vec::new();
+    for stream in streams.split('/') {
+        if let Some((symbol, _)) = stream.split_once('@') {
+            let symbol = symbol.to_ascii_uppercase();
+            if !symbol.is_empty() && !symbols.contains(&symbol) {
+                symbols.push(symbol);
+            }
+        }
+    }
+    symbols
 }
 
 #[cfg(test)]
@@ -131,10 +283,51 @@ mod tests {
     fn a_feed_file_resolves_paths_next_to_itself() {
         let text = "kind = \"replay\"\nspeed = \"max\"\nloop = true\n\n[[files]]\npath = \"../replay-data/a.gz\"\nprefix = \"spot\"\n";
         let config = parse(text, Path::new("feeds/sample.toml")).map_err(|e| e.to_string());
-        let config = config
-            .as_ref()
-            .map(|c| (c.name.as_str(), c.speed, c.looped));
-        assert_eq!(config, Ok(("sample", Speed::Max, true)));
+        let Ok(FeedConfig::Replay(config)) = config else {
+            panic!("{config:?}");
+        };
+        assert_eq!(
+            (config.name.as_str(), config.speed, config.looped),
+            ("sample", Speed::Max, true)
+        );
+        let Some(ReplaySource {
+            input: ReplayInput::Path(path),
+            ..
+        }) = config.sources.first()
+        else {
+            panic!("one file");
+        };
+        assert_eq!(path, Path::new("feeds/../replay-data/a.gz"));
+    }
+
+    #[test]
+    fn live_feeds_take_their_symbols_from_the_url_or_the_products() {
+        let text = "kind = \"binance\"\nurl = \"wss://h/stream?streams=btcusdt@bookTicker/ethusdt@trade/btcusdt@trade\"\nprefix = \"usdm\"\n";
+        let Ok(FeedConfig::Live(config)) = parse(text, Path::new("feeds/b.toml")) else {
+            panic!("binance feed");
+        };
+        assert_eq!(config.symbols, ["BTCUSDT", "ETHUSDT"]);
+        assert_eq!(config.served_name("BTCUSDT"), "usdm:BTCUSDT");
+
+        let text = "kind = \"coinbase\"\nurl = \"wss://h\"\nproducts = [\"BTC-USD\"]\n";
+        let Ok(FeedConfig::Live(config)) = parse(text, Path::new("c.toml")) else {
+            panic!("coinbase feed");
+        };
+        assert_eq!(config.symbols, ["BTC-USD"]);
+        assert!(matches!(config.venue, Venue::Coinbase { .. }));
+
+        let text = "kind = \"coinbase\"\nurl = \"wss://h\"\n";
+        let message = parse(text, Path::new("c.toml"))
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string());
+        assert!(message.unwrap_or_default().contains("`products`"));
+        let text = "kind = \"kafka\"\n";
+        let message = parse(text, Path::new("k.toml"))
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string());
+        assert!(message.unwrap_or_default().contains("unknown feed kind"));
     }
 
     #[test]

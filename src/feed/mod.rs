@@ -1,11 +1,60 @@
-//! Feed: where ticks come from. Today that is the replay of recorded files
-//! ([`replay`]), read by [`source`] and merged across files by [`merge`].
-//! [`config`] reads the `feeds/*.toml` files that describe a feed.
+//! Feed: where ticks come from — the replay of recorded files ([`replay`],
+//! read by [`source`] and merged across files by [`merge`]) or a live exchange
+//! upstream ([`live`]). [`config`] reads the `feeds/*.toml` files that describe
+//! a feed, and [`spawn`] starts one of any kind.
 
 pub mod config;
+pub mod live;
 pub mod merge;
 pub mod replay;
 pub mod source;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::Hub;
+use crate::metrics::FeedStats;
+
+/// A running feed of any kind.
+#[derive(Debug)]
+pub enum FeedHandle {
+    Replay(replay::ReplayHandle),
+    Live(live::LiveHandle),
+}
+
+impl FeedHandle {
+    /// The feed's counters.
+    pub fn stats(&self) -> &Arc<FeedStats> {
+        match self {
+            FeedHandle::Replay(handle) => handle.stats(),
+            FeedHandle::Live(handle) => handle.stats(),
+        }
+    }
+}
+
+/// Why a feed could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error(transparent)]
+    Replay(#[from] replay::ReplayError),
+    #[error(transparent)]
+    Live(#[from] live::LiveError),
+}
+
+/// Starts a feed into `hub`; it stops when `shutdown` is cancelled.
+pub fn spawn(
+    hub: Arc<Hub>,
+    config: config::FeedConfig,
+    shutdown: CancellationToken,
+) -> Result<FeedHandle, FeedError> {
+    Ok(match config {
+        config::FeedConfig::Replay(config) => {
+            FeedHandle::Replay(replay::spawn(hub, config, shutdown)?)
+        }
+        config::FeedConfig::Live(config) => FeedHandle::Live(live::spawn(hub, config, shutdown)?),
+    })
+}
 
 /// A sample of real Binance captures compiled into the binary, so `tickwire
 /// serve` with no arguments has something to serve (see `replay-data/README.md`).

@@ -156,7 +156,7 @@ pub fn spawn(
         scan_ms = started.elapsed().as_millis() as u64,
         "replay input scanned"
     );
-    let stats = hub.metrics().register_feed(&config.name);
+    let stats = hub.metrics().register_feed(&config.name, "replay");
     let (start_tx, start_rx) = mpsc::channel();
     let (finished_tx, finished_rx) = watch::channel(false);
     let player = Player {
@@ -171,6 +171,7 @@ pub fn spawn(
             if player.config.start_paused && !player.wait_for_start(&start_rx) {
                 return;
             }
+            player.stats.set_state(crate::metrics::FeedState::Live);
             player.play();
             let _ = finished_tx.send(true);
         })
@@ -273,6 +274,7 @@ impl Player {
             tracing::debug!(feed = %name, "replay starts over");
         }
         self.stats.ended.store(true, Relaxed);
+        self.stats.set_state(crate::metrics::FeedState::Ended);
         let elapsed = started.elapsed();
         let ticks = self.stats.ticks.load(Relaxed);
         tracing::info!(

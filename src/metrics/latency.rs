@@ -23,9 +23,7 @@ pub struct LatencyRecorder {
 
 impl Default for LatencyRecorder {
     fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(empty_histogram())).collect(),
-        }
+        Self::with_shards(SHARDS)
     }
 }
 
@@ -36,13 +34,22 @@ fn empty_histogram() -> Histogram<u64> {
 }
 
 impl LatencyRecorder {
+    /// A recorder with `shards` histograms (one when a single task records).
+    pub fn with_shards(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(empty_histogram()))
+                .collect(),
+        }
+    }
+
     /// Records a batch of samples (nanoseconds) into the shard picked by `shard_key`.
     /// Samples above the range are clamped to the highest trackable value.
     pub fn record_batch(&self, shard_key: u64, samples_ns: &[u64]) {
         if samples_ns.is_empty() {
             return;
         }
-        let shard = &self.shards[(shard_key as usize) % SHARDS];
+        let shard = &self.shards[(shard_key as usize) % self.shards.len()];
         let mut histogram = shard.lock().unwrap_or_else(|e| e.into_inner());
         for &sample in samples_ns {
             histogram.saturating_record(sample.max(1));
@@ -98,6 +105,18 @@ impl LatencySummary {
     /// Writes a Prometheus summary (seconds) named `name`.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
+        self.render_series(out, name, "");
+    }
+
+    /// Writes the summary's series with extra `labels` (`key="value",...`),
+    /// under a HELP/TYPE header the caller wrote.
+    pub fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         for (quantile, value) in [
             ("0.5", self.p50),
             ("0.9", self.p90),
@@ -105,10 +124,14 @@ impl LatencySummary {
             ("0.999", self.p999),
             ("1", self.max),
         ] {
-            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {}", seconds(value));
+            let _ = writeln!(
+                out,
+                "{name}{{{labels}{sep}quantile=\"{quantile}\"}} {}",
+                seconds(value)
+            );
         }
-        let _ = writeln!(out, "{name}_sum {}", seconds(self.sum));
-        let _ = writeln!(out, "{name}_count {}", self.count);
+        let _ = writeln!(out, "{name}_sum{braces} {}", seconds(self.sum));
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
 }
 

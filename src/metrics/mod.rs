@@ -10,11 +10,56 @@ use std::sync::{Arc, Mutex};
 
 pub use latency::{LatencyRecorder, LatencySummary};
 
-/// Counters for one feed (a replay or, later, a live upstream).
-#[derive(Debug, Default)]
+/// Where a feed is in its life; `tickwire_feed_state` exports the number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedState {
+    /// Connecting, or waiting to reconnect.
+    Connecting = 0,
+    /// Receiving data.
+    Live = 1,
+    /// Lost its upstream and waiting before the next attempt.
+    Down = 2,
+    /// A replay that has played everything.
+    Ended = 3,
+}
+
+impl FeedState {
+    /// The state's name in `/api/feeds`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedState::Connecting => "connecting",
+            FeedState::Live => "live",
+            FeedState::Down => "down",
+            FeedState::Ended => "ended",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => FeedState::Live,
+            2 => FeedState::Down,
+            3 => FeedState::Ended,
+            _ => FeedState::Connecting,
+        }
+    }
+}
+
+/// Counters for one feed (a replay, a live upstream or the synthetic feed).
+#[derive(Debug)]
 pub struct FeedStats {
     /// The feed's name, used as the `feed` label.
     pub name: String,
+    /// `replay`, `binance`, `coinbase` or `synthetic`.
+    pub kind: &'static str,
+    state: std::sync::atomic::AtomicU8,
+    /// Successful upstream connections.
+    pub connects: AtomicU64,
+    /// Connections after the first (each one followed a loss).
+    pub reconnects: AtomicU64,
+    /// Wall-clock time of the last message from the source (0: none yet).
+    pub last_message_ns: AtomicI64,
+    /// Venue timestamp → receive time, for live feeds.
+    pub exchange_latency: LatencyRecorder,
     /// Messages read from the source (ticks, recognised and malformed alike).
     pub messages: AtomicU64,
     /// Messages that became a book update.
@@ -27,6 +72,40 @@ pub struct FeedStats {
     pub loops: AtomicU64,
     /// Set once a replay without `--loop` has played every file.
     pub ended: AtomicBool,
+}
+
+impl FeedStats {
+    fn new(name: &str, kind: &'static str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            state: std::sync::atomic::AtomicU8::new(FeedState::Connecting as u8),
+            connects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_message_ns: AtomicI64::new(0),
+            exchange_latency: LatencyRecorder::with_shards(1),
+            messages: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            recognised: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            loops: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    pub fn state(&self) -> FeedState {
+        FeedState::from_u8(self.state.load(Relaxed))
+    }
+
+    pub fn set_state(&self, state: FeedState) {
+        self.state.store(state as u8, Relaxed);
+    }
+
+    /// Seconds since the last message, if there was one.
+    pub fn last_message_age(&self, now_ns: i64) -> Option<f64> {
+        let last = self.last_message_ns.load(Relaxed);
+        (last > 0).then(|| (now_ns - last).max(0) as f64 / 1e9)
+    }
 }
 
 /// Why a connection or handshake was refused or closed; the `reason` label.
@@ -179,12 +258,9 @@ impl Metrics {
         })
     }
 
-    /// Registers a feed and returns its counters.
-    pub fn register_feed(&self, name: &str) -> Arc<FeedStats> {
-        let stats = Arc::new(FeedStats {
-            name: name.to_owned(),
-            ..FeedStats::default()
-        });
+    /// Registers a feed of `kind` and returns its counters.
+    pub fn register_feed(&self, name: &str, kind: &'static str) -> Arc<FeedStats> {
+        let stats = Arc::new(FeedStats::new(name, kind));
         self.lock_feeds().push(stats.clone());
         stats
     }
@@ -314,7 +390,7 @@ impl Metrics {
 
     fn render_feeds(&self, out: &mut String) {
         let feeds = self.feeds();
-        let families: [FeedFamily; 6] = [
+        let families: [FeedFamily; 9] = [
             (
                 "tickwire_feed_messages_total",
                 "Messages read from the feed.",
@@ -351,6 +427,24 @@ impl Metrics {
                 "gauge",
                 |f| u64::from(f.ended.load(Relaxed)),
             ),
+            (
+                "tickwire_feed_state",
+                "0 connecting, 1 live, 2 down (waiting to reconnect), 3 ended.",
+                "gauge",
+                |f| f.state() as u64,
+            ),
+            (
+                "tickwire_feed_connects_total",
+                "Successful upstream connections.",
+                "counter",
+                |f| f.connects.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_reconnects_total",
+                "Upstream connections after a loss.",
+                "counter",
+                |f| f.reconnects.load(Relaxed),
+            ),
         ];
         for (name, help, kind, value) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -361,6 +455,29 @@ impl Metrics {
                     escape_label(&feed.name),
                     value(feed)
                 );
+            }
+        }
+        let now = crate::wall_clock_ns();
+        let name = "tickwire_feed_last_message_age_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Seconds since the feed's last message.\n# TYPE {name} gauge"
+        );
+        for feed in &feeds {
+            if let Some(age) = feed.last_message_age(now) {
+                let _ = writeln!(out, "{name}{{feed=\"{}\"}} {age}", escape_label(&feed.name));
+            }
+        }
+        let name = "tickwire_feed_exchange_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Venue timestamp to receive time, live feeds.\n# TYPE {name} summary"
+        );
+        for feed in &feeds {
+            let summary = feed.exchange_latency.summary();
+            if summary.count > 0 {
+                let labels = format!("feed=\"{}\"", escape_label(&feed.name));
+                summary.render_series(out, name, &labels);
             }
         }
     }

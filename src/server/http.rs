@@ -1,6 +1,7 @@
 //! HTTP routes: `/healthz`, `/metrics`, `/api/symbols`, `/api/snapshot/{symbol}`
 //! and the WebSocket upgrade at `/ws`.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
@@ -27,6 +28,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/symbols", get(symbols))
         .route("/api/snapshot/{symbol}", get(snapshot))
         .route("/api/latency", get(latency))
+        .route("/api/feeds", get(feeds))
         .route("/ws", get(upgrade))
         .route("/sse", get(event_stream))
         .with_state(shared)
@@ -123,6 +125,40 @@ async fn latency(State(shared): State<Arc<Shared>>) -> Response {
         "max_ns": summary.max,
     }))
     .into_response()
+}
+
+/// Health of every feed: state, connection counts, traffic, and how long ago
+/// the last message came.
+async fn feeds(State(shared): State<Arc<Shared>>) -> Response {
+    let now = crate::wall_clock_ns();
+    let feeds: Vec<serde_json::Value> = shared
+        .hub
+        .metrics()
+        .feeds()
+        .iter()
+        .map(|feed| {
+            let latency = feed.exchange_latency.summary();
+            serde_json::json!({
+                "name": feed.name,
+                "kind": feed.kind,
+                "state": feed.state().as_str(),
+                "connects": feed.connects.load(Relaxed),
+                "reconnects": feed.reconnects.load(Relaxed),
+                "messages": feed.messages.load(Relaxed),
+                "ticks": feed.ticks.load(Relaxed),
+                "recognised": feed.recognised.load(Relaxed),
+                "malformed": feed.malformed.load(Relaxed),
+                "last_message_age_ms": feed.last_message_age(now).map(|s| (s * 1e3).round() as u64),
+                "exchange_latency_ns": {
+                    "count": latency.count,
+                    "p50": latency.p50,
+                    "p99": latency.p99,
+                    "max": latency.max,
+                },
+            })
+        })
+        .collect();
+    Json(feeds).into_response()
 }
 
 /// `{"error":"<code>","message":"..."}` with a status, as protocol v1 refuses.

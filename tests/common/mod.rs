@@ -3,6 +3,8 @@
 //! independent reading of the sample files to check the served book against.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod exchange;
+
 use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,9 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tickwire::fanout::Hub;
-use tickwire::feed::replay::{self, ReplayConfig, ReplayHandle, ReplayInput, ReplaySource, Speed};
+use tickwire::feed::config::FeedConfig;
+use tickwire::feed::replay::{ReplayConfig, ReplayHandle, ReplayInput, ReplaySource, Speed};
+use tickwire::feed::FeedHandle;
 use tickwire::metrics::Metrics;
 use tickwire::server::{self, ServerConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -67,19 +71,30 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
     pub replays: Vec<ReplayHandle>,
+    pub lives: Vec<tickwire::feed::live::LiveHandle>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     feeds: CancellationToken,
 }
 
 impl TestServer {
-    pub async fn start(config: ServerConfig, feeds: Vec<ReplayConfig>) -> Self {
+    pub async fn start(config: ServerConfig, replays: Vec<ReplayConfig>) -> Self {
+        let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
+        Self::start_feeds(config, feeds).await
+    }
+
+    /// A server with feeds of any kind.
+    pub async fn start_feeds(config: ServerConfig, feeds: Vec<FeedConfig>) -> Self {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::default())));
         let cancel = CancellationToken::new();
-        let replays = feeds
-            .into_iter()
-            .map(|feed| replay::spawn(hub.clone(), feed, cancel.clone()).expect("replay starts"))
-            .collect();
+        let mut replays = Vec::new();
+        let mut lives = Vec::new();
+        for feed in feeds {
+            match tickwire::feed::spawn(hub.clone(), feed, cancel.clone()).expect("feed starts") {
+                FeedHandle::Replay(handle) => replays.push(handle),
+                FeedHandle::Live(handle) => lives.push(handle),
+            }
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -90,6 +105,7 @@ impl TestServer {
             addr,
             hub,
             replays,
+            lives,
             shutdown: Some(tx),
             task: Some(task),
             feeds: cancel,

@@ -1,0 +1,475 @@
+//! Live feeds: an upstream exchange WebSocket, kept connected.
+//!
+//! One task per feed connects (`ws://` or `wss://` through rustls), subscribes
+//! where the venue needs a message for it, and hands every message to the
+//! venue's parser — the same one the replay of a capture uses. When the
+//! connection drops, errors, or goes silent for longer than the feed's
+//! staleness window, every symbol of the feed is marked `stale` (its last good
+//! snapshot stays), and the task reconnects after an exponential backoff with
+//! full jitter, capped. The first fresh update of a symbol makes it `live`
+//! again (see [`Hub::publish`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::{Hub, SymbolEntry, SymbolState};
+use crate::metrics::{FeedState, FeedStats};
+use crate::normalize::{binance, coinbase, ParseError, Parsed, Tick};
+use crate::wall_clock_ns;
+
+/// The upstream protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Venue {
+    /// Binance combined streams (`/stream?streams=btcusdt@bookTicker/...`):
+    /// the URL alone selects the data.
+    Binance,
+    /// Coinbase Exchange: a `subscribe` message selects products and channels.
+    Coinbase {
+        products: Vec<String>,
+        channels: Vec<String>,
+    },
+}
+
+impl Venue {
+    /// The name used in metrics and `/api/feeds`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Venue::Binance => "binance",
+            Venue::Coinbase { .. } => "coinbase",
+        }
+    }
+
+    fn subscribe_messages(&self) -> Vec<String> {
+        match self {
+            Venue::Binance => Vec::new(),
+            Venue::Coinbase { products, channels } => {
+                vec![coinbase::subscribe_message(products, channels)]
+            }
+        }
+    }
+
+    fn parse<'a>(&self, message: &'a mut [u8], recv_ts_ns: i64) -> Result<Parsed<'a>, ParseError> {
+        match self {
+            Venue::Binance => binance::parse_message(message, recv_ts_ns),
+            Venue::Coinbase { .. } => coinbase::parse_message(message, recv_ts_ns),
+        }
+    }
+}
+
+/// Reconnect pacing: exponential from `initial` up to `max`, with full jitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A live feed's settings.
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    /// The feed's name in logs and metrics.
+    pub name: String,
+    pub venue: Venue,
+    /// `ws://` or `wss://` URL of the upstream.
+    pub url: String,
+    /// Upstream symbol names, declared at start so clients can subscribe
+    /// before the first update (and see them `stale` while the feed is down).
+    pub symbols: Vec<String>,
+    /// Served as `PREFIX:SYMBOL` when set.
+    pub prefix: Option<String>,
+    /// Upstream name → served name (before the prefix), e.g. `BTC-USD` → `BTCUSD`.
+    pub rename: HashMap<String, String>,
+    /// No message for this long counts as a disconnect.
+    pub stale_after: Duration,
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    /// Extra trusted root certificates (PEM), for private upstreams and tests.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl LiveConfig {
+    /// The served name of an upstream symbol.
+    pub fn served_name(&self, symbol: &str) -> String {
+        let base = self.rename.get(symbol).map_or(symbol, String::as_str);
+        match &self.prefix {
+            Some(prefix) => format!("{prefix}:{base}"),
+            None => base.to_owned(),
+        }
+    }
+}
+
+/// Why a live feed could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("feed `{feed}`: URL must start with ws:// or wss://, not {url:?}")]
+    Url { feed: String, url: String },
+    #[error("feed `{feed}`: cannot read CA file {}: {source}", path.display())]
+    CaFile {
+        feed: String,
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("feed `{feed}`: TLS setup: {0}", feed = .0)]
+    Tls(String),
+}
+
+/// A running live feed.
+#[derive(Debug)]
+pub struct LiveHandle {
+    stats: Arc<FeedStats>,
+}
+
+impl LiveHandle {
+    /// The feed's counters.
+    pub fn stats(&self) -> &Arc<FeedStats> {
+        &self.stats
+    }
+}
+
+/// Declares the feed's symbols (stale until the first update) and starts the
+/// task that keeps the upstream connected until `shutdown`.
+pub fn spawn(
+    hub: Arc<Hub>,
+    config: LiveConfig,
+    shutdown: CancellationToken,
+) -> Result<LiveHandle, LiveError> {
+    if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+        return Err(LiveError::Url {
+            feed: config.name.clone(),
+            url: config.url.clone(),
+        });
+    }
+    let tls = tls_config(&config)?;
+    let stats = hub
+        .metrics()
+        .register_feed(&config.name, config.venue.kind());
+    let mut publisher = Publisher::new(hub, &config);
+    publisher.mark_stale("connecting to the feed");
+    let feed = Feed {
+        config,
+        tls,
+        stats: stats.clone(),
+        shutdown,
+    };
+    tokio::spawn(async move { feed.run(&mut publisher).await });
+    Ok(LiveHandle { stats })
+}
+
+fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.ca_file {
+        use rustls_pki_types::pem::PemObject as _;
+        let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| LiveError::CaFile {
+                feed: config.name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|e| LiveError::Tls(format!("{}: {e}", config.name)))?;
+        }
+    }
+    // The one crypto provider in the tree, named explicitly.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LiveError::Tls(format!("{}: {e}", config.name)))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(client))
+}
+
+/// Hands parsed ticks to the hub, resolving upstream names once.
+struct Publisher {
+    hub: Arc<Hub>,
+    entries: HashMap<Box<str>, Arc<SymbolEntry>>,
+    config: LiveConfig,
+}
+
+impl Publisher {
+    fn new(hub: Arc<Hub>, config: &LiveConfig) -> Self {
+        let mut publisher = Self {
+            hub,
+            entries: HashMap::new(),
+            config: config.clone(),
+        };
+        for symbol in &config.symbols {
+            publisher.entry(symbol);
+        }
+        publisher
+    }
+
+    fn entry(&mut self, symbol: &str) -> Arc<SymbolEntry> {
+        if let Some(entry) = self.entries.get(symbol) {
+            return entry.clone();
+        }
+        let entry = self.hub.declare(&self.config.served_name(symbol));
+        self.entries.insert(symbol.into(), entry.clone());
+        entry
+    }
+
+    fn publish(&mut self, symbol: &str, tick: &Tick) {
+        let entry = self.entry(symbol);
+        self.hub.publish(&entry, tick, wall_clock_ns());
+    }
+
+    /// Every symbol this feed has served goes stale, keeping its last snapshot.
+    fn mark_stale(&self, reason: &str) {
+        for entry in self.entries.values() {
+            self.hub.set_status(entry, SymbolState::Stale, reason);
+        }
+    }
+}
+
+struct Feed {
+    config: LiveConfig,
+    tls: Arc<rustls::ClientConfig>,
+    stats: Arc<FeedStats>,
+    shutdown: CancellationToken,
+}
+
+/// Exchange-latency samples are recorded in batches of this many.
+const LATENCY_BATCH: usize = 64;
+
+impl Feed {
+    async fn run(&self, publisher: &mut Publisher) {
+        let name = &self.config.name;
+        let mut attempt: u32 = 0;
+        let mut jitter = Jitter::seeded(wall_clock_ns() as u64 ^ name.len() as u64);
+        while !self.shutdown.is_cancelled() {
+            self.stats.set_state(FeedState::Connecting);
+            let reason = match self.connect().await {
+                Ok(socket) => {
+                    let connects = self.stats.connects.fetch_add(1, Relaxed);
+                    if connects > 0 {
+                        self.stats.reconnects.fetch_add(1, Relaxed);
+                    }
+                    self.stats.set_state(FeedState::Live);
+                    tracing::info!(feed = %name, url = %self.config.url, "feed connected");
+                    attempt = 0;
+                    self.stream(socket, publisher).await
+                }
+                Err(reason) => reason,
+            };
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            self.stats.set_state(FeedState::Down);
+            publisher.mark_stale(&reason);
+            let delay = jitter.backoff(self.config.backoff, attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(feed = %name, %reason, retry_in_ms = delay.as_millis() as u64, "feed down");
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!(feed = %name, "feed stopped");
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    > {
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            self.config.url.as_str(),
+            Some(crate::client::websocket_config()),
+            true,
+            Some(Connector::Rustls(self.tls.clone())),
+        );
+        let (mut socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| format!("connect failed: {e}"))?;
+        for message in self.config.venue.subscribe_messages() {
+            socket
+                .send(Message::text(message))
+                .await
+                .map_err(|e| format!("subscribe failed: {e}"))?;
+        }
+        Ok(socket)
+    }
+
+    /// Reads until the connection ends; returns why.
+    async fn stream(
+        &self,
+        mut socket: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        publisher: &mut Publisher,
+    ) -> String {
+        let stats = &self.stats;
+        // simd-json parses in place, so each message is copied into one reused buffer.
+        let mut scratch: Vec<u8> = Vec::new();
+        let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
+        let mut warned_at: Option<tokio::time::Instant> = None;
+        let silence = self.config.stale_after;
+        let reason = loop {
+            let next = tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    let _ = socket.close(None).await;
+                    break "shutting down".to_owned();
+                }
+                next = tokio::time::timeout(silence, socket.next()) => next,
+            };
+            let message = match next {
+                Err(_) => break format!("no message for {} ms", silence.as_millis()),
+                Ok(None) => break "upstream closed the connection".to_owned(),
+                Ok(Some(Err(e))) => break format!("read failed: {e}"),
+                Ok(Some(Ok(message))) => message,
+            };
+            let recv_ts_ns = wall_clock_ns();
+            let payload: &[u8] = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes,
+                Message::Close(frame) => {
+                    break match frame {
+                        Some(frame) => format!(
+                            "upstream closed: {} {}",
+                            u16::from(frame.code),
+                            frame.reason
+                        ),
+                        None => "upstream closed".to_owned(),
+                    }
+                }
+                // tungstenite answers pings itself while reading.
+                _ => continue,
+            };
+            stats.messages.fetch_add(1, Relaxed);
+            stats.last_message_ns.store(recv_ts_ns, Relaxed);
+            scratch.clear();
+            scratch.extend_from_slice(payload);
+            match self.config.venue.parse(&mut scratch, recv_ts_ns) {
+                Ok(Parsed::Tick { symbol, tick }) => {
+                    if let Some(exchange_ts_ns) = tick.exchange_ts_ns {
+                        latencies.push(recv_ts_ns.saturating_sub(exchange_ts_ns).max(0) as u64);
+                        if latencies.len() == LATENCY_BATCH {
+                            stats.exchange_latency.record_batch(0, &latencies);
+                            latencies.clear();
+                        }
+                    }
+                    publisher.publish(symbol, &tick);
+                    stats.ticks.fetch_add(1, Relaxed);
+                }
+                Ok(Parsed::Recognised(_)) => {
+                    stats.recognised.fetch_add(1, Relaxed);
+                }
+                Err(error) => {
+                    stats.malformed.fetch_add(1, Relaxed);
+                    let now = tokio::time::Instant::now();
+                    if warned_at.is_none_or(|at| now - at >= Duration::from_secs(1)) {
+                        warned_at = Some(now);
+                        tracing::warn!(feed = %self.config.name, %error, "skipping malformed message");
+                    }
+                }
+            }
+        };
+        stats.exchange_latency.record_batch(0, &latencies);
+        reason
+    }
+}
+
+/// A small deterministic generator for backoff jitter (SplitMix64).
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Full jitter: uniform in [initial/2, min(max, initial·2^attempt)], so
+    /// reconnecting clients spread out and never hammer the upstream.
+    fn backoff(&mut self, backoff: Backoff, attempt: u32) -> Duration {
+        let ceiling = backoff
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+            .min(backoff.max);
+        let floor = (backoff.initial / 2).min(ceiling);
+        let span = ceiling.saturating_sub(floor).as_nanos() as u64;
+        let offset = if span == 0 {
+            0
+        } else {
+            self.next() % (span + 1)
+        };
+        floor + Duration::from_nanos(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        let mut jitter = Jitter::seeded(7);
+        for attempt in 0..40 {
+            let delay = jitter.backoff(backoff, attempt);
+            let ceiling = Duration::from_millis(100 << attempt.min(5)).min(backoff.max);
+            assert!(
+                delay >= Duration::from_millis(50),
+                "attempt {attempt}: {delay:?}"
+            );
+            assert!(
+                delay <= ceiling,
+                "attempt {attempt}: {delay:?} > {ceiling:?}"
+            );
+        }
+        let spread: std::collections::HashSet<Duration> =
+            (0..20).map(|_| jitter.backoff(backoff, 10)).collect();
+        assert!(spread.len() > 10, "jitter spreads retries");
+    }
+
+    #[test]
+    fn names_are_renamed_then_prefixed() {
+        let config = LiveConfig {
+            name: "cb".into(),
+            venue: Venue::Binance,
+            url: "ws://x".into(),
+            symbols: vec![],
+            prefix: Some("cb".into()),
+            rename: HashMap::from([("BTC-USD".to_owned(), "BTCUSD".to_owned())]),
+            stale_after: Duration::from_secs(1),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(1),
+            ca_file: None,
+        };
+        assert_eq!(config.served_name("BTC-USD"), "cb:BTCUSD");
+        assert_eq!(config.served_name("ETH-USD"), "cb:ETH-USD");
+    }
+}

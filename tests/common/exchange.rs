@@ -1,0 +1,128 @@
+//! A fake exchange: a real WebSocket server on 127.0.0.1 that plays scripted
+//! messages to every connection, optionally over TLS with a self-signed
+//! certificate, and can be killed and restarted on the same port.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What the exchange does on each connection.
+#[derive(Clone, Debug)]
+pub struct Script {
+    /// Sent in order as soon as the client connects.
+    pub messages: Vec<Message>,
+    /// After the messages: keep the connection open and silent (true) or close it.
+    pub hold: bool,
+}
+
+/// A running fake exchange; dropping it (or `kill`) closes every connection.
+pub struct FakeExchange {
+    pub addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl FakeExchange {
+    /// Listens on `addr` (port 0 for any) and serves `script`.
+    pub async fn start(
+        addr: SocketAddr,
+        script: Script,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(addr).expect("bind");
+        let listener: TcpListener = socket.listen(64).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let script = script.clone();
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    match tls {
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                play(stream, script).await;
+                            }
+                        }
+                        None => play(stream, script).await,
+                    }
+                });
+            }
+        });
+        Self { addr, tasks }
+    }
+
+    /// Stops listening and drops every connection abruptly.
+    pub async fn kill(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+async fn play<S>(stream: S, script: Script)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    for message in script.messages {
+        if socket.feed(message).await.is_err() {
+            return;
+        }
+    }
+    if socket.flush().await.is_err() {
+        return;
+    }
+    if script.hold {
+        // Read (and answer pings) until the client goes away; send nothing.
+        while let Some(Ok(_)) = socket.next().await {}
+    } else {
+        let _ = socket.close(None).await;
+    }
+}
+
+/// A self-signed certificate for `localhost`: the server's TLS config, and the
+/// certificate in PEM written to `pem_path` for the client to trust.
+pub fn self_signed_tls(pem_path: &Path) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    std::fs::write(pem_path, certified.cert.pem()).expect("write PEM");
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        certified.signing_key.serialize_der().into(),
+    );
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+    Arc::new(config)
+}
+
+/// The raw messages of a Binance capture's first `count` lines.
+pub fn binance_messages(path: &Path, count: usize) -> Vec<String> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).expect("capture");
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+    reader
+        .lines()
+        .take(count)
+        .map(|line| {
+            let line = line.expect("line");
+            line.split_once(' ').expect("capture line").1.to_owned()
+        })
+        .collect()
+}
+
+/// A pause long enough for a reconnecting feed to notice, never asserted on.
+pub const SETTLE: Duration = Duration::from_millis(50);

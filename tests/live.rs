@@ -1,0 +1,355 @@
+//! Live upstream feeds against a fake exchange: a real WebSocket server on
+//! 127.0.0.1 playing a real capture. Same book as the replay, stale/live around
+//! outages and silence, garbage counted, and wss:// through rustls.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::exchange::{binance_messages, self_signed_tls, FakeExchange, Script};
+use common::*;
+use serde_json::Value;
+use tickwire::feed::config::FeedConfig;
+use tickwire::feed::live::{Backoff, LiveConfig, Venue};
+use tickwire::feed::replay::Speed;
+use tickwire::server::ServerConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How much of the USD-M sample the exchange plays.
+const LINES: usize = 3_000;
+
+fn binance_feed(url: String, stale_after: Duration) -> LiveConfig {
+    LiveConfig {
+        name: "fake-binance".into(),
+        venue: Venue::Binance,
+        url,
+        symbols: vec!["BTCUSDT".into()],
+        prefix: Some("live".into()),
+        rename: HashMap::new(),
+        stale_after,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        connect_timeout: Duration::from_secs(5),
+        ca_file: None,
+    }
+}
+
+fn stream_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/stream?streams=btcusdt@bookTicker/btcusdt@trade/btcusdt@depth")
+}
+
+fn text_messages(lines: &[String]) -> Vec<Message> {
+    lines.iter().map(|l| Message::text(l.clone())).collect()
+}
+
+/// The same lines as a capture file, replayed under the prefix `replay`.
+fn replay_of_lines(lines: &[String]) -> FeedConfig {
+    let path = std::env::temp_dir().join(format!(
+        "tickwire-live-{}-{}.capture",
+        std::process::id(),
+        lines.len()
+    ));
+    let capture: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| format!("{} {line}\n", 1_000_000_000 + i))
+        .collect();
+    std::fs::write(&path, capture).expect("write capture");
+    FeedConfig::Replay(replay_of(
+        &[(Some("replay"), path)],
+        Speed::Max,
+        false,
+        false,
+    ))
+}
+
+async fn snapshot(server: &TestServer, symbol: &str) -> Value {
+    let (status, body) = server.get(&format!("/api/snapshot/{symbol}")).await;
+    assert_eq!(status, 200, "{symbol}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+const BOOK_FIELDS: [&str; 8] = [
+    "seq",
+    "bid",
+    "bid_size",
+    "ask",
+    "ask_size",
+    "last",
+    "last_size",
+    "exchange_ts_ns",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_feed_builds_the_same_book_as_replaying_the_same_capture() {
+    let lines = binance_messages(&sample(USDM), LINES);
+    let script = Script {
+        messages: text_messages(&lines),
+        hold: true,
+    };
+    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let feeds = vec![
+        FeedConfig::Live(binance_feed(
+            stream_url(exchange.addr),
+            Duration::from_secs(30),
+        )),
+        replay_of_lines(&lines),
+    ];
+    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let replayed = server.replays[0].stats().ticks.load(Relaxed);
+    let live = server.lives[0].stats().clone();
+    eventually("live feed caught up", || {
+        live.ticks.load(Relaxed) == replayed
+    })
+    .await;
+
+    let from_live = snapshot(&server, "live:BTCUSDT").await;
+    let from_replay = snapshot(&server, "replay:BTCUSDT").await;
+    for field in BOOK_FIELDS {
+        assert_eq!(from_live[field], from_replay[field], "{field}");
+    }
+    assert_eq!(live.malformed.load(Relaxed), 0);
+    assert_eq!(live.messages.load(Relaxed), LINES as u64);
+    let (_, feeds) = server.get("/api/feeds").await;
+    let feeds: Value = serde_json::from_str(&feeds).expect("JSON");
+    let fake = feeds
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "fake-binance"))
+        .cloned();
+    let fake = fake.expect("feed listed");
+    assert_eq!(
+        (fake["kind"].as_str(), fake["state"].as_str()),
+        (Some("binance"), Some("live"))
+    );
+    assert_eq!(fake["connects"], 1);
+    assert!(
+        fake["exchange_latency_ns"]["count"].as_u64() > Some(0),
+        "{fake}"
+    );
+    let page = server.get("/metrics").await.1;
+    assert_eq!(
+        metric(&page, r#"tickwire_feed_state{feed="fake-binance"}"#),
+        1.0
+    );
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_outage_makes_symbols_stale_then_live_and_clients_converge() {
+    let lines = binance_messages(&sample(USDM), LINES);
+    let (first, second) = lines.split_at(LINES / 2);
+    let script = |part: &[String]| Script {
+        messages: text_messages(part),
+        hold: true,
+    };
+    let exchange =
+        FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script(first), None).await;
+    let addr = exchange.addr;
+    let feeds = vec![
+        FeedConfig::Live(binance_feed(stream_url(addr), Duration::from_secs(30))),
+        replay_of_lines(&lines),
+    ];
+    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
+    let live = server.lives[0].stats().clone();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+
+    // Subscribe once the feed is live, so the only status is the outage's.
+    eventually("first half played", || {
+        live.messages.load(Relaxed) == first.len() as u64
+    })
+    .await;
+    let mut client = Client::connect(&server.url("?symbols=live:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+    assert_eq!(client.recv().await["snapshot"], true);
+
+    exchange.kill().await;
+    let stale = client.recv().await;
+    assert_eq!(
+        (stale["symbol"].as_str(), stale["state"].as_str()),
+        (Some("live:BTCUSDT"), Some("stale")),
+        "{stale}"
+    );
+    let reason = stale["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("closed") || reason.contains("read failed"),
+        "{reason}"
+    );
+    let before_outage = snapshot(&server, "live:BTCUSDT").await;
+    assert!(
+        before_outage["bid"].is_string(),
+        "the last good book is kept while stale"
+    );
+
+    // The exchange comes back on the same port with the rest of the capture.
+    let exchange = FakeExchange::start(addr, script(second), None).await;
+    let mut tape = Tape::default();
+    let live_again = loop {
+        let message = client.recv().await;
+        match message["type"].as_str() {
+            Some("ticker") => tape.record(&message),
+            Some("status") => break message,
+            _ => {}
+        }
+    };
+    assert_eq!(live_again["state"], "live");
+    assert!(live.reconnects.load(Relaxed) >= 1);
+
+    // Converges to the book the whole capture gives.
+    eventually("second half played", || {
+        live.messages.load(Relaxed) == lines.len() as u64
+    })
+    .await;
+    let expected = snapshot(&server, "replay:BTCUSDT").await;
+    // The newest version may already have come with the `live` status.
+    let converged = |tape: &Tape| {
+        tape.last.get("live:BTCUSDT").is_some_and(|last| {
+            ["bid", "ask_size", "exchange_ts_ns", "last_size", "bid_size"]
+                .iter()
+                .all(|field| last[field] == expected[field])
+        })
+    };
+    while !converged(&tape) {
+        tape.record(&client.recv_type("ticker").await);
+    }
+    let last = &tape.last["live:BTCUSDT"];
+    for field in [
+        "bid",
+        "bid_size",
+        "ask",
+        "ask_size",
+        "last",
+        "last_size",
+        "exchange_ts_ns",
+    ] {
+        assert_eq!(last[field], expected[field], "{field}");
+    }
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_but_connected_upstream_is_detected_as_stale() {
+    let lines = binance_messages(&sample(USDM), 200);
+    let script = Script {
+        messages: text_messages(&lines),
+        hold: true,
+    };
+    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let feed = binance_feed(stream_url(exchange.addr), Duration::from_millis(300));
+    let server =
+        TestServer::start_feeds(ServerConfig::default(), vec![FeedConfig::Live(feed)]).await;
+    let mut client = Client::connect(&server.url("?symbols=live:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+    let status = loop {
+        let status = client.recv_type("status").await;
+        if status["state"] == "stale"
+            && status["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no message"))
+        {
+            break status;
+        }
+    };
+    assert_eq!(status["reason"], "no message for 300 ms");
+    // Silence counts as a disconnect: the feed reconnects, gets data, goes live.
+    assert_eq!(client.recv_type("status").await["state"], "live");
+    assert!(server.lives[0].stats().connects.load(Relaxed) >= 2);
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_upstream_is_counted_and_skipped() {
+    let good = binance_messages(&sample(USDM), 300);
+    let mut messages = vec![
+        Message::text("not json at all"),
+        Message::text(r#"{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":"6180"#),
+        Message::text(r#"{"stream":"btcusdt@weird","data":{"e":"weird","s":"BTCUSDT"}}"#),
+        Message::text(
+            r#"{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":"x","B":"1","a":"2","A":"1"}}"#,
+        ),
+        Message::binary(vec![0xff, 0x00, 0x13]),
+    ];
+    messages.extend(text_messages(&good));
+    let garbage = 5;
+    let script = Script {
+        messages,
+        hold: true,
+    };
+    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let feed = binance_feed(stream_url(exchange.addr), Duration::from_secs(30));
+    let server =
+        TestServer::start_feeds(ServerConfig::default(), vec![FeedConfig::Live(feed)]).await;
+    let live = server.lives[0].stats().clone();
+    eventually("everything read", || {
+        live.messages.load(Relaxed) == (garbage + good.len()) as u64
+    })
+    .await;
+    assert_eq!(live.malformed.load(Relaxed), garbage as u64);
+    assert!(live.ticks.load(Relaxed) > 0);
+    assert_eq!(
+        live.connects.load(Relaxed),
+        1,
+        "garbage never drops the connection"
+    );
+    let page = server.get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &page,
+            r#"tickwire_feed_malformed_total{feed="fake-binance"}"#
+        ),
+        garbage as f64
+    );
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_upstreams_are_reached_through_rustls() {
+    let dir = std::env::temp_dir().join(format!("tickwire-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pem = dir.join("exchange.pem");
+    let tls = self_signed_tls(&pem);
+    let lines = binance_messages(&sample(USDM), 300);
+    let script = Script {
+        messages: text_messages(&lines),
+        hold: true,
+    };
+    let exchange =
+        FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, Some(tls)).await;
+    let url = format!(
+        "wss://localhost:{}/stream?streams=btcusdt@bookTicker",
+        exchange.addr.port()
+    );
+
+    // Without trusting the certificate the handshake fails and the feed retries.
+    let untrusted = binance_feed(url.clone(), Duration::from_secs(30));
+    let mut trusted = binance_feed(url, Duration::from_secs(30));
+    trusted.name = "trusted".into();
+    trusted.prefix = Some("tls".into());
+    trusted.ca_file = Some(pem);
+    let feeds = vec![FeedConfig::Live(untrusted), FeedConfig::Live(trusted)];
+    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
+    let trusted = server.lives[1].stats().clone();
+    eventually("all messages over TLS", || {
+        trusted.messages.load(Relaxed) == lines.len() as u64
+    })
+    .await;
+    let tls_book = snapshot(&server, "tls:BTCUSDT").await;
+    assert!(tls_book["bid"].is_string());
+    let untrusted = server.lives[0].stats();
+    assert_eq!(
+        untrusted.connects.load(Relaxed),
+        0,
+        "an unknown certificate is refused"
+    );
+    assert_eq!(untrusted.messages.load(Relaxed), 0);
+    drop(exchange);
+}
