@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 
 use crate::normalize::tardis::TardisCsv;
-use crate::normalize::{binance, native, ParseError, Parsed, Recognised, Tick};
+use crate::normalize::{binance, coinbase, native, ParseError, Parsed, Recognised, Tick};
 
 /// Longest line accepted; longer ones are skipped unread, never buffered whole.
 pub const MAX_LINE: usize = 4 << 20;
@@ -32,6 +32,10 @@ pub enum Format {
     TardisCsv,
     /// tickwire's own NDJSON (see [`crate::normalize::native`]).
     Native,
+    /// A cryptofeed capture of the Coinbase WebSocket feed:
+    /// `<receive time s>: <raw message>` lines, plus `wss://...` lines for
+    /// connection events and sent messages (see [`crate::normalize::coinbase`]).
+    CoinbaseCapture,
 }
 
 /// Why a replay file could not be opened.
@@ -46,7 +50,7 @@ pub enum SourceError {
         source: io::Error,
     },
     /// The first line matches none of the supported formats.
-    #[error("{name}: unrecognised replay format (expected a Binance capture `<ns> <json>`, a Tardis CSV with a `local_timestamp` column, or tickwire NDJSON)")]
+    #[error("{name}: unrecognised replay format (expected a Binance capture `<ns> <json>`, a Coinbase capture `<s.frac>: <json>`, a Tardis CSV with a `local_timestamp` column, or tickwire NDJSON)")]
     UnknownFormat {
         /// The file's name.
         name: String,
@@ -92,6 +96,7 @@ pub enum Item {
 
 enum Parser {
     Binance,
+    Coinbase,
     Tardis(TardisCsv),
     Native,
 }
@@ -199,6 +204,9 @@ impl ReplayFile {
         if digits > 0 && first.get(digits) == Some(&b' ') {
             file.parser = Parser::Binance;
             file.pending = true;
+        } else if is_coinbase_capture(first) {
+            file.parser = Parser::Coinbase;
+            file.pending = true;
         } else if first.trim_ascii_start().starts_with(b"{") {
             file.parser = Parser::Native;
             file.pending = true;
@@ -231,6 +239,7 @@ impl ReplayFile {
     pub fn format(&self) -> Format {
         match self.parser {
             Parser::Binance => Format::BinanceCapture,
+            Parser::Coinbase => Format::CoinbaseCapture,
             Parser::Tardis(_) => Format::TardisCsv,
             Parser::Native => Format::Native,
         }
@@ -278,6 +287,7 @@ impl ReplayFile {
     fn parse_line(&mut self) -> Item {
         let parsed = match &self.parser {
             Parser::Binance => binance::parse_capture_line(&mut self.line),
+            Parser::Coinbase => coinbase::parse_capture_line(&mut self.line),
             Parser::Native => native::parse_line(&mut self.line),
             Parser::Tardis(csv) => match std::str::from_utf8(&self.line) {
                 Ok(text) => csv.parse_line(text),
@@ -346,6 +356,25 @@ impl ReplayFile {
         }
         LineRead::Line
     }
+}
+
+/// A cryptofeed Coinbase capture starts with a `wss://` connection line or with
+/// `<digits>.<digits>: {`.
+fn is_coinbase_capture(first: &[u8]) -> bool {
+    if coinbase::is_endpoint_line(first) {
+        return true;
+    }
+    let int = first.iter().take_while(|b| b.is_ascii_digit()).count();
+    let Some(rest) = first.get(int..).and_then(|r| r.strip_prefix(b".")) else {
+        return false;
+    };
+    let frac = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    int > 0
+        && frac > 0
+        && rest
+            .get(frac..)
+            .and_then(|r| r.strip_prefix(b":"))
+            .is_some_and(|r| r.trim_ascii_start().starts_with(b"{"))
 }
 
 fn is_blank(line: &[u8]) -> bool {
@@ -647,6 +676,149 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    // Real lines from the Coinbase capture (cryptofeed sample data, 2021-04-17).
+    const CB_CONNECT: &str = "wss://ws-feed.pro.coinbase.com <-> 1618677816.8434298";
+    const CB_SENT: &str = r#"wss://ws-feed.pro.coinbase.com <- 1618677817.0208309: {"type":"subscribe","product_ids":["SKL-USD","SKL-BTC","BAND-GBP","NMR-EUR","BAND-BTC","YFI-BTC","DASH-BTC","NU-GBP","CRV-EUR","SKL-GBP"],"channels":["matches"]}"#;
+    const CB_SUBSCRIPTIONS: &str = r#"1618677817.061845: {"type":"subscriptions","channels":[{"name":"level2","product_ids":["BAND-GBP","BAND-BTC","YFI-BTC","NU-GBP","CRV-EUR","SKL-GBP","SKL-USD","SKL-BTC","NMR-EUR","DASH-BTC"]}]}"#;
+    const CB_TICKER: &str = r#"1618677817.079736: {"type":"ticker","sequence":27883326,"product_id":"SKL-GBP","price":"0.5752","open_24h":"0.5102","volume_24h":"3479861.10000000","low_24h":"0.5","high_24h":"0.588","volume_30d":"76123674.10000000","best_bid":"0.5752","best_ask":"0.5771","side":"sell","time":"2021-04-17T16:43:29.571587Z","trade_id":82007,"last_size":"1008.2"}"#;
+    const CB_LAST_MATCH: &str = r#"1618677817.07979: {"type":"last_match","trade_id":82007,"maker_order_id":"9d2861bd-1703-47f2-a7f4-7723565a7f5c","taker_order_id":"dd068ce5-f175-4396-bae1-a1db56d209f5","side":"buy","size":"1008.2","price":"0.5752","product_id":"SKL-GBP","sequence":27883326,"time":"2021-04-17T16:43:29.571587Z"}"#;
+    const CB_MATCH: &str = r#"1618677817.1299179: {"type":"match","trade_id":1568268,"maker_order_id":"cac01d6d-8009-4c33-8e0d-f7f853d7c1bc","taker_order_id":"3dec64e4-f6ad-4ca8-ad3f-e5b1a0eb0d06","side":"sell","size":"450","price":"0.791","product_id":"SKL-USD","sequence":201390075,"time":"2021-04-17T16:43:37.121358Z"}"#;
+    const CB_L2UPDATE: &str = r#"1618677817.118808: {"type":"l2update","product_id":"SKL-GBP","changes":[["sell","0.5762","335.0"]],"time":"2021-04-17T16:43:37.078325Z"}"#;
+
+    #[test]
+    fn detects_coinbase_captures() {
+        for first in [CB_CONNECT, CB_SENT, CB_SUBSCRIPTIONS, CB_MATCH, "1.5:{}"] {
+            let file = memory("cb", format!("\n{first}\n")).expect("coinbase capture");
+            assert_eq!(file.format(), Format::CoinbaseCapture, "{first}");
+        }
+        for not in [
+            "1618677817.061845 {}",
+            "1618677817: {}",
+            "1618677817.: {}",
+            ".5: {}",
+            "12.5: hello",
+            "https://api.pro.coinbase.com -> 1.5: {}",
+        ] {
+            assert!(
+                matches!(memory("x", not), Err(SourceError::UnknownFormat { .. })),
+                "{not}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_coinbase_capture_lines() {
+        let text = [
+            CB_CONNECT,
+            CB_SENT,
+            CB_SUBSCRIPTIONS,
+            CB_TICKER,
+            CB_LAST_MATCH,
+            CB_L2UPDATE,
+            "wss://ws-feed.pro.coinbase.com ?? 1",
+            CB_MATCH,
+        ]
+        .join("\n");
+        let mut file = memory("cb", text).expect("opens");
+        assert_eq!(file.format(), Format::CoinbaseCapture);
+        for want in [
+            Recognised::ConnectionEvent,
+            Recognised::ConnectionEvent,
+            Recognised::Subscriptions,
+            Recognised::TickerWithoutSizes,
+        ] {
+            assert!(
+                matches!(file.next_item(), Some(Item::Recognised(r)) if r == want),
+                "{want:?}"
+            );
+        }
+        let Some(Item::Tick { symbol: 0, tick }) = file.next_item() else {
+            panic!("last_match is a tick");
+        };
+        assert_eq!(tick.recv_ts_ns, 1_618_677_817_079_790_000);
+        assert_eq!(tick.exchange_ts_ns, Some(1_618_677_809_571_587_000));
+        assert!(matches!(
+            tick.update,
+            BookUpdate::Trade { price, size }
+                if price.to_string() == "0.5752" && size.to_string() == "1008.2"
+        ));
+        assert!(matches!(
+            file.next_item(),
+            Some(Item::Recognised(Recognised::DepthUpdate))
+        ));
+        assert!(matches!(
+            file.next_item(),
+            Some(Item::Malformed {
+                line: 7,
+                error: ParseError::Line(_)
+            })
+        ));
+        let Some(Item::Tick { symbol: 1, tick }) = file.next_item() else {
+            panic!("match is a tick");
+        };
+        assert_eq!(tick.recv_ts_ns, 1_618_677_817_129_917_900);
+        assert!(file.next_item().is_none());
+        assert_eq!(file.symbols(), &["SKL-GBP".into(), "SKL-USD".into()]);
+    }
+
+    // Counted with zcat | grep over the sample: 4 `wss://` lines, 3
+    // subscriptions, 10 snapshot, 739 l2update, 22 ticker (no sizes), 12 match
+    // and 10 last_match.
+    #[test]
+    fn bundled_coinbase_sample() {
+        let mut file = ReplayFile::open(&sample("coinbase-sample.ws.gz")).expect("sample opens");
+        assert_eq!(file.format(), Format::CoinbaseCapture);
+        let Some(Item::Recognised(Recognised::ConnectionEvent)) = file.next_item() else {
+            panic!("the capture starts with the connection");
+        };
+        let counts = drain(&mut file);
+        assert_eq!(
+            counts,
+            Counts {
+                ticks: 22,
+                quotes: 0,
+                trades: 22,
+                recognised: 777,
+                malformed: 0,
+                failed: 0,
+            }
+        );
+        let symbols: Vec<&str> = file.symbols().iter().map(|s| &**s).collect();
+        assert_eq!(
+            symbols,
+            [
+                "BAND-GBP", "SKL-GBP", "NU-GBP", "YFI-BTC", "SKL-BTC", "CRV-EUR", "BAND-BTC",
+                "DASH-BTC", "NMR-EUR", "SKL-USD"
+            ]
+        );
+    }
+
+    #[test]
+    fn full_coinbase_capture_if_present() {
+        let path = Path::new("/work/shared/data/coinbase/COINBASE.ws.28.0");
+        if !path.exists() {
+            eprintln!("skipping: {} is absent", path.display());
+            return;
+        }
+        let mut file = ReplayFile::open(path).expect("capture opens");
+        let counts = drain(&mut file);
+        // Counted with grep: 9,952 lines = 4 `wss://` + 2 blank + 9,946 messages
+        // (97 match + 10 last_match = 107 trades; 107 ticker, 9,719 l2update,
+        // 10 snapshot, 3 subscriptions recognised).
+        assert_eq!(
+            counts,
+            Counts {
+                ticks: 107,
+                quotes: 0,
+                trades: 107,
+                recognised: 4 + 107 + 9_719 + 10 + 3,
+                malformed: 0,
+                failed: 0,
+            }
+        );
+        assert_eq!(file.symbols().len(), 10);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use rust_decimal::Decimal;
 
 pub mod binance;
+pub mod coinbase;
 pub mod native;
 pub mod tardis;
 
@@ -71,6 +72,16 @@ pub enum Recognised {
     DepthUpdate,
     DepthSnapshot,
     Header,
+    /// A venue's acknowledgement of a subscription (Coinbase `subscriptions`).
+    Subscriptions,
+    /// A venue keep-alive (Coinbase `heartbeat`).
+    Heartbeat,
+    /// A recorder's note in a capture: a connection opened, or a message the
+    /// client sent (Coinbase captures' `wss://...` lines).
+    ConnectionEvent,
+    /// A Coinbase `ticker` from before 2022: best bid and ask without their sizes,
+    /// so no quote, and a trade that the matching `match` message already carries.
+    TickerWithoutSizes,
 }
 
 /// Why a message could not be normalized. The caller counts it and moves on.
