@@ -44,6 +44,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Connect to a server, subscribe, and print each message as a JSON line.
     Subscribe(SubscribeArgs),
+    /// Record a live feed (binance or coinbase feed file) to a replay file.
+    Record(RecordArgs),
     /// Load a server with many connections; report latency percentiles and efficiency.
     Bench(crate::bench::BenchArgs),
 }
@@ -109,6 +111,23 @@ pub struct SubscribeArgs {
     pub max_rate_hz: Option<f64>,
 }
 
+/// `tickwire record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// A live feed file (`kind = "binance"` or `"coinbase"`).
+    #[arg(long, value_name = "FILE")]
+    pub feed: PathBuf,
+    /// Where to write tickwire NDJSON, gzip-compressed (e.g. replay-data/btc.ndjson.gz).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Start a new file (NAME-1..., NAME-2...) after this many MiB of uncompressed data.
+    #[arg(long)]
+    pub rotate_mib: Option<u64>,
+}
+
 /// Parses the command line, runs the command, and maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,6 +157,7 @@ pub fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Record(args) => record(args).await,
         }
     });
     match result {
@@ -243,6 +263,68 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let latency = metrics.delivery_latency.summary();
     tracing::info!("delivery latency (ingest → socket): {latency}");
     Ok(())
+}
+
+async fn record(args: RecordArgs) -> anyhow::Result<()> {
+    use crate::feed::record::{self, Progress, RecordOptions};
+    let config::FeedConfig::Live(feed) = config::load(&args.feed)? else {
+        anyhow::bail!(
+            "{}: record captures a live feed (kind = \"binance\" or \"coinbase\")",
+            args.feed.display()
+        );
+    };
+    let options = RecordOptions {
+        out: args.out,
+        duration: args.duration.map(Duration::from_secs_f64),
+        rotate_bytes: args.rotate_mib.map(|mib| mib.saturating_mul(1 << 20)),
+    };
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let progress = Arc::new(Progress::default());
+    let display = show_progress(progress.clone());
+    let summary = record::record(feed, options, progress, shutdown).await;
+    display.abort();
+    let summary = summary?;
+    let files: Vec<String> = summary
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    eprintln!(
+        "recorded {} ticks ({} bytes before compression) to {}",
+        summary.ticks,
+        summary.bytes,
+        files.join(", ")
+    );
+    Ok(())
+}
+
+/// A progress line (ticks, bytes, rate) while recording, on terminals only.
+fn show_progress(progress: Arc<crate::feed::record::Progress>) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return;
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let ticks = progress.ticks.load(Relaxed);
+            let bytes = progress.bytes.load(Relaxed);
+            let rate = ticks as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!(
+                "{ticks} ticks, {:.1} MiB, {rate:.0} ticks/s (Ctrl-C to stop)",
+                bytes as f64 / (1 << 20) as f64
+            ));
+            bar.tick();
+        }
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -353,3 +353,133 @@ async fn wss_upstreams_are_reached_through_rustls() {
     assert_eq!(untrusted.messages.load(Relaxed), 0);
     drop(exchange);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replays_to_the_same_book_as_the_capture() {
+    use tickwire::feed::record::{record, Progress, RecordOptions};
+    let lines = binance_messages(&sample(USDM), LINES);
+    let capture =
+        TestServer::start_feeds(ServerConfig::default(), vec![replay_of_lines(&lines)]).await;
+    tokio::time::timeout(GUARD, capture.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let ticks = capture.replays[0].stats().ticks.load(Relaxed);
+
+    let script = Script {
+        messages: text_messages(&lines),
+        hold: true,
+    };
+    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let out = std::env::temp_dir().join(format!("tickwire-rec-{}.ndjson.gz", std::process::id()));
+    let options = RecordOptions {
+        out: out.clone(),
+        duration: None,
+        rotate_bytes: Some(256 * 1024),
+    };
+    let progress = std::sync::Arc::new(Progress::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feed = binance_feed(stream_url(exchange.addr), Duration::from_secs(30));
+    let recording = tokio::spawn(record(feed, options, progress.clone(), stop.clone()));
+    eventually("every tick recorded", || {
+        progress.ticks.load(Relaxed) == ticks
+    })
+    .await;
+    stop.cancel();
+    let summary = recording.await.expect("task").expect("recording");
+    assert_eq!(summary.ticks, ticks);
+    assert!(
+        summary.files.len() > 1,
+        "rotation at 256 KiB: {:?}",
+        summary.files
+    );
+
+    let files: Vec<(Option<&str>, std::path::PathBuf)> = summary
+        .files
+        .iter()
+        .map(|f| (Some("replay"), f.clone()))
+        .collect();
+    let replayed = TestServer::start(
+        ServerConfig::default(),
+        vec![replay_of(&files, Speed::Max, false, false)],
+    )
+    .await;
+    tokio::time::timeout(GUARD, replayed.replays[0].finished())
+        .await
+        .expect("replay ends");
+    assert_eq!(replayed.replays[0].stats().malformed.load(Relaxed), 0);
+    let from_recording = snapshot(&replayed, "replay:BTCUSDT").await;
+    let from_capture = snapshot(&capture, "replay:BTCUSDT").await;
+    for field in BOOK_FIELDS {
+        assert_eq!(from_recording[field], from_capture[field], "{field}");
+    }
+    for file in &summary.files {
+        let _ = std::fs::remove_file(file);
+    }
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_command_leaves_a_complete_file_on_ctrl_c() {
+    use std::io::Read as _;
+    let lines = binance_messages(&sample(USDM), LINES);
+    let script = Script {
+        messages: text_messages(&lines),
+        hold: true,
+    };
+    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let dir = std::env::temp_dir().join(format!("tickwire-record-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let feed = dir.join("fake.toml");
+    std::fs::write(
+        &feed,
+        format!(
+            "kind = \"binance\"\nurl = \"{}\"\nprefix = \"rec\"\n",
+            stream_url(exchange.addr)
+        ),
+    )
+    .expect("feed file");
+    let out = dir.join("session.ndjson.gz");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["record", "--feed"])
+        .arg(&feed)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("record");
+    // Let it connect and write; the checks below hold however much it got.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+
+    // A complete gzip stream of whole lines, each one tickwire NDJSON.
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&out).expect("recording"))
+        .read_to_string(&mut text)
+        .expect("a complete gzip stream");
+    assert!(text.ends_with('\n'), "never cut mid-line");
+    let mut lines_read = text.lines();
+    let header: Value = serde_json::from_str(lines_read.next().expect("header")).expect("JSON");
+    assert_eq!(header["tickwire_replay"], 1);
+    let mut ticks = 0;
+    for line in lines_read {
+        let tick: Value = serde_json::from_str(line).expect("JSON line");
+        assert_eq!(tick["symbol"], "BTCUSDT");
+        ticks += 1;
+    }
+    assert!(
+        stderr.contains(&format!("recorded {ticks} ticks")),
+        "{stderr}"
+    );
+    drop(exchange);
+}

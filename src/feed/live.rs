@@ -149,18 +149,12 @@ pub fn spawn(
     config: LiveConfig,
     shutdown: CancellationToken,
 ) -> Result<LiveHandle, LiveError> {
-    if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
-        return Err(LiveError::Url {
-            feed: config.name.clone(),
-            url: config.url.clone(),
-        });
-    }
-    let tls = tls_config(&config)?;
+    let tls = prepare(&config)?;
     let stats = hub
         .metrics()
         .register_feed(&config.name, config.venue.kind());
     let mut publisher = Publisher::new(hub, &config);
-    publisher.mark_stale("connecting to the feed");
+    publisher.down("connecting to the feed");
     let feed = Feed {
         config,
         tls,
@@ -169,6 +163,35 @@ pub fn spawn(
     };
     tokio::spawn(async move { feed.run(&mut publisher).await });
     Ok(LiveHandle { stats })
+}
+
+/// Runs a live feed into `sink` until `shutdown` (the `record` command).
+pub async fn run_into(
+    config: LiveConfig,
+    stats: Arc<FeedStats>,
+    sink: &mut dyn Sink,
+    shutdown: CancellationToken,
+) -> Result<(), LiveError> {
+    let tls = prepare(&config)?;
+    let feed = Feed {
+        config,
+        tls,
+        stats,
+        shutdown,
+    };
+    feed.run(sink).await;
+    Ok(())
+}
+
+/// Checks the URL and builds the TLS settings, so a bad feed fails at start.
+fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
+    if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+        return Err(LiveError::Url {
+            feed: config.name.clone(),
+            url: config.url.clone(),
+        });
+    }
+    tls_config(config)
 }
 
 fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
@@ -199,6 +222,14 @@ fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveErro
     Ok(Arc::new(client))
 }
 
+/// Where a live feed's ticks go: the hub when serving, a file when recording.
+pub trait Sink: Send {
+    /// One tick for an upstream symbol.
+    fn tick(&mut self, symbol: &str, tick: &Tick);
+    /// The upstream is down (or not connected yet) for `reason`.
+    fn down(&mut self, reason: &str);
+}
+
 /// Hands parsed ticks to the hub, resolving upstream names once.
 struct Publisher {
     hub: Arc<Hub>,
@@ -227,14 +258,16 @@ impl Publisher {
         self.entries.insert(symbol.into(), entry.clone());
         entry
     }
+}
 
-    fn publish(&mut self, symbol: &str, tick: &Tick) {
+impl Sink for Publisher {
+    fn tick(&mut self, symbol: &str, tick: &Tick) {
         let entry = self.entry(symbol);
         self.hub.publish(&entry, tick, wall_clock_ns());
     }
 
     /// Every symbol this feed has served goes stale, keeping its last snapshot.
-    fn mark_stale(&self, reason: &str) {
+    fn down(&mut self, reason: &str) {
         for entry in self.entries.values() {
             self.hub.set_status(entry, SymbolState::Stale, reason);
         }
@@ -252,7 +285,7 @@ struct Feed {
 const LATENCY_BATCH: usize = 64;
 
 impl Feed {
-    async fn run(&self, publisher: &mut Publisher) {
+    async fn run(&self, sink: &mut dyn Sink) {
         let name = &self.config.name;
         let mut attempt: u32 = 0;
         let mut jitter = Jitter::seeded(wall_clock_ns() as u64 ^ name.len() as u64);
@@ -267,7 +300,7 @@ impl Feed {
                     self.stats.set_state(FeedState::Live);
                     tracing::info!(feed = %name, url = %self.config.url, "feed connected");
                     attempt = 0;
-                    self.stream(socket, publisher).await
+                    self.stream(socket, sink).await
                 }
                 Err(reason) => reason,
             };
@@ -275,7 +308,7 @@ impl Feed {
                 break;
             }
             self.stats.set_state(FeedState::Down);
-            publisher.mark_stale(&reason);
+            sink.down(&reason);
             let delay = jitter.backoff(self.config.backoff, attempt);
             attempt = attempt.saturating_add(1);
             tracing::warn!(feed = %name, %reason, retry_in_ms = delay.as_millis() as u64, "feed down");
@@ -320,7 +353,7 @@ impl Feed {
         mut socket: tokio_tungstenite::WebSocketStream<
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
         >,
-        publisher: &mut Publisher,
+        sink: &mut dyn Sink,
     ) -> String {
         let stats = &self.stats;
         // simd-json parses in place, so each message is copied into one reused buffer.
@@ -372,7 +405,7 @@ impl Feed {
                             latencies.clear();
                         }
                     }
-                    publisher.publish(symbol, &tick);
+                    sink.tick(symbol, &tick);
                     stats.ticks.fetch_add(1, Relaxed);
                 }
                 Ok(Parsed::Recognised(_)) => {

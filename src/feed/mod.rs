@@ -1,11 +1,13 @@
 //! Feed: where ticks come from — the replay of recorded files ([`replay`],
 //! read by [`source`] and merged across files by [`merge`]) or a live exchange
-//! upstream ([`live`]). [`config`] reads the `feeds/*.toml` files that describe
-//! a feed, and [`spawn`] starts one of any kind.
+//! upstream ([`live`]), which [`record`] can also write to a replay file.
+//! [`config`] reads the `feeds/*.toml` files that describe a feed, and
+//! [`spawn`] starts one of any kind.
 
 pub mod config;
 pub mod live;
 pub mod merge;
+pub mod record;
 pub mod replay;
 pub mod source;
 
