@@ -5,6 +5,9 @@
 //! Needs `/usr/bin/chromium` and `tests/browser/node_modules` (both installed by
 //! `.ci/run`). Without them this test fails rather than skipping, so a machine
 //! that cannot run it does not report the dashboard as tested.
+//!
+//! `DASHBOARD_STATS=1 cargo test --test browser -- --nocapture` also
+//! prints what the 200-symbol test measured (see `docs/dashboard.md`).
 
 use std::path::Path;
 use std::process::Command;
@@ -41,4 +44,8 @@ fn dashboard_in_chromium() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
+    if std::env::var_os("DASHBOARD_STATS").is_some_and(|v| v == "1") {
+        // The measurements are TAP diagnostics (`# ...` lines) of the test run.
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+    }
 }

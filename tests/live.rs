@@ -483,3 +483,94 @@ async fn the_record_command_leaves_a_complete_file_on_ctrl_c() {
     );
     drop(exchange);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coinbase_style_feed_subscribes_and_matches_the_replayed_capture() {
+    use std::io::BufRead as _;
+    let path = sample("coinbase-sample.ws.gz");
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(&path).expect("sample"),
+    ));
+    // What the exchange sent: every received line's JSON (not the client's own
+    // lines, which start with the URL).
+    let messages: Vec<String> = reader
+        .lines()
+        .map(|l| l.expect("line"))
+        .filter(|l| !l.starts_with("wss://"))
+        .map(|l| l.split_once(": ").expect("<time>: <json>").1.to_owned())
+        .collect();
+    let products: Vec<String> = {
+        let mut products: Vec<String> = messages
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(m).ok())
+            .filter(|m| m["type"] == "ticker" || m["type"] == "match" || m["type"] == "last_match")
+            .filter_map(|m| m["product_id"].as_str().map(str::to_owned))
+            .collect();
+        products.sort();
+        products.dedup();
+        products
+    };
+    let script = Script {
+        messages: text_messages(&messages),
+        hold: true,
+    };
+    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let live = LiveConfig {
+        name: "fake-coinbase".into(),
+        venue: Venue::Coinbase {
+            products: products.clone(),
+            channels: vec!["ticker".into(), "matches".into()],
+        },
+        url: format!("ws://{}", exchange.addr),
+        symbols: products.clone(),
+        prefix: Some("live".into()),
+        ..binance_feed(String::new(), Duration::from_secs(30))
+    };
+    let replay = FeedConfig::Replay(replay_of(
+        &[(Some("replay"), path)],
+        Speed::Max,
+        false,
+        false,
+    ));
+    let server = TestServer::start_feeds(
+        ServerConfig::default(),
+        vec![FeedConfig::Live(live), replay],
+    )
+    .await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let replayed = server.replays[0].stats().ticks.load(Relaxed);
+    assert!(replayed > 0);
+    let stats = server.lives[0].stats().clone();
+    eventually("live feed caught up", || {
+        stats.ticks.load(Relaxed) == replayed
+    })
+    .await;
+    assert_eq!(stats.malformed.load(Relaxed), 0);
+    let sent = exchange
+        .received
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let subscribe: Value =
+        serde_json::from_str(sent.first().expect("a subscribe message")).expect("JSON");
+    assert_eq!(subscribe["type"], "subscribe");
+    assert_eq!(subscribe["product_ids"], serde_json::json!(products));
+    assert_eq!(
+        subscribe["channels"],
+        serde_json::json!(["ticker", "matches"])
+    );
+    for product in &products {
+        let (status, _) = server.get(&format!("/api/snapshot/replay:{product}")).await;
+        if status == 404 {
+            continue; // Declared, but no ticker or match in the sample.
+        }
+        let from_live = snapshot(&server, &format!("live:{product}")).await;
+        let from_replay = snapshot(&server, &format!("replay:{product}")).await;
+        for field in BOOK_FIELDS {
+            assert_eq!(from_live[field], from_replay[field], "{product} {field}");
+        }
+    }
+    drop(exchange);
+}

@@ -3,14 +3,18 @@
 //   TICKWIRE_BIN=target/debug/tickwire node --test tests/browser/dashboard.test.mjs
 //
 // Needs /usr/bin/chromium (or $CHROMIUM) and `npm ci --prefix tests/browser`.
-// With SAVE_SCREENSHOT=1 the first test also writes docs/dashboard.png.
+// With SAVE_SCREENSHOT=1 the first test also writes docs/dashboard.png; with
+// DASHBOARD_STATS=1 the 200-symbol test prints what it measured (frame rate,
+// long tasks, DOM mutations vs messages, latency; see docs/dashboard.md).
 // Waits poll the page for a condition; nothing depends on how fast it happens.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -37,9 +41,9 @@ async function freePort() {
   return port;
 }
 
-/** Starts `tickwire serve` on the bundled sample; resolves once it listens. */
-async function startServer(port) {
-  const child = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`], {
+/** Starts `tickwire serve` (the bundled sample unless `args` say otherwise); resolves once it listens. */
+async function startServer(port, args = []) {
+  const child = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TICKWIRE_LOG: 'info', NO_COLOR: '1' },
   });
@@ -63,6 +67,7 @@ async function startServer(port) {
   });
   return {
     port,
+    pid: child.pid,
     url: `http://127.0.0.1:${port}`,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
@@ -72,8 +77,8 @@ async function startServer(port) {
 }
 
 /** A server on a fresh port, stopped when the test ends. */
-async function serverFor(t, port) {
-  const server = await startServer(port ?? (await freePort()));
+async function serverFor(t, port, args) {
+  const server = await startServer(port ?? (await freePort()), args);
   t.after(() => server.stop('SIGKILL'));
   return server;
 }
@@ -316,4 +321,196 @@ test('with WebSocket blocked the page falls back to Server-Sent Events', TEST, a
   await page.fill('#add-input', symbols[0]);
   await page.press('#add-input', 'Enter');
   await waitForValues(page, symbols);
+});
+
+// ------------------------------------------------------- 200 symbols, fast
+
+const SYMBOLS_AT_SCALE = Array.from({ length: 200 }, (_, i) => 'S' + String(i).padStart(3, '0'));
+/** Updates per second the replay below produces at --speed 1, summed over all symbols. */
+const SCALE_RATE = 15_000;
+/** How long the page is measured (a measurement window, not a limit on anything). */
+const MEASURE_MS = 5_000;
+
+/**
+ * Writes a tickwire-native NDJSON replay: `rounds` rounds of one update per
+ * symbol, evenly spaced so that `--speed 1` plays `rate` updates a second.
+ * Every fourth round is a trade, the others quotes; prices move every round.
+ */
+function writeScaleReplay(file, symbols, rounds, rate) {
+  const t0 = 1_700_000_000_000_000_000n;
+  const lines = [JSON.stringify({ tickwire_replay: 1, source: 'dashboard.test.mjs: 200 synthetic symbols' })];
+  for (let r = 0; r < rounds; r++) {
+    for (let s = 0; s < symbols.length; s++) {
+      const i = r * symbols.length + s;
+      const recv = t0 + BigInt(Math.floor((i * 1e9) / rate));
+      const cents = 10_000 + s * 100 + ((r * 7 + s) % 50);
+      const bid = (cents / 100).toFixed(2);
+      const ask = ((cents + 1 + (r % 3)) / 100).toFixed(2);
+      const head = `{"recv_ts_ns":${recv},"symbol":"${symbols[s]}",`;
+      lines.push(r % 4 === 3
+        ? head + `"type":"trade","price":"${bid}","size":"0.5"}`
+        : head + `"type":"quote","bid":"${bid}","bid_size":"1","ask":"${ask}","ask_size":"2"}`);
+    }
+  }
+  fs.writeFileSync(file, lines.join('\n') + '\n');
+}
+
+/**
+ * Installed before the dashboard's own script: counts animation frames, long
+ * tasks, DOM mutation records, WebSocket messages (and their ingest → receive
+ * latency, read from the frame text so nothing is parsed twice), and records
+ * every connection state the page shows. `__dashStats.reset()` starts a window.
+ */
+function installProbes() {
+  const s = {
+    start: 0, frames: 0, maxFrameGap: 0, lastFrame: 0,
+    longTasks: 0, longTaskMs: 0, longestTask: 0,
+    mutations: 0, messages: 0, tickers: 0, latencyMs: [],
+    connStates: [],
+  };
+  s.reset = () => {
+    Object.assign(s, {
+      start: performance.now(), frames: 0, maxFrameGap: 0, lastFrame: 0,
+      longTasks: 0, longTaskMs: 0, longestTask: 0, mutations: 0, messages: 0, tickers: 0, latencyMs: [],
+    });
+  };
+  const frame = (t) => {
+    s.frames++;
+    if (s.lastFrame) s.maxFrameGap = Math.max(s.maxFrameGap, t - s.lastFrame);
+    s.lastFrame = t;
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if (e.startTime < s.start) continue;
+      s.longTasks++;
+      s.longTaskMs += e.duration;
+      s.longestTask = Math.max(s.longestTask, e.duration);
+    }
+  }).observe({ type: 'longtask' });
+  new MutationObserver((records) => {
+    s.mutations += records.length;
+    for (const r of records) {
+      if (r.type === 'attributes' && r.attributeName === 'data-state' && r.target.id === 'conn') {
+        s.connStates.push(r.target.dataset.state);
+      }
+    }
+  }).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => {
+        s.messages++;
+        const text = e.data;
+        if (typeof text !== 'string' || !text.startsWith('{"type":"ticker"')) return;
+        s.tickers++;
+        if (!text.includes('"snapshot":false')) return; // a snapshot's ingest time is old by design
+        const m = /"ingest_ts_ns":(\d+)/.exec(text);
+        if (m) s.latencyMs.push(performance.timeOrigin + performance.now() - Number(m[1]) / 1e6);
+      });
+    }
+  };
+  window.__dashStats = s;
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux: 100 clock ticks a second). */
+function cpuSeconds(pid) {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+async function feedTicks(server) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(/^tickwire_feed_ticks_total\{[^}]*\} (\d+)/m.exec(text)?.[1] ?? NaN);
+}
+
+test('200 symbols ticking fast: every row renders and keeps updating', TEST, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tickwire-dashboard-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const replay = path.join(dir, 'scale.ndjson');
+  writeScaleReplay(replay, SYMBOLS_AT_SCALE, 200, SCALE_RATE);
+  const server = await serverFor(t, undefined, ['--replay', replay, '--loop', '--speed', '1']);
+  assert.deepEqual(await served(server), SYMBOLS_AT_SCALE);
+  const page = await pageFor(t);
+  await page.addInitScript(installProbes);
+
+  await page.goto(`${server.url}/?symbols=${SYMBOLS_AT_SCALE.join(',')}`);
+  await waitForState(page, 'live');
+  assert.deepEqual(await rowSymbols(page), SYMBOLS_AT_SCALE);
+  await waitForValues(page, SYMBOLS_AT_SCALE);
+
+  // Measure a window of MEASURE_MS while the page is loaded with updates.
+  const seqsBefore = await page.$$eval('#rows .c-seq', (tds) => tds.map((td) => Number(td.textContent.replace(/,/g, ''))));
+  const ticksBefore = await feedTicks(server);
+  const cpuBefore = cpuSeconds(server.pid);
+  await page.evaluate(() => window.__dashStats.reset());
+  await new Promise((resolve) => setTimeout(resolve, MEASURE_MS));
+  const stats = await page.evaluate(() => {
+    const s = window.__dashStats;
+    const seconds = (performance.now() - s.start) / 1000;
+    const sorted = s.latencyMs.slice().sort((a, b) => a - b);
+    const pct = (p) => sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] : NaN;
+    const panel = Object.fromEntries([...document.querySelectorAll('#lat-browser .v')].map((e) => [e.dataset.k, e.textContent]));
+    return {
+      seconds, frames: s.frames, maxFrameGap: s.maxFrameGap,
+      longTasks: s.longTasks, longTaskMs: s.longTaskMs, longestTask: s.longestTask,
+      mutations: s.mutations, messages: s.messages, tickers: s.tickers,
+      latency: { n: sorted.length, p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: sorted[sorted.length - 1] },
+      panel, skipped: document.querySelector('#kpi-skipped').textContent,
+    };
+  });
+  const serverCpu = cpuSeconds(server.pid) - cpuBefore;
+  const ticks = (await feedTicks(server)) - ticksBefore;
+
+  // Every row keeps updating: none stalls, whatever the rate.
+  await page.waitForFunction(
+    (before) => [...document.querySelectorAll('#rows .c-seq')]
+      .every((td, i) => Number(td.textContent.replace(/,/g, '')) > before[i]),
+    seqsBefore,
+    { timeout: WAIT },
+  );
+  // One round trip: a saturated page answers each query slowly.
+  const after = await page.evaluate(() => ({
+    rows: document.querySelectorAll('#rows tr').length,
+    live: document.querySelectorAll('#rows .badge.live').length,
+    states: window.__dashStats.connStates,
+    state: document.querySelector('#conn').dataset.state,
+    reconnects: document.querySelector('#reconnects').textContent,
+    transport: document.querySelector('#transport').textContent,
+  }));
+  assert.equal(after.rows, SYMBOLS_AT_SCALE.length);
+  assert.equal(after.live, SYMBOLS_AT_SCALE.length);
+  // The connection stayed up the whole time.
+  assert.deepEqual(after.states.slice(after.states.indexOf('live')), ['live'], `connection states: ${after.states}`);
+  assert.equal(after.state, 'live');
+  assert.equal(after.reconnects, '0');
+  assert.equal(after.transport, 'WebSocket');
+  assert.ok(stats.tickers > 0 && stats.frames > 0, `the page was measured: ${JSON.stringify(stats)}`);
+
+  if (process.env.DASHBOARD_STATS === '1') {
+    const per = (n) => (n / stats.seconds).toFixed(0);
+    const ms = (v) => v.toFixed(2) + ' ms';
+    const lines = [
+      `dashboard at scale: ${SYMBOLS_AT_SCALE.length} symbols, replay --speed 1 --loop at ${SCALE_RATE} updates/s, ` +
+        `${stats.seconds.toFixed(2)} s window, ${os.cpus().length} vCPU (load average ${os.loadavg()[0].toFixed(2)}), ` +
+        'headless Chromium, server on the same host',
+      `  feed ticks/s (server)      ${per(ticks)}`,
+      `  ticker messages/s (page)   ${per(stats.tickers)}   (all WebSocket messages/s ${per(stats.messages)}; versions skipped since page load ${stats.skipped})`,
+      `  DOM mutation records/s     ${per(stats.mutations)}   (${(stats.mutations / stats.tickers).toFixed(2)} per ticker message, ` +
+        `${(stats.mutations / stats.frames).toFixed(0)} per frame)`,
+      `  frames/s (rAF)             ${(stats.frames / stats.seconds).toFixed(1)}   (longest gap between frames ${ms(stats.maxFrameGap)})`,
+      `  long tasks (>50 ms)        ${stats.longTasks}   (${ms(stats.longTaskMs)} in total, longest ${ms(stats.longestTask)})`,
+      `  ingest → page latency      p50 ${ms(stats.latency.p50)}  p90 ${ms(stats.latency.p90)}  p99 ${ms(stats.latency.p99)}  ` +
+        `max ${ms(stats.latency.max)}  (n=${stats.latency.n})`,
+      `  dashboard latency panel    p50 ${stats.panel.p50}  p90 ${stats.panel.p90}  p99 ${stats.panel.p99}  max ${stats.panel.max}  (its last 5,000 samples)`,
+      `  server CPU                 ${((serverCpu / stats.seconds) * 100).toFixed(0)}% of one core (${BIN})`,
+    ];
+    for (const line of lines) t.diagnostic(line);
+  }
 });

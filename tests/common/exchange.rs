@@ -24,6 +24,8 @@ pub struct Script {
 /// A running fake exchange; dropping it (or `kill`) closes every connection.
 pub struct FakeExchange {
     pub addr: SocketAddr,
+    /// Text messages clients sent (e.g. a subscribe request).
+    pub received: Arc<std::sync::Mutex<Vec<String>>>,
     tasks: JoinSet<()>,
 }
 
@@ -39,26 +41,33 @@ impl FakeExchange {
         socket.bind(addr).expect("bind");
         let listener: TcpListener = socket.listen(64).expect("listen");
         let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let script = script.clone();
                 let tls = tls.clone();
+                let log = log.clone();
                 connections.spawn(async move {
                     match tls {
                         Some(config) => {
                             let acceptor = tokio_rustls::TlsAcceptor::from(config);
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                play(stream, script).await;
+                                play(stream, script, log).await;
                             }
                         }
-                        None => play(stream, script).await,
+                        None => play(stream, script, log).await,
                     }
                 });
             }
         });
-        Self { addr, tasks }
+        Self {
+            addr,
+            received,
+            tasks,
+        }
     }
 
     /// Stops listening and drops every connection abruptly.
@@ -67,7 +76,7 @@ impl FakeExchange {
     }
 }
 
-async fn play<S>(stream: S, script: Script)
+async fn play<S>(stream: S, script: Script, received: Arc<std::sync::Mutex<Vec<String>>>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -84,7 +93,14 @@ where
     }
     if script.hold {
         // Read (and answer pings) until the client goes away; send nothing.
-        while let Some(Ok(_)) = socket.next().await {}
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message {
+                received
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(text.to_string());
+            }
+        }
     } else {
         let _ = socket.close(None).await;
     }
