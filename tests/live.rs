@@ -548,11 +548,12 @@ async fn a_coinbase_style_feed_subscribes_and_matches_the_replayed_capture() {
     })
     .await;
     assert_eq!(stats.malformed.load(Relaxed), 0);
-    let sent = exchange
-        .received
-        .lock()
-        .map(|r| r.clone())
-        .unwrap_or_default();
+    let received = exchange.received.clone();
+    eventually("the exchange read the subscribe request", || {
+        received.lock().map(|r| !r.is_empty()).unwrap_or(false)
+    })
+    .await;
+    let sent = received.lock().map(|r| r.clone()).unwrap_or_default();
     let subscribe: Value =
         serde_json::from_str(sent.first().expect("a subscribe message")).expect("JSON");
     assert_eq!(subscribe["type"], "subscribe");
