@@ -135,17 +135,7 @@ async fn every_client_converges_to_the_file_and_the_snapshot_whatever_its_speed(
             .expect("reader task");
         for (symbol, snapshot) in SYMBOLS.iter().zip(&snapshots) {
             let last = &tape.last[*symbol];
-            for field in [
-                "seq",
-                "bid",
-                "bid_size",
-                "ask",
-                "ask_size",
-                "last",
-                "last_size",
-                "exchange_ts_ns",
-                "ingest_ts_ns",
-            ] {
+            for field in BOOK_FIELDS.iter().chain(&["ingest_ts_ns"]) {
                 assert_eq!(last[field], snapshot[field], "client {i} {symbol} {field}");
             }
         }

@@ -47,6 +47,16 @@ fn text_messages(lines: &[String]) -> Vec<Message> {
     lines.iter().map(|l| Message::text(l.clone())).collect()
 }
 
+/// A fake exchange on any free port that sends `lines` to every connection,
+/// then stays connected and silent.
+async fn exchange_playing(lines: &[String]) -> FakeExchange {
+    let script = Script {
+        messages: text_messages(lines),
+        hold: true,
+    };
+    FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await
+}
+
 /// The same lines as a capture file, replayed under the prefix `replay`.
 fn replay_of_lines(lines: &[String]) -> FeedConfig {
     let path = std::env::temp_dir().join(format!(
@@ -74,25 +84,10 @@ async fn snapshot(server: &TestServer, symbol: &str) -> Value {
     serde_json::from_str(&body).expect("JSON")
 }
 
-const BOOK_FIELDS: [&str; 8] = [
-    "seq",
-    "bid",
-    "bid_size",
-    "ask",
-    "ask_size",
-    "last",
-    "last_size",
-    "exchange_ts_ns",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_feed_builds_the_same_book_as_replaying_the_same_capture() {
     let lines = binance_messages(&sample(USDM), LINES);
-    let script = Script {
-        messages: text_messages(&lines),
-        hold: true,
-    };
-    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let exchange = exchange_playing(&lines).await;
     let feeds = vec![
         FeedConfig::Live(binance_feed(
             stream_url(exchange.addr),
@@ -239,11 +234,7 @@ async fn an_exchange_outage_makes_symbols_stale_then_live_and_clients_converge()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_but_connected_upstream_is_detected_as_stale() {
     let lines = binance_messages(&sample(USDM), 200);
-    let script = Script {
-        messages: text_messages(&lines),
-        hold: true,
-    };
-    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let exchange = exchange_playing(&lines).await;
     let feed = binance_feed(stream_url(exchange.addr), Duration::from_millis(300));
     let server =
         TestServer::start_feeds(ServerConfig::default(), vec![FeedConfig::Live(feed)]).await;
@@ -365,11 +356,7 @@ async fn a_recording_replays_to_the_same_book_as_the_capture() {
         .expect("replay ends");
     let ticks = capture.replays[0].stats().ticks.load(Relaxed);
 
-    let script = Script {
-        messages: text_messages(&lines),
-        hold: true,
-    };
-    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let exchange = exchange_playing(&lines).await;
     let out = std::env::temp_dir().join(format!("tickwire-rec-{}.ndjson.gz", std::process::id()));
     let options = RecordOptions {
         out: out.clone(),
@@ -422,11 +409,7 @@ async fn a_recording_replays_to_the_same_book_as_the_capture() {
 async fn the_record_command_leaves_a_complete_file_on_ctrl_c() {
     use std::io::Read as _;
     let lines = binance_messages(&sample(USDM), LINES);
-    let script = Script {
-        messages: text_messages(&lines),
-        hold: true,
-    };
-    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let exchange = exchange_playing(&lines).await;
     let dir = std::env::temp_dir().join(format!("tickwire-record-cmd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let feed = dir.join("fake.toml");
@@ -510,11 +493,7 @@ async fn a_coinbase_style_feed_subscribes_and_matches_the_replayed_capture() {
         products.dedup();
         products
     };
-    let script = Script {
-        messages: text_messages(&messages),
-        hold: true,
-    };
-    let exchange = FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await;
+    let exchange = exchange_playing(&messages).await;
     let live = LiveConfig {
         name: "fake-coinbase".into(),
         venue: Venue::Coinbase {

@@ -439,6 +439,18 @@ pub fn binance_final_book(path: &Path) -> FinalBook {
     book
 }
 
+/// The fields of a ticker that describe the book (not the delivery).
+pub const BOOK_FIELDS: [&str; 8] = [
+    "seq",
+    "bid",
+    "bid_size",
+    "ask",
+    "ask_size",
+    "last",
+    "last_size",
+    "exchange_ts_ns",
+];
+
 /// Asserts a ticker message (or snapshot body) shows `book`.
 pub fn assert_shows(ticker: &Value, book: &FinalBook, what: &str) {
     let quote = book.quote.as_ref().expect("file has quotes");
