@@ -288,6 +288,9 @@ fn every_shipped_feed_file_loads_and_declares_its_symbols() {
                 );
                 assert!(config.url.starts_with("wss://"), "{}", path.display());
             }
+            tickwire::feed::config::FeedConfig::Synthetic(config) => {
+                assert!(config.generator.validate().is_ok(), "{}", path.display());
+            }
         }
         checked += 1;
     }

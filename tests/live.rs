@@ -554,3 +554,36 @@ async fn a_coinbase_style_feed_subscribes_and_matches_the_replayed_capture() {
     }
     drop(exchange);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_synthetic_feed_keeps_its_schedule_and_stamps_intended_times() {
+    let config = tickwire::feed::config::parse(
+        "kind = \"synthetic\"\nsymbols = 20\nrate = 2000.0\nseed = 7\n",
+        std::path::Path::new("feeds/test.toml"),
+    )
+    .expect("synthetic feed file");
+    let server = TestServer::start_feeds(ServerConfig::default(), vec![config]).await;
+    let (_, names) = server.get("/api/symbols").await;
+    let names: Vec<String> = serde_json::from_str(&names).expect("JSON");
+    assert_eq!(names.len(), 20);
+    assert_eq!(names[0], "SYN000");
+    let mut client = Client::connect(&server.url(&format!("?symbols={}", names.join(",")))).await;
+    client.recv_type("subscribed").await;
+    let mut tape = Tape::default();
+    while tape.tickers < 500 {
+        let ticker = client.recv_type("ticker").await;
+        if ticker["snapshot"] == false {
+            // The intended time comes before the feed took the update in.
+            let intended = ticker["exchange_ts_ns"].as_i64().expect("intended time");
+            assert!(intended <= ticker["ingest_ts_ns"].as_i64().expect("ingest time"));
+            let (bid, ask) = (ticker["bid"].as_str(), ticker["ask"].as_str());
+            let number = |v: Option<&str>| v.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            assert!(number(bid) < number(ask), "{ticker}");
+        }
+        tape.record(&ticker);
+    }
+    let (_, feeds) = server.get("/api/feeds").await;
+    let feeds: Value = serde_json::from_str(&feeds).expect("JSON");
+    assert_eq!(feeds[0]["kind"], "synthetic");
+    assert!(feeds[0]["ticks"].as_u64() >= Some(500));
+}

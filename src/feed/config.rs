@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! name = "binance-sample"
-//! kind = "replay"      # replay | binance | coinbase
+//! kind = "replay"      # replay | binance | coinbase | synthetic
 //! speed = "1"          # a factor, or "max"
 //! loop = true
 //! max_gap_ms = 5000
@@ -32,12 +32,14 @@ use serde::Deserialize;
 
 use super::live::{Backoff, LiveConfig, Venue};
 use super::replay::{ReplayConfig, ReplayInput, ReplaySource, Speed};
+use super::synthetic::{Mode, SyntheticConfig, SyntheticFeedConfig};
 
 /// A feed, as a feed file describes it.
 #[derive(Clone, Debug)]
 pub enum FeedConfig {
     Replay(ReplayConfig),
     Live(LiveConfig),
+    Synthetic(SyntheticFeedConfig),
 }
 
 impl FeedConfig {
@@ -46,6 +48,7 @@ impl FeedConfig {
         match self {
             FeedConfig::Replay(config) => &config.name,
             FeedConfig::Live(config) => &config.name,
+            FeedConfig::Synthetic(config) => &config.name,
         }
     }
 }
@@ -119,6 +122,55 @@ struct LiveFile {
     #[serde(default = "default_connect_timeout_ms")]
     connect_timeout_ms: u64,
     ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyntheticFile {
+    name: Option<String>,
+    #[allow(dead_code)] // Read by `Kind`.
+    kind: String,
+    /// Number of symbols.
+    symbols: usize,
+    /// Average updates per second over all symbols.
+    rate: f64,
+    /// `steady` or `bursty`.
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default = "default_burst_period_ms")]
+    burst_period_ms: u64,
+    #[serde(default = "default_burst_duty")]
+    burst_duty: f64,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default = "default_symbol_prefix")]
+    symbol_prefix: String,
+    #[serde(default = "default_trade_every")]
+    trade_every: u32,
+}
+
+fn default_mode() -> String {
+    "steady".into()
+}
+
+fn default_burst_period_ms() -> u64 {
+    1_000
+}
+
+fn default_burst_duty() -> f64 {
+    0.1
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_symbol_prefix() -> String {
+    "SYN".into()
+}
+
+fn default_trade_every() -> u32 {
+    10
 }
 
 fn default_speed() -> String {
@@ -250,8 +302,37 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                 ca_file: file.ca_file.map(|ca| base.join(ca)),
             }))
         }
+        "synthetic" => {
+            let file: SyntheticFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+            let mode = match file.mode.as_str() {
+                "steady" => Mode::Steady,
+                "bursty" => Mode::Bursty {
+                    period_ms: file.burst_period_ms,
+                    duty: file.burst_duty,
+                },
+                other => {
+                    return Err(invalid(format!(
+                        "field `mode`: {other:?} is neither \"steady\" nor \"bursty\""
+                    )))
+                }
+            };
+            let generator = SyntheticConfig {
+                symbols: file.symbols,
+                rate_per_sec: file.rate,
+                mode,
+                seed: file.seed,
+                symbol_prefix: file.symbol_prefix,
+                trade_every: file.trade_every,
+                start_ns: 0,
+            };
+            generator.validate().map_err(|e| invalid(e.to_string()))?;
+            Ok(FeedConfig::Synthetic(SyntheticFeedConfig {
+                name: file.name.unwrap_or_else(default_name),
+                generator,
+            }))
+        }
         other => Err(invalid(format!(
-            "field `kind`: unknown feed kind {other:?} (expected replay, binance or coinbase)"
+            "field `kind`: unknown feed kind {other:?} (expected replay, binance, coinbase or synthetic)"
         ))),
     }
 }

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 
+use super::synthetic::SplitMix64;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::{FeedState, FeedStats};
 use crate::normalize::{binance, coinbase, ParseError, Parsed, Tick};
@@ -426,20 +427,16 @@ impl Feed {
     }
 }
 
-/// A small deterministic generator for backoff jitter (SplitMix64).
-struct Jitter(u64);
+/// Backoff jitter from the same small generator the synthetic feed uses.
+struct Jitter(SplitMix64);
 
 impl Jitter {
     fn seeded(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64(seed))
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next()
     }
 
     /// Full jitter: uniform in [initial/2, min(max, initial·2^attempt)], so

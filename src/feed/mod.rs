@@ -1,6 +1,7 @@
 //! Feed: where ticks come from — the replay of recorded files ([`replay`],
 //! read by [`source`] and merged across files by [`merge`]) or a live exchange
-//! upstream ([`live`]), which [`record`] can also write to a replay file.
+//! upstream ([`live`]), which [`record`] can also write to a replay file, or
+//! made-up random-walk quotes at a set rate ([`synthetic`]).
 //! [`config`] reads the `feeds/*.toml` files that describe a feed, and
 //! [`spawn`] starts one of any kind.
 
@@ -10,6 +11,7 @@ pub mod merge;
 pub mod record;
 pub mod replay;
 pub mod source;
+pub mod synthetic;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use crate::metrics::FeedStats;
 pub enum FeedHandle {
     Replay(replay::ReplayHandle),
     Live(live::LiveHandle),
+    Synthetic(synthetic::SyntheticHandle),
 }
 
 impl FeedHandle {
@@ -31,6 +34,7 @@ impl FeedHandle {
         match self {
             FeedHandle::Replay(handle) => handle.stats(),
             FeedHandle::Live(handle) => handle.stats(),
+            FeedHandle::Synthetic(handle) => handle.stats(),
         }
     }
 }
@@ -42,6 +46,8 @@ pub enum FeedError {
     Replay(#[from] replay::ReplayError),
     #[error(transparent)]
     Live(#[from] live::LiveError),
+    #[error(transparent)]
+    Synthetic(#[from] synthetic::InvalidConfig),
 }
 
 /// Starts a feed into `hub`; it stops when `shutdown` is cancelled.
@@ -55,6 +61,9 @@ pub fn spawn(
             FeedHandle::Replay(replay::spawn(hub, config, shutdown)?)
         }
         config::FeedConfig::Live(config) => FeedHandle::Live(live::spawn(hub, config, shutdown)?),
+        config::FeedConfig::Synthetic(config) => {
+            FeedHandle::Synthetic(synthetic::spawn(hub, config, shutdown)?)
+        }
     })
 }
 

@@ -4,7 +4,7 @@
 //! | `type` | becomes |
 //! |---|---|
 //! | `ticker` with `best_bid`, `best_bid_size`, `best_ask`, `best_ask_size` | quote |
-//! | `ticker` without the two size fields (as Coinbase sent until 2022) | recognised ([`Recognised::TickerWithoutSizes`]), no tick |
+//! | `ticker` without the two size fields (older feeds, e.g. the 2021 capture) | recognised ([`Recognised::TickerWithoutSizes`]), no tick |
 //! | `match`, `last_match` | trade: `price`, `size` |
 //! | `snapshot`, `l2update` | recognised (depth), no tick |
 //! | `subscriptions`, `heartbeat` | recognised, no tick |
@@ -15,15 +15,16 @@
 //! timestamp with microseconds (`2021-04-17T16:43:37.154473Z`), converted exactly
 //! to nanoseconds.
 //!
-//! **Why a sizeless ticker is not a tick.** A top-of-book quote needs both sizes,
-//! and a ticker from before 2022 has only `best_bid` and `best_ask`. Its other
-//! half, `price`/`last_size`, is the last match, which the `matches` channel
-//! delivers as a `match` message of its own: in the 2021 capture every one of the
-//! 107 tickers repeats the `trade_id` of a `match` or `last_match` line. Turning
-//! the ticker into a trade would therefore print every trade twice, so it is
-//! recognised and dropped, and trades come from `match`/`last_match` alone.
-//! A current ticker (with sizes) becomes a quote and its trade half is likewise
-//! left to the `matches` channel: subscribe to both `ticker` and `matches`.
+//! **Why a sizeless ticker is not a tick.** A top-of-book quote needs both
+//! sizes, and an older ticker (the 2021 capture's) has only `best_bid` and
+//! `best_ask`. Its other half, `price`/`last_size`, is the last match, which the
+//! `matches` channel delivers as a `match` message of its own: in the 2021
+//! capture every one of the 107 tickers repeats the `trade_id` of a `match` or
+//! `last_match` line. Turning the ticker into a trade would therefore print
+//! every trade twice, so it is recognised and dropped, and trades come from
+//! `match`/`last_match` alone. A current ticker (with sizes) becomes a quote and
+//! its trade half is likewise left to the `matches` channel: subscribe to both
+//! `ticker` and `matches` (a ticker-only feed without sizes yields no ticks).
 //!
 //! A capture line, as cryptofeed's raw-data recorder writes it, is one of
 //!
@@ -298,7 +299,8 @@ mod tests {
     const MATCH: &str = r#"1618677817.1295161: {"type":"match","trade_id":280232,"maker_order_id":"2a0da34e-61f7-4c36-88e5-c9dd15927b16","taker_order_id":"3c82abaa-c01e-4608-be59-6a1e69742891","side":"sell","size":"985","price":"0.00001305","product_id":"SKL-BTC","sequence":177100030,"time":"2021-04-17T16:43:37.089723Z"}"#;
     const L2UPDATE: &str = r#"1618677817.118783: {"type":"l2update","product_id":"SKL-BTC","changes":[["sell","0.00001306","660.5"]],"time":"2021-04-17T16:43:37.075687Z"}"#;
     const SNAPSHOT: &str = r#"1618677817.077736: {"type":"snapshot","product_id":"BAND-GBP","asks":[["14.8024","12.77"],["14.8069","12.49"]],"bids":[["14.7550","0.60"]]}"#;
-    // A current-format ticker (Coinbase Exchange docs), which carries sizes.
+    // A current-format ticker, shaped like the Coinbase Exchange docs' example,
+    // which carries sizes.
     const TICKER_WITH_SIZES: &str = r#"{"type":"ticker","sequence":37475248783,"product_id":"ETH-USD","price":"1285.22","open_24h":"1310.79","volume_24h":"245532.79269678","low_24h":"1280.52","high_24h":"1313.8","volume_30d":"9788783.60117027","best_bid":"1285.04","best_bid_size":"0.46688654","best_ask":"1285.27","best_ask_size":"1.56637040","side":"buy","time":"2022-10-19T23:28:22.061769Z","trade_id":370843401,"last_size":"11.4396987"}"#;
 
     fn capture(line: &str) -> Result<Parsed<'static>, ParseError> {

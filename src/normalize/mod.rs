@@ -79,7 +79,7 @@ pub enum Recognised {
     /// A recorder's note in a capture: a connection opened, or a message the
     /// client sent (Coinbase captures' `wss://...` lines).
     ConnectionEvent,
-    /// A Coinbase `ticker` from before 2022: best bid and ask without their sizes,
+    /// An older Coinbase `ticker` (2021 captures): best bid and ask without sizes,
     /// so no quote, and a trade that the matching `match` message already carries.
     TickerWithoutSizes,
 }

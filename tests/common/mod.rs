@@ -72,6 +72,7 @@ pub struct TestServer {
     pub hub: Arc<Hub>,
     pub replays: Vec<ReplayHandle>,
     pub lives: Vec<tickwire::feed::live::LiveHandle>,
+    pub synthetics: Vec<tickwire::feed::synthetic::SyntheticHandle>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     feeds: CancellationToken,
@@ -89,10 +90,12 @@ impl TestServer {
         let cancel = CancellationToken::new();
         let mut replays = Vec::new();
         let mut lives = Vec::new();
+        let mut synthetics = Vec::new();
         for feed in feeds {
             match tickwire::feed::spawn(hub.clone(), feed, cancel.clone()).expect("feed starts") {
                 FeedHandle::Replay(handle) => replays.push(handle),
                 FeedHandle::Live(handle) => lives.push(handle),
+                FeedHandle::Synthetic(handle) => synthetics.push(handle),
             }
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -106,6 +109,7 @@ impl TestServer {
             hub,
             replays,
             lives,
+            synthetics,
             shutdown: Some(tx),
             task: Some(task),
             feeds: cancel,
