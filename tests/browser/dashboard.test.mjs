@@ -365,13 +365,14 @@ function installProbes() {
   const s = {
     start: 0, frames: 0, maxFrameGap: 0, lastFrame: 0,
     longTasks: 0, longTaskMs: 0, longestTask: 0,
-    mutations: 0, messages: 0, tickers: 0, latencyMs: [],
+    mutations: 0, messages: 0, tickers: 0, latencyMs: [], lastMessage: 0, maxMessageGap: 0,
     connStates: [],
   };
   s.reset = () => {
     Object.assign(s, {
       start: performance.now(), frames: 0, maxFrameGap: 0, lastFrame: 0,
       longTasks: 0, longTaskMs: 0, longestTask: 0, mutations: 0, messages: 0, tickers: 0, latencyMs: [],
+      lastMessage: performance.now(), maxMessageGap: 0,
     });
   };
   const frame = (t) => {
@@ -402,6 +403,9 @@ function installProbes() {
     constructor(...args) {
       super(...args);
       this.addEventListener('message', (e) => {
+        const now = performance.now();
+        if (s.lastMessage) s.maxMessageGap = Math.max(s.maxMessageGap, now - s.lastMessage);
+        s.lastMessage = now;
         s.messages++;
         const text = e.data;
         if (typeof text !== 'string' || !text.startsWith('{"type":"ticker"')) return;
@@ -453,7 +457,8 @@ test('200 symbols ticking fast: every row renders and keeps updating', TEST, asy
   await new Promise((resolve) => setTimeout(resolve, MEASURE_MS));
   const stats = await page.evaluate(() => {
     const s = window.__dashStats;
-    const seconds = (performance.now() - s.start) / 1000;
+    const now = performance.now();
+    const seconds = (now - s.start) / 1000;
     const sorted = s.latencyMs.slice().sort((a, b) => a - b);
     const pct = (p) => sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] : NaN;
     const panel = Object.fromEntries([...document.querySelectorAll('#lat-browser .v')].map((e) => [e.dataset.k, e.textContent]));
@@ -461,12 +466,17 @@ test('200 symbols ticking fast: every row renders and keeps updating', TEST, asy
       seconds, frames: s.frames, maxFrameGap: s.maxFrameGap,
       longTasks: s.longTasks, longTaskMs: s.longTaskMs, longestTask: s.longestTask,
       mutations: s.mutations, messages: s.messages, tickers: s.tickers,
+      maxMessageGap: Math.max(s.maxMessageGap, now - s.lastMessage),
       latency: { n: sorted.length, p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: sorted[sorted.length - 1] },
       panel, skipped: document.querySelector('#kpi-skipped').textContent,
     };
   });
   const serverCpu = cpuSeconds(server.pid) - cpuBefore;
   const ticks = (await feedTicks(server)) - ticksBefore;
+  assert.ok(ticks > 0, `the feed kept publishing: ${ticks} ticks in the window`);
+  // What reached the page within the window (tickers, frames, the longest gap)
+  // depends on the machine: it is reported below, never asserted. A delivery
+  // that stops for good fails the check that follows.
 
   // Every row keeps updating: none stalls, whatever the rate.
   await page.waitForFunction(
@@ -491,7 +501,6 @@ test('200 symbols ticking fast: every row renders and keeps updating', TEST, asy
   assert.equal(after.state, 'live');
   assert.equal(after.reconnects, '0');
   assert.equal(after.transport, 'WebSocket');
-  assert.ok(stats.tickers > 0 && stats.frames > 0, `the page was measured: ${JSON.stringify(stats)}`);
 
   if (process.env.DASHBOARD_STATS === '1') {
     const per = (n) => (n / stats.seconds).toFixed(0);
@@ -502,6 +511,7 @@ test('200 symbols ticking fast: every row renders and keeps updating', TEST, asy
         'headless Chromium, server on the same host',
       `  feed ticks/s (server)      ${per(ticks)}`,
       `  ticker messages/s (page)   ${per(stats.tickers)}   (all WebSocket messages/s ${per(stats.messages)}; versions skipped since page load ${stats.skipped})`,
+      `  message gap (longest)      ${ms(stats.maxMessageGap)}`,
       `  DOM mutation records/s     ${per(stats.mutations)}   (${(stats.mutations / stats.tickers).toFixed(2)} per ticker message, ` +
         `${(stats.mutations / stats.frames).toFixed(0)} per frame)`,
       `  frames/s (rAF)             ${(stats.frames / stats.seconds).toFixed(1)}   (longest gap between frames ${ms(stats.maxFrameGap)})`,
