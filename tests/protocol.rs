@@ -59,10 +59,18 @@ async fn subscribe_answers_then_snapshots_then_live_updates_in_seq_order() {
         assert_eq!(ticker["snapshot"], false);
         tape.record(&ticker);
     }
-    let (status, latency) = server.get("/api/latency").await;
-    assert_eq!(status, 200);
-    let latency: serde_json::Value = serde_json::from_str(&latency).expect("JSON");
-    assert!(latency["count"].as_u64() >= Some(19), "{latency}");
+    // Samples are recorded just after the write that delivered them: poll.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let latency = loop {
+        let (status, latency) = server.get("/api/latency").await;
+        assert_eq!(status, 200);
+        let latency: serde_json::Value = serde_json::from_str(&latency).expect("JSON");
+        if latency["count"].as_u64() >= Some(19) {
+            break latency;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{latency}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert!(latency["p50_ns"].as_u64() <= latency["max_ns"].as_u64());
     let page = server.get("/metrics").await.1;
     assert_eq!(metric(&page, "tickwire_connections"), 1.0);
