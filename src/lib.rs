@@ -4,30 +4,37 @@
 //!
 //! ```text
 //!  feed ──► normalize ──► book ──► fanout ──► session ──► client socket
-//!  (files,    (venue       (immutable  (symbol table,  (one task per
-//!   pacing)    formats →    versioned   arc-swap,       WebSocket: requests,
-//!              Tick)        snapshot)   conflation)     batched writes)
+//!  (replay,   (venue       (immutable  (symbol table,  (one task per client:
+//!   live,      formats →    versioned   arc-swap,       WebSocket or SSE,
+//!   synthetic) Tick)        snapshot)   conflation)     batched writes)
 //! ```
 //!
-//! - [`feed`] reads recorded captures ([`feed::source`]), merges several files in
-//!   receive-time order ([`feed::merge`]) and replays them at a chosen speed on
-//!   its own thread ([`feed::replay`]); [`feed::config`] reads `feeds/*.toml`.
-//! - [`normalize`] turns Binance, Tardis and tickwire's own NDJSON records into
-//!   [`normalize::Tick`]s. It does no I/O.
+//! - [`feed`] produces ticks: replays of recorded files ([`feed::source`] reads
+//!   one, [`feed::merge`] merges several in receive-time order, [`feed::replay`]
+//!   paces them on its own thread); live exchange upstreams over `ws://`/`wss://`
+//!   with reconnects and staleness ([`feed::live`]), which [`feed::record`] can
+//!   write to a replay file; and a seeded random-walk load ([`feed::synthetic`]).
+//!   [`feed::config`] reads `feeds/*.toml`.
+//! - [`normalize`] turns Binance, Coinbase, Tardis and tickwire's own NDJSON
+//!   messages into [`normalize::Tick`]s. It does no I/O.
 //! - [`book`] applies a tick to a symbol's top of book, producing the next
 //!   immutable [`book::Snapshot`], whose wire encoding is built once and shared.
-//! - [`fanout`] holds every symbol's current snapshot behind `arc-swap` and tells
-//!   subscribed sessions that something changed — never *what*, so a slow client
-//!   conflates to the newest version instead of queueing.
-//! - [`session`] runs one WebSocket client: protocol v1 requests ([`protocol`]),
-//!   RFC 6455 framing ([`session::codec`]), and batched, bounded writes.
-//! - [`server`] accepts connections, serves HTTP (`/healthz`, `/metrics`,
-//!   `/api/...`) and upgrades `/ws` into sessions; it shuts down with 1001.
+//! - [`fanout`] holds every symbol's current snapshot behind `arc-swap`, and its
+//!   live/stale status, and tells subscribed sessions that something changed —
+//!   never *what*, so a slow client conflates to the newest version instead of
+//!   queueing.
+//! - [`session`] serves one client: protocol v1 requests ([`protocol`]), the
+//!   subscriptions and conflating drain shared by both transports
+//!   ([`session::subscriptions`]), the bounded output buffer
+//!   ([`session::outbox`]), RFC 6455 framing ([`session::codec`]) and the
+//!   Server-Sent Events fallback ([`session::sse`]).
+//! - [`server`] accepts connections, serves HTTP (the dashboard, `/healthz`,
+//!   `/metrics`, `/api/...`), upgrades `/ws` into sessions, streams `/sse`, and
+//!   shuts down with 1001.
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
-//! - [`client`] is the small WebSocket client behind `tickwire subscribe`, and
-//!   [`cli`] the command line.
-//! - [`bench`] is `tickwire bench`, the load client that measures end-to-end
-//!   latency and server efficiency.
+//! - [`client`] is the small WebSocket client behind `tickwire subscribe`,
+//!   [`bench`] the load generator behind `tickwire bench`, and [`cli`] the
+//!   command line.
 
 pub mod bench;
 pub mod book;
