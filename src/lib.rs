@@ -33,7 +33,7 @@
 //!   shuts down with 1001.
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
 //! - [`client`] is the small WebSocket client behind `tickwire subscribe`,
-//!   [`bench`] the load generator behind `tickwire bench`, and [`cli`] the
+//!   [`bench`](mod@bench) the load generator behind `tickwire bench`, and [`cli`] the
 //!   command line.
 
 pub mod bench;

@@ -199,7 +199,7 @@ impl Slot {
     }
 
     /// Called by the session just before it reads the symbol's current version.
-    /// The acquire pairs with the publisher's release in [`Slot::mark`]: any
+    /// The acquire pairs with the publisher's release in `Slot::mark`: any
     /// version published before a mark that found the flag set is visible to the
     /// read that follows, so the last version is never missed.
     pub fn clear(&self) {

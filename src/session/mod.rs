@@ -1,7 +1,7 @@
 //! Session: one WebSocket client, from the end of the handshake to the close.
 //!
 //! Each session is a single task that owns its socket. It reacts to four things:
-//! bytes from the client (requests, pings, close), notices from its [`Mailbox`]
+//! bytes from the client (requests, pings, close), notices from its [`Mailbox`](crate::fanout::Mailbox)
 //! that subscribed symbols have new versions, the socket becoming writable, and
 //! its ping timer. Updates are drained from the mailbox straight into one write
 //! buffer — as many as are ready, up to a high-water mark — and written with as
