@@ -1,10 +1,14 @@
 // tickwire dashboard: a client of protocol v1 (/ws), with Server-Sent Events
 // (/sse) as a fallback transport. Plain JavaScript, no dependencies, no build.
 //
-// Performance model: the transport handlers do O(1) bookkeeping per message and
-// keep only the newest message per symbol (conflation, like the server does);
+// Performance model: a display rate (`?rate=`, 10 updates/s per symbol by
+// default) is asked of the server as `max_rate_hz`, so the server conflates
+// before anything reaches the page. The transport handlers do O(1) bookkeeping
+// per message and keep only the newest message per symbol (conflation again);
 // all DOM writes happen once per animation frame, for the rows that changed,
-// and only for the cells whose text changed. Rows are created once per symbol.
+// and only for the cells whose text changed. Rows are created once per symbol
+// and laid out independently (see style.css); a price cell's tick-direction
+// tint changes class only when the direction changes, and nothing animates.
 'use strict';
 
 (() => {
@@ -15,6 +19,7 @@
   const SERVER_LATENCY_POLL_MS = 2000;
   const PING_INTERVAL_MS = 10_000; // application-level ping (WebSocket only)
   const SILENCE_LIMIT_MS = 25_000; // no message at all for this long: reconnect
+  const DEFAULT_RATE_HZ = 10; // display rate per symbol: readable, and cheap to paint
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -24,7 +29,7 @@
     kpiSymbols: $('kpi-symbols'), kpiRate: $('kpi-rate'), kpiSkipped: $('kpi-skipped'),
     latBrowser: $('lat-browser'), latServer: $('lat-server'), latCount: $('lat-count'),
     endpoint: $('endpoint'), uptime: $('uptime'), reconnects: $('reconnects'), lastMsg: $('last-msg'),
-    events: $('events'),
+    events: $('events'), rate: $('rate'), ratePill: $('rate-pill'),
   };
 
   /** Connection and status events, newest first (rare: not per message). */
@@ -42,6 +47,19 @@
 
   const params = new URLSearchParams(location.search);
   const forcedTransport = ['ws', 'sse'].includes(params.get('transport')) ? params.get('transport') : null;
+  // `?rate=N`: at most N updates a second per symbol (sent as `max_rate_hz`,
+  // so the server conflates the rest); `?rate=0` or `?rate=max`: every version
+  // the connection can take. Anything else: the default.
+  const rateHz = (() => {
+    const raw = params.get('rate');
+    if (raw === null || raw === '') return DEFAULT_RATE_HZ;
+    if (raw === 'max' || raw === 'off' || raw === '0') return 0;
+    const n = Number(raw);
+    return Number.isFinite(n) && n > 0 ? n : DEFAULT_RATE_HZ;
+  })();
+  // Over SSE the server cannot be asked for a rate: the page holds a row back
+  // until its gap has passed instead (the newest message is still the one shown).
+  const rowGapMs = rateHz > 0 ? 1000 / rateHz : 0;
 
   const splitSymbols = (text) => [...new Set(text.split(',').map((s) => s.trim()).filter(Boolean))];
   // Symbols stay readable in the URL: `?symbols=spot:BTCUSDT,usdm:BTCUSDT`.
@@ -120,10 +138,12 @@
       this.statusReason = '';
       this.base = null;        // {value, dec, kind} first last-or-mid seen: the "change" reference
       this.prev = { bid: null, ask: null, last: null };
-      this.flip = { bid: 0, ask: 0, last: 0 };
+      this.dir = { bid: '', ask: '', last: '' }; // tick direction shown: '', 'up' or 'down'
+      this.paintedAt = -Infinity; // frame time of the last paint with a new ticker
       this.count = 0;          // messages in the current rate window
       this.rate = 0;
       this.skipped = 0;
+      this.countersDue = false; // rate and skipped are due for display
       this.shown = Object.create(null); // text currently in each cell
 
       const tr = document.createElement('tr');
@@ -147,10 +167,12 @@
       statusCell.append(this.badge);
       tr.append(name, statusCell);
       this.cells = {};
+      this.texts = {};
       for (const key of COLS) {
         const td = document.createElement('td');
         td.className = 'num c-' + key;
-        td.textContent = DASH;
+        // One Text node per cell, updated in place (no node replaced per write).
+        this.texts[key] = td.appendChild(document.createTextNode(DASH));
         this.cells[key] = td;
         this.shown[key] = DASH;
         tr.append(td);
@@ -172,29 +194,32 @@
 
     set(key, text) {
       if (this.shown[key] !== text) {
-        this.cells[key].textContent = text;
+        this.texts[key].data = text;
         this.shown[key] = text;
       }
     }
 
-    /** Restarts the cell's flash animation (two alternating class names, so no reflow is needed). */
-    flash(key, now, before) {
+    /** Tints the cell by the direction of its last move; a class write only when that direction changes. */
+    tick(key, now, before) {
       if (now === before || before === null || now === null) return;
       const a = Number(now);
       const b = Number(before);
       if (a === b) return;
-      this.flip[key] ^= 1;
-      this.cells[key].className = 'num c-' + key + ' ' + (a > b ? 'up' : 'down') + this.flip[key];
+      const dir = a > b ? 'up' : 'down';
+      if (dir === this.dir[key]) return;
+      this.dir[key] = dir;
+      this.cells[key].className = 'num c-' + key + ' ' + dir;
     }
 
-    /** Paints what changed since the last frame. */
-    paint() {
+    /** Paints what changed since the last paint; `t` is the frame time. */
+    paint(t) {
       const m = this.latest;
       if (m) {
         this.latest = null;
-        this.flash('bid', m.bid, this.prev.bid);
-        this.flash('ask', m.ask, this.prev.ask);
-        this.flash('last', m.last, this.prev.last);
+        this.paintedAt = t;
+        this.tick('bid', m.bid, this.prev.bid);
+        this.tick('ask', m.ask, this.prev.ask);
+        this.tick('last', m.last, this.prev.last);
         this.prev.bid = m.bid;
         this.prev.ask = m.ask;
         this.prev.last = m.last;
@@ -209,8 +234,12 @@
         this.paintChange(m, bid, ask);
         this.set('seq', formatCount(m.seq));
       }
-      this.set('rate', formatRate(this.rate));
-      this.set('skipped', formatCount(this.skipped));
+      if (this.countersDue) {
+        // Counters (updates/s, skipped) refresh once a second, not per paint.
+        this.countersDue = false;
+        this.set('rate', formatRate(this.rate));
+        this.set('skipped', formatCount(this.skipped));
+      }
       const status = this.status ?? 'wait';
       if (status !== this.shownStatus) {
         this.shownStatus = status;
@@ -280,13 +309,25 @@
     }
   }
 
-  function paintFrame() {
+  function paintFrame(t) {
     frameRequested = false;
+    // Over SSE (no server-side rate), a row whose gap has not passed keeps its
+    // newest ticker for a later frame. Over WebSocket the server spaced them.
+    const holdBack = transport.kind === 'sse' && rowGapMs > 0;
+    let held = false;
     for (const symbol of dirty) {
       const row = rows.get(symbol);
-      if (row) row.paint();
+      if (row && holdBack && row.latest && t - row.paintedAt < rowGapMs) {
+        held = true;
+        continue;
+      }
+      dirty.delete(symbol); // deleting the current entry is safe while iterating a Set
+      if (row) row.paint(t);
     }
-    dirty.clear();
+    if (held && !frameRequested) {
+      frameRequested = true;
+      requestAnimationFrame(paintFrame);
+    }
   }
 
   function addRow(symbol) {
@@ -471,6 +512,7 @@
       const gen = ++this.gen;
       this.usable = false;
       ui.transport.textContent = this.kind === 'ws' ? 'WebSocket' : 'SSE';
+      showRate();
       if (this.kind === 'ws') this.startWs(gen);
       else this.startSse(gen);
     },
@@ -530,7 +572,7 @@
 
     subscribe(symbols) {
       if (!symbols.length) return;
-      if (this.kind === 'ws') this.send({ op: 'subscribe', symbols });
+      if (this.kind === 'ws') this.send(subscribeRequest(symbols));
       else this.reopenSse();
     },
 
@@ -556,7 +598,7 @@
       ws.onopen = () => {
         if (gen !== this.gen) return;
         this.send({ op: 'list' });
-        if (selection && selection.length) this.send({ op: 'subscribe', symbols: selection });
+        if (selection && selection.length) this.send(subscribeRequest(selection));
         this.pingTimer = setInterval(() => {
           // A half-open TCP connection never fires `close` in time.
           if (Date.now() - lastMessageAt > SILENCE_LIMIT_MS) this.retry();
@@ -651,6 +693,19 @@
     },
   };
 
+  function subscribeRequest(symbols) {
+    return rateHz > 0 ? { op: 'subscribe', symbols, max_rate_hz: rateHz } : { op: 'subscribe', symbols };
+  }
+
+  function showRate() {
+    ui.rate.textContent = rateHz > 0 ? '≤ ' + formatRate(rateHz) + '/s' : 'every update';
+    ui.ratePill.title = rateHz > 0
+      ? 'At most ' + rateHz + ' updates a second per symbol' +
+        (transport.kind === 'ws' ? ' (max_rate_hz: the server conflates the rest, counted in skipped)' : ' (held back in the page: SSE has no rate option)') +
+        '. Change with ?rate=N in the URL; ?rate=max for every update.'
+      : 'Every version this connection can take (?rate=max). Set ?rate=N to cap it.';
+  }
+
   function serverReachable() {
     return fetch('/healthz', { cache: 'no-store' }).then((r) => r.ok, () => false);
   }
@@ -677,12 +732,10 @@
     const seconds = (now - windowStart) / 1000;
     windowStart = now;
     for (const row of rows.values()) {
-      const rate = row.count / seconds;
+      row.rate = row.count / seconds;
       row.count = 0;
-      if (rate !== row.rate) {
-        row.rate = rate;
-        markDirty(row.symbol);
-      }
+      row.countersDue = true;
+      markDirty(row.symbol);
     }
     ui.kpiRate.textContent = formatRate(windowMessages / seconds);
     windowMessages = 0;
