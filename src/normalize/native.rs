@@ -10,9 +10,6 @@
 //! floating point in most readers and lose the exact decimal, so numbers are
 //! rejected. `replay-data/README.md` documents the format field by field.
 
-use std::fmt::Display;
-use std::io::Write as _;
-
 use rust_decimal::Decimal;
 use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
@@ -144,13 +141,8 @@ fn push_decimal(out: &mut Vec<u8>, key: &str, value: Decimal) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":\"");
-    push_display(out, value);
+    crate::protocol::write_decimal(out, value);
     out.push(b'"');
-}
-
-fn push_display(out: &mut Vec<u8>, value: impl Display) {
-    // Writing into a Vec cannot fail, so there is no error to handle.
-    let _ = write!(out, "{value}");
 }
 
 #[cfg(test)]

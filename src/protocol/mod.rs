@@ -197,11 +197,9 @@ fn write_level(out: &mut Vec<u8>, name: &str, level: Option<Level>) {
         out.extend_from_slice(suffix.as_bytes());
         out.extend_from_slice(b"\":");
         match value {
-            // Decimal's Display prints exactly the digits and scale it was parsed with.
             Some(v) => {
-                use std::io::Write as _;
                 out.push(b'"');
-                let _ = write!(out, "{v}");
+                write_decimal(out, v);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -209,6 +207,30 @@ fn write_level(out: &mut Vec<u8>, name: &str, level: Option<Level>) {
     };
     field("", level.map(|l| l.price));
     field("_size", level.map(|l| l.size));
+}
+
+/// Writes a decimal with exactly the digits and scale it was parsed with (as
+/// `Display` does), without going through `core::fmt`, which is most of the
+/// cost of encoding a ticker.
+pub fn write_decimal(out: &mut Vec<u8>, value: rust_decimal::Decimal) {
+    if value.is_sign_negative() {
+        out.push(b'-');
+    }
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value.mantissa().unsigned_abs()).as_bytes();
+    let scale = value.scale() as usize;
+    if scale == 0 {
+        out.extend_from_slice(digits);
+    } else if digits.len() > scale {
+        let (integer, fraction) = digits.split_at(digits.len() - scale);
+        out.extend_from_slice(integer);
+        out.push(b'.');
+        out.extend_from_slice(fraction);
+    } else {
+        out.extend_from_slice(b"0.");
+        out.resize(out.len() + scale - digits.len(), b'0');
+        out.extend_from_slice(digits);
+    }
 }
 
 fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
@@ -276,6 +298,48 @@ mod tests {
             "skipped": 3, "snapshot": false
         });
         assert_eq!(value, expected);
+    }
+
+    #[test]
+    fn decimals_print_exactly_as_display_does() {
+        let mut cases: Vec<Decimal> = [
+            "0",
+            "0.00",
+            "-0.00",
+            "1",
+            "-1",
+            "61800.20",
+            "61837.63000000",
+            "0.00000001",
+            "-0.5",
+            "10",
+            "100.0",
+            "123456789.987654321",
+            "0.1",
+            "7.0000000000000000000000000001",
+            "79228162514264337593543950335",
+            "-79228162514264337593543950335",
+        ]
+        .iter()
+        .map(|s| Decimal::from_str_exact(s).unwrap_or_default())
+        .collect();
+        // And a spread of scales and magnitudes.
+        let mut x: i64 = 1;
+        for scale in 0..20 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            cases.push(Decimal::new(x, scale));
+        }
+        for value in cases {
+            let mut out = Vec::new();
+            write_decimal(&mut out, value);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                value.to_string(),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

@@ -253,7 +253,9 @@ impl Subscriptions {
 
     /// Moves ready updates into `out` until it holds `high_water` bytes.
     pub fn fill(&mut self, out: &mut Outbox, high_water: usize) {
-        let now = Instant::now();
+        // Read the clock only if a rate cap needs it: it is a large share of
+        // the per-delivery cost otherwise.
+        let mut now = None;
         while out.buffered() < high_water {
             if self.ready_pos == self.ready.len() {
                 self.ready.clear();
@@ -265,7 +267,7 @@ impl Subscriptions {
             }
             let index = self.ready[self.ready_pos];
             self.ready_pos += 1;
-            self.push_update(index, now, out);
+            self.push_update(index, &mut now, out);
         }
     }
 
@@ -288,7 +290,7 @@ impl Subscriptions {
             if let Some(sub) = self.get_mut(index) {
                 sub.deferred = false;
             }
-            self.push_update(index, now, out);
+            self.push_update(index, &mut Some(now), out);
         }
     }
 
@@ -303,14 +305,15 @@ impl Subscriptions {
 
     /// Appends the newest version (and status) of one subscription, if the
     /// client does not have it yet and its rate cap allows.
-    fn push_update(&mut self, index: u32, now: Instant, out: &mut Outbox) {
+    fn push_update(&mut self, index: u32, now: &mut Option<Instant>, out: &mut Outbox) {
         let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
             return; // Unsubscribed since it was queued.
         };
         if sub.deferred {
             return;
         }
-        if sub.min_gap.is_some() && now < sub.next_due {
+        let now = sub.min_gap.map(|_| *now.get_or_insert_with(Instant::now));
+        if now.is_some_and(|now| now < sub.next_due) {
             // Leave the slot marked queued: the publisher need not notify again,
             // and the timer sends whatever is newest when the gap has passed.
             sub.deferred = true;
@@ -323,7 +326,7 @@ impl Subscriptions {
             if snapshot.seq > sub.last_seq {
                 let skipped = snapshot.seq - sub.last_seq - 1;
                 sub.last_seq = snapshot.seq;
-                if let Some(gap) = sub.min_gap {
+                if let (Some(gap), Some(now)) = (sub.min_gap, now) {
                     sub.next_due = now + gap;
                 }
                 out.push_ticker(
