@@ -159,17 +159,20 @@ pub fn encode_ticker_prefix(snapshot: &Snapshot) -> Vec<u8> {
     out
 }
 
-/// Appends what follows the shared prefix for one subscriber. Returns the length
-/// written so callers can size a frame before writing it.
-pub fn ticker_suffix_len(skipped: u64, snapshot: bool) -> usize {
-    let mut digits = itoa::Buffer::new();
-    digits.format(skipped).len() + suffix_tail(snapshot).len()
+/// What follows the shared prefix for one subscriber: `skipped` as digits
+/// (formatted into `digits`), then the `snapshot` flag and the closing brace.
+/// Returned as parts so a caller can size a frame header and then write them
+/// without formatting twice.
+pub fn ticker_suffix(digits: &mut itoa::Buffer, skipped: u64, snapshot: bool) -> [&[u8]; 2] {
+    [digits.format(skipped).as_bytes(), suffix_tail(snapshot)]
 }
 
 /// Appends `skipped` and the `snapshot` flag, closing the ticker object.
 pub fn write_ticker_suffix(out: &mut Vec<u8>, skipped: u64, snapshot: bool) {
-    write_int(out, skipped);
-    out.extend_from_slice(suffix_tail(snapshot));
+    let mut digits = itoa::Buffer::new();
+    for part in ticker_suffix(&mut digits, skipped, snapshot) {
+        out.extend_from_slice(part);
+    }
 }
 
 fn suffix_tail(snapshot: bool) -> &'static [u8] {
@@ -284,10 +287,12 @@ mod tests {
         let snap = Snapshot::next(None, &symbol, &quote, 1_723_161_255_088_169_167);
         let mut message = snap.ticker_prefix().to_vec();
         write_ticker_suffix(&mut message, 3, false);
-        assert_eq!(
-            message.len(),
-            snap.ticker_prefix().len() + ticker_suffix_len(3, false)
-        );
+        let mut digits = itoa::Buffer::new();
+        let suffix_len: usize = ticker_suffix(&mut digits, 3, false)
+            .iter()
+            .map(|p| p.len())
+            .sum();
+        assert_eq!(message.len(), snap.ticker_prefix().len() + suffix_len);
         let value: serde_json::Value = serde_json::from_slice(&message).unwrap_or_default();
         let expected = serde_json::json!({
             "type": "ticker", "symbol": "BTCUSDT", "seq": 1,

@@ -84,10 +84,13 @@ impl Outbox {
         ingest_ts_ns: Option<i64>,
     ) {
         let before = self.buffer.len();
-        let len = prefix.len() + protocol::ticker_suffix_len(skipped, snapshot);
-        self.begin_message(len);
+        let mut digits = itoa::Buffer::new();
+        let suffix = protocol::ticker_suffix(&mut digits, skipped, snapshot);
+        self.begin_message(prefix.len() + suffix[0].len() + suffix[1].len());
         self.buffer.extend_from_slice(prefix);
-        protocol::write_ticker_suffix(&mut self.buffer, skipped, snapshot);
+        for part in suffix {
+            self.buffer.extend_from_slice(part);
+        }
         self.end_message(before);
         if let Some(ingest_ts_ns) = ingest_ts_ns {
             self.samples.push_back((self.appended_total, ingest_ts_ns));
