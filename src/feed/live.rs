@@ -108,10 +108,7 @@ impl LiveConfig {
     /// The served name of an upstream symbol.
     pub fn served_name(&self, symbol: &str) -> String {
         let base = self.rename.get(symbol).map_or(symbol, String::as_str);
-        match &self.prefix {
-            Some(prefix) => format!("{prefix}:{base}"),
-            None => base.to_owned(),
-        }
+        super::served_name(self.prefix.as_deref(), base)
     }
 }
 

@@ -67,6 +67,15 @@ pub fn spawn(
     })
 }
 
+/// The name a feed's symbol is served under: `PREFIX:SYMBOL` with a prefix,
+/// so two venues' `BTCUSDT` never merge, or the source's own name without.
+pub fn served_name(prefix: Option<&str>, symbol: &str) -> String {
+    match prefix {
+        Some(prefix) => format!("{prefix}:{symbol}"),
+        None => symbol.to_owned(),
+    }
+}
+
 /// A sample of real Binance captures compiled into the binary, so `tickwire
 /// serve` with no arguments has something to serve (see `replay-data/README.md`).
 pub fn bundled_sample() -> Vec<replay::ReplaySource> {

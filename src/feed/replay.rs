@@ -52,10 +52,7 @@ pub struct ReplaySource {
 impl ReplaySource {
     /// The served name of a symbol read from this source.
     pub fn served_name(&self, symbol: &str) -> String {
-        match &self.prefix {
-            Some(prefix) => format!("{prefix}:{symbol}"),
-            None => symbol.to_owned(),
-        }
+        super::served_name(self.prefix.as_deref(), symbol)
     }
 }
 
