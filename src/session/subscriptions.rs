@@ -6,7 +6,7 @@
 //! therefore always gets the newest version, with `skipped` counting the ones
 //! it missed, and never a backlog.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,18 +93,22 @@ impl Subscriptions {
     ) {
         let min_gap = max_rate_hz.map(|hz| Duration::from_secs_f64((1.0 / hz).min(3_600.0)));
         let mut accepted: Vec<Arc<str>> = Vec::new();
+        // A request may name thousands of symbols: look duplicates up, don't scan.
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
         let mut fresh: Vec<u32> = Vec::new();
         let mut unknown: Vec<String> = Vec::new();
         let mut over_limit: Vec<String> = Vec::new();
         for name in symbols {
-            if accepted.iter().any(|a| **a == *name) {
+            if seen.contains(name.as_str()) {
                 continue;
             }
             if let Some(&index) = self.by_name.get(name.as_str()) {
                 // Subscribing again refreshes: a new rate cap and a new snapshot.
                 if let Some(sub) = self.get_mut(index) {
                     sub.min_gap = min_gap;
-                    accepted.push(sub.entry.name().clone());
+                    let name = sub.entry.name().clone();
+                    seen.insert(name.clone());
+                    accepted.push(name);
                     fresh.push(index);
                 }
                 continue;
@@ -117,6 +121,7 @@ impl Subscriptions {
                 over_limit.push(name);
                 continue;
             }
+            seen.insert(entry.name().clone());
             accepted.push(entry.name().clone());
             fresh.push(self.add(entry, min_gap));
         }
