@@ -4,18 +4,20 @@
 //! A session owns one [`Mailbox`] and one [`Slot`] per subscribed symbol. A slot
 //! holds no data: the data is always the symbol's *current* snapshot, read when
 //! the session drains. Publishing a version therefore costs, per subscriber, one
-//! atomic swap on the slot's `queued` flag, plus — only when the flag was clear —
-//! one index pushed onto the session's ready list and a wake-up. A slow session
+//! atomic load of the slot's `queued` flag, plus — only when the flag was clear —
+//! a swap, one index pushed onto the session's ready list and a wake-up. A slow session
 //! accumulates nothing: its slots are already queued, so newer versions simply
 //! replace older ones (conflation), and its memory is bounded by its
 //! subscriptions, never by the feed rate.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::poll_fn;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::book::Snapshot;
 use crate::metrics::Metrics;
@@ -159,10 +161,16 @@ impl SymbolEntry {
 }
 
 /// A session's inbox of "this subscription has something new" notices.
+///
+/// One session waits on it, so a single [`AtomicWaker`] does: registering and
+/// waking are an atomic operation each, with no waiter list to lock.
 #[derive(Debug, Default)]
 pub struct Mailbox {
     ready: Mutex<Vec<u32>>,
-    notify: Notify,
+    /// Set when the ready list went from empty to non-empty since the last
+    /// [`Mailbox::poll_notified`]; a notice is never lost between two polls.
+    pending: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Mailbox {
@@ -173,10 +181,26 @@ impl Mailbox {
         std::mem::swap(&mut *ready, into);
     }
 
-    /// Resolves when a slot was queued since the last call (a stored permit
-    /// means no wake-up is ever lost).
+    /// Ready when a slot was queued since the last time this returned ready.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first, then look: a notice that lands in between wakes the
+        // newly registered waker.
+        self.waker.register(cx.waker());
+        if self.pending.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves when a slot was queued since the last notice was taken.
     pub async fn notified(&self) {
-        self.notify.notified().await
+        poll_fn(|cx| self.poll_notified(cx)).await
+    }
+
+    fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -199,15 +223,21 @@ impl Slot {
     }
 
     /// Called by the session just before it reads the symbol's current version.
-    /// The acquire pairs with the publisher's release in `Slot::mark`: any
-    /// version published before a mark that found the flag set is visible to the
-    /// read that follows, so the last version is never missed.
+    ///
+    /// The fence pairs with the one in [`Hub::publish`] (a store-load pattern on
+    /// both sides): either the publisher's load in `Slot::mark` sees this
+    /// clear and queues the slot again, or the read that follows this call sees
+    /// the version it published. The last version is never missed.
     pub fn clear(&self) {
         self.queued.swap(false, Ordering::AcqRel);
+        fence(Ordering::SeqCst);
     }
 
+    /// Queues the slot unless it already is. A slow subscriber's flag stays set
+    /// across many versions; a plain load leaves its cache line shared instead
+    /// of taking it away from the session on every version.
     fn mark(&self) {
-        if self.queued.swap(true, Ordering::AcqRel) {
+        if self.queued.load(Ordering::Relaxed) || self.queued.swap(true, Ordering::AcqRel) {
             return; // Already queued: the session will read the newest version anyway.
         }
         let was_empty = {
@@ -216,7 +246,7 @@ impl Slot {
             ready.len() == 1
         };
         if was_empty {
-            self.mailbox.notify.notify_one();
+            self.mailbox.notify();
         }
     }
 }
@@ -312,6 +342,8 @@ impl Hub {
             entry.current.store(Some(Arc::new(next)));
             seq
         };
+        // Pairs with the fence in `Slot::clear`, before each flag is loaded.
+        fence(Ordering::SeqCst);
         for slot in entry.subscribers.load().iter() {
             slot.mark();
         }

@@ -14,16 +14,19 @@ pub mod outbox;
 pub mod sse;
 pub mod subscriptions;
 
+use std::future::{poll_fn, Future as _};
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::fanout::Hub;
 use crate::metrics::{CloseReason, ConnectionPermit, ErrorCode};
@@ -111,6 +114,19 @@ enum PingState {
     Awaiting { deadline: Instant },
 }
 
+/// Which wake-ups a session waits for, given how much output it holds.
+#[derive(Clone, Copy)]
+struct Interest {
+    /// Read requests (not while the client leaves too much output unread).
+    requests: bool,
+    /// Wait for the socket to drain (output is buffered).
+    writable: bool,
+    /// Take updates (below the high-water mark).
+    updates: bool,
+    /// Look at the shutdown token before anything else.
+    sweep: bool,
+}
+
 enum Wake {
     Shutdown,
     Readable,
@@ -160,6 +176,12 @@ impl Session {
             return self.close(closing).await;
         }
         let config = self.context.config.clone();
+        // The waits live across iterations: each is registered once, not
+        // re-created (and re-registered in a shared list) on every wake-up.
+        let shutdown = self.context.shutdown.child_token().cancelled_owned();
+        let timer = sleep_until(self.next_deadline());
+        tokio::pin!(shutdown, timer);
+        let mut wakes: u32 = 0;
         loop {
             // Drain and write until the socket pushes back or nothing is ready:
             // one drain stops at the high-water mark, and what it left taken
@@ -178,22 +200,22 @@ impl Session {
             self.out.report();
 
             let buffered = self.out.buffered();
-            let take_updates = buffered < config.write_high_water;
-            let take_requests = buffered < config.max_write_buffer;
+            let wanted = Interest {
+                requests: buffered < config.max_write_buffer,
+                writable: buffered > 0,
+                updates: buffered < config.write_high_water,
+                sweep: wakes % 32 == 0,
+            };
+            wakes = wakes.wrapping_add(1);
             let deadline = self.next_deadline();
-            let wake = tokio::select! {
-                biased;
-                () = self.context.shutdown.cancelled() => Wake::Shutdown,
-                ready = self.stream.readable(), if take_requests => match ready {
-                    Ok(()) => Wake::Readable,
-                    Err(_) => return CloseReason::Io,
-                },
-                ready = self.stream.writable(), if buffered > 0 => match ready {
-                    Ok(()) => Wake::Writable,
-                    Err(_) => return CloseReason::Io,
-                },
-                () = self.subscriptions.mailbox().notified(), if take_updates => Wake::Mailbox,
-                () = sleep_until(deadline) => Wake::Timer,
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let wake =
+                poll_fn(|cx| self.poll_wake(cx, wanted, shutdown.as_mut(), timer.as_mut())).await;
+            let wake = match wake {
+                Ok(wake) => wake,
+                Err(_) => return CloseReason::Io,
             };
             match wake {
                 Wake::Shutdown => {
@@ -218,6 +240,41 @@ impl Session {
                 Wake::Writable | Wake::Mailbox => {}
             }
         }
+    }
+
+    /// The first of the things this session waits for, in priority order.
+    fn poll_wake(
+        &self,
+        cx: &mut Context<'_>,
+        wanted: Interest,
+        mut shutdown: Pin<&mut WaitForCancellationFutureOwned>,
+        timer: Pin<&mut Sleep>,
+    ) -> Poll<io::Result<Wake>> {
+        // Looking at the shutdown token takes a lock, so a busy session does it
+        // on every 32nd wake-up only; an idle one, below, on every wait.
+        if wanted.sweep && shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Shutdown));
+        }
+        if wanted.requests {
+            if let Poll::Ready(ready) = self.stream.poll_read_ready(cx) {
+                return Poll::Ready(ready.map(|()| Wake::Readable));
+            }
+        }
+        if wanted.writable {
+            if let Poll::Ready(ready) = self.stream.poll_write_ready(cx) {
+                return Poll::Ready(ready.map(|()| Wake::Writable));
+            }
+        }
+        if wanted.updates && self.subscriptions.mailbox().poll_notified(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Mailbox));
+        }
+        if shutdown.poll(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Shutdown));
+        }
+        if timer.poll(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Timer));
+        }
+        Poll::Pending
     }
 
     fn next_deadline(&self) -> Instant {
