@@ -48,6 +48,22 @@ pub enum Command {
     Record(RecordArgs),
     /// Load a server with many connections; report latency percentiles and efficiency.
     Bench(crate::bench::BenchArgs),
+    /// Overlay the latency distributions of several bench runs in one SVG chart.
+    Plot(PlotArgs),
+}
+
+/// `tickwire plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Runs to draw, as LABEL=PATH of a `tickwire bench --hgrm` file.
+    #[arg(required = true, value_name = "LABEL=HGRM")]
+    pub runs: Vec<String>,
+    /// Where to write the SVG.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Chart title.
+    #[arg(long, default_value = "latency by percentile")]
+    pub title: String,
 }
 
 /// `tickwire serve`.
@@ -147,6 +163,7 @@ pub fn main() -> ExitCode {
         match command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
+            Command::Plot(args) => plot(args),
             Command::Subscribe(args) => {
                 client::subscribe(SubscribeOptions {
                     url: args.url,
@@ -348,4 +365,19 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut curves = Vec::with_capacity(args.runs.len());
+    for run in &args.runs {
+        let (label, path) = run
+            .split_once('=')
+            .with_context(|| format!("`{run}`: expected LABEL=PATH"))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+        let curve =
+            crate::bench::plot::Curve::from_hgrm(label, &text).with_context(|| path.to_owned())?;
+        curves.push(curve);
+    }
+    crate::bench::plot::write_svg(&args.out, &args.title, &curves)
 }

@@ -18,37 +18,27 @@ fn bench_reports_consistent_numbers_against_a_live_server() {
     let json_path = dir.join("report.json");
     let hgrm_path = dir.join("latency.hgrm");
 
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .arg("bench")
-        .arg(format!("ws://{}", server.addr))
-        .args(["--connections", "20", "--symbols", "spot:BTCUSDT"])
-        .args(["--duration", "3", "--warmup", "0.5"])
-        .arg("--server-pid")
-        .arg(server.child.id().to_string())
-        .arg("--json")
-        .arg(&json_path)
-        .arg("--hgrm")
-        .arg(&hgrm_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tickwire bench");
-    let deadline = Instant::now() + GUARD;
-    while bench.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = bench.kill();
-            panic!("tickwire bench did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = bench.wait_with_output().expect("bench output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
+    let mut args: Vec<String> = vec!["bench".into(), format!("ws://{}", server.addr)];
+    args.extend(
+        ["--connections", "20", "--symbols", "spot:BTCUSDT"]
+            .iter()
+            .map(|s| s.to_string()),
     );
+    args.extend(
+        ["--duration", "3", "--warmup", "0.5"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend([
+        "--server-pid".into(),
+        server.child.id().to_string(),
+        "--json".into(),
+        json_path.display().to_string(),
+        "--hgrm".into(),
+        hgrm_path.display().to_string(),
+    ]);
+    let output = run_tickwire(&args);
+    let stdout = output;
     assert!(stdout.contains("client e2e"), "{stdout}");
 
     let text = std::fs::read_to_string(&json_path).expect("JSON report written");
@@ -78,5 +68,138 @@ fn bench_reports_consistent_numbers_against_a_live_server() {
     assert!(hgrm.trim_start().starts_with("Value"), "{hgrm}");
     let total = format!("Total count    = {delivered:>12}]");
     assert!(hgrm.contains(&total), "{hgrm}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `tickwire ARGS` to the end (within the guard) and returns its stdout;
+/// fails on a nonzero exit.
+fn run_tickwire(args: &[String]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tickwire");
+    let deadline = Instant::now() + GUARD;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tickwire {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tickwire {args:?}: exit status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+/// The S3-shaped run: healthy, slow and stalled readers plus connection churn
+/// on a constant-rate synthetic feed, measured from the intended times; every
+/// part is reported apart, and the plot overlays runs.
+#[test]
+fn bench_reports_slow_stalled_and_churning_clients_apart() {
+    let dir = std::env::temp_dir().join(format!("tickwire-bench-s3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let feed = dir.join("synthetic.toml");
+    std::fs::write(
+        &feed,
+        "name = \"synthetic\"\nkind = \"synthetic\"\nsymbols = 20\nrate = 400.0\nseed = 3\n",
+    )
+    .expect("feed file");
+    let server = Binary::serve(&["--feed", &feed.display().to_string()]);
+    let symbols: Vec<String> = (0..20).map(|i| format!("SYN{i:03}")).collect();
+    let path = |name: &str| dir.join(name).display().to_string();
+
+    let mut args: Vec<String> = ["bench", &format!("ws://{}", server.addr)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (flag, value) in [
+        ("--connections", "20".to_owned()),
+        ("--slow", "4".into()),
+        ("--slow-interval", "0.2".into()),
+        ("--stalled", "3".into()),
+        ("--churn", "20".into()),
+        ("--symbols", symbols.join(",")),
+        ("--per-connection", "5".into()),
+        ("--zipf", "1".into()),
+        ("--clock", "intended".into()),
+        ("--duration", "3".into()),
+        ("--warmup", "1".into()),
+        ("--server-pid", server.child.id().to_string()),
+        ("--json", path("s3.json")),
+        ("--hgrm", path("s3.hgrm")),
+        ("--svg", path("s3.svg")),
+        ("--label", "s3".into()),
+    ] {
+        args.push(flag.into());
+        args.push(value);
+    }
+    let stdout = run_tickwire(&args);
+    for line in [
+        "slow readers  4",
+        "stalled       3",
+        "churn ",
+        "(from intended)",
+    ] {
+        assert!(stdout.contains(line), "`{line}` in\n{stdout}");
+    }
+
+    let text = std::fs::read_to_string(path("s3.json")).expect("JSON report");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON parses");
+    assert_eq!(report["label"], "s3");
+    assert_eq!(report["clock"], "intended");
+    assert_eq!(report["connections"]["requested"], 27, "{report:#}");
+    assert_eq!(report["connections"]["connected"], 27, "{report:#}");
+    assert_eq!(report["seq_violations"], 0, "{report:#}");
+    assert_eq!(report["stalled"], 3);
+    let delivered = report["delivered"].as_u64().expect("delivered");
+    assert!(delivered > 0, "{report:#}");
+    assert_eq!(
+        report["counts"]["untimed"], 0,
+        "synthetic ticks carry intended times"
+    );
+    assert_eq!(report["latency_us"]["count"].as_u64(), Some(delivered));
+    // A slow reader takes a message per interval: never more than that.
+    let slow = &report["slow"];
+    assert_eq!(slow["connections"], 4);
+    assert!(slow["delivered"].as_u64() <= Some(4 * 20), "{report:#}");
+    let churn = &report["churn"];
+    assert!(churn["completed"].as_u64() > Some(0), "{report:#}");
+    assert_eq!(churn["failed"], 0, "{report:#}");
+    assert_eq!(
+        churn["handshake_us"]["count"], churn["completed"],
+        "one handshake sample per cycle"
+    );
+    assert!(
+        report["connect"]["rss_per_connection"].as_f64() > Some(0.0),
+        "{report:#}"
+    );
+    assert!(
+        report["connect"]["handshakes_per_sec"].as_f64() > Some(0.0),
+        "{report:#}"
+    );
+
+    let svg = std::fs::read_to_string(path("s3.svg")).expect("plot written");
+    assert!(
+        svg.contains("\ns3\n</text>"),
+        "the run is named in the legend"
+    );
+    // Two runs overlaid from their .hgrm files.
+    run_tickwire(&[
+        "plot".into(),
+        "--out".into(),
+        path("both.svg"),
+        format!("first={}", path("s3.hgrm")),
+        format!("second={}", path("s3.hgrm")),
+    ]);
+    let both = std::fs::read_to_string(path("both.svg")).expect("overlay written");
+    assert!(both.contains("\nfirst\n</text>") && both.contains("\nsecond\n</text>"));
     let _ = std::fs::remove_dir_all(&dir);
 }

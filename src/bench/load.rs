@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::tally::{new_histogram, SeqChecker, Tally};
+use super::tally::{new_histogram, Clock, SeqChecker, Tally};
 use crate::client::websocket_config;
 use crate::wall_clock_ns;
 
@@ -90,32 +90,57 @@ impl Connected {
     }
 }
 
-/// What one thread measured.
+/// How a connection reads what the server sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// Reads every message as soon as it arrives.
+    Healthy,
+    /// Reads one message per interval: a dashboard in a background tab.
+    Slow(Duration),
+    /// Subscribes, then never reads again: a hung client.
+    Stalled,
+}
+
+/// What the connections of one kind of reader measured.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Measured {
     pub tally: Tally,
     pub histogram: Histogram<u64>,
+}
+
+impl Default for Measured {
+    fn default() -> Self {
+        Self {
+            tally: Tally::default(),
+            histogram: new_histogram(),
+        }
+    }
+}
+
+impl Measured {
+    fn merge(&mut self, other: &Measured) {
+        self.tally.merge(&other.tally);
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+    }
+}
+
+/// What one thread measured.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Healthy readers: the figures the run is about.
+    pub healthy: Measured,
+    /// Slow readers, reported apart so they cannot flatter or spoil the rest.
+    pub slow: Measured,
     /// Connections that ended before the run did, and the first reason seen.
     pub closed_early: usize,
     pub first_close: Option<String>,
 }
 
-impl Default for Outcome {
-    fn default() -> Self {
-        Self {
-            tally: Tally::default(),
-            histogram: new_histogram(),
-            closed_early: 0,
-            first_close: None,
-        }
-    }
-}
-
 impl Outcome {
     pub fn merge(&mut self, other: Outcome) {
-        self.tally.merge(&other.tally);
-        // Same bounds on both sides, so adding cannot fail.
-        let _ = self.histogram.add(&other.histogram);
+        self.healthy.merge(&other.healthy);
+        self.slow.merge(&other.slow);
         self.closed_early += other.closed_early;
         if self.first_close.is_none() {
             self.first_close = other.first_close;
@@ -131,14 +156,21 @@ pub struct LoadThread {
     pub handle: std::thread::JoinHandle<anyhow::Result<Outcome>>,
 }
 
-/// Starts a thread that opens one connection per entry of `subscriptions` to
-/// `url` and subscribes it to those symbols.
+/// Where and how a load thread connects.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub url: String,
+    pub connect_timeout: Duration,
+    pub clock: Clock,
+}
+
+/// Starts a thread that opens one connection per entry of `connections` to
+/// the target, subscribes it to those symbols and reads as its [`Reader`] says.
 pub fn spawn(
     index: usize,
-    url: String,
-    subscriptions: Vec<Vec<String>>,
+    target: Target,
+    connections: Vec<(Reader, Vec<String>)>,
     control: Arc<Control>,
-    connect_timeout: Duration,
 ) -> std::io::Result<LoadThread> {
     let progress = Arc::new(Progress::default());
     let (connected_tx, connected) = oneshot::channel();
@@ -151,13 +183,15 @@ pub fn spawn(
                 .build()?;
             let local = tokio::task::LocalSet::new();
             let thread = Thread {
-                url: url.into(),
+                url: target.url.into(),
                 control,
                 progress: thread_progress,
-                histogram: Rc::new(RefCell::new(new_histogram())),
-                connect_timeout,
+                healthy: Rc::default(),
+                slow: Rc::default(),
+                connect_timeout: target.connect_timeout,
+                clock: target.clock,
             };
-            Ok(local.block_on(&runtime, thread.run(subscriptions, connected_tx)))
+            Ok(local.block_on(&runtime, thread.run(connections, connected_tx)))
         })?;
     Ok(LoadThread {
         connected,
@@ -172,14 +206,15 @@ struct Thread {
     url: Rc<str>,
     control: Arc<Control>,
     progress: Arc<Progress>,
-    histogram: Rc<RefCell<Histogram<u64>>>,
+    healthy: Rc<RefCell<Measured>>,
+    slow: Rc<RefCell<Measured>>,
     connect_timeout: Duration,
+    clock: Clock,
 }
 
 /// How one connection ended.
 #[derive(Default)]
 struct ConnectionEnd {
-    tally: Tally,
     /// Why it ended before the run did, if it did.
     early: Option<String>,
 }
@@ -187,21 +222,21 @@ struct ConnectionEnd {
 impl Thread {
     async fn run(
         self,
-        subscriptions: Vec<Vec<String>>,
+        connections: Vec<(Reader, Vec<String>)>,
         connected_tx: oneshot::Sender<Connected>,
     ) -> Outcome {
-        let count = subscriptions.len();
+        let count = connections.len();
         let permits = Rc::new(Semaphore::new(CONNECTING_AT_ONCE));
         // One result per connection, so the channel never holds more than `count`.
         let (result_tx, mut results) = mpsc::unbounded_channel();
-        let tasks: Vec<_> = subscriptions
+        let tasks: Vec<_> = connections
             .into_iter()
-            .map(|symbols| {
+            .map(|(reader, symbols)| {
                 let thread = self.clone();
                 let permits = permits.clone();
                 let result_tx = result_tx.clone();
                 tokio::task::spawn_local(async move {
-                    thread.connection(symbols, permits, result_tx).await
+                    thread.connection(reader, symbols, permits, result_tx).await
                 })
             })
             .collect();
@@ -222,21 +257,21 @@ impl Thread {
         let mut outcome = Outcome::default();
         for task in tasks {
             let end = task.await.unwrap_or_else(|e| ConnectionEnd {
-                tally: Tally::default(),
                 early: Some(format!("connection task failed: {e}")),
             });
-            outcome.tally.merge(&end.tally);
             if let Some(reason) = end.early {
                 outcome.closed_early += 1;
                 outcome.first_close.get_or_insert(reason);
             }
         }
-        outcome.histogram = self.histogram.borrow().clone();
+        outcome.healthy = std::mem::take(&mut *self.healthy.borrow_mut());
+        outcome.slow = std::mem::take(&mut *self.slow.borrow_mut());
         outcome
     }
 
     async fn connection(
         &self,
+        reader: Reader,
         symbols: Vec<String>,
         permits: Rc<Semaphore>,
         result_tx: mpsc::UnboundedSender<Result<(), String>>,
@@ -267,12 +302,26 @@ impl Thread {
         self.progress.open.fetch_add(1, Relaxed);
         let _ = result_tx.send(Ok(()));
 
-        let mut tally = Tally::default();
         let mut seqs = SeqChecker::default();
+        let measured = match reader {
+            Reader::Slow(_) => &self.slow,
+            Reader::Healthy | Reader::Stalled => &self.healthy,
+        };
         // Pinned once: the stop signal must not cost a registration per message.
         let stop = self.control.stop.cancelled();
         tokio::pin!(stop);
         let early = loop {
+            match reader {
+                Reader::Healthy => {}
+                Reader::Slow(interval) => tokio::select! {
+                    () = &mut stop => break None,
+                    () = tokio::time::sleep(interval) => {}
+                },
+                Reader::Stalled => {
+                    (&mut stop).await;
+                    break None;
+                }
+            }
             let message = tokio::select! {
                 biased;
                 message = socket.next() => message,
@@ -282,9 +331,9 @@ impl Thread {
             match message {
                 Some(Ok(Message::Text(text))) => {
                     let now = wall_clock_ns();
-                    let mut histogram = self.histogram.borrow_mut();
-                    let measuring = phase == Phase::Measure;
-                    if tally.observe(&mut seqs, &mut histogram, text.as_str(), now, measuring) {
+                    let Measured { tally, histogram } = &mut *measured.borrow_mut();
+                    let clock = (phase == Phase::Measure).then_some(self.clock);
+                    if tally.observe(&mut seqs, histogram, text.as_str(), now, clock) {
                         self.progress.tickers.fetch_add(1, Relaxed);
                     }
                 }
@@ -304,11 +353,12 @@ impl Thread {
             }
         };
         self.progress.open.fetch_sub(1, Relaxed);
-        if early.is_none() {
+        // A stalled reader's unread backlog would hold up its closing handshake.
+        if early.is_none() && reader != Reader::Stalled {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
         }
         // Connections that end after the window are not a finding.
         let early = early.filter(|_| self.control.phase() != Phase::Stop);
-        ConnectionEnd { tally, early }
+        ConnectionEnd { early }
     }
 }

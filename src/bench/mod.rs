@@ -9,10 +9,15 @@
 //!
 //! - [`select`] decides who subscribes to what (uniform or Zipf, seeded);
 //! - [`tally`] takes in one message at a time, with the clock passed in;
-//! - [`load`] runs the sockets on current-thread runtimes on their own threads;
-//! - [`probe`] reads `/metrics` and `/proc`; [`report`] prints and serializes.
+//! - [`load`] runs the sockets on current-thread runtimes on their own threads,
+//!   healthy, slow and stalled readers alike;
+//! - [`churn`] connects and disconnects at a constant rate during the window;
+//! - [`probe`] reads `/metrics` and `/proc`; [`report`] prints and serializes,
+//!   [`plot`] draws latency-by-percentile curves as SVG.
 
+pub mod churn;
 pub mod load;
+pub mod plot;
 pub mod probe;
 pub mod report;
 pub mod select;
@@ -27,9 +32,13 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use tokio::time::Instant;
 
-use self::load::{Connected, LoadThread, Outcome, Phase};
+use self::churn::{ChurnOutcome, ChurnReport};
+use self::load::{Connected, LoadThread, Outcome, Phase, Reader, Target};
 use self::probe::{MetricsPage, ProcSample};
-use self::report::{Connections, Percentiles, Report, ServerMetrics, ServerProcess};
+use self::report::{
+    ConnectPhase, Connections, Percentiles, Report, ServerMetrics, ServerProcess, SlowReaders,
+};
+use self::tally::Clock;
 use crate::client::websocket_url;
 
 /// `tickwire bench`.
@@ -39,9 +48,27 @@ pub struct BenchArgs {
     /// `/metrics` is read from the same host and port.
     #[arg(default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
-    /// WebSocket connections to open.
+    /// Healthy WebSocket connections to open: they read everything at once.
     #[arg(long, default_value_t = 100)]
     pub connections: usize,
+    /// Extra connections that read one message per --slow-interval.
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
+    /// Seconds between two reads of a slow connection.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub slow_interval: f64,
+    /// Extra connections that subscribe and then never read.
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
+    /// Connect-subscribe-disconnect cycles per second during the window, on
+    /// top of the steady connections.
+    #[arg(long, value_name = "PER_SEC")]
+    pub churn: Option<f64>,
+    /// Which timestamp latency is measured from: `ingest` (when the server took
+    /// the update in) or `intended` (`exchange_ts_ns`, the update's slot on a
+    /// synthetic feed's constant-rate schedule; corrects coordinated omission).
+    #[arg(long, value_enum, default_value_t = Clock::Ingest)]
+    pub clock: Clock,
     /// Comma-separated symbols to subscribe to, most popular first (for --zipf).
     #[arg(long, value_delimiter = ',', required = true)]
     pub symbols: Vec<String>,
@@ -75,6 +102,12 @@ pub struct BenchArgs {
     /// Write the client latency distribution here (HdrHistogram `.hgrm`, µs).
     #[arg(long, value_name = "PATH")]
     pub hgrm: Option<PathBuf>,
+    /// Write the latency-by-percentile plot here (SVG).
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+    /// Name of this run in the plot and the JSON report.
+    #[arg(long, default_value = "tickwire")]
+    pub label: String,
     /// The server's process id, to report its CPU time and memory (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -87,24 +120,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     validate(&args, per_connection)?;
     let url = websocket_url(&args.url);
     let authority = authority(&url)?;
-    raise_open_file_limit(args.connections);
+    let total = args.connections + args.slow + args.stalled;
+    raise_open_file_limit(total);
 
-    let plan = select::plan(
-        &args.symbols,
-        args.connections,
-        per_connection,
-        args.zipf,
-        args.seed,
-    );
+    let plan = select::plan(&args.symbols, total, per_connection, args.zipf, args.seed);
+    let slow = Reader::Slow(Duration::from_secs_f64(args.slow_interval));
+    let readers = std::iter::repeat_n(Reader::Healthy, args.connections)
+        .chain(std::iter::repeat_n(slow, args.slow))
+        .chain(std::iter::repeat_n(Reader::Stalled, args.stalled));
     let control = Arc::new(load::Control::default());
     let mut threads = Vec::with_capacity(args.threads);
-    let mut shares: Vec<Vec<Vec<String>>> = vec![Vec::new(); args.threads];
-    for (i, symbols) in plan.into_iter().enumerate() {
-        shares[i % args.threads].push(symbols);
+    let mut shares: Vec<Vec<(Reader, Vec<String>)>> = vec![Vec::new(); args.threads];
+    for (i, connection) in readers.zip(plan).enumerate() {
+        shares[i % args.threads].push(connection);
     }
-    let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    let target = Target {
+        url: url.clone(),
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        clock: args.clock,
+    };
+    let baseline = Probe::take(&authority, args.server_pid).await;
+    let connect_start = Instant::now();
     for (index, share) in shares.into_iter().enumerate() {
-        let thread = load::spawn(index, url.clone(), share, control.clone(), connect_timeout)
+        let thread = load::spawn(index, target.clone(), share, control.clone())
             .context("cannot start a load thread")?;
         threads.push(thread);
     }
@@ -116,6 +154,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Err(_) => connected.first_error = Some("a load thread failed to start".into()),
         }
     }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
     if connected.connected == 0 {
         control.set_phase(Phase::Stop);
         let _ = join(threads).await;
@@ -130,6 +169,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "some connections failed: {error}"
         );
     }
+    let churn = match args.churn {
+        Some(rate) => {
+            let symbols = select::plan(&args.symbols, 1, per_connection, args.zipf, args.seed)
+                .pop()
+                .unwrap_or_default();
+            Some(churn::spawn(url.clone(), symbols, rate, control.clone())?)
+        }
+        None => None,
+    };
 
     let progress: Vec<_> = threads.iter().map(|t| t.progress.clone()).collect();
     let open = || progress.iter().map(|p| p.open.load(Relaxed)).sum::<usize>();
@@ -140,6 +188,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .sum::<u64>()
     };
 
+    let connected_probe = Probe::take(&authority, args.server_pid).await;
     let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
     while Instant::now() < warmup_end && open() > 0 {
         tokio::time::sleep_until(warmup_end.min(Instant::now() + POLL)).await;
@@ -153,9 +202,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let idle_exit = args.idle_exit.map(Duration::from_secs_f64);
     let mut last_tickers = tickers();
     let mut last_change = start;
+    let bar = progress_bar(args.duration);
     let (ended_by, window) = loop {
         tokio::time::sleep_until(end.min(Instant::now() + POLL)).await;
         let now = Instant::now();
+        bar.set_position((now - start).as_millis() as u64);
+        bar.set_message(format!("{} tickers", tickers()));
         if now >= end {
             break ("duration", now - start);
         }
@@ -171,8 +223,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             break ("all_closed", now - start);
         }
     };
+    bar.finish_and_clear();
     control.set_phase(Phase::Done);
     let after = Probe::take(&authority, args.server_pid).await;
+    let churn = match churn {
+        Some(done) => Some(done.await.unwrap_or_default()),
+        None => None,
+    };
     control.set_phase(Phase::Stop);
     let outcome = join(threads).await?;
 
@@ -188,6 +245,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         before: &before,
         after: &after,
         ticks_per_sec,
+        connect: ConnectProbes {
+            baseline: &baseline,
+            connected: &connected_probe,
+            secs: connect_secs,
+        },
+        churn: churn.as_ref(),
     });
     print!("{}", report::table(&report));
     if let Some(reason) = &outcome.first_close {
@@ -202,15 +265,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.hgrm {
-        std::fs::write(path, report::hgrm(&outcome.histogram))
+        std::fs::write(path, report::hgrm(&outcome.healthy.histogram))
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        let curve = plot::Curve::of(&args.label, &outcome.healthy.histogram);
+        plot::write_svg(path, &format!("{} latency", args.clock.as_str()), &[curve])?;
     }
     if report.seq_violations > 0 {
         bail!(
             "the server broke the seq/skipped contract {} times ({} regressions, {} skipped mismatches)",
             report.seq_violations,
-            outcome.tally.seq_regressions,
-            outcome.tally.skipped_mismatches
+            outcome.healthy.tally.seq_regressions + outcome.slow.tally.seq_regressions,
+            outcome.healthy.tally.skipped_mismatches + outcome.slow.tally.skipped_mismatches
         );
     }
     Ok(())
@@ -228,6 +295,15 @@ fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
     }
     if args.symbols.iter().any(|s| s.is_empty()) {
         bail!("--symbols has an empty name");
+    }
+    if !(args.slow_interval > 0.0 && args.slow_interval < 1e9) {
+        bail!("--slow-interval must be a positive number of seconds");
+    }
+    if args
+        .churn
+        .is_some_and(|rate| !(rate > 0.0 && rate <= 1_000_000.0))
+    {
+        bail!("--churn must be between 0 and 1,000,000 cycles per second");
     }
     if per_connection == 0 || per_connection > args.symbols.len() {
         bail!(
@@ -331,6 +407,24 @@ async fn join(threads: Vec<LoadThread>) -> anyhow::Result<Outcome> {
     .context("load threads")?
 }
 
+/// A progress bar over the window, on stderr (hidden when it is not a terminal).
+fn progress_bar(duration_secs: f64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new((duration_secs * 1000.0) as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "measuring {wide_bar} {elapsed_precise}/{duration_precise} {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The server as it was before anyone connected, and once everyone had.
+struct ConnectProbes<'a> {
+    baseline: &'a Probe,
+    connected: &'a Probe,
+    secs: f64,
+}
+
 /// The inputs of a report.
 struct Run<'a> {
     args: &'a BenchArgs,
@@ -343,11 +437,47 @@ struct Run<'a> {
     before: &'a Probe,
     after: &'a Probe,
     ticks_per_sec: u64,
+    connect: ConnectProbes<'a>,
+    churn: Option<&'a ChurnOutcome>,
 }
 
 fn build_report(run: Run<'_>) -> Report {
-    let tally = run.outcome.tally;
+    let tally = run.outcome.healthy.tally;
     let delivered = tally.delivered;
+    let rss = |probe: &Probe| probe.server.as_ref().and_then(|s| s.rss_bytes);
+    let connect = ConnectPhase {
+        secs: run.connect.secs,
+        handshakes_per_sec: report::per_sec(run.connected.connected as f64, run.connect.secs),
+        server_rss_before: rss(run.connect.baseline),
+        server_rss_connected: rss(run.connect.connected),
+        rss_per_connection: match (rss(run.connect.baseline), rss(run.connect.connected)) {
+            (Some(before), Some(after)) if run.connected.connected > 0 => {
+                Some(after.saturating_sub(before) as f64 / run.connected.connected as f64)
+            }
+            _ => None,
+        },
+    };
+    let slow = (run.args.slow > 0).then(|| {
+        let slow = &run.outcome.slow;
+        SlowReaders {
+            connections: run.args.slow,
+            interval_secs: run.args.slow_interval,
+            delivered: slow.tally.delivered,
+            skipped: slow.tally.skipped,
+            latency_us: Percentiles::of(&slow.histogram),
+        }
+    });
+    let churn = run.churn.map(|churn| ChurnReport {
+        target_per_sec: run.args.churn.unwrap_or_default(),
+        completed_per_sec: report::per_sec(churn.completed as f64, run.window_secs),
+        completed: churn.completed,
+        failed: churn.failed,
+        behind: churn.behind,
+        handshake_us: Percentiles::of(&churn.handshake),
+    });
+    if let Some(error) = run.churn.and_then(|c| c.first_error.as_ref()) {
+        tracing::warn!("a churn cycle failed: {error}");
+    }
     let server_metrics = match (&run.before.metrics, &run.after.metrics) {
         (Some(before), Some(after)) => Some(ServerMetrics::between(before, after, run.window_secs)),
         _ => None,
@@ -371,9 +501,10 @@ fn build_report(run: Run<'_>) -> Report {
         _ => None,
     };
     Report {
+        label: run.args.label.clone(),
         url: run.url,
         connections: Connections {
-            requested: run.args.connections,
+            requested: run.args.connections + run.args.slow + run.args.stalled,
             connected: run.connected.connected,
             failed: run.connected.failed,
             closed_early: run.outcome.closed_early,
@@ -390,9 +521,14 @@ fn build_report(run: Run<'_>) -> Report {
         delivered_per_sec: report::per_sec(delivered as f64, run.window_secs),
         skipped: tally.skipped,
         skipped_share: report::per_sec(tally.skipped as f64, (delivered + tally.skipped) as f64),
-        seq_violations: tally.seq_violations(),
+        seq_violations: tally.seq_violations() + run.outcome.slow.tally.seq_violations(),
         counts: tally,
-        latency_us: Percentiles::of(&run.outcome.histogram),
+        clock: run.args.clock,
+        latency_us: Percentiles::of(&run.outcome.healthy.histogram),
+        slow,
+        stalled: run.args.stalled,
+        connect,
+        churn,
         server_metrics,
         server_process,
         client_cpu_secs,

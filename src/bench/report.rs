@@ -6,12 +6,15 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::churn::ChurnReport;
 use super::probe::{MetricsPage, ProcSample};
-use super::tally::Tally;
+use super::tally::{Clock, Tally};
 
 /// Everything a run measured. `--json` writes this; the table shows the same.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// `--label`: the run's name in comparisons and plots.
+    pub label: String,
     pub url: String,
     pub connections: Connections,
     pub threads: usize,
@@ -37,8 +40,18 @@ pub struct Report {
     pub seq_violations: u64,
     /// Every counter, warm-up included where the field says so.
     pub counts: Tally,
-    /// Client receive time − `ingest_ts_ns`, in microseconds.
+    /// What latency is measured from (`ingest` or `intended`).
+    pub clock: Clock,
+    /// Healthy clients' receive time − the `clock` timestamp, in microseconds.
     pub latency_us: Percentiles,
+    /// The slow readers, apart (`--slow`).
+    pub slow: Option<SlowReaders>,
+    /// Connections that never read (`--stalled`).
+    pub stalled: usize,
+    /// How connecting went, and what it cost the server.
+    pub connect: ConnectPhase,
+    /// Connection churn during the window (`--churn`).
+    pub churn: Option<ChurnReport>,
     /// Deltas of the server's `/metrics` over the window; null if unreadable.
     pub server_metrics: Option<ServerMetrics>,
     /// The server process over the window (`--server-pid`).
@@ -55,6 +68,29 @@ pub struct Connections {
     pub failed: usize,
     /// Connections the server closed (or that broke) before the run ended.
     pub closed_early: usize,
+}
+
+/// Opening the steady connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ConnectPhase {
+    /// From the first connect to the last subscription sent.
+    pub secs: f64,
+    pub handshakes_per_sec: f64,
+    /// Server RSS before the first connection and once all were open.
+    pub server_rss_before: Option<u64>,
+    pub server_rss_connected: Option<u64>,
+    /// Their difference per open connection, subscriptions included.
+    pub rss_per_connection: Option<f64>,
+}
+
+/// What the slow readers got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SlowReaders {
+    pub connections: usize,
+    pub interval_secs: f64,
+    pub delivered: u64,
+    pub skipped: u64,
+    pub latency_us: Percentiles,
 }
 
 /// Latency percentiles in microseconds.
@@ -228,27 +264,61 @@ pub fn table(report: &Report) -> String {
         group(report.skipped),
         report.skipped_share * 100.0,
         report.seq_violations,
-        if counts.errors + counts.malformed + counts.clamped > 0 {
+        if counts.errors + counts.malformed + counts.clamped + counts.untimed > 0 {
             format!(
-                "  errors {} malformed {} clamped {}",
-                counts.errors, counts.malformed, counts.clamped
+                "  errors {} malformed {} clamped {} untimed {}",
+                counts.errors, counts.malformed, counts.clamped, counts.untimed
             )
         } else {
             String::new()
         }
     );
-    let l = &report.latency_us;
     let _ = writeln!(
         out,
-        "client e2e    p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {} µs  (n={})",
-        us(l.p50),
-        us(l.p90),
-        us(l.p99),
-        us(l.p999),
-        us(l.p9999),
-        us(l.max),
-        group(l.count)
+        "client e2e    {}  (from {})",
+        percentiles(&report.latency_us),
+        report.clock.as_str()
     );
+    if let Some(slow) = &report.slow {
+        let _ = writeln!(
+            out,
+            "slow readers  {} reading every {} s: delivered {}  skipped {}  e2e {}",
+            slow.connections,
+            slow.interval_secs,
+            group(slow.delivered),
+            group(slow.skipped),
+            percentiles(&slow.latency_us)
+        );
+    }
+    if report.stalled > 0 {
+        let _ = writeln!(
+            out,
+            "stalled       {} connections never read",
+            report.stalled
+        );
+    }
+    let k = &report.connect;
+    let _ = writeln!(
+        out,
+        "connect       {:.2} s, {} handshakes/s; server RSS {} → {} ({} per connection)",
+        k.secs,
+        group(k.handshakes_per_sec.round() as u64),
+        mib(k.server_rss_before),
+        mib(k.server_rss_connected),
+        k.rss_per_connection
+            .map_or_else(|| "?".to_owned(), |b| format!("{:.1} KiB", b / 1024.0))
+    );
+    if let Some(churn) = &report.churn {
+        let _ = writeln!(
+            out,
+            "churn         {}/s of {}/s target ({} failed, {} skipped behind); handshake {}",
+            group(churn.completed_per_sec.round() as u64),
+            group(churn.target_per_sec.round() as u64),
+            churn.failed,
+            churn.behind,
+            percentiles(&churn.handshake_us)
+        );
+    }
     match &report.server_metrics {
         Some(m) => {
             let _ = writeln!(
@@ -294,6 +364,20 @@ pub fn table(report: &Report) -> String {
         );
     }
     out
+}
+
+/// `p50 … max µs (n=…)`.
+fn percentiles(l: &Percentiles) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {} µs  (n={})",
+        us(l.p50),
+        us(l.p90),
+        us(l.p99),
+        us(l.p999),
+        us(l.p9999),
+        us(l.max),
+        group(l.count)
+    )
 }
 
 /// Microseconds with a precision that suits their size.
@@ -386,6 +470,7 @@ mod tests {
 
     fn sample_report() -> Report {
         Report {
+            label: "tickwire".into(),
             url: "ws://127.0.0.1:1/ws".into(),
             connections: Connections {
                 requested: 100,
@@ -407,6 +492,7 @@ mod tests {
             skipped_share: 0.0001,
             seq_violations: 0,
             counts: Tally::default(),
+            clock: Clock::Intended,
             latency_us: Percentiles {
                 count: 1_234_567,
                 p50: 23.15,
@@ -417,6 +503,22 @@ mod tests {
                 max: 15_000.0,
                 mean: 30.0,
             },
+            slow: Some(SlowReaders {
+                connections: 10,
+                interval_secs: 1.0,
+                delivered: 200,
+                skipped: 9_000,
+                latency_us: Percentiles::default(),
+            }),
+            stalled: 5,
+            connect: ConnectPhase {
+                secs: 0.5,
+                handshakes_per_sec: 200.0,
+                server_rss_before: Some(8 << 20),
+                server_rss_connected: Some(9 << 20),
+                rss_per_connection: Some(10_485.76),
+            },
+            churn: None,
             server_metrics: None,
             server_process: Some(ServerProcess {
                 pid: 7,
@@ -439,6 +541,10 @@ mod tests {
             "1,234,567 msgs  61,728/s",
             "seq violations 0",
             "p50 23.1  p90 45.0  p99 120  p99.9 812  p99.99 2,048  max 15,000 µs  (n=1,234,567)",
+            "(from intended)",
+            "slow readers  10 reading every 1 s: delivered 200  skipped 9,000",
+            "stalled       5 connections",
+            "200 handshakes/s; server RSS 8.0 MiB → 9.0 MiB (10.2 KiB per connection)",
             "/metrics not available",
             "123,457 deliveries/CPU-s  RSS 10.0 MiB (peak ?)",
         ] {

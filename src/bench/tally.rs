@@ -31,7 +31,30 @@ struct Wire<'a> {
     seq: Option<u64>,
     skipped: Option<u64>,
     ingest_ts_ns: Option<i64>,
+    exchange_ts_ns: Option<i64>,
     snapshot: Option<bool>,
+}
+
+/// Which timestamp of a ticker latency is measured from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// `ingest_ts_ns`: when the server took the update in.
+    #[default]
+    Ingest,
+    /// `exchange_ts_ns`, which a synthetic feed sets to the update's *intended*
+    /// time on its constant-rate schedule: a feed or server that falls behind
+    /// shows up as latency instead of hiding (coordinated omission).
+    Intended,
+}
+
+impl Clock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Clock::Ingest => "ingest",
+            Clock::Intended => "intended",
+        }
+    }
 }
 
 /// A `ticker` message, reduced to what the benchmark checks.
@@ -41,6 +64,7 @@ pub struct Ticker<'a> {
     pub seq: u64,
     pub skipped: u64,
     pub ingest_ts_ns: i64,
+    pub exchange_ts_ns: Option<i64>,
     pub snapshot: bool,
 }
 
@@ -68,6 +92,7 @@ pub fn parse(text: &str) -> Received<'_> {
                 seq,
                 skipped: wire.skipped.unwrap_or(0),
                 ingest_ts_ns,
+                exchange_ts_ns: wire.exchange_ts_ns,
                 snapshot: wire.snapshot.unwrap_or(false),
             }),
             _ => Received::Malformed,
@@ -132,6 +157,9 @@ pub struct Tally {
     pub snapshots: u64,
     /// Samples outside 1 ns .. 60 s (a clock step, or a stuck server), clamped.
     pub clamped: u64,
+    /// Window tickers without the timestamp latency is measured from (`null`
+    /// `exchange_ts_ns` with `--clock intended`): counted, not timed.
+    pub untimed: u64,
     /// `seq` not increasing for a symbol (whole run, warm-up included).
     pub seq_regressions: u64,
     /// `skipped` not equal to `seq - previous - 1` (whole run).
@@ -146,15 +174,15 @@ pub struct Tally {
 
 impl Tally {
     /// Takes in one text message received at `now_ns` (Unix-epoch ns). When
-    /// `measuring`, a non-snapshot ticker's latency goes into `histogram`.
-    /// Returns true for a ticker message.
+    /// `measuring`, a non-snapshot ticker's latency from `clock` goes into
+    /// `histogram`. Returns true for a ticker message.
     pub fn observe(
         &mut self,
         seqs: &mut SeqChecker,
         histogram: &mut Histogram<u64>,
         text: &str,
         now_ns: i64,
-        measuring: bool,
+        measuring: Option<Clock>,
     ) -> bool {
         let ticker = match parse(text) {
             Received::Ticker(ticker) => ticker,
@@ -181,10 +209,20 @@ impl Tally {
             return true;
         }
         self.delivered_total += 1;
-        if measuring {
+        if let Some(clock) = measuring {
             self.delivered += 1;
             self.skipped += ticker.skipped;
-            let latency = now_ns.saturating_sub(ticker.ingest_ts_ns);
+            let from = match clock {
+                Clock::Ingest => ticker.ingest_ts_ns,
+                Clock::Intended => match ticker.exchange_ts_ns {
+                    Some(intended) => intended,
+                    None => {
+                        self.untimed += 1;
+                        return true;
+                    }
+                },
+            };
+            let latency = now_ns.saturating_sub(from);
             let sample = if latency < 1 {
                 self.clamped += 1;
                 1
@@ -211,6 +249,7 @@ impl Tally {
         self.delivered_total += other.delivered_total;
         self.snapshots += other.snapshots;
         self.clamped += other.clamped;
+        self.untimed += other.untimed;
         self.seq_regressions += other.seq_regressions;
         self.skipped_mismatches += other.skipped_mismatches;
         self.errors += other.errors;
@@ -239,6 +278,7 @@ mod tests {
                 seq: 4812,
                 skipped: 3,
                 ingest_ts_ns: 1_723_161_255_088_169_167,
+                exchange_ts_ns: None,
                 snapshot: false,
             })
         );
@@ -300,8 +340,9 @@ mod tests {
         let mut seqs = SeqChecker::default();
         let mut histogram = new_histogram();
         let now = 1_000_000_000;
-        let mut feed = |tally: &mut Tally, text: &str, measuring| {
-            tally.observe(&mut seqs, &mut histogram, text, now, measuring)
+        let mut feed = |tally: &mut Tally, text: &str, measuring: bool| {
+            let clock = measuring.then_some(Clock::Ingest);
+            tally.observe(&mut seqs, &mut histogram, text, now, clock)
         };
         assert!(!feed(&mut tally, r#"{"type":"subscribed","id":1}"#, false));
         assert!(feed(
@@ -331,5 +372,30 @@ mod tests {
         assert_eq!(histogram.len(), 3);
         assert!(histogram.equivalent(histogram.max(), 20_000));
         assert_eq!(histogram.min(), 1);
+    }
+
+    #[test]
+    fn intended_time_counts_the_time_spent_behind_schedule() {
+        let mut tally = Tally::default();
+        let mut seqs = SeqChecker::default();
+        let mut histogram = new_histogram();
+        let now = 1_000_000_000;
+        // Ingested 10 µs ago, but due 3 ms ago: the feed was behind by 2.99 ms.
+        let late = ticker("A", 1, 0, now - 10_000, false).replace(
+            r#""exchange_ts_ns":null"#,
+            &format!(r#""exchange_ts_ns":{}"#, now - 3_000_000),
+        );
+        assert!(tally.observe(&mut seqs, &mut histogram, &late, now, Some(Clock::Intended)));
+        assert!(histogram.equivalent(histogram.max(), 3_000_000));
+        // Without an intended time there is nothing to measure from.
+        let plain = ticker("A", 2, 0, now - 10_000, false);
+        assert!(tally.observe(
+            &mut seqs,
+            &mut histogram,
+            &plain,
+            now,
+            Some(Clock::Intended)
+        ));
+        assert_eq!((tally.delivered, tally.untimed, histogram.len()), (2, 1, 1));
     }
 }
