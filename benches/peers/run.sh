@@ -12,6 +12,9 @@
 #   SERVERS ("tickwire bun node-ws naive-rust")  LOOPBACK (1: measure the floor)
 #   BUILD (1: npm ci + cargo build first; 0 to reuse what is built)
 #   OUT (target/peers/results/<timestamp>)   TICKWIRE (target/release/tickwire)
+#   REPEAT (1: rounds; each round runs every server once, so drift hits all alike)
+#   CLOCK (intended: latency from each update's slot on the feed's schedule)
+#   EXTRA (more `tickwire bench` flags, e.g. "--slow 100 --stalled 100")
 set -euo pipefail
 
 PEERS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,6 +32,9 @@ THREADS="${THREADS:-1}"
 SERVERS="${SERVERS:-tickwire bun node-ws naive-rust}"
 LOOPBACK="${LOOPBACK:-1}"
 BUILD="${BUILD:-1}"
+REPEAT="${REPEAT:-1}"
+CLOCK="${CLOCK:-intended}"
+EXTRA="${EXTRA:-}"
 OUT="${OUT:-$ROOT/target/peers/results/$(date +%Y%m%d-%H%M%S)}"
 TICKWIRE="${TICKWIRE:-$ROOT/target/release/tickwire}"
 PEER_TARGET="$ROOT/target/peers"
@@ -37,6 +43,8 @@ BUN="$PEERS_DIR/node_modules/@oven/bun-linux-x64/bin/bun"
 
 mkdir -p "$OUT"
 log() { printf '\n== %s\n' "$*" >&2; }
+# Thousands of sockets per process, on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 if [[ "$BUILD" == 1 ]]; then
   log "installing peers from the registries"
@@ -85,7 +93,7 @@ start_server() {
   case "$name" in
     tickwire)
       RUST_LOG="${RUST_LOG:-warn}" "$TICKWIRE" serve --listen "127.0.0.1:$port" --feed "$FEED_FILE" \
-        --max-connections $((CONNECTIONS + 100)) >"$logfile" 2>&1 &
+        --max-connections 100000 >"$logfile" 2>&1 &
       ;;
     bun)
       "$BUN" "$PEERS_DIR/bun/server.js" --symbols "$SYMBOLS" --rate "$RATE" --port "$port" >"$logfile" 2>&1 &
@@ -114,10 +122,12 @@ start_server() {
 }
 
 log "scenario: $CONNECTIONS connections x $PER_CONNECTION of $SYMBOLS symbols, $RATE updates/s, ${DURATION}s after ${WARMUP}s warm-up; results in $OUT"
+for round in $(seq "$REPEAT"); do
 for name in $SERVERS; do
   port="$(free_port)"
-  log "$name on 127.0.0.1:$port"
-  rm -f "$OUT/$name.json"
+  run="$name.r$round"
+  log "$name on 127.0.0.1:$port (round $round of $REPEAT)"
+  rm -f "$OUT/$run.json"
   if ! start_server "$name" "$port"; then
     cleanup
     SERVER_PID=""
@@ -125,13 +135,16 @@ for name in $SERVERS; do
   fi
   # A nonzero exit (seq violations, some connections failed) is a finding,
   # not a reason to stop: the JSON is still written and the table shows it.
+  # shellcheck disable=SC2086 # EXTRA is a list of flags
   "$TICKWIRE" bench "ws://127.0.0.1:$port" --connections "$CONNECTIONS" --symbols "$SYMBOL_LIST" \
     --per-connection "$PER_CONNECTION" --zipf "$ZIPF" --duration "$DURATION" --warmup "$WARMUP" \
-    --threads "$THREADS" --server-pid "$SERVER_PID" --json "$OUT/$name.json" \
-    --hgrm "$OUT/$name.hgrm" 2>&1 | tee "$OUT/$name.bench.txt" || echo "bench against $name exited with an error" >&2
+    --threads "$THREADS" --server-pid "$SERVER_PID" --clock "$CLOCK" --label "$name" $EXTRA \
+    --json "$OUT/$run.json" --hgrm "$OUT/$run.hgrm" 2>&1 | tee "$OUT/$run.bench.txt" \
+    || echo "bench against $name exited with an error" >&2
   cleanup
   SERVER_PID=""
   sleep 1
+done
 done
 
 if [[ "$LOOPBACK" == 1 ]]; then
@@ -141,3 +154,11 @@ fi
 
 log "comparison"
 python3 "$PEERS_DIR/table.py" "$OUT" $SERVERS | tee "$OUT/table.txt"
+curves=()
+for name in $SERVERS; do
+  [[ -f "$OUT/$name.r1.hgrm" ]] && curves+=("$name=$OUT/$name.r1.hgrm")
+done
+if [[ "${#curves[@]}" -gt 0 ]]; then
+  "$TICKWIRE" plot --out "$OUT/latency.svg" --title "${TITLE:-latency by percentile, first round}" "${curves[@]}"
+  log "plot: $OUT/latency.svg"
+fi
