@@ -166,6 +166,13 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
         "synthetic ticks carry intended times"
     );
     assert_eq!(report["latency_us"]["count"].as_u64(), Some(delivered));
+    // Every version counts once in the per-version latency, conflated ones too.
+    let skipped = report["skipped"].as_u64().expect("skipped");
+    assert_eq!(
+        report["version_latency_us"]["count"].as_u64(),
+        Some(delivered + skipped),
+        "{report:#}"
+    );
     // A slow reader takes a message per interval: never more than that.
     let slow = &report["slow"];
     assert_eq!(slow["connections"], 4);

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::tally::{new_histogram, Clock, SeqChecker, Tally};
+use super::tally::{Clock, Latency, SeqChecker, Tally};
 use crate::client::websocket_config;
 use crate::wall_clock_ns;
 
@@ -102,26 +101,16 @@ pub enum Reader {
 }
 
 /// What the connections of one kind of reader measured.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Measured {
     pub tally: Tally,
-    pub histogram: Histogram<u64>,
-}
-
-impl Default for Measured {
-    fn default() -> Self {
-        Self {
-            tally: Tally::default(),
-            histogram: new_histogram(),
-        }
-    }
+    pub latency: Latency,
 }
 
 impl Measured {
     fn merge(&mut self, other: &Measured) {
         self.tally.merge(&other.tally);
-        // Same bounds on both sides, so adding cannot fail.
-        let _ = self.histogram.add(&other.histogram);
+        self.latency.merge(&other.latency);
     }
 }
 
@@ -331,9 +320,10 @@ impl Thread {
             match message {
                 Some(Ok(Message::Text(text))) => {
                     let now = wall_clock_ns();
-                    let Measured { tally, histogram } = &mut *measured.borrow_mut();
-                    let clock = (phase == Phase::Measure).then_some(self.clock);
-                    if tally.observe(&mut seqs, histogram, text.as_str(), now, clock) {
+                    let Measured { tally, latency } = &mut *measured.borrow_mut();
+                    let measuring = phase == Phase::Measure;
+                    let text = text.as_str();
+                    if tally.observe(&mut seqs, latency, text, now, self.clock, measuring) {
                         self.progress.tickers.fetch_add(1, Relaxed);
                     }
                 }

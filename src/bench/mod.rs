@@ -265,11 +265,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.hgrm {
-        std::fs::write(path, report::hgrm(&outcome.healthy.histogram))
+        std::fs::write(path, report::hgrm(&outcome.healthy.latency.delivered))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.svg {
-        let curve = plot::Curve::of(&args.label, &outcome.healthy.histogram);
+        let curve = plot::Curve::of(&args.label, &outcome.healthy.latency.delivered);
         plot::write_svg(path, &format!("{} latency", args.clock.as_str()), &[curve])?;
     }
     if report.seq_violations > 0 {
@@ -464,7 +464,7 @@ fn build_report(run: Run<'_>) -> Report {
             interval_secs: run.args.slow_interval,
             delivered: slow.tally.delivered,
             skipped: slow.tally.skipped,
-            latency_us: Percentiles::of(&slow.histogram),
+            latency_us: Percentiles::of(&slow.latency.delivered),
         }
     });
     let churn = run.churn.map(|churn| ChurnReport {
@@ -524,7 +524,8 @@ fn build_report(run: Run<'_>) -> Report {
         seq_violations: tally.seq_violations() + run.outcome.slow.tally.seq_violations(),
         counts: tally,
         clock: run.args.clock,
-        latency_us: Percentiles::of(&run.outcome.healthy.histogram),
+        latency_us: Percentiles::of(&run.outcome.healthy.latency.delivered),
+        version_latency_us: Percentiles::of(&run.outcome.healthy.latency.versions),
         slow,
         stalled: run.args.stalled,
         connect,

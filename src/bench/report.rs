@@ -44,6 +44,9 @@ pub struct Report {
     pub clock: Clock,
     /// Healthy clients' receive time − the `clock` timestamp, in microseconds.
     pub latency_us: Percentiles,
+    /// Per version, conflated ones included (an upper bound for those): how
+    /// long until the client held it or a newer one. See `tally::Latency`.
+    pub version_latency_us: Percentiles,
     /// The slow readers, apart (`--slow`).
     pub slow: Option<SlowReaders>,
     /// Connections that never read (`--stalled`).
@@ -279,6 +282,13 @@ pub fn table(report: &Report) -> String {
         percentiles(&report.latency_us),
         report.clock.as_str()
     );
+    if report.skipped > 0 {
+        let _ = writeln!(
+            out,
+            "per version   {}  (conflated versions: until replaced, upper bound)",
+            percentiles(&report.version_latency_us)
+        );
+    }
     if let Some(slow) = &report.slow {
         let _ = writeln!(
             out,
@@ -503,6 +513,7 @@ mod tests {
                 max: 15_000.0,
                 mean: 30.0,
             },
+            version_latency_us: Percentiles::default(),
             slow: Some(SlowReaders {
                 connections: 10,
                 interval_secs: 1.0,

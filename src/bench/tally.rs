@@ -114,10 +114,18 @@ pub enum SeqCheck {
     SkippedMismatch,
 }
 
+/// The version a connection holds for one symbol.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    seq: u64,
+    /// Its timestamp on the run's clock, if it had one.
+    ts: Option<i64>,
+}
+
 /// The last `seq` seen per symbol on one connection.
 #[derive(Debug, Default)]
 pub struct SeqChecker {
-    last: HashMap<Box<str>, u64>,
+    last: HashMap<Box<str>, Held>,
 }
 
 impl SeqChecker {
@@ -125,21 +133,66 @@ impl SeqChecker {
     /// A `snapshot` message (a fresh subscription) must still move forward, but
     /// its `skipped` is not compared.
     pub fn check(&mut self, symbol: &str, seq: u64, skipped: u64, snapshot: bool) -> SeqCheck {
-        let Some(previous) = self.last.get_mut(symbol) else {
-            self.last.insert(symbol.into(), seq);
-            return SeqCheck::First;
+        self.check_timed(symbol, seq, skipped, snapshot, None).0
+    }
+
+    /// [`SeqChecker::check`], also remembering the version's timestamp `ts`
+    /// and returning the one of the version held before (for a newer version).
+    pub fn check_timed(
+        &mut self,
+        symbol: &str,
+        seq: u64,
+        skipped: u64,
+        snapshot: bool,
+        ts: Option<i64>,
+    ) -> (SeqCheck, Option<i64>) {
+        let Some(held) = self.last.get_mut(symbol) else {
+            self.last.insert(symbol.into(), Held { seq, ts });
+            return (SeqCheck::First, None);
         };
-        if seq <= *previous {
+        if seq <= held.seq {
             // Keep the newest seen, so one stray old version counts once.
-            return SeqCheck::Regression;
+            return (SeqCheck::Regression, None);
         }
-        let expected = seq - *previous - 1;
-        *previous = seq;
-        if !snapshot && skipped != expected {
+        let expected = seq - held.seq - 1;
+        let previous_ts = held.ts;
+        *held = Held { seq, ts };
+        let check = if !snapshot && skipped != expected {
             SeqCheck::SkippedMismatch
         } else {
             SeqCheck::Ok
+        };
+        (check, previous_ts)
+    }
+}
+
+/// The latency distributions of one kind of reader, in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    /// One sample per delivered ticker: its own latency.
+    pub delivered: Histogram<u64>,
+    /// One sample per *version*, the conflated ones included: a delivered
+    /// version counts its own latency; each version conflation skipped counts
+    /// the time from the previous held version's timestamp — the earliest the
+    /// skipped one could have existed — to the delivery that replaced it, an
+    /// upper bound on how long the client lacked it.
+    pub versions: Histogram<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            delivered: new_histogram(),
+            versions: new_histogram(),
         }
+    }
+}
+
+impl Latency {
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.delivered.add(&other.delivered);
+        let _ = self.versions.add(&other.versions);
     }
 }
 
@@ -175,14 +228,15 @@ pub struct Tally {
 impl Tally {
     /// Takes in one text message received at `now_ns` (Unix-epoch ns). When
     /// `measuring`, a non-snapshot ticker's latency from `clock` goes into
-    /// `histogram`. Returns true for a ticker message.
+    /// `latency`. Returns true for a ticker message.
     pub fn observe(
         &mut self,
         seqs: &mut SeqChecker,
-        histogram: &mut Histogram<u64>,
+        latency: &mut Latency,
         text: &str,
         now_ns: i64,
-        measuring: Option<Clock>,
+        clock: Clock,
+        measuring: bool,
     ) -> bool {
         let ticker = match parse(text) {
             Received::Ticker(ticker) => ticker,
@@ -199,7 +253,18 @@ impl Tally {
                 return false;
             }
         };
-        match seqs.check(&ticker.symbol, ticker.seq, ticker.skipped, ticker.snapshot) {
+        let from = match clock {
+            Clock::Ingest => Some(ticker.ingest_ts_ns),
+            Clock::Intended => ticker.exchange_ts_ns,
+        };
+        let (check, previous_from) = seqs.check_timed(
+            &ticker.symbol,
+            ticker.seq,
+            ticker.skipped,
+            ticker.snapshot,
+            from,
+        );
+        match check {
             SeqCheck::First | SeqCheck::Ok => {}
             SeqCheck::Regression => self.seq_regressions += 1,
             SeqCheck::SkippedMismatch => self.skipped_mismatches += 1,
@@ -209,33 +274,36 @@ impl Tally {
             return true;
         }
         self.delivered_total += 1;
-        if let Some(clock) = measuring {
+        if measuring {
             self.delivered += 1;
             self.skipped += ticker.skipped;
-            let from = match clock {
-                Clock::Ingest => ticker.ingest_ts_ns,
-                Clock::Intended => match ticker.exchange_ts_ns {
-                    Some(intended) => intended,
-                    None => {
-                        self.untimed += 1;
-                        return true;
-                    }
-                },
+            let Some(from) = from else {
+                self.untimed += 1;
+                return true;
             };
-            let latency = now_ns.saturating_sub(from);
-            let sample = if latency < 1 {
-                self.clamped += 1;
-                1
-            } else if latency as u64 > HIGHEST_NS {
-                self.clamped += 1;
-                HIGHEST_NS
-            } else {
-                latency as u64
-            };
-            // In range by construction, so this never fails.
-            let _ = histogram.record(sample);
+            let sample = self.clamp(now_ns.saturating_sub(from));
+            // In range by construction, so these never fail.
+            let _ = latency.delivered.record(sample);
+            let _ = latency.versions.record(sample);
+            if let (Some(previous), 1..) = (previous_from, ticker.skipped) {
+                let lacked = self.clamp(now_ns.saturating_sub(previous));
+                let _ = latency.versions.record_n(lacked, ticker.skipped);
+            }
         }
         true
+    }
+
+    /// A latency in the histograms' range, counting those that were not.
+    fn clamp(&mut self, latency_ns: i64) -> u64 {
+        if latency_ns < 1 {
+            self.clamped += 1;
+            1
+        } else if latency_ns as u64 > HIGHEST_NS {
+            self.clamped += 1;
+            HIGHEST_NS
+        } else {
+            latency_ns as u64
+        }
     }
 
     /// Protocol violations seen: must be zero.
@@ -338,11 +406,10 @@ mod tests {
     fn only_window_tickers_are_timed() {
         let mut tally = Tally::default();
         let mut seqs = SeqChecker::default();
-        let mut histogram = new_histogram();
+        let mut latency = Latency::default();
         let now = 1_000_000_000;
         let mut feed = |tally: &mut Tally, text: &str, measuring: bool| {
-            let clock = measuring.then_some(Clock::Ingest);
-            tally.observe(&mut seqs, &mut histogram, text, now, clock)
+            tally.observe(&mut seqs, &mut latency, text, now, Clock::Ingest, measuring)
         };
         assert!(!feed(&mut tally, r#"{"type":"subscribed","id":1}"#, false));
         assert!(feed(
@@ -369,33 +436,35 @@ mod tests {
         assert_eq!(tally.clamped, 1, "a receive time before ingest");
         assert_eq!(tally.seq_violations(), 1);
         assert_eq!(tally.other, 1);
+        let histogram = &latency.delivered;
         assert_eq!(histogram.len(), 3);
         assert!(histogram.equivalent(histogram.max(), 20_000));
         assert_eq!(histogram.min(), 1);
+        // The two versions skipped before seq 5 lacked since seq 2 (40 µs ago).
+        let versions = &latency.versions;
+        assert_eq!(versions.len(), 3 + 2);
+        assert_eq!(versions.count_at(versions.highest_equivalent(40_000)), 2);
     }
 
     #[test]
     fn intended_time_counts_the_time_spent_behind_schedule() {
         let mut tally = Tally::default();
         let mut seqs = SeqChecker::default();
-        let mut histogram = new_histogram();
+        let mut latency = Latency::default();
         let now = 1_000_000_000;
         // Ingested 10 µs ago, but due 3 ms ago: the feed was behind by 2.99 ms.
         let late = ticker("A", 1, 0, now - 10_000, false).replace(
             r#""exchange_ts_ns":null"#,
             &format!(r#""exchange_ts_ns":{}"#, now - 3_000_000),
         );
-        assert!(tally.observe(&mut seqs, &mut histogram, &late, now, Some(Clock::Intended)));
+        let intended = Clock::Intended;
+        assert!(tally.observe(&mut seqs, &mut latency, &late, now, intended, true));
+        let histogram = &latency.delivered;
         assert!(histogram.equivalent(histogram.max(), 3_000_000));
         // Without an intended time there is nothing to measure from.
         let plain = ticker("A", 2, 0, now - 10_000, false);
-        assert!(tally.observe(
-            &mut seqs,
-            &mut histogram,
-            &plain,
-            now,
-            Some(Clock::Intended)
-        ));
-        assert_eq!((tally.delivered, tally.untimed, histogram.len()), (2, 1, 1));
+        assert!(tally.observe(&mut seqs, &mut latency, &plain, now, intended, true));
+        let timed = latency.delivered.len();
+        assert_eq!((tally.delivered, tally.untimed, timed), (2, 1, 1));
     }
 }
