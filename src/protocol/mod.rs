@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::book::{Level, Snapshot};
+
+pub mod book;
 use crate::metrics::ErrorCode;
 
 /// The only channel protocol v1 serves.
@@ -236,7 +238,7 @@ pub fn write_decimal(out: &mut Vec<u8>, value: rust_decimal::Decimal) {
     }
 }
 
-fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+pub(crate) fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
     let mut buffer = itoa::Buffer::new();
     out.extend_from_slice(buffer.format(value).as_bytes());
 }
