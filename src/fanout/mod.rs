@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
+pub mod depth;
+
+use crate::book::depth::DEFAULT_MAX_BOOK_DEPTH;
 use crate::book::Snapshot;
 use crate::metrics::Metrics;
 use crate::normalize::Tick;
@@ -35,6 +38,8 @@ pub struct SymbolEntry {
     /// symbol is live and a session whether it has announced the latest status.
     status: AtomicU64,
     status_reason: Mutex<Arc<str>>,
+    /// The full-depth book, published and subscribed separately.
+    depth: depth::DepthChannel,
 }
 
 /// Whether a symbol's data is current (protocol `status.state`).
@@ -82,7 +87,13 @@ impl SymbolEntry {
             subscribers_lock: Mutex::new(()),
             status: AtomicU64::new(SymbolState::Live as u64),
             status_reason: Mutex::new(Arc::from("")),
+            depth: depth::DepthChannel::default(),
         }
+    }
+
+    /// The symbol's full-depth book channel.
+    pub fn depth(&self) -> &depth::DepthChannel {
+        &self.depth
     }
 
     /// The status generation; compare with the one a session last announced.
@@ -226,6 +237,8 @@ impl Slot {
 pub struct Hub {
     symbols: RwLock<HashMap<Arc<str>, Arc<SymbolEntry>>>,
     metrics: Arc<Metrics>,
+    /// Levels per side kept in each published depth version.
+    max_book_depth: usize,
 }
 
 impl Hub {
@@ -234,7 +247,19 @@ impl Hub {
         Self {
             symbols: RwLock::new(HashMap::new()),
             metrics,
+            max_book_depth: DEFAULT_MAX_BOOK_DEPTH,
         }
+    }
+
+    /// Sets the deepest `book` subscription served (levels per side).
+    pub fn with_max_book_depth(mut self, levels: usize) -> Self {
+        self.max_book_depth = levels.max(1);
+        self
+    }
+
+    /// The deepest `book` subscription served (levels per side).
+    pub fn max_book_depth(&self) -> usize {
+        self.max_book_depth
     }
 
     /// The metrics registry this hub and its sessions report into.

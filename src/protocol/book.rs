@@ -39,6 +39,28 @@ pub fn encode_book_prefix(snapshot: &DepthSnapshot, depth: usize) -> Vec<u8> {
     out
 }
 
+/// A `status` message about a symbol's book (`"channel":"book"`), which is
+/// separate from the status of its ticker.
+pub fn encode_status(symbol: &str, state: &str, reason: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Status<'a> {
+        r#type: &'a str,
+        channel: &'a str,
+        symbol: &'a str,
+        state: &'a str,
+        reason: &'a str,
+    }
+    let status = Status {
+        r#type: "status",
+        channel: BOOK_CHANNEL,
+        symbol,
+        state,
+        reason,
+    };
+    // Serializing a plain struct into a Vec cannot fail.
+    serde_json::to_vec(&status).unwrap_or_default()
+}
+
 /// The checksum of a book message's levels: CRC-32 (IEEE 802.3, as zlib's
 /// `crc32`) of `price:size` per level, joined by `,`, bids then `|` then
 /// asks, each side best first, with prices and sizes exactly as sent.

@@ -9,7 +9,7 @@ use crate::book::{Level, Snapshot};
 pub mod book;
 use crate::metrics::ErrorCode;
 
-/// The only channel protocol v1 serves.
+/// The top-of-book channel, the default when a request names none.
 pub const TICKER_CHANNEL: &str = "ticker";
 
 /// A client request (one text frame).
@@ -21,6 +21,8 @@ pub enum Request {
         symbols: Vec<String>,
         channel: Option<String>,
         max_rate_hz: Option<f64>,
+        /// Levels per side on the `book` channel.
+        depth: Option<usize>,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -364,7 +366,8 @@ mod tests {
                 id: Some(7),
                 symbols: vec!["BTCUSDT".into()],
                 channel: None,
-                max_rate_hz: None
+                max_rate_hz: None,
+                depth: None
             })
         );
         assert_eq!(
