@@ -32,7 +32,7 @@ fn run(bytes: &'static [u8], publish: Option<(&Hub, &SymbolEntry)>) -> u64 {
                     black_box(&tick);
                 }
             }
-            Item::Recognised(_) => {}
+            Item::Recognised(_) | Item::Depth { .. } => {}
             Item::Malformed { line, error } => panic!("line {line}: {error}"),
             Item::Failed(e) => panic!("read failed: {e}"),
         }

@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Most subscriptions per connection.
     #[arg(long, default_value_t = SessionConfig::default().max_subscriptions)]
     pub max_subscriptions: usize,
+    /// Deepest `book` subscription served, in levels per side (one of 1, 5,
+    /// 10, 25, 50, 100, 500 or any larger number).
+    #[arg(long, default_value_t = crate::book::depth::DEFAULT_MAX_BOOK_DEPTH)]
+    pub max_book_depth: usize,
     /// Seconds between server pings to a quiet client.
     #[arg(long, default_value_t = SessionConfig::default().ping_interval.as_secs())]
     pub ping_interval_secs: u64,
@@ -249,7 +253,7 @@ fn parse_replay_arg(arg: &str) -> replay::ReplaySource {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let feeds = feeds(&args)?;
     let metrics = Arc::new(Metrics::default());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let hub = Arc::new(Hub::new(metrics.clone()).with_max_book_depth(args.max_book_depth));
     let feeds_shutdown = CancellationToken::new();
     for feed in feeds {
         let name = feed.name().to_owned();

@@ -19,6 +19,10 @@
 //!   messages into [`normalize::Tick`]s. It does no I/O.
 //! - [`book`] applies a tick to a symbol's top of book, producing the next
 //!   immutable [`book::Snapshot`], whose wire encoding is built once and shared.
+//!   [`book::depth`] keeps a full L2 book in sync with a venue's snapshots and
+//!   diffs ([`normalize::depth`]) and publishes its best levels as
+//!   [`book::depth::DepthSnapshot`]s, served on the `book` channel
+//!   ([`fanout::depth`], [`session::book`], [`protocol::book`]).
 //! - [`fanout`] holds every symbol's current snapshot behind `arc-swap`, and its
 //!   live/stale status, and tells subscribed sessions that something changed —
 //!   never *what*, so a slow client conflates to the newest version instead of

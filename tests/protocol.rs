@@ -171,7 +171,7 @@ async fn bad_requests_get_bad_request_and_the_connection_stays_open() {
         ),
         (r#"{"op":"subscribe","id":14}"#, Some(14)),
         (
-            r#"{"op":"subscribe","id":15,"symbols":["spot:BTCUSDT"],"channel":"book"}"#,
+            r#"{"op":"subscribe","id":15,"symbols":["spot:BTCUSDT"],"channel":"trades"}"#,
             Some(15),
         ),
         (

@@ -7,6 +7,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+pub mod depth;
+pub mod ladder;
+
 use rust_decimal::Decimal;
 
 use crate::normalize::{BookUpdate, Tick};

@@ -19,6 +19,9 @@ use std::task::{Context, Poll};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::task::AtomicWaker;
 
+pub mod depth;
+
+use crate::book::depth::DEFAULT_MAX_BOOK_DEPTH;
 use crate::book::Snapshot;
 use crate::metrics::Metrics;
 use crate::normalize::Tick;
@@ -37,6 +40,8 @@ pub struct SymbolEntry {
     /// symbol is live and a session whether it has announced the latest status.
     status: AtomicU64,
     status_reason: Mutex<Arc<str>>,
+    /// The full-depth book, published and subscribed separately.
+    depth: depth::DepthChannel,
 }
 
 /// Whether a symbol's data is current (protocol `status.state`).
@@ -84,7 +89,13 @@ impl SymbolEntry {
             subscribers_lock: Mutex::new(()),
             status: AtomicU64::new(SymbolState::Live as u64),
             status_reason: Mutex::new(Arc::from("")),
+            depth: depth::DepthChannel::default(),
         }
+    }
+
+    /// The symbol's full-depth book channel.
+    pub fn depth(&self) -> &depth::DepthChannel {
+        &self.depth
     }
 
     /// The status generation; compare with the one a session last announced.
@@ -224,7 +235,7 @@ impl Slot {
 
     /// Called by the session just before it reads the symbol's current version.
     ///
-    /// The fence pairs with the one in [`Hub::publish`] (a store-load pattern on
+    /// The fence pairs with the one in `queue_all` (a store-load pattern on
     /// both sides): either the publisher's load in `Slot::mark` sees this
     /// clear and queues the slot again, or the read that follows this call sees
     /// the version it published. The last version is never missed.
@@ -251,11 +262,23 @@ impl Slot {
     }
 }
 
+/// Queues every slot after a change their sessions must see (a new version, a
+/// new status). The fence pairs with the one in [`Slot::clear`]: it orders the
+/// change before the flag loads in `Slot::mark`.
+fn queue_all(slots: &[Arc<Slot>]) {
+    fence(Ordering::SeqCst);
+    for slot in slots {
+        slot.mark();
+    }
+}
+
 /// The symbol table and publisher side of the fan-out.
 #[derive(Debug)]
 pub struct Hub {
     symbols: RwLock<HashMap<Arc<str>, Arc<SymbolEntry>>>,
     metrics: Arc<Metrics>,
+    /// Levels per side kept in each published depth version.
+    max_book_depth: usize,
 }
 
 impl Hub {
@@ -264,7 +287,19 @@ impl Hub {
         Self {
             symbols: RwLock::new(HashMap::new()),
             metrics,
+            max_book_depth: DEFAULT_MAX_BOOK_DEPTH,
         }
+    }
+
+    /// Sets the deepest `book` subscription served (levels per side).
+    pub fn with_max_book_depth(mut self, levels: usize) -> Self {
+        self.max_book_depth = levels.max(1);
+        self
+    }
+
+    /// The deepest `book` subscription served (levels per side).
+    pub fn max_book_depth(&self) -> usize {
+        self.max_book_depth
     }
 
     /// The metrics registry this hub and its sessions report into.
@@ -322,9 +357,7 @@ impl Hub {
                 .store(generation << 2 | state as u64, Ordering::Release);
         }
         tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
-        for slot in entry.subscribers.load().iter() {
-            slot.mark();
-        }
+        queue_all(&entry.subscribers.load());
     }
 
     /// Applies `tick` to `entry`'s book, publishes the new version and queues it
@@ -342,11 +375,7 @@ impl Hub {
             entry.current.store(Some(Arc::new(next)));
             seq
         };
-        // Pairs with the fence in `Slot::clear`, before each flag is loaded.
-        fence(Ordering::SeqCst);
-        for slot in entry.subscribers.load().iter() {
-            slot.mark();
-        }
+        queue_all(&entry.subscribers.load());
         self.metrics.book_updates.fetch_add(1, Ordering::Relaxed);
         seq
     }

@@ -107,7 +107,7 @@ mod tests {
                     (file, tick.recv_ts_ns, price.to_string())
                 }
                 Item::Recognised(Recognised::Header) => (file, -1, "header".into()),
-                Item::Recognised(_) => (file, -1, "recognised".into()),
+                Item::Recognised(_) | Item::Depth { .. } => (file, -1, "recognised".into()),
                 Item::Malformed { .. } => (file, -1, "malformed".into()),
                 Item::Failed(_) => (file, -1, "failed".into()),
             })

@@ -5,6 +5,7 @@
 //! starts, the input is scanned once so every symbol it holds is declared, and
 //! clients can subscribe to a symbol before its first update arrives.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
+use crate::book::depth::DepthBook;
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::FeedStats;
 use crate::wall_clock_ns;
@@ -229,6 +231,7 @@ impl Player {
             };
             // Each file's symbol indices, resolved to hub entries on first use.
             let mut entries: Vec<Vec<Option<Arc<SymbolEntry>>>> = vec![Vec::new(); files.len()];
+            let mut depth = DepthBooks::new(files.len());
             let mut merge = Merge::new(files);
             pacer.restart();
             while let Some((file, item)) = merge.next_item() {
@@ -246,6 +249,25 @@ impl Player {
                         };
                         self.hub.publish(&entry, &tick, wall_clock_ns());
                         self.stats.ticks.fetch_add(1, Relaxed);
+                    }
+                    Item::Depth { symbol } => {
+                        self.stats.recognised.fetch_add(1, Relaxed);
+                        let Some(symbol) = depth.attribute(file, symbol) else {
+                            let unattributed = crate::metrics::depth::DepthEvent::Unattributed;
+                            self.hub.metrics().depth.count(unattributed);
+                            continue;
+                        };
+                        let Some(message) = merge.files().get(file).map(|f| f.depth()) else {
+                            continue;
+                        };
+                        if !pacer.wait_until_due(message.recv_ts_ns, &self.shutdown) {
+                            return;
+                        }
+                        let Some(entry) = self.entry(&mut entries, &merge, file, symbol) else {
+                            continue;
+                        };
+                        let book = depth.book(file, symbol);
+                        self.hub.apply_depth(&entry, book, message, wall_clock_ns());
                     }
                     Item::Recognised(_) => {
                         self.stats.recognised.fetch_add(1, Relaxed);
@@ -312,6 +334,36 @@ impl Player {
         let entry = self.hub.declare(&source.served_name(raw));
         resolved[index] = Some(entry.clone());
         Some(entry)
+    }
+}
+
+/// The full-depth books a replay builds, per (file, symbol).
+struct DepthBooks {
+    books: HashMap<(usize, u32), DepthBook>,
+    /// Each file's last diff symbol: a Binance REST snapshot names no symbol,
+    /// and belongs to the symbol whose diffs the capture carries.
+    last_symbol: Vec<Option<u32>>,
+}
+
+impl DepthBooks {
+    fn new(files: usize) -> Self {
+        Self {
+            books: HashMap::new(),
+            last_symbol: vec![None; files],
+        }
+    }
+
+    /// The symbol a depth message of `file` belongs to.
+    fn attribute(&mut self, file: usize, symbol: Option<u32>) -> Option<u32> {
+        let last = self.last_symbol.get_mut(file)?;
+        if symbol.is_some() {
+            *last = symbol;
+        }
+        *last
+    }
+
+    fn book(&mut self, file: usize, symbol: u32) -> &mut DepthBook {
+        self.books.entry((file, symbol)).or_default()
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
+use crate::normalize::depth::DepthMessage;
 use crate::normalize::tardis::TardisCsv;
 use crate::normalize::{binance, coinbase, native, ParseError, Parsed, Recognised, Tick};
 
@@ -81,6 +82,13 @@ pub enum Item {
         /// The normalized tick.
         tick: Tick,
     },
+    /// A depth snapshot or diff, decoded into [`ReplayFile::depth`] until the
+    /// next item is read. `symbol` indexes [`ReplayFile::symbols`]; `None`
+    /// for a Binance REST snapshot, which names no symbol.
+    Depth {
+        /// Index into the file's symbol table, when the message names one.
+        symbol: Option<u32>,
+    },
     /// A well-formed line that changes no top of book.
     Recognised(Recognised),
     /// A line that could not be parsed (1-based line number); reading goes on.
@@ -119,6 +127,8 @@ pub struct ReplayFile {
     pending: bool,
     done: bool,
     symbols: SymbolTable,
+    /// The last depth message read (see [`Item::Depth`]).
+    depth: DepthMessage,
 }
 
 impl fmt::Debug for ReplayFile {
@@ -178,6 +188,7 @@ impl ReplayFile {
             pending: false,
             done: false,
             symbols: SymbolTable::default(),
+            depth: DepthMessage::default(),
         };
         loop {
             match file.read_line() {
@@ -284,10 +295,19 @@ impl ReplayFile {
         }
     }
 
+    /// The depth message of the last [`Item::Depth`].
+    pub fn depth(&self) -> &DepthMessage {
+        &self.depth
+    }
+
     fn parse_line(&mut self) -> Item {
         let parsed = match &self.parser {
-            Parser::Binance => binance::parse_capture_line(&mut self.line),
-            Parser::Coinbase => coinbase::parse_capture_line(&mut self.line),
+            Parser::Binance => {
+                binance::parse_capture_line_with_depth(&mut self.line, &mut self.depth)
+            }
+            Parser::Coinbase => {
+                coinbase::parse_capture_line_with_depth(&mut self.line, &mut self.depth)
+            }
             Parser::Native => native::parse_line(&mut self.line),
             Parser::Tardis(csv) => match std::str::from_utf8(&self.line) {
                 Ok(text) => csv.parse_line(text),
@@ -302,6 +322,22 @@ impl ReplayFile {
                     error: ParseError::Line("too many distinct symbols in one file"),
                 },
             },
+            Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
+                if matches!(self.parser, Parser::Binance | Parser::Coinbase) =>
+            {
+                if self.depth.symbol.is_empty() {
+                    return Item::Depth { symbol: None };
+                }
+                match self.symbols.intern(&self.depth.symbol) {
+                    Some(symbol) => Item::Depth {
+                        symbol: Some(symbol),
+                    },
+                    None => Item::Malformed {
+                        line: self.line_no,
+                        error: ParseError::Line("too many distinct symbols in one file"),
+                    },
+                }
+            }
             Ok(Parsed::Recognised(r)) => Item::Recognised(r),
             Err(error) => Item::Malformed {
                 line: self.line_no,
@@ -467,7 +503,7 @@ mod tests {
                         BookUpdate::Trade { .. } => c.trades += 1,
                     }
                 }
-                Item::Recognised(_) => c.recognised += 1,
+                Item::Recognised(_) | Item::Depth { .. } => c.recognised += 1,
                 Item::Malformed { line, error } => {
                     eprintln!("{}:{line}: {error}", file.name());
                     c.malformed += 1;
@@ -529,8 +565,9 @@ mod tests {
         assert_eq!(tick.recv_ts_ns, 1_723_161_254_087_891_268);
         assert!(matches!(
             file.next_item(),
-            Some(Item::Recognised(Recognised::DepthUpdate))
+            Some(Item::Depth { symbol: Some(0) })
         ));
+        assert_eq!(file.depth().asks.len(), 1, "the diff's levels are decoded");
         assert!(matches!(
             file.next_item(),
             Some(Item::Malformed { line: 5, .. })
@@ -746,8 +783,9 @@ mod tests {
         ));
         assert!(matches!(
             file.next_item(),
-            Some(Item::Recognised(Recognised::DepthUpdate))
+            Some(Item::Depth { symbol: Some(_) })
         ));
+        assert_eq!(file.depth().symbol, "SKL-GBP");
         assert!(matches!(
             file.next_item(),
             Some(Item::Malformed {

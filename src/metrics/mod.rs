@@ -2,6 +2,7 @@
 //! text rendering. Hot paths batch their increments (a session adds its totals
 //! once per socket write), so no shared cache line is touched per message.
 
+pub mod depth;
 mod latency;
 
 use std::fmt::Write as _;
@@ -229,6 +230,8 @@ pub struct Metrics {
     feeds: Mutex<Vec<Arc<FeedStats>>>,
     /// Ingest → written to the client socket, per delivered update.
     pub delivery_latency: LatencyRecorder,
+    /// Depth messages by what they did to their book.
+    pub depth: depth::DepthMetrics,
 }
 
 /// One admitted client, counted in `tickwire_connections` until dropped.
@@ -379,6 +382,7 @@ impl Metrics {
                 .iter()
                 .map(|r| (r.label(), &self.refusals[*r as usize])),
         );
+        self.depth.render(&mut out);
         self.render_feeds(&mut out);
         self.delivery_latency.summary().render(
             &mut out,

@@ -11,7 +11,9 @@ use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
 use simd_json::{Buffers, Tape};
 
+use super::depth::{DepthMessage, Sequence};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
+use crate::book::Level;
 
 /// Parses one raw Binance message received at `recv_ts_ns`.
 ///
@@ -19,11 +21,38 @@ use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
 /// `trade` a trade; depth diffs and REST depth snapshots are recognised but carry
 /// no top-of-book change. simd-json unescapes in place, hence `&mut`.
 pub fn parse_message(json: &mut [u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
-    with_tape(json, |root| parse_root(root, recv_ts_ns))
+    with_tape(json, |root| parse_root(root, recv_ts_ns, None))
+}
+
+/// As [`parse_message`], and also decodes the levels of a depth message into
+/// `depth` (cleared first). When the result is
+/// `Recognised(DepthUpdate | DepthSnapshot)`, `depth` holds that message.
+pub fn parse_message_with_depth<'a>(
+    json: &'a mut [u8],
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<Parsed<'a>, ParseError> {
+    depth.clear();
+    with_tape(json, |root| parse_root(root, recv_ts_ns, Some(depth)))
 }
 
 /// Parses one capture line, `<receive time ns> <raw message>`.
 pub fn parse_capture_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
+    let (recv_ts_ns, json) = split_capture_line(line)?;
+    parse_message(json, recv_ts_ns)
+}
+
+/// As [`parse_capture_line`], decoding depth messages into `depth` (see
+/// [`parse_message_with_depth`]).
+pub fn parse_capture_line_with_depth<'a>(
+    line: &'a mut [u8],
+    depth: &mut DepthMessage,
+) -> Result<Parsed<'a>, ParseError> {
+    let (recv_ts_ns, json) = split_capture_line(line)?;
+    parse_message_with_depth(json, recv_ts_ns, depth)
+}
+
+fn split_capture_line(line: &mut [u8]) -> Result<(i64, &mut [u8]), ParseError> {
     // An i64 has at most 19 digits, so a missing separator is found without
     // scanning a 40 KB line.
     let space = line
@@ -37,11 +66,14 @@ pub fn parse_capture_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
     let recv_ts_ns = parse_digits(ts).ok_or(ParseError::Line(
         "receive time is not a non-negative integer of nanoseconds",
     ))?;
-    let json = rest.get_mut(1..).unwrap_or_default();
-    parse_message(json, recv_ts_ns)
+    Ok((recv_ts_ns, rest.get_mut(1..).unwrap_or_default()))
 }
 
-fn parse_root<'de>(root: Value<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>, ParseError> {
+fn parse_root<'de>(
+    root: Value<'_, 'de>,
+    recv_ts_ns: i64,
+    depth: Option<&mut DepthMessage>,
+) -> Result<Parsed<'de>, ParseError> {
     let root = root
         .as_object()
         .ok_or_else(|| ParseError::Json("message is not a JSON object".into()))?;
@@ -57,7 +89,14 @@ fn parse_root<'de>(root: Value<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>,
     };
 
     // The REST snapshot has no event type; its update id is what identifies it.
-    if payload.get("lastUpdateId").is_some() {
+    if let Some(id) = payload.get("lastUpdateId") {
+        if let Some(depth) = depth {
+            depth.last_update_id = Some(id.as_u64().ok_or(ParseError::Field("lastUpdateId"))?);
+            depth.sequence = Sequence::Snapshot;
+            depth_common(&payload, recv_ts_ns, depth)?;
+            levels(&payload, "bids", &mut depth.bids)?;
+            levels(&payload, "asks", &mut depth.asks)?;
+        }
         return Ok(Parsed::Recognised(Recognised::DepthSnapshot));
     }
 
@@ -69,7 +108,12 @@ fn parse_root<'de>(root: Value<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>,
     match kind {
         "bookTicker" => quote(&payload, recv_ts_ns),
         "trade" => trade(&payload, recv_ts_ns),
-        "depthUpdate" => Ok(Parsed::Recognised(Recognised::DepthUpdate)),
+        "depthUpdate" => {
+            if let Some(depth) = depth {
+                depth_update(&payload, recv_ts_ns, depth)?;
+            }
+            Ok(Parsed::Recognised(Recognised::DepthUpdate))
+        }
         other => Err(ParseError::UnknownType(other.chars().take(40).collect())),
     }
 }
@@ -130,6 +174,79 @@ fn dec(payload: &Object<'_, '_>, key: &'static str) -> Result<rust_decimal::Deci
         .and_then(|v| v.into_string())
         .ok_or(ParseError::Field(key))?;
     decimal(key, text)
+}
+
+/// A `depthUpdate` diff: spot carries `U`/`u`, USD-M futures also `pu`.
+fn depth_update(
+    payload: &Object<'_, '_>,
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<(), ParseError> {
+    let id = |key: &'static str| {
+        payload
+            .get(key)
+            .and_then(|v| v.as_u64())
+            .ok_or(ParseError::Field(key))
+    };
+    let (first, last) = (id("U")?, id("u")?);
+    depth.sequence = match payload.get("pu") {
+        Some(_) => Sequence::Futures {
+            first,
+            last,
+            previous: id("pu")?,
+        },
+        None => Sequence::Spot { first, last },
+    };
+    let symbol = payload
+        .get("s")
+        .and_then(|v| v.into_string())
+        .ok_or(ParseError::Field("s"))?;
+    depth.symbol.push_str(symbol);
+    depth_common(payload, recv_ts_ns, depth)?;
+    levels(payload, "b", &mut depth.bids)?;
+    levels(payload, "a", &mut depth.asks)
+}
+
+fn depth_common(
+    payload: &Object<'_, '_>,
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<(), ParseError> {
+    depth.recv_ts_ns = recv_ts_ns;
+    depth.exchange_ts_ns = match payload.get("E") {
+        Some(ms) => Some(
+            ms.as_i64()
+                .and_then(|ms| ms.checked_mul(1_000_000))
+                .ok_or(ParseError::Field("E"))?,
+        ),
+        None => None,
+    };
+    Ok(())
+}
+
+/// Decodes `[["price","size"],...]` into `into`, exactly.
+fn levels(
+    payload: &Object<'_, '_>,
+    key: &'static str,
+    into: &mut Vec<Level>,
+) -> Result<(), ParseError> {
+    let array = payload
+        .get(key)
+        .and_then(|v| v.as_array())
+        .ok_or(ParseError::Field(key))?;
+    for level in array.iter() {
+        let pair = level.as_array().ok_or(ParseError::Field(key))?;
+        let text = |i: usize| {
+            pair.get(i)
+                .and_then(|v| v.into_string())
+                .ok_or(ParseError::Field(key))
+        };
+        into.push(Level {
+            price: decimal(key, text(0)?)?,
+            size: decimal(key, text(1)?)?,
+        });
+    }
+    Ok(())
 }
 
 /// Parses an unsigned run of ASCII digits that fits an `i64`.

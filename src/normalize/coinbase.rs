@@ -41,12 +41,26 @@ use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
 
 use super::binance::{parse_digits, with_tape};
+use super::depth::{DepthMessage, Sequence};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
+use crate::book::Level;
 
 /// Parses one raw Coinbase message received at `recv_ts_ns`. simd-json
 /// unescapes in place, hence `&mut`. Allocates nothing when it succeeds.
 pub fn parse_message(json: &mut [u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
-    with_tape(json, |root| parse_root(root, recv_ts_ns))
+    with_tape(json, |root| parse_root(root, recv_ts_ns, None))
+}
+
+/// As [`parse_message`], and also decodes the levels of a `snapshot` or
+/// `l2update` into `depth` (cleared first). When the result is
+/// `Recognised(DepthUpdate | DepthSnapshot)`, `depth` holds that message.
+pub fn parse_message_with_depth<'a>(
+    json: &'a mut [u8],
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<Parsed<'a>, ParseError> {
+    depth.clear();
+    with_tape(json, |root| parse_root(root, recv_ts_ns, Some(depth)))
 }
 
 /// Parses one line of a cryptofeed capture (see the module docs): a received
@@ -55,6 +69,24 @@ pub fn parse_capture_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
     if is_endpoint_line(line) {
         return endpoint_line(line);
     }
+    let (recv_ts_ns, json) = split_capture_line(line)?;
+    parse_message(json, recv_ts_ns)
+}
+
+/// As [`parse_capture_line`], decoding depth messages into `depth` (see
+/// [`parse_message_with_depth`]).
+pub fn parse_capture_line_with_depth<'a>(
+    line: &'a mut [u8],
+    depth: &mut DepthMessage,
+) -> Result<Parsed<'a>, ParseError> {
+    if is_endpoint_line(line) {
+        return endpoint_line(line);
+    }
+    let (recv_ts_ns, json) = split_capture_line(line)?;
+    parse_message_with_depth(json, recv_ts_ns, depth)
+}
+
+fn split_capture_line(line: &mut [u8]) -> Result<(i64, &mut [u8]), ParseError> {
     // Seconds since the epoch have at most 11 digits, a fraction rarely more than
     // 9; bound the scan so a missing separator is not searched for in a 40 KB line.
     let colon = line
@@ -68,8 +100,7 @@ pub fn parse_capture_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
     let recv_ts_ns = parse_seconds(ts).ok_or(ParseError::Line(
         "receive time is not a non-negative decimal number of seconds",
     ))?;
-    let json = rest.get_mut(1..).unwrap_or_default();
-    parse_message(json, recv_ts_ns)
+    Ok((recv_ts_ns, rest.get_mut(1..).unwrap_or_default()))
 }
 
 /// Whether a capture line is a recorder annotation rather than a received message.
@@ -95,7 +126,11 @@ fn endpoint_line(line: &[u8]) -> Result<Parsed<'static>, ParseError> {
     }
 }
 
-fn parse_root<'de>(root: Value<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>, ParseError> {
+fn parse_root<'de>(
+    root: Value<'_, 'de>,
+    recv_ts_ns: i64,
+    depth: Option<&mut DepthMessage>,
+) -> Result<Parsed<'de>, ParseError> {
     let obj = root
         .as_object()
         .ok_or_else(|| ParseError::Json("message is not a JSON object".into()))?;
@@ -112,8 +147,18 @@ fn parse_root<'de>(root: Value<'_, 'de>, recv_ts_ns: i64) -> Result<Parsed<'de>,
             };
             tick(&obj, recv_ts_ns, update)
         }
-        "l2update" => Ok(Parsed::Recognised(Recognised::DepthUpdate)),
-        "snapshot" => Ok(Parsed::Recognised(Recognised::DepthSnapshot)),
+        "l2update" => {
+            if let Some(depth) = depth {
+                l2update(&obj, recv_ts_ns, depth)?;
+            }
+            Ok(Parsed::Recognised(Recognised::DepthUpdate))
+        }
+        "snapshot" => {
+            if let Some(depth) = depth {
+                snapshot(&obj, recv_ts_ns, depth)?;
+            }
+            Ok(Parsed::Recognised(Recognised::DepthSnapshot))
+        }
         "subscriptions" => Ok(Parsed::Recognised(Recognised::Subscriptions)),
         "heartbeat" => Ok(Parsed::Recognised(Recognised::Heartbeat)),
         "error" => Err(ParseError::Line("Coinbase sent an error message")),
@@ -152,6 +197,91 @@ fn tick<'de>(
         None => None,
     };
     Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
+}
+
+/// A `snapshot`: the product's whole book as `[["price","size"],...]` per side.
+fn snapshot(
+    obj: &Object<'_, '_>,
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<(), ParseError> {
+    depth_header(obj, recv_ts_ns, depth)?;
+    depth.sequence = Sequence::Snapshot;
+    for (key, into) in [("bids", &mut depth.bids), ("asks", &mut depth.asks)] {
+        let array = obj
+            .get(key)
+            .and_then(|v| v.as_array())
+            .ok_or(ParseError::Field(key))?;
+        for level in array.iter() {
+            let pair = level.as_array().ok_or(ParseError::Field(key))?;
+            let text = |i: usize| {
+                pair.get(i)
+                    .and_then(|v| v.into_string())
+                    .ok_or(ParseError::Field(key))
+            };
+            into.push(Level {
+                price: decimal(key, text(0)?)?,
+                size: decimal(key, text(1)?)?,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An `l2update`: `changes` as `[["buy"|"sell","price","size"],...]`, a zero
+/// size removing the level.
+fn l2update(
+    obj: &Object<'_, '_>,
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<(), ParseError> {
+    depth_header(obj, recv_ts_ns, depth)?;
+    depth.sequence = Sequence::Unsequenced;
+    let changes = obj
+        .get("changes")
+        .and_then(|v| v.as_array())
+        .ok_or(ParseError::Field("changes"))?;
+    for change in changes.iter() {
+        let change = change.as_array().ok_or(ParseError::Field("changes"))?;
+        let text = |i: usize| {
+            change
+                .get(i)
+                .and_then(|v| v.into_string())
+                .ok_or(ParseError::Field("changes"))
+        };
+        let level = Level {
+            price: decimal("changes", text(1)?)?,
+            size: decimal("changes", text(2)?)?,
+        };
+        match text(0)? {
+            "buy" => depth.bids.push(level),
+            "sell" => depth.asks.push(level),
+            _ => return Err(ParseError::Field("changes")),
+        }
+    }
+    Ok(())
+}
+
+fn depth_header(
+    obj: &Object<'_, '_>,
+    recv_ts_ns: i64,
+    depth: &mut DepthMessage,
+) -> Result<(), ParseError> {
+    let symbol = obj
+        .get("product_id")
+        .and_then(|v| v.into_string())
+        .ok_or(ParseError::Field("product_id"))?;
+    depth.symbol.push_str(symbol);
+    depth.recv_ts_ns = recv_ts_ns;
+    depth.exchange_ts_ns = match obj.get("time") {
+        Some(time) => Some(
+            time.into_string()
+                .and_then(parse_iso8601_utc_ns)
+                .ok_or(ParseError::Field("time"))?,
+        ),
+        None => None,
+    };
+    Ok(())
 }
 
 fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<rust_decimal::Decimal, ParseError> {

@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 
 pub mod binance;
 pub mod coinbase;
+pub mod depth;
 pub mod native;
 pub mod tardis;
 

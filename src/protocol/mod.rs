@@ -5,9 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::book::{Level, Snapshot};
+
+pub mod book;
 use crate::metrics::ErrorCode;
 
-/// The only channel protocol v1 serves.
+/// The top-of-book channel, the default when a request names none.
 pub const TICKER_CHANNEL: &str = "ticker";
 
 /// A client request (one text frame).
@@ -19,6 +21,8 @@ pub enum Request {
         symbols: Vec<String>,
         channel: Option<String>,
         max_rate_hz: Option<f64>,
+        /// Levels per side on the `book` channel.
+        depth: Option<usize>,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -236,7 +240,7 @@ pub fn write_decimal(out: &mut Vec<u8>, value: rust_decimal::Decimal) {
     }
 }
 
-fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+pub(crate) fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
     let mut buffer = itoa::Buffer::new();
     out.extend_from_slice(buffer.format(value).as_bytes());
 }
@@ -362,7 +366,8 @@ mod tests {
                 id: Some(7),
                 symbols: vec!["BTCUSDT".into()],
                 channel: None,
-                max_rate_hz: None
+                max_rate_hz: None,
+                depth: None
             })
         );
         assert_eq!(

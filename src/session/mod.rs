@@ -9,6 +9,7 @@
 //! conflated in the mailbox, so a slow client holds at most its buffer, never a
 //! backlog.
 
+pub mod book;
 pub mod codec;
 pub mod outbox;
 pub mod sse;
@@ -30,11 +31,21 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::fanout::Hub;
 use crate::metrics::{CloseReason, ConnectionPermit, ErrorCode};
+use crate::protocol::book::BOOK_CHANNEL;
 use crate::protocol::{self, Reply, Request, TICKER_CHANNEL};
 use crate::wall_clock_ns;
 use codec::{close_code, Decoder, Inbound, OpCode};
 use outbox::{Framing, Outbox};
 use subscriptions::{push_error, Subscriptions};
+
+/// The channel a subscribe or unsubscribe request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channel {
+    /// Top of book (`"ticker"`, the default).
+    Ticker,
+    /// Full depth (`"book"`).
+    Book,
+}
 
 /// Per-connection limits and timers.
 #[derive(Clone, Debug)]
@@ -373,21 +384,36 @@ impl Session {
                 symbols,
                 channel,
                 max_rate_hz,
-            }) => {
-                if self.check_channel(id, channel.as_deref()) {
+                depth,
+            }) => match self.check_channel(id, channel.as_deref()) {
+                Some(Channel::Ticker) => {
                     self.subscriptions
-                        .subscribe(id, symbols, max_rate_hz, &mut self.out);
+                        .subscribe(id, symbols, max_rate_hz, &mut self.out)
                 }
-            }
+                Some(Channel::Book) => self.subscriptions.book_mut().subscribe(
+                    id,
+                    symbols,
+                    depth,
+                    max_rate_hz,
+                    &mut self.out,
+                ),
+                None => {}
+            },
             Ok(Request::Unsubscribe {
                 id,
                 symbols,
                 channel,
-            }) => {
-                if self.check_channel(id, channel.as_deref()) {
-                    self.subscriptions.unsubscribe(id, &symbols, &mut self.out);
+            }) => match self.check_channel(id, channel.as_deref()) {
+                Some(Channel::Ticker) => {
+                    self.subscriptions.unsubscribe(id, &symbols, &mut self.out)
                 }
-            }
+                Some(Channel::Book) => {
+                    self.subscriptions
+                        .book_mut()
+                        .unsubscribe(id, &symbols, &mut self.out)
+                }
+                None => {}
+            },
             Ok(Request::List { id }) => {
                 let names = hub.symbol_names();
                 let names: Vec<&str> = names.iter().map(|n| &**n).collect();
@@ -417,11 +443,14 @@ impl Session {
         }
     }
 
-    fn check_channel(&mut self, id: Option<u64>, channel: Option<&str>) -> bool {
+    fn check_channel(&mut self, id: Option<u64>, channel: Option<&str>) -> Option<Channel> {
         match channel {
-            None | Some(TICKER_CHANNEL) => true,
+            None | Some(TICKER_CHANNEL) => Some(Channel::Ticker),
+            Some(BOOK_CHANNEL) => Some(Channel::Book),
             Some(other) => {
-                let message = format!("unknown channel {other:?}; this server serves \"ticker\"");
+                let message = format!(
+                    "unknown channel {other:?}; this server serves \"ticker\" and \"book\""
+                );
                 push_error(
                     &mut self.out,
                     &self.context.hub,
@@ -430,7 +459,7 @@ impl Session {
                     &message,
                     &[],
                 );
-                false
+                None
             }
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::book::{BookSubscriptions, BOOK_SLOT};
 use super::outbox::Outbox;
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
 use crate::metrics::ErrorCode;
@@ -48,14 +49,18 @@ pub struct Subscriptions {
     slab: Vec<Option<Subscription>>,
     free: Vec<u32>,
     by_name: HashMap<Arc<str>, u32>,
+    /// The `book` channel's subscriptions, sharing this mailbox.
+    book: BookSubscriptions,
 }
 
 impl Subscriptions {
     pub fn new(hub: Arc<Hub>, max_subscriptions: usize) -> Self {
+        let mailbox = Arc::new(Mailbox::default());
         Self {
+            book: BookSubscriptions::new(hub.clone(), mailbox.clone(), max_subscriptions),
             hub,
             max_subscriptions,
-            mailbox: Arc::new(Mailbox::default()),
+            mailbox,
             ready: Vec::new(),
             ready_pos: 0,
             deferred: Vec::new(),
@@ -71,7 +76,12 @@ impl Subscriptions {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.by_name.is_empty() && self.book.is_empty()
+    }
+
+    /// The `book` channel's subscriptions.
+    pub fn book_mut(&mut self) -> &mut BookSubscriptions {
+        &mut self.book
     }
 
     /// Whether ready notices are already taken from the mailbox but not yet
@@ -235,6 +245,7 @@ impl Subscriptions {
         for index in indices {
             self.remove(index);
         }
+        self.book.release();
     }
 
     fn get_mut(&mut self, index: u32) -> Option<&mut Subscription> {
@@ -272,6 +283,10 @@ impl Subscriptions {
             }
             let index = self.ready[self.ready_pos];
             self.ready_pos += 1;
+            if index & BOOK_SLOT != 0 {
+                self.book.push_update(index & !BOOK_SLOT, out);
+                continue;
+            }
             self.push_update(index, &mut now, out);
         }
     }

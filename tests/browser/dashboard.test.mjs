@@ -3,7 +3,7 @@
 //   TICKWIRE_BIN=target/debug/tickwire node --test tests/browser/dashboard.test.mjs
 //
 // Needs /usr/bin/chromium (or $CHROMIUM) and `npm ci --prefix tests/browser`.
-// With SAVE_SCREENSHOT=1 the first test also writes docs/dashboard.png; with
+// With SAVE_SCREENSHOT=1 the depth ladder test also writes docs/dashboard.png; with
 // DASHBOARD_STATS=1 the 200-symbol test prints what it measured (frame rate,
 // long tasks, DOM mutations vs messages, latency; see docs/dashboard.md).
 // Waits poll the page for a condition; nothing depends on how fast it happens.
@@ -203,11 +203,6 @@ test('the table fills with every served symbol and keeps updating', TEST, async 
     { timeout: WAIT },
   );
   assert.equal(await page.$$eval('#rows .badge.live', (b) => b.length), symbols.length);
-
-  if (process.env.SAVE_SCREENSHOT === '1') {
-    await page.screenshot({ path: SCREENSHOT });
-    t.diagnostic(`screenshot: ${SCREENSHOT}`);
-  }
 });
 
 test('symbols are added from the input and removed by their button; the URL follows', TEST, async (t) => {
@@ -321,6 +316,189 @@ test('with WebSocket blocked the page falls back to Server-Sent Events', TEST, a
   await page.fill('#add-input', symbols[0]);
   await page.press('#add-input', 'Enter');
   await waitForValues(page, symbols);
+});
+
+// ------------------------------------------------------------ depth ladder
+
+/** The ladder as shown: each side's visible levels, best first, as [price, size] numbers. */
+const ladder = (page) => page.evaluate(() => {
+  const side = (name) => [...document.querySelectorAll(`#depth-${name} li:not([hidden])`)]
+    .sort((a, b) => Number(a.dataset.level) - Number(b.dataset.level))
+    .map((li) => [li.querySelector('.p').textContent, li.querySelector('.s').textContent]);
+  const check = document.querySelector('#depth-checksum');
+  return {
+    bids: side('bids'),
+    asks: side('asks'),
+    check: check.dataset.state,
+    checkText: check.textContent,
+    verified: Number(check.dataset.verified),
+    mismatches: Number(check.dataset.mismatches),
+    status: document.querySelector('#depth-status').textContent,
+    symbol: document.querySelector('#depth-symbol').textContent,
+    state: document.querySelector('#depth').dataset.state,
+  };
+});
+
+/** Waits until the ladder has verified more than `count` book messages. */
+const waitForVerifiedAbove = (page, count) =>
+  page.waitForFunction(
+    (count) => Number(document.querySelector('#depth-checksum').dataset.verified) > count,
+    count,
+    { timeout: WAIT },
+  );
+
+/** Asserts what every shown book must satisfy: sorted sides, an uncrossed top, a verified checksum. */
+function assertSaneBook(view, symbol) {
+  assert.equal(view.symbol, symbol);
+  assert.ok(view.bids.length > 0 && view.asks.length > 0, `both sides shown: ${JSON.stringify(view)}`);
+  for (const [price, size] of [...view.bids, ...view.asks]) {
+    assert.match(price, /^\d+(\.\d+)?$/);
+    assert.match(size, /^\d+(\.\d+)?$/);
+  }
+  const bids = view.bids.map(([p]) => Number(p));
+  const asks = view.asks.map(([p]) => Number(p));
+  for (let i = 1; i < bids.length; i++) assert.ok(bids[i] < bids[i - 1], `bids descending: ${bids}`);
+  for (let i = 1; i < asks.length; i++) assert.ok(asks[i] > asks[i - 1], `asks ascending: ${asks}`);
+  assert.ok(bids[0] < asks[0], `best bid ${bids[0]} below best ask ${asks[0]}`);
+  assert.equal(view.check, 'ok');
+  assert.equal(view.checkText, 'checksum ok');
+  assert.equal(view.mismatches, 0);
+}
+
+const DEPTH_SYMBOL = 'usdm:BTCUSDT'; // replay-data/binance-usdm-btcusdt-20240808.gz: a depth snapshot and diffs
+
+test('selecting a row shows its order book as a ladder whose checksums verify', TEST, async (t) => {
+  const server = await serverFor(t);
+  const symbols = await served(server);
+  assert.ok(symbols.includes(DEPTH_SYMBOL) && symbols.includes('spot:BTCUSDT'), `bundled sample: ${symbols}`);
+  const page = await pageFor(t);
+  const sent = [];
+  page.on('websocket', (ws) => ws.on('framesent', (f) => sent.push(JSON.parse(f.payload))));
+
+  await page.goto(server.url + '/');
+  await waitForState(page, 'live');
+  await waitForValues(page, symbols);
+  assert.equal(await page.getAttribute('#depth', 'data-state'), 'none');
+  assert.equal(await page.textContent('#depth-message-title'), 'No symbol selected');
+
+  await page.click(`#rows tr[data-symbol="${DEPTH_SYMBOL}"] td.sym`);
+  await page.waitForSelector('#depth-bids li:not([hidden])', { timeout: WAIT });
+  assert.equal(await page.getAttribute(`#rows tr[data-symbol="${DEPTH_SYMBOL}"]`, 'aria-selected'), 'true');
+  assert.equal(new URL(page.url()).searchParams.get('book'), DEPTH_SYMBOL);
+  assert.ok(sent.some((m) => m.op === 'subscribe' && m.channel === 'book' && m.depth === 10 &&
+    m.symbols.join() === DEPTH_SYMBOL), `book subscription sent: ${JSON.stringify(sent)}`);
+
+  // Several consecutive updates: each one shown is sorted, uncrossed and verified.
+  let view = await ladder(page);
+  const books = new Set();
+  for (let i = 0; i < 6; i++) {
+    await waitForVerifiedAbove(page, view.verified);
+    view = await ladder(page);
+    assertSaneBook(view, DEPTH_SYMBOL);
+    assert.equal(view.status, 'live');
+    assert.equal(view.state, 'live');
+    books.add(JSON.stringify([view.bids, view.asks]));
+  }
+  assert.ok(books.size > 1, 'the ladder changes as the book does');
+  assert.ok(view.bids.length <= 10 && view.asks.length <= 10);
+
+  if (process.env.SAVE_SCREENSHOT === '1') {
+    await page.screenshot({ path: SCREENSHOT });
+    t.diagnostic(`screenshot: ${SCREENSHOT}`);
+  }
+
+  // Selecting another row moves the book subscription: the previous one is unsubscribed.
+  await page.click('#rows tr[data-symbol="spot:BTCUSDT"] td.sym');
+  await page.waitForFunction(
+    () => document.querySelector('#depth-symbol').textContent === 'spot:BTCUSDT' &&
+      Number(document.querySelector('#depth-checksum').dataset.verified) > 0 &&
+      document.querySelector('#depth-bids li:not([hidden])') !== null,
+    null,
+    { timeout: WAIT },
+  );
+  assertSaneBook(await ladder(page), 'spot:BTCUSDT');
+  assert.ok(sent.some((m) => m.op === 'unsubscribe' && m.channel === 'book' && m.symbols.join() === DEPTH_SYMBOL),
+    `previous book unsubscribed: ${JSON.stringify(sent)}`);
+  assert.equal(await page.getAttribute(`#rows tr[data-symbol="${DEPTH_SYMBOL}"]`, 'aria-selected'), 'false');
+
+  // The selected book survives a reload, through the URL.
+  await page.reload();
+  await waitForState(page, 'live');
+  await page.waitForSelector('#depth-bids li:not([hidden])', { timeout: WAIT });
+  await waitForVerifiedAbove(page, 1);
+  assertSaneBook(await ladder(page), 'spot:BTCUSDT');
+});
+
+test('a book message that fails its checksum shows a mismatch and is fetched again', TEST, async (t) => {
+  const server = await serverFor(t);
+  const page = await pageFor(t);
+  // Between the page and the server: the third book message gets a wrong
+  // size on its best bid, keeping the server's checksum. The page's second
+  // book subscription (its resync) is held until the test has seen the
+  // mismatch on screen, so the state is observed whatever the timing.
+  let books = 0;
+  let lastGood = null; // the levels of the book before the altered one
+  let bookSubscriptions = 0;
+  let release;
+  const held = new Promise((resolve) => { release = resolve; });
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const upstream = ws.connectToServer();
+    ws.onMessage((text) => {
+      const m = JSON.parse(text);
+      if (m.op === 'subscribe' && m.channel === 'book' && ++bookSubscriptions === 2) {
+        held.then(() => upstream.send(text));
+        return;
+      }
+      upstream.send(text);
+    });
+    upstream.onMessage((text) => {
+      if (typeof text === 'string' && text.startsWith('{"type":"book"') && ++books <= 3) {
+        const m = JSON.parse(text);
+        if (books < 3) {
+          lastGood = { bids: m.bids, asks: m.asks };
+          return ws.send(text);
+        }
+        m.bids[0][1] = m.bids[0][1] === '1' ? '2' : '1';
+        text = JSON.stringify(m);
+      }
+      ws.send(text);
+    });
+  });
+
+  await page.goto(`${server.url}/?symbols=${DEPTH_SYMBOL}&book=${DEPTH_SYMBOL}`);
+  await waitForState(page, 'live');
+  await page.waitForSelector('#depth-checksum[data-state="mismatch"]', { timeout: WAIT });
+  const failed = await ladder(page);
+  assert.equal(failed.verified, 2, 'the two books before the altered one verified');
+  assert.equal(failed.mismatches, 1);
+  assert.equal(failed.checkText, 'checksum mismatch');
+  // The last verified book stays on screen: no altered size is shown.
+  assert.deepEqual({ bids: failed.bids, asks: failed.asks }, lastGood);
+  assert.equal(bookSubscriptions, 2, 'the page subscribed again to get a fresh snapshot');
+  release();
+  // The fresh snapshot and the books after it verify again.
+  await waitForVerifiedAbove(page, failed.verified);
+  const view = await ladder(page);
+  assert.equal(view.check, 'ok');
+  assert.equal(view.mismatches, 1);
+  assert.match(await page.textContent('#events'), /book checksum mismatch/);
+});
+
+test('a symbol without depth data says so', TEST, async (t) => {
+  const quotes = path.join(REPO, 'replay-data', 'tardis-binance-futures-btcusdt-quotes-sample.csv');
+  const server = await serverFor(t, undefined, ['--replay', quotes, '--loop']);
+  const [symbol] = await served(server);
+  const page = await pageFor(t);
+
+  await page.goto(`${server.url}/?symbols=${symbol}`);
+  await waitForState(page, 'live');
+  await waitForValues(page, [symbol]);
+  await page.click(`#rows tr[data-symbol="${symbol}"] td.sym`);
+  await page.waitForSelector('#depth[data-state="no-depth"]', { timeout: WAIT });
+  assert.equal(await page.textContent('#depth-message-title'), 'No depth data');
+  assert.match(await page.textContent('#depth-message-text'), /awaiting a depth snapshot/);
+  assert.equal(await page.textContent('#depth-status'), 'stale');
+  assert.ok(await page.isHidden('#depth-ladder'));
 });
 
 // ------------------------------------------------------- 200 symbols, fast

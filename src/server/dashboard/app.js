@@ -65,11 +65,12 @@
   // Symbols stay readable in the URL: `?symbols=spot:BTCUSDT,usdm:BTCUSDT`.
   const encodeSymbol = (s) => encodeURIComponent(s).replace(/%3A/gi, ':');
 
-  /** Writes the selection into `?symbols=` (keeping the other parameters). */
+  /** Writes the selection into `?symbols=` and the ladder's symbol into `?book=` (keeping the other parameters). */
   function persistSelection() {
     const parts = ['symbols=' + selection.map(encodeSymbol).join(',')];
+    if (book.symbol !== null) parts.push('book=' + encodeSymbol(book.symbol));
     for (const [k, v] of new URLSearchParams(location.search)) {
-      if (k !== 'symbols') parts.push(encodeURIComponent(k) + '=' + encodeURIComponent(v));
+      if (k !== 'symbols' && k !== 'book') parts.push(encodeURIComponent(k) + '=' + encodeURIComponent(v));
     }
     history.replaceState(history.state, '', location.pathname + '?' + parts.join('&') + location.hash);
   }
@@ -188,6 +189,18 @@
       button.addEventListener('click', () => removeSymbol(symbol));
       rm.append(button);
       tr.append(rm);
+      // Clicking a row (or Enter/Space on it) shows its order book in the depth ladder.
+      tr.tabIndex = 0;
+      tr.setAttribute('aria-selected', 'false');
+      tr.addEventListener('click', (e) => {
+        if (!e.target.closest('button')) selectBook(symbol);
+      });
+      tr.addEventListener('keydown', (e) => {
+        if ((e.key === 'Enter' || e.key === ' ') && e.target === tr) {
+          e.preventDefault();
+          selectBook(symbol);
+        }
+      });
       this.tr = tr;
       this.shownStatus = null;
     }
@@ -311,6 +324,7 @@
 
   function paintFrame(t) {
     frameRequested = false;
+    if (book.dirty) paintBook();
     // Over SSE (no server-side rate), a row whose gap has not passed keeps its
     // newest ticker for a later frame. Over WebSocket the server spaced them.
     const holdBack = transport.kind === 'sse' && rowGapMs > 0;
@@ -340,6 +354,8 @@
     selection = symbols.slice();
     for (const s of selection) if (!rows.has(s)) addRow(s);
     selectionChanged();
+    if (bookFromUrl !== null && rows.has(bookFromUrl)) selectBook(bookFromUrl);
+    bookFromUrl = null;
   }
 
   function selectionChanged() {
@@ -363,6 +379,254 @@
     if (text) noticeTimer = setTimeout(() => { ui.notice.textContent = ''; }, 6000);
   }
 
+  // ------------------------------------------------------------ depth ladder
+
+  // The selected symbol's order book, from the `book` channel: every message
+  // is the complete top BOOK_DEPTH, so the page replaces what it shows with
+  // the newest one (conflated per frame like the rows), after checking its
+  // CRC-32 against the text docs/protocol.md defines.
+  const BOOK_DEPTH = 10;
+
+  /** CRC-32 (IEEE 802.3, zlib's `crc32`) lookup table, one entry per byte value. */
+  const CRC_TABLE = (() => {
+    const table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+    return table;
+  })();
+  const utf8 = new TextEncoder();
+
+  /** CRC-32 of the UTF-8 bytes of `text`, as an unsigned 32-bit integer. */
+  function crc32(text) {
+    let c = 0xffffffff;
+    for (const byte of utf8.encode(text)) c = CRC_TABLE[(c ^ byte) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  }
+
+  /** The text a `book` message's checksum covers: `price:size` joined by `,`, bids `|` asks, best first. */
+  const checksumText = (m) =>
+    m.bids.map(([p, s]) => p + ':' + s).join(',') + '|' + m.asks.map(([p, s]) => p + ':' + s).join(',');
+
+  /** One price level of the ladder: a size bar behind the price and size, written in place. */
+  class Level {
+    constructor(side, level) {
+      this.li = document.createElement('li');
+      this.li.dataset.side = side;
+      this.li.dataset.level = String(level);
+      this.li.hidden = true;
+      this.bar = document.createElement('span');
+      this.bar.className = 'bar';
+      const price = document.createElement('span');
+      price.className = 'p';
+      const size = document.createElement('span');
+      size.className = 's';
+      this.price = price.appendChild(document.createTextNode(''));
+      this.size = size.appendChild(document.createTextNode(''));
+      this.li.append(this.bar, price, size);
+      this.shown = { price: '', size: '', scale: -1 };
+    }
+
+    /** Shows `[price, size]` with a bar `scale` (0..1) of the widest; `null` hides the level. */
+    set(entry, scale) {
+      if (!entry) {
+        if (!this.li.hidden) this.li.hidden = true;
+        return;
+      }
+      if (this.li.hidden) this.li.hidden = false;
+      const [price, size] = entry;
+      if (this.shown.price !== price) this.price.data = this.shown.price = price;
+      if (this.shown.size !== size) this.size.data = this.shown.size = size;
+      const rounded = Math.round(scale * 1000) / 1000;
+      if (this.shown.scale !== rounded) {
+        this.shown.scale = rounded;
+        this.bar.style.transform = 'scaleX(' + rounded + ')';
+      }
+    }
+  }
+
+  const dui = {
+    card: $('depth'), symbol: $('depth-symbol'), status: $('depth-status'), check: $('depth-checksum'),
+    message: $('depth-message'), messageTitle: $('depth-message-title'), messageText: $('depth-message-text'),
+    ladder: $('depth-ladder'), asks: $('depth-asks'), bids: $('depth-bids'), spread: $('depth-spread'), foot: $('depth-foot'),
+  };
+  const askLevels = Array.from({ length: BOOK_DEPTH }, (_, i) => new Level('ask', i));
+  const bidLevels = Array.from({ length: BOOK_DEPTH }, (_, i) => new Level('bid', i));
+  // Asks are listed worst first, so the best ask sits just above the spread.
+  dui.asks.append(...askLevels.slice().reverse().map((l) => l.li));
+  dui.bids.append(...bidLevels.map((l) => l.li));
+
+  const book = {
+    symbol: null,    // the selected symbol, or null
+    latest: null,    // newest verified book message not yet painted
+    seq: null,       // newest seq on this connection (null: the next snapshot is the baseline)
+    shownSeq: null,  // seq of the book on screen
+    hasBook: false,  // a verified book arrived for this symbol on this connection
+    status: null,    // null (nothing heard yet) | live | stale
+    reason: '',
+    check: 'none',   // none | ok | mismatch: the result for the newest message
+    verified: 0,
+    mismatches: 0,
+    resyncing: false, // a mismatch asked for a fresh snapshot that has not arrived yet
+    dirty: false,
+  };
+
+  function bookRequest(op, symbol) {
+    return op === 'subscribe'
+      ? { op, channel: 'book', depth: BOOK_DEPTH, symbols: [symbol] }
+      : { op, channel: 'book', symbols: [symbol] };
+  }
+
+  /** Selects `symbol` (or nothing) for the ladder: highlights its row and moves the book subscription. */
+  function selectBook(symbol) {
+    if (symbol === book.symbol) return;
+    const previous = book.symbol;
+    if (previous !== null) {
+      const row = rows.get(previous);
+      if (row) {
+        row.tr.classList.remove('selected');
+        row.tr.setAttribute('aria-selected', 'false');
+      }
+      if (transport.kind === 'ws') transport.send(bookRequest('unsubscribe', previous));
+    }
+    Object.assign(book, {
+      symbol, latest: null, seq: null, shownSeq: null, hasBook: false, status: null, reason: '',
+      check: 'none', verified: 0, mismatches: 0, resyncing: false,
+    });
+    if (symbol !== null) {
+      const row = rows.get(symbol);
+      if (row) {
+        row.tr.classList.add('selected');
+        row.tr.setAttribute('aria-selected', 'true');
+      }
+      if (transport.kind === 'ws') transport.send(bookRequest('subscribe', symbol));
+    }
+    persistSelection();
+    markBookDirty();
+  }
+
+  /** A new connection: the book starts over from its next snapshot. */
+  function resetBookConnection() {
+    Object.assign(book, { latest: null, seq: null, hasBook: false, status: null, reason: '', resyncing: false });
+    markBookDirty();
+  }
+
+  function handleBook(m) {
+    if (m.symbol !== book.symbol || !Array.isArray(m.bids) || !Array.isArray(m.asks)) return;
+    if (!m.snapshot && book.seq !== null && m.seq <= book.seq) return;
+    if (book.resyncing && !m.snapshot) return; // versions still built on what failed the check
+    book.seq = m.seq;
+    if (crc32(checksumText(m)) === m.checksum) {
+      book.check = 'ok';
+      book.verified++;
+      book.resyncing = false;
+      book.latest = m;
+      book.hasBook = true;
+      if (book.status === null) book.status = 'live';
+    } else {
+      // Keep showing the last verified book and ask for a fresh snapshot.
+      book.check = 'mismatch';
+      book.mismatches++;
+      logEvent(m.symbol + ' book checksum mismatch at seq ' + m.seq + '; resubscribing', 'bad');
+      book.resyncing = true;
+      transport.send(bookRequest('subscribe', m.symbol));
+    }
+    markBookDirty();
+  }
+
+  function handleBookStatus(m) {
+    if (m.symbol !== book.symbol) return;
+    if (m.state !== book.status) {
+      logEvent(m.symbol + ' book ' + m.state + (m.reason ? ': ' + m.reason : ''), m.state === 'live' ? 'good' : 'warn');
+    }
+    book.status = m.state;
+    book.reason = m.reason ?? '';
+    markBookDirty();
+  }
+
+  function markBookDirty() {
+    book.dirty = true;
+    if (!frameRequested) {
+      frameRequested = true;
+      requestAnimationFrame(paintFrame);
+    }
+  }
+
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  /** What the card shows when there is no ladder: [state, title, text], or null for the ladder. */
+  function bookPlaceholder() {
+    if (book.symbol === null) return ['none', 'No symbol selected', 'Select a row of the table to see its order book.'];
+    if (transport.kind !== 'ws') return ['unavailable', 'No depth over SSE', 'The book channel is served over WebSocket only.'];
+    if (book.hasBook || book.shownSeq !== null) return null;
+    if (book.status === 'stale' || book.status === 'halted') {
+      return ['no-depth', 'No depth data', (book.reason || 'the source carries no order book') + '.'];
+    }
+    return ['waiting', 'Waiting for the book…', 'Subscribed to ' + book.symbol + ' at depth ' + BOOK_DEPTH + '.'];
+  }
+
+  function paintBook() {
+    book.dirty = false;
+    setText(dui.symbol, book.symbol ?? '');
+    const placeholder = bookPlaceholder();
+    if (placeholder) {
+      const [state, title, text] = placeholder;
+      dui.card.dataset.state = state;
+      setText(dui.messageTitle, title);
+      setText(dui.messageText, text);
+      dui.message.hidden = false;
+      dui.ladder.hidden = true;
+      if (state !== 'waiting' && state !== 'no-depth') {
+        for (const l of askLevels) l.set(null);
+        for (const l of bidLevels) l.set(null);
+        book.shownSeq = null;
+      }
+    } else {
+      dui.card.dataset.state = book.status === 'live' ? 'live' : 'stale';
+      dui.message.hidden = true;
+      dui.ladder.hidden = false;
+    }
+    const m = book.latest;
+    if (m && placeholder === null) {
+      book.latest = null;
+      book.shownSeq = m.seq;
+      let widest = 0;
+      for (const [, size] of m.bids.slice(0, BOOK_DEPTH)) widest = Math.max(widest, Number(size) || 0);
+      for (const [, size] of m.asks.slice(0, BOOK_DEPTH)) widest = Math.max(widest, Number(size) || 0);
+      const scale = (entry) => (entry && widest > 0 ? (Number(entry[1]) || 0) / widest : 0);
+      askLevels.forEach((l, i) => l.set(m.asks[i], scale(m.asks[i])));
+      bidLevels.forEach((l, i) => l.set(m.bids[i], scale(m.bids[i])));
+      const [bid] = m.bids[0] ?? [];
+      const [ask] = m.asks[0] ?? [];
+      setText(dui.spread, bid !== undefined && ask !== undefined
+        ? derived(Number(ask) - Number(bid), Math.max(decimals(bid), decimals(ask)))
+        : DASH);
+    }
+    // Stale: the last book stays, dimmed (nothing is published while stale).
+    dui.ladder.classList.toggle('outdated', book.status !== 'live' || connState !== 'live');
+
+    const showFlags = book.symbol !== null && transport.kind === 'ws';
+    dui.status.hidden = !showFlags;
+    const status = book.status ?? 'wait';
+    dui.status.className = 'badge ' + status;
+    setText(dui.status, book.status ?? 'waiting');
+    dui.status.title = book.reason;
+    dui.check.hidden = !showFlags;
+    dui.check.dataset.state = book.check;
+    dui.check.dataset.verified = String(book.verified);
+    dui.check.dataset.mismatches = String(book.mismatches);
+    setText(dui.check, book.check === 'none' ? 'checksum –' : 'checksum ' + book.check);
+    dui.check.title = formatCount(book.verified) + ' messages verified, ' + formatCount(book.mismatches) + ' mismatched';
+    setText(dui.foot, showFlags && book.shownSeq !== null
+      ? 'seq ' + formatCount(book.shownSeq) + ' · ' + formatCount(book.verified) + ' verified · ' +
+        formatCount(book.mismatches) + ' mismatched (CRC-32)'
+      : 'Top ' + BOOK_DEPTH + ' levels of the book channel, each message checked against its CRC-32.');
+  }
+
   // --------------------------------------------------------- add and remove
 
   function addSymbol(raw) {
@@ -382,6 +646,7 @@
   function removeSymbol(symbol, { tellServer = true } = {}) {
     const row = rows.get(symbol);
     if (!row) return;
+    if (symbol === book.symbol) selectBook(null);
     row.tr.remove();
     rows.delete(symbol);
     dirty.delete(symbol);
@@ -427,7 +692,11 @@
         markDirty(m.symbol);
         return;
       }
+      case 'book':
+        handleBook(m);
+        return;
       case 'status': {
+        if (m.channel === 'book') return handleBookStatus(m);
         const row = rows.get(m.symbol);
         if (!row) return;
         if (m.state !== row.status) {
@@ -470,6 +739,7 @@
   function setState(state) {
     connState = state;
     ui.conn.dataset.state = state;
+    markBookDirty(); // the ladder dims while disconnected
     document.body.dataset.conn = state;
     if (state === 'live') {
       ui.connText.textContent = 'Live';
@@ -547,6 +817,7 @@
         row.resetConnection();
         markDirty(row.symbol);
       }
+      resetBookConnection();
       setState('live');
     },
 
@@ -599,6 +870,7 @@
         if (gen !== this.gen) return;
         this.send({ op: 'list' });
         if (selection && selection.length) this.send(subscribeRequest(selection));
+        if (book.symbol !== null) this.send(bookRequest('subscribe', book.symbol));
         this.pingTimer = setInterval(() => {
           // A half-open TCP connection never fires `close` in time.
           if (Date.now() - lastMessageAt > SILENCE_LIMIT_MS) this.retry();
@@ -773,6 +1045,7 @@
   // ------------------------------------------------------------------ start
 
   const fromUrl = params.get('symbols');
+  let bookFromUrl = params.get('book');
   if (fromUrl !== null) setSelection(splitSymbols(fromUrl));
   setState('connecting');
   transport.start();

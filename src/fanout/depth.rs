@@ -1,0 +1,150 @@
+//! The depth side of a symbol: its current [`DepthSnapshot`] behind
+//! `arc-swap`, its own subscribers and its own live/stale status, handed to
+//! sessions exactly as top-of-book versions are (a notice, never the data).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use super::{Hub, Slot, SymbolEntry, SymbolState, SymbolStatus};
+use crate::book::depth::{DepthBook, DepthSnapshot, Outcome};
+use crate::metrics::depth::DepthEvent;
+use crate::normalize::depth::DepthMessage;
+
+/// Reason a book is stale before its first snapshot.
+pub const AWAITING_SNAPSHOT: &str = "awaiting a depth snapshot";
+
+/// A symbol's published depth and who is subscribed to it.
+#[derive(Debug)]
+pub struct DepthChannel {
+    current: ArcSwapOption<DepthSnapshot>,
+    subscribers: ArcSwap<Vec<Arc<Slot>>>,
+    /// Serializes writers and subscriber-list edits; never taken by readers.
+    lock: Mutex<()>,
+    /// `generation << 2 | state`, as for the symbol's top of book.
+    status: AtomicU64,
+    status_reason: Mutex<Arc<str>>,
+}
+
+impl Default for DepthChannel {
+    fn default() -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            subscribers: ArcSwap::from_pointee(Vec::new()),
+            lock: Mutex::new(()),
+            status: AtomicU64::new(SymbolState::Stale as u64),
+            status_reason: Mutex::new(Arc::from(AWAITING_SNAPSHOT)),
+        }
+    }
+}
+
+impl DepthChannel {
+    /// The current version, or `None` before the first snapshot.
+    pub fn current(&self) -> Option<Arc<DepthSnapshot>> {
+        self.current.load_full()
+    }
+
+    /// The status generation; compare with the one a session last announced.
+    pub fn status_generation(&self) -> u64 {
+        self.status.load(Ordering::Acquire) >> 2
+    }
+
+    /// The book's status: `stale` before the first snapshot and while a gap
+    /// or a crossed book waits for a resync.
+    pub fn status(&self) -> SymbolStatus {
+        let reason = self
+            .status_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let bits = self.status.load(Ordering::Acquire);
+        SymbolStatus {
+            generation: bits >> 2,
+            state: SymbolState::from_bits(bits),
+            reason,
+        }
+    }
+
+    /// Adds a slot; from now on every new version and status queues it.
+    pub fn subscribe(&self, slot: Arc<Slot>) {
+        let _edit = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Arc<Slot>> = self.subscribers.load().iter().cloned().collect();
+        next.push(slot);
+        self.subscribers.store(Arc::new(next));
+    }
+
+    /// Removes a slot; nothing queues it after this returns.
+    pub fn unsubscribe(&self, slot: &Arc<Slot>) {
+        let _edit = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let next: Vec<Arc<Slot>> = self
+            .subscribers
+            .load()
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, slot))
+            .cloned()
+            .collect();
+        self.subscribers.store(Arc::new(next));
+    }
+
+    /// Number of subscribed slots.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.load().len()
+    }
+
+    /// Changes the status and tells subscribers; no-op when unchanged.
+    pub fn set_status(&self, state: SymbolState, reason: &str) {
+        {
+            let _writer = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let bits = self.status.load(Ordering::Acquire);
+            if SymbolState::from_bits(bits) == state {
+                return;
+            }
+            *self.status_reason.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
+            let generation = (bits >> 2) + 1;
+            self.status
+                .store(generation << 2 | state as u64, Ordering::Release);
+        }
+        self.notify();
+    }
+
+    fn notify(&self) {
+        super::queue_all(&self.subscribers.load());
+    }
+}
+
+impl Hub {
+    /// Applies one depth message to `book` (the feed's full book of `entry`)
+    /// and publishes the result: a new version when the book is consistent,
+    /// otherwise a `stale` status with the reason. Returns what happened.
+    pub fn apply_depth(
+        &self,
+        entry: &SymbolEntry,
+        book: &mut DepthBook,
+        message: &DepthMessage,
+        ingest_ts_ns: i64,
+    ) -> Outcome {
+        let outcome = book.apply(message);
+        let depth = entry.depth();
+        match outcome {
+            Outcome::Updated => {
+                {
+                    let _writer = depth.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let seq = depth.current.load().as_ref().map_or(1, |c| c.seq + 1);
+                    let next = book.publish(entry.name(), seq, self.max_book_depth(), ingest_ts_ns);
+                    depth.current.store(Some(Arc::new(next)));
+                }
+                // A resynced book is live again; the new version goes out first.
+                depth.notify();
+                depth.set_status(SymbolState::Live, "book in sync");
+            }
+            Outcome::Gap | Outcome::Crossed => {
+                let reason = outcome.stale_reason().unwrap_or("book not in sync");
+                depth.set_status(SymbolState::Stale, reason);
+            }
+            Outcome::Buffered | Outcome::Outdated => {}
+        }
+        self.metrics().depth.count(DepthEvent::from(outcome));
+        outcome
+    }
+}

@@ -1,0 +1,90 @@
+//! Counters of what depth messages did to the books.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::book::depth::Outcome;
+
+/// What one depth message did (`tickwire_depth_messages_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DepthEvent {
+    Updated,
+    Buffered,
+    Outdated,
+    Gap,
+    Crossed,
+    /// A snapshot that names no symbol, read before any diff told which
+    /// symbol its file carries.
+    Unattributed,
+}
+
+impl DepthEvent {
+    /// Every event, in label order.
+    pub const ALL: [DepthEvent; 6] = [
+        DepthEvent::Updated,
+        DepthEvent::Buffered,
+        DepthEvent::Outdated,
+        DepthEvent::Gap,
+        DepthEvent::Crossed,
+        DepthEvent::Unattributed,
+    ];
+
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DepthEvent::Updated => "updated",
+            DepthEvent::Buffered => "buffered",
+            DepthEvent::Outdated => "outdated",
+            DepthEvent::Gap => "gap",
+            DepthEvent::Crossed => "crossed",
+            DepthEvent::Unattributed => "unattributed",
+        }
+    }
+}
+
+impl From<Outcome> for DepthEvent {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Updated => DepthEvent::Updated,
+            Outcome::Buffered => DepthEvent::Buffered,
+            Outcome::Outdated => DepthEvent::Outdated,
+            Outcome::Gap => DepthEvent::Gap,
+            Outcome::Crossed => DepthEvent::Crossed,
+        }
+    }
+}
+
+/// Depth message counters by outcome.
+#[derive(Debug, Default)]
+pub struct DepthMetrics {
+    events: [AtomicU64; DepthEvent::ALL.len()],
+}
+
+impl DepthMetrics {
+    /// Counts one message.
+    pub fn count(&self, event: DepthEvent) {
+        self.events[event as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Messages counted with `event` so far.
+    pub fn get(&self, event: DepthEvent) -> u64 {
+        self.events[event as usize].load(Relaxed)
+    }
+
+    /// Appends the Prometheus text of these counters.
+    pub fn render(&self, out: &mut String) {
+        let name = "tickwire_depth_messages_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Depth snapshots and diffs applied to books, by outcome.\n# TYPE {name} counter"
+        );
+        for event in DepthEvent::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{outcome=\"{}\"}} {}",
+                event.label(),
+                self.get(event)
+            );
+        }
+    }
+}

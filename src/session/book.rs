@@ -1,0 +1,279 @@
+//! A client's `book` channel subscriptions: full-depth versions delivered
+//! through the same mailbox and conflating drain as tickers.
+//!
+//! Each subscription names one symbol and one depth. A new version is read
+//! from the symbol's [`DepthChannel`](crate::fanout::depth::DepthChannel) when
+//! the session drains; its encoding for that depth is built once and shared by
+//! every subscriber, and a slow client skips to the newest version.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::outbox::Outbox;
+use super::subscriptions::push_error;
+use crate::book::depth::{depth_index, BOOK_DEPTHS};
+use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
+use crate::metrics::ErrorCode;
+use crate::protocol::book::{encode_status, BOOK_CHANNEL};
+use crate::protocol::Reply;
+
+/// Set in the mailbox index of a book subscription's slot, so that one
+/// mailbox serves both channels.
+pub const BOOK_SLOT: u32 = 1 << 31;
+
+/// The depth of a `book` subscription that names none.
+pub const DEFAULT_DEPTH: usize = 10;
+
+#[derive(Debug)]
+struct BookSubscription {
+    entry: Arc<SymbolEntry>,
+    slot: Arc<Slot>,
+    /// Index of the subscribed depth in [`BOOK_DEPTHS`].
+    depth_index: usize,
+    /// `seq` of the last version sent; 0 before the first.
+    last_seq: u64,
+    /// Book status generation last announced to this client.
+    last_status: u64,
+}
+
+/// Every `book` subscription of one client.
+#[derive(Debug)]
+pub struct BookSubscriptions {
+    hub: Arc<Hub>,
+    mailbox: Arc<Mailbox>,
+    max_subscriptions: usize,
+    slab: Vec<Option<BookSubscription>>,
+    free: Vec<u32>,
+    by_name: HashMap<Arc<str>, u32>,
+}
+
+impl BookSubscriptions {
+    /// No subscriptions yet; slots will announce themselves in `mailbox`.
+    pub fn new(hub: Arc<Hub>, mailbox: Arc<Mailbox>, max_subscriptions: usize) -> Self {
+        Self {
+            hub,
+            mailbox,
+            max_subscriptions,
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Whether the client has no book subscription.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Handles `{"op":"subscribe","channel":"book",...}`: `subscribed`, then a
+    /// snapshot (and the book's status when not live) per accepted symbol,
+    /// then errors for refused ones. A bad `depth` refuses the whole request.
+    pub fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        symbols: Vec<String>,
+        depth: Option<usize>,
+        max_rate_hz: Option<f64>,
+        out: &mut Outbox,
+    ) {
+        let max_depth = self.hub.max_book_depth();
+        let depth = depth.unwrap_or(DEFAULT_DEPTH.min(max_depth));
+        let Some(depth_index) = depth_index(depth, max_depth) else {
+            let served: Vec<String> = BOOK_DEPTHS
+                .iter()
+                .filter(|&&d| d <= max_depth)
+                .map(|d| d.to_string())
+                .collect();
+            let message = format!("depth must be one of {}", served.join(", "));
+            push_error(out, &self.hub, id, ErrorCode::BadRequest, &message, &[]);
+            return;
+        };
+        if max_rate_hz.is_some() {
+            let message = "max_rate_hz is not supported on the book channel";
+            push_error(out, &self.hub, id, ErrorCode::BadRequest, message, &[]);
+            return;
+        }
+        let mut accepted: Vec<Arc<str>> = Vec::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut fresh: Vec<u32> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        let mut over_limit: Vec<String> = Vec::new();
+        for name in symbols {
+            if seen.contains(name.as_str()) {
+                continue;
+            }
+            if let Some(&index) = self.by_name.get(name.as_str()) {
+                // Subscribing again changes the depth and sends a new snapshot.
+                if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) {
+                    sub.depth_index = depth_index;
+                    seen.insert(sub.entry.name().clone());
+                    accepted.push(sub.entry.name().clone());
+                    fresh.push(index);
+                }
+                continue;
+            }
+            let Some(entry) = self.hub.get(&name) else {
+                unknown.push(name);
+                continue;
+            };
+            if self.by_name.len() >= self.max_subscriptions {
+                over_limit.push(name);
+                continue;
+            }
+            seen.insert(entry.name().clone());
+            accepted.push(entry.name().clone());
+            fresh.push(self.add(entry, depth_index));
+        }
+
+        let names: Vec<&str> = accepted.iter().map(|n| &**n).collect();
+        out.push_json(
+            &Reply::Subscribed {
+                id,
+                channel: BOOK_CHANNEL,
+                symbols: &names,
+            }
+            .encode(),
+        );
+        for index in fresh {
+            self.push_snapshot(index, out);
+        }
+        if !unknown.is_empty() {
+            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            push_error(
+                out,
+                &self.hub,
+                id,
+                ErrorCode::UnknownSymbol,
+                "no such symbol",
+                &names,
+            );
+        }
+        if !over_limit.is_empty() {
+            let names: Vec<&str> = over_limit.iter().map(String::as_str).collect();
+            let message = format!(
+                "at most {} book subscriptions per connection",
+                self.max_subscriptions
+            );
+            push_error(
+                out,
+                &self.hub,
+                id,
+                ErrorCode::LimitExceeded,
+                &message,
+                &names,
+            );
+        }
+    }
+
+    /// Drops the named book subscriptions and appends `unsubscribed`.
+    pub fn unsubscribe(&mut self, id: Option<u64>, symbols: &[String], out: &mut Outbox) {
+        for name in symbols {
+            if let Some(index) = self.by_name.remove(name.as_str()) {
+                self.remove(index);
+            }
+        }
+        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+        out.push_json(
+            &Reply::Unsubscribed {
+                id,
+                channel: BOOK_CHANNEL,
+                symbols: &names,
+            }
+            .encode(),
+        );
+    }
+
+    /// Drops every book subscription.
+    pub fn release(&mut self) {
+        let indices: Vec<u32> = self.by_name.drain().map(|(_, index)| index).collect();
+        for index in indices {
+            self.remove(index);
+        }
+    }
+
+    fn add(&mut self, entry: Arc<SymbolEntry>, depth_index: usize) -> u32 {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            (self.slab.len() - 1) as u32
+        });
+        let slot = Arc::new(Slot::new(self.mailbox.clone(), index | BOOK_SLOT));
+        // Registered before the snapshot is read, so no version can fall between.
+        entry.depth().subscribe(slot.clone());
+        self.by_name.insert(entry.name().clone(), index);
+        self.slab[index as usize] = Some(BookSubscription {
+            entry,
+            slot,
+            depth_index,
+            last_seq: 0,
+            // Announce any state but live with the snapshot.
+            last_status: u64::MAX,
+        });
+        self.hub
+            .metrics()
+            .subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        index
+    }
+
+    fn remove(&mut self, index: u32) {
+        if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::take) {
+            sub.entry.depth().unsubscribe(&sub.slot);
+            self.free.push(index);
+            self.hub
+                .metrics()
+                .subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
+        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let status = sub.entry.depth().status();
+        if status.state == SymbolState::Live {
+            sub.last_status = status.generation;
+        }
+        if let Some(current) = sub.entry.depth().current() {
+            sub.last_seq = sub.last_seq.max(current.seq);
+            out.push_ticker(current.book_prefix(sub.depth_index), 0, true, None);
+        }
+        push_status_if_changed(sub, out);
+    }
+
+    /// Appends the newest version (and status) of the subscription whose slot
+    /// index is `index` (without [`BOOK_SLOT`]), if the client lacks it.
+    pub fn push_update(&mut self, index: u32, out: &mut Outbox) {
+        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+            return; // Unsubscribed since it was queued.
+        };
+        sub.slot.clear();
+        if let Some(current) = sub.entry.depth().current() {
+            if current.seq > sub.last_seq {
+                let skipped = current.seq - sub.last_seq - 1;
+                sub.last_seq = current.seq;
+                out.push_ticker(
+                    current.book_prefix(sub.depth_index),
+                    skipped,
+                    false,
+                    Some(current.ingest_ts_ns),
+                );
+            }
+        }
+        push_status_if_changed(sub, out);
+    }
+}
+
+fn push_status_if_changed(sub: &mut BookSubscription, out: &mut Outbox) {
+    let depth = sub.entry.depth();
+    if depth.status_generation() == sub.last_status {
+        return;
+    }
+    let status = depth.status();
+    sub.last_status = status.generation;
+    out.push_json(&encode_status(
+        sub.entry.name(),
+        status.state.as_str(),
+        &status.reason,
+    ));
+}

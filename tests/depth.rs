@@ -1,0 +1,561 @@
+//! Full-depth books: replaying the Binance captures gives the book the venue's
+//! own procedure gives; `book` subscribers can verify every message by its
+//! checksum and converge to the server's book; a gap makes the book stale
+//! until a new snapshot resyncs it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+
+use common::{replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tickwire::book::depth::{DepthBook, Outcome};
+use tickwire::feed::replay::Speed;
+use tickwire::normalize::binance;
+use tickwire::normalize::depth::DepthMessage;
+use tickwire::server::ServerConfig;
+
+/// A capture's lines, decompressed.
+fn lines(path: &Path) -> Vec<String> {
+    let file = std::fs::File::open(path).expect("sample exists");
+    BufReader::new(flate2::read::MultiGzDecoder::new(file))
+        .lines()
+        .map(|line| line.expect("sample decompresses"))
+        .collect()
+}
+
+/// An independent local book: serde_json and sorted maps, following Binance's
+/// "how to manage a local order book correctly" literally.
+#[derive(Default, Clone)]
+struct Reference {
+    futures: bool,
+    bids: BTreeMap<Decimal, String>,
+    asks: BTreeMap<Decimal, String>,
+    /// Diffs seen before the snapshot.
+    buffered: Vec<Value>,
+    /// `u` of the last applied diff (or the snapshot's lastUpdateId).
+    last: Option<u64>,
+    bridged: bool,
+    gaps: u32,
+}
+
+impl Reference {
+    fn set(side: &mut BTreeMap<Decimal, String>, levels: &Value) {
+        for level in levels.as_array().into_iter().flatten() {
+            let price = level[0].as_str().unwrap_or_default();
+            let size = level[1].as_str().unwrap_or_default();
+            let key: Decimal = price.parse().unwrap_or_default();
+            if size.parse::<Decimal>().unwrap_or_default().is_zero() {
+                side.remove(&key);
+            } else {
+                side.insert(key, format!("{price}:{size}"));
+            }
+        }
+    }
+
+    fn snapshot(&mut self, message: &Value) {
+        self.bids.clear();
+        self.asks.clear();
+        Self::set(&mut self.bids, &message["bids"]);
+        Self::set(&mut self.asks, &message["asks"]);
+        self.last = message["lastUpdateId"].as_u64();
+        self.bridged = false;
+        for diff in std::mem::take(&mut self.buffered) {
+            self.diff(&diff);
+        }
+    }
+
+    fn diff(&mut self, data: &Value) {
+        let Some(last) = self.last else {
+            self.buffered.push(data.clone());
+            return;
+        };
+        let (first, u) = (
+            data["U"].as_u64().unwrap_or(0),
+            data["u"].as_u64().unwrap_or(0),
+        );
+        let fits = if self.futures {
+            if u < last || (self.bridged && u == last) {
+                return;
+            }
+            if self.bridged {
+                data["pu"].as_u64() == Some(last)
+            } else {
+                first <= last
+            }
+        } else {
+            if u <= last {
+                return;
+            }
+            if self.bridged {
+                first == last + 1
+            } else {
+                first <= last + 1
+            }
+        };
+        if !fits {
+            self.gaps += 1;
+            self.bids.clear();
+            self.asks.clear();
+            self.last = None;
+            self.buffered.push(data.clone());
+            return;
+        }
+        Self::set(&mut self.bids, &data["b"]);
+        Self::set(&mut self.asks, &data["a"]);
+        self.last = Some(u);
+        self.bridged = true;
+    }
+
+    /// Best-first `price:size` strings per side.
+    fn levels(&self) -> (Vec<String>, Vec<String>) {
+        self.top(usize::MAX)
+    }
+
+    fn top(&self, n: usize) -> (Vec<String>, Vec<String>) {
+        (
+            self.bids.values().rev().take(n).cloned().collect(),
+            self.asks.values().take(n).cloned().collect(),
+        )
+    }
+
+    /// A REST snapshot line for the current book at receive time `ts`.
+    fn snapshot_line(&self, ts: &str) -> String {
+        let pairs = |levels: Vec<String>| -> Vec<Value> {
+            levels
+                .iter()
+                .map(|l| {
+                    let (p, s) = l.split_once(':').unwrap_or_default();
+                    json!([p, s])
+                })
+                .collect()
+        };
+        let (bids, asks) = self.levels();
+        let body = json!({"lastUpdateId": self.last, "bids": pairs(bids), "asks": pairs(asks)});
+        format!("{ts} {body}")
+    }
+}
+
+fn book_levels(book: &mut DepthBook, n: usize) -> (Vec<String>, Vec<String>) {
+    let (mut bids, mut asks) = (Vec::new(), Vec::new());
+    book.top(n, &mut bids, &mut asks);
+    let text = |levels: Vec<tickwire::book::Level>| {
+        levels
+            .iter()
+            .map(|l| format!("{}:{}", l.price, l.size))
+            .collect::<Vec<_>>()
+    };
+    (text(bids), text(asks))
+}
+
+fn payload(line: &str) -> Option<Value> {
+    let (_, json) = line.split_once(' ')?;
+    let value: Value = serde_json::from_str(json).ok()?;
+    Some(if value.get("data").is_some() {
+        value["data"].clone()
+    } else {
+        value
+    })
+}
+
+#[test]
+fn replaying_a_capture_gives_the_venues_book_and_agrees_with_its_book_tickers() {
+    for (name, futures) in [(SPOT, false), (USDM, true)] {
+        let mut reference = Reference {
+            futures,
+            ..Reference::default()
+        };
+        let mut book = DepthBook::default();
+        let mut message = DepthMessage::default();
+        let (mut compared, mut ticker_checks, mut updated) = (0, 0, 0);
+        for line in lines(&sample(name)) {
+            let Some(data) = payload(&line) else { continue };
+            let is_snapshot = data.get("lastUpdateId").is_some();
+            let is_diff = data["e"] == "depthUpdate";
+            let is_ticker = data.get("e").is_none_or(|e| e == "bookTicker")
+                && data.get("b").is_some_and(Value::is_string);
+            if is_ticker {
+                // A bookTicker with the very update id the book stands at must
+                // show the book's best levels.
+                if book.is_synced() && data["u"].as_u64() == book.last_update_id() {
+                    let (bids, asks) = book_levels(&mut book, 1);
+                    let bid = format!(
+                        "{}:{}",
+                        data["b"].as_str().unwrap_or(""),
+                        data["B"].as_str().unwrap_or("")
+                    );
+                    let ask = format!(
+                        "{}:{}",
+                        data["a"].as_str().unwrap_or(""),
+                        data["A"].as_str().unwrap_or("")
+                    );
+                    assert_eq!(
+                        (bids.first(), asks.first()),
+                        (Some(&bid), Some(&ask)),
+                        "{name}: bookTicker u={}",
+                        data["u"]
+                    );
+                    ticker_checks += 1;
+                }
+                continue;
+            }
+            if !is_snapshot && !is_diff {
+                continue;
+            }
+            if is_snapshot {
+                reference.snapshot(&data);
+            } else {
+                reference.diff(&data);
+            }
+            let mut bytes = line.clone().into_bytes();
+            binance::parse_capture_line_with_depth(&mut bytes, &mut message)
+                .expect("depth line parses");
+            let outcome = book.apply(&message);
+            assert_ne!(outcome, Outcome::Gap, "{name}: the capture has no gap");
+            if outcome == Outcome::Updated {
+                updated += 1;
+            }
+            if reference.last.is_some() {
+                assert!(book.is_synced(), "{name}");
+                assert_eq!(book.last_update_id(), reference.last, "{name}");
+                // Whole books now and then (they hold thousands of levels),
+                // the top 100 after every message.
+                let n = if compared % 50 == 0 { usize::MAX } else { 100 };
+                assert_eq!(
+                    book_levels(&mut book, n),
+                    reference.top(n),
+                    "{name}: after u={}",
+                    data["u"]
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(
+            book_levels(&mut book, usize::MAX),
+            reference.levels(),
+            "{name}: final book"
+        );
+        assert_eq!(reference.gaps, 0);
+        assert!(compared > 100, "{name}: compared {compared} states");
+        assert!(updated > 100, "{name}: {updated} publishable versions");
+        // Futures diffs (`@depth@0ms`) end on update ids that bookTickers
+        // carry; spot's 100 ms diffs coalesce, so its boundaries rarely meet one.
+        if futures {
+            assert!(
+                ticker_checks > 0,
+                "{name}: no bookTicker at a diff's update id"
+            );
+        }
+        eprintln!(
+            "{name}: {compared} book states compared, {ticker_checks} bookTicker cross-checks"
+        );
+    }
+}
+
+/// The client's side of the checksum: the documented text, CRC-32.
+fn client_checksum(message: &Value) -> u32 {
+    let side = |levels: &Value| -> String {
+        levels
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{}:{}",
+                    l[0].as_str().unwrap_or(""),
+                    l[1].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    crc32fast::hash(format!("{}|{}", side(&message["bids"]), side(&message["asks"])).as_bytes())
+}
+
+/// What a `book` client holds: the last message per symbol, each verified.
+#[derive(Default)]
+struct BookClient {
+    books: BTreeMap<String, Value>,
+    messages: u64,
+    skipped: u64,
+    statuses: Vec<(String, String)>,
+}
+
+impl BookClient {
+    fn take(&mut self, message: Value, depth: usize) {
+        match message["type"].as_str() {
+            Some("book") => {
+                let symbol = message["symbol"].as_str().unwrap_or_default().to_owned();
+                assert_eq!(
+                    message["checksum"].as_u64(),
+                    Some(u64::from(client_checksum(&message))),
+                    "{message}"
+                );
+                assert_eq!(message["depth"].as_u64(), Some(depth as u64));
+                for side in ["bids", "asks"] {
+                    assert!(message[side].as_array().is_some_and(|l| l.len() <= depth));
+                }
+                let seq = message["seq"].as_u64().unwrap_or(0);
+                if let Some(previous) = self.books.get(&symbol) {
+                    let last = previous["seq"].as_u64().unwrap_or(0);
+                    if message["snapshot"] == false {
+                        assert!(seq > last, "versions only move forward");
+                        assert_eq!(message["skipped"].as_u64(), Some(seq - last - 1));
+                    }
+                }
+                self.skipped += message["skipped"].as_u64().unwrap_or(0);
+                self.messages += 1;
+                self.books.insert(symbol, message);
+            }
+            Some("status") => {
+                assert_eq!(message["channel"], "book");
+                self.statuses.push((
+                    message["state"].as_str().unwrap_or_default().to_owned(),
+                    message["reason"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn seq(&self, symbol: &str) -> u64 {
+        self.books
+            .get(symbol)
+            .and_then(|b| b["seq"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// The server's current top `depth` of `symbol` as the wire shows it.
+fn server_top(server: &TestServer, symbol: &str, depth: usize) -> (u64, Value, Value) {
+    let entry = server.hub.get(symbol).expect("symbol served");
+    let current = entry.depth().current().expect("a book was published");
+    let (bids, asks) = current.top(depth);
+    let pairs = |levels: &[tickwire::book::Level]| -> Value {
+        levels
+            .iter()
+            .map(|l| json!([l.price.to_string(), l.size.to_string()]))
+            .collect()
+    };
+    (current.seq, pairs(bids), pairs(asks))
+}
+
+/// Reads until the client holds the server's final version of every symbol.
+async fn read_until_final(
+    client: &mut Client,
+    state: &mut BookClient,
+    server: &TestServer,
+    symbols: &[&str],
+    depth: usize,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let done = symbols.iter().all(|s| {
+            let entry = server.hub.get(s);
+            let seq = entry
+                .and_then(|e| e.depth().current())
+                .map_or(u64::MAX, |c| c.seq);
+            state.seq(s) >= seq
+        });
+        if done {
+            return;
+        }
+        let message = tokio::time::timeout_at(deadline, client.recv())
+            .await
+            .expect("the final version in time");
+        state.take(message, depth);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn book_clients_verify_every_message_and_converge_even_when_conflated() {
+    let replay = replay_of(
+        &[(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))],
+        Speed::Max,
+        false,
+        true,
+    );
+    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let symbols = ["spot:BTCUSDT", "usdm:BTCUSDT"];
+
+    let mut eager = Client::connect(&server.url("")).await;
+    let mut slow = Client::connect(&server.url("")).await;
+    for (client, depth) in [(&mut eager, 10), (&mut slow, 5)] {
+        client
+            .send(json!({"op":"subscribe","id":1,"channel":"book","depth":depth,"symbols":symbols}))
+            .await;
+        let subscribed = client.recv_type("subscribed").await;
+        assert_eq!(subscribed["channel"], "book");
+        assert_eq!(subscribed["symbols"], json!(symbols));
+    }
+    server.replays[0].start();
+
+    // One client reads as the replay runs; the other only once it is over, so
+    // it sees the conflated stream.
+    let mut eager_state = BookClient::default();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    read_until_final(&mut eager, &mut eager_state, &server, &symbols, 10).await;
+    let mut slow_state = BookClient::default();
+    read_until_final(&mut slow, &mut slow_state, &server, &symbols, 5).await;
+
+    for symbol in symbols {
+        for (state, depth) in [(&eager_state, 10), (&slow_state, 5)] {
+            let held = &state.books[symbol];
+            let (seq, bids, asks) = server_top(&server, symbol, depth);
+            assert_eq!(held["seq"].as_u64(), Some(seq));
+            assert_eq!(
+                (&held["bids"], &held["asks"]),
+                (&bids, &asks),
+                "{symbol} at depth {depth}"
+            );
+        }
+    }
+    assert!(
+        eager_state.messages > 2,
+        "the eager client saw the book move"
+    );
+    assert!(slow_state.skipped > 0, "the slow client was conflated");
+    // Each client was told the books went live once they synced.
+    assert!(eager_state
+        .statuses
+        .iter()
+        .any(|(state, _)| state == "live"));
+
+    // Refusals keep the connection open.
+    eager
+        .send(json!({"op":"subscribe","id":2,"channel":"book","depth":7,"symbols":symbols}))
+        .await;
+    let error = eager.recv_type("error").await;
+    assert_eq!(
+        (error["id"].as_u64(), error["code"].as_str()),
+        (Some(2), Some("bad_request"))
+    );
+    eager
+        .send(json!({"op":"subscribe","id":3,"channel":"book","depth":500,"symbols":symbols}))
+        .await;
+    let error = eager.recv_type("error").await;
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains("100")),
+        "{error}"
+    );
+    eager
+        .send(json!({"op":"unsubscribe","id":4,"channel":"book","symbols":["spot:BTCUSDT"]}))
+        .await;
+    let unsubscribed = eager.recv_type("unsubscribed").await;
+    assert_eq!(unsubscribed["channel"], "book");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_makes_the_book_stale_until_a_new_snapshot_resyncs_it() {
+    // The spot capture with one diff dropped after the book has synced, and a
+    // REST snapshot of the true book inserted further on: what a feed that
+    // loses a message and then refetches the snapshot sees.
+    let original = lines(&sample(SPOT));
+    let mut reference = Reference::default();
+    let mut edited = Vec::new();
+    let (mut diffs_after_sync, mut dropped, mut resnapshot) = (0, false, false);
+    for line in original {
+        let data = payload(&line);
+        let is_diff = data.as_ref().is_some_and(|d| d["e"] == "depthUpdate");
+        if let Some(data) = &data {
+            if data.get("lastUpdateId").is_some() {
+                reference.snapshot(data);
+            } else if is_diff {
+                reference.diff(data);
+            }
+        }
+        if is_diff && reference.last.is_some() {
+            diffs_after_sync += 1;
+            if diffs_after_sync == 20 && !dropped {
+                dropped = true;
+                continue; // Lost on the way: the served book now has a gap.
+            }
+        }
+        edited.push(line.clone());
+        if is_diff && diffs_after_sync == 60 && !resnapshot {
+            resnapshot = true;
+            let ts = line.split_once(' ').map_or("0", |(ts, _)| ts);
+            edited.push(reference.snapshot_line(ts));
+        }
+    }
+    assert!(dropped && resnapshot, "the capture is long enough");
+    let dir = std::env::temp_dir().join(format!("tickwire-depth-gap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("spot-gap.txt");
+    std::fs::write(&path, edited.join("\n")).expect("write capture");
+
+    let replay = replay_of(&[(Some("spot"), path.clone())], Speed::Max, false, true);
+    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op":"subscribe","channel":"book","depth":25,"symbols":["spot:BTCUSDT"]}))
+        .await;
+    client.recv_type("subscribed").await;
+    let mut state = BookClient::default();
+    // Before any snapshot the book is announced stale.
+    state.take(client.recv_type("status").await, 25);
+    assert_eq!(
+        state.statuses[0],
+        ("stale".to_owned(), "awaiting a depth snapshot".to_owned())
+    );
+    server.replays[0].start();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    read_until_final(&mut client, &mut state, &server, &["spot:BTCUSDT"], 25).await;
+    // Statuses the client has not read yet follow the final version.
+    let entry = server.hub.get("spot:BTCUSDT").expect("served");
+    while state.statuses.len() < entry.depth().status_generation() as usize + 1 {
+        let message = tokio::time::timeout(GUARD, client.recv())
+            .await
+            .expect("status in time");
+        state.take(message, 25);
+    }
+
+    let states: Vec<&str> = state.statuses.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        states,
+        ["stale", "live", "stale", "live"],
+        "{:?}",
+        state.statuses
+    );
+    assert!(
+        state.statuses[2].1.contains("gap"),
+        "{:?}",
+        state.statuses[2]
+    );
+    let gaps = tickwire::metrics::depth::DepthEvent::Gap;
+    assert!(server.metrics().depth.get(gaps) >= 1);
+    let page = server.get("/metrics").await.1;
+    assert!(
+        page.contains("tickwire_depth_messages_total{outcome=\"gap\"}"),
+        "metrics list depth outcomes"
+    );
+
+    // After the resync the served book is the true one again.
+    let (bids, asks) = reference.levels();
+    let held = &state.books["spot:BTCUSDT"];
+    let pairs = |side: &Value| -> Vec<String> {
+        side.as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{}:{}",
+                    l[0].as_str().unwrap_or(""),
+                    l[1].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(pairs(&held["bids"]), bids[..25.min(bids.len())].to_vec());
+    assert_eq!(pairs(&held["asks"]), asks[..25.min(asks.len())].to_vec());
+    server.shutdown().await.expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
