@@ -135,12 +135,13 @@ for name in $SERVERS; do
   fi
   # A nonzero exit (seq violations, some connections failed) is a finding,
   # not a reason to stop: the JSON is still written and the table shows it.
-  # shellcheck disable=SC2086 # EXTRA is a list of flags
-  "$TICKWIRE" bench "ws://127.0.0.1:$port" --connections "$CONNECTIONS" --symbols "$SYMBOL_LIST" \
-    --per-connection "$PER_CONNECTION" --zipf "$ZIPF" --duration "$DURATION" --warmup "$WARMUP" \
-    --threads "$THREADS" --server-pid "$SERVER_PID" --clock "$CLOCK" --label "$name" $EXTRA \
-    --json "$OUT/$run.json" --hgrm "$OUT/$run.hgrm" 2>&1 | tee "$OUT/$run.bench.txt" \
-    || echo "bench against $name exited with an error" >&2
+  # shellcheck disable=SC2206 # EXTRA is a list of flags
+  bench=("$TICKWIRE" bench "ws://127.0.0.1:$port" --connections "$CONNECTIONS" --symbols "$SYMBOL_LIST"
+    --per-connection "$PER_CONNECTION" --zipf "$ZIPF" --duration "$DURATION" --warmup "$WARMUP"
+    --threads "$THREADS" --server-pid "$SERVER_PID" --clock "$CLOCK" --label "$name" $EXTRA
+    --json "$OUT/$run.json" --hgrm "$OUT/$run.hgrm")
+  echo "\$ ${bench[*]}" >"$OUT/$run.bench.txt"
+  "${bench[@]}" 2>&1 | tee -a "$OUT/$run.bench.txt" || echo "bench against $name exited with an error" >&2
   cleanup
   SERVER_PID=""
   sleep 1

@@ -230,6 +230,7 @@ impl Ladder {
 }
 
 /// Whether `a` sorts before (is a better price than) `b` on this side.
+#[inline]
 fn better(kind: SideKind, a: Decimal, b: Decimal) -> bool {
     match kind {
         SideKind::Bids => compare(a, b) == Ordering::Greater,
@@ -240,6 +241,7 @@ fn better(kind: SideKind, a: Decimal, b: Decimal) -> bool {
 /// Compares two prices by value. A venue writes every price of a symbol with
 /// the same number of decimals, so the mantissas compare directly; other
 /// pairs take `Decimal`'s general (rescaling, much slower) comparison.
+#[inline]
 fn compare(a: Decimal, b: Decimal) -> Ordering {
     if a.scale() == b.scale() {
         a.mantissa().cmp(&b.mantissa())
