@@ -326,7 +326,14 @@ impl Session {
         match self.stream.try_read_buf(&mut self.inbound) {
             Ok(0) => return Err(Closing::Gone(CloseReason::ClientClosed)),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A readiness that came to nothing must not leave the read
+                // buffer allocated either.
+                if self.inbound.is_empty() {
+                    self.inbound = BytesMut::new();
+                }
+                return Ok(());
+            }
             Err(_) => return Err(Closing::Gone(CloseReason::Io)),
         }
         // Any frame proves the client is alive, not only a pong.
@@ -466,16 +473,12 @@ impl Session {
 
     /// Writes as much of the buffer as the socket takes without blocking.
     fn flush(&mut self) -> io::Result<()> {
-        // Keep a buffer's worth of capacity while subscribed; idle clients keep none.
-        let keep = if self.subscriptions.is_empty() {
-            0
-        } else {
-            self.context.config.write_high_water * 4
-        };
+        // The next burst starts with room for this one, up to a bound.
+        let max_burst = self.context.config.write_high_water * 4;
         while !self.out.pending().is_empty() {
             match self.stream.try_write(self.out.pending()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out.advance(n, keep),
+                Ok(n) => self.out.advance(n, max_burst),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
@@ -498,7 +501,10 @@ impl Session {
         let finished = tokio::time::timeout(linger, async {
             stream.write_all(&pending).await?;
             stream.shutdown().await?;
-            let mut sink = [0u8; 4096];
+            // On the heap, not in the future: every session's task is as big
+            // as its largest state, so a buffer here would cost every idle
+            // connection 4 KiB.
+            let mut sink = vec![0u8; 4096];
             loop {
                 stream.readable().await?;
                 match stream.try_read(&mut sink) {

@@ -21,13 +21,21 @@ pub enum Framing {
     EventStream,
 }
 
+/// Latency samples a connection keeps room for between bursts.
+const SAMPLES_KEPT: usize = 64;
+
 /// A transport-neutral output buffer.
 #[derive(Debug)]
 pub struct Outbox {
     framing: Framing,
+    /// Freed whenever everything in it is written, so an idle connection holds
+    /// no output buffer at all.
     buffer: Vec<u8>,
     /// Bytes of `buffer` already written.
     written: usize,
+    /// How much the last burst held: the next one starts with that capacity
+    /// instead of growing by doubling.
+    last_burst: usize,
     /// Totals since the start, so latency samples can name where their message ends.
     appended_total: u64,
     written_total: u64,
@@ -50,6 +58,7 @@ impl Outbox {
             framing,
             buffer: Vec::new(),
             written: 0,
+            last_burst: 0,
             appended_total: 0,
             written_total: 0,
             samples: VecDeque::new(),
@@ -133,6 +142,9 @@ impl Outbox {
     }
 
     fn begin_message(&mut self, payload_len: usize) {
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(self.last_burst.max(payload_len + 16));
+        }
         match self.framing {
             Framing::WebSocket => codec::write_header(&mut self.buffer, OpCode::Text, payload_len),
             Framing::EventStream => {
@@ -155,16 +167,19 @@ impl Outbox {
     }
 
     /// Marks `n` more bytes as written: records the latency of every update now
-    /// fully on the wire and reclaims space.
-    pub fn advance(&mut self, n: usize, keep_capacity: usize) {
+    /// fully on the wire and reclaims space. A fully written buffer is freed:
+    /// one allocation per burst costs far less than the `write` it follows,
+    /// and thousands of quiet connections then hold nothing.
+    pub fn advance(&mut self, n: usize, max_kept_burst: usize) {
         self.written += n;
         self.count_written(n);
         if self.written == self.buffer.len() {
-            self.buffer.clear();
+            self.last_burst = self.buffer.len().min(max_kept_burst);
+            self.buffer = Vec::new();
             self.written = 0;
-            if self.buffer.capacity() > keep_capacity {
-                // Idle clients (keep_capacity 0) hold no buffer at all.
-                self.buffer = Vec::with_capacity(keep_capacity);
+            if self.samples.capacity() > SAMPLES_KEPT {
+                self.samples = VecDeque::new();
+                self.latency_scratch = Vec::new();
             }
         } else if self.written >= self.buffer.len() / 2 {
             self.buffer.drain(..self.written);
