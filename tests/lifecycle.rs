@@ -255,6 +255,46 @@ async fn clients_that_never_read_cost_bounded_memory_in_the_real_process() {
     );
 }
 
+/// What an open, subscribed connection costs the server: its task, session
+/// state, slots and nothing else; buffers exist only while bytes are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscribed_connection_costs_a_few_kib() {
+    let dir = tempdir();
+    let feed = dir.join("quiet.toml");
+    std::fs::write(
+        &feed,
+        "name = \"quiet\"\nkind = \"synthetic\"\nsymbols = 10\nrate = 5.0\n",
+    )
+    .expect("feed file");
+    let server = Binary::serve(&["--feed", &feed.display().to_string()]);
+    let symbols = ["SYN000", "SYN001", "SYN002", "SYN003", "SYN004"];
+    let subscriptions = |page: &str| metric(page, "tickwire_subscriptions");
+    let mut clients = Vec::new();
+    let mut rss = Vec::new();
+    // The first batch pays one-off costs (runtime slabs, allocator arenas).
+    for batch in [100, 500] {
+        for _ in 0..batch {
+            clients.push(stalled_client(server.addr, &symbols).await);
+        }
+        let want = (clients.len() * symbols.len()) as f64;
+        tokio::time::timeout(GUARD, async {
+            while subscriptions(&http_get(server.addr, "/metrics").await.1) < want {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("every subscription registered");
+        rss.push(server.rss_bytes());
+    }
+    let per_connection = (rss[1] as f64 - rss[0] as f64) / 500.0;
+    assert!(
+        per_connection < 8.0 * 1024.0,
+        "{per_connection:.0} bytes of RSS per idle connection ({rss:?})"
+    );
+    drop(clients);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tickwire-test-{}-{}",
