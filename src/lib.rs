@@ -40,6 +40,7 @@ pub mod bench;
 pub mod book;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod fanout;
 pub mod feed;
 pub mod metrics;

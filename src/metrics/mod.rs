@@ -2,12 +2,14 @@
 //! text rendering. Hot paths batch their increments (a session adds its totals
 //! once per socket write), so no shared cache line is touched per message.
 
+mod cluster;
 mod latency;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+pub use cluster::ClusterStats;
 pub use latency::{LatencyRecorder, LatencySummary};
 
 /// Where a feed is in its life; `tickwire_feed_state` exports the number.
@@ -229,6 +231,8 @@ pub struct Metrics {
     feeds: Mutex<Vec<Arc<FeedStats>>>,
     /// Ingest → written to the client socket, per delivered update.
     pub delivery_latency: LatencyRecorder,
+    /// The NATS link of an ingest or gateway.
+    pub cluster: Arc<ClusterStats>,
 }
 
 /// One admitted client, counted in `tickwire_connections` until dropped.
@@ -380,6 +384,7 @@ impl Metrics {
                 .map(|r| (r.label(), &self.refusals[*r as usize])),
         );
         self.render_feeds(&mut out);
+        self.cluster.render(&mut out);
         self.delivery_latency.summary().render(
             &mut out,
             "tickwire_delivery_latency_seconds",
