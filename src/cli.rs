@@ -58,7 +58,8 @@ pub enum Command {
 /// `tickwire ingest`.
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// The NATS server to publish to, e.g. nats://127.0.0.1:4222.
+    /// The NATS server to publish to, e.g. nats://127.0.0.1:4222 (several:
+    /// comma-separated).
     #[arg(long, value_name = "URL")]
     pub nats: String,
     #[command(flatten)]
@@ -107,8 +108,8 @@ pub struct ServeArgs {
     /// Seconds a client has to answer a ping before it is dropped.
     #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
     pub ping_timeout_secs: u64,
-    /// Serve the book an ingest publishes on NATS (nats://HOST:PORT) instead of
-    /// running feeds: an edge gateway.
+    /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
+    /// comma-separated) instead of running feeds: an edge gateway.
     #[arg(long, value_name = "nats://...", conflicts_with_all = ["replay", "feed"])]
     pub source: Option<String>,
     /// With --source: most symbols served; further ones are dropped and counted.
@@ -262,7 +263,10 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         if publish_to.is_some() {
             anyhow::bail!("ingest runs feeds; --source is for gateways (`tickwire serve`)");
         }
-        if !source.starts_with("nats://") {
+        if !source
+            .split(',')
+            .all(|url| url.trim().starts_with("nats://"))
+        {
             anyhow::bail!("--source {source}: expected nats://HOST:PORT");
         }
         let config = GatewayConfig {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tickwire::cluster::gateway::{self, GatewayConfig, GatewayHandle};
 use tickwire::cluster::ingest::{self, IngestHandle};
 use tickwire::cluster::wire::{subject_for, TickerRecord};
-use tickwire::fanout::Hub;
+use tickwire::fanout::{Hub, SymbolState, SymbolStatus};
 use tickwire::feed::config::FeedConfig;
 use tickwire::feed::replay::{ReplayConfig, ReplayHandle, Speed};
 use tickwire::feed::FeedHandle;
@@ -30,7 +30,7 @@ fn files() -> Vec<(Option<&'static str>, std::path::PathBuf)> {
 struct Ingest {
     hub: Arc<Hub>,
     replay: ReplayHandle,
-    _publisher: IngestHandle,
+    publisher: Option<IngestHandle>,
     stop: CancellationToken,
 }
 
@@ -48,7 +48,7 @@ impl Ingest {
         Self {
             hub,
             replay,
-            _publisher: publisher,
+            publisher: Some(publisher),
             stop,
         }
     }
@@ -88,6 +88,11 @@ struct Gateway {
 
 impl Gateway {
     async fn start(nats: &NatsServer) -> Self {
+        Self::start_with(nats, &SYMBOLS).await
+    }
+
+    /// A gateway that has heard of `symbols`.
+    async fn start_with(nats: &NatsServer, symbols: &[&str]) -> Self {
         let hub = new_hub();
         let stop = CancellationToken::new();
         let config = GatewayConfig {
@@ -100,7 +105,7 @@ impl Gateway {
         let server = HubServer::start(hub).await;
         // The ingest announces its symbols when it starts; wait until they are known.
         eventually("gateway knows the symbols", || {
-            SYMBOLS.iter().all(|s| server.hub.get(s).is_some())
+            symbols.iter().all(|s| server.hub.get(s).is_some())
         })
         .await;
         Self {
@@ -136,12 +141,16 @@ struct Watcher {
 
 impl Watcher {
     async fn subscribe(url: &str) -> Self {
+        Self::subscribe_to(url, &SYMBOLS).await
+    }
+
+    async fn subscribe_to(url: &str, symbols: &[&str]) -> Self {
         let mut client = Client::connect(url).await;
         client
-            .send(json!({"op": "subscribe", "id": 1, "symbols": SYMBOLS}))
+            .send(json!({"op": "subscribe", "id": 1, "symbols": symbols}))
             .await;
         let reply = client.recv_type("subscribed").await;
-        assert_eq!(reply["symbols"], json!(SYMBOLS), "{reply}");
+        assert_eq!(reply["symbols"], json!(symbols), "{reply}");
         Self {
             client,
             tape: Tape::default(),
@@ -210,6 +219,31 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
         watchers.push(Watcher::subscribe(&gateway.server.url()).await);
     }
 
+    // A foreign publisher's garbage and a record on another symbol's subject
+    // are dropped and counted; nobody else notices.
+    let intruder = async_nats::connect(nats.url()).await.expect("connect");
+    let spot_subject = subject_for(SYMBOLS[0]).expect("subject");
+    // Were it accepted, its epoch would shadow the ingest's for good.
+    let live = SymbolStatus {
+        generation: 0,
+        state: SymbolState::Live,
+        reason: Arc::from(""),
+    };
+    let misplaced = TickerRecord::declared(Arc::from(SYMBOLS[1]), u64::MAX, &live);
+    for payload in [b"garbage".to_vec(), misplaced.encode()] {
+        intruder
+            .publish(spot_subject.clone(), payload.into())
+            .await
+            .expect("publish");
+    }
+    intruder.flush().await.expect("flush");
+    for gateway in &gateways {
+        eventually("the gateway counted both bad records", || {
+            gateway.server.hub.metrics().cluster.malformed.load(Relaxed) == 2
+        })
+        .await;
+    }
+
     ingest.replay.start();
     standalone.replays[0].start();
     let seqs = ingest.final_seqs().await;
@@ -242,7 +276,7 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
         let page = gateway.metrics_page();
         assert_eq!(
             metric(&page, "tickwire_cluster_malformed_total{role=\"gateway\"}"),
-            0.0
+            2.0
         );
         assert!(metric(&page, "tickwire_cluster_received_total{role=\"gateway\"}") > 0.0);
     }
@@ -372,4 +406,58 @@ async fn gateways_ride_out_a_nats_restart_mid_replay() {
         );
     }
     assert!(ingest.hub.metrics().cluster.reconnects.load(Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_ingest_is_served_at_once_and_seq_keeps_increasing() {
+    let nats = NatsServer::start();
+    let spot = vec![(Some("spot"), sample(SPOT))];
+    let first = Ingest::start(&nats, replay_of(&spot, Speed::Max, false, false)).await;
+    first.replay.finished().await;
+    let first_seq = first.hub.get(SYMBOLS[0]).and_then(|e| e.current());
+    let first_seq = first_seq.map(|s| s.seq).expect("replayed");
+    let gateway = Gateway::start_with(&nats, &SYMBOLS[..1]).await;
+    let mut watcher = Watcher::subscribe_to(&gateway.server.url(), &SYMBOLS[..1]).await;
+    watcher
+        .read_to(&HashMap::from([(SYMBOLS[0].to_owned(), first_seq)]))
+        .await;
+    drop(first);
+
+    // The same capture again from a new process: its seq starts over at 1.
+    let second = Ingest::start(&nats, replay_of(&spot, Speed::Max, false, false)).await;
+    second.replay.finished().await;
+    let second_seq = second.hub.get(SYMBOLS[0]).and_then(|e| e.current());
+    let second_seq = second_seq.map(|s| s.seq).expect("replayed");
+    // The Tape checks that seq only increases and `skipped` matches every gap.
+    watcher
+        .read_to(&HashMap::from([(
+            SYMBOLS[0].to_owned(),
+            first_seq + second_seq,
+        )]))
+        .await;
+    let last = &watcher.tape.last[SYMBOLS[0]];
+    assert_eq!(last["seq"], first_seq + second_seq);
+    assert_shows(last, &binance_final_book(&sample(SPOT)), SYMBOLS[0]);
+    let ingested = second.hub.get(SYMBOLS[0]).and_then(|e| e.current());
+    assert_eq!(
+        last["ingest_ts_ns"].as_i64(),
+        ingested.map(|s| s.ingest_ts_ns),
+        "the new ingest's version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_stops_even_when_nats_is_gone() {
+    let mut nats = NatsServer::start();
+    let mut ingest = Ingest::start(&nats, replay_of(&files(), Speed::Max, true, false)).await;
+    eventually("records published", || {
+        ingest.hub.metrics().cluster.published.load(Relaxed) > 100
+    })
+    .await;
+    nats.kill();
+    ingest.stop.cancel();
+    let publisher = ingest.publisher.take().expect("running");
+    tokio::time::timeout(GUARD, publisher.stopped())
+        .await
+        .expect("the publisher gives up on NATS and stops");
 }

@@ -394,3 +394,158 @@ impl Merger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::Level;
+    use crate::fanout::SymbolStatus;
+    use rust_decimal::Decimal;
+
+    fn merger(max_symbols: usize) -> Merger {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        Merger {
+            stats: hub.metrics().cluster.clone(),
+            hub,
+            max_symbols,
+            state: Mutex::new(MergeState {
+                source_up: true,
+                symbols: HashMap::new(),
+            }),
+        }
+    }
+
+    fn record(symbol: &str, epoch: u64, seq: u64, bid: i64) -> TickerRecord {
+        let live = SymbolStatus {
+            generation: 0,
+            state: SymbolState::Live,
+            reason: Arc::from(""),
+        };
+        TickerRecord {
+            seq,
+            bid: Some(Level {
+                price: Decimal::new(bid, 2),
+                size: Decimal::ONE,
+            }),
+            ingest_ts_ns: 1_000 + bid,
+            ..TickerRecord::declared(Arc::from(symbol), epoch, &live)
+        }
+    }
+
+    /// (served seq, bid in cents) of the symbol's current version.
+    fn served(merger: &Merger, symbol: &str) -> Option<(u64, i64)> {
+        let current = merger.hub.get(symbol)?.current()?;
+        let bid = current.bid?.price * Decimal::ONE_HUNDRED;
+        Some((current.seq, bid.trunc().mantissa() as i64))
+    }
+
+    #[test]
+    fn newer_versions_win_whatever_order_they_arrive_in() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 2, 200));
+        merger.apply(record("A", 5, 1, 100));
+        assert_eq!(served(&merger, "A"), Some((2, 200)));
+        assert_eq!(merger.stats.outdated.load(Relaxed), 1);
+        merger.apply(record("A", 5, 3, 300));
+        assert_eq!(served(&merger, "A"), Some((3, 300)));
+        let current = merger.hub.get("A").and_then(|e| e.current());
+        assert_eq!(current.map(|s| s.ingest_ts_ns), Some(1_300));
+    }
+
+    #[test]
+    fn a_restarted_ingest_is_taken_at_once_and_seq_keeps_increasing() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 40, 400));
+        merger.apply(record("A", 9, 1, 101));
+        assert_eq!(served(&merger, "A"), Some((41, 101)), "new epoch, low seq");
+        merger.apply(record("A", 9, 2, 102));
+        assert_eq!(served(&merger, "A"), Some((42, 102)));
+        merger.apply(record("A", 5, 41, 410));
+        assert_eq!(
+            served(&merger, "A"),
+            Some((42, 102)),
+            "the old epoch is over"
+        );
+    }
+
+    #[test]
+    fn a_declared_symbol_is_served_before_its_first_version() {
+        let merger = merger(10);
+        let live = SymbolStatus {
+            generation: 0,
+            state: SymbolState::Stale,
+            reason: Arc::from("feed connecting"),
+        };
+        merger.apply(TickerRecord::declared(Arc::from("A"), 5, &live));
+        let entry = merger.hub.get("A");
+        assert!(entry.as_ref().is_some_and(|e| e.current().is_none()));
+        let status = entry.map(|e| e.status());
+        assert_eq!(status.map(|s| s.state), Some(SymbolState::Stale));
+        merger.apply(record("A", 5, 1, 100));
+        assert_eq!(served(&merger, "A"), Some((1, 100)));
+    }
+
+    #[test]
+    fn the_same_version_with_a_new_status_changes_only_the_status() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 3, 300));
+        let stale = TickerRecord {
+            state: SymbolState::Stale,
+            reason: "feed disconnected".into(),
+            ..record("A", 5, 3, 300)
+        };
+        merger.apply(stale);
+        let entry = merger.hub.get("A").expect("declared");
+        assert_eq!(entry.status().state, SymbolState::Stale);
+        assert_eq!(&*entry.status().reason, "feed disconnected");
+        assert_eq!(merger.hub.metrics().book_updates.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_lost_source_makes_everything_stale_until_it_is_back() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 1, 100));
+        merger.apply(record("B", 5, 1, 100));
+        merger.source_down();
+        let state = |s: &str| merger.hub.get(s).map(|e| e.status());
+        assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Stale));
+        assert_eq!(
+            state("B").map(|s| s.reason.to_string()).as_deref(),
+            Some(DISCONNECTED_REASON)
+        );
+        // Versions still buffered when the link dropped are served, but stay stale.
+        merger.apply(record("A", 5, 2, 200));
+        assert_eq!(served(&merger, "A"), Some((2, 200)));
+        assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Stale));
+        merger.source_up();
+        assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Live));
+        assert_eq!(state("B").map(|s| s.state), Some(SymbolState::Live));
+    }
+
+    #[test]
+    fn symbols_beyond_the_limit_are_refused_and_counted() {
+        let merger = merger(2);
+        for symbol in ["A", "B", "C", "D"] {
+            merger.apply(record(symbol, 5, 1, 100));
+        }
+        assert_eq!(merger.hub.symbol_count(), 2);
+        assert_eq!(merger.stats.symbols_refused.load(Relaxed), 2);
+        merger.apply(record("A", 5, 2, 200));
+        assert_eq!(served(&merger, "A"), Some((2, 200)), "known symbols go on");
+    }
+
+    #[test]
+    fn batches_keep_the_newest_record_and_drop_malformed_ones() {
+        let merger = merger(10);
+        let mut batch = HashMap::new();
+        let subject = |s: &str| async_nats::Subject::from(subject_for(s).unwrap_or_default());
+        merger.conflate(&mut batch, &subject("A"), &record("A", 5, 2, 200).encode());
+        merger.conflate(&mut batch, &subject("A"), &record("A", 5, 1, 100).encode());
+        merger.conflate(&mut batch, &subject("B"), &record("A", 5, 3, 300).encode());
+        merger.conflate(&mut batch, &subject("A"), b"not a record");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.get("A").map(|r| r.seq), Some(2));
+        assert_eq!(merger.stats.conflated.load(Relaxed), 1);
+        assert_eq!(merger.stats.malformed.load(Relaxed), 2);
+    }
+}

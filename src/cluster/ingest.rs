@@ -26,6 +26,10 @@ use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 /// (replays of files with many symbols declare them as they appear).
 const DISCOVERY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long shutdown waits for buffered records to reach NATS. With the
+/// server gone they never will, and the process must still exit.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
 /// A running publisher.
 #[derive(Debug)]
 pub struct IngestHandle {
@@ -35,9 +39,17 @@ pub struct IngestHandle {
 }
 
 impl IngestHandle {
-    /// Waits for the publisher to stop (after `shutdown` is cancelled).
-    pub async fn stopped(self) {
-        let _ = self.task.await;
+    /// Waits for the publisher to stop after `shutdown` was cancelled: it
+    /// flushes what it buffered, or gives up after a grace period when NATS is
+    /// unreachable.
+    pub async fn stopped(mut self) {
+        if tokio::time::timeout(FLUSH_GRACE * 2, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS unreachable: records still buffered are dropped");
+            self.task.abort();
+        }
     }
 }
 
@@ -108,11 +120,15 @@ impl Publisher {
             ready.clear();
             self.mailbox.take_ready(&mut ready);
             for &index in &ready {
-                self.publish(index as usize).await;
+                // A publish waits while the client's buffer is full (NATS away).
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.publish(index as usize) => {}
+                }
             }
         }
         // Whatever the client still buffers goes out before the process exits.
-        let _ = self.client.flush().await;
+        let _ = tokio::time::timeout(FLUSH_GRACE, self.client.flush()).await;
     }
 
     /// Subscribes to symbols declared since the last look and publishes them.

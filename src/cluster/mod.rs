@@ -62,8 +62,9 @@ pub struct Link {
     pub connects: u64,
 }
 
-/// Connects to `url` as `name`, reconnecting forever after a loss. The
-/// returned watch follows the connection's state.
+/// Connects to `url` (one server, or several separated by commas) as `name`,
+/// reconnecting forever after a loss. The returned watch follows the
+/// connection's state.
 pub async fn connect(
     url: &str,
     name: &str,
@@ -90,7 +91,7 @@ pub async fn connect(
             let stats = callback_stats.clone();
             async move { on_event(&event, &link, &stats) }
         })
-        .connect(url)
+        .connect(url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
         .map_err(|source| ClusterError::Connect {
             url: url.to_owned(),
