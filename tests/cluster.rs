@@ -279,6 +279,8 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
             2.0
         );
         assert!(metric(&page, "tickwire_cluster_received_total{role=\"gateway\"}") > 0.0);
+        let hop = "tickwire_cluster_hop_latency_seconds{role=\"gateway\",quantile=\"0.5\"}";
+        assert!(metric(&page, hop) > 0.0, "the NATS hop is measured");
     }
     assert!(ingest.hub.metrics().cluster.published.load(Relaxed) > 0);
 }

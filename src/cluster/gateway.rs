@@ -110,7 +110,13 @@ pub async fn spawn(
         config.max_batch.max(1),
         shutdown.clone(),
     ));
-    let loaded = load_last_values(&client, &merger).await?;
+    let loaded = match load_last_values(&client, &merger).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            reader.abort();
+            return Err(e);
+        }
+    };
     tracing::info!(loaded, "last values loaded from {}", super::STREAM_NAME);
     let link = tokio::spawn(follow_link(client, link, merger, shutdown));
     Ok(GatewayHandle { reader, link })
@@ -124,6 +130,7 @@ async fn read_subscription(
     shutdown: CancellationToken,
 ) {
     let mut batch: HashMap<Arc<str>, TickerRecord> = HashMap::new();
+    let mut hop_samples = Vec::new();
     loop {
         let first = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -143,9 +150,15 @@ async fn read_subscription(
             merger.conflate(&mut batch, &message.subject, &message.payload);
         }
         merger.stats.received.fetch_add(taken as u64, Relaxed);
+        let now = crate::wall_clock_ns();
+        hop_samples.clear();
         for record in batch.drain().map(|(_, record)| record) {
+            if record.seq > 0 {
+                hop_samples.push(u64::try_from(now - record.ingest_ts_ns).unwrap_or(0));
+            }
             merger.apply(record);
         }
+        merger.stats.hop_latency.record_batch(0, &hop_samples);
     }
     let _ = subscription.unsubscribe().await;
 }

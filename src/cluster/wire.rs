@@ -77,12 +77,17 @@ pub struct TickerRecord {
     pub epoch: u64,
     /// The ingest's book version of the symbol (0: declared, no data yet).
     pub seq: u64,
+    /// The served symbol name.
     pub symbol: Arc<str>,
+    /// The symbol's status on the ingest when this record was published.
     pub state: SymbolState,
+    /// Why the symbol is not live (empty when it is).
     pub reason: String,
+    /// Best bid, best ask and last trade, as in [`Snapshot`].
     pub bid: Option<Level>,
     pub ask: Option<Level>,
     pub last: Option<Level>,
+    /// Venue time of the update that made this version, if the venue stamps one.
     pub exchange_ts_ns: Option<i64>,
     /// When the ingest took the update in, so latency stays end to end.
     pub ingest_ts_ns: i64,

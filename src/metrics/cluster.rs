@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
+use super::LatencyRecorder;
+
 /// What an ingest or gateway counts about its NATS link.
 #[derive(Debug, Default)]
 pub struct ClusterStats {
@@ -32,6 +34,9 @@ pub struct ClusterStats {
     pub symbols_refused: AtomicU64,
     /// Times the NATS client reported this process as a slow consumer.
     pub slow_consumer: AtomicU64,
+    /// Ingest → read off the subscription, per record applied (gateway): what the
+    /// NATS hop adds before the gateway's own fan-out.
+    pub hop_latency: LatencyRecorder,
 }
 
 impl ClusterStats {
@@ -118,5 +123,13 @@ impl ClusterStats {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{role=\"{role}\"}} {value}"
             );
         }
+        let name = "tickwire_cluster_hop_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Ingest to received from NATS, per record applied.\n# TYPE {name} summary"
+        );
+        self.hop_latency
+            .summary()
+            .render_series(out, name, &format!("role=\"{role}\""));
     }
 }
