@@ -1,4 +1,4 @@
-//! The command line: `tickwire serve` and `tickwire subscribe`.
+//! The command line: `tickwire serve`, `ingest`, `subscribe`, `record` and `bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, SubscribeOptions};
+use crate::cluster::gateway::{self, GatewayConfig};
+use crate::cluster::ingest;
 use crate::fanout::Hub;
 use crate::feed::{self, config, replay};
 use crate::metrics::Metrics;
@@ -48,8 +50,22 @@ pub enum Command {
     Record(RecordArgs),
     /// Load a server with many connections; report latency percentiles and efficiency.
     Bench(crate::bench::BenchArgs),
+    /// Run feeds and the book, publish every book version to NATS, and serve
+    /// clients and HTTP like `serve` (gateways: `serve --source nats://...`).
+    Ingest(IngestArgs),
     /// Overlay the latency distributions of several bench runs in one SVG chart.
     Plot(PlotArgs),
+}
+
+/// `tickwire ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The NATS server to publish to, e.g. nats://127.0.0.1:4222 (several:
+    /// comma-separated).
+    #[arg(long, value_name = "URL")]
+    pub nats: String,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `tickwire plot`.
@@ -112,6 +128,13 @@ pub struct ServeArgs {
     /// Seconds a client has to answer a ping before it is dropped.
     #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
     pub ping_timeout_secs: u64,
+    /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
+    /// comma-separated) instead of running feeds: an edge gateway.
+    #[arg(long, value_name = "nats://...", conflicts_with_all = ["replay", "feed"])]
+    pub source: Option<String>,
+    /// With --source: most symbols served; further ones are dropped and counted.
+    #[arg(long, default_value_t = GatewayConfig::default().max_symbols)]
+    pub max_source_symbols: usize,
 }
 
 /// `tickwire subscribe`.
@@ -165,7 +188,7 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     let result = runtime.block_on(async {
         match command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve_with(args, None).await,
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Plot(args) => plot(args),
             Command::Subscribe(args) => {
@@ -179,6 +202,7 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Record(args) => record(args).await,
+            Command::Ingest(args) => serve_with(args.serve, Some(args.nats)).await,
         }
     });
     match result {
@@ -250,16 +274,39 @@ fn parse_replay_arg(arg: &str) -> replay::ReplaySource {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let feeds = feeds(&args)?;
+/// `serve` (standalone, or a gateway with `--source`), or `ingest` when
+/// `publish_to` names a NATS server.
+async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(metrics.clone()).with_max_book_depth(args.max_book_depth));
     let feeds_shutdown = CancellationToken::new();
-    for feed in feeds {
-        let name = feed.name().to_owned();
-        feed::spawn(hub.clone(), feed, feeds_shutdown.clone())
-            .with_context(|| format!("cannot start feed `{name}`"))?;
+    if let Some(source) = &args.source {
+        if publish_to.is_some() {
+            anyhow::bail!("ingest runs feeds; --source is for gateways (`tickwire serve`)");
+        }
+        if !source
+            .split(',')
+            .all(|url| url.trim().starts_with("nats://"))
+        {
+            anyhow::bail!("--source {source}: expected nats://HOST:PORT");
+        }
+        let config = GatewayConfig {
+            url: source.clone(),
+            max_symbols: args.max_source_symbols,
+            ..GatewayConfig::default()
+        };
+        gateway::spawn(hub.clone(), config, feeds_shutdown.clone()).await?;
+    } else {
+        for feed in feeds(&args)? {
+            let name = feed.name().to_owned();
+            feed::spawn(hub.clone(), feed, feeds_shutdown.clone())
+                .with_context(|| format!("cannot start feed `{name}`"))?;
+        }
     }
+    let publisher = match &publish_to {
+        Some(url) => Some(ingest::spawn(hub.clone(), url, feeds_shutdown.clone()).await?),
+        None => None,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -281,6 +328,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     server::run(listener, hub, config, shutdown_signal()).await?;
     feeds_shutdown.cancel();
+    if let Some(publisher) = publisher {
+        publisher.stopped().await;
+    }
     let latency = metrics.delivery_latency.summary();
     tracing::info!("delivery latency (ingest → socket): {latency}");
     Ok(())

@@ -35,6 +35,10 @@
 //! - [`server`] accepts connections, serves HTTP (the dashboard, `/healthz`,
 //!   `/metrics`, `/api/...`), upgrades `/ws` into sessions, streams `/sse`, and
 //!   shuts down with 1001.
+//! - [`cluster`] scales out on NATS: `tickwire ingest` publishes every book
+//!   version ([`cluster::ingest`], encoded by [`cluster::wire`]) and stateless
+//!   gateways rebuild the book from NATS into their own fan-out
+//!   ([`cluster::gateway`]), so sessions serve it unchanged.
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
 //! - [`client`] is the small WebSocket client behind `tickwire subscribe`,
 //!   [`bench`](mod@bench) the load generator behind `tickwire bench`, and [`cli`] the
@@ -44,6 +48,7 @@ pub mod bench;
 pub mod book;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod fanout;
 pub mod feed;
 pub mod metrics;

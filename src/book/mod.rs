@@ -81,6 +81,29 @@ impl Snapshot {
         }
     }
 
+    /// A version built elsewhere (a gateway rebuilding an ingest's book from
+    /// the cluster wire), with the ingest's `seq` and timestamps.
+    pub fn from_parts(
+        symbol: Arc<str>,
+        seq: u64,
+        bid: Option<Level>,
+        ask: Option<Level>,
+        last: Option<Level>,
+        exchange_ts_ns: Option<i64>,
+        ingest_ts_ns: i64,
+    ) -> Snapshot {
+        Snapshot {
+            symbol,
+            seq,
+            bid,
+            ask,
+            last,
+            exchange_ts_ns,
+            ingest_ts_ns,
+            encoded: OnceLock::new(),
+        }
+    }
+
     /// The ticker message for this version up to and including `"skipped":`.
     /// Built once per version; every subscriber appends its own `skipped` and
     /// `snapshot` fields to the same bytes.

@@ -379,6 +379,18 @@ impl Hub {
         self.metrics.book_updates.fetch_add(1, Ordering::Relaxed);
         seq
     }
+
+    /// Publishes a version built elsewhere (a gateway's copy of an ingest's
+    /// book) and queues it for every subscriber. Unlike [`Hub::publish`] it
+    /// leaves the status alone: the caller knows whether its source is live.
+    pub fn publish_version(&self, entry: &SymbolEntry, version: Arc<Snapshot>) {
+        {
+            let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+            entry.current.store(Some(version));
+        }
+        queue_all(&entry.subscribers.load());
+        self.metrics.book_updates.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! text rendering. Hot paths batch their increments (a session adds its totals
 //! once per socket write), so no shared cache line is touched per message.
 
+mod cluster;
 pub mod depth;
 mod latency;
 
@@ -9,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+pub use cluster::ClusterStats;
 pub use latency::{LatencyRecorder, LatencySummary};
 
 /// Where a feed is in its life; `tickwire_feed_state` exports the number.
@@ -232,6 +234,8 @@ pub struct Metrics {
     pub delivery_latency: LatencyRecorder,
     /// Depth messages by what they did to their book.
     pub depth: depth::DepthMetrics,
+    /// The NATS link of an ingest or gateway.
+    pub cluster: Arc<ClusterStats>,
 }
 
 /// One admitted client, counted in `tickwire_connections` until dropped.
@@ -384,6 +388,7 @@ impl Metrics {
         );
         self.depth.render(&mut out);
         self.render_feeds(&mut out);
+        self.cluster.render(&mut out);
         self.delivery_latency.summary().render(
             &mut out,
             "tickwire_delivery_latency_seconds",

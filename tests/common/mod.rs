@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub mod exchange;
+pub mod nats;
 
 use std::io::BufRead as _;
 use std::net::SocketAddr;

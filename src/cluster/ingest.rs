@@ -1,0 +1,211 @@
+//! Ingest: publishes every book version of the local [`Hub`] to NATS.
+//!
+//! The publisher subscribes to every symbol the way a session does (one
+//! [`Slot`] per symbol), so it reads each symbol's *current* version when it
+//! drains. While NATS keeps up that is every version; when the NATS client
+//! pushes back (a slow or absent server), versions conflate in the hub instead
+//! of queueing here, and the next publish carries the newest book. Status
+//! changes (a live feed going stale) are published as the same version with
+//! the new status. After a reconnect the whole book is published again, so the
+//! last-value stream and every gateway catch up with what was missed.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{subject_for, TickerRecord};
+use super::{ClusterError, Link};
+use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
+
+/// How often the publisher looks for symbols declared since it last looked
+/// (replays of files with many symbols declare them as they appear).
+const DISCOVERY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long shutdown waits for buffered records to reach NATS. With the
+/// server gone they never will, and the process must still exit.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// A running publisher.
+#[derive(Debug)]
+pub struct IngestHandle {
+    /// This ingest's epoch: its start time in Unix nanoseconds.
+    pub epoch: u64,
+    task: JoinHandle<()>,
+}
+
+impl IngestHandle {
+    /// Waits for the publisher to stop after `shutdown` was cancelled: it
+    /// flushes what it buffered, or gives up after a grace period when NATS is
+    /// unreachable.
+    pub async fn stopped(mut self) {
+        if tokio::time::timeout(FLUSH_GRACE * 2, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS unreachable: records still buffered are dropped");
+            self.task.abort();
+        }
+    }
+}
+
+/// Connects to NATS at `url`, makes sure the last-value stream exists, and
+/// publishes `hub`'s book until `shutdown` is cancelled.
+pub async fn spawn(
+    hub: Arc<Hub>,
+    url: &str,
+    shutdown: CancellationToken,
+) -> Result<IngestHandle, ClusterError> {
+    let stats = hub.metrics().cluster.clone();
+    stats.enable("ingest");
+    let (client, link) = super::connect(url, "tickwire-ingest", &stats).await?;
+    super::ensure_stream(&async_nats::jetstream::new(client.clone())).await?;
+    let epoch = u64::try_from(crate::wall_clock_ns()).unwrap_or(0);
+    tracing::info!(epoch, "publishing the book to NATS at {url}");
+    let publisher = Publisher {
+        hub,
+        client,
+        epoch,
+        mailbox: Arc::new(Mailbox::default()),
+        symbols: Vec::new(),
+    };
+    let task = tokio::spawn(publisher.run(link, shutdown));
+    Ok(IngestHandle { epoch, task })
+}
+
+/// Per-symbol publishing state.
+struct Published {
+    entry: Arc<SymbolEntry>,
+    slot: Arc<Slot>,
+    subject: Option<String>,
+    /// (seq, status generation) of the last record published; `None` forces one.
+    last: Option<(u64, u64)>,
+}
+
+struct Publisher {
+    hub: Arc<Hub>,
+    client: async_nats::Client,
+    epoch: u64,
+    mailbox: Arc<Mailbox>,
+    symbols: Vec<Published>,
+}
+
+impl Publisher {
+    async fn run(mut self, mut link: watch::Receiver<Link>, shutdown: CancellationToken) {
+        let mut ready = Vec::new();
+        let mut connects = link.borrow().connects;
+        let mut discovery = tokio::time::interval(DISCOVERY_INTERVAL);
+        discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.mailbox.notified() => {}
+                _ = discovery.tick() => self.discover().await,
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *link.borrow_and_update();
+                    if now.connected && now.connects != connects {
+                        connects = now.connects;
+                        self.republish_all().await;
+                    }
+                    continue;
+                }
+            }
+            ready.clear();
+            self.mailbox.take_ready(&mut ready);
+            for &index in &ready {
+                // A publish waits while the client's buffer is full (NATS away).
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.publish(index as usize) => {}
+                }
+            }
+        }
+        // Whatever the client still buffers goes out before the process exits.
+        let _ = tokio::time::timeout(FLUSH_GRACE, self.client.flush()).await;
+    }
+
+    /// Subscribes to symbols declared since the last look and publishes them.
+    async fn discover(&mut self) {
+        if self.hub.symbol_count() == self.symbols.len() {
+            return;
+        }
+        for name in self.hub.symbol_names() {
+            if self.symbols.iter().any(|p| p.entry.name() == &name) {
+                continue;
+            }
+            let Some(entry) = self.hub.get(&name) else {
+                continue;
+            };
+            let Ok(index) = u32::try_from(self.symbols.len()) else {
+                return;
+            };
+            let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
+            entry.subscribe(slot.clone());
+            self.symbols.push(Published {
+                subject: subject_for(&name),
+                entry,
+                slot,
+                last: None,
+            });
+            self.publish(index as usize).await;
+        }
+    }
+
+    async fn republish_all(&mut self) {
+        // The server may have come back without its store: recreate the stream.
+        let jetstream = async_nats::jetstream::new(self.client.clone());
+        if let Err(e) = super::ensure_stream(&jetstream).await {
+            tracing::warn!("after reconnect: {e}");
+        }
+        tracing::info!(
+            symbols = self.symbols.len(),
+            "publishing the whole book again"
+        );
+        for index in 0..self.symbols.len() {
+            self.symbols[index].last = None;
+            self.publish(index).await;
+        }
+    }
+
+    /// Publishes `index`'s current version unless it was already published.
+    async fn publish(&mut self, index: usize) {
+        let Some(published) = self.symbols.get_mut(index) else {
+            return;
+        };
+        published.slot.clear();
+        let Some(subject) = published.subject.clone() else {
+            return;
+        };
+        let status = published.entry.status();
+        let record = match published.entry.current() {
+            Some(snapshot) => TickerRecord::of_snapshot(&snapshot, self.epoch, &status),
+            None => TickerRecord::declared(published.entry.name().clone(), self.epoch, &status),
+        };
+        let key = (record.seq, status.generation);
+        if published.last == Some(key) {
+            return;
+        }
+        published.last = Some(key);
+        let stats = &self.hub.metrics().cluster;
+        match self
+            .client
+            .publish(subject, Bytes::from(record.encode()))
+            .await
+        {
+            Ok(()) => {
+                stats.published.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                stats.publish_errors.fetch_add(1, Relaxed);
+                tracing::debug!(symbol = %record.symbol, error = %e, "publish failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Scale-out on NATS with a real `nats-server`: an ingest publishing a replay,
+//! gateways rebuilding the book from NATS, and clients on real WebSockets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use common::nats::{new_hub, HubServer, NatsServer};
+use common::*;
+use serde_json::{json, Value};
+use tickwire::cluster::gateway::{self, GatewayConfig, GatewayHandle};
+use tickwire::cluster::ingest::{self, IngestHandle};
+use tickwire::cluster::wire::{subject_for, TickerRecord};
+use tickwire::fanout::{Hub, SymbolState, SymbolStatus};
+use tickwire::feed::config::FeedConfig;
+use tickwire::feed::replay::{ReplayConfig, ReplayHandle, Speed};
+use tickwire::feed::FeedHandle;
+use tickwire::server::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+const SYMBOLS: [&str; 2] = ["spot:BTCUSDT", "usdm:BTCUSDT"];
+
+fn files() -> Vec<(Option<&'static str>, std::path::PathBuf)> {
+    vec![(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))]
+}
+
+/// An ingest in this process: a replay into a hub that is published to NATS.
+struct Ingest {
+    hub: Arc<Hub>,
+    replay: ReplayHandle,
+    publisher: Option<IngestHandle>,
+    stop: CancellationToken,
+}
+
+impl Ingest {
+    async fn start(nats: &NatsServer, replay: ReplayConfig) -> Self {
+        let hub = new_hub();
+        let stop = CancellationToken::new();
+        let feed = tickwire::feed::spawn(hub.clone(), FeedConfig::Replay(replay), stop.clone());
+        let Ok(FeedHandle::Replay(replay)) = feed else {
+            panic!("replay starts");
+        };
+        let publisher = ingest::spawn(hub.clone(), &nats.url(), stop.clone())
+            .await
+            .expect("ingest connects");
+        Self {
+            hub,
+            replay,
+            publisher: Some(publisher),
+            stop,
+        }
+    }
+
+    /// Every symbol's final seq, once the replay has ended.
+    async fn final_seqs(&self) -> HashMap<String, u64> {
+        self.replay.finished().await;
+        SYMBOLS
+            .iter()
+            .map(|symbol| {
+                let seq = self
+                    .hub
+                    .get(symbol)
+                    .and_then(|e| e.current())
+                    .map(|s| s.seq);
+                (
+                    symbol.to_string(),
+                    seq.expect("the replay updated the symbol"),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A gateway in this process, serving on its own port.
+struct Gateway {
+    server: HubServer,
+    handle: GatewayHandle,
+    stop: CancellationToken,
+}
+
+impl Gateway {
+    async fn start(nats: &NatsServer) -> Self {
+        Self::start_with(nats, &SYMBOLS).await
+    }
+
+    /// A gateway that has heard of `symbols`.
+    async fn start_with(nats: &NatsServer, symbols: &[&str]) -> Self {
+        let hub = new_hub();
+        let stop = CancellationToken::new();
+        let config = GatewayConfig {
+            url: nats.url(),
+            ..GatewayConfig::default()
+        };
+        let handle = gateway::spawn(hub.clone(), config, stop.clone())
+            .await
+            .expect("gateway connects");
+        let server = HubServer::start(hub).await;
+        // The ingest announces its symbols when it starts; wait until they are known.
+        eventually("gateway knows the symbols", || {
+            symbols.iter().all(|s| server.hub.get(s).is_some())
+        })
+        .await;
+        Self {
+            server,
+            handle,
+            stop,
+        }
+    }
+
+    fn metrics_page(&self) -> String {
+        self.server
+            .hub
+            .metrics()
+            .render(self.server.hub.symbol_count())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A client subscribed to both symbols, and everything it has seen.
+struct Watcher {
+    client: Client,
+    tape: Tape,
+    /// The latest `status.state` per symbol.
+    states: HashMap<String, String>,
+    /// Every state each symbol went through, in order.
+    history: HashMap<String, Vec<String>>,
+}
+
+impl Watcher {
+    async fn subscribe(url: &str) -> Self {
+        Self::subscribe_to(url, &SYMBOLS).await
+    }
+
+    async fn subscribe_to(url: &str, symbols: &[&str]) -> Self {
+        let mut client = Client::connect(url).await;
+        client
+            .send(json!({"op": "subscribe", "id": 1, "symbols": symbols}))
+            .await;
+        let reply = client.recv_type("subscribed").await;
+        assert_eq!(reply["symbols"], json!(symbols), "{reply}");
+        Self {
+            client,
+            tape: Tape::default(),
+            states: HashMap::new(),
+            history: HashMap::new(),
+        }
+    }
+
+    async fn read_until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while !done(self) {
+            let message = tokio::time::timeout_at(deadline, self.client.recv())
+                .await
+                .unwrap_or_else(|_| panic!("never happened: {what}"));
+            match message["type"].as_str() {
+                Some("ticker") => self.tape.record(&message),
+                Some("status") => {
+                    let symbol = message["symbol"].as_str().expect("symbol").to_owned();
+                    let state = message["state"].as_str().expect("state").to_owned();
+                    self.history
+                        .entry(symbol.clone())
+                        .or_default()
+                        .push(state.clone());
+                    self.states.insert(symbol, state);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn read_to(&mut self, seqs: &HashMap<String, u64>) {
+        self.read_until("the final seq of every symbol", |w| {
+            seqs.iter().all(|(symbol, seq)| w.tape.seq(symbol) >= *seq)
+        })
+        .await;
+    }
+
+    async fn read_to_state(&mut self, state: &str) {
+        self.read_until(&format!("every symbol {state}"), |w| {
+            SYMBOLS
+                .iter()
+                .all(|s| w.states.get(*s).map(String::as_str) == Some(state))
+        })
+        .await;
+    }
+
+    fn book(&self, symbol: &str) -> Vec<&Value> {
+        let last = &self.tape.last[symbol];
+        BOOK_FIELDS.iter().map(|field| &last[field]).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
+    let nats = NatsServer::start();
+    let ingest = Ingest::start(&nats, replay_of(&files(), Speed::Max, false, true)).await;
+    let gateways = [Gateway::start(&nats).await, Gateway::start(&nats).await];
+    let standalone = TestServer::start(
+        ServerConfig::default(),
+        vec![replay_of(&files(), Speed::Max, false, true)],
+    )
+    .await;
+    let mut reference = Watcher::subscribe(&standalone.url("")).await;
+    let mut watchers = Vec::new();
+    for gateway in &gateways {
+        watchers.push(Watcher::subscribe(&gateway.server.url()).await);
+    }
+
+    // A foreign publisher's garbage and a record on another symbol's subject
+    // are dropped and counted; nobody else notices.
+    let intruder = async_nats::connect(nats.url()).await.expect("connect");
+    let spot_subject = subject_for(SYMBOLS[0]).expect("subject");
+    // Were it accepted, its epoch would shadow the ingest's for good.
+    let live = SymbolStatus {
+        generation: 0,
+        state: SymbolState::Live,
+        reason: Arc::from(""),
+    };
+    let misplaced = TickerRecord::declared(Arc::from(SYMBOLS[1]), u64::MAX, &live);
+    for payload in [b"garbage".to_vec(), misplaced.encode()] {
+        intruder
+            .publish(spot_subject.clone(), payload.into())
+            .await
+            .expect("publish");
+    }
+    intruder.flush().await.expect("flush");
+    for gateway in &gateways {
+        eventually("the gateway counted both bad records", || {
+            gateway.server.hub.metrics().cluster.malformed.load(Relaxed) == 2
+        })
+        .await;
+    }
+
+    ingest.replay.start();
+    standalone.replays[0].start();
+    let seqs = ingest.final_seqs().await;
+    standalone.replays[0].finished().await;
+    for symbol in SYMBOLS {
+        let standalone_seq = standalone.hub.get(symbol).and_then(|e| e.current());
+        assert_eq!(
+            standalone_seq.map(|s| s.seq),
+            Some(seqs[symbol]),
+            "{symbol}: same replay, same versions"
+        );
+    }
+
+    reference.read_to(&seqs).await;
+    for (gateway, watcher) in gateways.iter().zip(&mut watchers) {
+        watcher.read_to(&seqs).await;
+        for symbol in SYMBOLS {
+            assert_eq!(
+                watcher.book(symbol),
+                reference.book(symbol),
+                "{symbol}: gateway and standalone agree"
+            );
+            let ingested = ingest.hub.get(symbol).and_then(|e| e.current());
+            assert_eq!(
+                watcher.tape.last[symbol]["ingest_ts_ns"].as_i64(),
+                ingested.map(|s| s.ingest_ts_ns),
+                "{symbol}: the ingest node's timestamp is kept"
+            );
+        }
+        let page = gateway.metrics_page();
+        assert_eq!(
+            metric(&page, "tickwire_cluster_malformed_total{role=\"gateway\"}"),
+            2.0
+        );
+        assert!(metric(&page, "tickwire_cluster_received_total{role=\"gateway\"}") > 0.0);
+        let hop = "tickwire_cluster_hop_latency_seconds{role=\"gateway\",quantile=\"0.5\"}";
+        assert!(metric(&page, hop) > 0.0, "the NATS hop is measured");
+    }
+    assert!(ingest.hub.metrics().cluster.published.load(Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_after_the_replay_ended_serves_the_full_book() {
+    let nats = NatsServer::start();
+    let ingest = Ingest::start(&nats, replay_of(&files(), Speed::Max, false, false)).await;
+    let seqs = ingest.final_seqs().await;
+
+    // Wait until the last-value stream holds each symbol's final version.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(tickwire::cluster::STREAM_NAME)
+        .await
+        .expect("the ingest created the stream");
+    for symbol in SYMBOLS {
+        let subject = subject_for(symbol).expect("subject");
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let last = stream.direct_get_last_for_subject(subject.as_str()).await;
+            let record = last
+                .ok()
+                .and_then(|m| TickerRecord::decode(&m.payload).ok());
+            if record.is_some_and(|r| r.seq == seqs[symbol]) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{symbol}: the stream never held seq {}",
+                seqs[symbol]
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    let gateway = Binary::serve(&["--source", &nats.url()]);
+    let mut client = Client::connect(&format!("ws://{}/ws", gateway.addr)).await;
+    client
+        .send(json!({"op": "subscribe", "id": 1, "symbols": SYMBOLS}))
+        .await;
+    client.recv_type("subscribed").await;
+    let mut snapshots = HashMap::new();
+    while snapshots.len() < SYMBOLS.len() {
+        let ticker = client.recv_type("ticker").await;
+        assert_eq!(ticker["snapshot"], true, "{ticker}");
+        snapshots.insert(
+            ticker["symbol"].as_str().expect("symbol").to_owned(),
+            ticker,
+        );
+    }
+    for (symbol, (_, path)) in SYMBOLS.iter().zip(files()) {
+        let ticker = &snapshots[*symbol];
+        assert_shows(ticker, &binance_final_book(&path), symbol);
+        assert_eq!(ticker["seq"], seqs[*symbol], "{symbol}");
+    }
+    let page = http_get(gateway.addr, "/metrics").await.1;
+    assert_eq!(
+        metric(&page, "tickwire_cluster_loaded_total{role=\"gateway\"}"),
+        SYMBOLS.len() as f64
+    );
+    let (clean, _) = gateway.terminate();
+    assert!(clean, "the gateway exits cleanly on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_ride_out_a_nats_restart_mid_replay() {
+    let mut nats = NatsServer::start();
+    // About four seconds of replay, so the outage falls in the middle.
+    let ingest = Ingest::start(&nats, replay_of(&files(), Speed::Factor(15.0), false, true)).await;
+    let origin = HubServer::start(ingest.hub.clone()).await;
+    let gateways = [Gateway::start(&nats).await, Gateway::start(&nats).await];
+    let mut reference = Watcher::subscribe(&origin.url()).await;
+    let mut watchers = Vec::new();
+    for gateway in &gateways {
+        watchers.push(Watcher::subscribe(&gateway.server.url()).await);
+    }
+
+    ingest.replay.start();
+    for watcher in &mut watchers {
+        watcher
+            .read_until("tickers through NATS", |w| w.tape.tickers >= 10)
+            .await;
+    }
+    nats.kill();
+    assert!(
+        !ingest.replay.stats().ended.load(Relaxed),
+        "the outage starts mid-replay"
+    );
+    for watcher in &mut watchers {
+        watcher.read_to_state("stale").await;
+    }
+    let mut during_outage = 0;
+    for gateway in &gateways {
+        // Still serving HTTP and its last values while NATS is away.
+        let (status, body) = http_get(gateway.server.addr, "/api/symbols").await;
+        assert_eq!(status, 200, "{body}");
+        during_outage += gateway.server.hub.symbol_count();
+    }
+    assert_eq!(during_outage, 2 * SYMBOLS.len());
+    nats.restart();
+    for watcher in &mut watchers {
+        watcher.read_to_state("live").await;
+    }
+
+    let seqs = ingest.final_seqs().await;
+    reference.read_to(&seqs).await;
+    for (gateway, watcher) in gateways.iter().zip(&mut watchers) {
+        watcher.read_to(&seqs).await;
+        for symbol in SYMBOLS {
+            assert_eq!(watcher.book(symbol), reference.book(symbol), "{symbol}");
+            let history = &watcher.history[symbol];
+            assert!(
+                history.windows(2).any(|w| w == ["stale", "live"]),
+                "{symbol}: {history:?}"
+            );
+        }
+        assert!(gateway.handle.is_running(), "the gateway keeps running");
+        assert!(gateway.server.is_running());
+        let page = gateway.metrics_page();
+        assert!(metric(&page, "tickwire_cluster_reconnects_total{role=\"gateway\"}") >= 1.0);
+        assert_eq!(
+            metric(&page, "tickwire_cluster_connected{role=\"gateway\"}"),
+            1.0
+        );
+    }
+    assert!(ingest.hub.metrics().cluster.reconnects.load(Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_ingest_is_served_at_once_and_seq_keeps_increasing() {
+    let nats = NatsServer::start();
+    let spot = vec![(Some("spot"), sample(SPOT))];
+    let first = Ingest::start(&nats, replay_of(&spot, Speed::Max, false, false)).await;
+    first.replay.finished().await;
+    let first_seq = first.hub.get(SYMBOLS[0]).and_then(|e| e.current());
+    let first_seq = first_seq.map(|s| s.seq).expect("replayed");
+    let gateway = Gateway::start_with(&nats, &SYMBOLS[..1]).await;
+    let mut watcher = Watcher::subscribe_to(&gateway.server.url(), &SYMBOLS[..1]).await;
+    watcher
+        .read_to(&HashMap::from([(SYMBOLS[0].to_owned(), first_seq)]))
+        .await;
+    drop(first);
+
+    // The same capture again from a new process: its seq starts over at 1.
+    let second = Ingest::start(&nats, replay_of(&spot, Speed::Max, false, false)).await;
+    second.replay.finished().await;
+    let second_seq = second.hub.get(SYMBOLS[0]).and_then(|e| e.current());
+    let second_seq = second_seq.map(|s| s.seq).expect("replayed");
+    // The Tape checks that seq only increases and `skipped` matches every gap.
+    watcher
+        .read_to(&HashMap::from([(
+            SYMBOLS[0].to_owned(),
+            first_seq + second_seq,
+        )]))
+        .await;
+    let last = &watcher.tape.last[SYMBOLS[0]];
+    assert_eq!(last["seq"], first_seq + second_seq);
+    assert_shows(last, &binance_final_book(&sample(SPOT)), SYMBOLS[0]);
+    let ingested = second.hub.get(SYMBOLS[0]).and_then(|e| e.current());
+    assert_eq!(
+        last["ingest_ts_ns"].as_i64(),
+        ingested.map(|s| s.ingest_ts_ns),
+        "the new ingest's version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_stops_even_when_nats_is_gone() {
+    let mut nats = NatsServer::start();
+    let mut ingest = Ingest::start(&nats, replay_of(&files(), Speed::Max, true, false)).await;
+    eventually("records published", || {
+        ingest.hub.metrics().cluster.published.load(Relaxed) > 100
+    })
+    .await;
+    nats.kill();
+    ingest.stop.cancel();
+    let publisher = ingest.publisher.take().expect("running");
+    tokio::time::timeout(GUARD, publisher.stopped())
+        .await
+        .expect("the publisher gives up on NATS and stops");
+}
