@@ -1,5 +1,7 @@
 //! The command line: `tickwire serve` and `tickwire subscribe`.
 
+pub mod security;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Load a server with many connections; report latency percentiles and efficiency.
     Bench(crate::bench::BenchArgs),
+    /// Mint a signed token (JWT) for testing a server that requires one.
+    Token(security::TokenArgs),
 }
 
 /// `tickwire serve`.
@@ -92,6 +96,8 @@ pub struct ServeArgs {
     /// Seconds a client has to answer a ping before it is dropped.
     #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
     pub ping_timeout_secs: u64,
+    #[command(flatten)]
+    pub security: security::SecurityArgs,
 }
 
 /// `tickwire subscribe`.
@@ -158,6 +164,7 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Record(args) => record(args).await,
+            Command::Token(args) => security::token(args),
         }
     });
     match result {
@@ -247,7 +254,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "serving {} symbols: ws://{address}/ws, http://{address}/metrics",
         hub.symbol_count()
     );
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         session: SessionConfig {
             max_message_bytes: args.max_message_bytes,
             max_subscriptions: args.max_subscriptions,
@@ -258,6 +265,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         ..ServerConfig::default()
     };
+    args.security.apply(&mut config)?;
+    if config.auth.enabled() {
+        tracing::info!("clients must present credentials");
+    }
     server::run(listener, hub, config, shutdown_signal()).await?;
     feeds_shutdown.cancel();
     let latency = metrics.delivery_latency.summary();

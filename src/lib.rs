@@ -31,17 +31,23 @@
 //! - [`server`] accepts connections, serves HTTP (the dashboard, `/healthz`,
 //!   `/metrics`, `/api/...`), upgrades `/ws` into sessions, streams `/sse`, and
 //!   shuts down with 1001.
+//! - [`auth`] checks a client's credentials (JWTs, API keys) into a
+//!   [`auth::Grant`]: the symbols it may see and its caps, which every data
+//!   path filters by; [`limits`] keeps any one client or address from taking
+//!   the server down (connections per IP, `Origin`, inbound message rate).
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
 //! - [`client`] is the small WebSocket client behind `tickwire subscribe`,
 //!   [`bench`](mod@bench) the load generator behind `tickwire bench`, and [`cli`] the
 //!   command line.
 
+pub mod auth;
 pub mod bench;
 pub mod book;
 pub mod cli;
 pub mod client;
 pub mod fanout;
 pub mod feed;
+pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod protocol;

@@ -85,7 +85,7 @@ start_server() {
   case "$name" in
     tickwire)
       RUST_LOG="${RUST_LOG:-warn}" "$TICKWIRE" serve --listen "127.0.0.1:$port" --feed "$FEED_FILE" \
-        --max-connections $((CONNECTIONS + 100)) >"$logfile" 2>&1 &
+        --max-connections $((CONNECTIONS + 100)) --max-connections-per-ip 0 >"$logfile" 2>&1 &
       ;;
     bun)
       "$BUN" "$PEERS_DIR/bun/server.js" --symbols "$SYMBOLS" --rate "$RATE" --port "$port" >"$logfile" 2>&1 &
