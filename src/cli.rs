@@ -97,7 +97,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
     pub ping_timeout_secs: u64,
     #[command(flatten)]
-    pub security: security::SecurityArgs,
+    pub security: Box<security::SecurityArgs>,
 }
 
 /// `tickwire subscribe`.
@@ -249,11 +249,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    tracing::info!(
-        "serving {} symbols: ws://{address}/ws, http://{address}/metrics",
-        hub.symbol_count()
-    );
     let mut config = ServerConfig {
         session: SessionConfig {
             max_message_bytes: args.max_message_bytes,
@@ -269,6 +264,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.auth.enabled() {
         tracing::info!("clients must present credentials");
     }
+    let address = listener.local_addr()?;
+    let (ws, http) = match config.tls {
+        Some(_) => ("wss", "https"),
+        None => ("ws", "http"),
+    };
+    tracing::info!(
+        "serving {} symbols: {ws}://{address}/ws, {http}://{address}/metrics",
+        hub.symbol_count()
+    );
     server::run(listener, hub, config, shutdown_signal()).await?;
     feeds_shutdown.cancel();
     let latency = metrics.delivery_latency.summary();

@@ -70,6 +70,12 @@ pub struct SecurityArgs {
     /// Largest request head in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_header_bytes)]
     pub max_header_bytes: usize,
+    /// Serve https:// and wss:// with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl SecurityArgs {
@@ -115,6 +121,9 @@ impl SecurityArgs {
         config.session.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.header_timeout = Duration::from_secs(self.handshake_timeout_secs.max(1));
         config.max_header_bytes = self.max_header_bytes;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(crate::server::tls::server_config(cert, key)?);
+        }
         Ok(())
     }
 }

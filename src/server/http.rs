@@ -19,7 +19,9 @@ use crate::auth::{self, Grant};
 use crate::limits::Admission;
 use crate::metrics::{ErrorCode, Refusal};
 use crate::protocol;
+use crate::session::transport::Transport;
 use crate::session::{self, sse, SessionContext};
+use tokio_rustls::server::TlsStream;
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -436,19 +438,20 @@ async fn upgrade(
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                session::run(
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    initial_symbols,
-                    context,
-                    permit,
-                )
-                .await
-            }
-            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-        }
+        let (stream, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Transport::Plain(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let (tcp, tls) = parts.io.into_inner().into_inner();
+                    (Transport::tls(tcp, tls), parts.read_buf)
+                }
+                Err(_) => {
+                    tracing::error!("upgraded connection is neither TCP nor TLS");
+                    return;
+                }
+            },
+        };
+        session::run(stream, read_buf, initial_symbols, context, permit).await
     });
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -6,6 +6,7 @@
 //! connection comes back to us as the plain `TcpStream` the session writes to.
 
 mod http;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     pub auth: Arc<Authenticator>,
     /// Per-address and origin limits.
     pub limits: LimitsConfig,
+    /// Serve `https://` and `wss://` with this configuration instead of plain text.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             auth: Arc::new(Authenticator::disabled()),
             limits: LimitsConfig::default(),
+            tls: None,
         }
     }
 }
@@ -95,6 +99,11 @@ pub async fn run(
         next_id: AtomicU64::new(1),
     });
     let router = http::router(shared.clone());
+    let tls = shared
+        .config
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -113,12 +122,22 @@ pub async fn run(
         if let Err(e) = tune_socket(&stream, &shared.session_config) {
             tracing::debug!(%peer, error = %e, "could not tune socket");
         }
-        connections.spawn(serve_connection(
-            stream,
-            peer,
-            router.clone(),
-            shared.clone(),
-        ));
+        let (router, shared) = (router.clone(), shared.clone());
+        match &tls {
+            None => connections.spawn(serve_connection(stream, peer, router, shared)),
+            Some(acceptor) => {
+                let accepting = acceptor.accept(stream);
+                connections.spawn(async move {
+                    // The TLS handshake counts against the same deadline as the request head.
+                    let timeout = shared.config.header_timeout;
+                    match tokio::time::timeout(timeout, accepting).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, router, shared).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                })
+            }
+        };
     }
 
     tracing::info!("shutting down: closing sessions with 1001");
@@ -151,12 +170,14 @@ fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeerAddr(pub std::net::SocketAddr);
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: std::net::SocketAddr,
     router: axum::Router,
     shared: Arc<Shared>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
         router.clone().oneshot(request.map(axum::body::Body::new))

@@ -14,6 +14,7 @@ pub mod entitled;
 pub mod outbox;
 pub mod sse;
 pub mod subscriptions;
+pub mod transport;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,8 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +34,7 @@ use crate::wall_clock_ns;
 use codec::{close_code, Decoder, Inbound, OpCode};
 use outbox::{Framing, Outbox};
 use subscriptions::{push_error, Subscriptions};
+use transport::Transport;
 
 /// Per-connection limits and timers.
 #[derive(Clone, Debug)]
@@ -107,7 +107,7 @@ impl SessionContext {
 /// whatever the HTTP layer read past the handshake; `initial_symbols` come from
 /// the `symbols=` query parameter; `permit` counts the client until it is gone.
 pub async fn run(
-    stream: TcpStream,
+    stream: Transport,
     already_read: Bytes,
     initial_symbols: Vec<String>,
     context: SessionContext,
@@ -158,7 +158,7 @@ enum Closing {
 
 struct Session {
     context: SessionContext,
-    stream: TcpStream,
+    stream: Transport,
     decoder: Decoder,
     inbound: BytesMut,
     out: Outbox,
@@ -172,7 +172,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(stream: TcpStream, already_read: Bytes, context: SessionContext) -> Self {
+    fn new(stream: Transport, already_read: Bytes, context: SessionContext) -> Self {
         let config = &context.config;
         let hub = context.hub.clone();
         let max_subscriptions = context
@@ -230,7 +230,7 @@ impl Session {
                     Ok(()) => Wake::Readable,
                     Err(_) => return CloseReason::Io,
                 },
-                ready = self.stream.writable(), if buffered > 0 => match ready {
+                ready = self.stream.writable(), if buffered > 0 || self.stream.has_pending_output() => match ready {
                     Ok(()) => Wake::Writable,
                     Err(_) => return CloseReason::Io,
                 },
@@ -488,11 +488,14 @@ impl Session {
             match self.stream.try_write(self.out.pending()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out.advance(n, keep),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        match self.stream.try_flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Ends the session: sends a close frame when one is due, writes what is
