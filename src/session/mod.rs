@@ -135,6 +135,9 @@ pub async fn run(
     drop(permit);
 }
 
+/// Longest a rate-limited client goes unread at a time.
+const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
+
 enum PingState {
     Idle { next_ping: Instant },
     Awaiting { deadline: Instant },
@@ -165,6 +168,9 @@ struct Session {
     subscriptions: Subscriptions,
     ping: PingState,
     rate: MessageRate,
+    /// While set, the client is over its message rate and is not read until
+    /// then: a flood waits in TCP buffers instead of costing CPU.
+    read_paused_until: Option<Instant>,
     /// When the credential expires.
     expiry: Option<Instant>,
     /// Since when the client has had no subscription.
@@ -189,6 +195,7 @@ impl Session {
                 next_ping: now + config.ping_interval,
             },
             rate: MessageRate::new(config.message_rate.clone(), now),
+            read_paused_until: None,
             expiry: context.expiry(),
             idle_since: Some(now),
             stream,
@@ -221,7 +228,8 @@ impl Session {
 
             let buffered = self.out.buffered();
             let take_updates = buffered < config.write_high_water;
-            let take_requests = buffered < config.max_write_buffer;
+            let take_requests =
+                buffered < config.max_write_buffer && self.read_paused_until.is_none();
             let deadline = self.next_deadline();
             let wake = tokio::select! {
                 biased;
@@ -270,14 +278,22 @@ impl Session {
         let idle = self
             .idle_since
             .map(|since| since + self.context.config.idle_timeout);
-        [self.subscriptions.next_deadline(), self.expiry, idle]
-            .into_iter()
-            .flatten()
-            .fold(ping, Instant::min)
+        [
+            self.subscriptions.next_deadline(),
+            self.expiry,
+            idle,
+            self.read_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(ping, Instant::min)
     }
 
     fn on_timer(&mut self) -> Result<(), Closing> {
         let now = Instant::now();
+        if self.read_paused_until.is_some_and(|until| now >= until) {
+            self.read_paused_until = None;
+        }
         if self.expiry.is_some_and(|expiry| now >= expiry) {
             tracing::debug!(id = self.context.id, subject = %self.context.grant.subject, "credentials expired");
             entitled::expired(&self.context.hub, &mut self.out);
@@ -359,7 +375,12 @@ impl Session {
                     self.context.hub.metrics().messages_in.fetch_add(1, Relaxed);
                     match self.rate.check(Instant::now()) {
                         Verdict::Allow => self.handle_request(&text),
-                        Verdict::Refuse => self.refuse_for_rate(),
+                        Verdict::Refuse => {
+                            self.refuse_for_rate();
+                            // Short enough that pings are still read in time.
+                            let pause = self.rate.retry_after().min(MAX_READ_PAUSE);
+                            self.read_paused_until = Some(Instant::now() + pause);
+                        }
                         Verdict::Abuse => {
                             return Err(Closing::Send(
                                 close_code::POLICY_VIOLATION,
@@ -509,20 +530,26 @@ impl Session {
         self.out.push_close(code, &text);
         let linger = self.context.config.close_linger;
         let pending = self.out.take_pending();
+        // A well-behaved client sends little more than its close frame; one
+        // that keeps sending is left unread (held back by TCP) rather than
+        // read and discarded at full speed for the whole linger.
+        let mut discard_budget = self.context.config.max_message_bytes.max(4096);
         let stream = &mut self.stream;
         let finished = tokio::time::timeout(linger, async {
             stream.write_all(&pending).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 4096];
-            loop {
+            while discard_budget > 0 {
                 stream.readable().await?;
                 match stream.try_read(&mut sink) {
                     Ok(0) => return Ok::<(), io::Error>(()),
-                    Ok(_) => {}
+                    Ok(n) => discard_budget = discard_budget.saturating_sub(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
+            std::future::pending::<()>().await;
+            Ok(())
         })
         .await;
         if !matches!(finished, Ok(Ok(()))) {
