@@ -1,5 +1,7 @@
 //! The command line: `tickwire serve`, `ingest`, `subscribe`, `record` and `bench`.
 
+pub mod security;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,8 @@ pub enum Command {
     /// Run feeds and the book, publish every book version to NATS, and serve
     /// clients and HTTP like `serve` (gateways: `serve --source nats://...`).
     Ingest(IngestArgs),
+    /// Mint a signed token (JWT) for testing a server that requires one.
+    Token(security::TokenArgs),
     /// Overlay the latency distributions of several bench runs in one SVG chart.
     Plot(PlotArgs),
 }
@@ -135,6 +139,8 @@ pub struct ServeArgs {
     /// With --source: most symbols served; further ones are dropped and counted.
     #[arg(long, default_value_t = GatewayConfig::default().max_symbols)]
     pub max_source_symbols: usize,
+    #[command(flatten)]
+    pub security: Box<security::SecurityArgs>,
 }
 
 /// `tickwire subscribe`.
@@ -203,6 +209,7 @@ pub fn main() -> ExitCode {
             }
             Command::Record(args) => record(args).await,
             Command::Ingest(args) => serve_with(args.serve, Some(args.nats)).await,
+            Command::Token(args) => security::token(args),
         }
     });
     match result {
@@ -310,12 +317,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    tracing::info!(
-        "serving {} symbols: ws://{address}/ws, http://{address}/metrics",
-        hub.symbol_count()
-    );
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         session: SessionConfig {
             max_message_bytes: args.max_message_bytes,
             max_subscriptions: args.max_subscriptions,
@@ -326,6 +328,19 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         max_connections: args.max_connections,
         ..ServerConfig::default()
     };
+    args.security.apply(&mut config)?;
+    if config.auth.enabled() {
+        tracing::info!("clients must present credentials");
+    }
+    let address = listener.local_addr()?;
+    let (ws, http) = match config.tls {
+        Some(_) => ("wss", "https"),
+        None => ("ws", "http"),
+    };
+    tracing::info!(
+        "serving {} symbols: {ws}://{address}/ws, {http}://{address}/metrics",
+        hub.symbol_count()
+    );
     server::run(listener, hub, config, shutdown_signal()).await?;
     feeds_shutdown.cancel();
     if let Some(publisher) = publisher {

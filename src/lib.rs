@@ -30,11 +30,18 @@
 //! - [`session`] serves one client: protocol v1 requests ([`protocol`]), the
 //!   subscriptions and conflating drain shared by both transports
 //!   ([`session::subscriptions`]), the bounded output buffer
-//!   ([`session::outbox`]), RFC 6455 framing ([`session::codec`]) and the
-//!   Server-Sent Events fallback ([`session::sse`]).
-//! - [`server`] accepts connections, serves HTTP (the dashboard, `/healthz`,
-//!   `/metrics`, `/api/...`), upgrades `/ws` into sessions, streams `/sse`, and
-//!   shuts down with 1001.
+//!   ([`session::outbox`]), RFC 6455 framing ([`session::codec`]), the
+//!   Server-Sent Events fallback ([`session::sse`]), requests seen through the
+//!   client's entitlements ([`session::entitled`]) and the plain or TLS socket
+//!   ([`session::transport`]).
+//! - [`server`] accepts connections (TLS with [`server::tls`]), serves HTTP
+//!   (the dashboard, `/healthz`, `/metrics`, `/api/...`), admits or refuses
+//!   clients, upgrades `/ws` into sessions, streams `/sse`, and shuts down with
+//!   1001.
+//! - [`auth`] checks a client's credentials (JWTs, API keys) into a
+//!   [`auth::Grant`]: the symbols it may see and its caps, which every data
+//!   path filters by; [`limits`] keeps any one client or address from taking
+//!   the server down (connections per IP, `Origin`, inbound message rate).
 //! - [`cluster`] scales out on NATS: `tickwire ingest` publishes every book
 //!   version ([`cluster::ingest`], encoded by [`cluster::wire`]) and stateless
 //!   gateways rebuild the book from NATS into their own fan-out
@@ -42,8 +49,9 @@
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
 //! - [`client`] is the small WebSocket client behind `tickwire subscribe`,
 //!   [`bench`](mod@bench) the load generator behind `tickwire bench`, and [`cli`] the
-//!   command line.
+//!   command line (`tickwire token` mints test tokens).
 
+pub mod auth;
 pub mod bench;
 pub mod book;
 pub mod cli;
@@ -51,6 +59,7 @@ pub mod client;
 pub mod cluster;
 pub mod fanout;
 pub mod feed;
+pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod protocol;

@@ -93,7 +93,7 @@ start_server() {
   case "$name" in
     tickwire)
       RUST_LOG="${RUST_LOG:-warn}" "$TICKWIRE" serve --listen "127.0.0.1:$port" --feed "$FEED_FILE" \
-        --max-connections 100000 >"$logfile" 2>&1 &
+        --max-connections 100000 --max-connections-per-ip 0 >"$logfile" 2>&1 &
       ;;
     bun)
       "$BUN" "$PEERS_DIR/bun/server.js" --symbols "$SYMBOLS" --rate "$RATE" --port "$port" >"$logfile" 2>&1 &

@@ -122,10 +122,16 @@ pub enum CloseReason {
     BinaryFrame,
     InvalidUtf8,
     Io,
+    /// Kept flooding past the message rate limit (1008).
+    RateLimited,
+    /// The credential expired while connected (1008).
+    CredentialsExpired,
+    /// Held a connection without any subscription for too long (1008).
+    IdleTimeout,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 8] = [
+    const ALL: [CloseReason; 11] = [
         CloseReason::ClientClosed,
         CloseReason::PingTimeout,
         CloseReason::Shutdown,
@@ -134,6 +140,9 @@ impl CloseReason {
         CloseReason::BinaryFrame,
         CloseReason::InvalidUtf8,
         CloseReason::Io,
+        CloseReason::RateLimited,
+        CloseReason::CredentialsExpired,
+        CloseReason::IdleTimeout,
     ];
 
     fn label(self) -> &'static str {
@@ -146,6 +155,9 @@ impl CloseReason {
             CloseReason::BinaryFrame => "binary_frame",
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::Io => "io_error",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::CredentialsExpired => "credentials_expired",
+            CloseReason::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -158,15 +170,17 @@ pub enum ErrorCode {
     NotEntitled,
     LimitExceeded,
     RateLimited,
+    CredentialsExpired,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 5] = [
+    const ALL: [ErrorCode; 6] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownSymbol,
         ErrorCode::NotEntitled,
         ErrorCode::LimitExceeded,
         ErrorCode::RateLimited,
+        ErrorCode::CredentialsExpired,
     ];
 
     /// The code as it appears on the wire and in `/metrics`.
@@ -177,6 +191,7 @@ impl ErrorCode {
             ErrorCode::NotEntitled => "not_entitled",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::CredentialsExpired => "credentials_expired",
         }
     }
 }
@@ -187,13 +202,25 @@ pub enum Refusal {
     NotWebSocket,
     ConnectionLimit,
     ShuttingDown,
+    /// Missing or invalid credentials (401).
+    Unauthorized,
+    /// A browser `Origin` not on the allow-list (403).
+    OriginNotAllowed,
+    /// Too many connections from one address (429).
+    PeerLimit,
+    /// A query string that does not parse (400).
+    BadQuery,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [
+    const ALL: [Refusal; 7] = [
         Refusal::NotWebSocket,
         Refusal::ConnectionLimit,
         Refusal::ShuttingDown,
+        Refusal::Unauthorized,
+        Refusal::OriginNotAllowed,
+        Refusal::PeerLimit,
+        Refusal::BadQuery,
     ];
 
     fn label(self) -> &'static str {
@@ -201,6 +228,10 @@ impl Refusal {
             Refusal::NotWebSocket => "not_websocket",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::OriginNotAllowed => "origin_not_allowed",
+            Refusal::PeerLimit => "peer_limit",
+            Refusal::BadQuery => "bad_query",
         }
     }
 }
@@ -380,7 +411,7 @@ impl Metrics {
         labelled(
             &mut out,
             "tickwire_handshakes_refused_total",
-            "WebSocket handshakes refused, by reason.",
+            "WebSocket, SSE and API requests refused, by reason.",
             "reason",
             Refusal::ALL
                 .iter()

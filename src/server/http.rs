@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,10 +14,14 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::Shared;
-use crate::metrics::{ConnectionPermit, Refusal};
+use super::{PeerAddr, Shared};
+use crate::auth::{self, Grant};
+use crate::limits::Admission;
+use crate::metrics::{ErrorCode, Refusal};
 use crate::protocol;
+use crate::session::transport::Transport;
 use crate::session::{self, sse, SessionContext};
+use tokio_rustls::server::TlsStream;
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -83,18 +88,46 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn symbols(State(shared): State<Arc<Shared>>) -> Json<Vec<String>> {
-    Json(
-        shared
-            .hub
-            .symbol_names()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    )
+/// The symbols the caller may see.
+async fn symbols(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ClientQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let grant = match client_query(&shared, query).and_then(|q| authenticate(&shared, &headers, &q))
+    {
+        Ok(grant) => grant,
+        Err(refused) => return refused.into_response(),
+    };
+    let names: Vec<String> = shared
+        .hub
+        .symbol_names()
+        .iter()
+        .filter(|name| grant.entitlements.allows(name))
+        .map(|s| s.to_string())
+        .collect();
+    Json(names).into_response()
 }
 
-async fn snapshot(State(shared): State<Arc<Shared>>, Path(symbol): Path<String>) -> Response {
+async fn snapshot(
+    State(shared): State<Arc<Shared>>,
+    Path(symbol): Path<String>,
+    query: Result<Query<ClientQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let grant = match client_query(&shared, query).and_then(|q| authenticate(&shared, &headers, &q))
+    {
+        Ok(grant) => grant,
+        Err(refused) => return refused.into_response(),
+    };
+    if !grant.entitlements.allows(&symbol) {
+        shared.hub.metrics().count_error(ErrorCode::NotEntitled);
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "not_entitled",
+            "your credentials do not cover this symbol",
+        );
+    }
     let Some(entry) = shared.hub.get(&symbol) else {
         return refusal(StatusCode::NOT_FOUND, "unknown_symbol", "no such symbol");
     };
@@ -167,12 +200,14 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct WsQuery {
+/// Query parameters of `/ws`, `/sse` and the data API.
+#[derive(Debug, Default, Deserialize)]
+struct ClientQuery {
     symbols: Option<String>,
+    token: Option<String>,
 }
 
-impl WsQuery {
+impl ClientQuery {
     /// The comma-separated `symbols` parameter as a list.
     fn symbols(&self) -> Vec<String> {
         self.symbols
@@ -186,61 +221,167 @@ impl WsQuery {
     }
 }
 
-/// A refusal at the handshake: protocol v1's JSON body with a status.
+/// A refusal: protocol v1's JSON body with a status, counted by reason.
 struct Refused {
     status: StatusCode,
     code: &'static str,
-    message: &'static str,
+    message: String,
+}
+
+impl Refused {
+    fn new(
+        shared: &Shared,
+        reason: Refusal,
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        shared.hub.metrics().count_refusal(reason);
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        refusal(self.status, self.code, self.message)
+        refusal(self.status, self.code, &self.message)
     }
 }
 
-/// Admits a new client, or refuses it while shutting down or at the
-/// connection limit.
-fn admission(shared: &Shared) -> Result<ConnectionPermit, Refused> {
-    let metrics = shared.hub.metrics();
-    if shared.shutdown.is_cancelled() {
-        metrics.count_refusal(Refusal::ShuttingDown);
-        return Err(Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "shutting_down",
-            message: "server is shutting down",
-        });
-    }
-    metrics.admit(shared.config.max_connections).ok_or_else(|| {
-        metrics.count_refusal(Refusal::ConnectionLimit);
-        Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "connection_limit",
-            message: "server is at its connection limit",
-        }
+/// The query string, or the documented `400` instead of a plain-text one.
+fn client_query(
+    shared: &Shared,
+    query: Result<Query<ClientQuery>, QueryRejection>,
+) -> Result<ClientQuery, Refused> {
+    query.map(|Query(query)| query).map_err(|rejection| {
+        Refused::new(
+            shared,
+            Refusal::BadQuery,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed query string: {}", rejection.body_text()),
+        )
     })
 }
 
-fn session_context(shared: &Shared) -> SessionContext {
+/// The caller's grant: unrestricted when authentication is off, otherwise
+/// from its credential, or `401`.
+fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: &ClientQuery,
+) -> Result<Grant, Refused> {
+    let credential = auth::credential(headers, query.token.as_deref());
+    shared
+        .config
+        .auth
+        .authenticate(credential)
+        .map_err(|error| {
+            tracing::debug!(%error, "credentials refused");
+            Refused::new(
+                shared,
+                Refusal::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                error.to_string(),
+            )
+        })
+}
+
+/// Admits a new streaming client, or refuses it: while shutting down (503),
+/// from a browser origin not allowed (403), without valid credentials (401),
+/// over its address's limit (429) or the server's (503).
+fn admission(
+    shared: &Shared,
+    peer: Option<Extension<PeerAddr>>,
+    headers: &HeaderMap,
+    query: &ClientQuery,
+) -> Result<(Admission, Grant), Refused> {
+    let metrics = shared.hub.metrics();
+    if shared.shutdown.is_cancelled() {
+        return Err(Refused::new(
+            shared,
+            Refusal::ShuttingDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        ));
+    }
+    let limits = &shared.config.limits;
+    if !limits.origin_allowed(headers) {
+        return Err(Refused::new(
+            shared,
+            Refusal::OriginNotAllowed,
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not connect",
+        ));
+    }
+    let grant = authenticate(shared, headers, query)?;
+    let peer = match peer {
+        Some(Extension(PeerAddr(addr))) => Some(
+            shared
+                .peers
+                .admit(addr.ip(), limits.max_connections_per_ip)
+                .ok_or_else(|| {
+                    Refused::new(
+                        shared,
+                        Refusal::PeerLimit,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_connections",
+                        "too many connections from your address",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let connection = metrics
+        .admit(shared.config.max_connections)
+        .ok_or_else(|| {
+            Refused::new(
+                shared,
+                Refusal::ConnectionLimit,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection_limit",
+                "server is at its connection limit",
+            )
+        })?;
+    Ok((Admission { connection, peer }, grant))
+}
+
+fn session_context(shared: &Shared, grant: Grant) -> SessionContext {
     SessionContext {
         hub: shared.hub.clone(),
         config: shared.session_config.clone(),
         shutdown: shared.shutdown.clone(),
         id: shared.next_id(),
+        grant: Arc::new(grant),
     }
 }
 
 /// `GET /sse?symbols=A,B`: the ticker stream as Server-Sent Events.
-async fn event_stream(State(shared): State<Arc<Shared>>, Query(query): Query<WsQuery>) -> Response {
+async fn event_stream(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ClientQuery>, QueryRejection>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+) -> Response {
+    let query = match client_query(&shared, query) {
+        Ok(query) => query,
+        Err(refused) => return refused.into_response(),
+    };
     let symbols = query.symbols();
     if symbols.is_empty() {
         return refusal(StatusCode::BAD_REQUEST, "bad_request", "give symbols=A,B");
     }
-    let permit = match admission(&shared) {
-        Ok(permit) => permit,
+    let (permit, grant) = match admission(&shared, peer, &headers, &query) {
+        Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
-    let stream = sse::start(symbols, session_context(&shared), permit);
+    let stream = sse::start(symbols, session_context(&shared, grant), permit);
     let body = axum::body::Body::from_stream(stream);
     (
         [
@@ -258,7 +399,8 @@ async fn event_stream(State(shared): State<Arc<Shared>>, Query(query): Query<WsQ
 /// upgraded socket to a new session task.
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
-    Query(query): Query<WsQuery>,
+    query: Result<Query<ClientQuery>, QueryRejection>,
+    peer: Option<Extension<PeerAddr>>,
     mut request: Request,
 ) -> Response {
     let metrics = shared.hub.metrics();
@@ -274,14 +416,20 @@ async fn upgrade(
             return response;
         }
     };
-    let permit = match admission(&shared) {
-        Ok(permit) => permit,
+    let admitted = client_query(&shared, query)
+        .and_then(|query| Ok((admission(&shared, peer, request.headers(), &query)?, query)));
+    let ((permit, grant), query) = match admitted {
+        Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
+    // A browser that offered protocols fails a handshake that selects none.
+    let subprotocol = auth::subprotocols(request.headers())
+        .any(|p| p == auth::SUBPROTOCOL)
+        .then_some(auth::SUBPROTOCOL);
     let initial_symbols = query.symbols();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let context = session_context(&shared);
+    let context = session_context(&shared, grant);
     shared.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -290,19 +438,20 @@ async fn upgrade(
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                session::run(
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    initial_symbols,
-                    context,
-                    permit,
-                )
-                .await
-            }
-            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-        }
+        let (stream, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Transport::Plain(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let (tcp, tls) = parts.io.into_inner().into_inner();
+                    (Transport::tls(tcp, tls), parts.read_buf)
+                }
+                Err(_) => {
+                    tracing::error!("upgraded connection is neither TCP nor TLS");
+                    return;
+                }
+            },
+        };
+        session::run(stream, read_buf, initial_symbols, context, permit).await
     });
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -311,6 +460,12 @@ async fn upgrade(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(value) = HeaderValue::from_str(&accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(protocol) = subprotocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
     }
     response
 }

@@ -6,6 +6,7 @@
 //! connection comes back to us as the plain `TcpStream` the session writes to.
 
 mod http;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -20,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::auth::Authenticator;
 use crate::fanout::Hub;
+use crate::limits::{LimitsConfig, PeerConnections};
 use crate::session::SessionConfig;
 
 /// Server-wide settings.
@@ -36,6 +39,12 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Time allowed to send a complete request head.
     pub header_timeout: Duration,
+    /// Who may connect and what they may see (off by default).
+    pub auth: Arc<Authenticator>,
+    /// Per-address and origin limits.
+    pub limits: LimitsConfig,
+    /// Serve `https://` and `wss://` with this configuration instead of plain text.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +55,9 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             max_header_bytes: 16 * 1024,
             header_timeout: Duration::from_secs(10),
+            auth: Arc::new(Authenticator::disabled()),
+            limits: LimitsConfig::default(),
+            tls: None,
         }
     }
 }
@@ -58,6 +70,7 @@ pub(crate) struct Shared {
     pub session_config: Arc<SessionConfig>,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
+    pub peers: Arc<PeerConnections>,
     next_id: AtomicU64,
 }
 
@@ -82,9 +95,15 @@ pub async fn run(
         config,
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        peers: Arc::new(PeerConnections::default()),
         next_id: AtomicU64::new(1),
     });
     let router = http::router(shared.clone());
+    let tls = shared
+        .config
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -103,7 +122,22 @@ pub async fn run(
         if let Err(e) = tune_socket(&stream, &shared.session_config) {
             tracing::debug!(%peer, error = %e, "could not tune socket");
         }
-        connections.spawn(serve_connection(stream, router.clone(), shared.clone()));
+        let (router, shared) = (router.clone(), shared.clone());
+        match &tls {
+            None => connections.spawn(serve_connection(stream, peer, router, shared)),
+            Some(acceptor) => {
+                let accepting = acceptor.accept(stream);
+                connections.spawn(async move {
+                    // The TLS handshake counts against the same deadline as the request head.
+                    let timeout = shared.config.header_timeout;
+                    match tokio::time::timeout(timeout, accepting).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, router, shared).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                })
+            }
+        };
     }
 
     tracing::info!("shutting down: closing sessions with 1001");
@@ -132,8 +166,20 @@ fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
     Ok(())
 }
 
-async fn serve_connection(stream: TcpStream, router: axum::Router, shared: Arc<Shared>) {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+/// The client's address, as a request extension for per-address limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddr(pub std::net::SocketAddr);
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    router: axum::Router,
+    shared: Arc<Shared>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -11,9 +11,11 @@
 
 pub mod book;
 pub mod codec;
+pub mod entitled;
 pub mod outbox;
 pub mod sse;
 pub mod subscriptions;
+pub mod transport;
 
 use std::future::{poll_fn, Future as _};
 use std::io;
@@ -24,19 +26,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::auth::Grant;
 use crate::fanout::Hub;
-use crate::metrics::{CloseReason, ConnectionPermit, ErrorCode};
+use crate::limits::{Admission, MessageRate, RateConfig, Verdict};
+use crate::metrics::{CloseReason, ErrorCode};
 use crate::protocol::book::BOOK_CHANNEL;
 use crate::protocol::{self, Reply, Request, TICKER_CHANNEL};
 use crate::wall_clock_ns;
 use codec::{close_code, Decoder, Inbound, OpCode};
 use outbox::{Framing, Outbox};
 use subscriptions::{push_error, Subscriptions};
+use transport::Transport;
 
 /// The channel a subscribe or unsubscribe request names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +71,10 @@ pub struct SessionConfig {
     pub send_buffer_bytes: Option<usize>,
     /// How long a closing session waits for its last bytes and the client's close.
     pub close_linger: Duration,
+    /// Inbound message rate per connection.
+    pub message_rate: RateConfig,
+    /// A connection without any subscription for this long is closed with 1008.
+    pub idle_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -81,6 +88,8 @@ impl Default for SessionConfig {
             max_write_buffer: 256 * 1024,
             send_buffer_bytes: Some(64 * 1024),
             close_linger: Duration::from_secs(2),
+            message_rate: RateConfig::default(),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -93,24 +102,44 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     /// Unique per connection; also picks the latency shard.
     pub id: u64,
+    /// What the client's credentials allow.
+    pub grant: Arc<Grant>,
+}
+
+impl SessionContext {
+    /// When the client's credential expires, on the session clock.
+    fn expiry(&self) -> Option<Instant> {
+        let expires_at = self.grant.expires_at?;
+        let now_secs = wall_clock_ns().div_euclid(1_000_000_000);
+        let left = u64::try_from(expires_at.saturating_sub(now_secs)).unwrap_or(0);
+        // Far-future expiries are clamped so the deadline cannot overflow.
+        Some(Instant::now() + Duration::from_secs(left.min(10 * 365 * 86_400)))
+    }
 }
 
 /// Runs a session on an upgraded connection until it closes. `already_read` is
 /// whatever the HTTP layer read past the handshake; `initial_symbols` come from
 /// the `symbols=` query parameter; `permit` counts the client until it is gone.
 pub async fn run(
-    stream: TcpStream,
+    stream: Transport,
     already_read: Bytes,
     initial_symbols: Vec<String>,
     context: SessionContext,
-    permit: ConnectionPermit,
+    permit: Admission,
 ) {
     let metrics = context.hub.metrics().clone();
     let mut session = Session::new(stream, already_read, context);
     if !initial_symbols.is_empty() {
-        session
-            .subscriptions
-            .subscribe(None, initial_symbols, None, &mut session.out);
+        entitled::subscribe(
+            &mut session.subscriptions,
+            &session.context.grant,
+            &session.context.hub,
+            None,
+            initial_symbols,
+            None,
+            &mut session.out,
+        );
+        session.note_subscriptions();
     }
     let reason = session.serve().await;
     tracing::debug!(id = session.context.id, ?reason, "session ended");
@@ -119,6 +148,9 @@ pub async fn run(
     session.out.release();
     drop(permit);
 }
+
+/// Longest a rate-limited client goes unread at a time.
+const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
 enum PingState {
     Idle { next_ping: Instant },
@@ -156,26 +188,43 @@ enum Closing {
 
 struct Session {
     context: SessionContext,
-    stream: TcpStream,
+    stream: Transport,
     decoder: Decoder,
     inbound: BytesMut,
     out: Outbox,
     subscriptions: Subscriptions,
     ping: PingState,
+    rate: MessageRate,
+    /// While set, the client is over its message rate and is not read until
+    /// then: a flood waits in TCP buffers instead of costing CPU.
+    read_paused_until: Option<Instant>,
+    /// When the credential expires.
+    expiry: Option<Instant>,
+    /// Since when the client has had no subscription.
+    idle_since: Option<Instant>,
 }
 
 impl Session {
-    fn new(stream: TcpStream, already_read: Bytes, context: SessionContext) -> Self {
+    fn new(stream: Transport, already_read: Bytes, context: SessionContext) -> Self {
         let config = &context.config;
         let hub = context.hub.clone();
+        let max_subscriptions = context
+            .grant
+            .entitlements
+            .subscription_limit(config.max_subscriptions);
+        let now = Instant::now();
         Self {
             decoder: Decoder::new(config.max_message_bytes),
             inbound: BytesMut::from(&already_read[..]),
             out: Outbox::new(Framing::WebSocket, hub.metrics().clone(), context.id),
-            subscriptions: Subscriptions::new(hub, config.max_subscriptions),
+            subscriptions: Subscriptions::new(hub, max_subscriptions),
             ping: PingState::Idle {
-                next_ping: Instant::now() + config.ping_interval,
+                next_ping: now + config.ping_interval,
             },
+            rate: MessageRate::new(config.message_rate.clone(), now),
+            read_paused_until: None,
+            expiry: context.expiry(),
+            idle_since: Some(now),
             stream,
             context,
         }
@@ -212,8 +261,8 @@ impl Session {
 
             let buffered = self.out.buffered();
             let wanted = Interest {
-                requests: buffered < config.max_write_buffer,
-                writable: buffered > 0,
+                requests: buffered < config.max_write_buffer && self.read_paused_until.is_none(),
+                writable: buffered > 0 || self.stream.has_pending_output(),
                 updates: buffered < config.write_high_water,
                 sweep: wakes % 32 == 0,
             };
@@ -243,8 +292,8 @@ impl Session {
                     }
                 }
                 Wake::Timer => {
-                    if let Err(reason) = self.on_timer() {
-                        return reason;
+                    if let Err(closing) = self.on_timer() {
+                        return self.close(closing).await;
                     }
                 }
                 // The loop head drains the mailbox and writes.
@@ -293,17 +342,48 @@ impl Session {
             PingState::Idle { next_ping } => next_ping,
             PingState::Awaiting { deadline } => deadline,
         };
-        self.subscriptions
-            .next_deadline()
-            .map_or(ping, |deferred| deferred.min(ping))
+        let idle = self
+            .idle_since
+            .map(|since| since + self.context.config.idle_timeout);
+        [
+            self.subscriptions.next_deadline(),
+            self.expiry,
+            idle,
+            self.read_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(ping, Instant::min)
     }
 
-    fn on_timer(&mut self) -> Result<(), CloseReason> {
+    fn on_timer(&mut self) -> Result<(), Closing> {
         let now = Instant::now();
+        if self.read_paused_until.is_some_and(|until| now >= until) {
+            self.read_paused_until = None;
+        }
+        if self.expiry.is_some_and(|expiry| now >= expiry) {
+            tracing::debug!(id = self.context.id, subject = %self.context.grant.subject, "credentials expired");
+            entitled::expired(&self.context.hub, &mut self.out);
+            return Err(Closing::Send(
+                close_code::POLICY_VIOLATION,
+                "credentials expired".into(),
+                CloseReason::CredentialsExpired,
+            ));
+        }
+        if self
+            .idle_since
+            .is_some_and(|since| now >= since + self.context.config.idle_timeout)
+        {
+            return Err(Closing::Send(
+                close_code::POLICY_VIOLATION,
+                "idle: no subscription".into(),
+                CloseReason::IdleTimeout,
+            ));
+        }
         match self.ping {
             PingState::Awaiting { deadline } if now >= deadline => {
                 tracing::debug!(id = self.context.id, "no answer to ping");
-                return Err(CloseReason::PingTimeout);
+                return Err(Closing::Gone(CloseReason::PingTimeout));
             }
             PingState::Idle { next_ping } if now >= next_ping => {
                 let stamp = wall_clock_ns().to_be_bytes();
@@ -367,7 +447,23 @@ impl Session {
             match message {
                 Inbound::Text(text) => {
                     self.context.hub.metrics().messages_in.fetch_add(1, Relaxed);
-                    self.handle_request(&text);
+                    match self.rate.check(Instant::now()) {
+                        Verdict::Allow => self.handle_request(&text),
+                        Verdict::Refuse => {
+                            self.refuse_for_rate();
+                            // Short enough that pings are still read in time.
+                            let pause = self.rate.retry_after().min(MAX_READ_PAUSE);
+                            self.read_paused_until = Some(Instant::now() + pause);
+                        }
+                        Verdict::Abuse => {
+                            return Err(Closing::Send(
+                                close_code::POLICY_VIOLATION,
+                                "message rate limit exceeded repeatedly".into(),
+                                CloseReason::RateLimited,
+                            ))
+                        }
+                    }
+                    self.note_subscriptions();
                 }
                 Inbound::Ping(payload) => self.out.push_control(OpCode::Pong, &payload),
                 Inbound::Pong => {}
@@ -383,6 +479,31 @@ impl Session {
         }
     }
 
+    /// Starts or stops the idle clock as the client has subscriptions or not.
+    fn note_subscriptions(&mut self) {
+        self.idle_since = if self.subscriptions.is_empty() {
+            self.idle_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+    }
+
+    fn refuse_for_rate(&mut self) {
+        let message = format!(
+            "too many messages; slow down (next one accepted in {} ms)",
+            self.rate.retry_after().as_millis().max(1)
+        );
+        // The id is not parsed: reading a flood's JSON is the work being refused.
+        push_error(
+            &mut self.out,
+            &self.context.hub,
+            None,
+            ErrorCode::RateLimited,
+            &message,
+            &[],
+        );
+    }
+
     fn handle_request(&mut self, text: &str) {
         let hub = &self.context.hub;
         match protocol::parse_request(text) {
@@ -394,10 +515,20 @@ impl Session {
                 depth,
             }) => match self.check_channel(id, channel.as_deref()) {
                 Some(Channel::Ticker) => {
-                    self.subscriptions
-                        .subscribe(id, symbols, max_rate_hz, &mut self.out)
+                    entitled::subscribe(
+                        &mut self.subscriptions,
+                        &self.context.grant,
+                        &self.context.hub,
+                        id,
+                        symbols,
+                        max_rate_hz,
+                        &mut self.out,
+                    );
                 }
-                Some(Channel::Book) => self.subscriptions.book_mut().subscribe(
+                Some(Channel::Book) => entitled::subscribe_book(
+                    &mut self.subscriptions,
+                    &self.context.grant,
+                    &self.context.hub,
                     id,
                     symbols,
                     depth,
@@ -421,17 +552,7 @@ impl Session {
                 }
                 None => {}
             },
-            Ok(Request::List { id }) => {
-                let names = hub.symbol_names();
-                let names: Vec<&str> = names.iter().map(|n| &**n).collect();
-                self.out.push_json(
-                    &Reply::Symbols {
-                        id,
-                        symbols: &names,
-                    }
-                    .encode(),
-                );
-            }
+            Ok(Request::List { id }) => entitled::list(&self.context.grant, hub, id, &mut self.out),
             Ok(Request::Ping { id }) => {
                 let pong = Reply::Pong {
                     id,
@@ -479,11 +600,14 @@ impl Session {
             match self.stream.try_write(self.out.pending()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out.advance(n, max_burst),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        match self.stream.try_flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Ends the session: sends a close frame when one is due, writes what is
@@ -497,6 +621,10 @@ impl Session {
         self.out.push_close(code, &text);
         let linger = self.context.config.close_linger;
         let pending = self.out.take_pending();
+        // A well-behaved client sends little more than its close frame; one
+        // that keeps sending is left unread (held back by TCP) rather than
+        // read and discarded at full speed for the whole linger.
+        let mut discard_budget = self.context.config.max_message_bytes.max(4096);
         let stream = &mut self.stream;
         let finished = tokio::time::timeout(linger, async {
             stream.write_all(&pending).await?;
@@ -505,15 +633,17 @@ impl Session {
             // as its largest state, so a buffer here would cost every idle
             // connection 4 KiB.
             let mut sink = vec![0u8; 4096];
-            loop {
+            while discard_budget > 0 {
                 stream.readable().await?;
                 match stream.try_read(&mut sink) {
                     Ok(0) => return Ok::<(), io::Error>(()),
-                    Ok(_) => {}
+                    Ok(n) => discard_budget = discard_budget.saturating_sub(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
+            std::future::pending::<()>().await;
+            Ok(())
         })
         .await;
         if !matches!(finished, Ok(Ok(()))) {

@@ -15,10 +15,12 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, sleep_until, Instant};
 
+use super::entitled;
 use super::outbox::{Framing, Outbox};
 use super::subscriptions::Subscriptions;
 use super::SessionContext;
-use crate::metrics::{CloseReason, ConnectionPermit};
+use crate::limits::Admission;
+use crate::metrics::CloseReason;
 
 /// How often a quiet stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -27,7 +29,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub fn start(
     symbols: Vec<String>,
     context: SessionContext,
-    permit: ConnectionPermit,
+    permit: Admission,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let (chunks, receiver) = mpsc::channel::<Bytes>(1);
     tokio::spawn(async move {
@@ -53,8 +55,22 @@ async fn run(
         context.hub.metrics().clone(),
         context.id,
     );
-    let mut subscriptions = Subscriptions::new(context.hub.clone(), config.max_subscriptions);
-    subscriptions.subscribe(None, symbols, None, &mut out);
+    let grant = context.grant.clone();
+    let max_subscriptions = grant
+        .entitlements
+        .subscription_limit(config.max_subscriptions);
+    let mut subscriptions = Subscriptions::new(context.hub.clone(), max_subscriptions);
+    entitled::subscribe(
+        &mut subscriptions,
+        &grant,
+        &context.hub,
+        None,
+        symbols,
+        None,
+        &mut out,
+    );
+    let expiry = context.expiry();
+    let mut expired = false;
     let mut keep_alive = interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     let reason = loop {
         subscriptions.fill(&mut out, config.write_high_water);
@@ -66,13 +82,23 @@ async fn run(
                 biased;
                 () = context.shutdown.cancelled() => break CloseReason::Shutdown,
                 sent = chunks.send(chunk) => match sent {
+                    Ok(()) if expired => break CloseReason::CredentialsExpired,
                     Ok(()) => continue,
                     Err(_) => break CloseReason::ClientClosed,
                 },
             }
         }
-        let deadline = subscriptions
-            .next_deadline()
+        if expiry.is_some_and(|expiry| Instant::now() >= expiry) {
+            // The stream ends after the error event is handed over.
+            subscriptions.release();
+            entitled::expired(&context.hub, &mut out);
+            expired = true;
+            continue;
+        }
+        let deadline = [subscriptions.next_deadline(), expiry]
+            .into_iter()
+            .flatten()
+            .min()
             .unwrap_or_else(|| Instant::now() + KEEP_ALIVE);
         tokio::select! {
             biased;

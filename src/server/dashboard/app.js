@@ -47,6 +47,9 @@
 
   const params = new URLSearchParams(location.search);
   const forcedTransport = ['ws', 'sse'].includes(params.get('transport')) ? params.get('transport') : null;
+  // `?token=...`: credentials for a server that requires them; sent as a
+  // WebSocket subprotocol, a bearer header to the API, and `token=` to SSE.
+  const token = params.get('token');
   // `?rate=N`: at most N updates a second per symbol (sent as `max_rate_hz`,
   // so the server conflates the rest); `?rate=0` or `?rate=max`: every version
   // the connection can take. Anything else: the default.
@@ -860,7 +863,7 @@
       ui.endpoint.textContent = url;
       let ws;
       try {
-        ws = new WebSocket(url);
+        ws = new WebSocket(url, token ? ['tickwire.v1', 'bearer.' + token] : undefined);
       } catch {
         this.retry();
         return;
@@ -913,7 +916,8 @@
 
     startSse(gen) {
       // SSE has no `list` op: the symbol list comes from the JSON API.
-      fetch('/api/symbols', { cache: 'no-store' })
+      const headers = token ? { Authorization: 'Bearer ' + token } : {};
+      fetch('/api/symbols', { cache: 'no-store', headers })
         .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
         .then((symbols) => {
           if (gen !== this.gen) return;
@@ -928,12 +932,13 @@
     openEventSource(gen) {
       const url = '/sse?symbols=' + selection.map(encodeSymbol).join(',');
       ui.endpoint.textContent = location.origin + url;
+      const credentials = token ? '&token=' + encodeURIComponent(token) : '';
       if (!selection.length) {
         // Nothing to stream; the server answered /api/symbols, so it is up.
         this.becameUsable();
         return;
       }
-      const es = new EventSource(url);
+      const es = new EventSource(url + credentials);
       this.es = es;
       es.onopen = () => {
         if (gen === this.gen) this.becameUsable();

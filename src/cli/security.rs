@@ -1,0 +1,212 @@
+//! Command-line flags for authentication, limits and TLS on `tickwire serve`,
+//! and `tickwire token`, which mints a token for local testing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use crate::auth::mint::{self, SigningKey, TokenClaims};
+use crate::auth::{AuthConfig, Authenticator, JwtConfig, JwtKey, SymbolPattern};
+use crate::limits::{LimitsConfig, RateConfig};
+use crate::server::ServerConfig;
+use crate::session::SessionConfig;
+
+/// Public-key JWT algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyAlgorithm {
+    Rs256,
+    Eddsa,
+}
+
+/// Authentication and abuse limits of `tickwire serve`.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// Require JWTs signed with this HS256 secret (the file's bytes; one
+    /// trailing newline is ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_public_key")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Require JWTs signed by this public key (PEM; see --jwt-algorithm).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Algorithm of --jwt-public-key.
+    #[arg(long, value_enum, default_value = "rs256")]
+    pub jwt_algorithm: KeyAlgorithm,
+    /// Tokens must carry this `aud`.
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+    /// Tokens must carry this `iss`.
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+    /// Accept the static API keys of this TOML file (SHA-256 digests with entitlements).
+    #[arg(long, value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+    /// Most WebSocket and SSE connections from one IP address (0: no limit).
+    #[arg(long, default_value_t = LimitsConfig::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// Browser origins allowed to connect (repeat); default: any.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Sustained client messages per second per connection.
+    #[arg(long, default_value_t = RateConfig::default().per_second)]
+    pub max_messages_per_sec: f64,
+    /// Client messages allowed in one burst.
+    #[arg(long, default_value_t = RateConfig::default().burst)]
+    pub message_burst: u32,
+    /// Messages refused with `rate_limited` before closing with 1008.
+    #[arg(long, default_value_t = RateConfig::default().max_strikes)]
+    pub rate_limit_strikes: u32,
+    /// Close a connection that has had no subscription for this many seconds.
+    #[arg(long, default_value_t = SessionConfig::default().idle_timeout.as_secs())]
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to send its complete request head (slowloris).
+    #[arg(long, default_value_t = ServerConfig::default().header_timeout.as_secs())]
+    pub handshake_timeout_secs: u64,
+    /// Largest request head in bytes.
+    #[arg(long, default_value_t = ServerConfig::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+    /// Serve https:// and wss:// with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// Applies the flags to a server configuration.
+    pub fn apply(&self, config: &mut ServerConfig) -> anyhow::Result<()> {
+        let key = match (&self.jwt_secret_file, &self.jwt_public_key) {
+            (Some(path), _) => Some(JwtKey::Hs256(read_secret(path)?)),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(match self.jwt_algorithm {
+                    KeyAlgorithm::Rs256 => JwtKey::Rs256Pem(pem),
+                    KeyAlgorithm::Eddsa => JwtKey::EdDsaPem(pem),
+                })
+            }
+            (None, None) => None,
+        };
+        let auth = AuthConfig {
+            jwt: key.map(|key| JwtConfig {
+                key,
+                audience: self.jwt_audience.clone(),
+                issuer: self.jwt_issuer.clone(),
+                leeway_secs: self.jwt_leeway_secs,
+            }),
+            api_keys: self.api_keys.clone(),
+        };
+        config.auth = Arc::new(Authenticator::new(&auth)?);
+        if auth.api_keys.is_some() && !config.auth.enabled() {
+            anyhow::bail!("the API key file lists no keys");
+        }
+        if !(self.max_messages_per_sec.is_finite() && self.max_messages_per_sec > 0.0) {
+            anyhow::bail!("--max-messages-per-sec must be a positive number");
+        }
+        config.limits = LimitsConfig {
+            max_connections_per_ip: self.max_connections_per_ip,
+            allowed_origins: self.allowed_origins.clone(),
+        };
+        config.session.message_rate = RateConfig {
+            per_second: self.max_messages_per_sec,
+            burst: self.message_burst.max(1),
+            max_strikes: self.rate_limit_strikes,
+        };
+        config.session.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        config.header_timeout = Duration::from_secs(self.handshake_timeout_secs.max(1));
+        config.max_header_bytes = self.max_header_bytes;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(crate::server::tls::server_config(cert, key)?);
+        }
+        Ok(())
+    }
+}
+
+/// `tickwire token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Sign with this HS256 secret (the file's bytes; one trailing newline is ignored).
+    #[arg(long, value_name = "FILE", required_unless_present = "private_key")]
+    pub secret_file: Option<PathBuf>,
+    /// Sign with this private key (PEM; RS256 or Ed25519 PKCS#8, see --algorithm).
+    #[arg(long, value_name = "FILE", conflicts_with = "secret_file")]
+    pub private_key: Option<PathBuf>,
+    /// Algorithm of --private-key.
+    #[arg(long, value_enum, default_value = "rs256")]
+    pub algorithm: KeyAlgorithm,
+    /// The `sub` claim: who the token is for.
+    #[arg(long, default_value = "local")]
+    pub sub: String,
+    /// Symbol patterns the holder may see, comma-separated (`spot:*`, `usdm:BTCUSDT`, `*`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub symbols: Vec<String>,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+    #[arg(long)]
+    pub aud: Option<String>,
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// Cap on updates per second per symbol.
+    #[arg(long)]
+    pub max_rate_hz: Option<f64>,
+    /// Cap on subscriptions at once.
+    #[arg(long)]
+    pub max_subscriptions: Option<usize>,
+}
+
+/// Prints a token signed as `args` say.
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let key = match (&args.secret_file, &args.private_key) {
+        (Some(path), _) => SigningKey::Hs256(read_secret(path)?),
+        (None, Some(path)) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            match args.algorithm {
+                KeyAlgorithm::Rs256 => SigningKey::Rs256Pem(pem),
+                KeyAlgorithm::Eddsa => SigningKey::EdDsaPem(pem),
+            }
+        }
+        (None, None) => anyhow::bail!("give --secret-file or --private-key"),
+    };
+    if args
+        .max_rate_hz
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        anyhow::bail!("--max-rate-hz must be a positive number");
+    }
+    let now = crate::wall_clock_ns() / 1_000_000_000;
+    let claims = TokenClaims {
+        sub: args.sub,
+        exp: now.saturating_add(i64::try_from(args.ttl_secs).unwrap_or(i64::MAX)),
+        nbf: None,
+        aud: args.aud,
+        iss: args.iss,
+        symbols: args.symbols.into_iter().map(SymbolPattern::new).collect(),
+        max_rate_hz: args.max_rate_hz,
+        max_subscriptions: args.max_subscriptions,
+    };
+    let token = mint::mint(&claims, &key).context("cannot sign the token")?;
+    println!("{token}");
+    Ok(())
+}
+
+/// A secret file's bytes without the newline an editor or `echo` leaves.
+fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut secret =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
+    Ok(secret)
+}

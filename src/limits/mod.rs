@@ -1,0 +1,165 @@
+//! Limits that keep one client (or one address) from taking the server down:
+//! connections per IP address, the browser `Origin` allow-list, and the
+//! inbound message rate of a connection.
+//!
+//! The server-wide connection limit is [`Metrics::admit`](crate::metrics::Metrics::admit);
+//! message size, subscriptions per connection, header size and the handshake
+//! timeout are in [`SessionConfig`](crate::session::SessionConfig) and
+//! [`ServerConfig`](crate::server::ServerConfig). Every refusal is counted in
+//! `/metrics`.
+
+pub mod rate;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{header, HeaderMap};
+
+use crate::metrics::ConnectionPermit;
+pub use rate::{MessageRate, RateConfig, Verdict};
+
+/// Connection-level limits, checked at the handshake.
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    /// Most WebSocket and SSE connections from one IP address; 0 for no limit.
+    /// Behind a reverse proxy every client shares the proxy's address: raise
+    /// or disable it there and limit at the proxy.
+    pub max_connections_per_ip: usize,
+    /// Origins browsers may connect from (`https://example.com`); empty allows
+    /// any. Requests without an `Origin` header (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_ip: 1_000,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Whether a request with these headers may connect, by its `Origin`.
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        self.allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
+}
+
+/// Open connections per IP address. Entries go away with their last
+/// connection, so the map never holds more than the open connections.
+#[derive(Debug, Default)]
+pub struct PeerConnections {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PeerConnections {
+    /// Counts one more connection from `ip` unless `limit` are open (0: no limit).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerPermit> {
+        let mut open = self.lock();
+        let count = open.entry(ip).or_insert(0);
+        if limit > 0 && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerPermit {
+            peers: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip`.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.lock().get(&ip).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Every critical section leaves the map consistent, even on panic.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One connection from an address, released on drop.
+#[derive(Debug)]
+pub struct PeerPermit {
+    peers: Arc<PeerConnections>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerPermit {
+    fn drop(&mut self) {
+        let mut open = self.peers.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Everything an admitted client holds until it is gone: its place under the
+/// server-wide limit and under its address's limit.
+#[derive(Debug)]
+pub struct Admission {
+    pub connection: ConnectionPermit,
+    pub peer: Option<PeerPermit>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn per_address_counts_are_released_and_forgotten() {
+        let peers = Arc::new(PeerConnections::default());
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
+        let first = peers.admit(ip, 2);
+        let second = peers.admit(ip, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(peers.admit(ip, 2).is_none());
+        assert!(peers.admit(other, 2).is_some_and(|_| true));
+        drop(first);
+        assert_eq!(peers.open(ip), 1);
+        let third = peers.admit(ip, 2);
+        assert!(third.is_some());
+        drop((second, third));
+        assert_eq!(peers.open(ip), 0);
+        assert!(peers.lock().is_empty());
+        assert!(peers.admit(ip, 0).is_some());
+    }
+
+    #[test]
+    fn origins_are_checked_only_when_listed_and_present() {
+        let mut headers = HeaderMap::new();
+        let open = LimitsConfig::default();
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(open.origin_allowed(&headers));
+        let strict = LimitsConfig {
+            allowed_origins: vec!["https://app.example/".into()],
+            ..LimitsConfig::default()
+        };
+        assert!(!strict.origin_allowed(&headers));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://APP.example"),
+        );
+        assert!(strict.origin_allowed(&headers));
+        assert!(strict.origin_allowed(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,638 @@
+//! Authentication, entitlements and abuse limits, against a real server with
+//! real WebSocket, SSE and HTTP clients.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+use tickwire::auth::mint::{self, SigningKey, TokenClaims};
+use tickwire::auth::{AuthConfig, Authenticator, JwtConfig, JwtKey, SymbolPattern};
+use tickwire::feed::replay::Speed;
+use tickwire::limits::{LimitsConfig, RateConfig};
+use tickwire::server::ServerConfig;
+use tickwire::session::SessionConfig;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const SECRET: &[u8] = b"integration test secret";
+
+fn now_secs() -> i64 {
+    tickwire::wall_clock_ns() / 1_000_000_000
+}
+
+/// Claims for `spot:*` only, valid for an hour.
+fn spot_claims() -> TokenClaims {
+    TokenClaims {
+        sub: "alice".into(),
+        exp: now_secs() + 3600,
+        nbf: None,
+        aud: Some("tickwire".into()),
+        iss: None,
+        symbols: vec![SymbolPattern::new("spot:*")],
+        max_rate_hz: None,
+        max_subscriptions: None,
+    }
+}
+
+fn token(claims: &TokenClaims) -> String {
+    mint::mint(claims, &SigningKey::Hs256(SECRET.to_vec())).expect("sign")
+}
+
+fn with_auth(config: ServerConfig, api_keys: Option<std::path::PathBuf>) -> ServerConfig {
+    let auth = AuthConfig {
+        jwt: Some(JwtConfig {
+            key: JwtKey::Hs256(SECRET.to_vec()),
+            audience: Some("tickwire".into()),
+            issuer: None,
+            leeway_secs: 0,
+        }),
+        api_keys,
+    };
+    ServerConfig {
+        auth: Arc::new(Authenticator::new(&auth).expect("auth config")),
+        ..config
+    }
+}
+
+async fn live_server(config: ServerConfig) -> TestServer {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let server = TestServer::start(
+        config,
+        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
+    )
+    .await;
+    for name in ["spot:BTCUSDT", "usdm:BTCUSDT"] {
+        let entry = server.hub.get(name).expect("symbol");
+        eventually("first update", || entry.current().is_some()).await;
+    }
+    server
+}
+
+/// A handshake's outcome: the status, and the JSON body of a refusal.
+async fn handshake(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(Client, Option<String>), (u16, Value)> {
+    let mut request = url.into_client_request().expect("request");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, HeaderValue::from_str(value).expect("header"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => {
+            let protocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok((Client { ws }, protocol))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().clone().unwrap_or_default();
+            let value = serde_json::from_slice(&body).expect("refusals have a JSON body");
+            Err((response.status().as_u16(), value))
+        }
+        Err(e) => panic!("handshake failed without a response: {e}"),
+    }
+}
+
+fn refused_with(result: Result<(Client, Option<String>), (u16, Value)>) -> (u16, String) {
+    match result {
+        Ok(_) => panic!("handshake was accepted"),
+        Err((status, body)) => {
+            assert!(body["message"].is_string(), "{body}");
+            (status, body["error"].as_str().unwrap_or("").to_owned())
+        }
+    }
+}
+
+fn accepted(result: Result<(Client, Option<String>), (u16, Value)>) -> (Client, Option<String>) {
+    match result {
+        Ok(accepted) => accepted,
+        Err((status, body)) => panic!("refused with {status}: {body}"),
+    }
+}
+
+async fn metric_value(server: &TestServer, series: &str) -> f64 {
+    metric(&server.get("/metrics").await.1, series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_forged_expired_and_misaddressed_tokens_are_refused_with_401() {
+    let server = live_server(with_auth(ServerConfig::default(), None)).await;
+    let url = server.url("");
+    assert_eq!(
+        refused_with(handshake(&url, &[]).await),
+        (401, "unauthorized".into())
+    );
+    let forged = mint::mint(&spot_claims(), &SigningKey::Hs256(b"guess".to_vec())).expect("sign");
+    let expired = token(&TokenClaims {
+        exp: now_secs() - 60,
+        ..spot_claims()
+    });
+    let not_yet = token(&TokenClaims {
+        nbf: Some(now_secs() + 600),
+        ..spot_claims()
+    });
+    let other_audience = token(&TokenClaims {
+        aud: Some("someone-else".into()),
+        ..spot_claims()
+    });
+    for bad in [&forged, &expired, &not_yet, &other_audience, "garbage"] {
+        let query = server.url(&format!("?token={bad}"));
+        assert_eq!(
+            refused_with(handshake(&query, &[]).await),
+            (401, "unauthorized".into())
+        );
+    }
+    // The same on the data API and SSE; nothing leaks without credentials.
+    assert_eq!(server.get("/api/symbols").await.0, 401);
+    assert_eq!(server.get("/api/snapshot/spot:BTCUSDT").await.0, 401);
+    let (status, _, _) = SseClient::connect(server.addr, "/sse?symbols=spot:BTCUSDT").await;
+    assert_eq!(status, 401);
+    let series = r#"tickwire_handshakes_refused_total{reason="unauthorized"}"#;
+    assert_eq!(metric_value(&server, series).await, 9.0);
+    // Secrets never reach the metrics page.
+    let page = server.get("/metrics").await.1;
+    assert!(!page.contains(&forged) && !page.contains("integration test secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_accepted_in_the_header_the_query_or_the_subprotocol() {
+    let server = live_server(with_auth(ServerConfig::default(), None)).await;
+    let jwt = token(&spot_claims());
+    let url = server.url("?symbols=spot:BTCUSDT");
+    let bearer = format!("Bearer {jwt}");
+    let (mut client, protocol) = accepted(handshake(&url, &[("authorization", &bearer)]).await);
+    assert_eq!(protocol, None);
+    client.recv_type("subscribed").await;
+
+    let query = server.url(&format!("?symbols=spot:BTCUSDT&token={jwt}"));
+    let (mut client, _) = accepted(handshake(&query, &[]).await);
+    client.recv_type("subscribed").await;
+
+    // Browsers offer `tickwire.v1` beside the credential and get it selected.
+    let offer = format!("tickwire.v1, bearer.{jwt}");
+    let (mut client, protocol) =
+        accepted(handshake(&url, &[("sec-websocket-protocol", &offer)]).await);
+    assert_eq!(protocol.as_deref(), Some("tickwire.v1"));
+    client.recv_type("subscribed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unentitled_symbols_never_reach_the_client_on_any_path() {
+    let server = live_server(with_auth(ServerConfig::default(), None)).await;
+    let jwt = token(&spot_claims());
+
+    // Subscribe on connect and by request: only the entitled symbol is served.
+    let url = server.url(&format!("?symbols=usdm:BTCUSDT&token={jwt}"));
+    let (mut client, _) = accepted(handshake(&url, &[]).await);
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "subscribed", "channel": "ticker", "symbols": []})
+    );
+    let error = client.recv().await;
+    assert_eq!(error["code"], "not_entitled");
+    assert_eq!(error["symbols"], json!(["usdm:BTCUSDT"]));
+    client
+        .send(json!({"op": "subscribe", "id": 2, "symbols": ["usdm:BTCUSDT", "spot:BTCUSDT", "usdm:NOPE"]}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "subscribed", "id": 2, "channel": "ticker", "symbols": ["spot:BTCUSDT"]})
+    );
+    let snapshot = client.recv().await;
+    assert_eq!(
+        (&snapshot["symbol"], &snapshot["snapshot"]),
+        (&json!("spot:BTCUSDT"), &json!(true))
+    );
+    let error = client.recv().await;
+    assert_eq!(error["code"], "not_entitled");
+    // Unentitled names are refused whether they exist or not: no probing.
+    assert_eq!(error["symbols"], json!(["usdm:BTCUSDT", "usdm:NOPE"]));
+    client.send(json!({"op": "list", "id": 3})).await;
+    let list = client.recv_type("symbols").await;
+    assert_eq!(list["symbols"], json!(["spot:BTCUSDT"]));
+    let mut tape = Tape::default();
+    tape.record(&snapshot);
+    while tape.tickers < 20 {
+        let message = client.recv().await;
+        assert_ne!(message["symbol"], "usdm:BTCUSDT", "{message}");
+        if message["type"] == "ticker" {
+            tape.record(&message);
+        }
+    }
+
+    // HTTP: the symbol list is filtered and a snapshot outside the grant is 403.
+    let (status, body) = server.get(&format!("/api/symbols?token={jwt}")).await;
+    assert_eq!((status, body.as_str()), (200, r#"["spot:BTCUSDT"]"#));
+    let (status, body) = server
+        .get(&format!("/api/snapshot/usdm:BTCUSDT?token={jwt}"))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("bid"), "{body}");
+    let (status, _) = server
+        .get(&format!("/api/snapshot/spot:BTCUSDT?token={jwt}"))
+        .await;
+    assert_eq!(status, 200);
+
+    // SSE: the same refusal, and only entitled tickers.
+    let path = format!("/sse?symbols=spot:BTCUSDT,usdm:BTCUSDT&token={jwt}");
+    let (status, _, mut events) = SseClient::connect(server.addr, &path).await;
+    assert_eq!(status, 200);
+    let subscribed = events.next_type("subscribed").await;
+    assert_eq!(subscribed["symbols"], json!(["spot:BTCUSDT"]));
+    let mut refused = false;
+    for _ in 0..10 {
+        let event = events.next().await.expect("stream open");
+        assert_ne!(event["symbol"], "usdm:BTCUSDT", "{event}");
+        refused |= event["code"] == "not_entitled";
+    }
+    assert!(refused);
+    let series = r#"tickwire_client_errors_total{code="not_entitled"}"#;
+    assert_eq!(metric_value(&server, series).await, 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_cap_subscriptions() {
+    let server = live_server(with_auth(ServerConfig::default(), None)).await;
+    let jwt = token(&TokenClaims {
+        symbols: vec![SymbolPattern::new("*")],
+        max_subscriptions: Some(1),
+        ..spot_claims()
+    });
+    let (mut client, _) = accepted(handshake(&server.url(&format!("?token={jwt}")), &[]).await);
+    client
+        .send(json!({"op": "subscribe", "id": 1, "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT"]}))
+        .await;
+    let subscribed = client.recv_type("subscribed").await;
+    assert_eq!(subscribed["symbols"], json!(["spot:BTCUSDT"]));
+    let error = client.recv_type("error").await;
+    assert_eq!(
+        (&error["code"], &error["symbols"]),
+        (&json!("limit_exceeded"), &json!(["usdm:BTCUSDT"]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_gets_a_notice_then_1008_on_both_transports() {
+    let server = live_server(with_auth(ServerConfig::default(), None)).await;
+    let jwt = token(&TokenClaims {
+        exp: now_secs() + 2,
+        ..spot_claims()
+    });
+    let url = server.url(&format!("?symbols=spot:BTCUSDT&token={jwt}"));
+    let (mut client, _) = accepted(handshake(&url, &[]).await);
+    let path = format!("/sse?symbols=spot:BTCUSDT&token={jwt}");
+    let (status, _, mut events) = SseClient::connect(server.addr, &path).await;
+    assert_eq!(status, 200);
+
+    let notice = client.recv_type("error").await;
+    assert_eq!(notice["code"], "credentials_expired");
+    assert_eq!(client.close_code().await, Some(1008));
+    let notice = events.next_type("error").await;
+    assert_eq!(notice["code"], "credentials_expired");
+    while events.next().await.is_some() {}
+    let series = r#"tickwire_connections_closed_total{reason="credentials_expired"}"#;
+    eventually_metric(&server, series, 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_api_keys_authenticate_server_to_server_clients() {
+    let dir = std::env::temp_dir().join(format!("tickwire-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("keys.toml");
+    let key = "s3rv3r-to-s3rv3r-key";
+    let digest: String = tickwire::auth::keys::sha256(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file =
+        format!("[[key]]\nname = \"backoffice\"\nsha256 = \"{digest}\"\nsymbols = [\"usdm:*\"]\n");
+    std::fs::write(&path, file).expect("write keys");
+    let server = live_server(with_auth(ServerConfig::default(), Some(path))).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let bearer = format!("Bearer {key}");
+    let url = server.url("?symbols=usdm:BTCUSDT,spot:BTCUSDT");
+    let (mut client, _) = accepted(handshake(&url, &[("authorization", &bearer)]).await);
+    let subscribed = client.recv_type("subscribed").await;
+    assert_eq!(subscribed["symbols"], json!(["usdm:BTCUSDT"]));
+    assert_eq!(client.recv_type("error").await["code"], "not_entitled");
+    let wrong = format!("Bearer {key}x");
+    assert_eq!(
+        refused_with(handshake(&url, &[("authorization", &wrong)]).await),
+        (401, "unauthorized".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_off_the_allow_list_get_403() {
+    let config = ServerConfig {
+        limits: LimitsConfig {
+            allowed_origins: vec!["https://app.example".into()],
+            ..LimitsConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let url = server.url("?symbols=spot:BTCUSDT");
+    assert_eq!(
+        refused_with(handshake(&url, &[("origin", "https://evil.example")]).await),
+        (403, "origin_not_allowed".into())
+    );
+    let (mut client, _) = accepted(handshake(&url, &[("origin", "https://app.example")]).await);
+    client.recv_type("subscribed").await;
+    // Non-browser clients send no Origin and are not affected.
+    accepted(handshake(&url, &[]).await);
+    let series = r#"tickwire_handshakes_refused_total{reason="origin_not_allowed"}"#;
+    assert_eq!(metric_value(&server, series).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_limited_with_429() {
+    let config = ServerConfig {
+        limits: LimitsConfig {
+            max_connections_per_ip: 2,
+            ..LimitsConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let url = server.url("");
+    let first = accepted(handshake(&url, &[]).await);
+    let _second = accepted(handshake(&url, &[]).await);
+    assert_eq!(
+        refused_with(handshake(&url, &[]).await),
+        (429, "too_many_connections".into())
+    );
+    let (status, _, _) = SseClient::connect(server.addr, "/sse?symbols=spot:BTCUSDT").await;
+    assert_eq!(status, 429);
+    // A closed connection frees its place.
+    drop(first);
+    let mut again = None;
+    for _ in 0..200 {
+        if let Ok(accepted) = handshake(&url, &[]).await {
+            again = Some(accepted);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(again.is_some(), "a place was never freed");
+    let series = r#"tickwire_handshakes_refused_total{reason="peer_limit"}"#;
+    assert!(metric_value(&server, series).await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            message_rate: RateConfig {
+                // Slow enough that no token comes back during the test.
+                per_second: 0.001,
+                burst: 5,
+                max_strikes: 3,
+            },
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let mut client = Client::connect(&server.url("")).await;
+    for id in 0..10 {
+        client.send(json!({"op": "ping", "id": id})).await;
+    }
+    let mut pongs = Vec::new();
+    let mut limited = 0;
+    let code = loop {
+        match client.next_event().await {
+            Event::Json(message) if message["type"] == "pong" => pongs.push(message["id"].clone()),
+            Event::Json(message) => {
+                assert_eq!(message["code"], "rate_limited", "{message}");
+                limited += 1;
+            }
+            Event::Closed(code) => break code,
+        }
+    };
+    assert_eq!(pongs, [0, 1, 2, 3, 4]);
+    assert_eq!(limited, 3);
+    assert_eq!(code, Some(1008));
+    let series = r#"tickwire_connections_closed_total{reason="rate_limited"}"#;
+    eventually_metric(&server, series, 1.0).await;
+    let series = r#"tickwire_client_errors_total{code="rate_limited"}"#;
+    assert_eq!(metric_value(&server, series).await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_client_does_not_starve_the_others() {
+    // The abuser is never closed, so it floods for the whole test.
+    let config = ServerConfig {
+        session: SessionConfig {
+            message_rate: RateConfig {
+                max_strikes: u32::MAX,
+                ..RateConfig::default()
+            },
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let mut abuser = raw_connect(server.addr, "/ws", None).await;
+    let (mut abuser_reader, mut abuser_writer) = abuser.split();
+    let request = json!({"op": "subscribe", "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT"]});
+    let frame = client_frame(true, 0x1, request.to_string().as_bytes());
+    let flood: Vec<u8> = frame.repeat(256);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flooding = async {
+        let mut sent = 0u64;
+        while !stop.is_cancelled() {
+            tokio::select! {
+                written = abuser_writer.write_all(&flood) => {
+                    if written.is_err() { break; }
+                    sent += 256;
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        sent
+    };
+    // The abuser reads its answers, so the server is never held back by its socket.
+    let draining = async {
+        let mut sink = vec![0u8; 64 * 1024];
+        while !stop.is_cancelled() {
+            tokio::select! {
+                read = abuser_reader.read(&mut sink) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+                () = stop.cancelled() => break,
+            }
+        }
+    };
+    let well_behaved = async {
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut client =
+                Client::connect(&server.url("?symbols=spot:BTCUSDT,usdm:BTCUSDT")).await;
+            client.recv_type("subscribed").await;
+            clients.push(client);
+        }
+        for client in &mut clients {
+            let mut tape = Tape::default();
+            while tape.tickers < 30 {
+                let message = client.recv().await;
+                assert_ne!(message["type"], "error", "{message}");
+                if message["type"] == "ticker" {
+                    tape.record(&message);
+                }
+            }
+            client.send(json!({"op": "ping", "id": 1})).await;
+            client.recv_type("pong").await;
+        }
+        stop.cancel();
+    };
+    let (sent, (), ()) = tokio::join!(flooding, draining, well_behaved);
+    assert!(sent > 0);
+    let series = r#"tickwire_client_errors_total{code="rate_limited"}"#;
+    assert!(metric_value(&server, series).await > 0.0);
+    drop(abuser);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_subscriptions_is_closed_when_idle() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let mut idle = Client::connect(&server.url("")).await;
+    let mut busy = Client::connect(&server.url("?symbols=spot:BTCUSDT")).await;
+    assert_eq!(idle.close_code().await, Some(1008));
+    let series = r#"tickwire_connections_closed_total{reason="idle_timeout"}"#;
+    eventually_metric(&server, series, 1.0).await;
+    // The subscribed client is still served.
+    busy.recv_type("subscribed").await;
+    for _ in 0..5 {
+        busy.recv_type("ticker").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_query_string_gets_the_json_400() {
+    let server = live_server(ServerConfig::default()).await;
+    let url = server.url("?symbols=a&symbols=b");
+    assert_eq!(
+        refused_with(handshake(&url, &[]).await),
+        (400, "bad_request".into())
+    );
+    let (status, body) = server.get("/sse?symbols=a&symbols=b").await;
+    assert_eq!(status, 400);
+    let body: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(body["error"], "bad_request", "{body}");
+    let series = r#"tickwire_handshakes_refused_total{reason="bad_query"}"#;
+    assert_eq!(metric_value(&server, series).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_request_heads_are_cut_off() {
+    let config = ServerConfig {
+        header_timeout: Duration::from_millis(300),
+        max_header_bytes: 8 * 1024,
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    // Slowloris: half a request head, then nothing. The server hangs up.
+    let mut slow = TcpStream::connect(server.addr).await.expect("connect");
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(GUARD, slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server kept a stalled handshake open");
+    // A header bomb is refused without reading it all.
+    let mut bomb = TcpStream::connect(server.addr).await.expect("connect");
+    let huge = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = bomb.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(GUARD, bomb.read_to_end(&mut answer))
+        .await
+        .expect("the server answers or hangs up");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    // Everyone else is still served.
+    let mut client = Client::connect(&server.url("?symbols=spot:BTCUSDT")).await;
+    client.recv_type("ticker").await;
+    let _ = client.ws.next().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_mints_eddsa_tokens_its_server_accepts_and_never_logs_them() {
+    let dir = std::env::temp_dir().join(format!("tickwire-eddsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key pair");
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    std::fs::write(&private, pair.serialize_pem()).expect("write key");
+    std::fs::write(&public, pair.public_key_pem()).expect("write key");
+    let minted = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["token", "--algorithm", "eddsa", "--symbols", "spot:*"])
+        .args(["--aud", "tickwire", "--private-key"])
+        .arg(&private)
+        .output()
+        .expect("tickwire token");
+    assert!(minted.status.success(), "{minted:?}");
+    let jwt = String::from_utf8(minted.stdout).expect("UTF-8");
+    let jwt = jwt.trim();
+
+    let public_arg = public.to_string_lossy().into_owned();
+    let server = Binary::serve(&[
+        "--log",
+        "debug",
+        "--jwt-public-key",
+        &public_arg,
+        "--jwt-algorithm",
+        "eddsa",
+        "--jwt-audience",
+        "tickwire",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("ws://{}/ws?symbols=spot:BTCUSDT,usdm:BTCUSDT", server.addr);
+    let bearer = format!("Bearer {jwt}");
+    let (mut client, _) = accepted(handshake(&url, &[("authorization", &bearer)]).await);
+    assert_eq!(
+        client.recv_type("subscribed").await["symbols"],
+        json!(["spot:BTCUSDT"])
+    );
+    // A token signed by another key is refused.
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key pair");
+    let forged = mint::mint(
+        &spot_claims(),
+        &SigningKey::EdDsaPem(stranger.serialize_pem().into_bytes()),
+    )
+    .expect("sign");
+    let bearer = format!("Bearer {forged}");
+    assert_eq!(
+        refused_with(handshake(&url, &[("authorization", &bearer)]).await).0,
+        401
+    );
+    drop(client);
+    let (_, log) = server.terminate();
+    assert!(log.contains("credentials refused"), "{log}");
+    assert!(!log.contains(jwt) && !log.contains(&forged), "{log}");
+}

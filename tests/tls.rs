@@ -1,0 +1,145 @@
+//! `wss://` and `https://` served with rustls (`--tls-cert`/`--tls-key`),
+//! against real TLS clients trusting a self-signed certificate.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+use tickwire::feed::replay::Speed;
+use tickwire::server::ServerConfig;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_tungstenite::Connector;
+
+struct Certificate {
+    dir: std::path::PathBuf,
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A self-signed certificate for `localhost`, written as the PEM files
+/// `--tls-cert`/`--tls-key` read, and a client that trusts it.
+fn certificate() -> Certificate {
+    // One folder per certificate: tests run in parallel, and each removes its own.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tickwire-serve-tls-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let server = tickwire::server::tls::server_config(&cert, &key).expect("TLS config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Certificate {
+        dir,
+        client: Arc::new(client),
+        server,
+    }
+}
+
+async fn tls_server(certificate: &Certificate) -> TestServer {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let config = ServerConfig {
+        tls: Some(certificate.server.clone()),
+        ..ServerConfig::default()
+    };
+    TestServer::start(
+        config,
+        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_clients_get_the_same_protocol_over_tls() {
+    let certificate = certificate();
+    let server = tls_server(&certificate).await;
+    let url = format!(
+        "wss://localhost:{}/ws?symbols=spot:BTCUSDT,usdm:BTCUSDT",
+        server.addr.port()
+    );
+    let connector = Connector::Rustls(certificate.client.clone());
+    let (ws, response) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+            .expect("wss handshake");
+    assert_eq!(response.status(), 101);
+    let mut client = Client { ws };
+    assert_eq!(
+        client.recv_type("subscribed").await["symbols"],
+        json!(["spot:BTCUSDT", "usdm:BTCUSDT"])
+    );
+    let mut tape = Tape::default();
+    while tape.tickers < 40 {
+        tape.record(&client.recv_type("ticker").await);
+    }
+    client.send(json!({"op": "list", "id": 5})).await;
+    assert_eq!(
+        client.recv_type("symbols").await["symbols"],
+        json!(["spot:BTCUSDT", "usdm:BTCUSDT"])
+    );
+    // A request larger than one TLS record arrives whole.
+    let many: Vec<String> = (0..3000).map(|i| format!("NOPE{i}")).collect();
+    client
+        .send(json!({"op": "subscribe", "id": 6, "symbols": many}))
+        .await;
+    let error = client.recv_type("error").await;
+    assert_eq!(error["symbols"].as_array().map(Vec::len), Some(3000));
+    client
+        .send_raw(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    assert_eq!(client.close_code().await, Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_the_api_and_plain_http_is_not_answered() {
+    let certificate = certificate();
+    let server = tls_server(&certificate).await;
+    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /api/symbols HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(GUARD, tls.read_to_end(&mut response))
+        .await
+        .expect("response in time");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with(r#"["spot:BTCUSDT","usdm:BTCUSDT"]"#),
+        "{response}"
+    );
+
+    // Cleartext HTTP on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(server.addr).await.expect("connect");
+    plain
+        .write_all(b"GET /api/symbols HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(GUARD, plain.read_to_end(&mut answer))
+        .await
+        .expect("closed in time");
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+}
