@@ -262,6 +262,24 @@ impl Slot {
     }
 }
 
+/// Sets a symbol's status under its publish lock; false when it already was.
+fn change_status(entry: &SymbolEntry, state: SymbolState, reason: &str) -> bool {
+    let bits = entry.status.load(Ordering::Acquire);
+    if SymbolState::from_bits(bits) == state {
+        return false;
+    }
+    *entry
+        .status_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
+    let generation = (bits >> 2) + 1;
+    entry
+        .status
+        .store(generation << 2 | state as u64, Ordering::Release);
+    tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
+    true
+}
+
 /// Queues every slot after a change their sessions must see (a new version, a
 /// new status). The fence pairs with the one in [`Slot::clear`]: it orders the
 /// change before the flag loads in `Slot::mark`.
@@ -341,38 +359,31 @@ impl Hub {
 
     /// Changes a symbol's status and tells its subscribers; no-op when unchanged.
     pub fn set_status(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
-        {
+        let changed = {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let bits = entry.status.load(Ordering::Acquire);
-            if SymbolState::from_bits(bits) == state {
-                return;
-            }
-            *entry
-                .status_reason
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
-            let generation = (bits >> 2) + 1;
-            entry
-                .status
-                .store(generation << 2 | state as u64, Ordering::Release);
+            change_status(entry, state, reason)
+        };
+        if changed {
+            queue_all(&entry.subscribers.load());
         }
-        tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
-        queue_all(&entry.subscribers.load());
     }
 
     /// Applies `tick` to `entry`'s book, publishes the new version and queues it
     /// for every subscriber. A fresh update makes a stale symbol live again.
     /// Returns the new version's `seq`.
     pub fn publish(&self, entry: &SymbolEntry, tick: &Tick, ingest_ts_ns: i64) -> u64 {
-        if entry.state() != SymbolState::Live {
-            self.set_status(entry, SymbolState::Live, "fresh update");
-        }
         let seq = {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
             let previous = entry.current.load();
             let next = Snapshot::next(previous.as_deref(), &entry.name, tick, ingest_ts_ns);
             let seq = next.seq;
             entry.current.store(Some(Arc::new(next)));
+            // Live again only once the update is in place, and both are queued
+            // together: a session never announces `live` before the update
+            // that made it so.
+            if entry.state() != SymbolState::Live {
+                change_status(entry, SymbolState::Live, "fresh update");
+            }
             seq
         };
         queue_all(&entry.subscribers.load());

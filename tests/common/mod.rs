@@ -233,13 +233,15 @@ pub enum Event {
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (ws, response) = tokio_tungstenite::connect_async_with_config(
+        let handshake = tokio_tungstenite::connect_async_with_config(
             url,
             Some(tickwire::client::websocket_config()),
             true,
-        )
-        .await
-        .expect("handshake");
+        );
+        let (ws, response) = tokio::time::timeout(GUARD, handshake)
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
         assert_eq!(response.status(), 101);
         Self { ws }
     }
@@ -276,7 +278,10 @@ impl Client {
     }
 
     pub async fn recv(&mut self) -> Value {
-        match self.next_event().await {
+        let event = tokio::time::timeout(GUARD, self.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {GUARD:?}"));
+        match event {
             Event::Json(value) => value,
             Event::Closed(code) => panic!("closed ({code:?}) while expecting a message"),
         }
