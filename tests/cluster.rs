@@ -281,6 +281,14 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
         assert!(metric(&page, "tickwire_cluster_received_total{role=\"gateway\"}") > 0.0);
         let hop = "tickwire_cluster_hop_latency_seconds{role=\"gateway\",quantile=\"0.5\"}";
         assert!(metric(&page, hop) > 0.0, "the NATS hop is measured");
+        assert_eq!(
+            metric(
+                &page,
+                "tickwire_cluster_slow_consumer_total{role=\"gateway\"}"
+            ),
+            0.0,
+            "a replay at full speed never makes the gateway a slow consumer"
+        );
     }
     assert!(ingest.hub.metrics().cluster.published.load(Relaxed) > 0);
 }
@@ -462,4 +470,25 @@ async fn an_ingest_stops_even_when_nats_is_gone() {
     tokio::time::timeout(GUARD, publisher.stopped())
         .await
         .expect("the publisher gives up on NATS and stops");
+}
+
+#[test]
+fn a_gateway_without_a_usable_source_fails_with_a_clear_error() {
+    let cases = [
+        ("http://127.0.0.1:4222", "expected nats://HOST:PORT"),
+        // Port 1 on loopback: nothing listens there.
+        (
+            "nats://127.0.0.1:1",
+            "cannot connect to NATS at nats://127.0.0.1:1",
+        ),
+    ];
+    for (source, expected) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--source", source])
+            .output()
+            .expect("run tickwire");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{source}: {stderr}");
+        assert!(stderr.contains(expected), "{source}: {stderr}");
+    }
 }
