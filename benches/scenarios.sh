@@ -67,8 +67,16 @@ for s in "${SCENARIOS[@]}"; do
         TITLE="S3 slow consumers (healthy clients), latency from intended time"
       ;;
     S4)
-      log "S4 connections: 20,000 x 5 subscriptions, then 1,000 connect/disconnect per second"
-      scenario "$OUT/S4" CONNECTIONS=20000 SYMBOLS=100 PER_CONNECTION=5 ZIPF=1 RATE=100 \
+      # Each side needs a descriptor per connection, plus the churn's and a
+      # few more: where the hard open-file limit is below that, fewer.
+      s4_connections=20000
+      fd_limit="$(ulimit -Hn)"
+      if [[ "$fd_limit" != unlimited && "$fd_limit" -lt $((s4_connections + 5000)) ]]; then
+        s4_connections=$((fd_limit - 5000))
+        log "S4: the open-file limit is $fd_limit per process, so $s4_connections connections, not 20,000"
+      fi
+      log "S4 connections: $s4_connections x 5 subscriptions, then 1,000 connect/disconnect per second"
+      scenario "$OUT/S4" CONNECTIONS="$s4_connections" SYMBOLS=100 PER_CONNECTION=5 ZIPF=1 RATE=100 \
         DURATION=$LONG WARMUP=2 REPEAT=1 THREADS=2 LOOPBACK=0 \
         EXTRA="--churn 1000 --connect-timeout 120" TITLE="S4 connections"
       ;;

@@ -174,9 +174,10 @@ def main():
     if s4:
         print("## S4 connections")
         print()
-        print("20,000 connections × 5 subscriptions (feed at 100 updates/s), then 1,000 "
+        print(f"{rows(os.path.join(out, 'S4')).get('tickwire', {}).get('requested', 20000):,.0f} "
+              "connections × 5 subscriptions (feed at 100 updates/s), then 1,000 "
               "connect-subscribe-disconnect cycles per second through the window. `KiB/conn` is "
-              "the server's RSS growth while the 20,000 connected, per connection; `connects/s` "
+              "the server's RSS growth while they connected, per connection; `connects/s` "
               "their handshake rate; `RSS MiB` is at the end of the churn.")
         print()
         print(tables(os.path.join(out, "S4")))
