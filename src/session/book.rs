@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::outbox::Outbox;
-use super::subscriptions::push_error;
+use super::subscriptions::{push_error, push_refused, push_subscribed};
 use crate::book::depth::{depth_index, BOOK_DEPTHS};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
 use crate::metrics::ErrorCode;
@@ -125,44 +125,15 @@ impl BookSubscriptions {
             fresh.push(self.add(entry, depth_index));
         }
 
-        let names: Vec<&str> = accepted.iter().map(|n| &**n).collect();
-        out.push_json(
-            &Reply::Subscribed {
-                id,
-                channel: BOOK_CHANNEL,
-                symbols: &names,
-            }
-            .encode(),
-        );
+        push_subscribed(out, id, BOOK_CHANNEL, &accepted);
         for index in fresh {
             self.push_snapshot(index, out);
         }
-        if !unknown.is_empty() {
-            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-            push_error(
-                out,
-                &self.hub,
-                id,
-                ErrorCode::UnknownSymbol,
-                "no such symbol",
-                &names,
-            );
-        }
-        if !over_limit.is_empty() {
-            let names: Vec<&str> = over_limit.iter().map(String::as_str).collect();
-            let message = format!(
-                "at most {} book subscriptions per connection",
-                self.max_subscriptions
-            );
-            push_error(
-                out,
-                &self.hub,
-                id,
-                ErrorCode::LimitExceeded,
-                &message,
-                &names,
-            );
-        }
+        let limit = format!(
+            "at most {} book subscriptions per connection",
+            self.max_subscriptions
+        );
+        push_refused(out, &self.hub, id, &unknown, &over_limit, &limit);
     }
 
     /// Drops the named book subscriptions and appends `unsubscribed`.

@@ -136,44 +136,15 @@ impl Subscriptions {
             fresh.push(self.add(entry, min_gap));
         }
 
-        let names: Vec<&str> = accepted.iter().map(|n| &**n).collect();
-        out.push_json(
-            &Reply::Subscribed {
-                id,
-                channel: TICKER_CHANNEL,
-                symbols: &names,
-            }
-            .encode(),
-        );
+        push_subscribed(out, id, TICKER_CHANNEL, &accepted);
         for index in fresh {
             self.push_snapshot(index, out);
         }
-        if !unknown.is_empty() {
-            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-            push_error(
-                out,
-                &self.hub,
-                id,
-                ErrorCode::UnknownSymbol,
-                "no such symbol",
-                &names,
-            );
-        }
-        if !over_limit.is_empty() {
-            let names: Vec<&str> = over_limit.iter().map(String::as_str).collect();
-            let message = format!(
-                "at most {} subscriptions per connection",
-                self.max_subscriptions
-            );
-            push_error(
-                out,
-                &self.hub,
-                id,
-                ErrorCode::LimitExceeded,
-                &message,
-                &names,
-            );
-        }
+        let limit = format!(
+            "at most {} subscriptions per connection",
+            self.max_subscriptions
+        );
+        push_refused(out, &self.hub, id, &unknown, &over_limit, &limit);
     }
 
     /// Drops the named subscriptions and appends `unsubscribed`. Nothing for
@@ -376,6 +347,40 @@ fn push_status_if_changed(sub: &mut Subscription, out: &mut Outbox) {
         }
         .encode(),
     );
+}
+
+/// Appends the `subscribed` answer to a subscribe request on `channel`.
+pub fn push_subscribed(out: &mut Outbox, id: Option<u64>, channel: &str, accepted: &[Arc<str>]) {
+    let names: Vec<&str> = accepted.iter().map(|n| &**n).collect();
+    out.push_json(
+        &Reply::Subscribed {
+            id,
+            channel,
+            symbols: &names,
+        }
+        .encode(),
+    );
+}
+
+/// Appends the errors for the symbols a subscribe request could not have:
+/// `unknown_symbol`, and `limit_exceeded` (with `limit` as its message).
+pub fn push_refused(
+    out: &mut Outbox,
+    hub: &Hub,
+    id: Option<u64>,
+    unknown: &[String],
+    over_limit: &[String],
+    limit: &str,
+) {
+    for (names, code, message) in [
+        (unknown, ErrorCode::UnknownSymbol, "no such symbol"),
+        (over_limit, ErrorCode::LimitExceeded, limit),
+    ] {
+        if !names.is_empty() {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            push_error(out, hub, id, code, message, &names);
+        }
+    }
 }
 
 /// Appends an `error` reply and counts it.
