@@ -2,12 +2,11 @@
 //! `arc-swap`, its own subscribers and its own live/stale status, handed to
 //! sessions exactly as top-of-book versions are (a notice, never the data).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 
-use super::{Hub, Slot, SymbolEntry, SymbolState, SymbolStatus};
+use super::{Hub, Slot, Status, Subscribers, SymbolEntry, SymbolState, SymbolStatus};
 use crate::book::depth::{DepthBook, DepthSnapshot, Outcome};
 use crate::metrics::depth::DepthEvent;
 use crate::normalize::depth::DepthMessage;
@@ -19,22 +18,19 @@ pub const AWAITING_SNAPSHOT: &str = "awaiting a depth snapshot";
 #[derive(Debug)]
 pub struct DepthChannel {
     current: ArcSwapOption<DepthSnapshot>,
-    subscribers: ArcSwap<Vec<Arc<Slot>>>,
-    /// Serializes writers and subscriber-list edits; never taken by readers.
+    subscribers: Subscribers,
+    /// Serializes writers and status changes; never taken by readers.
     lock: Mutex<()>,
-    /// `generation << 2 | state`, as for the symbol's top of book.
-    status: AtomicU64,
-    status_reason: Mutex<Arc<str>>,
+    status: Status,
 }
 
 impl Default for DepthChannel {
     fn default() -> Self {
         Self {
             current: ArcSwapOption::empty(),
-            subscribers: ArcSwap::from_pointee(Vec::new()),
+            subscribers: Subscribers::default(),
             lock: Mutex::new(()),
-            status: AtomicU64::new(SymbolState::Stale as u64),
-            status_reason: Mutex::new(Arc::from(AWAITING_SNAPSHOT)),
+            status: Status::new(SymbolState::Stale, AWAITING_SNAPSHOT),
         }
     }
 }
@@ -47,69 +43,43 @@ impl DepthChannel {
 
     /// The status generation; compare with the one a session last announced.
     pub fn status_generation(&self) -> u64 {
-        self.status.load(Ordering::Acquire) >> 2
+        self.status.generation()
     }
 
     /// The book's status: `stale` before the first snapshot and while a gap
     /// or a crossed book waits for a resync.
     pub fn status(&self) -> SymbolStatus {
-        let reason = self
-            .status_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let bits = self.status.load(Ordering::Acquire);
-        SymbolStatus {
-            generation: bits >> 2,
-            state: SymbolState::from_bits(bits),
-            reason,
-        }
+        self.status.get()
     }
 
     /// Adds a slot; from now on every new version and status queues it.
     pub fn subscribe(&self, slot: Arc<Slot>) {
-        let _edit = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next: Vec<Arc<Slot>> = self.subscribers.load().iter().cloned().collect();
-        next.push(slot);
-        self.subscribers.store(Arc::new(next));
+        self.subscribers.add(slot);
     }
 
     /// Removes a slot; nothing queues it after this returns.
     pub fn unsubscribe(&self, slot: &Arc<Slot>) {
-        let _edit = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let next: Vec<Arc<Slot>> = self
-            .subscribers
-            .load()
-            .iter()
-            .filter(|s| !Arc::ptr_eq(s, slot))
-            .cloned()
-            .collect();
-        self.subscribers.store(Arc::new(next));
+        self.subscribers.remove(slot);
     }
 
     /// Number of subscribed slots.
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.load().len()
+        self.subscribers.len()
     }
 
     /// Changes the status and tells subscribers; no-op when unchanged.
     pub fn set_status(&self, state: SymbolState, reason: &str) {
-        {
+        let changed = {
             let _writer = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            let bits = self.status.load(Ordering::Acquire);
-            if SymbolState::from_bits(bits) == state {
-                return;
-            }
-            *self.status_reason.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
-            let generation = (bits >> 2) + 1;
-            self.status
-                .store(generation << 2 | state as u64, Ordering::Release);
+            self.status.change(state, reason)
+        };
+        if changed {
+            self.subscribers.queue_all();
         }
-        self.notify();
     }
 
     fn notify(&self) {
-        super::queue_all(&self.subscribers.load());
+        self.subscribers.queue_all();
     }
 }
 

@@ -31,15 +31,11 @@ use crate::normalize::Tick;
 pub struct SymbolEntry {
     name: Arc<str>,
     current: ArcSwapOption<Snapshot>,
-    subscribers: ArcSwap<Vec<Arc<Slot>>>,
-    /// Serializes writers of this symbol (several feeds may share it) and
-    /// subscriber-list edits; never taken by readers.
+    subscribers: Subscribers,
+    /// Serializes writers of this symbol (several feeds may share it) and its
+    /// status changes; never taken by readers.
     publish_lock: Mutex<()>,
-    subscribers_lock: Mutex<()>,
-    /// `generation << 2 | state`: one atomic load tells a publisher whether the
-    /// symbol is live and a session whether it has announced the latest status.
-    status: AtomicU64,
-    status_reason: Mutex<Arc<str>>,
+    status: Status,
     /// The full-depth book, published and subscribed separately.
     depth: depth::DepthChannel,
 }
@@ -84,11 +80,9 @@ impl SymbolEntry {
         Self {
             name,
             current: ArcSwapOption::empty(),
-            subscribers: ArcSwap::from_pointee(Vec::new()),
+            subscribers: Subscribers::default(),
             publish_lock: Mutex::new(()),
-            subscribers_lock: Mutex::new(()),
-            status: AtomicU64::new(SymbolState::Live as u64),
-            status_reason: Mutex::new(Arc::from("")),
+            status: Status::new(SymbolState::Live, ""),
             depth: depth::DepthChannel::default(),
         }
     }
@@ -100,26 +94,12 @@ impl SymbolEntry {
 
     /// The status generation; compare with the one a session last announced.
     pub fn status_generation(&self) -> u64 {
-        self.status.load(Ordering::Acquire) >> 2
+        self.status.generation()
     }
 
     /// The current status.
     pub fn status(&self) -> SymbolStatus {
-        let reason = self
-            .status_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let bits = self.status.load(Ordering::Acquire);
-        SymbolStatus {
-            generation: bits >> 2,
-            state: SymbolState::from_bits(bits),
-            reason,
-        }
-    }
-
-    fn state(&self) -> SymbolState {
-        SymbolState::from_bits(self.status.load(Ordering::Acquire))
+        self.status.get()
     }
 
     /// The served name.
@@ -139,35 +119,126 @@ impl SymbolEntry {
 
     /// Adds a slot; from now on every new version queues it.
     pub fn subscribe(&self, slot: Arc<Slot>) {
-        let _edit = self
-            .subscribers_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut next = Vec::with_capacity(self.subscribers.load().len() + 1);
-        next.extend(self.subscribers.load().iter().cloned());
-        next.push(slot);
-        self.subscribers.store(Arc::new(next));
+        self.subscribers.add(slot);
     }
 
     /// Removes a slot; no new version queues it after this returns.
     pub fn unsubscribe(&self, slot: &Arc<Slot>) {
-        let _edit = self
-            .subscribers_lock
+        self.subscribers.remove(slot);
+    }
+
+    /// Number of subscribed slots.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+}
+
+/// A live/stale status: `generation << 2 | state` in one atomic, so one load
+/// tells a publisher whether its symbol is live and a session whether it has
+/// announced the latest status; the reason beside it. Writers serialize under
+/// their owner's publish lock.
+#[derive(Debug)]
+struct Status {
+    bits: AtomicU64,
+    reason: Mutex<Arc<str>>,
+}
+
+impl Status {
+    fn new(state: SymbolState, reason: &str) -> Self {
+        Self {
+            bits: AtomicU64::new(state as u64),
+            reason: Mutex::new(Arc::from(reason)),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.bits.load(Ordering::Acquire) >> 2
+    }
+
+    fn state(&self) -> SymbolState {
+        SymbolState::from_bits(self.bits.load(Ordering::Acquire))
+    }
+
+    fn get(&self) -> SymbolStatus {
+        let reason = self
+            .reason
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let bits = self.bits.load(Ordering::Acquire);
+        SymbolStatus {
+            generation: bits >> 2,
+            state: SymbolState::from_bits(bits),
+            reason,
+        }
+    }
+
+    /// Sets the status under a new generation; false when it already was.
+    fn change(&self, state: SymbolState, reason: &str) -> bool {
+        let bits = self.bits.load(Ordering::Acquire);
+        if SymbolState::from_bits(bits) == state {
+            return false;
+        }
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
+        let generation = (bits >> 2) + 1;
+        self.bits
+            .store(generation << 2 | state as u64, Ordering::Release);
+        true
+    }
+}
+
+/// The slots subscribed to one channel: read lock-free by publishers, replaced
+/// whole (copy on write) under a lock by the rare subscribe and unsubscribe.
+#[derive(Debug)]
+struct Subscribers {
+    slots: ArcSwap<Vec<Arc<Slot>>>,
+    edit: Mutex<()>,
+}
+
+impl Default for Subscribers {
+    fn default() -> Self {
+        Self {
+            slots: ArcSwap::from_pointee(Vec::new()),
+            edit: Mutex::new(()),
+        }
+    }
+}
+
+impl Subscribers {
+    fn add(&self, slot: Arc<Slot>) {
+        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.slots.load();
+        let mut next = Vec::with_capacity(current.len() + 1);
+        next.extend(current.iter().cloned());
+        next.push(slot);
+        self.slots.store(Arc::new(next));
+    }
+
+    fn remove(&self, slot: &Arc<Slot>) {
+        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
         let next: Vec<Arc<Slot>> = self
-            .subscribers
+            .slots
             .load()
             .iter()
             .filter(|s| !Arc::ptr_eq(s, slot))
             .cloned()
             .collect();
-        self.subscribers.store(Arc::new(next));
+        self.slots.store(Arc::new(next));
     }
 
-    /// Number of subscribed slots.
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.load().len()
+    fn len(&self) -> usize {
+        self.slots.load().len()
+    }
+
+    /// Queues every slot after a change their sessions must see (a new
+    /// version, a new status). The fence pairs with the one in
+    /// [`Slot::clear`]: it orders the change before the flag loads in
+    /// `Slot::mark`.
+    fn queue_all(&self) {
+        fence(Ordering::SeqCst);
+        for slot in self.slots.load().iter() {
+            slot.mark();
+        }
     }
 }
 
@@ -235,7 +306,7 @@ impl Slot {
 
     /// Called by the session just before it reads the symbol's current version.
     ///
-    /// The fence pairs with the one in `queue_all` (a store-load pattern on
+    /// The fence pairs with the one in `Subscribers::queue_all` (a store-load pattern on
     /// both sides): either the publisher's load in `Slot::mark` sees this
     /// clear and queues the slot again, or the read that follows this call sees
     /// the version it published. The last version is never missed.
@@ -259,34 +330,6 @@ impl Slot {
         if was_empty {
             self.mailbox.notify();
         }
-    }
-}
-
-/// Sets a symbol's status under its publish lock; false when it already was.
-fn change_status(entry: &SymbolEntry, state: SymbolState, reason: &str) -> bool {
-    let bits = entry.status.load(Ordering::Acquire);
-    if SymbolState::from_bits(bits) == state {
-        return false;
-    }
-    *entry
-        .status_reason
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
-    let generation = (bits >> 2) + 1;
-    entry
-        .status
-        .store(generation << 2 | state as u64, Ordering::Release);
-    tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
-    true
-}
-
-/// Queues every slot after a change their sessions must see (a new version, a
-/// new status). The fence pairs with the one in [`Slot::clear`]: it orders the
-/// change before the flag loads in `Slot::mark`.
-fn queue_all(slots: &[Arc<Slot>]) {
-    fence(Ordering::SeqCst);
-    for slot in slots {
-        slot.mark();
     }
 }
 
@@ -361,10 +404,11 @@ impl Hub {
     pub fn set_status(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
         let changed = {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-            change_status(entry, state, reason)
+            entry.status.change(state, reason)
         };
         if changed {
-            queue_all(&entry.subscribers.load());
+            tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
+            entry.subscribers.queue_all();
         }
     }
 
@@ -381,12 +425,14 @@ impl Hub {
             // Live again only once the update is in place, and both are queued
             // together: a session never announces `live` before the update
             // that made it so.
-            if entry.state() != SymbolState::Live {
-                change_status(entry, SymbolState::Live, "fresh update");
+            if entry.status.state() != SymbolState::Live
+                && entry.status.change(SymbolState::Live, "fresh update")
+            {
+                tracing::debug!(symbol = %entry.name, "symbol status: live on a fresh update");
             }
             seq
         };
-        queue_all(&entry.subscribers.load());
+        entry.subscribers.queue_all();
         self.metrics.book_updates.fetch_add(1, Ordering::Relaxed);
         seq
     }
@@ -399,7 +445,7 @@ impl Hub {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
             entry.current.store(Some(version));
         }
-        queue_all(&entry.subscribers.load());
+        entry.subscribers.queue_all();
         self.metrics.book_updates.fetch_add(1, Ordering::Relaxed);
     }
 }
