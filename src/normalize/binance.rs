@@ -224,8 +224,9 @@ fn depth_common(
     Ok(())
 }
 
-/// Decodes `[["price","size"],...]` into `into`, exactly.
-fn levels(
+/// Decodes `[["price","size"],...]` under `key` into `into`, exactly (Binance
+/// depth and Coinbase snapshots share the shape).
+pub(super) fn levels(
     payload: &Object<'_, '_>,
     key: &'static str,
     into: &mut Vec<Level>,

@@ -40,7 +40,7 @@
 use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
 
-use super::binance::{parse_digits, with_tape};
+use super::binance::{levels, parse_digits, with_tape};
 use super::depth::{DepthMessage, Sequence};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
 use crate::book::Level;
@@ -207,25 +207,8 @@ fn snapshot(
 ) -> Result<(), ParseError> {
     depth_header(obj, recv_ts_ns, depth)?;
     depth.sequence = Sequence::Snapshot;
-    for (key, into) in [("bids", &mut depth.bids), ("asks", &mut depth.asks)] {
-        let array = obj
-            .get(key)
-            .and_then(|v| v.as_array())
-            .ok_or(ParseError::Field(key))?;
-        for level in array.iter() {
-            let pair = level.as_array().ok_or(ParseError::Field(key))?;
-            let text = |i: usize| {
-                pair.get(i)
-                    .and_then(|v| v.into_string())
-                    .ok_or(ParseError::Field(key))
-            };
-            into.push(Level {
-                price: decimal(key, text(0)?)?,
-                size: decimal(key, text(1)?)?,
-            });
-        }
-    }
-    Ok(())
+    levels(obj, "bids", &mut depth.bids)?;
+    levels(obj, "asks", &mut depth.asks)
 }
 
 /// An `l2update`: `changes` as `[["buy"|"sell","price","size"],...]`, a zero
