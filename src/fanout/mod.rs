@@ -16,10 +16,13 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use futures_util::task::AtomicWaker;
 
 pub mod depth;
+mod subscribers;
+
+use subscribers::Subscribers;
 
 use crate::book::depth::DEFAULT_MAX_BOOK_DEPTH;
 use crate::book::Snapshot;
@@ -184,61 +187,6 @@ impl Status {
         self.bits
             .store(generation << 2 | state as u64, Ordering::Release);
         true
-    }
-}
-
-/// The slots subscribed to one channel: read lock-free by publishers, replaced
-/// whole (copy on write) under a lock by the rare subscribe and unsubscribe.
-#[derive(Debug)]
-struct Subscribers {
-    slots: ArcSwap<Vec<Arc<Slot>>>,
-    edit: Mutex<()>,
-}
-
-impl Default for Subscribers {
-    fn default() -> Self {
-        Self {
-            slots: ArcSwap::from_pointee(Vec::new()),
-            edit: Mutex::new(()),
-        }
-    }
-}
-
-impl Subscribers {
-    fn add(&self, slot: Arc<Slot>) {
-        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.slots.load();
-        let mut next = Vec::with_capacity(current.len() + 1);
-        next.extend(current.iter().cloned());
-        next.push(slot);
-        self.slots.store(Arc::new(next));
-    }
-
-    fn remove(&self, slot: &Arc<Slot>) {
-        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
-        let next: Vec<Arc<Slot>> = self
-            .slots
-            .load()
-            .iter()
-            .filter(|s| !Arc::ptr_eq(s, slot))
-            .cloned()
-            .collect();
-        self.slots.store(Arc::new(next));
-    }
-
-    fn len(&self) -> usize {
-        self.slots.load().len()
-    }
-
-    /// Queues every slot after a change their sessions must see (a new
-    /// version, a new status). The fence pairs with the one in
-    /// [`Slot::clear`]: it orders the change before the flag loads in
-    /// `Slot::mark`.
-    fn queue_all(&self) {
-        fence(Ordering::SeqCst);
-        for slot in self.slots.load().iter() {
-            slot.mark();
-        }
     }
 }
 
