@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// Seconds a client has to answer a ping before it is dropped.
     #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
     pub ping_timeout_secs: u64,
+    /// Updates for a client that come within this many microseconds of its last
+    /// write wait and leave together in one write (0: write each at once).
+    #[arg(long, default_value_t = SessionConfig::default().coalesce.as_micros() as u64)]
+    pub coalesce_us: u64,
     /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
     /// comma-separated) instead of running feeds: an edge gateway.
     #[arg(long, value_name = "nats://...", conflicts_with_all = ["replay", "feed"])]
@@ -323,6 +327,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
             max_subscriptions: args.max_subscriptions,
             ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
             ping_timeout: Duration::from_secs(args.ping_timeout_secs.max(1)),
+            coalesce: Duration::from_micros(args.coalesce_us),
             ..SessionConfig::default()
         },
         max_connections: args.max_connections,

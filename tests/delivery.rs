@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
+use rust_decimal::Decimal;
 use serde_json::Value;
 use tickwire::feed::replay::Speed;
+use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 
@@ -293,4 +295,49 @@ async fn a_client_of_many_symbols_converges_when_one_drain_exceeds_the_buffer() 
         assert_eq!(tape.last[symbol]["bid"], "29.10", "{symbol}");
     }
     let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_updates_is_gathered_into_one_write_per_coalescing_window() {
+    // The replay never starts: this test publishes by hand.
+    let files = [(Some("usdm"), sample(USDM))];
+    let config = ServerConfig {
+        session: SessionConfig {
+            // Long enough that nothing below can outlast it.
+            coalesce: Duration::from_secs(2),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, true)]).await;
+    let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
+    let publish = |price: i64| {
+        let tick = Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Trade {
+                price: Decimal::new(price, 0),
+                size: Decimal::ONE,
+            },
+        };
+        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
+    };
+    let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+
+    // The first update, and one that follows it closely by chance, leave at once.
+    publish(1);
+    assert_eq!(client.recv_type("ticker").await["last"], "1");
+    publish(2);
+    assert_eq!(client.recv_type("ticker").await["last"], "2");
+    // A third in a row waits for the window; what comes meanwhile replaces it.
+    publish(3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(4);
+    let gathered = client.recv_type("ticker").await;
+    assert_eq!(gathered["last"], "4");
+    assert_eq!(
+        gathered["skipped"], 1,
+        "update 3 was conflated while waiting"
+    );
 }
