@@ -6,16 +6,16 @@
 //! the session drains; its encoding for that depth is built once and shared by
 //! every subscriber, and a slow client skips to the newest version.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::channel::{self, Channel};
 use super::outbox::Outbox;
-use super::subscriptions::{push_error, push_refused, push_subscribed};
+use super::subscriptions::push_error;
 use crate::book::depth::{depth_index, BOOK_DEPTHS};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
 use crate::metrics::ErrorCode;
 use crate::protocol::book::{encode_status, BOOK_CHANNEL};
-use crate::protocol::Reply;
 
 /// Set in the mailbox index of a book subscription's slot, so that one
 /// mailbox serves both channels.
@@ -93,65 +93,12 @@ impl BookSubscriptions {
             push_error(out, &self.hub, id, ErrorCode::BadRequest, message, &[]);
             return;
         }
-        let mut accepted: Vec<Arc<str>> = Vec::new();
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
-        let mut fresh: Vec<u32> = Vec::new();
-        let mut unknown: Vec<String> = Vec::new();
-        let mut over_limit: Vec<String> = Vec::new();
-        for name in symbols {
-            if seen.contains(name.as_str()) {
-                continue;
-            }
-            if let Some(&index) = self.by_name.get(name.as_str()) {
-                // Subscribing again changes the depth and sends a new snapshot.
-                if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) {
-                    sub.depth_index = depth_index;
-                    seen.insert(sub.entry.name().clone());
-                    accepted.push(sub.entry.name().clone());
-                    fresh.push(index);
-                }
-                continue;
-            }
-            let Some(entry) = self.hub.get(&name) else {
-                unknown.push(name);
-                continue;
-            };
-            if self.by_name.len() >= self.max_subscriptions {
-                over_limit.push(name);
-                continue;
-            }
-            seen.insert(entry.name().clone());
-            accepted.push(entry.name().clone());
-            fresh.push(self.add(entry, depth_index));
-        }
-
-        push_subscribed(out, id, BOOK_CHANNEL, &accepted);
-        for index in fresh {
-            self.push_snapshot(index, out);
-        }
-        let limit = format!(
-            "at most {} book subscriptions per connection",
-            self.max_subscriptions
-        );
-        push_refused(out, &self.hub, id, &unknown, &over_limit, &limit);
+        channel::subscribe(self, id, symbols, depth_index, out);
     }
 
     /// Drops the named book subscriptions and appends `unsubscribed`.
     pub fn unsubscribe(&mut self, id: Option<u64>, symbols: &[String], out: &mut Outbox) {
-        for name in symbols {
-            if let Some(index) = self.by_name.remove(name.as_str()) {
-                self.remove(index);
-            }
-        }
-        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        out.push_json(
-            &Reply::Unsubscribed {
-                id,
-                channel: BOOK_CHANNEL,
-                symbols: &names,
-            }
-            .encode(),
-        );
+        channel::unsubscribe(self, id, symbols, out);
     }
 
     /// Drops every book subscription.
@@ -160,6 +107,68 @@ impl BookSubscriptions {
         for index in indices {
             self.remove(index);
         }
+    }
+
+    fn remove(&mut self, index: u32) {
+        if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::take) {
+            sub.entry.depth().unsubscribe(&sub.slot);
+            self.free.push(index);
+            self.hub
+                .metrics()
+                .subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Appends the newest version (and status) of the subscription whose slot
+    /// index is `index` (without [`BOOK_SLOT`]), if the client lacks it.
+    pub fn push_update(&mut self, index: u32, out: &mut Outbox) {
+        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+            return; // Unsubscribed since it was queued.
+        };
+        sub.slot.clear();
+        if let Some(current) = sub.entry.depth().current() {
+            if current.seq > sub.last_seq {
+                let skipped = current.seq - sub.last_seq - 1;
+                sub.last_seq = current.seq;
+                out.push_ticker(
+                    current.book_prefix(sub.depth_index),
+                    skipped,
+                    false,
+                    Some(current.ingest_ts_ns),
+                );
+            }
+        }
+        push_status_if_changed(sub, out);
+    }
+}
+
+impl Channel for BookSubscriptions {
+    const NAME: &'static str = BOOK_CHANNEL;
+    const LIMIT_NOUN: &'static str = "book subscriptions";
+    /// The subscribed depth, as an index into [`BOOK_DEPTHS`].
+    type Settings = usize;
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions
+    }
+
+    fn find(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    fn refresh(&mut self, index: u32, depth_index: usize) -> Option<Arc<str>> {
+        let sub = self.slab.get_mut(index as usize).and_then(Option::as_mut)?;
+        sub.depth_index = depth_index;
+        Some(sub.entry.name().clone())
     }
 
     fn add(&mut self, entry: Arc<SymbolEntry>, depth_index: usize) -> u32 {
@@ -186,17 +195,6 @@ impl BookSubscriptions {
         index
     }
 
-    fn remove(&mut self, index: u32) {
-        if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::take) {
-            sub.entry.depth().unsubscribe(&sub.slot);
-            self.free.push(index);
-            self.hub
-                .metrics()
-                .subscriptions
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
     fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
         let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
             return;
@@ -212,26 +210,10 @@ impl BookSubscriptions {
         push_status_if_changed(sub, out);
     }
 
-    /// Appends the newest version (and status) of the subscription whose slot
-    /// index is `index` (without [`BOOK_SLOT`]), if the client lacks it.
-    pub fn push_update(&mut self, index: u32, out: &mut Outbox) {
-        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
-            return; // Unsubscribed since it was queued.
-        };
-        sub.slot.clear();
-        if let Some(current) = sub.entry.depth().current() {
-            if current.seq > sub.last_seq {
-                let skipped = current.seq - sub.last_seq - 1;
-                sub.last_seq = current.seq;
-                out.push_ticker(
-                    current.book_prefix(sub.depth_index),
-                    skipped,
-                    false,
-                    Some(current.ingest_ts_ns),
-                );
-            }
+    fn remove_named(&mut self, name: &str) {
+        if let Some(index) = self.by_name.remove(name) {
+            self.remove(index);
         }
-        push_status_if_changed(sub, out);
     }
 }
 

@@ -10,15 +10,16 @@
 //! backlog.
 //!
 //! A `write` costs the same few microseconds whether it carries one frame or
-//! twenty, so a client that is sent a stream of updates, one after another
-//! within [`SessionConfig::coalesce`], has them gathered: they wait until the
-//! window since the last write has passed and leave together, conflated
-//! meanwhile. An update after a quiet spell, or one that comes soon after
-//! another by chance, goes out at once. A client on a few slow symbols never
-//! waits; a firehose client costs one `write` per window instead of one per
-//! update.
+//! twenty, so a client that is sent updates fast — at least
+//! [`MIN_GATHERED`] per [`SessionConfig::coalesce`] window, by its recent
+//! rate — has them gathered: after a write, what comes within the window waits
+//! until the window has passed and leaves together, conflated meanwhile. Below
+//! that rate every update is written as soon as it is taken, so a client on a
+//! few slow symbols never waits, while a firehose client costs one `write` per
+//! window instead of one per update.
 
 pub mod book;
+mod channel;
 pub mod codec;
 pub mod entitled;
 pub mod outbox;
@@ -164,6 +165,13 @@ pub async fn run(
     drop(permit);
 }
 
+/// Updates per coalescing window from which a client's updates are gathered:
+/// below it, holding them back would cost latency for little saving.
+pub const MIN_GATHERED: f64 = 4.0;
+
+/// Weight of the newest write in a session's update-rate estimate.
+const RATE_SMOOTHING: f64 = 1.0 / 8.0;
+
 /// Longest a rate-limited client goes unread at a time.
 const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
@@ -221,8 +229,8 @@ struct Session {
     last_update_write: Option<Instant>,
     /// Updates are waiting in the mailbox until then (see [`SessionConfig::coalesce`]).
     hold_until: Option<Instant>,
-    /// The last update also came within the coalescing window.
-    streaming: bool,
+    /// Updates written per second, smoothed over the last several writes.
+    update_rate: f64,
 }
 
 impl Session {
@@ -248,7 +256,7 @@ impl Session {
             idle_since: Some(now),
             last_update_write: None,
             hold_until: None,
-            streaming: false,
+            update_rate: 0.0,
             stream,
             context,
         }
@@ -270,13 +278,12 @@ impl Session {
             // Drain and write until the socket pushes back or nothing is ready:
             // one drain stops at the high-water mark, and what it left taken
             // from the mailbox will not be announced again.
-            let mut took_updates = false;
+            let mut updates_taken = 0;
             loop {
                 if self.hold_until.is_none() {
-                    let before = self.out.buffered();
-                    self.subscriptions
+                    updates_taken += self
+                        .subscriptions
                         .fill(&mut self.out, config.write_high_water);
-                    took_updates |= self.out.buffered() > before;
                 }
                 if let Err(e) = self.flush() {
                     tracing::debug!(id = self.context.id, error = %e, "write failed");
@@ -286,8 +293,8 @@ impl Session {
                     break;
                 }
             }
-            if took_updates && !config.coalesce.is_zero() {
-                self.last_update_write = Some(Instant::now());
+            if updates_taken > 0 && !config.coalesce.is_zero() {
+                self.note_update_write(updates_taken);
             }
             self.out.report();
 
@@ -371,19 +378,28 @@ impl Session {
         Poll::Pending
     }
 
-    /// Until when updates that just arrived should wait, if any. One update
-    /// soon after a write is chance and goes out at once; a second in a row
-    /// means the client is being sent a stream, which is then gathered until
-    /// the window since the last write has passed.
-    fn coalescing_until(&mut self) -> Option<Instant> {
-        let until = self.last_update_write? + self.context.config.coalesce;
-        if Instant::now() >= until {
-            self.streaming = false;
+    /// Until when updates that just arrived should wait, if at all: while the
+    /// client is sent updates fast enough and the last write was within the
+    /// coalescing window.
+    fn coalescing_until(&self) -> Option<Instant> {
+        let window = self.context.config.coalesce;
+        if self.update_rate * window.as_secs_f64() < MIN_GATHERED {
             return None;
         }
-        let hold = self.streaming;
-        self.streaming = true;
-        hold.then_some(until)
+        let until = self.last_update_write? + window;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// Folds a write of `updates` into the update-rate estimate.
+    fn note_update_write(&mut self, updates: usize) {
+        let now = Instant::now();
+        if let Some(last) = self.last_update_write {
+            // The clock's resolution bounds the rate of back-to-back writes.
+            let elapsed = (now - last).as_secs_f64().max(1e-6);
+            let rate = updates as f64 / elapsed;
+            self.update_rate += (rate - self.update_rate) * RATE_SMOOTHING;
+        }
+        self.last_update_write = Some(now);
     }
 
     fn next_deadline(&self) -> Instant {

@@ -6,13 +6,14 @@
 //! therefore always gets the newest version, with `skipped` counting the ones
 //! it missed, and never a backlog.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::book::{BookSubscriptions, BOOK_SLOT};
+use super::channel::{self, Channel};
 use super::outbox::Outbox;
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
 use crate::metrics::ErrorCode;
@@ -91,9 +92,9 @@ impl Subscriptions {
         self.ready_pos < self.ready.len()
     }
 
-    /// Handles a subscribe request and appends the protocol's answer:
-    /// `subscribed`, a snapshot per accepted symbol with data (and its status
-    /// when not live), then errors for unknown symbols and those over the limit.
+    /// Handles a subscribe request and appends the protocol's answer (see
+    /// [`channel::subscribe`]); `max_rate_hz` caps the rate of every symbol it
+    /// names, already subscribed ones included.
     pub fn subscribe(
         &mut self,
         id: Option<u64>,
@@ -102,100 +103,13 @@ impl Subscriptions {
         out: &mut Outbox,
     ) {
         let min_gap = max_rate_hz.map(|hz| Duration::from_secs_f64((1.0 / hz).min(3_600.0)));
-        let mut accepted: Vec<Arc<str>> = Vec::new();
-        // A request may name thousands of symbols: look duplicates up, don't scan.
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
-        let mut fresh: Vec<u32> = Vec::new();
-        let mut unknown: Vec<String> = Vec::new();
-        let mut over_limit: Vec<String> = Vec::new();
-        for name in symbols {
-            if seen.contains(name.as_str()) {
-                continue;
-            }
-            if let Some(&index) = self.by_name.get(name.as_str()) {
-                // Subscribing again refreshes: a new rate cap and a new snapshot.
-                if let Some(sub) = self.get_mut(index) {
-                    sub.min_gap = min_gap;
-                    let name = sub.entry.name().clone();
-                    seen.insert(name.clone());
-                    accepted.push(name);
-                    fresh.push(index);
-                }
-                continue;
-            }
-            let Some(entry) = self.hub.get(&name) else {
-                unknown.push(name);
-                continue;
-            };
-            if self.by_name.len() >= self.max_subscriptions {
-                over_limit.push(name);
-                continue;
-            }
-            seen.insert(entry.name().clone());
-            accepted.push(entry.name().clone());
-            fresh.push(self.add(entry, min_gap));
-        }
-
-        push_subscribed(out, id, TICKER_CHANNEL, &accepted);
-        for index in fresh {
-            self.push_snapshot(index, out);
-        }
-        let limit = format!(
-            "at most {} subscriptions per connection",
-            self.max_subscriptions
-        );
-        push_refused(out, &self.hub, id, &unknown, &over_limit, &limit);
+        channel::subscribe(self, id, symbols, min_gap, out);
     }
 
     /// Drops the named subscriptions and appends `unsubscribed`. Nothing for
     /// them is appended after this returns.
     pub fn unsubscribe(&mut self, id: Option<u64>, symbols: &[String], out: &mut Outbox) {
-        for name in symbols {
-            if let Some(index) = self.by_name.remove(name.as_str()) {
-                self.remove(index);
-            }
-        }
-        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        out.push_json(
-            &Reply::Unsubscribed {
-                id,
-                channel: TICKER_CHANNEL,
-                symbols: &names,
-            }
-            .encode(),
-        );
-    }
-
-    fn add(&mut self, entry: Arc<SymbolEntry>, min_gap: Option<Duration>) -> u32 {
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slab.push(None);
-            (self.slab.len() - 1) as u32
-        });
-        let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
-        // Registered before the snapshot is read, so no version can fall between.
-        entry.subscribe(slot.clone());
-        // A live symbol needs no announcement; any other state is announced
-        // with the snapshot.
-        let status = entry.status();
-        let last_status = match status.state {
-            SymbolState::Live => status.generation,
-            _ => u64::MAX,
-        };
-        self.by_name.insert(entry.name().clone(), index);
-        self.slab[index as usize] = Some(Subscription {
-            entry,
-            slot,
-            last_seq: 0,
-            last_status,
-            min_gap,
-            next_due: Instant::now(),
-            deferred: false,
-        });
-        self.hub
-            .metrics()
-            .subscriptions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        index
+        channel::unsubscribe(self, id, symbols, out);
     }
 
     fn remove(&mut self, index: u32) {
@@ -223,43 +137,32 @@ impl Subscriptions {
         self.slab.get_mut(index as usize).and_then(Option::as_mut)
     }
 
-    fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
-        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
-            return;
-        };
-        if let Some(snapshot) = sub.entry.current() {
-            sub.last_seq = sub.last_seq.max(snapshot.seq);
-            out.push_ticker(snapshot.ticker_prefix(), 0, true, None);
-            // The snapshot counts as a delivery for the rate cap.
-            if let Some(gap) = sub.min_gap {
-                sub.next_due = Instant::now() + gap;
-            }
-        }
-        push_status_if_changed(sub, out);
-    }
-
-    /// Moves ready updates into `out` until it holds `high_water` bytes.
-    pub fn fill(&mut self, out: &mut Outbox, high_water: usize) {
+    /// Moves ready updates into `out` until it holds `high_water` bytes, and
+    /// says how many subscriptions it looked at.
+    pub fn fill(&mut self, out: &mut Outbox, high_water: usize) -> usize {
         // Read the clock only if a rate cap needs it: it is a large share of
         // the per-delivery cost otherwise.
         let mut now = None;
+        let mut taken = 0;
         while out.buffered() < high_water {
             if self.ready_pos == self.ready.len() {
                 self.ready.clear();
                 self.ready_pos = 0;
                 self.mailbox.take_ready(&mut self.ready);
                 if self.ready.is_empty() {
-                    return;
+                    break;
                 }
             }
             let index = self.ready[self.ready_pos];
             self.ready_pos += 1;
+            taken += 1;
             if index & BOOK_SLOT != 0 {
                 self.book.push_update(index & !BOOK_SLOT, out);
                 continue;
             }
             self.push_update(index, &mut now, out);
         }
+        taken
     }
 
     /// Sends the updates whose rate-cap gap has passed.
@@ -332,6 +235,88 @@ impl Subscriptions {
     }
 }
 
+impl Channel for Subscriptions {
+    const NAME: &'static str = TICKER_CHANNEL;
+    const LIMIT_NOUN: &'static str = "subscriptions";
+    /// `max_rate_hz` as a minimum gap between two updates.
+    type Settings = Option<Duration>;
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions
+    }
+
+    fn find(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    fn refresh(&mut self, index: u32, min_gap: Option<Duration>) -> Option<Arc<str>> {
+        let sub = self.get_mut(index)?;
+        sub.min_gap = min_gap;
+        Some(sub.entry.name().clone())
+    }
+
+    fn add(&mut self, entry: Arc<SymbolEntry>, min_gap: Option<Duration>) -> u32 {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            (self.slab.len() - 1) as u32
+        });
+        let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
+        // Registered before the snapshot is read, so no version can fall between.
+        entry.subscribe(slot.clone());
+        // A live symbol needs no announcement; any other state is announced
+        // with the snapshot.
+        let status = entry.status();
+        let last_status = match status.state {
+            SymbolState::Live => status.generation,
+            _ => u64::MAX,
+        };
+        self.by_name.insert(entry.name().clone(), index);
+        self.slab[index as usize] = Some(Subscription {
+            entry,
+            slot,
+            last_seq: 0,
+            last_status,
+            min_gap,
+            next_due: Instant::now(),
+            deferred: false,
+        });
+        self.hub
+            .metrics()
+            .subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        index
+    }
+
+    fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
+        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(snapshot) = sub.entry.current() {
+            sub.last_seq = sub.last_seq.max(snapshot.seq);
+            out.push_ticker(snapshot.ticker_prefix(), 0, true, None);
+            // The snapshot counts as a delivery for the rate cap.
+            if let Some(gap) = sub.min_gap {
+                sub.next_due = Instant::now() + gap;
+            }
+        }
+        push_status_if_changed(sub, out);
+    }
+
+    fn remove_named(&mut self, name: &str) {
+        if let Some(index) = self.by_name.remove(name) {
+            self.remove(index);
+        }
+    }
+}
+
 /// Announces a status change the client has not seen.
 fn push_status_if_changed(sub: &mut Subscription, out: &mut Outbox) {
     if sub.entry.status_generation() == sub.last_status {
@@ -347,40 +332,6 @@ fn push_status_if_changed(sub: &mut Subscription, out: &mut Outbox) {
         }
         .encode(),
     );
-}
-
-/// Appends the `subscribed` answer to a subscribe request on `channel`.
-pub fn push_subscribed(out: &mut Outbox, id: Option<u64>, channel: &str, accepted: &[Arc<str>]) {
-    let names: Vec<&str> = accepted.iter().map(|n| &**n).collect();
-    out.push_json(
-        &Reply::Subscribed {
-            id,
-            channel,
-            symbols: &names,
-        }
-        .encode(),
-    );
-}
-
-/// Appends the errors for the symbols a subscribe request could not have:
-/// `unknown_symbol`, and `limit_exceeded` (with `limit` as its message).
-pub fn push_refused(
-    out: &mut Outbox,
-    hub: &Hub,
-    id: Option<u64>,
-    unknown: &[String],
-    over_limit: &[String],
-    limit: &str,
-) {
-    for (names, code, message) in [
-        (unknown, ErrorCode::UnknownSymbol, "no such symbol"),
-        (over_limit, ErrorCode::LimitExceeded, limit),
-    ] {
-        if !names.is_empty() {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            push_error(out, hub, id, code, message, &names);
-        }
-    }
 }
 
 /// Appends an `error` reply and counts it.
