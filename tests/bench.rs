@@ -210,3 +210,52 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
     assert!(both.contains("\nfirst\n</text>") && both.contains("\nsecond\n</text>"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The S2 shape past its ceiling: a feed faster than the clients can read,
+/// whose updates the sessions both gather and hold back at the high-water
+/// mark. Every client keeps receiving, and the server keeps answering.
+#[test]
+fn a_firehose_that_outruns_its_clients_keeps_being_served() {
+    let dir = std::env::temp_dir().join(format!("tickwire-bench-s2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let feed = dir.join("synthetic.toml");
+    std::fs::write(
+        &feed,
+        "name = \"synthetic\"\nkind = \"synthetic\"\nsymbols = 100\nrate = 40000.0\nseed = 5\n",
+    )
+    .expect("feed file");
+    let server = Binary::serve(&["--feed", &feed.display().to_string()]);
+    let symbols: Vec<String> = (0..100).map(|i| format!("SYN{i:03}")).collect();
+    let json = dir.join("s2.json").display().to_string();
+    let mut args: Vec<String> = ["bench", &format!("ws://{}", server.addr)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (flag, value) in [
+        ("--connections", "50".to_owned()),
+        ("--symbols", symbols.join(",")),
+        ("--per-connection", "100".into()),
+        ("--duration", "3".into()),
+        ("--warmup", "1".into()),
+        ("--server-pid", server.child.id().to_string()),
+        ("--json", json.clone()),
+    ] {
+        args.push(flag.into());
+        args.push(value);
+    }
+    let stdout = run_tickwire(&args);
+    let text = std::fs::read_to_string(&json).expect("JSON report");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON parses");
+    assert_eq!(report["connections"]["connected"], 50, "{stdout}");
+    assert!(report["delivered"].as_u64() > Some(0), "{stdout}");
+    assert_eq!(report["seq_violations"], 0, "{stdout}");
+    assert!(
+        report["server_metrics"].is_object(),
+        "/metrics answered during the run:\n{stdout}"
+    );
+    let (status, _) = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(http_get(server.addr, "/metrics"));
+    assert_eq!(status, 200);
+    let _ = std::fs::remove_dir_all(dir);
+}

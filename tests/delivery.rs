@@ -262,15 +262,20 @@ async fn a_stalled_client_does_not_delay_others_and_its_memory_stays_bounded() {
     drop(stalled);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_of_many_symbols_converges_when_one_drain_exceeds_the_buffer() {
-    // 300 symbols × 30 versions in tickwire's own format: one round of updates
-    // (~300 × 330 bytes) is several times the per-connection high-water mark.
-    let path = std::env::temp_dir().join(format!("tickwire-many-{}.ndjson", std::process::id()));
+/// A replay in tickwire's own format of `rounds` quotes for each of `symbols`
+/// symbols (`S000`...), a round every `round_ns`; the last round's bid is
+/// `{rounds-1}.10`.
+fn many_symbols_replay(
+    name: &str,
+    symbols: usize,
+    rounds: usize,
+    round_ns: usize,
+) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("tickwire-{name}-{}.ndjson", std::process::id()));
     let mut lines = String::new();
-    for round in 0..30 {
-        for symbol in 0..300 {
-            let ts = 1_000_000 + round * 1_000 + symbol;
+    for round in 0..rounds {
+        for symbol in 0..symbols {
+            let ts = 1_000_000 + round * round_ns + symbol;
             lines.push_str(&format!(
                 r#"{{"recv_ts_ns":{ts},"symbol":"S{symbol:03}","type":"quote","bid":"{round}.10","bid_size":"1","ask":"{round}.20","ask_size":"2"}}"#
             ));
@@ -278,9 +283,18 @@ async fn a_client_of_many_symbols_converges_when_one_drain_exceeds_the_buffer() 
         }
     }
     std::fs::write(&path, lines).expect("write replay");
-    let replay = replay_of(&[(None, path.clone())], Speed::Max, false, true);
-    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
-    let symbols: Vec<String> = (0..300).map(|i| format!("S{i:03}")).collect();
+    path
+}
+
+/// Subscribes to `symbols`, starts the replay and reads (pausing for
+/// `pause` after every `burst` tickers) until every symbol shows its last round.
+async fn converge_on_many_symbols(
+    server: &TestServer,
+    symbols: &[String],
+    rounds: u64,
+    burst: usize,
+    pause: Duration,
+) {
     let mut client = Client::connect(&server.url("")).await;
     client
         .send(serde_json::json!({"op": "subscribe", "id": 1, "symbols": symbols}))
@@ -288,12 +302,51 @@ async fn a_client_of_many_symbols_converges_when_one_drain_exceeds_the_buffer() 
     client.recv_type("subscribed").await;
     server.replays[0].start();
     let mut tape = Tape::default();
-    while symbols.iter().any(|s| tape.seq(s) < 30) {
+    let mut read = 0;
+    while symbols.iter().any(|s| tape.seq(s) < rounds) {
         tape.record(&client.recv_type("ticker").await);
+        read += 1;
+        if read % burst == 0 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
-    for symbol in &symbols {
-        assert_eq!(tape.last[symbol]["bid"], "29.10", "{symbol}");
+    let last_bid = format!("{}.10", rounds - 1);
+    for symbol in symbols {
+        assert_eq!(tape.last[symbol]["bid"], last_bid.as_str(), "{symbol}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_many_symbols_converges_when_one_drain_exceeds_the_buffer() {
+    // One round of updates (~300 × 330 bytes) is several times the
+    // per-connection high-water mark.
+    let path = many_symbols_replay("many", 300, 30, 1_000);
+    let replay = replay_of(&[(None, path.clone())], Speed::Max, false, true);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let symbols: Vec<String> = (0..300).map(|i| format!("S{i:03}")).collect();
+    converge_on_many_symbols(&server, &symbols, 30, usize::MAX, Duration::ZERO).await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_a_fast_stream_converges_while_its_updates_are_gathered() {
+    // A small buffer and socket and a reader that keeps pausing: drains stop
+    // at the high-water mark with notices left over, the socket pushes back,
+    // and the stream is fast enough to be gathered, all at once.
+    // 100,000 updates a second for a second.
+    let path = many_symbols_replay("gathered", 100, 1_000, 1_000_000);
+    let replay = replay_of(&[(None, path.clone())], Speed::Factor(1.0), false, true);
+    let config = ServerConfig {
+        session: SessionConfig {
+            write_high_water: 512,
+            send_buffer_bytes: Some(4096),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, vec![replay]).await;
+    let symbols: Vec<String> = (0..100).map(|i| format!("S{i:03}")).collect();
+    converge_on_many_symbols(&server, &symbols, 1_000, 20, Duration::from_millis(1)).await;
     let _ = std::fs::remove_file(path);
 }
 

@@ -85,10 +85,11 @@ pub struct SessionConfig {
     pub message_rate: RateConfig,
     /// A connection without any subscription for this long is closed with 1008.
     pub idle_timeout: Duration,
-    /// Updates that come within this long of the last write of updates wait
-    /// for the window to pass and leave in one write (zero: every update is
-    /// written as soon as it is taken). Timers tick in milliseconds, so the
-    /// wait ends up to a millisecond later than the window.
+    /// For a client sent at least [`MIN_GATHERED`] updates per this window,
+    /// updates that come within it of the last write wait for it to pass and
+    /// leave in one write (zero: every update is written as soon as it is
+    /// taken). Timers tick in milliseconds, so the wait ends up to a
+    /// millisecond later than the window.
     pub coalesce: Duration,
 }
 
@@ -277,7 +278,12 @@ impl Session {
         loop {
             // Drain and write until the socket pushes back or nothing is ready:
             // one drain stops at the high-water mark, and what it left taken
-            // from the mailbox will not be announced again.
+            // from the mailbox will not be announced again. While updates are
+            // held back, so is that remainder: the hold's timer brings it.
+            // Whatever woke the session, a hold that has run out ends here.
+            if self.hold_until.is_some_and(|until| Instant::now() >= until) {
+                self.hold_until = None;
+            }
             let mut updates_taken = 0;
             loop {
                 if self.hold_until.is_none() {
@@ -289,7 +295,10 @@ impl Session {
                     tracing::debug!(id = self.context.id, error = %e, "write failed");
                     return CloseReason::Io;
                 }
-                if self.out.buffered() > 0 || !self.subscriptions.has_backlog() {
+                if self.hold_until.is_some()
+                    || self.out.buffered() > 0
+                    || !self.subscriptions.has_backlog()
+                {
                     break;
                 }
             }
@@ -426,9 +435,6 @@ impl Session {
         let now = Instant::now();
         if self.read_paused_until.is_some_and(|until| now >= until) {
             self.read_paused_until = None;
-        }
-        if self.hold_until.is_some_and(|until| now >= until) {
-            self.hold_until = None;
         }
         if self.expiry.is_some_and(|expiry| now >= expiry) {
             tracing::debug!(id = self.context.id, subject = %self.context.grant.subject, "credentials expired");
