@@ -103,6 +103,27 @@ fn bench_publish(c: &mut Criterion) {
     group.finish();
 }
 
+/// Joining and leaving a symbol that already has `n` subscribers: what a
+/// subscribe and an unsubscribe cost the connection that makes them, and
+/// how that grows with the symbol's popularity.
+fn bench_subscribe(c: &mut Criterion) {
+    let mut group = c.benchmark_group("subscribe");
+    group_config(&mut group);
+    group.throughput(Throughput::Elements(1));
+    for n in [0usize, 1_000, 10_000] {
+        let (_hub, entry, _slots, _mailboxes) = hub_with_slots(n);
+        let slot = Arc::new(Slot::new(Arc::new(Mailbox::default()), 0));
+        group.bench_with_input(BenchmarkId::new("join_and_leave", n), &n, |b, _| {
+            b.iter(|| {
+                entry.subscribe(slot.clone());
+                entry.unsubscribe(black_box(&slot));
+            })
+        });
+        assert_eq!(entry.subscriber_count(), n);
+    }
+    group.finish();
+}
+
 fn bench_encode(c: &mut Criterion) {
     let quote = real_tick("bookTicker");
     let trade = real_tick("trade");
@@ -222,5 +243,11 @@ fn bench_fanout_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_publish, bench_encode, bench_fanout_step);
+criterion_group!(
+    benches,
+    bench_publish,
+    bench_subscribe,
+    bench_encode,
+    bench_fanout_step
+);
 criterion_main!(benches);

@@ -393,4 +393,5 @@ async fn a_stream_of_updates_is_gathered_into_one_write_per_coalescing_window() 
         gathered["skipped"], 1,
         "update 3 was conflated while waiting"
     );
+    assert_eq!(server.metrics().updates_held.load(Relaxed), 1);
 }

@@ -251,6 +251,8 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     /// Book versions a client never saw because a newer one replaced them.
     pub updates_conflated: AtomicU64,
+    /// Times a session held updates back to gather them into one write.
+    pub updates_held: AtomicU64,
     /// Bytes encoded but not yet written, summed over connections.
     pub write_buffered_bytes: AtomicI64,
     /// Text messages received from clients.
@@ -379,6 +381,11 @@ impl Metrics {
             "tickwire_updates_conflated_total",
             "Book versions replaced by a newer one before a client received them.",
             self.updates_conflated.load(Relaxed),
+        );
+        counter(
+            "tickwire_update_holds_total",
+            "Times a client's updates were held back to leave in one write (see --coalesce-us).",
+            self.updates_held.load(Relaxed),
         );
         counter(
             "tickwire_messages_in_total",

@@ -173,6 +173,32 @@ pub const MIN_GATHERED: f64 = 4.0;
 /// Weight of the newest write in a session's update-rate estimate.
 const RATE_SMOOTHING: f64 = 1.0 / 8.0;
 
+/// A session's recent update rate: updates per write over time between
+/// writes, each averaged on its own. (Averaging each write's own rate instead
+/// would let two updates that happen to come close together look like a
+/// firehose.)
+#[derive(Clone, Copy, Debug, Default)]
+struct UpdateRate {
+    updates_per_write: f64,
+    secs_per_write: f64,
+}
+
+impl UpdateRate {
+    fn note(&mut self, updates: usize, secs: f64) {
+        self.updates_per_write += (updates as f64 - self.updates_per_write) * RATE_SMOOTHING;
+        self.secs_per_write += (secs - self.secs_per_write) * RATE_SMOOTHING;
+    }
+
+    /// Updates a window of `secs` would gather at this rate.
+    fn per_window(&self, secs: f64) -> f64 {
+        if self.secs_per_write > 0.0 {
+            self.updates_per_write * secs / self.secs_per_write
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Longest a rate-limited client goes unread at a time.
 const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
@@ -230,8 +256,8 @@ struct Session {
     last_update_write: Option<Instant>,
     /// Updates are waiting in the mailbox until then (see [`SessionConfig::coalesce`]).
     hold_until: Option<Instant>,
-    /// Updates written per second, smoothed over the last several writes.
-    update_rate: f64,
+    /// How fast updates have been written lately.
+    update_rate: UpdateRate,
 }
 
 impl Session {
@@ -257,7 +283,7 @@ impl Session {
             idle_since: Some(now),
             last_update_write: None,
             hold_until: None,
-            update_rate: 0.0,
+            update_rate: UpdateRate::default(),
             stream,
             context,
         }
@@ -346,7 +372,16 @@ impl Session {
                 }
                 // The loop head drains the mailbox and writes, unless the
                 // last write of updates was too recent.
-                Wake::Mailbox => self.hold_until = self.coalescing_until(),
+                Wake::Mailbox => {
+                    self.hold_until = self.coalescing_until();
+                    if self.hold_until.is_some() {
+                        self.context
+                            .hub
+                            .metrics()
+                            .updates_held
+                            .fetch_add(1, Relaxed);
+                    }
+                }
                 Wake::Writable => {}
             }
         }
@@ -392,7 +427,7 @@ impl Session {
     /// coalescing window.
     fn coalescing_until(&self) -> Option<Instant> {
         let window = self.context.config.coalesce;
-        if self.update_rate * window.as_secs_f64() < MIN_GATHERED {
+        if self.update_rate.per_window(window.as_secs_f64()) < MIN_GATHERED {
             return None;
         }
         let until = self.last_update_write? + window;
@@ -403,10 +438,7 @@ impl Session {
     fn note_update_write(&mut self, updates: usize) {
         let now = Instant::now();
         if let Some(last) = self.last_update_write {
-            // The clock's resolution bounds the rate of back-to-back writes.
-            let elapsed = (now - last).as_secs_f64().max(1e-6);
-            let rate = updates as f64 / elapsed;
-            self.update_rate += (rate - self.update_rate) * RATE_SMOOTHING;
+            self.update_rate.note(updates, (now - last).as_secs_f64());
         }
         self.last_update_write = Some(now);
     }
