@@ -380,14 +380,7 @@ pub fn depth_index(depth: usize, max_depth: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rust_decimal::Decimal;
-
-    fn level(price: &str, size: &str) -> Level {
-        Level {
-            price: Decimal::from_str_exact(price).unwrap_or_default(),
-            size: Decimal::from_str_exact(size).unwrap_or_default(),
-        }
-    }
+    use crate::book::tests::level;
 
     fn message(sequence: Sequence, bids: &[(&str, &str)], asks: &[(&str, &str)]) -> DepthMessage {
         DepthMessage {

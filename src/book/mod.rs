@@ -114,11 +114,19 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn dec(s: &str) -> Decimal {
         Decimal::from_str_exact(s).unwrap_or_default()
+    }
+
+    /// A level from decimal strings, for the book and protocol tests.
+    pub(crate) fn level(price: &str, size: &str) -> Level {
+        Level {
+            price: dec(price),
+            size: dec(size),
+        }
     }
 
     fn quote(bid: &str, ask: &str) -> Tick {

@@ -4,7 +4,7 @@
 use crate::book::depth::DepthSnapshot;
 use crate::book::Level;
 
-use super::{write_decimal, write_int, write_json_string};
+use super::{write_decimal, write_int, write_json_string, write_stamps};
 
 /// The channel name of full-depth subscriptions.
 pub const BOOK_CHANNEL: &str = "book";
@@ -28,14 +28,7 @@ pub fn encode_book_prefix(snapshot: &DepthSnapshot, depth: usize) -> Vec<u8> {
     write_levels(&mut out, &mut crc, asks);
     out.extend_from_slice(br#","checksum":"#);
     write_int(&mut out, crc.finalize());
-    out.extend_from_slice(br#","exchange_ts_ns":"#);
-    match snapshot.exchange_ts_ns {
-        Some(ts) => write_int(&mut out, ts),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(br#","ingest_ts_ns":"#);
-    write_int(&mut out, snapshot.ingest_ts_ns);
-    out.extend_from_slice(br#","skipped":"#);
+    write_stamps(&mut out, snapshot.exchange_ts_ns, snapshot.ingest_ts_ns);
     out
 }
 
@@ -100,16 +93,9 @@ fn write_levels(out: &mut Vec<u8>, crc: &mut crc32fast::Hasher, levels: &[Level]
 mod tests {
     use super::*;
     use crate::book::depth::DepthBook;
+    use crate::book::tests::level;
     use crate::normalize::depth::{DepthMessage, Sequence};
-    use rust_decimal::Decimal;
     use std::sync::Arc;
-
-    fn level(price: &str, size: &str) -> Level {
-        Level {
-            price: Decimal::from_str_exact(price).unwrap_or_default(),
-            size: Decimal::from_str_exact(size).unwrap_or_default(),
-        }
-    }
 
     #[test]
     fn checksum_is_crc32_of_the_documented_text() {

@@ -152,15 +152,22 @@ pub fn encode_ticker_prefix(snapshot: &Snapshot) -> Vec<u8> {
     write_level(&mut out, "bid", snapshot.bid);
     write_level(&mut out, "ask", snapshot.ask);
     write_level(&mut out, "last", snapshot.last);
+    write_stamps(&mut out, snapshot.exchange_ts_ns, snapshot.ingest_ts_ns);
+    out
+}
+
+/// Writes the fields that end every shared message prefix, tickers and books
+/// alike: `,"exchange_ts_ns":…,"ingest_ts_ns":…,"skipped":` (the value of
+/// `skipped` is each subscriber's own).
+pub(crate) fn write_stamps(out: &mut Vec<u8>, exchange_ts_ns: Option<i64>, ingest_ts_ns: i64) {
     out.extend_from_slice(br#","exchange_ts_ns":"#);
-    match snapshot.exchange_ts_ns {
-        Some(ts) => write_int(&mut out, ts),
+    match exchange_ts_ns {
+        Some(ts) => write_int(out, ts),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(br#","ingest_ts_ns":"#);
-    write_int(&mut out, snapshot.ingest_ts_ns);
+    write_int(out, ingest_ts_ns);
     out.extend_from_slice(br#","skipped":"#);
-    out
 }
 
 /// What follows the shared prefix for one subscriber: `skipped` as digits
