@@ -6,10 +6,9 @@
 //! the session drains; its encoding for that depth is built once and shared by
 //! every subscriber, and a slow client skips to the newest version.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::channel::{self, Channel};
+use super::channel::{self, Channel, Registry};
 use super::outbox::Outbox;
 use super::subscriptions::push_error;
 use crate::book::depth::{depth_index, BOOK_DEPTHS};
@@ -25,7 +24,7 @@ pub const BOOK_SLOT: u32 = 1 << 31;
 pub const DEFAULT_DEPTH: usize = 10;
 
 #[derive(Debug)]
-struct BookSubscription {
+pub(super) struct BookSubscription {
     entry: Arc<SymbolEntry>,
     slot: Arc<Slot>,
     /// Index of the subscribed depth in [`BOOK_DEPTHS`].
@@ -42,9 +41,7 @@ pub struct BookSubscriptions {
     hub: Arc<Hub>,
     mailbox: Arc<Mailbox>,
     max_subscriptions: usize,
-    slab: Vec<Option<BookSubscription>>,
-    free: Vec<u32>,
-    by_name: HashMap<Arc<str>, u32>,
+    subs: Registry<BookSubscription>,
 }
 
 impl BookSubscriptions {
@@ -54,15 +51,13 @@ impl BookSubscriptions {
             hub,
             mailbox,
             max_subscriptions,
-            slab: Vec::new(),
-            free: Vec::new(),
-            by_name: HashMap::new(),
+            subs: Registry::default(),
         }
     }
 
     /// Whether the client has no book subscription.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.subs.is_empty()
     }
 
     /// Handles `{"op":"subscribe","channel":"book",...}`: `subscribed`, then a
@@ -103,27 +98,24 @@ impl BookSubscriptions {
 
     /// Drops every book subscription.
     pub fn release(&mut self) {
-        let indices: Vec<u32> = self.by_name.drain().map(|(_, index)| index).collect();
-        for index in indices {
-            self.remove(index);
+        for sub in self.subs.drain() {
+            self.detach(&sub);
         }
     }
 
-    fn remove(&mut self, index: u32) {
-        if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::take) {
-            sub.entry.depth().unsubscribe(&sub.slot);
-            self.free.push(index);
-            self.hub
-                .metrics()
-                .subscriptions
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    /// Stops publishers from queueing a subscription taken out of the registry.
+    fn detach(&self, sub: &BookSubscription) {
+        sub.entry.depth().unsubscribe(&sub.slot);
+        self.hub
+            .metrics()
+            .subscriptions
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Appends the newest version (and status) of the subscription whose slot
     /// index is `index` (without [`BOOK_SLOT`]), if the client lacks it.
     pub fn push_update(&mut self, index: u32, out: &mut Outbox) {
-        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+        let Some(sub) = self.subs.get_mut(index) else {
             return; // Unsubscribed since it was queued.
         };
         sub.slot.clear();
@@ -148,45 +140,40 @@ impl Channel for BookSubscriptions {
     const LIMIT_NOUN: &'static str = "book subscriptions";
     /// The subscribed depth, as an index into [`BOOK_DEPTHS`].
     type Settings = usize;
+    type Subscription = BookSubscription;
 
     fn hub(&self) -> &Hub {
         &self.hub
     }
 
-    fn len(&self) -> usize {
-        self.by_name.len()
+    fn registry(&self) -> &Registry<BookSubscription> {
+        &self.subs
     }
 
     fn max_subscriptions(&self) -> usize {
         self.max_subscriptions
     }
 
-    fn find(&self, name: &str) -> Option<u32> {
-        self.by_name.get(name).copied()
-    }
-
     fn refresh(&mut self, index: u32, depth_index: usize) -> Option<Arc<str>> {
-        let sub = self.slab.get_mut(index as usize).and_then(Option::as_mut)?;
+        let sub = self.subs.get_mut(index)?;
         sub.depth_index = depth_index;
         Some(sub.entry.name().clone())
     }
 
     fn add(&mut self, entry: Arc<SymbolEntry>, depth_index: usize) -> u32 {
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slab.push(None);
-            (self.slab.len() - 1) as u32
-        });
-        let slot = Arc::new(Slot::new(self.mailbox.clone(), index | BOOK_SLOT));
-        // Registered before the snapshot is read, so no version can fall between.
-        entry.depth().subscribe(slot.clone());
-        self.by_name.insert(entry.name().clone(), index);
-        self.slab[index as usize] = Some(BookSubscription {
-            entry,
-            slot,
-            depth_index,
-            last_seq: 0,
-            // Announce any state but live with the snapshot.
-            last_status: u64::MAX,
+        let mailbox = &self.mailbox;
+        let index = self.subs.insert(entry.name().clone(), |index| {
+            let slot = Arc::new(Slot::new(mailbox.clone(), index | BOOK_SLOT));
+            // Registered before the snapshot is read, so no version can fall between.
+            entry.depth().subscribe(slot.clone());
+            BookSubscription {
+                entry,
+                slot,
+                depth_index,
+                last_seq: 0,
+                // Announce any state but live with the snapshot.
+                last_status: u64::MAX,
+            }
         });
         self.hub
             .metrics()
@@ -196,7 +183,7 @@ impl Channel for BookSubscriptions {
     }
 
     fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
-        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+        let Some(sub) = self.subs.get_mut(index) else {
             return;
         };
         let status = sub.entry.depth().status();
@@ -211,8 +198,8 @@ impl Channel for BookSubscriptions {
     }
 
     fn remove_named(&mut self, name: &str) {
-        if let Some(index) = self.by_name.remove(name) {
-            self.remove(index);
+        if let Some((_, sub)) = self.subs.remove_named(name) {
+            self.detach(&sub);
         }
     }
 }

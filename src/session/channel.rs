@@ -6,7 +6,7 @@
 //! The answer is `subscribed` with the accepted names, a snapshot per accepted
 //! symbol, then one error for unknown names and one for those over the limit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::outbox::Outbox;
@@ -14,6 +14,75 @@ use super::subscriptions::push_error;
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::ErrorCode;
 use crate::protocol::Reply;
+
+/// One channel's subscriptions of one client: a slab addressed by the index
+/// its slots announce in the mailbox (reused once freed), and the index of
+/// each subscribed symbol.
+#[derive(Debug)]
+pub(super) struct Registry<S> {
+    slab: Vec<Option<S>>,
+    free: Vec<u32>,
+    by_name: HashMap<Arc<str>, u32>,
+}
+
+impl<S> Default for Registry<S> {
+    fn default() -> Self {
+        Self {
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_name: HashMap::new(),
+        }
+    }
+}
+
+impl<S> Registry<S> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// The index of the subscription to `name`, if there is one.
+    pub(super) fn find(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    pub(super) fn get(&self, index: u32) -> Option<&S> {
+        self.slab.get(index as usize).and_then(Option::as_ref)
+    }
+
+    pub(super) fn get_mut(&mut self, index: u32) -> Option<&mut S> {
+        self.slab.get_mut(index as usize).and_then(Option::as_mut)
+    }
+
+    /// Adds the subscription `make` builds for its index, under `name`.
+    pub(super) fn insert(&mut self, name: Arc<str>, make: impl FnOnce(u32) -> S) -> u32 {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            (self.slab.len() - 1) as u32
+        });
+        self.by_name.insert(name, index);
+        self.slab[index as usize] = Some(make(index));
+        index
+    }
+
+    /// Takes the subscription to `name` out, with the index it had.
+    pub(super) fn remove_named(&mut self, name: &str) -> Option<(u32, S)> {
+        let index = self.by_name.remove(name)?;
+        let sub = self.slab.get_mut(index as usize).and_then(Option::take)?;
+        self.free.push(index);
+        Some((index, sub))
+    }
+
+    /// Takes every subscription out.
+    pub(super) fn drain(&mut self) -> Vec<S> {
+        self.by_name.clear();
+        self.free.clear();
+        self.slab.drain(..).flatten().collect()
+    }
+}
 
 /// One channel's subscriptions, as requests see them.
 pub(super) trait Channel {
@@ -23,12 +92,12 @@ pub(super) trait Channel {
     const LIMIT_NOUN: &'static str;
     /// The request's settings for the subscriptions it adds or refreshes.
     type Settings: Copy;
+    /// What the channel keeps per subscription.
+    type Subscription;
 
     fn hub(&self) -> &Hub;
-    fn len(&self) -> usize;
+    fn registry(&self) -> &Registry<Self::Subscription>;
     fn max_subscriptions(&self) -> usize;
-    /// The subscription to `name`, if there is one.
-    fn find(&self, name: &str) -> Option<u32>;
     /// Applies new settings to a subscription and returns its symbol's name.
     fn refresh(&mut self, index: u32, settings: Self::Settings) -> Option<Arc<str>>;
     /// Subscribes to `entry`; no version published after this is missed.
@@ -57,7 +126,7 @@ pub(super) fn subscribe<C: Channel>(
         if seen.contains(name.as_str()) {
             continue;
         }
-        if let Some(index) = channel.find(&name) {
+        if let Some(index) = channel.registry().find(&name) {
             if let Some(name) = channel.refresh(index, settings) {
                 seen.insert(name.clone());
                 accepted.push(name);
@@ -69,7 +138,7 @@ pub(super) fn subscribe<C: Channel>(
             unknown.push(name);
             continue;
         };
-        if channel.len() >= channel.max_subscriptions() {
+        if channel.registry().len() >= channel.max_subscriptions() {
             over_limit.push(name);
             continue;
         }

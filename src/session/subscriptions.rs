@@ -6,14 +6,13 @@
 //! therefore always gets the newest version, with `skipped` counting the ones
 //! it missed, and never a backlog.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::book::{BookSubscriptions, BOOK_SLOT};
-use super::channel::{self, Channel};
+use super::channel::{self, Channel, Registry};
 use super::outbox::Outbox;
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
 use crate::metrics::ErrorCode;
@@ -21,7 +20,7 @@ use crate::protocol::{self, Reply, TICKER_CHANNEL};
 
 /// One subscribed symbol.
 #[derive(Debug)]
-struct Subscription {
+pub(super) struct Subscription {
     entry: Arc<SymbolEntry>,
     slot: Arc<Slot>,
     /// `seq` of the last version sent; 0 before the first.
@@ -47,9 +46,7 @@ pub struct Subscriptions {
     ready_pos: usize,
     /// Indices held back by their rate cap.
     deferred: Vec<u32>,
-    slab: Vec<Option<Subscription>>,
-    free: Vec<u32>,
-    by_name: HashMap<Arc<str>, u32>,
+    subs: Registry<Subscription>,
     /// The `book` channel's subscriptions, sharing this mailbox.
     book: BookSubscriptions,
 }
@@ -65,9 +62,7 @@ impl Subscriptions {
             ready: Vec::new(),
             ready_pos: 0,
             deferred: Vec::new(),
-            slab: Vec::new(),
-            free: Vec::new(),
-            by_name: HashMap::new(),
+            subs: Registry::default(),
         }
     }
 
@@ -77,7 +72,7 @@ impl Subscriptions {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty() && self.book.is_empty()
+        self.subs.is_empty() && self.book.is_empty()
     }
 
     /// The `book` channel's subscriptions.
@@ -112,29 +107,22 @@ impl Subscriptions {
         channel::unsubscribe(self, id, symbols, out);
     }
 
-    fn remove(&mut self, index: u32) {
-        if let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::take) {
-            sub.entry.unsubscribe(&sub.slot);
-            self.deferred.retain(|&i| i != index);
-            self.free.push(index);
-            self.hub
-                .metrics()
-                .subscriptions
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    /// Stops publishers from queueing a subscription taken out of the registry.
+    fn detach(&self, sub: &Subscription) {
+        sub.entry.unsubscribe(&sub.slot);
+        self.hub
+            .metrics()
+            .subscriptions
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops every subscription so publishers stop seeing this client.
     pub fn release(&mut self) {
-        let indices: Vec<u32> = self.by_name.drain().map(|(_, index)| index).collect();
-        for index in indices {
-            self.remove(index);
+        for sub in self.subs.drain() {
+            self.detach(&sub);
         }
+        self.deferred.clear();
         self.book.release();
-    }
-
-    fn get_mut(&mut self, index: u32) -> Option<&mut Subscription> {
-        self.slab.get_mut(index as usize).and_then(Option::as_mut)
     }
 
     /// Moves ready updates into `out` until it holds `high_water` bytes, and
@@ -171,17 +159,13 @@ impl Subscriptions {
         let mut i = 0;
         while i < self.deferred.len() {
             let index = self.deferred[i];
-            let due = self
-                .slab
-                .get(index as usize)
-                .and_then(Option::as_ref)
-                .is_none_or(|s| s.next_due <= now);
+            let due = self.subs.get(index).is_none_or(|s| s.next_due <= now);
             if !due {
                 i += 1;
                 continue;
             }
             self.deferred.swap_remove(i);
-            if let Some(sub) = self.get_mut(index) {
+            if let Some(sub) = self.subs.get_mut(index) {
                 sub.deferred = false;
             }
             self.push_update(index, &mut Some(now), out);
@@ -192,7 +176,7 @@ impl Subscriptions {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deferred
             .iter()
-            .filter_map(|&i| self.slab.get(i as usize).and_then(Option::as_ref))
+            .filter_map(|&i| self.subs.get(i))
             .map(|s| s.next_due)
             .min()
     }
@@ -200,7 +184,7 @@ impl Subscriptions {
     /// Appends the newest version (and status) of one subscription, if the
     /// client does not have it yet and its rate cap allows.
     fn push_update(&mut self, index: u32, now: &mut Option<Instant>, out: &mut Outbox) {
-        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+        let Some(sub) = self.subs.get_mut(index) else {
             return; // Unsubscribed since it was queued.
         };
         if sub.deferred {
@@ -240,53 +224,48 @@ impl Channel for Subscriptions {
     const LIMIT_NOUN: &'static str = "subscriptions";
     /// `max_rate_hz` as a minimum gap between two updates.
     type Settings = Option<Duration>;
+    type Subscription = Subscription;
 
     fn hub(&self) -> &Hub {
         &self.hub
     }
 
-    fn len(&self) -> usize {
-        self.by_name.len()
+    fn registry(&self) -> &Registry<Subscription> {
+        &self.subs
     }
 
     fn max_subscriptions(&self) -> usize {
         self.max_subscriptions
     }
 
-    fn find(&self, name: &str) -> Option<u32> {
-        self.by_name.get(name).copied()
-    }
-
     fn refresh(&mut self, index: u32, min_gap: Option<Duration>) -> Option<Arc<str>> {
-        let sub = self.get_mut(index)?;
+        let sub = self.subs.get_mut(index)?;
         sub.min_gap = min_gap;
         Some(sub.entry.name().clone())
     }
 
     fn add(&mut self, entry: Arc<SymbolEntry>, min_gap: Option<Duration>) -> u32 {
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slab.push(None);
-            (self.slab.len() - 1) as u32
-        });
-        let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
-        // Registered before the snapshot is read, so no version can fall between.
-        entry.subscribe(slot.clone());
-        // A live symbol needs no announcement; any other state is announced
-        // with the snapshot.
-        let status = entry.status();
-        let last_status = match status.state {
-            SymbolState::Live => status.generation,
-            _ => u64::MAX,
-        };
-        self.by_name.insert(entry.name().clone(), index);
-        self.slab[index as usize] = Some(Subscription {
-            entry,
-            slot,
-            last_seq: 0,
-            last_status,
-            min_gap,
-            next_due: Instant::now(),
-            deferred: false,
+        let mailbox = &self.mailbox;
+        let index = self.subs.insert(entry.name().clone(), |index| {
+            let slot = Arc::new(Slot::new(mailbox.clone(), index));
+            // Registered before the snapshot is read, so no version can fall between.
+            entry.subscribe(slot.clone());
+            // A live symbol needs no announcement; any other state is announced
+            // with the snapshot.
+            let status = entry.status();
+            let last_status = match status.state {
+                SymbolState::Live => status.generation,
+                _ => u64::MAX,
+            };
+            Subscription {
+                entry,
+                slot,
+                last_seq: 0,
+                last_status,
+                min_gap,
+                next_due: Instant::now(),
+                deferred: false,
+            }
         });
         self.hub
             .metrics()
@@ -296,7 +275,7 @@ impl Channel for Subscriptions {
     }
 
     fn push_snapshot(&mut self, index: u32, out: &mut Outbox) {
-        let Some(sub) = self.slab.get_mut(index as usize).and_then(Option::as_mut) else {
+        let Some(sub) = self.subs.get_mut(index) else {
             return;
         };
         if let Some(snapshot) = sub.entry.current() {
@@ -311,8 +290,9 @@ impl Channel for Subscriptions {
     }
 
     fn remove_named(&mut self, name: &str) {
-        if let Some(index) = self.by_name.remove(name) {
-            self.remove(index);
+        if let Some((index, sub)) = self.subs.remove_named(name) {
+            self.detach(&sub);
+            self.deferred.retain(|&i| i != index);
         }
     }
 }
