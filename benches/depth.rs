@@ -62,7 +62,8 @@ fn apply(c: &mut Criterion) {
         .collect();
     let mut bids = Ladder::new(SideKind::Bids);
     for level in &snapshot.bids {
-        bids.set(level.price, level.size);
+        bids.set(level.price, level.size)
+            .expect("capture prices fit");
     }
     eprintln!(
         "snapshot bids: {}, diff bid levels: {}",
@@ -75,7 +76,8 @@ fn apply(c: &mut Criterion) {
         b.iter(|| {
             let level = diff_levels[i % diff_levels.len()];
             i += 1;
-            bids.set(black_box(level.price), black_box(level.size));
+            bids.set(black_box(level.price), black_box(level.size))
+                .expect("capture prices fit");
         })
     });
 

@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
-use super::ladder::{Ladder, SideKind};
+use super::ladder::{Ladder, PriceOutOfRange, SideKind};
 use super::Level;
 use crate::normalize::depth::{DepthMessage, Sequence};
 use crate::protocol::book as wire;
@@ -59,6 +59,9 @@ pub enum Outcome {
     /// Applied, but the best bid is at or above the best ask: not publishable
     /// until a later diff uncrosses it.
     Crossed,
+    /// A level's price does not fit the book ([`PriceOutOfRange`]): the book
+    /// was cleared and waits for a new snapshot.
+    PriceOutOfRange,
 }
 
 impl Outcome {
@@ -69,6 +72,9 @@ impl Outcome {
                 Some("depth gap: update ids not contiguous; waiting for a new snapshot")
             }
             Outcome::Crossed => Some("crossed book: best bid at or above best ask"),
+            Outcome::PriceOutOfRange => {
+                Some("a price too large or too precise for the book; waiting for a new snapshot")
+            }
             _ => None,
         }
     }
@@ -97,7 +103,6 @@ pub struct DepthBook {
     max_pending: usize,
     /// Venue time of the last message applied.
     exchange_ts_ns: Option<i64>,
-    scratch: Vec<u32>,
 }
 
 impl Default for DepthBook {
@@ -118,7 +123,6 @@ impl DepthBook {
             spare: Vec::new(),
             max_pending: max_pending.max(1),
             exchange_ts_ns: None,
-            scratch: Vec::new(),
         }
     }
 
@@ -152,8 +156,8 @@ impl DepthBook {
 
     /// Appends the best `n` bids and asks, best first.
     pub fn top(&mut self, n: usize, bids: &mut Vec<Level>, asks: &mut Vec<Level>) {
-        self.bids.top(n, &mut self.scratch, bids);
-        self.asks.top(n, &mut self.scratch, asks);
+        self.bids.top(n, bids);
+        self.asks.top(n, asks);
     }
 
     /// Applies one snapshot or diff following the venue's rules (module docs).
@@ -183,11 +187,8 @@ impl DepthBook {
     fn apply_snapshot(&mut self, snapshot: &DepthMessage) -> Outcome {
         self.bids.clear();
         self.asks.clear();
-        for level in &snapshot.bids {
-            self.bids.set(level.price, level.size);
-        }
-        for level in &snapshot.asks {
-            self.asks.set(level.price, level.size);
+        if self.set_levels(snapshot).is_err() {
+            return self.reject();
         }
         self.exchange_ts_ns = snapshot.exchange_ts_ns;
         self.state = SyncState::Synced {
@@ -203,6 +204,10 @@ impl DepthBook {
                     return Outcome::Gap;
                 }
                 Outcome::Outdated => {}
+                Outcome::PriceOutOfRange => {
+                    self.recycle(diff);
+                    return Outcome::PriceOutOfRange;
+                }
                 other => outcome = other,
             }
             self.recycle(diff);
@@ -255,11 +260,8 @@ impl DepthBook {
             // on an unsequenced book or the reverse) cannot be placed.
             _ => return self.gap(),
         };
-        for level in &diff.bids {
-            self.bids.set(level.price, level.size);
-        }
-        for level in &diff.asks {
-            self.asks.set(level.price, level.size);
+        if self.set_levels(diff).is_err() {
+            return self.reject();
         }
         self.exchange_ts_ns = diff.exchange_ts_ns.or(self.exchange_ts_ns);
         self.state = SyncState::Synced {
@@ -267,6 +269,23 @@ impl DepthBook {
             bridged: true,
         };
         self.check_crossed()
+    }
+
+    fn set_levels(&mut self, message: &DepthMessage) -> Result<(), PriceOutOfRange> {
+        for level in &message.bids {
+            self.bids.set(level.price, level.size)?;
+        }
+        for level in &message.asks {
+            self.asks.set(level.price, level.size)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the book after a level it cannot hold: the message is not
+    /// applied in part, and only a new snapshot can rebuild the book.
+    fn reject(&mut self) -> Outcome {
+        self.gap();
+        Outcome::PriceOutOfRange
     }
 
     /// Clears the book after a break in continuity.
@@ -509,6 +528,26 @@ mod tests {
         assert_eq!(book.apply(&snap), Outcome::Updated);
         assert_eq!(book.apply(&update), Outcome::Updated);
         assert_eq!(book.len(), (3, 2));
+    }
+
+    #[test]
+    fn a_price_the_book_cannot_hold_clears_it_until_the_next_snapshot() {
+        let mut book = DepthBook::default();
+        book.apply(&snapshot(1));
+        let huge = "79228162514264337593543950335";
+        assert_eq!(
+            book.apply(&spot(2, 2, &[("99.5", "1"), (huge, "1")])),
+            Outcome::PriceOutOfRange
+        );
+        assert!(!book.is_synced());
+        assert!(book.is_empty(), "nothing of the message is kept");
+        assert_eq!(book.pending(), 0, "a diff that cannot apply is not kept");
+        let mut bad_snapshot = snapshot(3);
+        bad_snapshot.asks.push(level(huge, "1"));
+        assert_eq!(book.apply(&bad_snapshot), Outcome::PriceOutOfRange);
+        assert!(!book.is_synced());
+        assert_eq!(book.apply(&snapshot(4)), Outcome::Updated);
+        assert_eq!(best_bid(&book), "1@100.0");
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Hub {
                 depth.notify();
                 depth.set_status(SymbolState::Live, "book in sync");
             }
-            Outcome::Gap | Outcome::Crossed => {
+            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => {
                 let reason = outcome.stale_reason().unwrap_or("book not in sync");
                 depth.set_status(SymbolState::Stale, reason);
             }

@@ -365,7 +365,7 @@ impl ReplayFile {
                 break;
             }
             any = true;
-            let newline = buf.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', buf);
             let chunk = newline.unwrap_or(buf.len());
             if !too_long {
                 if self.line.len() + chunk > MAX_LINE {

@@ -13,6 +13,7 @@ pub enum DepthEvent {
     Outdated,
     Gap,
     Crossed,
+    PriceOutOfRange,
     /// A snapshot that names no symbol, read before any diff told which
     /// symbol its file carries.
     Unattributed,
@@ -20,12 +21,13 @@ pub enum DepthEvent {
 
 impl DepthEvent {
     /// Every event, in label order.
-    pub const ALL: [DepthEvent; 6] = [
+    pub const ALL: [DepthEvent; 7] = [
         DepthEvent::Updated,
         DepthEvent::Buffered,
         DepthEvent::Outdated,
         DepthEvent::Gap,
         DepthEvent::Crossed,
+        DepthEvent::PriceOutOfRange,
         DepthEvent::Unattributed,
     ];
 
@@ -37,6 +39,7 @@ impl DepthEvent {
             DepthEvent::Outdated => "outdated",
             DepthEvent::Gap => "gap",
             DepthEvent::Crossed => "crossed",
+            DepthEvent::PriceOutOfRange => "price_out_of_range",
             DepthEvent::Unattributed => "unattributed",
         }
     }
@@ -50,6 +53,7 @@ impl From<Outcome> for DepthEvent {
             Outcome::Outdated => DepthEvent::Outdated,
             Outcome::Gap => DepthEvent::Gap,
             Outcome::Crossed => DepthEvent::Crossed,
+            Outcome::PriceOutOfRange => DepthEvent::PriceOutOfRange,
         }
     }
 }
