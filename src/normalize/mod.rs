@@ -102,8 +102,125 @@ pub enum ParseError {
 
 /// Parses an exact decimal, naming the field on failure.
 pub(crate) fn decimal(field: &'static str, value: &str) -> Result<Decimal, ParseError> {
+    if let Some(plain) = plain_decimal(value.as_bytes()) {
+        return Ok(plain);
+    }
     Decimal::from_str_exact(value).map_err(|_| ParseError::Decimal {
         field,
         value: value.chars().take(40).collect(),
     })
+}
+
+/// The form venues write prices and sizes in (`61496.50`, `-0.5`, `3`: an
+/// optional `-`, digits, optionally `.` and more digits, at most 19 digits in
+/// all), read straight into a 64-bit mantissa. A depth diff carries a hundred
+/// such numbers, and this is several times cheaper than the general parser,
+/// which takes everything else (exponents, `+`, `_`, long or malformed text)
+/// and gives the same value and scale for this form.
+fn plain_decimal(text: &[u8]) -> Option<Decimal> {
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.len() > 20 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut point = None;
+    for (at, &byte) in digits.iter().enumerate() {
+        if byte.is_ascii_digit() {
+            // Wraps only past 19 digits, which are refused below.
+            mantissa = mantissa
+                .wrapping_mul(10)
+                .wrapping_add(u64::from(byte - b'0'));
+        } else if byte == b'.' && point.is_none() && at > 0 && at + 1 < digits.len() {
+            point = Some(at);
+        } else {
+            return None;
+        }
+    }
+    let count = digits.len() - usize::from(point.is_some());
+    // 19 digits always fit a u64; a negative zero keeps the general parser's sign.
+    if count == 0 || count > 19 || (negative && mantissa == 0) {
+        return None;
+    }
+    let scale = point.map_or(0, |at| digits.len() - at - 1) as u32;
+    Some(Decimal::from_parts(
+        mantissa as u32,
+        (mantissa >> 32) as u32,
+        0,
+        negative,
+        scale,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Same value, scale and text as the general parser, or refused by both.
+    fn check(text: &str) {
+        let general = Decimal::from_str_exact(text);
+        match (decimal("x", text), general) {
+            (Ok(fast), Ok(general)) => {
+                assert_eq!(fast, general, "{text}");
+                assert_eq!(fast.scale(), general.scale(), "{text}");
+                assert_eq!(fast.to_string(), general.to_string(), "{text}");
+            }
+            (Err(_), Err(_)) => {}
+            (fast, general) => panic!("{text}: {fast:?} vs {general:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_decimals_read_like_the_general_parser() {
+        for text in [
+            "61496.50",
+            "0.000",
+            "-0.5",
+            "3",
+            "007.10",
+            "-0",
+            "-0.00",
+            "1.",
+            ".5",
+            "-",
+            "",
+            "1.2.3",
+            "1e5",
+            "+1",
+            "1_000",
+            "9999999999999999999",
+            "99999999999999999999",
+            "999999999.9999999999",
+            "0.0000000000000000001",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "12a",
+            " 1",
+        ] {
+            check(text);
+        }
+        assert!(
+            plain_decimal(b"61496.50").is_some(),
+            "the venue form takes the fast path"
+        );
+        let mut x: u64 = 1;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let digits = (x >> 59) as usize + 1;
+            let mut text: String = (0..digits)
+                .map(|i| char::from(b'0' + ((x >> (i * 3 % 60)) % 10) as u8))
+                .collect();
+            if (x >> 20) % 3 > 0 {
+                text.insert((x >> 24) as usize % (digits + 1), '.');
+            }
+            if (x >> 30) % 4 == 0 {
+                text.insert(0, '-');
+            }
+            check(&text);
+        }
+    }
 }
