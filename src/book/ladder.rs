@@ -1,14 +1,18 @@
 //! One side of an order book: price levels in one sorted vector, worst first
 //! and best last.
 //!
-//! Venues change levels near the top of the book far more often than deep in
-//! it, so keeping the best level at the end makes the common insert or delete
-//! move only the few levels above it (about 200 on average on the Binance
-//! captures, against books of 1,000 to 5,000 levels). Prices are kept as
-//! integers at the finest scale the side has seen, so a lookup is a binary
-//! search over plain `i64`s in contiguous memory; reading the best `n` levels
-//! copies the vector's tail; and once the vectors have grown to the largest
-//! book seen no operation allocates. `benches/depth.rs` measures a set.
+//! Prices are kept as integers at the finest scale the side has seen, so a
+//! lookup is a binary search over plain `i64`s in contiguous memory, and
+//! reading the best `n` levels walks the vector's tail. Inserting into a
+//! sorted vector moves everything above the new level, so the vector keeps
+//! the best level at the end (venues change levels near the top far more than
+//! deep in the book) and a deleted level stays behind as a *vacant* slot: a
+//! later level at that price reuses it, and a new level moves only the levels
+//! between it and a vacant slot nearby. On the Binance captures that turns
+//! a move of about 200 levels per insert or delete into a few. Vacant slots
+//! are dropped from the end at once and compacted away when they outnumber
+//! the levels. Once the vectors have grown to the largest book seen no
+//! operation allocates. `benches/depth.rs` measures a set.
 
 use rust_decimal::Decimal;
 use thiserror::Error;
@@ -35,8 +39,11 @@ pub struct Ladder {
     /// Prices as integers at `scale` decimals, negated on the ask side so that
     /// both sides sort ascending from the worst level to the best.
     keys: Vec<i64>,
-    /// The size of the level at the same index of `keys`.
+    /// The size of the level at the same index of `keys`; zero for a vacant
+    /// slot. The last slot is never vacant.
     sizes: Vec<Decimal>,
+    /// Slots that are not vacant.
+    levels: usize,
     /// Decimals of every key: the largest scale among the side's prices.
     scale: u32,
 }
@@ -48,24 +55,26 @@ impl Ladder {
             kind,
             keys: Vec::new(),
             sizes: Vec::new(),
+            levels: 0,
             scale: 0,
         }
     }
 
     /// Number of levels.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.levels
     }
 
     /// Whether the side has no level.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.levels == 0
     }
 
     /// Removes every level, keeping the storage for reuse.
     pub fn clear(&mut self) {
         self.keys.clear();
         self.sizes.clear();
+        self.levels = 0;
         self.scale = 0;
     }
 
@@ -75,35 +84,109 @@ impl Ladder {
     pub fn set(&mut self, price: Decimal, size: Decimal) -> Result<(), PriceOutOfRange> {
         let key = self.key(price)?;
         match (self.keys.binary_search(&key), size.is_zero()) {
-            (Ok(at), false) => self.sizes[at] = size,
+            (Ok(at), false) => {
+                if self.sizes[at].is_zero() {
+                    self.levels += 1;
+                }
+                self.sizes[at] = size;
+            }
             (Ok(at), true) => {
-                self.keys.remove(at);
-                self.sizes.remove(at);
+                if !self.sizes[at].is_zero() {
+                    self.levels -= 1;
+                    self.sizes[at] = Decimal::ZERO;
+                    self.drop_vacant();
+                }
             }
             (Err(at), false) => {
-                self.keys.insert(at, key);
-                self.sizes.insert(at, size);
+                self.insert(at, key, size);
+                self.levels += 1;
             }
             (Err(_), true) => {}
         }
         Ok(())
     }
 
+    /// Puts a new level at index `at`, moving the levels between `at` and the
+    /// nearest vacant slot within [`NEARBY`] (or, failing that, every level
+    /// above `at`) by one.
+    fn insert(&mut self, at: usize, key: i64, size: Decimal) {
+        let len = self.keys.len();
+        if at == len {
+            self.keys.push(key);
+            self.sizes.push(size);
+            return;
+        }
+        let above = self.sizes[at..len.min(at + NEARBY)]
+            .iter()
+            .position(|size| size.is_zero());
+        if let Some(offset) = above {
+            let vacant = at + offset;
+            self.keys.copy_within(at..vacant, at + 1);
+            self.sizes.copy_within(at..vacant, at + 1);
+            self.keys[at] = key;
+            self.sizes[at] = size;
+            return;
+        }
+        let below = self.sizes[at.saturating_sub(NEARBY)..at]
+            .iter()
+            .rposition(|size| size.is_zero());
+        if let Some(offset) = below {
+            let vacant = at.saturating_sub(NEARBY) + offset;
+            self.keys.copy_within(vacant + 1..at, vacant);
+            self.sizes.copy_within(vacant + 1..at, vacant);
+            self.keys[at - 1] = key;
+            self.sizes[at - 1] = size;
+            return;
+        }
+        self.keys.insert(at, key);
+        self.sizes.insert(at, size);
+    }
+
+    /// Drops vacant slots from the end (so the best level is the last slot),
+    /// and compacts the vectors once vacant slots outnumber the levels.
+    fn drop_vacant(&mut self) {
+        while self.sizes.last().is_some_and(|size| size.is_zero()) {
+            self.sizes.pop();
+            self.keys.pop();
+        }
+        if self.keys.len() - self.levels > self.levels.max(NEARBY) {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let mut kept = 0;
+        for at in 0..self.keys.len() {
+            if !self.sizes[at].is_zero() {
+                self.keys[kept] = self.keys[at];
+                self.sizes[kept] = self.sizes[at];
+                kept += 1;
+            }
+        }
+        self.keys.truncate(kept);
+        self.sizes.truncate(kept);
+    }
+
     /// The best level (highest bid, lowest ask).
     pub fn best(&self) -> Option<Level> {
-        let at = self.keys.len().checked_sub(1)?;
-        Some(self.level(at))
+        Some(self.level(*self.keys.last()?, *self.sizes.last()?))
     }
 
     /// Appends the best `n` levels, best first, to `out`. Prices come out at
     /// the side's scale.
     pub fn top(&self, n: usize, out: &mut Vec<Level>) {
-        let end = self.keys.len();
-        out.extend((end.saturating_sub(n)..end).rev().map(|at| self.level(at)));
+        let occupied = self
+            .keys
+            .iter()
+            .zip(&self.sizes)
+            .rev()
+            .filter(|(_, size)| !size.is_zero());
+        for (&key, &size) in occupied.take(n) {
+            out.push(self.level(key, size));
+        }
     }
 
-    fn level(&self, at: usize) -> Level {
-        let key = self.keys[at];
+    fn level(&self, key: i64, size: Decimal) -> Level {
         let value = match self.kind {
             SideKind::Bids => key,
             SideKind::Asks => -key,
@@ -119,7 +202,7 @@ impl Ladder {
                 value < 0,
                 self.scale,
             ),
-            size: self.sizes[at],
+            size,
         }
     }
 
@@ -134,6 +217,8 @@ impl Ladder {
             let scale = price.normalize().scale().max(self.scale);
             if scale > self.scale {
                 let factor = power_of_ten(scale - self.scale).ok_or(out_of_range)?;
+                // Vacant slots must not stand in the way.
+                self.compact();
                 if self
                     .keys
                     .iter()
@@ -166,6 +251,9 @@ impl Ladder {
     }
 }
 
+/// How far from a new level's place a vacant slot is looked for.
+const NEARBY: usize = 16;
+
 fn power_of_ten(exponent: u32) -> Option<i64> {
     10i64.checked_pow(exponent)
 }
@@ -187,12 +275,19 @@ mod tests {
             let mut ladder = Ladder::new(kind);
             let mut reference: BTreeMap<Decimal, Decimal> = BTreeMap::new();
             let mut x: u64 = 7;
-            for step in 0..20_000u64 {
+            for step in 0..30_000u64 {
                 x = x
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
                 let price = Decimal::new(((x >> 33) % 400) as i64 + 10_000, 2);
-                let size = if (x >> 20) % 3 == 0 {
+                // A third of the updates delete, then nine in ten (the book
+                // thins out and is compacted), then one in ten (it refills).
+                let deletes_in_ten = match step {
+                    0..10_000 => 3,
+                    10_000..20_000 => 9,
+                    _ => 1,
+                };
+                let size = if (x >> 20) % 10 < deletes_in_ten {
                     Decimal::ZERO
                 } else {
                     Decimal::new(((x >> 40) % 1000) as i64 + 1, 3)
@@ -203,7 +298,11 @@ mod tests {
                 } else {
                     reference.insert(price, size);
                 }
-                if step % 997 == 0 || step == 19_999 {
+                let vacant = ladder.sizes.iter().filter(|s| s.is_zero()).count();
+                assert_eq!(ladder.levels + vacant, ladder.keys.len());
+                assert!(ladder.sizes.last().is_none_or(|s| !s.is_zero()));
+                assert!(ladder.keys.windows(2).all(|w| w[0] < w[1]));
+                if step % 997 == 0 || step == 29_999 {
                     let mut expected: Vec<Level> = reference
                         .iter()
                         .map(|(&price, &size)| Level { price, size })
