@@ -45,6 +45,12 @@ scenario() {
 }
 
 for s in "${SCENARIOS[@]}"; do
+  # Which code a scenario measured: a subset run into an existing folder
+  # leaves the other scenarios' results (and commits) as they were.
+  if [[ "$s" =~ ^S[1-5]$ ]]; then
+    mkdir -p "$OUT/$s"
+    git describe --always --dirty --abbrev=7 >"$OUT/$s/commit" 2>/dev/null || echo "?" >"$OUT/$s/commit"
+  fi
   case "$s" in
     S1)
       log "S1 dashboards: 1,000 clients x 10 of 100 symbols (Zipf), 2,000 updates/s"

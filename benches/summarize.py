@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
@@ -55,16 +54,23 @@ def machine():
     except (OSError, AttributeError):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip()
-    except OSError:
-        commit = "?"
-    try:
         load1 = os.getloadavg()[0]
     except OSError:
         load1 = float("nan")
     return (f"{os.cpu_count()} vCPU ({model}), Linux {platform.release()}, "
-            f"tickwire at `{commit or '?'}`, load average {load1:.2f} when summarized")
+            f"load average {load1:.2f} when summarized")
+
+
+def heading(out, scenario, title):
+    """The scenario's section heading and the commit its run measured."""
+    try:
+        with open(os.path.join(out, scenario, "commit")) as f:
+            commit = f.read().strip() or "?"
+    except OSError:
+        commit = "?"
+    print(f"## {scenario} {title}")
+    print()
+    print(f"Run at tickwire `{commit}`.")
 
 
 def target_line(what, measured, target, ok):
@@ -74,7 +80,7 @@ def target_line(what, measured, target, ok):
 
 def main():
     out = sys.argv[1]
-    print("<!-- Written by benches/summarize.py from the reports of one benches/scenarios.sh run; "
+    print("<!-- Written by benches/summarize.py from the reports of benches/scenarios.sh runs in one folder; "
           "do not edit by hand. -->")
     print()
     print("# Benchmark results")
@@ -86,7 +92,7 @@ def main():
     s1 = rows(os.path.join(out, "S1")) if os.path.isdir(os.path.join(out, "S1")) else {}
     loop = load(os.path.join(out, "S1", "loopback.json"))
     if s1:
-        print("## S1 dashboards")
+        heading(out, "S1", "dashboards")
         print()
         print(tables(os.path.join(out, "S1")))
         print()
@@ -117,7 +123,7 @@ def main():
     steps = sorted(glob.glob(os.path.join(out, "S2", "rate-*")),
                    key=lambda d: int(d.rsplit("-", 1)[1]))
     if steps:
-        print("## S2 firehose")
+        heading(out, "S2", "firehose")
         print()
         print("100 clients × all 100 symbols; the feed rate is stepped up. Each cell: delivered/s, "
               "deliveries per server CPU-second, p99 µs (from intended time).")
@@ -152,7 +158,7 @@ def main():
 
     s3 = rows(os.path.join(out, "S3")) if os.path.isdir(os.path.join(out, "S3")) else {}
     if s3:
-        print("## S3 slow consumers")
+        heading(out, "S3", "slow consumers")
         print()
         print("S1 plus 100 clients that never read and 100 that read one message a second; "
               "latency columns are the 1,000 healthy clients.")
@@ -172,7 +178,7 @@ def main():
 
     s4 = rows(os.path.join(out, "S4")) if os.path.isdir(os.path.join(out, "S4")) else {}
     if s4:
-        print("## S4 connections")
+        heading(out, "S4", "connections")
         print()
         print(f"{rows(os.path.join(out, 'S4')).get('tickwire', {}).get('requested', 20000):,.0f} "
               "connections × 5 subscriptions (feed at 100 updates/s), then 1,000 "
@@ -199,7 +205,7 @@ def main():
 
     s5 = os.path.join(out, "S5")
     if os.path.isdir(s5):
-        print("## S5 replay ingest")
+        heading(out, "S5", "replay ingest")
         print()
         print("The full Binance spot and USD-M captures of 2024-08-08 (135,203 lines, 39 MB "
               "uncompressed) at `--speed max`, no clients (`benches/ingest.py`); medians of rounds. "
