@@ -1,7 +1,7 @@
 //! Full-depth books: replaying the Binance captures gives the book the venue's
 //! own procedure gives; `book` subscribers can verify every message by its
-//! checksum and converge to the server's book; a gap makes the book stale
-//! until a new snapshot resyncs it.
+//! checksum and converge to the server's book; a gap, or a price the book
+//! cannot hold, makes the book stale until a new snapshot resyncs it.
 
 mod common;
 
@@ -451,111 +451,181 @@ async fn book_clients_verify_every_message_and_converge_even_when_conflated() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// What a depth-25 subscriber of `spot:BTCUSDT` saw of a replay of the spot
+/// capture in which the 20th diff after the book synced was replaced by
+/// `damage(line)` (dropped when `None`), with a REST snapshot of the true
+/// book inserted after the 60th diff: what a feed that receives one bad
+/// message and then refetches the snapshot sees.
+struct DamagedReplay {
+    server: TestServer,
+    client: BookClient,
+    /// The true book (the undamaged diffs applied by [`Reference`]).
+    reference: Reference,
+    dir: std::path::PathBuf,
+}
+
+impl DamagedReplay {
+    async fn run(tag: &str, damage: impl Fn(&str) -> Option<String>) -> Self {
+        let original = lines(&sample(SPOT));
+        let mut reference = Reference::default();
+        let mut edited = Vec::new();
+        let (mut diffs_after_sync, mut damaged, mut resnapshot) = (0, false, false);
+        for line in original {
+            let data = payload(&line);
+            let is_diff = data.as_ref().is_some_and(|d| d["e"] == "depthUpdate");
+            if let Some(data) = &data {
+                if data.get("lastUpdateId").is_some() {
+                    reference.snapshot(data);
+                } else if is_diff {
+                    reference.diff(data);
+                }
+            }
+            if is_diff && reference.last.is_some() {
+                diffs_after_sync += 1;
+                if diffs_after_sync == 20 && !damaged {
+                    damaged = true;
+                    edited.extend(damage(&line));
+                    continue;
+                }
+            }
+            edited.push(line.clone());
+            if is_diff && diffs_after_sync == 60 && !resnapshot {
+                resnapshot = true;
+                let ts = line.split_once(' ').map_or("0", |(ts, _)| ts);
+                edited.push(reference.snapshot_line(ts));
+            }
+        }
+        assert!(damaged && resnapshot, "the capture is long enough");
+        let dir = std::env::temp_dir().join(format!("tickwire-depth-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("spot.txt");
+        std::fs::write(&path, edited.join("\n")).expect("write capture");
+
+        let replay = replay_of(&[(Some("spot"), path.clone())], Speed::Max, false, true);
+        let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+        let mut client = Client::connect(&server.url("")).await;
+        client
+            .send(json!({"op":"subscribe","channel":"book","depth":25,"symbols":["spot:BTCUSDT"]}))
+            .await;
+        client.recv_type("subscribed").await;
+        let mut state = BookClient::default();
+        // Before any snapshot the book is announced stale.
+        state.take(client.recv_type("status").await, 25);
+        assert_eq!(
+            state.statuses[0],
+            ("stale".to_owned(), "awaiting a depth snapshot".to_owned())
+        );
+        server.replays[0].start();
+        tokio::time::timeout(GUARD, server.replays[0].finished())
+            .await
+            .expect("replay ends");
+        read_until_final(&mut client, &mut state, &server, &["spot:BTCUSDT"], 25).await;
+        // Statuses the client has not read yet follow the final version.
+        let entry = server.hub.get("spot:BTCUSDT").expect("served");
+        while state.statuses.len() < entry.depth().status_generation() as usize + 1 {
+            let message = tokio::time::timeout(GUARD, client.recv())
+                .await
+                .expect("status in time");
+            state.take(message, 25);
+        }
+        Self {
+            server,
+            client: state,
+            reference,
+            dir,
+        }
+    }
+
+    /// The statuses the client received, in order.
+    fn states(&self) -> Vec<&str> {
+        self.client
+            .statuses
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect()
+    }
+
+    /// Whether the served book ended as the true one, after the resync.
+    fn assert_resynced(&self) {
+        let (bids, asks) = self.reference.levels();
+        let held = &self.client.books["spot:BTCUSDT"];
+        let pairs = |side: &Value| -> Vec<String> {
+            side.as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| {
+                    format!(
+                        "{}:{}",
+                        l[0].as_str().unwrap_or(""),
+                        l[1].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(pairs(&held["bids"]), bids[..25.min(bids.len())].to_vec());
+        assert_eq!(pairs(&held["asks"]), asks[..25.min(asks.len())].to_vec());
+    }
+
+    async fn finish(mut self) {
+        self.server.shutdown().await.expect("clean shutdown");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_makes_the_book_stale_until_a_new_snapshot_resyncs_it() {
-    // The spot capture with one diff dropped after the book has synced, and a
-    // REST snapshot of the true book inserted further on: what a feed that
-    // loses a message and then refetches the snapshot sees.
-    let original = lines(&sample(SPOT));
-    let mut reference = Reference::default();
-    let mut edited = Vec::new();
-    let (mut diffs_after_sync, mut dropped, mut resnapshot) = (0, false, false);
-    for line in original {
-        let data = payload(&line);
-        let is_diff = data.as_ref().is_some_and(|d| d["e"] == "depthUpdate");
-        if let Some(data) = &data {
-            if data.get("lastUpdateId").is_some() {
-                reference.snapshot(data);
-            } else if is_diff {
-                reference.diff(data);
-            }
-        }
-        if is_diff && reference.last.is_some() {
-            diffs_after_sync += 1;
-            if diffs_after_sync == 20 && !dropped {
-                dropped = true;
-                continue; // Lost on the way: the served book now has a gap.
-            }
-        }
-        edited.push(line.clone());
-        if is_diff && diffs_after_sync == 60 && !resnapshot {
-            resnapshot = true;
-            let ts = line.split_once(' ').map_or("0", |(ts, _)| ts);
-            edited.push(reference.snapshot_line(ts));
-        }
-    }
-    assert!(dropped && resnapshot, "the capture is long enough");
-    let dir = std::env::temp_dir().join(format!("tickwire-depth-gap-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("spot-gap.txt");
-    std::fs::write(&path, edited.join("\n")).expect("write capture");
-
-    let replay = replay_of(&[(Some("spot"), path.clone())], Speed::Max, false, true);
-    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
-    let mut client = Client::connect(&server.url("")).await;
-    client
-        .send(json!({"op":"subscribe","channel":"book","depth":25,"symbols":["spot:BTCUSDT"]}))
-        .await;
-    client.recv_type("subscribed").await;
-    let mut state = BookClient::default();
-    // Before any snapshot the book is announced stale.
-    state.take(client.recv_type("status").await, 25);
+    // The diff is lost on the way: the served book has a gap.
+    let run = DamagedReplay::run("gap", |_| None).await;
+    let statuses = &run.client.statuses;
     assert_eq!(
-        state.statuses[0],
-        ("stale".to_owned(), "awaiting a depth snapshot".to_owned())
-    );
-    server.replays[0].start();
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
-    read_until_final(&mut client, &mut state, &server, &["spot:BTCUSDT"], 25).await;
-    // Statuses the client has not read yet follow the final version.
-    let entry = server.hub.get("spot:BTCUSDT").expect("served");
-    while state.statuses.len() < entry.depth().status_generation() as usize + 1 {
-        let message = tokio::time::timeout(GUARD, client.recv())
-            .await
-            .expect("status in time");
-        state.take(message, 25);
-    }
-
-    let states: Vec<&str> = state.statuses.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(
-        states,
+        run.states(),
         ["stale", "live", "stale", "live"],
-        "{:?}",
-        state.statuses
+        "{statuses:?}"
     );
-    assert!(
-        state.statuses[2].1.contains("gap"),
-        "{:?}",
-        state.statuses[2]
-    );
+    assert!(statuses[2].1.contains("gap"), "{:?}", statuses[2]);
     let gaps = tickwire::metrics::depth::DepthEvent::Gap;
-    assert!(server.metrics().depth.get(gaps) >= 1);
-    let page = server.get("/metrics").await.1;
+    assert!(run.server.metrics().depth.get(gaps) >= 1);
+    let page = run.server.get("/metrics").await.1;
     assert!(
         page.contains("tickwire_depth_messages_total{outcome=\"gap\"}"),
         "metrics list depth outcomes"
     );
+    run.assert_resynced();
+    run.finish().await;
+}
 
-    // After the resync the served book is the true one again.
-    let (bids, asks) = reference.levels();
-    let held = &state.books["spot:BTCUSDT"];
-    let pairs = |side: &Value| -> Vec<String> {
-        side.as_array()
-            .into_iter()
-            .flatten()
-            .map(|l| {
-                format!(
-                    "{}:{}",
-                    l[0].as_str().unwrap_or(""),
-                    l[1].as_str().unwrap_or("")
-                )
-            })
-            .collect()
-    };
-    assert_eq!(pairs(&held["bids"]), bids[..25.min(bids.len())].to_vec());
-    assert_eq!(pairs(&held["asks"]), asks[..25.min(asks.len())].to_vec());
-    server.shutdown().await.expect("clean shutdown");
-    let _ = std::fs::remove_dir_all(&dir);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_the_book_cannot_hold_makes_it_stale_until_a_new_snapshot() {
+    // One bid of the diff is priced beyond what a book holds (2^96 - 1).
+    let run = DamagedReplay::run("price", |line| {
+        let huge = r#"["79228162514264337593543950335","1"]"#;
+        let bids = line.find(r#""b":["#).expect("a diff has bids") + 5;
+        let separator = if line[bids..].starts_with(']') {
+            ""
+        } else {
+            ","
+        };
+        Some(format!(
+            "{}{huge}{separator}{}",
+            &line[..bids],
+            &line[bids..]
+        ))
+    })
+    .await;
+    let statuses = &run.client.statuses;
+    assert_eq!(
+        run.states(),
+        ["stale", "live", "stale", "live"],
+        "{statuses:?}"
+    );
+    assert!(statuses[2].1.contains("too large"), "{:?}", statuses[2]);
+    let out_of_range = tickwire::metrics::depth::DepthEvent::PriceOutOfRange;
+    assert_eq!(run.server.metrics().depth.get(out_of_range), 1);
+    let page = run.server.get("/metrics").await.1;
+    assert!(
+        page.contains("tickwire_depth_messages_total{outcome=\"price_out_of_range\"} 1"),
+        "counted in /metrics"
+    );
+    run.assert_resynced();
+    run.finish().await;
 }

@@ -20,9 +20,12 @@
 //! best ask is [`Outcome::Crossed`]. Neither is ever published as good; the
 //! caller marks the symbol's book stale instead.
 //!
-//! Applying a diff is O(log n) per level and allocation-free once buffers have
-//! grown (see [`ladder`](super::ladder)); [`DepthBook::publish`] copies only
-//! the best `max_depth` levels into a [`DepthSnapshot`].
+//! Applying a diff costs a binary search per level plus, for a new level, a
+//! short move within a sorted vector, and allocates nothing once buffers have
+//! grown (see [`ladder`](super::ladder)). A price the book cannot hold is
+//! [`Outcome::PriceOutOfRange`] and is handled like a gap.
+//! [`DepthBook::publish`] copies only the best `max_depth` levels into a
+//! [`DepthSnapshot`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};

@@ -8,11 +8,11 @@
 //! the best level at the end (venues change levels near the top far more than
 //! deep in the book) and a deleted level stays behind as a *vacant* slot: a
 //! later level at that price reuses it, and a new level moves only the levels
-//! between it and a vacant slot nearby. On the Binance captures that turns
-//! a move of about 200 levels per insert or delete into a few. Vacant slots
-//! are dropped from the end at once and compacted away when they outnumber
-//! the levels. Once the vectors have grown to the largest book seen no
-//! operation allocates. `benches/depth.rs` measures a set.
+//! between it and a vacant slot nearby (without them, a change on the
+//! Binance captures moved about 200 levels on average). Vacant slots are
+//! dropped from the end at once and compacted away when they outnumber the
+//! levels. Once the vectors have grown to the largest book seen no operation
+//! allocates. `benches/depth.rs` measures a set.
 
 use rust_decimal::Decimal;
 use thiserror::Error;

@@ -12,6 +12,7 @@ use simd_json::tape::{Object, Value};
 use simd_json::{Buffers, Tape};
 
 use super::depth::{DepthMessage, Sequence};
+use super::flat::{self, FlatObject, Scalar};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
 use crate::book::Level;
 
@@ -21,6 +22,9 @@ use crate::book::Level;
 /// `trade` a trade; depth diffs and REST depth snapshots are recognised but carry
 /// no top-of-book change. simd-json unescapes in place, hence `&mut`.
 pub fn parse_message(json: &mut [u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
+    if let Some(tick) = flat_tick(json, recv_ts_ns) {
+        return Ok(tick.parsed(json));
+    }
     with_tape(json, |root| parse_root(root, recv_ts_ns, None))
 }
 
@@ -33,6 +37,9 @@ pub fn parse_message_with_depth<'a>(
     depth: &mut DepthMessage,
 ) -> Result<Parsed<'a>, ParseError> {
     depth.clear();
+    if let Some(tick) = flat_tick(json, recv_ts_ns) {
+        return Ok(tick.parsed(json));
+    }
     with_tape(json, |root| parse_root(root, recv_ts_ns, Some(depth)))
 }
 
@@ -67,6 +74,102 @@ fn split_capture_line(line: &mut [u8]) -> Result<(i64, &mut [u8]), ParseError> {
         "receive time is not a non-negative integer of nanoseconds",
     ))?;
     Ok((recv_ts_ns, rest.get_mut(1..).unwrap_or_default()))
+}
+
+/// A `bookTicker` or `trade` read by the flat scanner, its symbol still a
+/// position in the message (so the message is not borrowed until it is
+/// known to be one).
+struct FlatTick {
+    symbol: std::ops::Range<usize>,
+    recv_ts_ns: i64,
+    exchange_ts_ns: Option<i64>,
+    update: BookUpdate,
+}
+
+impl FlatTick {
+    fn parsed(self, json: &[u8]) -> Parsed<'_> {
+        // The scanner only takes ASCII strings, so the symbol is valid UTF-8.
+        let symbol = json
+            .get(self.symbol)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default();
+        Parsed::tick(symbol, self.recv_ts_ns, self.exchange_ts_ns, self.update)
+    }
+}
+
+/// The common messages, `{"stream":"…","data":{…}}`-wrapped or bare, when
+/// they are flat ([`flat`]): a `bookTicker` (spot's, without `e`, named by its
+/// stream) or a `trade` whose fields all read cleanly. `None` for anything
+/// else, errors included, so the full parser decides, exactly as if this did
+/// not exist.
+fn flat_tick(json: &[u8], recv_ts_ns: i64) -> Option<FlatTick> {
+    const STREAM: &[u8] = br#"{"stream":"#;
+    const DATA: &[u8] = br#","data":"#;
+    let mut payload = FlatObject::default();
+    let (stream, end) = if json.starts_with(STREAM) {
+        // The full parser takes `stream` and `data` from an object with any
+        // other fields as well; this only from the two alone, in this order.
+        let (stream, after) = flat::scan_string(json, STREAM.len())?;
+        let at = after + DATA.len();
+        (json.get(after..at)? == DATA).then_some(())?;
+        let end = flat::scan_object(json, at, &mut payload)?;
+        (Some(stream), flat::expect(json, end, b'}')?)
+    } else {
+        (None, flat::scan_object(json, 0, &mut payload)?)
+    };
+    let unwrapped_data = stream.is_none() && payload.get(json, "data").is_some();
+    if end != json.len() || unwrapped_data || payload.get(json, "lastUpdateId").is_some() {
+        return None;
+    }
+    let text = |key: &str| match payload.get(json, key) {
+        Some(Scalar::Str(range)) => std::str::from_utf8(json.get(range.clone())?).ok(),
+        _ => None,
+    };
+    let kind = match payload.get(json, "e") {
+        Some(Scalar::Str(_)) => text("e"),
+        Some(_) => return None,
+        None => None,
+    };
+    let decimal = |key: &'static str| decimal(key, text(key)?).ok();
+    let update = match (kind, stream) {
+        (Some("bookTicker"), _) => quote_fields(decimal)?,
+        (None, Some(stream)) if json.get(stream.clone())?.ends_with(b"@bookTicker") => {
+            quote_fields(decimal)?
+        }
+        (Some("trade"), _) => BookUpdate::Trade {
+            price: decimal("p")?,
+            size: decimal("q")?,
+        },
+        _ => return None,
+    };
+    let symbol = match payload.get(json, "s")? {
+        Scalar::Str(range) => range.clone(),
+        _ => return None,
+    };
+    let exchange_ts_ns = match payload.get(json, "E") {
+        None => None,
+        Some(Scalar::Number(range)) => {
+            Some(parse_digits(json.get(range.clone())?)?.checked_mul(1_000_000)?)
+        }
+        Some(_) => return None,
+    };
+    Some(FlatTick {
+        symbol,
+        recv_ts_ns,
+        exchange_ts_ns,
+        update,
+    })
+}
+
+fn quote_fields(
+    decimal: impl Fn(&'static str) -> Option<rust_decimal::Decimal>,
+) -> Option<BookUpdate> {
+    Some(BookUpdate::Quote {
+        bid: decimal("b")?,
+        bid_size: decimal("B")?,
+        ask: decimal("a")?,
+        ask_size: decimal("A")?,
+    })
 }
 
 fn parse_root<'de>(
@@ -367,6 +470,74 @@ mod tests {
                 ask_size.to_string(),
             ),
             other => panic!("expected a quote, got {other:?}"),
+        }
+    }
+
+    /// What the full (simd-json) parser alone makes of `json`.
+    fn full_parse(json: &str, recv_ts_ns: i64) -> String {
+        let mut copy = json.as_bytes().to_vec();
+        format!(
+            "{:?}",
+            with_tape(&mut copy, |root| parse_root(root, recv_ts_ns, None))
+        )
+    }
+
+    #[test]
+    fn the_flat_path_reads_every_capture_line_as_the_full_parser_does() {
+        use std::io::{BufRead as _, BufReader};
+        for name in [
+            "binance-spot-btcusdt-20240808.gz",
+            "binance-usdm-btcusdt-20240808.gz",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("replay-data")
+                .join(name);
+            let file = std::fs::File::open(path).expect("bundled sample");
+            let (mut flat, mut ticks) = (0, 0);
+            for line in BufReader::new(flate2::read::MultiGzDecoder::new(file)).lines() {
+                let line = line.expect("sample decompresses");
+                let (ts, json) = line.split_once(' ').expect("a capture line");
+                let ts: i64 = ts.parse().expect("a receive time");
+                let full = full_parse(json, ts);
+                if full.starts_with("Ok(Tick") {
+                    ticks += 1;
+                }
+                if let Some(tick) = flat_tick(json.as_bytes(), ts) {
+                    flat += 1;
+                    let fast = format!("{:?}", Ok::<_, ParseError>(tick.parsed(json.as_bytes())));
+                    assert_eq!(fast, full, "{json}");
+                }
+            }
+            assert!(ticks > 1_000, "{name}: {ticks} ticks");
+            assert_eq!(flat, ticks, "{name}: every tick of the capture is flat");
+        }
+    }
+
+    #[test]
+    fn messages_off_the_flat_path_mean_what_the_full_parser_says() {
+        let book = r#""u":1,"s":"BTCUSDT","b":"1.5","B":"2","a":"1.6","A":"3""#;
+        for json in [
+            format!(r#"{{"stream":"btcusdt@bookTicker","data":{{{book}}}}}"#),
+            format!(r#"{{"stream":"btcusdt@depth","data":{{{book}}}}}"#),
+            format!(r#"{{"stream":"btcusdt@bookTicker","data":{{"e":7,{book}}}}}"#),
+            format!(r#"{{"data":{{"e":"bookTicker",{book}}},"stream":"x"}}"#),
+            format!(r#"{{"e":"bookTicker","data":"x",{book}}}"#),
+            format!(r#"{{"e":"bookTicker","E":-5,{book}}}"#),
+            format!(r#"{{"e":"bookTicker","E":1.5,{book}}}"#),
+            format!(r#"{{"e":"bookTicker","E":"1",{book}}}"#),
+            format!(r#"{{"e":"bookTicker","lastUpdateId":1,{book}}}"#),
+            format!(r#"{{"e":"bookTicker",{book},"b":"9"}}"#),
+            format!(r#"{{"e":"bookTicker",{book}}} "#),
+            format!(r#"{{{book}}}"#),
+            r#"{"e":"bookTicker","s":"BTCUSDT","b":"x","B":"2","a":"1.6","A":"3"}"#.to_owned(),
+            r#"{"e":"trade","s":"BTCUSDT","p":"1.5","q":"1e2","E":3}"#.to_owned(),
+            r#"{"e":"trade","s":7,"p":"1.5","q":"2","E":3}"#.to_owned(),
+            r#"{"e":"trade","s":"BTCUSDT","p":"1.5","q":"2","E":3}"#.to_owned(),
+            r#"{"e":"kline","s":"BTCUSDT"}"#.to_owned(),
+        ] {
+            let mut bytes = json.as_bytes().to_vec();
+            let parsed = format!("{:?}", parse_message(&mut bytes, 9));
+            assert_eq!(parsed, full_parse(&json, 9), "{json}");
         }
     }
 

@@ -1,15 +1,18 @@
 //! Normalize: raw venue messages → [`Tick`]s, the one event shape the book understands.
 //!
 //! Every parser here is I/O-free: it takes the bytes of one message (a line of a
-//! capture, or a frame from a live upstream) and returns what it means. Prices and
-//! sizes are parsed with [`Decimal::from_str_exact`], so `"61800.20"` keeps its
-//! scale and prints back exactly as received.
+//! capture, or a frame from a live upstream) and returns what it means. JSON is
+//! read with simd-json, except flat Binance `bookTicker` and `trade` messages,
+//! which a scanner reads straight from the bytes (`flat`). Prices and sizes are
+//! exact decimals, so `"61800.20"` keeps its scale and prints back exactly as
+//! received.
 
 use rust_decimal::Decimal;
 
 pub mod binance;
 pub mod coinbase;
 pub mod depth;
+mod flat;
 pub mod native;
 pub mod tardis;
 

@@ -1,0 +1,220 @@
+//! A scanner for flat JSON objects: every value a string, a number, `true`,
+//! `false` or `null`, written without whitespace. That is the shape of the
+//! messages a venue sends most (Binance `bookTicker` and `trade`: nine of ten
+//! lines of a capture), and reading their fields straight from the bytes costs
+//! a fraction of building a simd-json tape first.
+//!
+//! The scanner accepts a strict subset of JSON and nothing else: strings
+//! without escapes or non-ASCII bytes, numbers in JSON's grammar, no nesting,
+//! no whitespace. Anything outside that subset is `None`, and the caller parses
+//! the message with simd-json as it would have anyway, so what a message means
+//! never depends on which path read it.
+
+use std::ops::Range;
+
+/// Fields kept per object; an object with more is left to the full parser.
+const MAX_FIELDS: usize = 16;
+
+/// One value of a flat object, as positions in the scanned bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Scalar {
+    /// A string's contents, without the quotes (ASCII, no escapes).
+    Str(Range<usize>),
+    /// A number's text.
+    Number(Range<usize>),
+    /// `true`, `false` or `null`.
+    Literal,
+}
+
+/// The fields of one flat object, in order.
+#[derive(Debug)]
+pub(crate) struct FlatObject {
+    fields: [(Range<usize>, Scalar); MAX_FIELDS],
+    len: usize,
+}
+
+impl Default for FlatObject {
+    fn default() -> Self {
+        const EMPTY: (Range<usize>, Scalar) = (0..0, Scalar::Literal);
+        Self {
+            fields: [EMPTY; MAX_FIELDS],
+            len: 0,
+        }
+    }
+}
+
+impl FlatObject {
+    /// The first value under `key` (as simd-json's `Object::get` finds it).
+    pub(crate) fn get(&self, bytes: &[u8], key: &str) -> Option<&Scalar> {
+        // Keys are one or two letters: comparing bytes inline beats a call
+        // to `memcmp` per key.
+        let same = |name: &Range<usize>| {
+            name.len() == key.len()
+                && bytes
+                    .get(name.clone())
+                    .is_some_and(|name| name.iter().zip(key.bytes()).all(|(a, b)| *a == b))
+        };
+        self.fields[..self.len]
+            .iter()
+            .find(|(name, _)| same(name))
+            .map(|(_, value)| value)
+    }
+}
+
+/// Scans the flat object that starts at `at`: the object and the index just
+/// past its closing brace, or `None` if it is not a flat object.
+/// `object` is overwritten (it is large enough that returning it would cost a
+/// copy per message).
+pub(crate) fn scan_object(bytes: &[u8], mut at: usize, object: &mut FlatObject) -> Option<usize> {
+    object.len = 0;
+    at = expect(bytes, at, b'{')?;
+    if bytes.get(at) == Some(&b'}') {
+        return Some(at + 1);
+    }
+    loop {
+        let (key, after_key) = scan_string(bytes, at)?;
+        at = expect(bytes, after_key, b':')?;
+        let (value, after_value) = scan_scalar(bytes, at)?;
+        let slot = object.fields.get_mut(object.len)?;
+        *slot = (key, value);
+        object.len += 1;
+        match bytes.get(after_value)? {
+            b',' => at = after_value + 1,
+            b'}' => return Some(after_value + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The contents of the string that starts at `at` (its opening quote) and
+/// the index past its closing quote.
+pub(crate) fn scan_string(bytes: &[u8], at: usize) -> Option<(Range<usize>, usize)> {
+    let start = expect(bytes, at, b'"')?;
+    // Venue strings are short: one pass, no search set-up. Escapes, control
+    // characters and non-ASCII text are the full parser's.
+    let length = bytes
+        .get(start..)?
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
+    let end = start + length;
+    (bytes[end] == b'"').then_some((start..end, end + 1))
+}
+
+fn scan_scalar(bytes: &[u8], at: usize) -> Option<(Scalar, usize)> {
+    match bytes.get(at)? {
+        b'"' => scan_string(bytes, at).map(|(contents, end)| (Scalar::Str(contents), end)),
+        b't' | b'f' | b'n' => ["true", "false", "null"].iter().find_map(|word| {
+            let end = at + word.len();
+            (bytes.get(at..end) == Some(word.as_bytes())).then_some((Scalar::Literal, end))
+        }),
+        _ => scan_number(bytes, at).map(|end| (Scalar::Number(at..end), end)),
+    }
+}
+
+/// The end of the JSON number at `at`:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn scan_number(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        from + bytes.get(from..).map_or(0, |rest| {
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        })
+    };
+    if bytes.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    match bytes.get(at)? {
+        b'0' => at += 1,
+        b'1'..=b'9' => at = digits(at),
+        _ => return None,
+    }
+    if bytes.get(at) == Some(&b'.') {
+        let end = digits(at + 1);
+        if end == at + 1 {
+            return None;
+        }
+        at = end;
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let end = digits(at);
+        if end == at {
+            return None;
+        }
+        at = end;
+    }
+    Some(at)
+}
+
+/// The index past `byte` at `at`, if it is there.
+pub(crate) fn expect(bytes: &[u8], at: usize, byte: u8) -> Option<usize> {
+    (bytes.get(at) == Some(&byte)).then_some(at + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(text: &str) -> Option<Vec<(String, Scalar)>> {
+        let bytes = text.as_bytes();
+        let mut object = FlatObject::default();
+        let end = scan_object(bytes, 0, &mut object)?;
+        assert_eq!(end, bytes.len(), "{text}");
+        Some(
+            object.fields[..object.len]
+                .iter()
+                .map(|(key, value)| (text[key.clone()].to_owned(), value.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn flat_objects_are_read_field_by_field() {
+        let text =
+            r#"{"e":"trade","E":1723161256322,"p":"61800.30","m":false,"x":null,"f":-0.5e+3}"#;
+        let read = fields(text).expect("flat");
+        let keys: Vec<&str> = read.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["e", "E", "p", "m", "x", "f"]);
+        let price = text.find("61800.30").expect("in the text");
+        assert_eq!(read[2].1, Scalar::Str(price..price + 8));
+        assert_eq!(read[3].1, Scalar::Literal);
+        assert!(matches!(&read[5].1, Scalar::Number(r) if &text[r.clone()] == "-0.5e+3"));
+        assert_eq!(fields("{}"), Some(Vec::new()));
+    }
+
+    #[test]
+    fn everything_outside_the_subset_is_left_to_the_full_parser() {
+        for text in [
+            r#"{"a":"x\"y"}"#,  // an escape
+            r#"{"a":"café"}"#,  // non-ASCII
+            "{\"a\":\"\t\"}",   // a control character
+            r#"{"a": 1}"#,      // whitespace
+            r#"{"a":[1]}"#,     // nesting
+            r#"{"a":{"b":1}}"#, // nesting
+            r#"{"a":01}"#,      // a leading zero
+            r#"{"a":1.}"#,      // no fraction digits
+            r#"{"a":1e}"#,      // no exponent digits
+            r#"{"a":-}"#,       // no digits
+            r#"{"a":tru}"#,     // a cut literal
+            r#"{"a":1,}"#,      // a trailing comma
+            r#"{"a":1"#,        // unterminated
+            r#"{"a" :1}"#,      // space before the colon
+            r#"{a:1}"#,         // a bare key
+        ] {
+            let mut object = FlatObject::default();
+            assert!(
+                scan_object(text.as_bytes(), 0, &mut object).is_none(),
+                "{text}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_FIELDS).map(|i| format!("\"k{i}\":{i}")).collect();
+        let text = format!("{{{}}}", many.join(","));
+        let mut object = FlatObject::default();
+        assert!(
+            scan_object(text.as_bytes(), 0, &mut object).is_none(),
+            "more fields than kept"
+        );
+    }
+}
