@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tickwire::book::depth::{DepthBook, Outcome};
 use tickwire::feed::replay::Speed;
+use tickwire::metrics::depth::DepthEvent;
 use tickwire::normalize::binance;
 use tickwire::normalize::depth::DepthMessage;
 use tickwire::server::ServerConfig;
@@ -255,23 +256,25 @@ fn replaying_a_capture_gives_the_venues_book_and_agrees_with_its_book_tickers() 
     }
 }
 
+/// A side of a `book` message as `price:size` texts.
+fn price_size_pairs(levels: &Value) -> Vec<String> {
+    levels
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            format!(
+                "{}:{}",
+                l[0].as_str().unwrap_or(""),
+                l[1].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 /// The client's side of the checksum: the documented text, CRC-32.
 fn client_checksum(message: &Value) -> u32 {
-    let side = |levels: &Value| -> String {
-        levels
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|l| {
-                format!(
-                    "{}:{}",
-                    l[0].as_str().unwrap_or(""),
-                    l[1].as_str().unwrap_or("")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let side = |levels: &Value| price_size_pairs(levels).join(",");
     crc32fast::hash(format!("{}|{}", side(&message["bids"]), side(&message["asks"])).as_bytes())
 }
 
@@ -549,21 +552,30 @@ impl DamagedReplay {
     fn assert_resynced(&self) {
         let (bids, asks) = self.reference.levels();
         let held = &self.client.books["spot:BTCUSDT"];
-        let pairs = |side: &Value| -> Vec<String> {
-            side.as_array()
-                .into_iter()
-                .flatten()
-                .map(|l| {
-                    format!(
-                        "{}:{}",
-                        l[0].as_str().unwrap_or(""),
-                        l[1].as_str().unwrap_or("")
-                    )
-                })
-                .collect()
-        };
-        assert_eq!(pairs(&held["bids"]), bids[..25.min(bids.len())].to_vec());
-        assert_eq!(pairs(&held["asks"]), asks[..25.min(asks.len())].to_vec());
+        let bids_held = price_size_pairs(&held["bids"]);
+        let asks_held = price_size_pairs(&held["asks"]);
+        assert_eq!(bids_held, bids[..25.min(bids.len())].to_vec());
+        assert_eq!(asks_held, asks[..25.min(asks.len())].to_vec());
+    }
+
+    /// The book went stale once, for a reason mentioning `reason`, counted
+    /// as `event` in `/metrics`, and came back in sync with the true book.
+    async fn assert_stale_once_then_resynced(&self, reason: &str, event: DepthEvent) {
+        let statuses = &self.client.statuses;
+        assert_eq!(
+            self.states(),
+            ["stale", "live", "stale", "live"],
+            "{statuses:?}"
+        );
+        assert!(statuses[2].1.contains(reason), "{:?}", statuses[2]);
+        assert!(self.server.metrics().depth.get(event) >= 1);
+        let page = self.server.get("/metrics").await.1;
+        let series = format!(
+            "tickwire_depth_messages_total{{outcome=\"{}\"}}",
+            event.label()
+        );
+        assert!(page.contains(&series), "{series} in /metrics");
+        self.assert_resynced();
     }
 
     async fn finish(mut self) {
@@ -576,21 +588,8 @@ impl DamagedReplay {
 async fn a_gap_makes_the_book_stale_until_a_new_snapshot_resyncs_it() {
     // The diff is lost on the way: the served book has a gap.
     let run = DamagedReplay::run("gap", |_| None).await;
-    let statuses = &run.client.statuses;
-    assert_eq!(
-        run.states(),
-        ["stale", "live", "stale", "live"],
-        "{statuses:?}"
-    );
-    assert!(statuses[2].1.contains("gap"), "{:?}", statuses[2]);
-    let gaps = tickwire::metrics::depth::DepthEvent::Gap;
-    assert!(run.server.metrics().depth.get(gaps) >= 1);
-    let page = run.server.get("/metrics").await.1;
-    assert!(
-        page.contains("tickwire_depth_messages_total{outcome=\"gap\"}"),
-        "metrics list depth outcomes"
-    );
-    run.assert_resynced();
+    run.assert_stale_once_then_resynced("gap", DepthEvent::Gap)
+        .await;
     run.finish().await;
 }
 
@@ -612,20 +611,9 @@ async fn a_price_the_book_cannot_hold_makes_it_stale_until_a_new_snapshot() {
         ))
     })
     .await;
-    let statuses = &run.client.statuses;
-    assert_eq!(
-        run.states(),
-        ["stale", "live", "stale", "live"],
-        "{statuses:?}"
-    );
-    assert!(statuses[2].1.contains("too large"), "{:?}", statuses[2]);
-    let out_of_range = tickwire::metrics::depth::DepthEvent::PriceOutOfRange;
-    assert_eq!(run.server.metrics().depth.get(out_of_range), 1);
-    let page = run.server.get("/metrics").await.1;
-    assert!(
-        page.contains("tickwire_depth_messages_total{outcome=\"price_out_of_range\"} 1"),
-        "counted in /metrics"
-    );
-    run.assert_resynced();
+    run.assert_stale_once_then_resynced("too large", DepthEvent::PriceOutOfRange)
+        .await;
+    let counted = run.server.metrics().depth.get(DepthEvent::PriceOutOfRange);
+    assert_eq!(counted, 1, "one message refused");
     run.finish().await;
 }
