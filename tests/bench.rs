@@ -18,27 +18,18 @@ fn bench_reports_consistent_numbers_against_a_live_server() {
     let json_path = dir.join("report.json");
     let hgrm_path = dir.join("latency.hgrm");
 
-    let mut args: Vec<String> = vec!["bench".into(), format!("ws://{}", server.addr)];
-    args.extend(
-        ["--connections", "20", "--symbols", "spot:BTCUSDT"]
-            .iter()
-            .map(|s| s.to_string()),
+    let args = bench_args(
+        &server,
+        [
+            ("--connections", "20".to_owned()),
+            ("--symbols", "spot:BTCUSDT".into()),
+            ("--duration", "3".into()),
+            ("--warmup", "0.5".into()),
+            ("--json", json_path.display().to_string()),
+            ("--hgrm", hgrm_path.display().to_string()),
+        ],
     );
-    args.extend(
-        ["--duration", "3", "--warmup", "0.5"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    args.extend([
-        "--server-pid".into(),
-        server.child.id().to_string(),
-        "--json".into(),
-        json_path.display().to_string(),
-        "--hgrm".into(),
-        hgrm_path.display().to_string(),
-    ]);
-    let output = run_tickwire(&args);
-    let stdout = output;
+    let stdout = run_tickwire(&args);
     assert!(stdout.contains("client e2e"), "{stdout}");
 
     let text = std::fs::read_to_string(&json_path).expect("JSON report written");
@@ -69,6 +60,22 @@ fn bench_reports_consistent_numbers_against_a_live_server() {
     let total = format!("Total count    = {delivered:>12}]");
     assert!(hgrm.contains(&total), "{hgrm}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tickwire bench` against `server` (its CPU and memory read through
+/// `--server-pid`), with `flags`.
+fn bench_args<const N: usize>(server: &Binary, flags: [(&str, String); N]) -> Vec<String> {
+    let mut args = vec![
+        "bench".to_owned(),
+        format!("ws://{}", server.addr),
+        "--server-pid".to_owned(),
+        server.child.id().to_string(),
+    ];
+    for (flag, value) in flags {
+        args.push(flag.to_owned());
+        args.push(value);
+    }
+    args
 }
 
 /// Runs `tickwire ARGS` to the end (within the guard) and returns its stdout;
@@ -106,41 +113,29 @@ fn run_tickwire(args: &[String]) -> String {
 fn bench_reports_slow_stalled_and_churning_clients_apart() {
     let dir = std::env::temp_dir().join(format!("tickwire-bench-s3-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let feed = dir.join("synthetic.toml");
-    std::fs::write(
-        &feed,
-        "name = \"synthetic\"\nkind = \"synthetic\"\nsymbols = 20\nrate = 400.0\nseed = 3\n",
-    )
-    .expect("feed file");
-    let server = Binary::serve(&["--feed", &feed.display().to_string()]);
-    let symbols: Vec<String> = (0..20).map(|i| format!("SYN{i:03}")).collect();
+    let server = Binary::serve_synthetic(&dir, 20, 400.0, 3);
     let path = |name: &str| dir.join(name).display().to_string();
 
-    let mut args: Vec<String> = ["bench", &format!("ws://{}", server.addr)]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    for (flag, value) in [
-        ("--connections", "20".to_owned()),
-        ("--slow", "4".into()),
-        ("--slow-interval", "0.2".into()),
-        ("--stalled", "3".into()),
-        ("--churn", "20".into()),
-        ("--symbols", symbols.join(",")),
-        ("--per-connection", "5".into()),
-        ("--zipf", "1".into()),
-        ("--clock", "intended".into()),
-        ("--duration", "3".into()),
-        ("--warmup", "1".into()),
-        ("--server-pid", server.child.id().to_string()),
-        ("--json", path("s3.json")),
-        ("--hgrm", path("s3.hgrm")),
-        ("--svg", path("s3.svg")),
-        ("--label", "s3".into()),
-    ] {
-        args.push(flag.into());
-        args.push(value);
-    }
+    let args = bench_args(
+        &server,
+        [
+            ("--connections", "20".to_owned()),
+            ("--slow", "4".into()),
+            ("--slow-interval", "0.2".into()),
+            ("--stalled", "3".into()),
+            ("--churn", "20".into()),
+            ("--symbols", synthetic_symbols(20).join(",")),
+            ("--per-connection", "5".into()),
+            ("--zipf", "1".into()),
+            ("--clock", "intended".into()),
+            ("--duration", "3".into()),
+            ("--warmup", "1".into()),
+            ("--json", path("s3.json")),
+            ("--hgrm", path("s3.hgrm")),
+            ("--svg", path("s3.svg")),
+            ("--label", "s3".into()),
+        ],
+    );
     let stdout = run_tickwire(&args);
     for line in [
         "slow readers  4",
@@ -218,31 +213,19 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
 fn a_firehose_that_outruns_its_clients_keeps_being_served() {
     let dir = std::env::temp_dir().join(format!("tickwire-bench-s2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let feed = dir.join("synthetic.toml");
-    std::fs::write(
-        &feed,
-        "name = \"synthetic\"\nkind = \"synthetic\"\nsymbols = 100\nrate = 40000.0\nseed = 5\n",
-    )
-    .expect("feed file");
-    let server = Binary::serve(&["--feed", &feed.display().to_string()]);
-    let symbols: Vec<String> = (0..100).map(|i| format!("SYN{i:03}")).collect();
+    let server = Binary::serve_synthetic(&dir, 100, 40_000.0, 5);
     let json = dir.join("s2.json").display().to_string();
-    let mut args: Vec<String> = ["bench", &format!("ws://{}", server.addr)]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    for (flag, value) in [
-        ("--connections", "50".to_owned()),
-        ("--symbols", symbols.join(",")),
-        ("--per-connection", "100".into()),
-        ("--duration", "3".into()),
-        ("--warmup", "1".into()),
-        ("--server-pid", server.child.id().to_string()),
-        ("--json", json.clone()),
-    ] {
-        args.push(flag.into());
-        args.push(value);
-    }
+    let args = bench_args(
+        &server,
+        [
+            ("--connections", "50".to_owned()),
+            ("--symbols", synthetic_symbols(100).join(",")),
+            ("--per-connection", "100".into()),
+            ("--duration", "3".into()),
+            ("--warmup", "1".into()),
+            ("--json", json.clone()),
+        ],
+    );
     let stdout = run_tickwire(&args);
     let text = std::fs::read_to_string(&json).expect("JSON report");
     let report: serde_json::Value = serde_json::from_str(&text).expect("JSON parses");

@@ -260,13 +260,7 @@ async fn clients_that_never_read_cost_bounded_memory_in_the_real_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_subscribed_connection_costs_a_few_kib() {
     let dir = tempdir();
-    let feed = dir.join("quiet.toml");
-    std::fs::write(
-        &feed,
-        "name = \"quiet\"\nkind = \"synthetic\"\nsymbols = 10\nrate = 5.0\n",
-    )
-    .expect("feed file");
-    let server = Binary::serve(&["--feed", &feed.display().to_string()]);
+    let server = Binary::serve_synthetic(&dir, 10, 5.0, 1);
     let symbols = ["SYN000", "SYN001", "SYN002", "SYN003", "SYN004"];
     let subscriptions = |page: &str| metric(page, "tickwire_subscriptions");
     let mut clients = Vec::new();

@@ -479,6 +479,11 @@ pub fn assert_shows(ticker: &Value, book: &FinalBook, what: &str) {
 }
 
 /// The `tickwire` binary, started with `args`, killed on drop.
+/// The first `n` symbols of a synthetic feed: `SYN000`, `SYN001`, ….
+pub fn synthetic_symbols(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("SYN{i:03}")).collect()
+}
+
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
@@ -488,6 +493,21 @@ pub struct Binary {
 }
 
 impl Binary {
+    /// `tickwire serve` on a synthetic feed of `symbols` symbols (named as
+    /// [`synthetic_symbols`] names them) at `rate` updates a second, seeded
+    /// with `seed`; the feed file is written into `dir`.
+    pub fn serve_synthetic(dir: &Path, symbols: usize, rate: f64, seed: u64) -> Self {
+        let feed = dir.join("synthetic.toml");
+        std::fs::write(
+            &feed,
+            format!(
+                "name = \"synthetic\"\nkind = \"synthetic\"\nsymbols = {symbols}\nrate = {rate:?}\nseed = {seed}\n"
+            ),
+        )
+        .expect("feed file");
+        Self::serve(&["--feed", &feed.display().to_string()])
+    }
+
     /// Starts `tickwire serve --listen 127.0.0.1:0 ARGS` and waits for its address.
     pub fn serve(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
