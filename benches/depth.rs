@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tickwire::book::depth::{depth_index, DepthBook};
+use tickwire::book::depth::{depth_index, DepthBook, DEFAULT_MAX_BOOK_LEVELS};
 use tickwire::book::ladder::{Ladder, SideKind};
 use tickwire::normalize::binance::parse_capture_line_with_depth;
 use tickwire::normalize::depth::DepthMessage;
@@ -60,7 +60,7 @@ fn apply(c: &mut Criterion) {
         .filter(|m| !m.is_snapshot())
         .flat_map(|m| m.bids.iter().copied())
         .collect();
-    let mut bids = Ladder::new(SideKind::Bids);
+    let mut bids = Ladder::new(SideKind::Bids, DEFAULT_MAX_BOOK_LEVELS);
     for level in &snapshot.bids {
         bids.set(level.price, level.size)
             .expect("capture prices fit");

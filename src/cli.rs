@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::book::depth::DEFAULT_MAX_BOOK_LEVELS;
 use crate::client::{self, SubscribeOptions};
 use crate::cluster::gateway::{self, GatewayConfig};
 use crate::cluster::ingest;
@@ -254,6 +255,7 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
             looped: args.looped,
             max_gap,
             start_paused: false,
+            max_book_levels: DEFAULT_MAX_BOOK_LEVELS,
         }));
     }
     if feeds.is_empty() {
@@ -264,6 +266,7 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
             looped: !args.once,
             max_gap,
             start_paused: false,
+            max_book_levels: DEFAULT_MAX_BOOK_LEVELS,
         }));
     }
     Ok(feeds)

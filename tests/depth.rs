@@ -1,7 +1,8 @@
 //! Full-depth books: replaying the Binance captures gives the book the venue's
 //! own procedure gives; `book` subscribers can verify every message by its
 //! checksum and converge to the server's book; a gap, or a price the book
-//! cannot hold, makes the book stale until a new snapshot resyncs it.
+//! cannot hold, makes the book stale until a new snapshot resyncs it; a book
+//! capped far below the venue's depth still serves the venue's top levels.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::path::Path;
 use common::{replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tickwire::book::depth::{DepthBook, Outcome};
+use tickwire::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
 use tickwire::feed::replay::Speed;
 use tickwire::metrics::depth::DepthEvent;
 use tickwire::normalize::binance;
@@ -256,6 +257,125 @@ fn replaying_a_capture_gives_the_venues_book_and_agrees_with_its_book_tickers() 
     }
 }
 
+/// Levels per side the capped-book tests keep: a tenth of what the captures'
+/// books hold.
+const SMALL_BOOK: usize = 300;
+
+/// Replays the depth messages of capture `name` into a book capped at
+/// `SMALL_BOOK` levels per side, checking after every message that its top
+/// 100 levels are the uncapped reference's best (all of them, or fewer once
+/// the price has moved past where the cap cut the book). Returns the final
+/// top 100 of both, how many levels the capped book dropped, and in how many
+/// states it showed fewer levels than the reference.
+fn capped_replay(name: &str, futures: bool) -> CappedReplay {
+    let mut reference = Reference {
+        futures,
+        ..Reference::default()
+    };
+    let mut book = DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, SMALL_BOOK);
+    let mut message = DepthMessage::default();
+    let (mut dropped, mut compared, mut shallower) = (0, 0, 0);
+    for line in lines(&sample(name)) {
+        let Some(data) = payload(&line) else { continue };
+        if data.get("lastUpdateId").is_some() {
+            reference.snapshot(&data);
+        } else if data["e"] == "depthUpdate" {
+            reference.diff(&data);
+        } else {
+            continue;
+        }
+        let mut bytes = line.clone().into_bytes();
+        binance::parse_capture_line_with_depth(&mut bytes, &mut message)
+            .expect("depth line parses");
+        book.apply(&message);
+        dropped += book.take_dropped_levels();
+        let (bids, asks) = book.len();
+        assert!(bids.max(asks) <= SMALL_BOOK + SMALL_BOOK / 8, "{name}");
+        if reference.last.is_some() {
+            let held = book_levels(&mut book, 100);
+            let venue = reference.top(100);
+            assert_eq!(held.0[..], venue.0[..held.0.len()], "{name}: bids");
+            assert_eq!(held.1[..], venue.1[..held.1.len()], "{name}: asks");
+            if held != venue {
+                shallower += 1;
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{name}: compared {compared} states");
+    CappedReplay {
+        held: book_levels(&mut book, 100),
+        venue: reference.levels(),
+        dropped,
+        compared,
+        shallower,
+    }
+}
+
+struct CappedReplay {
+    /// The capped book's final top 100, per side.
+    held: (Vec<String>, Vec<String>),
+    /// The venue's whole final book, per side.
+    venue: (Vec<String>, Vec<String>),
+    dropped: u64,
+    compared: u64,
+    shallower: u64,
+}
+
+#[test]
+fn a_book_capped_far_below_the_venues_depth_shows_only_the_venues_best_levels() {
+    for (name, futures) in [(SPOT, false), (USDM, true)] {
+        let run = capped_replay(name, futures);
+        let (bids, asks) = &run.venue;
+        assert!(
+            bids.len().max(asks.len()) > 3 * SMALL_BOOK,
+            "{name}: the venue's book is deeper than the cap"
+        );
+        assert!(run.dropped > 0, "{name}: far levels were dropped");
+        // Mostly the whole top 100: the price rarely moves 200 levels.
+        assert!(
+            run.shallower * 2 < run.compared,
+            "{name}: {} of {} states shallower",
+            run.shallower,
+            run.compared
+        );
+        eprintln!(
+            "{name}: {} levels dropped; {} of {} states showed fewer than 100 levels a side",
+            run.dropped, run.shallower, run.compared
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_book_is_served_as_built_and_counts_what_it_dropped() {
+    let mut replay = replay_of(&[(Some("spot"), sample(SPOT))], Speed::Max, false, true);
+    replay.max_book_levels = SMALL_BOOK;
+    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let symbol = "spot:BTCUSDT";
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op":"subscribe","channel":"book","depth":100,"symbols":[symbol]}))
+        .await;
+    client.recv_type("subscribed").await;
+    server.replays[0].start();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let mut state = BookClient::default();
+    read_until_final(&mut client, &mut state, &server, &[symbol], 100).await;
+
+    // The server's book is the one the same cap builds offline.
+    let run = capped_replay(SPOT, false);
+    let held = &state.books[symbol];
+    assert_eq!(price_size_pairs(&held["bids"]), run.held.0);
+    assert_eq!(price_size_pairs(&held["asks"]), run.held.1);
+    assert_eq!(server.metrics().depth.dropped_levels(), run.dropped);
+    let page = server.get("/metrics").await.1;
+    let series = format!("tickwire_depth_levels_dropped_total {}", run.dropped);
+    assert!(page.contains(&series), "{series} in /metrics");
+    server.shutdown().await.expect("clean shutdown");
+}
+
 /// A side of a `book` message as `price:size` texts.
 fn price_size_pairs(levels: &Value) -> Vec<String> {
     levels
@@ -456,9 +576,13 @@ async fn book_clients_verify_every_message_and_converge_even_when_conflated() {
 
 /// What a depth-25 subscriber of `spot:BTCUSDT` saw of a replay of the spot
 /// capture in which the 20th diff after the book synced was replaced by
-/// `damage(line)` (dropped when `None`), with a REST snapshot of the true
-/// book inserted after the 60th diff: what a feed that receives one bad
-/// message and then refetches the snapshot sees.
+/// `damage(line)` (dropped when `None`), with, when `resnapshot`, a REST
+/// snapshot of the true book inserted after the 60th diff: what a feed that
+/// receives one bad message and then refetches the snapshot sees.
+///
+/// Statuses conflate like tickers (the latest wins), so a stale spell that is
+/// over before the session writes may reach the client only as `live`: the
+/// run without a new snapshot is the one that shows the stale reason for sure.
 struct DamagedReplay {
     server: TestServer,
     client: BookClient,
@@ -468,11 +592,11 @@ struct DamagedReplay {
 }
 
 impl DamagedReplay {
-    async fn run(tag: &str, damage: impl Fn(&str) -> Option<String>) -> Self {
+    async fn run(tag: &str, resnapshot: bool, damage: impl Fn(&str) -> Option<String>) -> Self {
         let original = lines(&sample(SPOT));
         let mut reference = Reference::default();
         let mut edited = Vec::new();
-        let (mut diffs_after_sync, mut damaged, mut resnapshot) = (0, false, false);
+        let (mut diffs_after_sync, mut damaged, mut resnapshotted) = (0, false, false);
         for line in original {
             let data = payload(&line);
             let is_diff = data.as_ref().is_some_and(|d| d["e"] == "depthUpdate");
@@ -492,13 +616,16 @@ impl DamagedReplay {
                 }
             }
             edited.push(line.clone());
-            if is_diff && diffs_after_sync == 60 && !resnapshot {
-                resnapshot = true;
+            if resnapshot && is_diff && diffs_after_sync == 60 && !resnapshotted {
+                resnapshotted = true;
                 let ts = line.split_once(' ').map_or("0", |(ts, _)| ts);
                 edited.push(reference.snapshot_line(ts));
             }
         }
-        assert!(damaged && resnapshot, "the capture is long enough");
+        assert!(
+            damaged && resnapshotted == resnapshot,
+            "the capture is long enough"
+        );
         let dir = std::env::temp_dir().join(format!("tickwire-depth-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("spot.txt");
@@ -523,9 +650,15 @@ impl DamagedReplay {
             .await
             .expect("replay ends");
         read_until_final(&mut client, &mut state, &server, &["spot:BTCUSDT"], 25).await;
-        // Statuses the client has not read yet follow the final version.
-        let entry = server.hub.get("spot:BTCUSDT").expect("served");
-        while state.statuses.len() < entry.depth().status_generation() as usize + 1 {
+        // A status the client has not read yet follows the final version.
+        let status = server
+            .hub
+            .get("spot:BTCUSDT")
+            .expect("served")
+            .depth()
+            .status();
+        let current = (status.state.as_str().to_owned(), status.reason.to_string());
+        while state.statuses.last() != Some(&current) {
             let message = tokio::time::timeout(GUARD, client.recv())
                 .await
                 .expect("status in time");
@@ -539,35 +672,12 @@ impl DamagedReplay {
         }
     }
 
-    /// The statuses the client received, in order.
-    fn states(&self) -> Vec<&str> {
-        self.client
-            .statuses
-            .iter()
-            .map(|(s, _)| s.as_str())
-            .collect()
-    }
-
-    /// Whether the served book ended as the true one, after the resync.
-    fn assert_resynced(&self) {
-        let (bids, asks) = self.reference.levels();
-        let held = &self.client.books["spot:BTCUSDT"];
-        let bids_held = price_size_pairs(&held["bids"]);
-        let asks_held = price_size_pairs(&held["asks"]);
-        assert_eq!(bids_held, bids[..25.min(bids.len())].to_vec());
-        assert_eq!(asks_held, asks[..25.min(asks.len())].to_vec());
-    }
-
-    /// The book went stale once, for a reason mentioning `reason`, counted
-    /// as `event` in `/metrics`, and came back in sync with the true book.
-    async fn assert_stale_once_then_resynced(&self, reason: &str, event: DepthEvent) {
-        let statuses = &self.client.statuses;
-        assert_eq!(
-            self.states(),
-            ["stale", "live", "stale", "live"],
-            "{statuses:?}"
-        );
-        assert!(statuses[2].1.contains(reason), "{:?}", statuses[2]);
+    /// The book ended stale for a reason mentioning `reason`, and the
+    /// message was counted as `event` in `/metrics`.
+    async fn assert_left_stale(&self, reason: &str, event: DepthEvent) {
+        let (state, why) = self.client.statuses.last().expect("a status");
+        assert_eq!(state, "stale");
+        assert!(why.contains(reason), "{why}");
         assert!(self.server.metrics().depth.get(event) >= 1);
         let page = self.server.get("/metrics").await.1;
         let series = format!(
@@ -575,7 +685,30 @@ impl DamagedReplay {
             event.label()
         );
         assert!(page.contains(&series), "{series} in /metrics");
-        self.assert_resynced();
+    }
+
+    /// The book went stale once and came back in sync with the true book.
+    fn assert_stale_once_then_resynced(&self) {
+        let entry = self.server.hub.get("spot:BTCUSDT").expect("served");
+        // Awaiting the snapshot, live, stale, live again.
+        assert_eq!(entry.depth().status_generation(), 3);
+        // Statuses conflate: the client may miss the stale spell, but is
+        // never told `live` twice in a row.
+        let statuses = &self.client.statuses;
+        assert!(
+            statuses
+                .windows(2)
+                .all(|w| w[0].0 != "live" || w[1].0 != "live"),
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.first().map(|s| s.0.as_str()), Some("stale"));
+        assert_eq!(statuses.last().map(|s| s.0.as_str()), Some("live"));
+        let (bids, asks) = self.reference.levels();
+        let held = &self.client.books["spot:BTCUSDT"];
+        let bids_held = price_size_pairs(&held["bids"]);
+        let asks_held = price_size_pairs(&held["asks"]);
+        assert_eq!(bids_held, bids[..25.min(bids.len())].to_vec());
+        assert_eq!(asks_held, asks[..25.min(asks.len())].to_vec());
     }
 
     async fn finish(mut self) {
@@ -587,16 +720,19 @@ impl DamagedReplay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_makes_the_book_stale_until_a_new_snapshot_resyncs_it() {
     // The diff is lost on the way: the served book has a gap.
-    let run = DamagedReplay::run("gap", |_| None).await;
-    run.assert_stale_once_then_resynced("gap", DepthEvent::Gap)
-        .await;
+    let lost = |_: &str| None;
+    let run = DamagedReplay::run("gap", false, lost).await;
+    run.assert_left_stale("gap", DepthEvent::Gap).await;
+    run.finish().await;
+    let run = DamagedReplay::run("gap-resync", true, lost).await;
+    run.assert_stale_once_then_resynced();
     run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_price_the_book_cannot_hold_makes_it_stale_until_a_new_snapshot() {
     // One bid of the diff is priced beyond what a book holds (2^96 - 1).
-    let run = DamagedReplay::run("price", |line| {
+    let oversized = |line: &str| {
         let huge = r#"["79228162514264337593543950335","1"]"#;
         let bids = line.find(r#""b":["#).expect("a diff has bids") + 5;
         let separator = if line[bids..].starts_with(']') {
@@ -609,10 +745,13 @@ async fn a_price_the_book_cannot_hold_makes_it_stale_until_a_new_snapshot() {
             &line[..bids],
             &line[bids..]
         ))
-    })
-    .await;
-    run.assert_stale_once_then_resynced("too large", DepthEvent::PriceOutOfRange)
+    };
+    let run = DamagedReplay::run("price", false, oversized).await;
+    run.assert_left_stale("too large", DepthEvent::PriceOutOfRange)
         .await;
+    run.finish().await;
+    let run = DamagedReplay::run("price-resync", true, oversized).await;
+    run.assert_stale_once_then_resynced();
     let counted = run.server.metrics().depth.get(DepthEvent::PriceOutOfRange);
     assert_eq!(counted, 1, "one message refused");
     run.finish().await;

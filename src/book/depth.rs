@@ -46,6 +46,11 @@ pub const DEFAULT_MAX_BOOK_DEPTH: usize = 100;
 /// Diffs buffered while waiting for a snapshot, unless configured otherwise.
 pub const DEFAULT_MAX_PENDING_DIFFS: usize = 1_000;
 
+/// Levels a book keeps per side, unless configured otherwise: twice the
+/// deepest snapshot Binance serves. Past it (by an eighth) the worst levels
+/// are dropped and counted (see [`ladder`](super::ladder)).
+pub const DEFAULT_MAX_BOOK_LEVELS: usize = 10_000;
+
 /// What applying one depth message did to the book.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -110,17 +115,18 @@ pub struct DepthBook {
 
 impl Default for DepthBook {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_PENDING_DIFFS)
+        Self::new(DEFAULT_MAX_PENDING_DIFFS, DEFAULT_MAX_BOOK_LEVELS)
     }
 }
 
 impl DepthBook {
     /// An empty book that buffers at most `max_pending` diffs before its
-    /// snapshot (older ones are dropped, which surfaces as a gap).
-    pub fn new(max_pending: usize) -> Self {
+    /// snapshot (older ones are dropped, which surfaces as a gap) and keeps
+    /// about `max_levels` levels per side.
+    pub fn new(max_pending: usize, max_levels: usize) -> Self {
         Self {
-            bids: Ladder::new(SideKind::Bids),
-            asks: Ladder::new(SideKind::Asks),
+            bids: Ladder::new(SideKind::Bids, max_levels),
+            asks: Ladder::new(SideKind::Asks, max_levels),
             state: SyncState::AwaitingSnapshot,
             pending: VecDeque::new(),
             spare: Vec::new(),
@@ -140,6 +146,12 @@ impl DepthBook {
             SyncState::Synced { last, .. } => last,
             SyncState::AwaitingSnapshot => None,
         }
+    }
+
+    /// Levels dropped from the far ends of the book past its cap since the
+    /// last call.
+    pub fn take_dropped_levels(&mut self) -> u64 {
+        self.bids.take_dropped() + self.asks.take_dropped()
     }
 
     /// Number of bid and ask levels.
@@ -555,7 +567,7 @@ mod tests {
 
     #[test]
     fn the_pending_buffer_is_bounded() {
-        let mut book = DepthBook::new(4);
+        let mut book = DepthBook::new(4, DEFAULT_MAX_BOOK_LEVELS);
         for i in 0..10 {
             book.apply(&spot(i * 10, i * 10 + 9, &[]));
         }

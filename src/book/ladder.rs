@@ -13,6 +13,16 @@
 //! dropped from the end at once and compacted away when they outnumber the
 //! levels. Once the vectors have grown to the largest book seen no operation
 //! allocates. `benches/depth.rs` measures a set.
+//!
+//! A venue decides how many levels it sends, so a side is capped: once it
+//! holds an eighth more than its limit, the worst levels are dropped in one
+//! pass down to the limit and counted. Only the best few hundred levels are
+//! ever published, so the far end of a deep book is the part that can go.
+//! What lies beyond the best dropped price is unknown from then on (a level
+//! the venue never changes again is never resent), so levels there are not
+//! taken either: the side holds exactly the venue's levels better than that
+//! price, and should the price move that far, it shows fewer levels rather
+//! than wrong ones, until a snapshot clears it.
 
 use rust_decimal::Decimal;
 use thiserror::Error;
@@ -46,18 +56,34 @@ pub struct Ladder {
     levels: usize,
     /// Decimals of every key: the largest scale among the side's prices.
     scale: u32,
+    /// Levels kept after the worst are dropped (see the module docs).
+    max_levels: usize,
+    /// Levels dropped past `max_levels` since the last `take_dropped`.
+    dropped: u64,
+    /// The best key dropped since the last `clear`: the side knows nothing at
+    /// or beyond it.
+    floor: Option<i64>,
 }
 
 impl Ladder {
-    /// An empty side.
-    pub fn new(kind: SideKind) -> Self {
+    /// An empty side holding at most about `max_levels` levels.
+    pub fn new(kind: SideKind, max_levels: usize) -> Self {
         Self {
             kind,
             keys: Vec::new(),
             sizes: Vec::new(),
             levels: 0,
             scale: 0,
+            max_levels: max_levels.max(1),
+            dropped: 0,
+            floor: None,
         }
+    }
+
+    /// Level updates dropped at the worst end since the last call: levels
+    /// cut when the side outgrew its cap, and changes beyond them since.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Number of levels.
@@ -76,34 +102,62 @@ impl Ladder {
         self.sizes.clear();
         self.levels = 0;
         self.scale = 0;
+        self.floor = None;
     }
 
     /// Sets the size at `price`; a zero size removes the level (removing an
     /// absent level is a no-op, as venues send such deletions). Levels equal
     /// in value are one level whatever their scale (`10.0` is `10.00`).
     pub fn set(&mut self, price: Decimal, size: Decimal) -> Result<(), PriceOutOfRange> {
-        let key = self.key(price)?;
-        match (self.keys.binary_search(&key), size.is_zero()) {
-            (Ok(at), false) => {
-                if self.sizes[at].is_zero() {
-                    self.levels += 1;
-                }
-                self.sizes[at] = size;
-            }
-            (Ok(at), true) => {
+        if size.is_zero() {
+            // A price the side cannot express at its scale is not in it: a
+            // deletion neither rescales the side nor is refused.
+            let found = self
+                .key_at_scale(price)
+                .map(|key| self.keys.binary_search(&key));
+            if let Some(Ok(at)) = found {
                 if !self.sizes[at].is_zero() {
                     self.levels -= 1;
                     self.sizes[at] = Decimal::ZERO;
                     self.drop_vacant();
                 }
             }
-            (Err(at), false) => {
+            return Ok(());
+        }
+        let key = self.key(price)?;
+        if self.floor.is_some_and(|floor| key <= floor) {
+            self.dropped += 1;
+            return Ok(());
+        }
+        match self.keys.binary_search(&key) {
+            Ok(at) => {
+                if self.sizes[at].is_zero() {
+                    self.levels += 1;
+                }
+                self.sizes[at] = size;
+            }
+            Err(at) => {
                 self.insert(at, key, size);
                 self.levels += 1;
             }
-            (Err(_), true) => {}
+        }
+        if self.levels > self.max_levels + self.max_levels / 8 {
+            self.drop_worst();
         }
         Ok(())
+    }
+
+    /// Drops the worst levels down to `max_levels`, in one pass.
+    fn drop_worst(&mut self) {
+        self.compact();
+        let excess = self.levels.saturating_sub(self.max_levels);
+        if let Some(&best_dropped) = excess.checked_sub(1).and_then(|i| self.keys.get(i)) {
+            self.floor = Some(best_dropped);
+        }
+        self.keys.drain(..excess);
+        self.sizes.drain(..excess);
+        self.levels -= excess;
+        self.dropped += excess as u64;
     }
 
     /// Puts a new level at index `at`, moving the levels between `at` and the
@@ -210,7 +264,7 @@ impl Ladder {
     /// decimals than the side so far.
     fn key(&mut self, price: Decimal) -> Result<i64, PriceOutOfRange> {
         let out_of_range = PriceOutOfRange(price);
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.floor.is_none() {
             self.scale = price.scale();
         } else if price.scale() > self.scale {
             // Trailing zeros do not need a finer scale ("10.50" is "10.5").
@@ -222,29 +276,35 @@ impl Ladder {
                 if self
                     .keys
                     .iter()
+                    .chain(&self.floor)
                     .any(|key| key.checked_mul(factor).is_none())
                 {
                     return Err(out_of_range);
                 }
-                for key in &mut self.keys {
+                for key in self.keys.iter_mut().chain(&mut self.floor) {
                     *key *= factor;
                 }
                 self.scale = scale;
             }
         }
+        self.key_at_scale(price).ok_or(out_of_range)
+    }
+
+    /// The key of `price` at the side's current scale, if it has one: not
+    /// when the price has non-zero digits beyond that scale or does not fit.
+    fn key_at_scale(&self, price: Decimal) -> Option<i64> {
         let value = if price.scale() <= self.scale {
-            let factor = power_of_ten(self.scale - price.scale()).ok_or(out_of_range)?;
-            price.mantissa().checked_mul(i128::from(factor))
+            let factor = power_of_ten(self.scale - price.scale())?;
+            price.mantissa().checked_mul(i128::from(factor))?
         } else {
-            // Only trailing zeros are finer than the side's scale.
-            let divisor = power_of_ten(price.scale() - self.scale).ok_or(out_of_range)?;
-            Some(price.mantissa() / i128::from(divisor))
+            let divisor = i128::from(power_of_ten(price.scale() - self.scale)?);
+            if price.mantissa() % divisor != 0 {
+                return None;
+            }
+            price.mantissa() / divisor
         };
-        let value = value
-            .and_then(|v| i64::try_from(v).ok())
-            .filter(|&v| v != i64::MIN)
-            .ok_or(out_of_range)?;
-        Ok(match self.kind {
+        let value = i64::try_from(value).ok().filter(|&v| v != i64::MIN)?;
+        Some(match self.kind {
             SideKind::Bids => value,
             SideKind::Asks => -value,
         })
@@ -272,7 +332,7 @@ mod tests {
     #[test]
     fn matches_a_sorted_map_under_random_churn() {
         for kind in [SideKind::Bids, SideKind::Asks] {
-            let mut ladder = Ladder::new(kind);
+            let mut ladder = Ladder::new(kind, usize::MAX);
             let mut reference: BTreeMap<Decimal, Decimal> = BTreeMap::new();
             let mut x: u64 = 7;
             for step in 0..30_000u64 {
@@ -320,7 +380,7 @@ mod tests {
 
     #[test]
     fn top_n_stops_early_and_storage_is_reused() {
-        let mut ladder = Ladder::new(SideKind::Asks);
+        let mut ladder = Ladder::new(SideKind::Asks, usize::MAX);
         for i in 1..=100 {
             ladder
                 .set(Decimal::new(i, 0), Decimal::ONE)
@@ -350,7 +410,7 @@ mod tests {
 
     #[test]
     fn prices_compare_by_value_whatever_their_scale() {
-        let mut ladder = Ladder::new(SideKind::Bids);
+        let mut ladder = Ladder::new(SideKind::Bids, usize::MAX);
         let mut set =
             |price: &str, size: Decimal| ladder.set(price.parse().expect("a price"), size);
         assert_eq!(set("10.00", Decimal::ONE), Ok(()));
@@ -381,7 +441,7 @@ mod tests {
 
     #[test]
     fn negative_prices_keep_their_order() {
-        let mut ladder = Ladder::new(SideKind::Asks);
+        let mut ladder = Ladder::new(SideKind::Asks, usize::MAX);
         for price in ["-37.63", "1.5", "-40"] {
             ladder
                 .set(price.parse().expect("a price"), Decimal::ONE)
@@ -395,7 +455,7 @@ mod tests {
 
     #[test]
     fn a_price_beyond_64_bits_at_the_side_scale_is_refused_and_changes_nothing() {
-        let mut ladder = Ladder::new(SideKind::Bids);
+        let mut ladder = Ladder::new(SideKind::Bids, usize::MAX);
         ladder
             .set(Decimal::new(6_149_650, 2), Decimal::ONE)
             .expect("in range");
@@ -412,6 +472,80 @@ mod tests {
             ladder.best().map(|l| l.price),
             Some(Decimal::new(9_000_000_000_000, 2))
         );
-        assert_eq!(ladder.set(huge, Decimal::ZERO), Err(PriceOutOfRange(huge)));
+        // A deletion of a price the side cannot hold finds nothing to delete.
+        assert_eq!(ladder.set(huge, Decimal::ZERO), Ok(()));
+        assert_eq!(ladder.set(fine, Decimal::ZERO), Ok(()));
+        assert_eq!(ladder.len(), 2);
+    }
+
+    #[test]
+    fn deleting_an_absent_finer_price_leaves_the_scale_alone() {
+        let mut ladder = Ladder::new(SideKind::Asks, usize::MAX);
+        for price in ["10.5", "11"] {
+            ladder
+                .set(price.parse().expect("a price"), Decimal::ONE)
+                .expect("in range");
+        }
+        ladder
+            .set("10.123".parse().expect("a price"), Decimal::ZERO)
+            .expect("a deletion");
+        // The same level written with trailing zeros is still found.
+        ladder
+            .set("11.000".parse().expect("a price"), Decimal::ZERO)
+            .expect("a deletion");
+        let mut out = Vec::new();
+        ladder.top(usize::MAX, &mut out);
+        let prices: Vec<String> = out.iter().map(|l| l.price.to_string()).collect();
+        assert_eq!(prices, ["10.5"]);
+    }
+
+    #[test]
+    fn a_side_past_its_cap_drops_its_worst_levels_and_counts_them() {
+        for kind in [SideKind::Bids, SideKind::Asks] {
+            let mut ladder = Ladder::new(kind, 80);
+            // Prices 1..=200 in a scattered order, a few deleted on the way.
+            let mut reference: BTreeMap<Decimal, Decimal> = BTreeMap::new();
+            for i in 0..200i64 {
+                let price = Decimal::new((i * 37) % 200 + 1, 0);
+                ladder.set(price, Decimal::ONE).expect("in range");
+                reference.insert(price, Decimal::ONE);
+                if i % 7 == 0 {
+                    let gone = Decimal::new((i * 11) % 200 + 1, 0);
+                    ladder.set(gone, Decimal::ZERO).expect("in range");
+                    reference.remove(&gone);
+                }
+                assert!(ladder.len() <= 90, "{kind:?}: {} levels", ladder.len());
+            }
+            let dropped = ladder.take_dropped();
+            assert!(dropped > 0);
+            assert_eq!(ladder.take_dropped(), 0, "taken once");
+            // What is kept is exactly the venue's best levels: a prefix of the
+            // reference's, which never dropped anything.
+            let mut kept = Vec::new();
+            ladder.top(usize::MAX, &mut kept);
+            let mut expected: Vec<Decimal> = reference.keys().copied().collect();
+            if kind == SideKind::Bids {
+                expected.reverse();
+            }
+            let kept: Vec<Decimal> = kept.iter().map(|l| l.price).collect();
+            assert!(kept.len() >= 40, "{kind:?}: {}", kept.len());
+            assert_eq!(kept[..], expected[..kept.len()], "{kind:?}");
+            // A finer price rescales the side, and the cut with it.
+            let better = match kind {
+                SideKind::Bids => kept[0] + Decimal::new(5, 1),
+                SideKind::Asks => kept[0] - Decimal::new(5, 1),
+            };
+            ladder.set(better, Decimal::ONE).expect("in range");
+            assert_eq!(ladder.best().map(|l| l.price), Some(better));
+            // Beyond the cut nothing is known: a level there is not taken.
+            let worst = *expected.last().expect("levels");
+            ladder.set(worst, Decimal::TEN).expect("in range");
+            assert_eq!(ladder.len(), kept.len() + 1);
+            assert_eq!(ladder.take_dropped(), 1);
+            // Until the side is cleared.
+            ladder.clear();
+            ladder.set(worst, Decimal::TEN).expect("in range");
+            assert_eq!(ladder.len(), 1);
+        }
     }
 }

@@ -95,6 +95,8 @@ impl Hub {
         ingest_ts_ns: i64,
     ) -> Outcome {
         let outcome = book.apply(message);
+        let metrics = &self.metrics().depth;
+        metrics.count_dropped_levels(book.take_dropped_levels());
         let depth = entry.depth();
         match outcome {
             Outcome::Updated => {
@@ -114,7 +116,7 @@ impl Hub {
             }
             Outcome::Buffered | Outcome::Outdated => {}
         }
-        self.metrics().depth.count(DepthEvent::from(outcome));
+        metrics.count(DepthEvent::from(outcome));
         outcome
     }
 }

@@ -6,6 +6,7 @@
 //! speed = "1"          # a factor, or "max"
 //! loop = true
 //! max_gap_ms = 5000
+//! max_book_levels = 10000  # per side of each depth book; the worst beyond are dropped
 //!
 //! [[files]]
 //! path = "../replay-data/binance-spot-btcusdt-20240808.gz"
@@ -33,6 +34,7 @@ use serde::Deserialize;
 use super::live::{Backoff, LiveConfig, Venue};
 use super::replay::{ReplayConfig, ReplayInput, ReplaySource, Speed};
 use super::synthetic::{Mode, SyntheticConfig, SyntheticFeedConfig};
+use crate::book::depth::DEFAULT_MAX_BOOK_LEVELS;
 
 /// A feed, as a feed file describes it.
 #[derive(Clone, Debug)]
@@ -84,6 +86,8 @@ struct ReplayFile {
     looped: bool,
     #[serde(default = "default_max_gap_ms")]
     max_gap_ms: u64,
+    #[serde(default = "default_max_book_levels")]
+    max_book_levels: usize,
     files: Vec<FileEntry>,
 }
 
@@ -184,6 +188,10 @@ fn default_max_gap_ms() -> u64 {
     DEFAULT_MAX_GAP.as_millis() as u64
 }
 
+fn default_max_book_levels() -> usize {
+    DEFAULT_MAX_BOOK_LEVELS
+}
+
 fn default_coinbase_channels() -> Vec<String> {
     vec!["ticker".into(), "matches".into(), "heartbeat".into()]
 }
@@ -233,6 +241,11 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                 .speed
                 .parse()
                 .map_err(|e: String| invalid(format!("field `speed`: {e}")))?;
+            if file.max_book_levels == 0 {
+                return Err(invalid(
+                    "field `max_book_levels`: a book needs at least one level per side".into(),
+                ));
+            }
             if file.files.is_empty() {
                 return Err(invalid(
                     "field `files`: a replay feed needs at least one file".into(),
@@ -253,6 +266,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                 looped: file.looped,
                 max_gap: Duration::from_millis(file.max_gap_ms),
                 start_paused: false,
+                max_book_levels: file.max_book_levels,
             }))
         }
         "binance" | "coinbase" => {
@@ -371,6 +385,7 @@ mod tests {
             (config.name.as_str(), config.speed, config.looped),
             ("sample", Speed::Max, true)
         );
+        assert_eq!(config.max_book_levels, DEFAULT_MAX_BOOK_LEVELS);
         let Some(ReplaySource {
             input: ReplayInput::Path(path),
             ..
@@ -428,5 +443,12 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(message.unwrap_or_default().contains("`speed`"));
+
+        let text = "kind = \"replay\"\nmax_book_levels = 0\n[[files]]\npath = \"a\"\n";
+        let message = parse(text, Path::new("x.toml"))
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string());
+        assert!(message.unwrap_or_default().contains("`max_book_levels`"));
     }
 }

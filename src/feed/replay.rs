@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
-use crate::book::depth::DepthBook;
+use crate::book::depth::{DepthBook, DEFAULT_MAX_PENDING_DIFFS};
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::FeedStats;
 use crate::wall_clock_ns;
@@ -98,6 +98,9 @@ pub struct ReplayConfig {
     pub max_gap: Duration,
     /// Wait for [`ReplayHandle::start`] before the first tick.
     pub start_paused: bool,
+    /// Levels each full-depth book keeps per side (see
+    /// [`DEFAULT_MAX_BOOK_LEVELS`](crate::book::depth::DEFAULT_MAX_BOOK_LEVELS)).
+    pub max_book_levels: usize,
 }
 
 /// Why a replay could not start.
@@ -231,7 +234,7 @@ impl Player {
             };
             // Each file's symbol indices, resolved to hub entries on first use.
             let mut entries: Vec<Vec<Option<Arc<SymbolEntry>>>> = vec![Vec::new(); files.len()];
-            let mut depth = DepthBooks::new(files.len());
+            let mut depth = DepthBooks::new(files.len(), self.config.max_book_levels);
             let mut merge = Merge::new(files);
             pacer.restart();
             while let Some((file, item)) = merge.next_item() {
@@ -340,15 +343,17 @@ impl Player {
 /// The full-depth books a replay builds, per (file, symbol).
 struct DepthBooks {
     books: HashMap<(usize, u32), DepthBook>,
+    max_levels: usize,
     /// Each file's last diff symbol: a Binance REST snapshot names no symbol,
     /// and belongs to the symbol whose diffs the capture carries.
     last_symbol: Vec<Option<u32>>,
 }
 
 impl DepthBooks {
-    fn new(files: usize) -> Self {
+    fn new(files: usize, max_levels: usize) -> Self {
         Self {
             books: HashMap::new(),
+            max_levels,
             last_symbol: vec![None; files],
         }
     }
@@ -363,7 +368,10 @@ impl DepthBooks {
     }
 
     fn book(&mut self, file: usize, symbol: u32) -> &mut DepthBook {
-        self.books.entry((file, symbol)).or_default()
+        let max_levels = self.max_levels;
+        self.books
+            .entry((file, symbol))
+            .or_insert_with(|| DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels))
     }
 }
 

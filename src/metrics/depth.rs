@@ -62,6 +62,8 @@ impl From<Outcome> for DepthEvent {
 #[derive(Debug, Default)]
 pub struct DepthMetrics {
     events: [AtomicU64; DepthEvent::ALL.len()],
+    /// Levels dropped from the far ends of books past their cap.
+    levels_dropped: AtomicU64,
 }
 
 impl DepthMetrics {
@@ -73,6 +75,18 @@ impl DepthMetrics {
     /// Messages counted with `event` so far.
     pub fn get(&self, event: DepthEvent) -> u64 {
         self.events[event as usize].load(Relaxed)
+    }
+
+    /// Counts levels a book dropped past its cap.
+    pub fn count_dropped_levels(&self, levels: u64) {
+        if levels > 0 {
+            self.levels_dropped.fetch_add(levels, Relaxed);
+        }
+    }
+
+    /// Levels dropped past book caps so far.
+    pub fn dropped_levels(&self) -> u64 {
+        self.levels_dropped.load(Relaxed)
     }
 
     /// Appends the Prometheus text of these counters.
@@ -90,5 +104,11 @@ impl DepthMetrics {
                 self.get(event)
             );
         }
+        let name = "tickwire_depth_levels_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Levels dropped from the far ends of books past their cap.\n# TYPE {name} counter\n{name} {}",
+            self.dropped_levels()
+        );
     }
 }

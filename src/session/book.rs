@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use super::channel::{self, Channel, Registry};
+use super::channel::{self, AnnouncedStatus, Channel, Registry};
 use super::outbox::Outbox;
 use super::subscriptions::push_error;
 use crate::book::depth::{depth_index, BOOK_DEPTHS};
-use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
+use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
 use crate::protocol::book::{encode_status, BOOK_CHANNEL};
 
@@ -31,8 +31,8 @@ pub(super) struct BookSubscription {
     depth_index: usize,
     /// `seq` of the last version sent; 0 before the first.
     last_seq: u64,
-    /// Book status generation last announced to this client.
-    last_status: u64,
+    /// The book status last announced to this client.
+    status: AnnouncedStatus,
 }
 
 /// Every `book` subscription of one client.
@@ -171,8 +171,8 @@ impl Channel for BookSubscriptions {
                 slot,
                 depth_index,
                 last_seq: 0,
-                // Announce any state but live with the snapshot.
-                last_status: u64::MAX,
+                // Any state but live is announced with the snapshot.
+                status: AnnouncedStatus::new(),
             }
         });
         self.hub
@@ -186,10 +186,6 @@ impl Channel for BookSubscriptions {
         let Some(sub) = self.subs.get_mut(index) else {
             return;
         };
-        let status = sub.entry.depth().status();
-        if status.state == SymbolState::Live {
-            sub.last_status = status.generation;
-        }
         if let Some(current) = sub.entry.depth().current() {
             sub.last_seq = sub.last_seq.max(current.seq);
             out.push_ticker(current.book_prefix(sub.depth_index), 0, true, None);
@@ -206,11 +202,12 @@ impl Channel for BookSubscriptions {
 
 fn push_status_if_changed(sub: &mut BookSubscription, out: &mut Outbox) {
     let depth = sub.entry.depth();
-    if depth.status_generation() == sub.last_status {
+    let Some(status) = sub
+        .status
+        .change(depth.status_generation(), || depth.status())
+    else {
         return;
-    }
-    let status = depth.status();
-    sub.last_status = status.generation;
+    };
     out.push_json(&encode_status(
         sub.entry.name(),
         status.state.as_str(),

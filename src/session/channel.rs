@@ -11,9 +11,53 @@ use std::sync::Arc;
 
 use super::outbox::Outbox;
 use super::subscriptions::push_error;
-use crate::fanout::{Hub, SymbolEntry};
+use crate::fanout::{Hub, SymbolEntry, SymbolState, SymbolStatus};
 use crate::metrics::ErrorCode;
 use crate::protocol::Reply;
+
+/// The status one subscription's client was last told of.
+///
+/// Statuses conflate like versions: the client is told the symbol's status
+/// when it changed since the last look, so a stale spell that came and went
+/// between two looks is not announced. Nor is `live` after `live`: it would
+/// say nothing new. A new stale spell is, as its reason may differ.
+#[derive(Debug)]
+pub(super) struct AnnouncedStatus {
+    /// The status generation last looked at (`u64::MAX`: none yet).
+    generation: u64,
+    /// The state last announced; a client takes a symbol for live until told
+    /// otherwise.
+    state: SymbolState,
+}
+
+impl AnnouncedStatus {
+    pub(super) fn new() -> Self {
+        Self {
+            generation: u64::MAX,
+            state: SymbolState::Live,
+        }
+    }
+
+    /// The status to announce, if any: `generation` is the symbol's current
+    /// status generation (one atomic load), `read` reads the whole status only
+    /// when that moved.
+    pub(super) fn change(
+        &mut self,
+        generation: u64,
+        read: impl FnOnce() -> SymbolStatus,
+    ) -> Option<SymbolStatus> {
+        if generation == self.generation {
+            return None;
+        }
+        let status = read();
+        self.generation = status.generation;
+        if status.state == SymbolState::Live && self.state == SymbolState::Live {
+            return None;
+        }
+        self.state = status.state;
+        Some(status)
+    }
+}
 
 /// One channel's subscriptions of one client: a slab addressed by the index
 /// its slots announce in the mailbox (reused once freed), and the index of
@@ -212,5 +256,41 @@ fn push_refused(
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             push_error(out, hub, id, code, message, &names);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(generation: u64, state: SymbolState, reason: &str) -> SymbolStatus {
+        SymbolStatus {
+            generation,
+            state,
+            reason: Arc::from(reason),
+        }
+    }
+
+    #[test]
+    fn statuses_are_announced_once_per_change_and_live_never_twice() {
+        let mut announced = AnnouncedStatus::new();
+        let live = |g| move || status(g, SymbolState::Live, "fresh update");
+        let stale = |g, why: &'static str| move || status(g, SymbolState::Stale, why);
+        // A live symbol at subscription needs no announcement; a stale one does.
+        assert_eq!(announced.change(0, live(0)), None);
+        assert_eq!(announced.change(0, || panic!("not read again")), None);
+        let told = announced.change(1, stale(1, "feed disconnected"));
+        assert_eq!(told.map(|s| s.reason), Some(Arc::from("feed disconnected")));
+        // Live, then a stale spell the client was never shown: one `live`.
+        assert_eq!(
+            announced.change(2, live(2)).map(|s| s.state),
+            Some(SymbolState::Live)
+        );
+        assert_eq!(announced.change(4, live(4)), None);
+        // Two stale spells in a row, the live one between them missed: the
+        // second is announced with its own reason.
+        assert!(announced.change(5, stale(5, "a")).is_some());
+        let told = announced.change(7, stale(7, "b"));
+        assert_eq!(told.map(|s| s.reason), Some(Arc::from("b")));
     }
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::book::{BookSubscriptions, BOOK_SLOT};
-use super::channel::{self, Channel, Registry};
+use super::channel::{self, AnnouncedStatus, Channel, Registry};
 use super::outbox::Outbox;
-use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry, SymbolState};
+use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
 use crate::protocol::{self, Reply, TICKER_CHANNEL};
 
@@ -25,8 +25,8 @@ pub(super) struct Subscription {
     slot: Arc<Slot>,
     /// `seq` of the last version sent; 0 before the first.
     last_seq: u64,
-    /// Status generation last announced to this client.
-    last_status: u64,
+    /// The status last announced to this client.
+    status: AnnouncedStatus,
     /// `max_rate_hz` as a minimum gap between two updates.
     min_gap: Option<Duration>,
     /// Earliest time the next update may go out under `min_gap`.
@@ -250,18 +250,13 @@ impl Channel for Subscriptions {
             let slot = Arc::new(Slot::new(mailbox.clone(), index));
             // Registered before the snapshot is read, so no version can fall between.
             entry.subscribe(slot.clone());
-            // A live symbol needs no announcement; any other state is announced
-            // with the snapshot.
-            let status = entry.status();
-            let last_status = match status.state {
-                SymbolState::Live => status.generation,
-                _ => u64::MAX,
-            };
             Subscription {
                 entry,
                 slot,
                 last_seq: 0,
-                last_status,
+                // A live symbol needs no announcement; any other state is
+                // announced with the snapshot.
+                status: AnnouncedStatus::new(),
                 min_gap,
                 next_due: Instant::now(),
                 deferred: false,
@@ -299,11 +294,13 @@ impl Channel for Subscriptions {
 
 /// Announces a status change the client has not seen.
 fn push_status_if_changed(sub: &mut Subscription, out: &mut Outbox) {
-    if sub.entry.status_generation() == sub.last_status {
+    let entry = &sub.entry;
+    let Some(status) = sub
+        .status
+        .change(entry.status_generation(), || entry.status())
+    else {
         return;
-    }
-    let status = sub.entry.status();
-    sub.last_status = status.generation;
+    };
     out.push_json(
         &Reply::Status {
             symbol: sub.entry.name(),

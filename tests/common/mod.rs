@@ -64,6 +64,7 @@ pub fn replay_of(
         looped,
         max_gap: Duration::from_secs(1),
         start_paused: paused,
+        max_book_levels: tickwire::book::depth::DEFAULT_MAX_BOOK_LEVELS,
     }
 }
 
