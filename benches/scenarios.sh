@@ -10,7 +10,8 @@
 #   REPEAT=1 SHORT=1 benches/scenarios.sh   # one round, short windows: a smoke run
 #
 # Environment: REPEAT (3 rounds of S1/S3), SHORT (0), SERVERS (all four),
-# PUBLISH (0), OUT (target/bench/<timestamp>), BUILD (1).
+# PUBLISH (0), OUT (target/bench/<timestamp>), BUILD (1), TICKWIRE_WORKERS
+# (tickwire's --workers; half the cores by default, see benches/peers/run.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +25,7 @@ BUILD="${BUILD:-1}"
 SERVERS="${SERVERS:-tickwire bun node-ws naive-rust}"
 OUT="${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}"
 TICKWIRE="$ROOT/target/release/tickwire"
+export TICKWIRE_WORKERS="${TICKWIRE_WORKERS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}"
 CAPTURES=(spot="$ROOT/../shared/data/binance/spot_btcusdt_20240808.gz"
           usdm="$ROOT/../shared/data/binance/usdm_btcusdt_20240808.gz")
 mkdir -p "$OUT"
@@ -50,6 +52,7 @@ for s in "${SCENARIOS[@]}"; do
   if [[ "$s" =~ ^S[1-5]$ ]]; then
     mkdir -p "$OUT/$s"
     git describe --always --dirty --abbrev=7 >"$OUT/$s/commit" 2>/dev/null || echo "?" >"$OUT/$s/commit"
+    echo "$TICKWIRE_WORKERS" >"$OUT/$s/workers"
   fi
   case "$s" in
     S1)
@@ -105,7 +108,7 @@ for s in "${SCENARIOS[@]}"; do
       rm -f "$OUT"/S5/*.ndjson
       log "S5 with 100 clients on both symbols, the captures looping at --speed max"
       port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-      RUST_LOG=warn "$TICKWIRE" serve --listen "127.0.0.1:$port" --speed max --loop \
+      RUST_LOG=warn "$TICKWIRE" serve --listen "127.0.0.1:$port" --workers "$TICKWIRE_WORKERS" --speed max --loop \
         --replay "${CAPTURES[0]}" --replay "${CAPTURES[1]}" >"$OUT/S5/serve.log" 2>&1 &
       pid=$!
       sleep 2

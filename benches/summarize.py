@@ -61,16 +61,24 @@ def machine():
             f"load average {load1:.2f} when summarized")
 
 
-def heading(out, scenario, title):
-    """The scenario's section heading and the commit its run measured."""
+def recorded(out, scenario, name):
+    """What scenarios.sh recorded about a scenario's run, or None."""
     try:
-        with open(os.path.join(out, scenario, "commit")) as f:
-            commit = f.read().strip() or "?"
+        with open(os.path.join(out, scenario, name)) as f:
+            return f.read().strip() or None
     except OSError:
-        commit = "?"
+        return None
+
+
+def heading(out, scenario, title):
+    """The scenario's section heading, the commit its run measured and
+    tickwire's worker threads."""
+    commit = recorded(out, scenario, "commit") or "?"
+    workers = recorded(out, scenario, "workers")
     print(f"## {scenario} {title}")
     print()
-    print(f"Run at tickwire `{commit}`.")
+    setting = f", `--workers {workers}`" if workers else ""
+    print(f"Run at tickwire `{commit}`{setting}.")
 
 
 def target_line(what, measured, target, ok):

@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// Address for HTTP and WebSocket (`/ws`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Threads serving connections (default: one per core). Feeds run on
+    /// threads of their own. Leave cores free for whatever shares the machine,
+    /// such as a load generator.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
     /// Repeat to merge several files in receive-time order. Binance captures,
     /// Tardis CSVs and tickwire NDJSON, gzip or plain.
@@ -186,10 +191,18 @@ pub struct RecordArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match &cli.command {
+        None => cli.serve.workers,
+        Some(Command::Serve(args)) => args.workers,
+        Some(Command::Ingest(args)) => args.serve.workers,
+        Some(_) => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_name("tickwire-worker");
+    if let Some(workers) = workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

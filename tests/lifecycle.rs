@@ -43,13 +43,15 @@ async fn shutdown_closes_every_client_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_with_1001_and_prints_latency() {
-    let server = Binary::serve(&[]);
+    // On one worker thread, as the benchmarks run it beside their load client.
+    let server = Binary::serve(&["--workers", "1"]);
     let url = format!("ws://{}/ws?symbols=spot:BTCUSDT,usdm:BTCUSDT", server.addr);
     let mut client = Client::connect(&url).await;
     client.recv_type("subscribed").await;
     for _ in 0..3 {
         client.recv_type("ticker").await;
     }
+    assert_eq!(server.threads_named("tickwire-worker"), 1);
     let (exited_cleanly, log) = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .expect("terminate");
@@ -150,6 +152,13 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         .expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file.gz"));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--workers"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

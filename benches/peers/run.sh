@@ -15,6 +15,9 @@
 #   REPEAT (1: rounds; each round runs every server once, so drift hits all alike)
 #   CLOCK (intended: latency from each update's slot on the feed's schedule)
 #   EXTRA (more `tickwire bench` flags, e.g. "--slow 100 --stalled 100")
+#   TICKWIRE_WORKERS (tickwire's --workers: half the cores, at least 1, so the
+#     load client on the same machine keeps the other half; Bun and Node
+#     serve from one thread too)
 set -euo pipefail
 
 PEERS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +38,7 @@ BUILD="${BUILD:-1}"
 REPEAT="${REPEAT:-1}"
 CLOCK="${CLOCK:-intended}"
 EXTRA="${EXTRA:-}"
+TICKWIRE_WORKERS="${TICKWIRE_WORKERS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}"
 OUT="${OUT:-$ROOT/target/peers/results/$(date +%Y%m%d-%H%M%S)}"
 TICKWIRE="${TICKWIRE:-$ROOT/target/release/tickwire}"
 PEER_TARGET="$ROOT/target/peers"
@@ -93,7 +97,7 @@ start_server() {
   case "$name" in
     tickwire)
       RUST_LOG="${RUST_LOG:-warn}" "$TICKWIRE" serve --listen "127.0.0.1:$port" --feed "$FEED_FILE" \
-        --max-connections 100000 --max-connections-per-ip 0 >"$logfile" 2>&1 &
+        --workers "$TICKWIRE_WORKERS" --max-connections 100000 --max-connections-per-ip 0 >"$logfile" 2>&1 &
       ;;
     bun)
       "$BUN" "$PEERS_DIR/bun/server.js" --symbols "$SYMBOLS" --rate "$RATE" --port "$port" >"$logfile" 2>&1 &
