@@ -93,9 +93,9 @@ pub struct ServeArgs {
     /// Address for HTTP and WebSocket (`/ws`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Threads serving connections (default: one per core). Feeds run on
-    /// threads of their own. Leave cores free for whatever shares the machine,
-    /// such as a load generator.
+    /// Threads serving connections and live feeds (default: one per core);
+    /// replays and synthetic feeds run on threads of their own. Fewer leave
+    /// cores to whatever shares the machine, such as a load generator.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
@@ -198,7 +198,6 @@ pub fn main() -> ExitCode {
         Some(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.thread_name("tickwire-worker");
     if let Some(workers) = workers {
         builder.worker_threads(usize::from(workers));
     }

@@ -2,7 +2,8 @@
 //! own procedure gives; `book` subscribers can verify every message by its
 //! checksum and converge to the server's book; a gap, or a price the book
 //! cannot hold, makes the book stale until a new snapshot resyncs it; a book
-//! capped far below the venue's depth still serves the venue's top levels.
+//! capped far below the venue's depth holds only the venue's best levels
+//! and is never served cut short.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 
-use common::{replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
+use common::{metric, replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tickwire::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
@@ -263,10 +264,9 @@ const SMALL_BOOK: usize = 300;
 
 /// Replays the depth messages of capture `name` into a book capped at
 /// `SMALL_BOOK` levels per side, checking after every message that its top
-/// 100 levels are the uncapped reference's best (all of them, or fewer once
-/// the price has moved past where the cap cut the book). Returns the final
-/// top 100 of both, how many levels the capped book dropped, and in how many
-/// states it showed fewer levels than the reference.
+/// 100 levels are the uncapped reference's best: all of them exactly when the
+/// book vouches for 100 levels, fewer once the price has moved past where the
+/// cap cut the book.
 fn capped_replay(name: &str, futures: bool) -> CappedReplay {
     let mut reference = Reference {
         futures,
@@ -274,7 +274,7 @@ fn capped_replay(name: &str, futures: bool) -> CappedReplay {
     };
     let mut book = DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, SMALL_BOOK);
     let mut message = DepthMessage::default();
-    let (mut dropped, mut compared, mut shallower) = (0, 0, 0);
+    let mut run = CappedReplay::default();
     for line in lines(&sample(name)) {
         let Some(data) = payload(&line) else { continue };
         if data.get("lastUpdateId").is_some() {
@@ -287,8 +287,8 @@ fn capped_replay(name: &str, futures: bool) -> CappedReplay {
         let mut bytes = line.clone().into_bytes();
         binance::parse_capture_line_with_depth(&mut bytes, &mut message)
             .expect("depth line parses");
-        book.apply(&message);
-        dropped += book.take_dropped_levels();
+        let outcome = book.apply(&message);
+        run.dropped += book.take_dropped_levels();
         let (bids, asks) = book.len();
         assert!(bids.max(asks) <= SMALL_BOOK + SMALL_BOOK / 8, "{name}");
         if reference.last.is_some() {
@@ -296,34 +296,47 @@ fn capped_replay(name: &str, futures: bool) -> CappedReplay {
             let venue = reference.top(100);
             assert_eq!(held.0[..], venue.0[..held.0.len()], "{name}: bids");
             assert_eq!(held.1[..], venue.1[..held.1.len()], "{name}: asks");
+            assert_eq!(book.vouches_for(100), held == venue, "{name}");
             if held != venue {
-                shallower += 1;
+                run.shallower += 1;
             }
-            compared += 1;
+            run.compared += 1;
+        }
+        // What a server publishing 100 levels a side does with the outcome.
+        if outcome == Outcome::Updated {
+            if book.vouches_for(100) {
+                run.published = book_levels(&mut book, 100);
+            } else {
+                run.cut_short += 1;
+            }
         }
     }
-    assert!(compared > 100, "{name}: compared {compared} states");
-    CappedReplay {
-        held: book_levels(&mut book, 100),
-        venue: reference.levels(),
-        dropped,
-        compared,
-        shallower,
-    }
+    assert!(
+        run.compared > 100,
+        "{name}: compared {} states",
+        run.compared
+    );
+    run.venue = reference.levels();
+    run
 }
 
+#[derive(Default)]
 struct CappedReplay {
-    /// The capped book's final top 100, per side.
-    held: (Vec<String>, Vec<String>),
+    /// The top 100 of the last version a server publishing 100 levels would
+    /// have published, per side.
+    published: (Vec<String>, Vec<String>),
     /// The venue's whole final book, per side.
     venue: (Vec<String>, Vec<String>),
     dropped: u64,
     compared: u64,
+    /// States in which the capped book held fewer than 100 levels on a side.
     shallower: u64,
+    /// Updates a server publishing 100 levels would have refused as cut short.
+    cut_short: u64,
 }
 
 #[test]
-fn a_book_capped_far_below_the_venues_depth_shows_only_the_venues_best_levels() {
+fn a_book_capped_far_below_the_venues_depth_holds_only_the_venues_best_levels() {
     for (name, futures) in [(SPOT, false), (USDM, true)] {
         let run = capped_replay(name, futures);
         let (bids, asks) = &run.venue;
@@ -340,40 +353,55 @@ fn a_book_capped_far_below_the_venues_depth_shows_only_the_venues_best_levels() 
             run.compared
         );
         eprintln!(
-            "{name}: {} levels dropped; {} of {} states showed fewer than 100 levels a side",
+            "{name}: {} levels dropped; {} of {} states held fewer than 100 levels a side",
             run.dropped, run.shallower, run.compared
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_capped_book_is_served_as_built_and_counts_what_it_dropped() {
-    let mut replay = replay_of(&[(Some("spot"), sample(SPOT))], Speed::Max, false, true);
-    replay.max_book_levels = SMALL_BOOK;
-    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
-    let symbol = "spot:BTCUSDT";
-    let mut client = Client::connect(&server.url("")).await;
-    client
-        .send(json!({"op":"subscribe","channel":"book","depth":100,"symbols":[symbol]}))
-        .await;
-    client.recv_type("subscribed").await;
-    server.replays[0].start();
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
-    let mut state = BookClient::default();
-    read_until_final(&mut client, &mut state, &server, &[symbol], 100).await;
+async fn a_capped_book_is_never_served_cut_short_and_counts_what_it_dropped() {
+    for (prefix, name, futures) in [("spot", SPOT, false), ("usdm", USDM, true)] {
+        let mut replay = replay_of(&[(Some(prefix), sample(name))], Speed::Max, false, true);
+        replay.max_book_levels = SMALL_BOOK;
+        let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+        let symbol = format!("{prefix}:BTCUSDT");
+        let mut client = Client::connect(&server.url("")).await;
+        client
+            .send(json!({"op":"subscribe","channel":"book","depth":100,"symbols":[symbol]}))
+            .await;
+        client.recv_type("subscribed").await;
+        server.replays[0].start();
+        tokio::time::timeout(GUARD, server.replays[0].finished())
+            .await
+            .expect("replay ends");
+        let mut state = BookClient::default();
+        read_until_final(&mut client, &mut state, &server, &[&symbol], 100).await;
 
-    // The server's book is the one the same cap builds offline.
-    let run = capped_replay(SPOT, false);
-    let held = &state.books[symbol];
-    assert_eq!(price_size_pairs(&held["bids"]), run.held.0);
-    assert_eq!(price_size_pairs(&held["asks"]), run.held.1);
-    assert_eq!(server.metrics().depth.dropped_levels(), run.dropped);
-    let page = server.get("/metrics").await.1;
-    let series = format!("tickwire_depth_levels_dropped_total {}", run.dropped);
-    assert!(page.contains(&series), "{series} in /metrics");
-    server.shutdown().await.expect("clean shutdown");
+        // The server published what the same cap publishes offline.
+        let run = capped_replay(name, futures);
+        let held = &state.books[&symbol];
+        assert_eq!(price_size_pairs(&held["bids"]), run.published.0, "{name}");
+        assert_eq!(price_size_pairs(&held["asks"]), run.published.1, "{name}");
+        let page = server.get("/metrics").await.1;
+        for (series, expected) in [
+            (
+                "tickwire_depth_levels_dropped_total".to_owned(),
+                run.dropped,
+            ),
+            (
+                r#"tickwire_depth_messages_total{outcome="cut_short"}"#.to_owned(),
+                run.cut_short,
+            ),
+        ] {
+            assert_eq!(metric(&page, &series), expected as f64, "{name}: {series}");
+        }
+        if futures {
+            // The futures book moves past its cut in this capture.
+            assert!(run.cut_short > 0);
+        }
+        server.shutdown().await.expect("clean shutdown");
+    }
 }
 
 /// A side of a `book` message as `price:size` texts.

@@ -51,7 +51,8 @@ async fn sigterm_closes_clients_with_1001_and_prints_latency() {
     for _ in 0..3 {
         client.recv_type("ticker").await;
     }
-    assert_eq!(server.threads_named("tickwire-worker"), 1);
+    let page = http_get(server.addr, "/metrics").await.1;
+    assert_eq!(metric(&page, "tickwire_runtime_workers"), 1.0);
     let (exited_cleanly, log) = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .expect("terminate");

@@ -70,6 +70,12 @@ pub enum Outcome {
     /// A level's price does not fit the book ([`PriceOutOfRange`]): the book
     /// was cleared and waits for a new snapshot.
     PriceOutOfRange,
+    /// Applied, but a side cut at its level cap now holds fewer levels than
+    /// are published, so its best levels cannot be vouched for
+    /// ([`DepthBook::vouches_for`]): not publishable until levels come back
+    /// or a snapshot rebuilds the book. The publisher decides this, knowing
+    /// the depth it publishes; [`DepthBook::apply`] never returns it.
+    CutShort,
 }
 
 impl Outcome {
@@ -83,6 +89,9 @@ impl Outcome {
             Outcome::PriceOutOfRange => {
                 Some("a price too large or too precise for the book; waiting for a new snapshot")
             }
+            Outcome::CutShort => Some(
+                "the price moved past where the book was cut at its level cap; waiting for a new snapshot",
+            ),
             _ => None,
         }
     }
@@ -148,8 +157,17 @@ impl DepthBook {
         }
     }
 
-    /// Levels dropped from the far ends of the book past its cap since the
-    /// last call.
+    /// Whether the best `depth` levels of each side are the venue's: not when
+    /// a side cut at its level cap holds fewer than `depth` (the venue may
+    /// have more beyond the cut).
+    pub fn vouches_for(&self, depth: usize) -> bool {
+        [&self.bids, &self.asks]
+            .iter()
+            .all(|side| !side.is_cut() || side.len() >= depth)
+    }
+
+    /// Levels dropped at the far ends of the book past its cap, and changes
+    /// refused beyond the cut, since the last call.
     pub fn take_dropped_levels(&mut self) -> u64 {
         self.bids.take_dropped() + self.asks.take_dropped()
     }

@@ -15,14 +15,15 @@
 //! allocates. `benches/depth.rs` measures a set.
 //!
 //! A venue decides how many levels it sends, so a side is capped: once it
-//! holds an eighth more than its limit, the worst levels are dropped in one
-//! pass down to the limit and counted. Only the best few hundred levels are
-//! ever published, so the far end of a deep book is the part that can go.
-//! What lies beyond the best dropped price is unknown from then on (a level
-//! the venue never changes again is never resent), so levels there are not
-//! taken either: the side holds exactly the venue's levels better than that
-//! price, and should the price move that far, it shows fewer levels rather
-//! than wrong ones, until a snapshot clears it.
+//! holds more than an eighth over its limit, the worst levels are dropped in
+//! one pass down to the limit and counted. Only the best few hundred levels
+//! are ever published, so the far end of a deep book is the part that can go.
+//! The side is then *cut* at the best dropped price: what lies there and
+//! beyond is unknown from then on (a level the venue never changes again is
+//! never resent), so changes there are refused and counted too. The side
+//! holds exactly the venue's levels better than the cut; should the price
+//! move that far, it holds fewer levels rather than wrong ones (see
+//! [`Ladder::is_cut`]), until a snapshot clears it.
 
 use rust_decimal::Decimal;
 use thiserror::Error;
@@ -58,32 +59,45 @@ pub struct Ladder {
     scale: u32,
     /// Levels kept after the worst are dropped (see the module docs).
     max_levels: usize,
-    /// Levels dropped past `max_levels` since the last `take_dropped`.
+    /// Levels held past which the worst are dropped: an eighth over
+    /// `max_levels`, so that dropping is one pass now and then.
+    drop_above: usize,
+    /// Levels dropped, and changes refused beyond the cut, since the last
+    /// `take_dropped`.
     dropped: u64,
     /// The best key dropped since the last `clear`: the side knows nothing at
     /// or beyond it.
-    floor: Option<i64>,
+    cut: Option<i64>,
 }
 
 impl Ladder {
     /// An empty side holding at most about `max_levels` levels.
     pub fn new(kind: SideKind, max_levels: usize) -> Self {
+        let max_levels = max_levels.max(1);
         Self {
             kind,
             keys: Vec::new(),
             sizes: Vec::new(),
             levels: 0,
             scale: 0,
-            max_levels: max_levels.max(1),
+            max_levels,
+            drop_above: max_levels.saturating_add(max_levels / 8),
             dropped: 0,
-            floor: None,
+            cut: None,
         }
     }
 
-    /// Level updates dropped at the worst end since the last call: levels
-    /// cut when the side outgrew its cap, and changes beyond them since.
+    /// Levels dropped when the side outgrew its cap, and changes refused
+    /// beyond the cut since, both since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
+    }
+
+    /// Whether the side was cut at its cap since it was last cleared: its
+    /// levels are the venue's best, but the venue may have more beyond them
+    /// than `len` says.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_some()
     }
 
     /// Number of levels.
@@ -102,7 +116,7 @@ impl Ladder {
         self.sizes.clear();
         self.levels = 0;
         self.scale = 0;
-        self.floor = None;
+        self.cut = None;
     }
 
     /// Sets the size at `price`; a zero size removes the level (removing an
@@ -124,11 +138,13 @@ impl Ladder {
             }
             return Ok(());
         }
-        let key = self.key(price)?;
-        if self.floor.is_some_and(|floor| key <= floor) {
+        if self.is_beyond_cut(price) {
+            // Compared as decimals first, so a refused price cannot rescale
+            // the side nor be out of its range.
             self.dropped += 1;
             return Ok(());
         }
+        let key = self.key(price)?;
         match self.keys.binary_search(&key) {
             Ok(at) => {
                 if self.sizes[at].is_zero() {
@@ -141,10 +157,22 @@ impl Ladder {
                 self.levels += 1;
             }
         }
-        if self.levels > self.max_levels + self.max_levels / 8 {
+        if self.levels > self.drop_above {
             self.drop_worst();
         }
         Ok(())
+    }
+
+    /// Whether `price` is at or beyond the cut, where nothing is known.
+    fn is_beyond_cut(&self, price: Decimal) -> bool {
+        let Some(cut) = self.cut else {
+            return false;
+        };
+        let cut = self.level(cut, Decimal::ZERO).price;
+        match self.kind {
+            SideKind::Bids => price <= cut,
+            SideKind::Asks => price >= cut,
+        }
     }
 
     /// Drops the worst levels down to `max_levels`, in one pass.
@@ -152,7 +180,7 @@ impl Ladder {
         self.compact();
         let excess = self.levels.saturating_sub(self.max_levels);
         if let Some(&best_dropped) = excess.checked_sub(1).and_then(|i| self.keys.get(i)) {
-            self.floor = Some(best_dropped);
+            self.cut = Some(best_dropped);
         }
         self.keys.drain(..excess);
         self.sizes.drain(..excess);
@@ -264,7 +292,7 @@ impl Ladder {
     /// decimals than the side so far.
     fn key(&mut self, price: Decimal) -> Result<i64, PriceOutOfRange> {
         let out_of_range = PriceOutOfRange(price);
-        if self.keys.is_empty() && self.floor.is_none() {
+        if self.keys.is_empty() && self.cut.is_none() {
             self.scale = price.scale();
         } else if price.scale() > self.scale {
             // Trailing zeros do not need a finer scale ("10.50" is "10.5").
@@ -276,12 +304,12 @@ impl Ladder {
                 if self
                     .keys
                     .iter()
-                    .chain(&self.floor)
+                    .chain(&self.cut)
                     .any(|key| key.checked_mul(factor).is_none())
                 {
                     return Err(out_of_range);
                 }
-                for key in self.keys.iter_mut().chain(&mut self.floor) {
+                for key in self.keys.iter_mut().chain(&mut self.cut) {
                     *key *= factor;
                 }
                 self.scale = scale;
@@ -537,13 +565,26 @@ mod tests {
             };
             ladder.set(better, Decimal::ONE).expect("in range");
             assert_eq!(ladder.best().map(|l| l.price), Some(better));
-            // Beyond the cut nothing is known: a level there is not taken.
-            let worst = *expected.last().expect("levels");
-            ladder.set(worst, Decimal::TEN).expect("in range");
-            assert_eq!(ladder.len(), kept.len() + 1);
-            assert_eq!(ladder.take_dropped(), 1);
+            assert!(ladder.is_cut());
+            // Beyond the cut nothing is known: the venue's next level (which
+            // was dropped) and the worst are not taken.
+            for beyond in [expected[kept.len()], *expected.last().expect("levels")] {
+                ladder.set(beyond, Decimal::TEN).expect("in range");
+                assert_eq!(ladder.len(), kept.len() + 1, "{kind:?}: {beyond}");
+            }
+            assert_eq!(ladder.take_dropped(), 2);
+            // Between the worst level held and the cut, a new level is.
+            let worst_held = kept[kept.len() - 1];
+            let between = match kind {
+                SideKind::Bids => worst_held - Decimal::new(5, 1),
+                SideKind::Asks => worst_held + Decimal::new(5, 1),
+            };
+            ladder.set(between, Decimal::ONE).expect("in range");
+            assert_eq!(ladder.len(), kept.len() + 2, "{kind:?}: {between}");
             // Until the side is cleared.
+            let worst = *expected.last().expect("levels");
             ladder.clear();
+            assert!(!ladder.is_cut());
             ladder.set(worst, Decimal::TEN).expect("in range");
             assert_eq!(ladder.len(), 1);
         }

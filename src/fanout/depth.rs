@@ -94,7 +94,10 @@ impl Hub {
         message: &DepthMessage,
         ingest_ts_ns: i64,
     ) -> Outcome {
-        let outcome = book.apply(message);
+        let mut outcome = book.apply(message);
+        if outcome == Outcome::Updated && !book.vouches_for(self.max_book_depth()) {
+            outcome = Outcome::CutShort;
+        }
         let metrics = &self.metrics().depth;
         metrics.count_dropped_levels(book.take_dropped_levels());
         let depth = entry.depth();
@@ -110,7 +113,7 @@ impl Hub {
                 depth.notify();
                 depth.set_status(SymbolState::Live, "book in sync");
             }
-            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => {
+            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange | Outcome::CutShort => {
                 let reason = outcome.stale_reason().unwrap_or("book not in sync");
                 depth.set_status(SymbolState::Stale, reason);
             }

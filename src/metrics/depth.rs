@@ -14,6 +14,7 @@ pub enum DepthEvent {
     Gap,
     Crossed,
     PriceOutOfRange,
+    CutShort,
     /// A snapshot that names no symbol, read before any diff told which
     /// symbol its file carries.
     Unattributed,
@@ -21,13 +22,14 @@ pub enum DepthEvent {
 
 impl DepthEvent {
     /// Every event, in label order.
-    pub const ALL: [DepthEvent; 7] = [
+    pub const ALL: [DepthEvent; 8] = [
         DepthEvent::Updated,
         DepthEvent::Buffered,
         DepthEvent::Outdated,
         DepthEvent::Gap,
         DepthEvent::Crossed,
         DepthEvent::PriceOutOfRange,
+        DepthEvent::CutShort,
         DepthEvent::Unattributed,
     ];
 
@@ -40,6 +42,7 @@ impl DepthEvent {
             DepthEvent::Gap => "gap",
             DepthEvent::Crossed => "crossed",
             DepthEvent::PriceOutOfRange => "price_out_of_range",
+            DepthEvent::CutShort => "cut_short",
             DepthEvent::Unattributed => "unattributed",
         }
     }
@@ -54,6 +57,7 @@ impl From<Outcome> for DepthEvent {
             Outcome::Gap => DepthEvent::Gap,
             Outcome::Crossed => DepthEvent::Crossed,
             Outcome::PriceOutOfRange => DepthEvent::PriceOutOfRange,
+            Outcome::CutShort => DepthEvent::CutShort,
         }
     }
 }
@@ -62,7 +66,8 @@ impl From<Outcome> for DepthEvent {
 #[derive(Debug, Default)]
 pub struct DepthMetrics {
     events: [AtomicU64; DepthEvent::ALL.len()],
-    /// Levels dropped from the far ends of books past their cap.
+    /// Levels dropped at the far ends of books past their cap, and changes
+    /// refused beyond the cut.
     levels_dropped: AtomicU64,
 }
 
@@ -107,7 +112,7 @@ impl DepthMetrics {
         let name = "tickwire_depth_levels_dropped_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Levels dropped from the far ends of books past their cap.\n# TYPE {name} counter\n{name} {}",
+            "# HELP {name} Levels dropped at the far ends of books past their level cap, and level changes refused beyond the cut.\n# TYPE {name} counter\n{name} {}",
             self.dropped_levels()
         );
     }

@@ -356,6 +356,13 @@ impl Metrics {
             "Symbols the server can serve.",
             symbols as i64,
         );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            gauge(
+                "tickwire_runtime_workers",
+                "Threads serving connections (--workers).",
+                runtime.metrics().num_workers() as i64,
+            );
+        }
         let mut counter = |name: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,

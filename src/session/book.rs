@@ -204,7 +204,7 @@ fn push_status_if_changed(sub: &mut BookSubscription, out: &mut Outbox) {
     let depth = sub.entry.depth();
     let Some(status) = sub
         .status
-        .change(depth.status_generation(), || depth.status())
+        .take_change(depth.status_generation(), || depth.status())
     else {
         return;
     };

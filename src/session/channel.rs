@@ -41,7 +41,7 @@ impl AnnouncedStatus {
     /// The status to announce, if any: `generation` is the symbol's current
     /// status generation (one atomic load), `read` reads the whole status only
     /// when that moved.
-    pub(super) fn change(
+    pub(super) fn take_change(
         &mut self,
         generation: u64,
         read: impl FnOnce() -> SymbolStatus,
@@ -277,20 +277,26 @@ mod tests {
         let live = |g| move || status(g, SymbolState::Live, "fresh update");
         let stale = |g, why: &'static str| move || status(g, SymbolState::Stale, why);
         // A live symbol at subscription needs no announcement; a stale one does.
-        assert_eq!(announced.change(0, live(0)), None);
-        assert_eq!(announced.change(0, || panic!("not read again")), None);
-        let told = announced.change(1, stale(1, "feed disconnected"));
+        assert_eq!(announced.take_change(0, live(0)), None);
+        assert_eq!(announced.take_change(0, || panic!("not read again")), None);
+        let told = announced.take_change(1, stale(1, "feed disconnected"));
         assert_eq!(told.map(|s| s.reason), Some(Arc::from("feed disconnected")));
         // Live, then a stale spell the client was never shown: one `live`.
         assert_eq!(
-            announced.change(2, live(2)).map(|s| s.state),
+            announced.take_change(2, live(2)).map(|s| s.state),
             Some(SymbolState::Live)
         );
-        assert_eq!(announced.change(4, live(4)), None);
+        assert_eq!(announced.take_change(4, live(4)), None);
         // Two stale spells in a row, the live one between them missed: the
         // second is announced with its own reason.
-        assert!(announced.change(5, stale(5, "a")).is_some());
-        let told = announced.change(7, stale(7, "b"));
+        assert!(announced.take_change(5, stale(5, "a")).is_some());
+        let told = announced.take_change(7, stale(7, "b"));
         assert_eq!(told.map(|s| s.reason), Some(Arc::from("b")));
+        // The status may have moved on between the generation and the read:
+        // what was read is announced, and its generation remembered.
+        let halted = || status(9, SymbolState::Halted, "halted by the venue");
+        let told = announced.take_change(8, halted);
+        assert_eq!(told.map(|s| s.state), Some(SymbolState::Halted));
+        assert_eq!(announced.take_change(9, || panic!("not read again")), None);
     }
 }

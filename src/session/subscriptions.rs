@@ -297,7 +297,7 @@ fn push_status_if_changed(sub: &mut Subscription, out: &mut Outbox) {
     let entry = &sub.entry;
     let Some(status) = sub
         .status
-        .change(entry.status_generation(), || entry.status())
+        .take_change(entry.status_generation(), || entry.status())
     else {
         return;
     };

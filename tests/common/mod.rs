@@ -561,17 +561,6 @@ impl Binary {
         kib * 1024
     }
 
-    /// How many of the server's threads are named `name`.
-    pub fn threads_named(&self, name: &str) -> usize {
-        let tasks =
-            std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("/proc tasks");
-        tasks
-            .filter_map(Result::ok)
-            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-            .filter(|comm| comm.trim_end() == name)
-            .count()
-    }
-
     /// Sends SIGTERM and returns (exit success, everything logged after startup).
     pub fn terminate(mut self) -> (bool, String) {
         let pid = self.child.id().to_string();
