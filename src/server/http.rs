@@ -301,7 +301,7 @@ fn admission(
     query: &ClientQuery,
 ) -> Result<(Admission, Grant), Refused> {
     let metrics = shared.hub.metrics();
-    if shared.shutdown.is_cancelled() {
+    if shared.shutdown.has_begun() {
         return Err(Refused::new(
             shared,
             Refusal::ShuttingDown,

@@ -17,14 +17,13 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::fanout::Hub;
 use crate::limits::{LimitsConfig, PeerConnections};
-use crate::session::SessionConfig;
+use crate::session::{SessionConfig, Shutdown};
 
 /// Server-wide settings.
 #[derive(Clone, Debug)]
@@ -68,7 +67,7 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     pub config: ServerConfig,
     pub session_config: Arc<SessionConfig>,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     pub sessions: TaskTracker,
     pub peers: Arc<PeerConnections>,
     next_id: AtomicU64,
@@ -93,7 +92,7 @@ pub async fn run(
         hub,
         session_config: Arc::new(config.session.clone()),
         config,
-        shutdown: CancellationToken::new(),
+        shutdown: Shutdown::default(),
         sessions: TaskTracker::new(),
         peers: Arc::new(PeerConnections::default()),
         next_id: AtomicU64::new(1),
@@ -141,7 +140,7 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: closing sessions with 1001");
-    shared.shutdown.cancel();
+    shared.shutdown.begin();
     drop(listener);
     connections.close();
     shared.sessions.close();
@@ -193,7 +192,7 @@ async fn serve_connection<S>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = shared.shutdown.cancelled() => {
+        () = shared.shutdown.token().cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

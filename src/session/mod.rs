@@ -30,7 +30,8 @@ pub mod transport;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -111,12 +112,43 @@ impl Default for SessionConfig {
     }
 }
 
+/// The server's shutdown as its sessions see it: a token to wait on, and a
+/// flag that is cheap to read.
+///
+/// Polling a wait on the token takes a lock, and a session waits thousands of
+/// times a second when it is sent updates fast. So it registers its wait once,
+/// which wakes it when shutdown begins, and on every other wake-up reads the
+/// flag, which is set before the token is cancelled.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    begun: Arc<AtomicBool>,
+}
+
+impl Shutdown {
+    /// Starts the shutdown: sets the flag, then wakes every wait.
+    pub fn begin(&self) {
+        self.begun.store(true, Release);
+        self.token.cancel();
+    }
+
+    /// Whether [`Shutdown::begin`] was called; one atomic load.
+    pub fn has_begun(&self) -> bool {
+        self.begun.load(Acquire)
+    }
+
+    /// The token [`Shutdown::begin`] cancels.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
 /// What a session needs from the server around it.
 #[derive(Clone, Debug)]
 pub struct SessionContext {
     pub hub: Arc<Hub>,
     pub config: Arc<SessionConfig>,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     /// Unique per connection; also picks the latency shard.
     pub id: u64,
     /// What the client's credentials allow.
@@ -216,8 +248,9 @@ struct Interest {
     writable: bool,
     /// Take updates (below the high-water mark).
     updates: bool,
-    /// Look at the shutdown token before anything else.
-    sweep: bool,
+    /// Poll the wait on the shutdown token: the first time, to register it,
+    /// and once the shutdown has begun.
+    shutdown: bool,
 }
 
 enum Wake {
@@ -297,10 +330,10 @@ impl Session {
         let config = self.context.config.clone();
         // The waits live across iterations: each is registered once, not
         // re-created (and re-registered in a shared list) on every wake-up.
-        let shutdown = self.context.shutdown.child_token().cancelled_owned();
+        let shutdown = self.context.shutdown.token().clone().cancelled_owned();
         let timer = sleep_until(self.next_deadline());
         tokio::pin!(shutdown, timer);
-        let mut wakes: u32 = 0;
+        let mut shutdown_registered = false;
         loop {
             // Drain and write until the socket pushes back or nothing is ready:
             // one drain stops at the high-water mark, and what it left taken
@@ -338,9 +371,9 @@ impl Session {
                 requests: buffered < config.max_write_buffer && self.read_paused_until.is_none(),
                 writable: buffered > 0 || self.stream.has_pending_output(),
                 updates: buffered < config.write_high_water && self.hold_until.is_none(),
-                sweep: wakes % 32 == 0,
+                shutdown: !shutdown_registered || self.context.shutdown.has_begun(),
             };
-            wakes = wakes.wrapping_add(1);
+            shutdown_registered = true;
             let deadline = self.next_deadline();
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
@@ -392,12 +425,12 @@ impl Session {
         &self,
         cx: &mut Context<'_>,
         wanted: Interest,
-        mut shutdown: Pin<&mut WaitForCancellationFutureOwned>,
+        shutdown: Pin<&mut WaitForCancellationFutureOwned>,
         timer: Pin<&mut Sleep>,
     ) -> Poll<io::Result<Wake>> {
-        // Looking at the shutdown token takes a lock, so a busy session does it
-        // on every 32nd wake-up only; an idle one, below, on every wait.
-        if wanted.sweep && shutdown.as_mut().poll(cx).is_ready() {
+        // Polling the wait on the shutdown token takes a lock: it is polled
+        // once to register it, and again only once shutdown has begun.
+        if wanted.shutdown && shutdown.poll(cx).is_ready() {
             return Poll::Ready(Ok(Wake::Shutdown));
         }
         if wanted.requests {
@@ -412,9 +445,6 @@ impl Session {
         }
         if wanted.updates && self.subscriptions.mailbox().poll_notified(cx).is_ready() {
             return Poll::Ready(Ok(Wake::Mailbox));
-        }
-        if shutdown.poll(cx).is_ready() {
-            return Poll::Ready(Ok(Wake::Shutdown));
         }
         if timer.poll(cx).is_ready() {
             return Poll::Ready(Ok(Wake::Timer));

@@ -80,7 +80,7 @@ async fn run(
             out.report();
             tokio::select! {
                 biased;
-                () = context.shutdown.cancelled() => break CloseReason::Shutdown,
+                () = context.shutdown.token().cancelled() => break CloseReason::Shutdown,
                 sent = chunks.send(chunk) => match sent {
                     Ok(()) if expired => break CloseReason::CredentialsExpired,
                     Ok(()) => continue,
@@ -102,7 +102,7 @@ async fn run(
             .unwrap_or_else(|| Instant::now() + KEEP_ALIVE);
         tokio::select! {
             biased;
-            () = context.shutdown.cancelled() => break CloseReason::Shutdown,
+            () = context.shutdown.token().cancelled() => break CloseReason::Shutdown,
             () = chunks.closed() => break CloseReason::ClientClosed,
             () = subscriptions.mailbox().notified() => {}
             () = sleep_until(deadline) => subscriptions.on_timer(&mut out),
