@@ -248,9 +248,8 @@ struct Interest {
     writable: bool,
     /// Take updates (below the high-water mark).
     updates: bool,
-    /// Poll the wait on the shutdown token: the first time, to register it,
-    /// and once the shutdown has begun.
-    shutdown: bool,
+    /// Poll the wait on the shutdown token to register it (the first time).
+    register_shutdown: bool,
 }
 
 enum Wake {
@@ -371,7 +370,7 @@ impl Session {
                 requests: buffered < config.max_write_buffer && self.read_paused_until.is_none(),
                 writable: buffered > 0 || self.stream.has_pending_output(),
                 updates: buffered < config.write_high_water && self.hold_until.is_none(),
-                shutdown: !shutdown_registered || self.context.shutdown.has_begun(),
+                register_shutdown: !shutdown_registered,
             };
             shutdown_registered = true;
             let deadline = self.next_deadline();
@@ -429,8 +428,11 @@ impl Session {
         timer: Pin<&mut Sleep>,
     ) -> Poll<io::Result<Wake>> {
         // Polling the wait on the shutdown token takes a lock: it is polled
-        // once to register it, and again only once shutdown has begun.
-        if wanted.shutdown && shutdown.poll(cx).is_ready() {
+        // once to register it, and again only once shutdown has begun. The
+        // flag is read here, on every poll, not when `wanted` was made: the
+        // wake-up that shutdown sends re-polls this same wait.
+        let look = wanted.register_shutdown || self.context.shutdown.has_begun();
+        if look && shutdown.poll(cx).is_ready() {
             return Poll::Ready(Ok(Wake::Shutdown));
         }
         if wanted.requests {
