@@ -42,6 +42,27 @@ async fn shutdown_closes_every_client_with_1001() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_nothing_to_do_is_closed_with_1001_at_shutdown() {
+    // A paused replay: the session gets no update to wake it.
+    let files = [(Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Max, false, true);
+    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+    // A request and its answer: the session has waited at least twice, so
+    // only the wake-up that shutdown sends can end its current wait.
+    client
+        .send(serde_json::json!({"op": "ping", "id": 1}))
+        .await;
+    client.recv_type("pong").await;
+
+    server.shutdown().await.expect("clean shutdown");
+    let code = tokio::time::timeout(GUARD, client.close_code()).await;
+    assert_eq!(code.expect("closed in time"), Some(1001));
+    assert_eq!(server.metrics().connections.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_with_1001_and_prints_latency() {
     // On one worker thread, as the benchmarks run it beside their load client.
     let server = Binary::serve(&["--workers", "1"]);
