@@ -59,6 +59,19 @@ impl Reference {
         }
     }
 
+    /// Applies `data` if it is a depth snapshot or diff, and says which.
+    fn take(&mut self, data: &Value) -> Option<DepthKind> {
+        if data.get("lastUpdateId").is_some() {
+            self.snapshot(data);
+            Some(DepthKind::Snapshot)
+        } else if data["e"] == "depthUpdate" {
+            self.diff(data);
+            Some(DepthKind::Diff)
+        } else {
+            None
+        }
+    }
+
     fn snapshot(&mut self, message: &Value) {
         self.bids.clear();
         self.asks.clear();
@@ -154,6 +167,19 @@ fn book_levels(book: &mut DepthBook, n: usize) -> (Vec<String>, Vec<String>) {
     (text(bids), text(asks))
 }
 
+/// Which depth message a capture line carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DepthKind {
+    Snapshot,
+    Diff,
+}
+
+/// Reads a capture's depth line the way the server does.
+fn parse_depth(line: &str, message: &mut DepthMessage) {
+    let mut bytes = line.as_bytes().to_vec();
+    binance::parse_capture_line_with_depth(&mut bytes, message).expect("depth line parses");
+}
+
 fn payload(line: &str) -> Option<Value> {
     let (_, json) = line.split_once(' ')?;
     let value: Value = serde_json::from_str(json).ok()?;
@@ -176,8 +202,6 @@ fn replaying_a_capture_gives_the_venues_book_and_agrees_with_its_book_tickers() 
         let (mut compared, mut ticker_checks, mut updated) = (0, 0, 0);
         for line in lines(&sample(name)) {
             let Some(data) = payload(&line) else { continue };
-            let is_snapshot = data.get("lastUpdateId").is_some();
-            let is_diff = data["e"] == "depthUpdate";
             let is_ticker = data.get("e").is_none_or(|e| e == "bookTicker")
                 && data.get("b").is_some_and(Value::is_string);
             if is_ticker {
@@ -205,17 +229,10 @@ fn replaying_a_capture_gives_the_venues_book_and_agrees_with_its_book_tickers() 
                 }
                 continue;
             }
-            if !is_snapshot && !is_diff {
+            if reference.take(&data).is_none() {
                 continue;
             }
-            if is_snapshot {
-                reference.snapshot(&data);
-            } else {
-                reference.diff(&data);
-            }
-            let mut bytes = line.clone().into_bytes();
-            binance::parse_capture_line_with_depth(&mut bytes, &mut message)
-                .expect("depth line parses");
+            parse_depth(&line, &mut message);
             let outcome = book.apply(&message);
             assert_ne!(outcome, Outcome::Gap, "{name}: the capture has no gap");
             if outcome == Outcome::Updated {
@@ -277,16 +294,10 @@ fn capped_replay(name: &str, futures: bool) -> CappedReplay {
     let mut run = CappedReplay::default();
     for line in lines(&sample(name)) {
         let Some(data) = payload(&line) else { continue };
-        if data.get("lastUpdateId").is_some() {
-            reference.snapshot(&data);
-        } else if data["e"] == "depthUpdate" {
-            reference.diff(&data);
-        } else {
+        if reference.take(&data).is_none() {
             continue;
         }
-        let mut bytes = line.clone().into_bytes();
-        binance::parse_capture_line_with_depth(&mut bytes, &mut message)
-            .expect("depth line parses");
+        parse_depth(&line, &mut message);
         let outcome = book.apply(&message);
         run.dropped += book.take_dropped_levels();
         let (bids, asks) = book.len();
@@ -626,15 +637,8 @@ impl DamagedReplay {
         let mut edited = Vec::new();
         let (mut diffs_after_sync, mut damaged, mut resnapshotted) = (0, false, false);
         for line in original {
-            let data = payload(&line);
-            let is_diff = data.as_ref().is_some_and(|d| d["e"] == "depthUpdate");
-            if let Some(data) = &data {
-                if data.get("lastUpdateId").is_some() {
-                    reference.snapshot(data);
-                } else if is_diff {
-                    reference.diff(data);
-                }
-            }
+            let kind = payload(&line).and_then(|data| reference.take(&data));
+            let is_diff = kind == Some(DepthKind::Diff);
             if is_diff && reference.last.is_some() {
                 diffs_after_sync += 1;
                 if diffs_after_sync == 20 && !damaged {
