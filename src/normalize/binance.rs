@@ -13,7 +13,7 @@ use simd_json::{Buffers, Tape};
 
 use super::depth::{DepthMessage, Sequence};
 use super::flat::{self, FlatObject, Scalar};
-use super::{decimal, BookUpdate, ParseError, Parsed, Recognised};
+use super::{decimal, decimal_bytes, BookUpdate, ParseError, Parsed, Recognised};
 use crate::book::Level;
 
 /// Parses one raw Binance message received at `recv_ts_ns`.
@@ -22,8 +22,8 @@ use crate::book::Level;
 /// `trade` a trade; depth diffs and REST depth snapshots are recognised but carry
 /// no top-of-book change. simd-json unescapes in place, hence `&mut`.
 pub fn parse_message(json: &mut [u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
-    if let Some(tick) = flat_tick(json, recv_ts_ns) {
-        return Ok(tick.parsed(json));
+    if let Some(flat) = flat_message(json, recv_ts_ns, None) {
+        return Ok(flat.parsed(json));
     }
     with_tape(json, |root| parse_root(root, recv_ts_ns, None))
 }
@@ -37,9 +37,11 @@ pub fn parse_message_with_depth<'a>(
     depth: &mut DepthMessage,
 ) -> Result<Parsed<'a>, ParseError> {
     depth.clear();
-    if let Some(tick) = flat_tick(json, recv_ts_ns) {
-        return Ok(tick.parsed(json));
+    if let Some(flat) = flat_message(json, recv_ts_ns, Some(depth)) {
+        return Ok(flat.parsed(json));
     }
+    // The flat path may have decoded part of a message before giving it up.
+    depth.clear();
     with_tape(json, |root| parse_root(root, recv_ts_ns, Some(depth)))
 }
 
@@ -76,33 +78,51 @@ fn split_capture_line(line: &mut [u8]) -> Result<(i64, &mut [u8]), ParseError> {
     Ok((recv_ts_ns, rest.get_mut(1..).unwrap_or_default()))
 }
 
-/// A `bookTicker` or `trade` read by the flat scanner, its symbol still a
-/// position in the message (so the message is not borrowed until it is
-/// known to be one).
-struct FlatTick {
-    symbol: std::ops::Range<usize>,
-    recv_ts_ns: i64,
-    exchange_ts_ns: Option<i64>,
-    update: BookUpdate,
+/// What the flat scanner read: a `bookTicker` or `trade`, its symbol still a
+/// position in the message (so the message is not borrowed until it is known
+/// to be one), or a depth message.
+enum FlatMessage {
+    Tick {
+        symbol: std::ops::Range<usize>,
+        recv_ts_ns: i64,
+        exchange_ts_ns: Option<i64>,
+        update: BookUpdate,
+    },
+    Depth(Recognised),
 }
 
-impl FlatTick {
+impl FlatMessage {
     fn parsed(self, json: &[u8]) -> Parsed<'_> {
-        // The scanner only takes ASCII strings, so the symbol is valid UTF-8.
-        let symbol = json
-            .get(self.symbol)
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .unwrap_or_default();
-        Parsed::tick(symbol, self.recv_ts_ns, self.exchange_ts_ns, self.update)
+        match self {
+            FlatMessage::Tick {
+                symbol,
+                recv_ts_ns,
+                exchange_ts_ns,
+                update,
+            } => {
+                // The scanner only takes ASCII strings, so the symbol is valid UTF-8.
+                let symbol = json
+                    .get(symbol)
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                    .unwrap_or_default();
+                Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
+            }
+            FlatMessage::Depth(recognised) => Parsed::Recognised(recognised),
+        }
     }
 }
 
 /// The common messages, `{"stream":"…","data":{…}}`-wrapped or bare, when
 /// they are flat ([`flat`]): a `bookTicker` (spot's, without `e`, named by its
-/// stream) or a `trade` whose fields all read cleanly. `None` for anything
-/// else, errors included, so the full parser decides, exactly as if this did
-/// not exist.
-fn flat_tick(json: &[u8], recv_ts_ns: i64) -> Option<FlatTick> {
+/// stream), a `trade`, a `depthUpdate` or a REST depth snapshot whose fields
+/// all read cleanly, the depth message's levels decoded into `depth` when
+/// given. `None` for anything else, errors included, so the full parser
+/// decides, exactly as if this did not exist.
+fn flat_message(
+    json: &[u8],
+    recv_ts_ns: i64,
+    depth: Option<&mut DepthMessage>,
+) -> Option<FlatMessage> {
     const STREAM: &[u8] = br#"{"stream":"#;
     const DATA: &[u8] = br#","data":"#;
     let mut payload = FlatObject::default();
@@ -118,47 +138,139 @@ fn flat_tick(json: &[u8], recv_ts_ns: i64) -> Option<FlatTick> {
         (None, flat::scan_object(json, 0, &mut payload)?)
     };
     let unwrapped_data = stream.is_none() && payload.get(json, "data").is_some();
-    if end != json.len() || unwrapped_data || payload.get(json, "lastUpdateId").is_some() {
+    if end != json.len() || unwrapped_data {
         return None;
     }
-    let text = |key: &str| match payload.get(json, key) {
-        Some(Scalar::Str(range)) => std::str::from_utf8(json.get(range.clone())?).ok(),
-        _ => None,
-    };
-    let kind = match payload.get(json, "e") {
-        Some(Scalar::Str(_)) => text("e"),
+    let fields = FlatFields { json, payload };
+    if let Some(id) = fields.get("lastUpdateId") {
+        let Some(depth) = depth else {
+            fields.payload.check_pairs(json)?;
+            return Some(FlatMessage::Depth(Recognised::DepthSnapshot));
+        };
+        depth.last_update_id = Some(u64::try_from(fields.integer(id)?).ok()?);
+        depth.sequence = Sequence::Snapshot;
+        fields.depth_common(recv_ts_ns, depth)?;
+        fields.levels("bids", &mut depth.bids)?;
+        fields.levels("asks", &mut depth.asks)?;
+        // Both lists were read; any other is unchecked.
+        return (fields.payload.pair_lists() == 2)
+            .then_some(FlatMessage::Depth(Recognised::DepthSnapshot));
+    }
+    let kind = match fields.get("e") {
+        Some(Scalar::Str(_)) => fields.string("e"),
         Some(_) => return None,
         None => None,
     };
-    let decimal = |key: &'static str| decimal(key, text(key)?).ok();
+    let decimal = |key: &'static str| decimal_bytes(key, fields.string(key)?).ok();
     let update = match (kind, stream) {
-        (Some("bookTicker"), _) => quote_fields(decimal)?,
+        (Some(b"bookTicker"), _) => quote_fields(decimal)?,
         (None, Some(stream)) if json.get(stream.clone())?.ends_with(b"@bookTicker") => {
             quote_fields(decimal)?
         }
-        (Some("trade"), _) => BookUpdate::Trade {
+        (Some(b"trade"), _) => BookUpdate::Trade {
             price: decimal("p")?,
             size: decimal("q")?,
         },
+        (Some(b"depthUpdate"), _) => {
+            match depth {
+                Some(depth) => {
+                    fields.depth_update(recv_ts_ns, depth)?;
+                    // Both lists were read; any other is unchecked.
+                    (fields.payload.pair_lists() == 2).then_some(())?;
+                }
+                None => fields.payload.check_pairs(json)?,
+            }
+            return Some(FlatMessage::Depth(Recognised::DepthUpdate));
+        }
         _ => return None,
     };
-    let symbol = match payload.get(json, "s")? {
+    fields.payload.check_pairs(json)?;
+    let symbol = match fields.get("s")? {
         Scalar::Str(range) => range.clone(),
         _ => return None,
     };
-    let exchange_ts_ns = match payload.get(json, "E") {
-        None => None,
-        Some(Scalar::Number(range)) => {
-            Some(parse_digits(json.get(range.clone())?)?.checked_mul(1_000_000)?)
-        }
-        Some(_) => return None,
-    };
-    Some(FlatTick {
+    let exchange_ts_ns = fields.exchange_ts_ns()?;
+    Some(FlatMessage::Tick {
         symbol,
         recv_ts_ns,
         exchange_ts_ns,
         update,
     })
+}
+
+/// A flat payload's fields, read the way [`parse_root`] reads the tape's:
+/// each accessor is `None` where the full parser would fail or could mean
+/// something else.
+struct FlatFields<'a> {
+    json: &'a [u8],
+    payload: FlatObject,
+}
+
+impl FlatFields<'_> {
+    fn get(&self, key: &str) -> Option<&Scalar> {
+        self.payload.get(self.json, key)
+    }
+
+    /// A string field's contents (ASCII: the scanner takes nothing else).
+    fn string(&self, key: &str) -> Option<&[u8]> {
+        match self.get(key)? {
+            Scalar::Str(range) => self.json.get(range.clone()),
+            _ => None,
+        }
+    }
+
+    /// A number field that is a non-negative integer fitting an `i64`.
+    fn integer(&self, value: &Scalar) -> Option<i64> {
+        match value {
+            Scalar::Number(range) => parse_digits(self.json.get(range.clone())?),
+            _ => None,
+        }
+    }
+
+    /// `E`, the venue's event time in milliseconds, if present.
+    fn exchange_ts_ns(&self) -> Option<Option<i64>> {
+        match self.get("E") {
+            None => Some(None),
+            Some(ms) => Some(Some(self.integer(ms)?.checked_mul(1_000_000)?)),
+        }
+    }
+
+    fn depth_common(&self, recv_ts_ns: i64, depth: &mut DepthMessage) -> Option<()> {
+        depth.recv_ts_ns = recv_ts_ns;
+        depth.exchange_ts_ns = self.exchange_ts_ns()?;
+        Some(())
+    }
+
+    /// As the tape's [`depth_update`].
+    fn depth_update(&self, recv_ts_ns: i64, depth: &mut DepthMessage) -> Option<()> {
+        let id = |key: &str| u64::try_from(self.integer(self.get(key)?)?).ok();
+        let (first, last) = (id("U")?, id("u")?);
+        depth.sequence = match self.get("pu") {
+            Some(_) => Sequence::Futures {
+                first,
+                last,
+                previous: id("pu")?,
+            },
+            None => Sequence::Spot { first, last },
+        };
+        // ASCII, as every string the scanner takes.
+        let symbol = std::str::from_utf8(self.string("s")?).ok()?;
+        depth.symbol.push_str(symbol);
+        self.depth_common(recv_ts_ns, depth)?;
+        self.levels("b", &mut depth.bids)?;
+        self.levels("a", &mut depth.asks)
+    }
+
+    /// As the tape's [`levels`]: `[["price","size"],...]` under `key`.
+    fn levels(&self, key: &'static str, into: &mut Vec<Level>) -> Option<()> {
+        self.payload.read_pairs(self.json, key, |price, size| {
+            into.push(Level {
+                price: decimal_bytes(key, price).ok()?,
+                size: decimal_bytes(key, size).ok()?,
+            });
+            Some(())
+        })
+    }
 }
 
 fn quote_fields(
@@ -482,6 +594,27 @@ mod tests {
         )
     }
 
+    /// What the full parser alone makes of `json` with depth decoding, and
+    /// the depth message it decoded.
+    fn full_parse_with_depth(json: &str, recv_ts_ns: i64) -> String {
+        let mut copy = json.as_bytes().to_vec();
+        let mut depth = DepthMessage::default();
+        let parsed = with_tape(&mut copy, |root| {
+            parse_root(root, recv_ts_ns, Some(&mut depth))
+        });
+        format!("{parsed:?} {depth:?}")
+    }
+
+    /// What the flat path alone makes of `json`, in the form of
+    /// [`full_parse_with_depth`]; `None` where it leaves the message to the
+    /// full parser.
+    fn flat_parse_with_depth(json: &str, recv_ts_ns: i64) -> Option<String> {
+        let mut depth = DepthMessage::default();
+        let flat = flat_message(json.as_bytes(), recv_ts_ns, Some(&mut depth))?;
+        let parsed = Ok::<_, ParseError>(flat.parsed(json.as_bytes()));
+        Some(format!("{parsed:?} {depth:?}"))
+    }
+
     #[test]
     fn the_flat_path_reads_every_capture_line_as_the_full_parser_does() {
         use std::io::{BufRead as _, BufReader};
@@ -493,23 +626,87 @@ mod tests {
                 .join("replay-data")
                 .join(name);
             let file = std::fs::File::open(path).expect("bundled sample");
-            let (mut flat, mut ticks) = (0, 0);
+            let (mut flat, mut ticks, mut depth) = (0, 0, 0);
             for line in BufReader::new(flate2::read::MultiGzDecoder::new(file)).lines() {
                 let line = line.expect("sample decompresses");
                 let (ts, json) = line.split_once(' ').expect("a capture line");
                 let ts: i64 = ts.parse().expect("a receive time");
-                let full = full_parse(json, ts);
+                let full = full_parse_with_depth(json, ts);
                 if full.starts_with("Ok(Tick") {
                     ticks += 1;
                 }
-                if let Some(tick) = flat_tick(json.as_bytes(), ts) {
+                if full.starts_with("Ok(Recognised(Depth") {
+                    depth += 1;
+                }
+                if let Some(fast) = flat_parse_with_depth(json, ts) {
                     flat += 1;
-                    let fast = format!("{:?}", Ok::<_, ParseError>(tick.parsed(json.as_bytes())));
                     assert_eq!(fast, full, "{json}");
+                }
+                // Without depth decoding too.
+                if let Some(fast) = flat_message(json.as_bytes(), ts, None) {
+                    let fast = format!("{:?}", Ok::<_, ParseError>(fast.parsed(json.as_bytes())));
+                    assert_eq!(fast, full_parse(json, ts), "{json}");
                 }
             }
             assert!(ticks > 1_000, "{name}: {ticks} ticks");
-            assert_eq!(flat, ticks, "{name}: every tick of the capture is flat");
+            assert!(depth > 100, "{name}: {depth} depth messages");
+            assert_eq!(
+                flat,
+                ticks + depth,
+                "{name}: every tick and depth message of the capture is flat"
+            );
+        }
+    }
+
+    #[test]
+    fn depth_messages_off_the_flat_path_mean_what_the_full_parser_says() {
+        let ids = r#""e":"depthUpdate","E":1723161256299,"s":"BTCUSDT","U":5,"u":9"#;
+        let good = r#"[["61800.20","2.909"],["61800.10","0.000"]]"#;
+        let snapshot = r#""lastUpdateId":7,"E":1723161256501,"T":1723161256493"#;
+        for (i, json) in [
+            format!(r#"{{"stream":"btcusdt@depth@0ms","data":{{{ids},"b":{good},"a":[]}}}}"#),
+            format!(r#"{{{ids},"pu":4,"b":[],"a":{good}}}"#),
+            format!(r#"{{{snapshot},"bids":{good},"asks":{good}}}"#),
+            r#"{"lastUpdateId":7,"bids":[],"asks":[]}"#.to_owned(),
+            // Each of these leaves the flat path, some part-way through the levels.
+            format!(r#"{{{ids},"b":[["1.5","2"],["x","1"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[["1.5","2"],["1.6","1e3"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[["1.5","2","9"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[["1.5"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[[1.5,"2"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[["1.5","2"],],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[["1.5", "2"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[["1.5","2"]]}}"#),
+            format!(r#"{{{ids},"b":[["1","]]"],["2","3"]],"a":[]}}"#),
+            format!(r#"{{{ids},"b":[],"a":[],"x":[["1","2"]]}}"#),
+            format!(r#"{{{ids},"b":[],"a":[],"b":[["1","2"]]}}"#),
+            format!(r#"{{{ids},"b":"1.5","a":[]}}"#),
+            format!(r#"{{{ids},"pu":"4","b":[],"a":[]}}"#),
+            format!(r#"{{{ids},"pu":-4,"b":[],"a":[]}}"#),
+            format!(r#"{{{ids},"pu":18446744073709551615,"b":[],"a":[]}}"#),
+            format!(r#"{{{ids},"pu":4.0,"b":[],"a":[]}}"#),
+            r#"{"e":"depthUpdate","U":5,"u":9,"b":[],"a":[]}"#.to_owned(),
+            r#"{"e":"depthUpdate","s":"BTCUSDT","U":5,"b":[],"a":[]}"#.to_owned(),
+            r#"{"e":"depthUpdate","s":"BTCUSDT","U":5,"u":9,"E":"1","b":[],"a":[]}"#.to_owned(),
+            r#"{"lastUpdateId":-7,"bids":[],"asks":[]}"#.to_owned(),
+            r#"{"lastUpdateId":"7","bids":[],"asks":[]}"#.to_owned(),
+            r#"{"lastUpdateId":7,"bids":[]}"#.to_owned(),
+            r#"{"lastUpdateId":7,"E":1.5,"bids":[],"asks":[]}"#.to_owned(),
+            r#"{"lastUpdateId":7,"bids":[["1","2"]],"asks":[["1","2"],["3"]]}"#.to_owned(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(
+                flat_parse_with_depth(json, 9).is_some(),
+                i < 4,
+                "only the first four are flat: {json}"
+            );
+            let mut bytes = json.as_bytes().to_vec();
+            let mut depth = DepthMessage::default();
+            let parsed = parse_message_with_depth(&mut bytes, 9, &mut depth);
+            let parsed = format!("{parsed:?} {depth:?}");
+            assert_eq!(parsed, full_parse_with_depth(json, 9), "{json}");
         }
     }
 
@@ -528,6 +725,8 @@ mod tests {
             format!(r#"{{"e":"bookTicker","lastUpdateId":1,{book}}}"#),
             format!(r#"{{"e":"bookTicker",{book},"b":"9"}}"#),
             format!(r#"{{"e":"bookTicker",{book}}} "#),
+            format!(r#"{{"e":"bookTicker","x":[[1]],{book}}}"#),
+            format!(r#"{{"e":"bookTicker","x":[["1","2"]],{book}}}"#),
             format!(r#"{{{book}}}"#),
             r#"{"e":"bookTicker","s":"BTCUSDT","b":"x","B":"2","a":"1.6","A":"3"}"#.to_owned(),
             r#"{"e":"trade","s":"BTCUSDT","p":"1.5","q":"1e2","E":3}"#.to_owned(),

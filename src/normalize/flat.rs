@@ -1,14 +1,16 @@
 //! A scanner for flat JSON objects: every value a string, a number, `true`,
-//! `false` or `null`, written without whitespace. That is the shape of the
-//! messages a venue sends most (Binance `bookTicker` and `trade`: nine of ten
-//! lines of a capture), and reading their fields straight from the bytes costs
-//! a fraction of building a simd-json tape first.
+//! `false`, `null` or a list of string pairs, written without whitespace.
+//! That is the shape of the messages a venue sends most (Binance `bookTicker`
+//! and `trade`: nine of ten lines of a capture) and of its depth messages,
+//! whose levels are `[["price","size"],...]` (a depth diff carries dozens, a
+//! snapshot thousands). Reading their fields straight from the bytes costs a
+//! fraction of building a simd-json tape first.
 //!
 //! The scanner accepts a strict subset of JSON and nothing else: strings
-//! without escapes or non-ASCII bytes, numbers in JSON's grammar, no nesting,
-//! no whitespace. Anything outside that subset is `None`, and the caller parses
-//! the message with simd-json as it would have anyway, so what a message means
-//! never depends on which path read it.
+//! without escapes or non-ASCII bytes, numbers in JSON's grammar, no nesting
+//! but the pair lists, no whitespace. Anything outside that subset is `None`,
+//! and the caller parses the message with simd-json as it would have anyway,
+//! so what a message means never depends on which path read it.
 
 use std::ops::Range;
 
@@ -24,6 +26,14 @@ pub(crate) enum Scalar {
     Number(Range<usize>),
     /// `true`, `false` or `null`.
     Literal,
+    /// What looks like a list of two-string lists, `[["a","b"],...]` (empty
+    /// too): the text from its `[` to its `]`. The scan only delimits it (a
+    /// depth snapshot's lists run to hundreds of kilobytes, and reading them
+    /// twice would cost as much as the rest of the message);
+    /// [`FlatObject::read_pairs`] checks it as it reads it, and a message is
+    /// flat only once every list in it has been read or checked
+    /// ([`FlatObject::pair_lists`], [`FlatObject::check_pairs`]).
+    Pairs(Range<usize>),
 }
 
 /// The fields of one flat object, in order.
@@ -59,7 +69,47 @@ impl FlatObject {
             .find(|(name, _)| same(name))
             .map(|(_, value)| value)
     }
+
+    /// Reads the pair list under `key` with [`for_each_pair`], checking
+    /// that it is one; `None` if it is not, or `pair` said so.
+    pub(crate) fn read_pairs(
+        &self,
+        bytes: &[u8],
+        key: &str,
+        pair: impl FnMut(&[u8], &[u8]) -> Option<()>,
+    ) -> Option<()> {
+        let Scalar::Pairs(range) = self.get(bytes, key)? else {
+            return None;
+        };
+        (for_each_pair(bytes, range.start, pair)? == range.end).then_some(())
+    }
+
+    /// How many values are pair lists.
+    pub(crate) fn pair_lists(&self) -> usize {
+        self.values()
+            .filter(|value| matches!(value, Scalar::Pairs(_)))
+            .count()
+    }
+
+    /// Checks that every value delimited as a pair list is one.
+    pub(crate) fn check_pairs(&self, bytes: &[u8]) -> Option<()> {
+        self.values().try_for_each(|value| match value {
+            Scalar::Pairs(range) => {
+                (for_each_pair(bytes, range.start, |_, _| Some(()))? == range.end).then_some(())
+            }
+            _ => Some(()),
+        })
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Scalar> {
+        self.fields[..self.len].iter().map(|(_, value)| value)
+    }
 }
+
+/// Where the first `]]` is: the end of a pair list unless its strings hold
+/// one, which reading the list then finds.
+static LIST_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"]]"));
 
 /// Scans the flat object that starts at `at`: the object and the index just
 /// past its closing brace, or `None` if it is not a flat object.
@@ -103,6 +153,14 @@ pub(crate) fn scan_string(bytes: &[u8], at: usize) -> Option<(Range<usize>, usiz
 fn scan_scalar(bytes: &[u8], at: usize) -> Option<(Scalar, usize)> {
     match bytes.get(at)? {
         b'"' => scan_string(bytes, at).map(|(contents, end)| (Scalar::Str(contents), end)),
+        b'[' => {
+            let end = match bytes.get(at + 1)? {
+                b']' => at + 2,
+                b'[' => at + LIST_END.find(bytes.get(at..)?)? + 2,
+                _ => return None,
+            };
+            Some((Scalar::Pairs(at..end), end))
+        }
         b't' | b'f' | b'n' => ["true", "false", "null"].iter().find_map(|word| {
             let end = at + word.len();
             (bytes.get(at..end) == Some(word.as_bytes())).then_some((Scalar::Literal, end))
@@ -148,6 +206,32 @@ fn scan_number(bytes: &[u8], mut at: usize) -> Option<usize> {
     Some(at)
 }
 
+/// Reads the list of string pairs that starts at `at` (its `[`), calling
+/// `pair` with the contents of each pair's two strings, in order. Returns the
+/// index past the list's `]`, or `None` if the text is not such a list or
+/// `pair` returned `None`.
+pub(crate) fn for_each_pair(
+    bytes: &[u8],
+    at: usize,
+    mut pair: impl FnMut(&[u8], &[u8]) -> Option<()>,
+) -> Option<usize> {
+    let mut at = expect(bytes, at, b'[')?;
+    if bytes.get(at) == Some(&b']') {
+        return Some(at + 1);
+    }
+    loop {
+        let (first, after) = scan_string(bytes, expect(bytes, at, b'[')?)?;
+        let (second, after) = scan_string(bytes, expect(bytes, after, b',')?)?;
+        pair(bytes.get(first)?, bytes.get(second)?)?;
+        at = expect(bytes, after, b']')?;
+        match bytes.get(at)? {
+            b',' => at += 1,
+            b']' => return Some(at + 1),
+            _ => return None,
+        }
+    }
+}
+
 /// The index past `byte` at `at`, if it is there.
 pub(crate) fn expect(bytes: &[u8], at: usize, byte: u8) -> Option<usize> {
     (bytes.get(at) == Some(&byte)).then_some(at + 1)
@@ -185,29 +269,76 @@ mod tests {
     }
 
     #[test]
+    fn pair_lists_are_read_pair_by_pair() {
+        let text = r#"{"b":[["61800.20","2.909"],["1",""]],"a":[],"s":"X"}"#;
+        let read = fields(text).expect("flat");
+        let Scalar::Pairs(levels) = &read[0].1 else {
+            panic!("pairs expected: {read:?}");
+        };
+        assert_eq!(&text[levels.clone()], r#"[["61800.20","2.909"],["1",""]]"#);
+        assert!(matches!(&read[1].1, Scalar::Pairs(r) if &text[r.clone()] == "[]"));
+        let mut pairs = Vec::new();
+        let end = for_each_pair(text.as_bytes(), levels.start, |a, b| {
+            pairs.push((a.to_vec(), b.to_vec()));
+            Some(())
+        });
+        assert_eq!(end, Some(levels.end));
+        let expected: [(&[u8], &[u8]); 2] = [(b"61800.20", b"2.909"), (b"1", b"")];
+        assert_eq!(pairs, expected.map(|(a, b)| (a.to_vec(), b.to_vec())));
+        let mut object = FlatObject::default();
+        scan_object(text.as_bytes(), 0, &mut object).expect("flat");
+        assert_eq!(object.pair_lists(), 2);
+        assert_eq!(object.check_pairs(text.as_bytes()), Some(()));
+        let mut read = 0;
+        let all = object.read_pairs(text.as_bytes(), "b", |_, _| {
+            read += 1;
+            Some(())
+        });
+        assert_eq!((all, read), (Some(()), 2));
+        assert_eq!(
+            object.read_pairs(text.as_bytes(), "s", |_, _| Some(())),
+            None
+        );
+        // The reader stops where the caller does.
+        let mut calls = 0;
+        let stopped = for_each_pair(text.as_bytes(), levels.start, |_, _| {
+            calls += 1;
+            None
+        });
+        assert_eq!((stopped, calls), (None, 1));
+    }
+
+    #[test]
     fn everything_outside_the_subset_is_left_to_the_full_parser() {
         for text in [
-            r#"{"a":"x\"y"}"#,  // an escape
-            r#"{"a":"café"}"#,  // non-ASCII
-            "{\"a\":\"\t\"}",   // a control character
-            r#"{"a": 1}"#,      // whitespace
-            r#"{"a":[1]}"#,     // nesting
-            r#"{"a":{"b":1}}"#, // nesting
-            r#"{"a":01}"#,      // a leading zero
-            r#"{"a":1.}"#,      // no fraction digits
-            r#"{"a":1e}"#,      // no exponent digits
-            r#"{"a":-}"#,       // no digits
-            r#"{"a":tru}"#,     // a cut literal
-            r#"{"a":1,}"#,      // a trailing comma
-            r#"{"a":1"#,        // unterminated
-            r#"{"a" :1}"#,      // space before the colon
-            r#"{a:1}"#,         // a bare key
+            r#"{"a":"x\"y"}"#,                 // an escape
+            r#"{"a":"café"}"#,                 // non-ASCII
+            "{\"a\":\"\t\"}",                  // a control character
+            r#"{"a": 1}"#,                     // whitespace
+            r#"{"a":[1]}"#,                    // nesting
+            r#"{"a":[["1"]]}"#,                // a list of one string
+            r#"{"a":[["1","2","3"]]}"#,        // a list of three
+            r#"{"a":[["1",2]]}"#,              // a number in a pair
+            r#"{"a":[["1","2"],]}"#,           // a trailing comma in the list
+            r#"{"a":[["1","2"]}"#,             // an unclosed list
+            r#"{"a":[[]]}"#,                   // an empty pair
+            r#"{"a":[["1","2"] ]}"#,           // whitespace in the list
+            r#"{"a":{"b":1}}"#,                // nesting
+            r#"{"a":01}"#,                     // a leading zero
+            r#"{"a":1.}"#,                     // no fraction digits
+            r#"{"a":1e}"#,                     // no exponent digits
+            r#"{"a":-}"#,                      // no digits
+            r#"{"a":tru}"#,                    // a cut literal
+            r#"{"a":1,}"#,                     // a trailing comma
+            r#"{"a":1"#,                       // unterminated
+            r#"{"a" :1}"#,                     // space before the colon
+            r#"{a:1}"#,                        // a bare key
+            r#"{"a":[["1","]]"],["2","3"]]}"#, // a list end in a string
         ] {
             let mut object = FlatObject::default();
-            assert!(
-                scan_object(text.as_bytes(), 0, &mut object).is_none(),
-                "{text}"
-            );
+            let flat = scan_object(text.as_bytes(), 0, &mut object)
+                .and_then(|_| object.check_pairs(text.as_bytes()));
+            assert!(flat.is_none(), "{text}");
         }
         let many: Vec<String> = (0..=MAX_FIELDS).map(|i| format!("\"k{i}\":{i}")).collect();
         let text = format!("{{{}}}", many.join(","));

@@ -2,8 +2,8 @@
 //!
 //! Every parser here is I/O-free: it takes the bytes of one message (a line of a
 //! capture, or a frame from a live upstream) and returns what it means. JSON is
-//! read with simd-json, except flat Binance `bookTicker` and `trade` messages,
-//! which a scanner reads straight from the bytes (`flat`). Prices and sizes are
+//! read with simd-json, except flat Binance `bookTicker`, `trade` and depth
+//! messages, which a scanner reads straight from the bytes (`flat`). Prices and sizes are
 //! exact decimals, so `"61800.20"` keeps its scale and prints back exactly as
 //! received.
 
@@ -105,12 +105,20 @@ pub enum ParseError {
 
 /// Parses an exact decimal, naming the field on failure.
 pub(crate) fn decimal(field: &'static str, value: &str) -> Result<Decimal, ParseError> {
-    if let Some(plain) = plain_decimal(value.as_bytes()) {
+    decimal_bytes(field, value.as_bytes())
+}
+
+/// As [`decimal`], from bytes that may not be UTF-8 (then an error): the
+/// scanners' strings are checked as the venue form first, which needs no
+/// UTF-8 check.
+pub(crate) fn decimal_bytes(field: &'static str, value: &[u8]) -> Result<Decimal, ParseError> {
+    if let Some(plain) = plain_decimal(value) {
         return Ok(plain);
     }
-    Decimal::from_str_exact(value).map_err(|_| ParseError::Decimal {
+    let text = String::from_utf8_lossy(value);
+    Decimal::from_str_exact(&text).map_err(|_| ParseError::Decimal {
         field,
-        value: value.chars().take(40).collect(),
+        value: text.chars().take(40).collect(),
     })
 }
 
