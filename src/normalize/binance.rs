@@ -13,7 +13,7 @@ use simd_json::{Buffers, Tape};
 
 use super::depth::{DepthMessage, Sequence};
 use super::flat::{self, FlatObject, Scalar};
-use super::{decimal, decimal_bytes, BookUpdate, ParseError, Parsed, Recognised};
+use super::{decimal, decimal_bytes, decimal_string, BookUpdate, ParseError, Parsed, Recognised};
 use crate::book::Level;
 
 /// Parses one raw Binance message received at `recv_ts_ns`.
@@ -263,13 +263,11 @@ impl FlatFields<'_> {
 
     /// As the tape's [`levels`]: `[["price","size"],...]` under `key`.
     fn levels(&self, key: &'static str, into: &mut Vec<Level>) -> Option<()> {
-        self.payload.read_pairs(self.json, key, |price, size| {
-            into.push(Level {
-                price: decimal_bytes(key, price).ok()?,
-                size: decimal_bytes(key, size).ok()?,
-            });
-            Some(())
-        })
+        self.payload
+            .read_pairs(self.json, key, decimal_string, |price, size| {
+                into.push(Level { price, size });
+                Some(())
+            })
     }
 }
 

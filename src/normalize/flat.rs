@@ -70,18 +70,19 @@ impl FlatObject {
             .map(|(_, value)| value)
     }
 
-    /// Reads the pair list under `key` with [`for_each_pair`], checking
-    /// that it is one; `None` if it is not, or `pair` said so.
-    pub(crate) fn read_pairs(
+    /// Reads the pair list under `key` with [`for_each_pair_of`], checking
+    /// that it is one; `None` if it is not, or `read` or `pair` said so.
+    pub(crate) fn read_pairs<T>(
         &self,
         bytes: &[u8],
         key: &str,
-        pair: impl FnMut(&[u8], &[u8]) -> Option<()>,
+        read: impl Fn(&[u8], usize) -> Option<(T, usize)>,
+        pair: impl FnMut(T, T) -> Option<()>,
     ) -> Option<()> {
         let Scalar::Pairs(range) = self.get(bytes, key)? else {
             return None;
         };
-        (for_each_pair(bytes, range.start, pair)? == range.end).then_some(())
+        (for_each_pair_of(bytes, range.start, read, pair)? == range.end).then_some(())
     }
 
     /// How many values are pair lists.
@@ -215,14 +216,33 @@ pub(crate) fn for_each_pair(
     at: usize,
     mut pair: impl FnMut(&[u8], &[u8]) -> Option<()>,
 ) -> Option<usize> {
+    let contents = |bytes: &[u8], at| {
+        let (contents, end) = scan_string(bytes, at)?;
+        Some((contents, end))
+    };
+    for_each_pair_of(bytes, at, contents, |first, second| {
+        pair(bytes.get(first)?, bytes.get(second)?)
+    })
+}
+
+/// As [`for_each_pair`], each string read by `read`: given the index of its
+/// opening quote, the value it holds and the index past its closing quote
+/// (`None` if the string is not one `read` takes). A reader that decodes as
+/// it scans reads each string once instead of twice.
+pub(crate) fn for_each_pair_of<T>(
+    bytes: &[u8],
+    at: usize,
+    read: impl Fn(&[u8], usize) -> Option<(T, usize)>,
+    mut pair: impl FnMut(T, T) -> Option<()>,
+) -> Option<usize> {
     let mut at = expect(bytes, at, b'[')?;
     if bytes.get(at) == Some(&b']') {
         return Some(at + 1);
     }
     loop {
-        let (first, after) = scan_string(bytes, expect(bytes, at, b'[')?)?;
-        let (second, after) = scan_string(bytes, expect(bytes, after, b',')?)?;
-        pair(bytes.get(first)?, bytes.get(second)?)?;
+        let (first, after) = read(bytes, expect(bytes, at, b'[')?)?;
+        let (second, after) = read(bytes, expect(bytes, after, b',')?)?;
+        pair(first, second)?;
         at = expect(bytes, after, b']')?;
         match bytes.get(at)? {
             b',' => at += 1,
@@ -290,13 +310,13 @@ mod tests {
         assert_eq!(object.pair_lists(), 2);
         assert_eq!(object.check_pairs(text.as_bytes()), Some(()));
         let mut read = 0;
-        let all = object.read_pairs(text.as_bytes(), "b", |_, _| {
+        let all = object.read_pairs(text.as_bytes(), "b", scan_string, |_, _| {
             read += 1;
             Some(())
         });
         assert_eq!((all, read), (Some(()), 2));
         assert_eq!(
-            object.read_pairs(text.as_bytes(), "s", |_, _| Some(())),
+            object.read_pairs(text.as_bytes(), "s", scan_string, |_, _| Some(())),
             None
         );
         // The reader stops where the caller does.

@@ -122,6 +122,23 @@ pub(crate) fn decimal_bytes(field: &'static str, value: &[u8]) -> Result<Decimal
     })
 }
 
+/// The decimal in the JSON string that starts at `at` (its opening quote),
+/// and the index past its closing quote, as the flat scanner's string and
+/// [`decimal_bytes`] would read it; `None` where either would not. A string in
+/// the venue form is read in one pass.
+pub(crate) fn decimal_string(bytes: &[u8], at: usize) -> Option<(Decimal, usize)> {
+    if bytes.get(at) == Some(&b'"') {
+        let contents = bytes.get(at + 1..)?;
+        if let Some((plain, length)) = plain_decimal_prefix(contents) {
+            if contents.get(length) == Some(&b'"') {
+                return Some((plain, at + length + 2));
+            }
+        }
+    }
+    let (contents, end) = flat::scan_string(bytes, at)?;
+    Some((decimal_bytes("", bytes.get(contents)?).ok()?, end))
+}
+
 /// The form venues write prices and sizes in (`61496.50`, `-0.5`, `3`: an
 /// optional `-`, digits, optionally `.` and more digits, at most 19 digits in
 /// all), read straight into a 64-bit mantissa. A depth diff carries a hundred
@@ -129,40 +146,49 @@ pub(crate) fn decimal_bytes(field: &'static str, value: &[u8]) -> Result<Decimal
 /// which takes everything else (exponents, `+`, `_`, long or malformed text)
 /// and gives the same value and scale for this form.
 fn plain_decimal(text: &[u8]) -> Option<Decimal> {
-    let (negative, digits) = match text.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, text),
-    };
-    if digits.len() > 20 {
-        return None;
+    match plain_decimal_prefix(text)? {
+        (plain, length) if length == text.len() => Some(plain),
+        _ => None,
     }
+}
+
+/// The venue-form decimal that `text` starts with, and its length: up to the
+/// first byte that is neither a digit nor a second `.`. `None` where that
+/// prefix is not in the venue form.
+fn plain_decimal_prefix(text: &[u8]) -> Option<(Decimal, usize)> {
+    let negative = text.first() == Some(&b'-');
+    let start = usize::from(negative);
     let mut mantissa: u64 = 0;
     let mut point = None;
-    for (at, &byte) in digits.iter().enumerate() {
+    let mut end = start;
+    while let Some(&byte) = text.get(end) {
         if byte.is_ascii_digit() {
             // Wraps only past 19 digits, which are refused below.
             mantissa = mantissa
                 .wrapping_mul(10)
                 .wrapping_add(u64::from(byte - b'0'));
-        } else if byte == b'.' && point.is_none() && at > 0 && at + 1 < digits.len() {
-            point = Some(at);
+        } else if byte == b'.' && point.is_none() {
+            point = Some(end);
         } else {
+            break;
+        }
+        end += 1;
+        if end - start > 20 {
             return None;
         }
     }
-    let count = digits.len() - usize::from(point.is_some());
+    // A point needs digits on both sides.
+    if point.is_some_and(|at| at == start || at + 1 == end) {
+        return None;
+    }
+    let count = end - start - usize::from(point.is_some());
     // 19 digits always fit a u64; a negative zero keeps the general parser's sign.
     if count == 0 || count > 19 || (negative && mantissa == 0) {
         return None;
     }
-    let scale = point.map_or(0, |at| digits.len() - at - 1) as u32;
-    Some(Decimal::from_parts(
-        mantissa as u32,
-        (mantissa >> 32) as u32,
-        0,
-        negative,
-        scale,
-    ))
+    let scale = point.map_or(0, |at| end - at - 1) as u32;
+    let decimal = Decimal::from_parts(mantissa as u32, (mantissa >> 32) as u32, 0, negative, scale);
+    Some((decimal, end))
 }
 
 #[cfg(test)]
@@ -180,6 +206,20 @@ mod tests {
             }
             (Err(_), Err(_)) => {}
             (fast, general) => panic!("{text}: {fast:?} vs {general:?}"),
+        }
+        // The same inside a JSON string, what follows it left alone.
+        let quoted = format!("\"{text}\"]");
+        match (
+            decimal_string(quoted.as_bytes(), 0),
+            Decimal::from_str_exact(text),
+        ) {
+            (Some((fast, end)), Ok(general)) => {
+                assert_eq!(end, text.len() + 2, "{text}");
+                assert_eq!(fast, general, "{text}");
+                assert_eq!(fast.scale(), general.scale(), "{text}");
+            }
+            (None, Err(_)) => {}
+            (fast, general) => panic!("\"{text}\": {fast:?} vs {general:?}"),
         }
     }
 
@@ -216,6 +256,14 @@ mod tests {
             plain_decimal(b"61496.50").is_some(),
             "the venue form takes the fast path"
         );
+        assert_eq!(
+            plain_decimal_prefix(b"61496.50\"").map(|(_, length)| length),
+            Some(8),
+            "and in a string too"
+        );
+        for text in [r#""1"#, r#"1""#, r#""1\"""#, "\"1\u{e9}\""] {
+            assert_eq!(decimal_string(text.as_bytes(), 0), None, "{text}");
+        }
         let mut x: u64 = 1;
         for _ in 0..20_000 {
             x = x
