@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """S5, replay ingest without clients: starts `tickwire serve --replay ...
---speed max` (no loop), waits until every replay has ended, and reports the
-feed messages parsed per second of wall time and per server CPU-second, from
-the server's own /metrics and /proc/PID/stat. Two figures: the whole process
-from exec to the end (start-up included: it reads every file once to declare
-its symbols before the replay starts), and the steady replay alone, from the
-first poll that sees messages flowing to the end (Δ messages ÷ Δ CPU).
+--speed max` and reports the feed messages parsed per second of wall time
+and per server CPU-second, from the server's own /metrics and
+/proc/PID/stat. Two figures:
 
-    ingest.py --tickwire BIN --json OUT.json PREFIX=PATH [PREFIX=PATH ...]
+- whole process: one pass over the files (no loop), from exec until every
+  replay has ended, start-up included (it reads every file once to declare
+  its symbols before the replay starts);
+- steady: the replay alone, a second server looping over the same files,
+  Δ messages ÷ Δ CPU over a window (`--window`, 5 s) that starts a second
+  after the messages are first seen flowing. A single pass lasts a fraction
+  of a second, too short for CPU time that /proc counts in 10 ms ticks.
+
+    ingest.py --tickwire BIN --json OUT.json [--window SECS] PREFIX=PATH [PREFIX=PATH ...]
 """
 import argparse
 import json
@@ -51,34 +56,37 @@ def cpu_secs(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tickwire", required=True)
-    parser.add_argument("--json", required=True)
-    parser.add_argument("replays", nargs="+")
-    args = parser.parse_args()
-    port = free_port()
+def start(args, port, looped):
     command = [args.tickwire, "serve", "--listen", f"127.0.0.1:{port}", "--speed", "max"]
+    if looped:
+        command.append("--loop")
     for replay in args.replays:
         command += ["--replay", replay]
-    started = time.monotonic()
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              env={**os.environ, "RUST_LOG": "warn"})
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "RUST_LOG": "warn"})
+
+
+def poll(server, port):
+    """The server's metrics, or None while it is not answering yet."""
+    if server.poll() is not None:
+        sys.exit(f"tickwire exited: {server.stderr.read().decode()}")
     try:
-        series = None
-        flowing = None  # (messages, cpu seconds) when the replay was first seen running
+        return metrics(port)
+    except OSError:
+        return None
+
+
+def one_pass(args):
+    """Plays the files once; the whole process's figures."""
+    port = free_port()
+    started = time.monotonic()
+    server = start(args, port, looped=False)
+    try:
         while time.monotonic() - started < 600:
-            if server.poll() is not None:
-                sys.exit(f"tickwire exited: {server.stderr.read().decode()}")
-            try:
-                series = metrics(port)
-            except OSError:
-                series = None
+            series = poll(server, port)
             ended = [v for k, v in (series or {}).items() if k.startswith("tickwire_feed_ended")]
             if ended and all(v >= 1 for v in ended):
                 break
-            if series and flowing is None and total(series, "tickwire_feed_messages_total") > 0:
-                flowing = (total(series, "tickwire_feed_messages_total"), cpu_secs(server.pid))
             time.sleep(0.005)
         else:
             sys.exit("the replay did not end within 10 minutes")
@@ -87,10 +95,45 @@ def main():
     finally:
         server.terminate()
         server.wait()
+    return series, wall, cpu
+
+
+def steady(args):
+    """Δ messages ÷ Δ CPU-seconds over a window of a looping replay."""
+    port = free_port()
+    server = start(args, port, looped=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            series = poll(server, port)
+            if series and total(series, "tickwire_feed_messages_total") > 0:
+                break
+            time.sleep(0.05)
+        else:
+            sys.exit("the replay did not start within a minute")
+        time.sleep(1)
+        before = (total(metrics(port), "tickwire_feed_messages_total"), cpu_secs(server.pid))
+        time.sleep(args.window)
+        after = (total(poll(server, port) or {}, "tickwire_feed_messages_total"),
+                 cpu_secs(server.pid))
+    finally:
+        server.terminate()
+        server.wait()
+    cpu = after[1] - before[1]
+    return (after[0] - before[0]) / cpu if cpu > 0 else None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tickwire", required=True)
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--window", type=float, default=5.0,
+                        help="seconds of looping replay behind the steady figure")
+    parser.add_argument("replays", nargs="+")
+    args = parser.parse_args()
+    series, wall, cpu = one_pass(args)
+    steady_rate = steady(args)
     messages = total(series, "tickwire_feed_messages_total")
-    steady = None
-    if flowing is not None and cpu > flowing[1]:
-        steady = (messages - flowing[0]) / (cpu - flowing[1])
     report = {
         "replays": args.replays,
         "messages": messages,
@@ -101,14 +144,15 @@ def main():
         "cpu_secs": cpu,
         "messages_per_sec": messages / wall if wall else None,
         "messages_per_cpu_sec": messages / cpu if cpu else None,
-        "steady_messages_per_cpu_sec": steady,
+        "steady_window_secs": args.window,
+        "steady_messages_per_cpu_sec": steady_rate,
     }
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     print(f"{messages:,.0f} messages ({report['ticks']:,.0f} ticks) in {wall:.2f} s wall, "
           f"{cpu:.2f} s CPU: {report['messages_per_sec']:,.0f}/s, "
           f"{report['messages_per_cpu_sec']:,.0f} per CPU-second; steady replay "
-          f"{steady or 0:,.0f} per CPU-second")
+          f"{steady_rate or 0:,.0f} per CPU-second over {args.window:g} s")
 
 
 if __name__ == "__main__":

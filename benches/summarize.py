@@ -217,9 +217,9 @@ def main():
         print()
         print("The full Binance spot and USD-M captures of 2024-08-08 (135,203 lines, 39 MB "
               "uncompressed) at `--speed max`, no clients (`benches/ingest.py`); medians of rounds. "
-              "`steady` is the replay alone (Δ messages ÷ Δ CPU from the first poll that sees it "
-              "running); `whole process` includes start-up, which reads every file once to "
-              "declare its symbols.")
+              "`steady` is the replay alone: Δ messages ÷ Δ CPU over 5 s of a server looping over "
+              "the same files, from a second after it starts; `whole process` is one pass, "
+              "start-up included, which reads every file once to declare its symbols.")
         print()
         print("| input | messages | wall s | msgs/s | msgs per CPU-s, whole process | "
               "msgs per CPU-s, steady |")
