@@ -656,6 +656,66 @@ mod tests {
         }
     }
 
+    /// Capture lines, damaged byte by byte, mean the same whichever path reads
+    /// them: the flat path takes a damaged line only where the full parser
+    /// reads it the same, and leaves every other to it.
+    #[test]
+    fn damaged_capture_lines_mean_what_the_full_parser_says() {
+        use std::io::{BufRead as _, BufReader};
+        // Every depth message and every 50th line (mostly tickers) of both
+        // samples, the recording's receive time cut off.
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for name in [
+            "binance-spot-btcusdt-20240808.gz",
+            "binance-usdm-btcusdt-20240808.gz",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("replay-data")
+                .join(name);
+            let file = std::fs::File::open(path).expect("bundled sample");
+            let sample = BufReader::new(flate2::read::MultiGzDecoder::new(file))
+                .lines()
+                .map(|line| line.expect("sample decompresses"))
+                .enumerate()
+                .filter(|(i, line)| i % 50 == 0 || line.contains("depthUpdate"))
+                .filter_map(|(_, line)| Some(line.split_once(' ')?.1.as_bytes().to_vec()));
+            lines.extend(sample);
+        }
+        assert!(lines.len() > 2_000, "{} lines", lines.len());
+        const BYTES: &[u8] = b"\"[]{},:\\ -.0123456789eE\x7f\xc3";
+        let (mut x, mut flat_damaged) = (11u64, 0);
+        let mut next = |below: usize| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as usize % below.max(1)
+        };
+        for line in &lines {
+            for _ in 0..8 {
+                let mut damaged = line.clone();
+                let at = next(damaged.len());
+                match next(4) {
+                    0 => damaged[at] = BYTES[next(BYTES.len())],
+                    1 => drop(damaged.remove(at)),
+                    2 => damaged.insert(at, BYTES[next(BYTES.len())]),
+                    _ => damaged.truncate(at),
+                }
+                let (mut copy, mut depth) = (damaged.clone(), DepthMessage::default());
+                let parsed = parse_message_with_depth(&mut copy, 9, &mut depth);
+                let public = format!("{parsed:?} {depth:?}");
+                let (mut copy, mut depth) = (damaged.clone(), DepthMessage::default());
+                let full = with_tape(&mut copy, |root| parse_root(root, 9, Some(&mut depth)));
+                let full = format!("{full:?} {depth:?}");
+                assert_eq!(public, full, "{}", String::from_utf8_lossy(&damaged));
+                flat_damaged +=
+                    usize::from(flat_message(&damaged, 9, None).is_some() && *line != damaged);
+            }
+        }
+        // Some damage leaves a message valid (a digit for a digit): those
+        // still take the flat path.
+        assert!(flat_damaged > 100, "{flat_damaged} damaged lines read flat");
+    }
+
     #[test]
     fn depth_messages_off_the_flat_path_mean_what_the_full_parser_says() {
         let ids = r#""e":"depthUpdate","E":1723161256299,"s":"BTCUSDT","U":5,"u":9"#;

@@ -1,4 +1,4 @@
-//! A scanner for flat JSON objects: every value a string, a number, `true`,
+//! A scanner for flat JSON objects: every value a string, an integer, `true`,
 //! `false`, `null` or a list of string pairs, written without whitespace.
 //! That is the shape of the messages a venue sends most (Binance `bookTicker`
 //! and `trade`: nine of ten lines of a capture) and of its depth messages,
@@ -7,7 +7,7 @@
 //! fraction of building a simd-json tape first.
 //!
 //! The scanner accepts a strict subset of JSON and nothing else: strings
-//! without escapes or non-ASCII bytes, numbers in JSON's grammar, no nesting
+//! without escapes or non-ASCII bytes, integers of up to 18 digits, no nesting
 //! but the pair lists, no whitespace. Anything outside that subset is `None`,
 //! and the caller parses the message with simd-json as it would have anyway,
 //! so what a message means never depends on which path read it.
@@ -170,42 +170,29 @@ fn scan_scalar(bytes: &[u8], at: usize) -> Option<(Scalar, usize)> {
     }
 }
 
-/// The end of the JSON number at `at`:
-/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+/// The end of the integer at `at`: `-?(0|[1-9][0-9]*)`, at most
+/// [`MAX_DIGITS`] digits. The numbers venues send in these messages are ids
+/// and times; fractions and exponents are left to the full parser, since
+/// simd-json refuses some that JSON's grammar allows (an exponent past its
+/// range), and an integer of this size is one it always takes.
 fn scan_number(bytes: &[u8], mut at: usize) -> Option<usize> {
-    let digits = |from: usize| {
-        from + bytes.get(from..).map_or(0, |rest| {
-            rest.iter().take_while(|b| b.is_ascii_digit()).count()
-        })
-    };
     if bytes.get(at) == Some(&b'-') {
         at += 1;
     }
-    match bytes.get(at)? {
-        b'0' => at += 1,
-        b'1'..=b'9' => at = digits(at),
+    let digits = match bytes.get(at)? {
+        b'0' => 1,
+        b'1'..=b'9' => bytes
+            .get(at..)?
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count(),
         _ => return None,
-    }
-    if bytes.get(at) == Some(&b'.') {
-        let end = digits(at + 1);
-        if end == at + 1 {
-            return None;
-        }
-        at = end;
-    }
-    if matches!(bytes.get(at), Some(b'e' | b'E')) {
-        at += 1;
-        if matches!(bytes.get(at), Some(b'+' | b'-')) {
-            at += 1;
-        }
-        let end = digits(at);
-        if end == at {
-            return None;
-        }
-        at = end;
-    }
-    Some(at)
+    };
+    (digits <= MAX_DIGITS).then_some(at + digits)
 }
+
+/// The longest integer the scanner takes: any 18 digits fit an `i64`.
+const MAX_DIGITS: usize = 18;
 
 /// Reads the list of string pairs that starts at `at` (its `[`), calling
 /// `pair` with the contents of each pair's two strings, in order. Returns the
@@ -276,15 +263,16 @@ mod tests {
 
     #[test]
     fn flat_objects_are_read_field_by_field() {
-        let text =
-            r#"{"e":"trade","E":1723161256322,"p":"61800.30","m":false,"x":null,"f":-0.5e+3}"#;
+        let text = r#"{"e":"trade","E":1723161256322,"p":"61800.30","m":false,"x":null,"f":-123456789012345678}"#;
         let read = fields(text).expect("flat");
         let keys: Vec<&str> = read.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["e", "E", "p", "m", "x", "f"]);
         let price = text.find("61800.30").expect("in the text");
         assert_eq!(read[2].1, Scalar::Str(price..price + 8));
         assert_eq!(read[3].1, Scalar::Literal);
-        assert!(matches!(&read[5].1, Scalar::Number(r) if &text[r.clone()] == "-0.5e+3"));
+        assert!(
+            matches!(&read[5].1, Scalar::Number(r) if &text[r.clone()] == "-123456789012345678")
+        );
         assert_eq!(fields("{}"), Some(Vec::new()));
     }
 
@@ -346,6 +334,10 @@ mod tests {
             r#"{"a":{"b":1}}"#,                // nesting
             r#"{"a":01}"#,                     // a leading zero
             r#"{"a":1.}"#,                     // no fraction digits
+            r#"{"a":0.5}"#,                    // a fraction
+            r#"{"a":5e3}"#,                    // an exponent
+            r#"{"a":512E3108592166}"#,         // an exponent simd-json refuses
+            r#"{"a":1234567890123456789}"#,    // 19 digits
             r#"{"a":1e}"#,                     // no exponent digits
             r#"{"a":-}"#,                      // no digits
             r#"{"a":tru}"#,                    // a cut literal
