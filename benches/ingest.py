@@ -112,15 +112,26 @@ def steady(args):
         else:
             sys.exit("the replay did not start within a minute")
         time.sleep(1)
-        before = (total(metrics(port), "tickwire_feed_messages_total"), cpu_secs(server.pid))
+        before = sample(server, port)
         time.sleep(args.window)
-        after = (total(poll(server, port) or {}, "tickwire_feed_messages_total"),
-                 cpu_secs(server.pid))
+        after = sample(server, port)
     finally:
         server.terminate()
         server.wait()
     cpu = after[1] - before[1]
-    return (after[0] - before[0]) / cpu if cpu > 0 else None
+    if cpu <= 0:
+        sys.exit(f"the server used no CPU over the {args.window:g} s window")
+    return (after[0] - before[0]) / cpu
+
+
+def sample(server, port):
+    """(messages read, CPU-seconds) now; the metrics asked for up to 5 times."""
+    for _ in range(5):
+        series = poll(server, port)
+        if series is not None:
+            return total(series, "tickwire_feed_messages_total"), cpu_secs(server.pid)
+        time.sleep(0.2)
+    sys.exit("the server's metrics did not answer")
 
 
 def main():
@@ -152,7 +163,7 @@ def main():
     print(f"{messages:,.0f} messages ({report['ticks']:,.0f} ticks) in {wall:.2f} s wall, "
           f"{cpu:.2f} s CPU: {report['messages_per_sec']:,.0f}/s, "
           f"{report['messages_per_cpu_sec']:,.0f} per CPU-second; steady replay "
-          f"{steady_rate or 0:,.0f} per CPU-second over {args.window:g} s")
+          f"{steady_rate:,.0f} per CPU-second over {args.window:g} s")
 
 
 if __name__ == "__main__":

@@ -214,12 +214,16 @@ def main():
     s5 = os.path.join(out, "S5")
     if os.path.isdir(s5):
         heading(out, "S5", "replay ingest")
+        windows = {r.get("steady_window_secs") for r in
+                   (load(p) for p in glob.glob(os.path.join(s5, "*.r*.json"))) if r}
+        window = " / ".join(f"{w:g} s" for w in sorted(w for w in windows if w)) or "a window"
         print()
         print("The full Binance spot and USD-M captures of 2024-08-08 (135,203 lines, 39 MB "
               "uncompressed) at `--speed max`, no clients (`benches/ingest.py`); medians of rounds. "
-              "`steady` is the replay alone: Δ messages ÷ Δ CPU over 5 s of a server looping over "
-              "the same files, from a second after it starts; `whole process` is one pass, "
-              "start-up included, which reads every file once to declare its symbols.")
+              f"`steady` is the replay alone: Δ messages ÷ Δ CPU over {window} of a server "
+              "looping over the same files, from a second after it starts; `whole process` is "
+              "one pass, start-up included, which reads every file once to declare its "
+              "symbols.")
         print()
         print("| input | messages | wall s | msgs/s | msgs per CPU-s, whole process | "
               "msgs per CPU-s, steady |")

@@ -141,23 +141,23 @@ fn flat_message(
     if end != json.len() || unwrapped_data {
         return None;
     }
-    let fields = FlatFields { json, payload };
+    let fields = FlatFields {
+        json,
+        payload: &payload,
+    };
     if let Some(id) = fields.get("lastUpdateId") {
         let Some(depth) = depth else {
-            fields.payload.check_pairs(json)?;
+            payload.check_pairs(json)?;
             return Some(FlatMessage::Depth(Recognised::DepthSnapshot));
         };
         depth.last_update_id = Some(u64::try_from(fields.integer(id)?).ok()?);
         depth.sequence = Sequence::Snapshot;
         fields.depth_common(recv_ts_ns, depth)?;
-        fields.levels("bids", &mut depth.bids)?;
-        fields.levels("asks", &mut depth.asks)?;
-        // Both lists were read; any other is unchecked.
-        return (fields.payload.pair_lists() == 2)
-            .then_some(FlatMessage::Depth(Recognised::DepthSnapshot));
+        fields.levels(["bids", "asks"], depth)?;
+        return Some(FlatMessage::Depth(Recognised::DepthSnapshot));
     }
     let kind = match fields.get("e") {
-        Some(Scalar::Str(_)) => fields.string("e"),
+        Some(Scalar::Str(range)) => Some(json.get(range.clone())?),
         Some(_) => return None,
         None => None,
     };
@@ -173,18 +173,14 @@ fn flat_message(
         },
         (Some(b"depthUpdate"), _) => {
             match depth {
-                Some(depth) => {
-                    fields.depth_update(recv_ts_ns, depth)?;
-                    // Both lists were read; any other is unchecked.
-                    (fields.payload.pair_lists() == 2).then_some(())?;
-                }
-                None => fields.payload.check_pairs(json)?,
+                Some(depth) => fields.depth_update(recv_ts_ns, depth)?,
+                None => payload.check_pairs(json)?,
             }
             return Some(FlatMessage::Depth(Recognised::DepthUpdate));
         }
         _ => return None,
     };
-    fields.payload.check_pairs(json)?;
+    payload.check_pairs(json)?;
     let symbol = match fields.get("s")? {
         Scalar::Str(range) => range.clone(),
         _ => return None,
@@ -203,7 +199,7 @@ fn flat_message(
 /// something else.
 struct FlatFields<'a> {
     json: &'a [u8],
-    payload: FlatObject,
+    payload: &'a FlatObject,
 }
 
 impl FlatFields<'_> {
@@ -257,17 +253,21 @@ impl FlatFields<'_> {
         let symbol = std::str::from_utf8(self.string("s")?).ok()?;
         depth.symbol.push_str(symbol);
         self.depth_common(recv_ts_ns, depth)?;
-        self.levels("b", &mut depth.bids)?;
-        self.levels("a", &mut depth.asks)
+        self.levels(["b", "a"], depth)
     }
 
-    /// As the tape's [`levels`]: `[["price","size"],...]` under `key`.
-    fn levels(&self, key: &'static str, into: &mut Vec<Level>) -> Option<()> {
-        self.payload
-            .read_pairs(self.json, key, decimal_string, |price, size| {
-                into.push(Level { price, size });
-                Some(())
-            })
+    /// As the tape's [`levels`]: the bids' and the asks'
+    /// `[["price","size"],...]` under `keys`, and no other pair list left
+    /// unread.
+    fn levels(&self, keys: [&str; 2], depth: &mut DepthMessage) -> Option<()> {
+        for (key, into) in keys.into_iter().zip([&mut depth.bids, &mut depth.asks]) {
+            self.payload
+                .read_pairs(self.json, key, decimal_string, |price, size| {
+                    into.push(Level { price, size });
+                    Some(())
+                })?;
+        }
+        self.payload.has_pair_lists(2).then_some(())
     }
 }
 

@@ -10,7 +10,10 @@
 //! without escapes or non-ASCII bytes, integers of up to 18 digits, no nesting
 //! but the pair lists, no whitespace. Anything outside that subset is `None`,
 //! and the caller parses the message with simd-json as it would have anyway,
-//! so what a message means never depends on which path read it.
+//! so what a message means never depends on which path read it. One part of
+//! the check is left to the caller: a pair list is only delimited by the scan,
+//! and an object is flat once each of its lists has been read with
+//! [`FlatObject::read_pairs`] or checked with [`FlatObject::check_pairs`].
 
 use std::ops::Range;
 
@@ -70,8 +73,8 @@ impl FlatObject {
             .map(|(_, value)| value)
     }
 
-    /// Reads the pair list under `key` with [`for_each_pair_of`], checking
-    /// that it is one; `None` if it is not, or `read` or `pair` said so.
+    /// Reads the pair list under `key` with [`for_each_pair`], checking that
+    /// it is one; `None` if it is not, or `read` or `pair` said so.
     pub(crate) fn read_pairs<T>(
         &self,
         bytes: &[u8],
@@ -82,22 +85,22 @@ impl FlatObject {
         let Scalar::Pairs(range) = self.get(bytes, key)? else {
             return None;
         };
-        (for_each_pair_of(bytes, range.start, read, pair)? == range.end).then_some(())
+        read_list(bytes, range, read, pair)
     }
 
-    /// How many values are pair lists.
-    pub(crate) fn pair_lists(&self) -> usize {
-        self.values()
-            .filter(|value| matches!(value, Scalar::Pairs(_)))
-            .count()
+    /// Whether the object holds exactly `count` pair lists: those a caller
+    /// read, and no other left unchecked.
+    pub(crate) fn has_pair_lists(&self, count: usize) -> bool {
+        let lists = self
+            .values()
+            .filter(|value| matches!(value, Scalar::Pairs(_)));
+        lists.count() == count
     }
 
     /// Checks that every value delimited as a pair list is one.
     pub(crate) fn check_pairs(&self, bytes: &[u8]) -> Option<()> {
         self.values().try_for_each(|value| match value {
-            Scalar::Pairs(range) => {
-                (for_each_pair(bytes, range.start, |_, _| Some(()))? == range.end).then_some(())
-            }
+            Scalar::Pairs(range) => read_list(bytes, range, scan_string, |_, _| Some(())),
             _ => Some(()),
         })
     }
@@ -105,6 +108,17 @@ impl FlatObject {
     fn values(&self) -> impl Iterator<Item = &Scalar> {
         self.fields[..self.len].iter().map(|(_, value)| value)
     }
+}
+
+/// Reads the pair list the scan delimited as `range`: it is one only if
+/// reading it ends where the scan did.
+fn read_list<T>(
+    bytes: &[u8],
+    range: &Range<usize>,
+    read: impl Fn(&[u8], usize) -> Option<(T, usize)>,
+    pair: impl FnMut(T, T) -> Option<()>,
+) -> Option<()> {
+    (for_each_pair(bytes, range.start, read, pair)? == range.end).then_some(())
 }
 
 /// Where the first `]]` is: the end of a pair list unless its strings hold
@@ -194,29 +208,14 @@ fn scan_number(bytes: &[u8], mut at: usize) -> Option<usize> {
 /// The longest integer the scanner takes: any 18 digits fit an `i64`.
 const MAX_DIGITS: usize = 18;
 
-/// Reads the list of string pairs that starts at `at` (its `[`), calling
-/// `pair` with the contents of each pair's two strings, in order. Returns the
-/// index past the list's `]`, or `None` if the text is not such a list or
-/// `pair` returned `None`.
-pub(crate) fn for_each_pair(
-    bytes: &[u8],
-    at: usize,
-    mut pair: impl FnMut(&[u8], &[u8]) -> Option<()>,
-) -> Option<usize> {
-    let contents = |bytes: &[u8], at| {
-        let (contents, end) = scan_string(bytes, at)?;
-        Some((contents, end))
-    };
-    for_each_pair_of(bytes, at, contents, |first, second| {
-        pair(bytes.get(first)?, bytes.get(second)?)
-    })
-}
-
-/// As [`for_each_pair`], each string read by `read`: given the index of its
-/// opening quote, the value it holds and the index past its closing quote
-/// (`None` if the string is not one `read` takes). A reader that decodes as
-/// it scans reads each string once instead of twice.
-pub(crate) fn for_each_pair_of<T>(
+/// Reads the list of string pairs that starts at `at` (its `[`), each
+/// string read by `read` (given the index of its opening quote: the value it
+/// holds and the index past its closing quote, or `None` if it is not a
+/// string `read` takes; [`scan_string`] takes any), and calls `pair` with each
+/// pair's two values in order. Returns the index past the list's `]`, or
+/// `None` if the text is not such a list or `read` or `pair` said so. A
+/// reader that decodes as it scans reads each string once.
+pub(crate) fn for_each_pair<T>(
     bytes: &[u8],
     at: usize,
     read: impl Fn(&[u8], usize) -> Option<(T, usize)>,
@@ -286,8 +285,8 @@ mod tests {
         assert_eq!(&text[levels.clone()], r#"[["61800.20","2.909"],["1",""]]"#);
         assert!(matches!(&read[1].1, Scalar::Pairs(r) if &text[r.clone()] == "[]"));
         let mut pairs = Vec::new();
-        let end = for_each_pair(text.as_bytes(), levels.start, |a, b| {
-            pairs.push((a.to_vec(), b.to_vec()));
+        let end = for_each_pair(text.as_bytes(), levels.start, scan_string, |a, b| {
+            pairs.push((text.as_bytes()[a].to_vec(), text.as_bytes()[b].to_vec()));
             Some(())
         });
         assert_eq!(end, Some(levels.end));
@@ -295,7 +294,7 @@ mod tests {
         assert_eq!(pairs, expected.map(|(a, b)| (a.to_vec(), b.to_vec())));
         let mut object = FlatObject::default();
         scan_object(text.as_bytes(), 0, &mut object).expect("flat");
-        assert_eq!(object.pair_lists(), 2);
+        assert!(object.has_pair_lists(2));
         assert_eq!(object.check_pairs(text.as_bytes()), Some(()));
         let mut read = 0;
         let all = object.read_pairs(text.as_bytes(), "b", scan_string, |_, _| {
@@ -309,7 +308,7 @@ mod tests {
         );
         // The reader stops where the caller does.
         let mut calls = 0;
-        let stopped = for_each_pair(text.as_bytes(), levels.start, |_, _| {
+        let stopped = for_each_pair(text.as_bytes(), levels.start, scan_string, |_, _| {
             calls += 1;
             None
         });

@@ -105,20 +105,32 @@ pub enum ParseError {
 
 /// Parses an exact decimal, naming the field on failure.
 pub(crate) fn decimal(field: &'static str, value: &str) -> Result<Decimal, ParseError> {
-    decimal_bytes(field, value.as_bytes())
+    match plain_decimal(value.as_bytes()) {
+        Some(plain) => Ok(plain),
+        None => general_decimal(field, value),
+    }
 }
 
-/// As [`decimal`], from bytes that may not be UTF-8 (then an error): the
-/// scanners' strings are checked as the venue form first, which needs no
-/// UTF-8 check.
+/// As [`decimal`], from bytes: the scanners' strings are checked as the venue
+/// form first, which needs no UTF-8 check; bytes that are not UTF-8 are an
+/// error.
 pub(crate) fn decimal_bytes(field: &'static str, value: &[u8]) -> Result<Decimal, ParseError> {
     if let Some(plain) = plain_decimal(value) {
         return Ok(plain);
     }
-    let text = String::from_utf8_lossy(value);
-    Decimal::from_str_exact(&text).map_err(|_| ParseError::Decimal {
+    let text = std::str::from_utf8(value).map_err(|_| ParseError::Decimal {
         field,
-        value: text.chars().take(40).collect(),
+        value: String::from_utf8_lossy(value).chars().take(40).collect(),
+    })?;
+    general_decimal(field, text)
+}
+
+/// Everything outside the venue form: exponents, `+`, `_`, long or
+/// malformed text.
+fn general_decimal(field: &'static str, value: &str) -> Result<Decimal, ParseError> {
+    Decimal::from_str_exact(value).map_err(|_| ParseError::Decimal {
+        field,
+        value: value.chars().take(40).collect(),
     })
 }
 
@@ -135,8 +147,10 @@ pub(crate) fn decimal_string(bytes: &[u8], at: usize) -> Option<(Decimal, usize)
             }
         }
     }
+    // The scanner's strings are ASCII.
     let (contents, end) = flat::scan_string(bytes, at)?;
-    Some((decimal_bytes("", bytes.get(contents)?).ok()?, end))
+    let text = std::str::from_utf8(bytes.get(contents)?).ok()?;
+    Some((general_decimal("", text).ok()?, end))
 }
 
 /// The form venues write prices and sizes in (`61496.50`, `-0.5`, `3`: an
@@ -153,8 +167,8 @@ fn plain_decimal(text: &[u8]) -> Option<Decimal> {
 }
 
 /// The venue-form decimal that `text` starts with, and its length: up to the
-/// first byte that is neither a digit nor a second `.`. `None` where that
-/// prefix is not in the venue form.
+/// first byte that is not a digit or the first `.`. `None` where that prefix
+/// is not in the venue form.
 fn plain_decimal_prefix(text: &[u8]) -> Option<(Decimal, usize)> {
     let negative = text.first() == Some(&b'-');
     let start = usize::from(negative);
