@@ -154,7 +154,8 @@ async fn read_subscription(
         hop_samples.clear();
         for record in batch.drain().map(|(_, record)| record) {
             if record.seq > 0 {
-                hop_samples.push(u64::try_from(now - record.ingest_ts_ns).unwrap_or(0));
+                let hop = now.saturating_sub(record.ingest_ts_ns);
+                hop_samples.push(u64::try_from(hop).unwrap_or(0));
             }
             merger.apply(record);
         }
@@ -366,12 +367,23 @@ impl Merger {
             return;
         }
         let new_epoch = record.epoch != held.epoch;
+        // A new epoch (a restarted ingest) counts on from what was served.
+        let offset = if new_epoch {
+            held.served_seq
+        } else {
+            held.offset
+        };
+        let Some(served_seq) = offset.checked_add(record.seq) else {
+            // No seq this large comes from a real ingest; serving it would
+            // wrap the client-visible seq around.
+            self.stats.malformed.fetch_add(1, Relaxed);
+            return;
+        };
         if new_epoch {
             held.epoch = record.epoch;
-            held.offset = held.served_seq;
+            held.offset = offset;
         }
         if record.seq > 0 && (new_epoch || record.seq > held.seq) {
-            let served_seq = held.offset + record.seq;
             let version = record.to_snapshot(held.entry.name(), served_seq);
             self.hub.publish_version(&held.entry, Arc::new(version));
             held.served_seq = served_seq;
@@ -479,6 +491,22 @@ mod tests {
             Some((42, 102)),
             "the old epoch is over"
         );
+    }
+
+    #[test]
+    fn a_seq_that_would_wrap_the_served_seq_is_dropped_and_counted() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 100, 100));
+        // A new epoch counts on from 100: u64::MAX more does not fit.
+        merger.apply(record("A", 6, u64::MAX, 200));
+        assert_eq!(served(&merger, "A"), Some((100, 100)));
+        assert_eq!(merger.stats.malformed.load(Relaxed), 1);
+        // The epoch was not taken either: the next real record of the old
+        // one is served, and the new one, when it comes, counts on from it.
+        merger.apply(record("A", 5, 101, 101));
+        assert_eq!(served(&merger, "A"), Some((101, 101)));
+        merger.apply(record("A", 6, 1, 300));
+        assert_eq!(served(&merger, "A"), Some((102, 300)));
     }
 
     #[test]
