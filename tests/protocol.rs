@@ -11,7 +11,7 @@ use serde_json::json;
 use tickwire::feed::replay::Speed;
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Both Binance samples, looping at 1× so updates keep coming.
@@ -273,41 +273,12 @@ async fn binary_frames_close_with_1003() {
 
 /// Reads raw frames until a close frame; returns its code.
 async fn read_close_code(stream: &mut tokio::net::TcpStream) -> Option<u16> {
-    let mut buffer = Vec::new();
+    let mut frames = ServerFrames::default();
     loop {
-        // Frames from the server are unmasked; parse just enough to skip them.
-        while buffer.len() >= 2 {
-            let opcode = buffer[0] & 0x0f;
-            let (len, header) = match buffer[1] & 0x7f {
-                126 if buffer.len() >= 4 => {
-                    (u16::from_be_bytes([buffer[2], buffer[3]]) as usize, 4)
-                }
-                127 if buffer.len() >= 10 => {
-                    let mut be = [0u8; 8];
-                    be.copy_from_slice(&buffer[2..10]);
-                    (u64::from_be_bytes(be) as usize, 10)
-                }
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if buffer.len() < header + len {
-                break;
-            }
-            if opcode == 0x8 {
-                let payload = &buffer[header..header + len];
-                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            }
-            buffer.drain(..header + len);
+        let (opcode, payload) = frames.next(stream).await?;
+        if opcode == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
         }
-        let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout(GUARD, stream.read(&mut chunk))
-            .await
-            .expect("server answers in time")
-            .unwrap_or(0);
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
     }
 }
 

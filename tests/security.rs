@@ -431,6 +431,68 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_read_together_queue_no_more_replies_than_the_output_limit() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            message_rate: RateConfig {
+                per_second: 1_000.0,
+                burst: 1_000,
+                max_strikes: 3,
+            },
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let limit = config.session.max_write_buffer as f64;
+    let server = live_server(config).await;
+    // Each `list` answer is then about 70 KB.
+    for i in 0..3_000 {
+        server.hub.declare(&format!("test:SYMBOL{i:05}"));
+    }
+    let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
+    // Sixty requests in one write, read by the server in one go: 4 MB of
+    // answers, to a client that reads nothing for now.
+    let requests: Vec<u8> = (0..60)
+        .flat_map(|id| {
+            client_frame(
+                true,
+                0x1,
+                json!({"op": "list", "id": id}).to_string().as_bytes(),
+            )
+        })
+        .collect();
+    stream.write_all(&requests).await.expect("send");
+    let series = "tickwire_write_buffered_bytes";
+    let buffered = tokio::time::timeout(GUARD, async {
+        loop {
+            let buffered = metric_value(&server, series).await;
+            if buffered >= limit {
+                break buffered;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the output fills up");
+    assert!(
+        buffered < limit + 100_000.0,
+        "{buffered} bytes queued: the limit and one answer at most"
+    );
+    // The rest waited, unanswered, until the client read: nothing was lost.
+    let mut frames = ServerFrames::default();
+    for id in 0..60 {
+        let (opcode, payload) = frames.next(&mut stream).await.expect("an answer");
+        assert_eq!(opcode, 0x1);
+        let answer: Value = serde_json::from_slice(&payload).expect("JSON");
+        assert_eq!(
+            (&answer["type"], &answer["id"]),
+            (&json!("symbols"), &json!(id))
+        );
+        assert_eq!(answer["symbols"].as_array().map(Vec::len), Some(3_002));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_client_does_not_starve_the_others() {
     // The abuser is never closed, so it floods for the whole test.
     let config = ServerConfig {

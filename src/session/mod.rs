@@ -280,6 +280,9 @@ struct Session {
     /// While set, the client is over its message rate and is not read until
     /// then: a flood waits in TCP buffers instead of costing CPU.
     read_paused_until: Option<Instant>,
+    /// Requests already read stay in `inbound`, unanswered, because the
+    /// output reached `max_write_buffer`: they are taken up once it drains.
+    requests_waiting: bool,
     /// When the credential expires.
     expiry: Option<Instant>,
     /// Since when the client has had no subscription.
@@ -311,6 +314,7 @@ impl Session {
             },
             rate: MessageRate::new(config.message_rate.clone(), now),
             read_paused_until: None,
+            requests_waiting: false,
             expiry: context.expiry(),
             idle_since: Some(now),
             last_update_write: None,
@@ -366,6 +370,16 @@ impl Session {
             self.out.report();
 
             let buffered = self.out.buffered();
+            if self.requests_waiting
+                && buffered < config.max_write_buffer
+                && self.read_paused_until.is_none()
+            {
+                // Room again for what was read before the output filled up.
+                if let Err(closing) = self.handle_inbound() {
+                    return self.close(closing).await;
+                }
+                continue;
+            }
             let wanted = Interest {
                 requests: buffered < config.max_write_buffer && self.read_paused_until.is_none(),
                 writable: buffered > 0 || self.stream.has_pending_output(),
@@ -567,8 +581,16 @@ impl Session {
         Ok(())
     }
 
+    /// Answers the requests in `inbound` until it holds no whole frame, or
+    /// until the output reaches its limit: several requests read at once must
+    /// not queue more replies than one request can.
     fn handle_inbound(&mut self) -> Result<(), Closing> {
+        self.requests_waiting = false;
         loop {
+            if self.out.buffered() >= self.context.config.max_write_buffer {
+                self.requests_waiting = !self.inbound.is_empty();
+                return Ok(());
+            }
             let message = match self.decoder.decode(&mut self.inbound) {
                 Ok(Some(message)) => message,
                 Ok(None) => return Ok(()),

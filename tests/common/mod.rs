@@ -396,6 +396,58 @@ pub async fn stalled_client(addr: SocketAddr, symbols: &[&str]) -> TcpStream {
     stream
 }
 
+/// Reads a server's frames from a bare socket: unmasked, so parsed here
+/// without a WebSocket client that would read ahead.
+#[derive(Default)]
+pub struct ServerFrames {
+    buffer: Vec<u8>,
+}
+
+impl ServerFrames {
+    /// The next frame's opcode and payload; `None` once the server closed
+    /// the connection.
+    pub async fn next(&mut self, stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some(frame) = self.take() {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(GUARD, stream.read(&mut chunk))
+                .await
+                .expect("server answers in time")
+                .unwrap_or(0);
+            if read == 0 {
+                return None;
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn take(&mut self) -> Option<(u8, Vec<u8>)> {
+        let buffer = &self.buffer;
+        if buffer.len() < 2 {
+            return None;
+        }
+        let (len, header) = match buffer[1] & 0x7f {
+            126 if buffer.len() >= 4 => (u16::from_be_bytes([buffer[2], buffer[3]]) as usize, 4),
+            127 if buffer.len() >= 10 => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&buffer[2..10]);
+                (u64::from_be_bytes(be) as usize, 10)
+            }
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        if buffer.len() < header + len {
+            return None;
+        }
+        let opcode = buffer[0] & 0x0f;
+        let payload = buffer[header..header + len].to_vec();
+        self.buffer.drain(..header + len);
+        Some((opcode, payload))
+    }
+}
+
 /// A masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0xa1, 0xb2, 0xc3, 0xd4];
