@@ -305,6 +305,27 @@ async fn an_expiring_token_gets_a_notice_then_1008_on_both_transports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() {
+    // A looping replay at full speed: every time the stream hands over a
+    // chunk, the next is ready.
+    let files = [(Some("spot"), sample(SPOT))];
+    let replay = replay_of(&files, Speed::Max, true, false);
+    let server = TestServer::start(with_auth(ServerConfig::default(), None), vec![replay]).await;
+    let jwt = token(&TokenClaims {
+        exp: now_secs() + 2,
+        ..spot_claims()
+    });
+    let path = format!("/sse?symbols=spot:BTCUSDT&token={jwt}");
+    let (status, _, mut events) = SseClient::connect(server.addr, &path).await;
+    assert_eq!(status, 200);
+    let notice = events.next_type("error").await;
+    assert_eq!(notice["code"], "credentials_expired");
+    while events.next().await.is_some() {}
+    let series = r#"tickwire_connections_closed_total{reason="credentials_expired"}"#;
+    eventually_metric(&server, series, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_api_keys_authenticate_server_to_server_clients() {
     let dir = std::env::temp_dir().join(format!("tickwire-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -391,46 +412,6 @@ async fn connections_per_address_are_limited_with_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
-    let config = ServerConfig {
-        session: SessionConfig {
-            message_rate: RateConfig {
-                // Slow enough that no token comes back during the test.
-                per_second: 0.001,
-                burst: 5,
-                max_strikes: 3,
-            },
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
-    let mut client = Client::connect(&server.url("")).await;
-    for id in 0..10 {
-        client.send(json!({"op": "ping", "id": id})).await;
-    }
-    let mut pongs = Vec::new();
-    let mut limited = 0;
-    let code = loop {
-        match client.next_event().await {
-            Event::Json(message) if message["type"] == "pong" => pongs.push(message["id"].clone()),
-            Event::Json(message) => {
-                assert_eq!(message["code"], "rate_limited", "{message}");
-                limited += 1;
-            }
-            Event::Closed(code) => break code,
-        }
-    };
-    assert_eq!(pongs, [0, 1, 2, 3, 4]);
-    assert_eq!(limited, 3);
-    assert_eq!(code, Some(1008));
-    let series = r#"tickwire_connections_closed_total{reason="rate_limited"}"#;
-    eventually_metric(&server, series, 1.0).await;
-    let series = r#"tickwire_client_errors_total{code="rate_limited"}"#;
-    assert_eq!(metric_value(&server, series).await, 3.0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_read_together_queue_no_more_replies_than_the_output_limit() {
     let config = ServerConfig {
         session: SessionConfig {
@@ -490,6 +471,46 @@ async fn requests_read_together_queue_no_more_replies_than_the_output_limit() {
         );
         assert_eq!(answer["symbols"].as_array().map(Vec::len), Some(3_002));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            message_rate: RateConfig {
+                // Slow enough that no token comes back during the test.
+                per_second: 0.001,
+                burst: 5,
+                max_strikes: 3,
+            },
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let mut client = Client::connect(&server.url("")).await;
+    for id in 0..10 {
+        client.send(json!({"op": "ping", "id": id})).await;
+    }
+    let mut pongs = Vec::new();
+    let mut limited = 0;
+    let code = loop {
+        match client.next_event().await {
+            Event::Json(message) if message["type"] == "pong" => pongs.push(message["id"].clone()),
+            Event::Json(message) => {
+                assert_eq!(message["code"], "rate_limited", "{message}");
+                limited += 1;
+            }
+            Event::Closed(code) => break code,
+        }
+    };
+    assert_eq!(pongs, [0, 1, 2, 3, 4]);
+    assert_eq!(limited, 3);
+    assert_eq!(code, Some(1008));
+    let series = r#"tickwire_connections_closed_total{reason="rate_limited"}"#;
+    eventually_metric(&server, series, 1.0).await;
+    let series = r#"tickwire_client_errors_total{code="rate_limited"}"#;
+    assert_eq!(metric_value(&server, series).await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use common::*;
 use rust_decimal::Decimal;
@@ -11,6 +12,7 @@ use tickwire::fanout::SymbolState;
 use tickwire::feed::replay::Speed;
 use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
+use tickwire::session::SessionConfig;
 
 async fn live_server() -> TestServer {
     let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
@@ -61,10 +63,34 @@ async fn sse_streams_the_same_messages_as_the_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_without_any_subscription_ends_after_the_idle_timeout() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            idle_timeout: Duration::from_secs(1),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let files = [(Some("usdm"), sample(USDM))];
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, true)]).await;
+    let (status, _, mut events) = SseClient::connect(server.addr, "/sse?symbols=NOPE").await;
+    assert_eq!(status, 200);
+    let error = events.next_type("error").await;
+    assert_eq!(error["code"], "unknown_symbol");
+    // The stream holds a connection and serves nothing: it ends.
+    while events.next().await.is_some() {}
+    let series = r#"tickwire_connections_closed_total{reason="idle_timeout"}"#;
+    eventually_metric(&server, series, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_needs_symbols_and_ends_at_shutdown() {
     let mut server = live_server().await;
     let (status, _, _) = SseClient::connect(server.addr, "/sse").await;
     assert_eq!(status, 400);
+    let page = server.get("/metrics").await.1;
+    let series = r#"tickwire_handshakes_refused_total{reason="bad_query"}"#;
+    assert_eq!(metric(&page, series), 1.0, "the refusal is counted");
     let (_, _, mut events) = SseClient::connect(server.addr, "/sse?symbols=spot:BTCUSDT").await;
     events.next_type("subscribed").await;
     server.shutdown().await.expect("shutdown");

@@ -71,8 +71,28 @@ async fn run(
     );
     let expiry = context.expiry();
     let mut expired = false;
+    // SSE subscribes once: a stream left without any subscription (every
+    // symbol refused) serves nothing, and holds its place only so long.
+    let idle_until = subscriptions
+        .is_empty()
+        .then(|| Instant::now() + config.idle_timeout);
     let mut keep_alive = interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     let reason = loop {
+        // Deadlines first: a stream that always has data to send still ends
+        // when its credential expires, and rate-capped updates still go out.
+        let now = Instant::now();
+        if !expired && expiry.is_some_and(|expiry| now >= expiry) {
+            // The stream ends after the error event is handed over.
+            subscriptions.release();
+            entitled::expired(&context.hub, &mut out);
+            expired = true;
+        }
+        if idle_until.is_some_and(|until| now >= until) {
+            break CloseReason::IdleTimeout;
+        }
+        if subscriptions.next_deadline().is_some_and(|due| now >= due) {
+            subscriptions.on_timer(&mut out);
+        }
         subscriptions.fill(&mut out, config.write_high_water);
         if out.buffered() > 0 {
             // Latency is recorded as the chunk is handed to the HTTP layer.
@@ -88,14 +108,7 @@ async fn run(
                 },
             }
         }
-        if expiry.is_some_and(|expiry| Instant::now() >= expiry) {
-            // The stream ends after the error event is handed over.
-            subscriptions.release();
-            entitled::expired(&context.hub, &mut out);
-            expired = true;
-            continue;
-        }
-        let deadline = [subscriptions.next_deadline(), expiry]
+        let deadline = [subscriptions.next_deadline(), expiry, idle_until]
             .into_iter()
             .flatten()
             .min()
@@ -105,7 +118,7 @@ async fn run(
             () = context.shutdown.token().cancelled() => break CloseReason::Shutdown,
             () = chunks.closed() => break CloseReason::ClientClosed,
             () = subscriptions.mailbox().notified() => {}
-            () = sleep_until(deadline) => subscriptions.on_timer(&mut out),
+            () = sleep_until(deadline) => {}
             _ = keep_alive.tick() => out.push_comment("keep-alive"),
         }
     };
