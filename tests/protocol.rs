@@ -408,6 +408,37 @@ async fn a_client_that_never_answers_pings_is_dropped_and_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_again_without_max_rate_hz_lifts_the_cap_at_once() {
+    let files = [(Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Factor(1.0), true, false);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
+    eventually("first update", || entry.current().is_some()).await;
+    let mut client = Client::connect(&server.url("")).await;
+    let subscribe = json!({"op": "subscribe", "symbols": ["usdm:BTCUSDT"], "max_rate_hz": 0.001});
+    client.send(subscribe).await;
+    client.recv_type("subscribed").await;
+    let snapshot = client.recv_type("ticker").await;
+    // An update comes within the hour the cap asks to wait: it is held.
+    let held = snapshot["seq"].as_u64().expect("seq");
+    eventually("a newer version", || {
+        entry.current().is_some_and(|s| s.seq > held)
+    })
+    .await;
+    client
+        .send(json!({"op": "subscribe", "symbols": ["usdm:BTCUSDT"]}))
+        .await;
+    client.recv_type("subscribed").await;
+    let snapshot = client.recv_type("ticker").await;
+    assert_eq!(snapshot["snapshot"], true, "{snapshot}");
+    // Without the cap, updates flow again, not an hour later.
+    for _ in 0..3 {
+        let update = client.recv_type("ticker").await;
+        assert_ne!(update["snapshot"], true, "{update}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_rate_hz_caps_delivery_and_still_converges_to_the_last_version() {
     let files = [(Some("usdm"), sample(USDM))];
     let replay = replay_of(&files, Speed::Max, false, true);

@@ -273,6 +273,10 @@ impl Channel for Subscriptions {
         let Some(sub) = self.subs.get_mut(index) else {
             return;
         };
+        // A re-subscription may have lifted or changed the cap: an update it
+        // was holding back is due now, or one gap after this snapshot.
+        let now = Instant::now();
+        sub.next_due = now;
         if let Some(snapshot) = sub.entry.current() {
             sub.last_seq = sub.last_seq.max(snapshot.seq);
             out.push_ticker(snapshot.ticker_prefix(), 0, true, None);
