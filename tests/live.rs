@@ -85,6 +85,40 @@ async fn snapshot(server: &TestServer, symbol: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_for_symbols_the_feed_did_not_ask_for_are_refused_and_counted() {
+    let mut lines = binance_messages(&sample(USDM), 300);
+    // An upstream that also sends symbols nobody subscribed to, each new.
+    let foreign: Vec<String> = lines
+        .iter()
+        .filter(|line| line.contains("@bookTicker"))
+        .take(50)
+        .enumerate()
+        .map(|(i, line)| line.replace("\"BTCUSDT\"", &format!("\"X{i}USDT\"")))
+        .collect();
+    assert_eq!(foreign.len(), 50);
+    lines.extend(foreign);
+    let exchange = exchange_playing(&lines).await;
+    let feed = binance_feed(stream_url(exchange.addr), Duration::from_secs(30));
+    let server =
+        TestServer::start_feeds(ServerConfig::default(), vec![FeedConfig::Live(feed)]).await;
+    let live = server.lives[0].stats().clone();
+    eventually("every message read", || {
+        live.messages.load(Relaxed) == lines.len() as u64
+    })
+    .await;
+    assert_eq!(live.malformed.load(Relaxed), 50);
+    let served: Vec<String> = server
+        .hub
+        .symbol_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(served, ["live:BTCUSDT"], "no name the feed did not ask for");
+    assert!(snapshot(&server, "live:BTCUSDT").await["bid"].is_string());
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_feed_builds_the_same_book_as_replaying_the_same_capture() {
     let lines = binance_messages(&sample(USDM), LINES);
     let exchange = exchange_playing(&lines).await;

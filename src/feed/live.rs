@@ -105,6 +105,19 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
+    /// Whether a tick for upstream `symbol` is one this feed asked for: one
+    /// of its `symbols`, in any case (Binance names its streams in lower
+    /// case, its messages in upper), or any symbol when it lists none. An
+    /// upstream that sends others is broken or not the one configured, and
+    /// must not make the server serve names nobody declared.
+    pub fn carries(&self, symbol: &str) -> bool {
+        self.symbols.is_empty()
+            || self
+                .symbols
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(symbol))
+    }
+
     /// The served name of an upstream symbol.
     pub fn served_name(&self, symbol: &str) -> String {
         let base = self.rename.get(symbol).map_or(symbol, String::as_str);
@@ -394,7 +407,13 @@ impl Feed {
             stats.last_message_ns.store(recv_ts_ns, Relaxed);
             scratch.clear();
             scratch.extend_from_slice(payload);
-            match self.config.venue.parse(&mut scratch, recv_ts_ns) {
+            let parsed = match self.config.venue.parse(&mut scratch, recv_ts_ns) {
+                Ok(Parsed::Tick { symbol, .. }) if !self.config.carries(symbol) => {
+                    Err(ParseError::UnknownSymbol(symbol.chars().take(40).collect()))
+                }
+                parsed => parsed,
+            };
+            match parsed {
                 Ok(Parsed::Tick { symbol, tick }) => {
                     if let Some(exchange_ts_ns) = tick.exchange_ts_ns {
                         latencies.push(recv_ts_ns.saturating_sub(exchange_ts_ns).max(0) as u64);

@@ -101,6 +101,9 @@ pub enum ParseError {
     UnknownType(String),
     #[error("malformed line: {0}")]
     Line(&'static str),
+    /// A well-formed tick for a symbol its source was not asked for.
+    #[error("a tick for {0:?}, a symbol this feed did not subscribe to")]
+    UnknownSymbol(String),
 }
 
 /// Parses an exact decimal, naming the field on failure.
