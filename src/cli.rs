@@ -133,10 +133,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::book::depth::DEFAULT_MAX_BOOK_DEPTH)]
     pub max_book_depth: usize,
     /// Seconds between server pings to a quiet client.
-    #[arg(long, default_value_t = SessionConfig::default().ping_interval.as_secs())]
+    #[arg(long, default_value_t = SessionConfig::default().ping_interval.as_secs(),
+          value_parser = timeout_secs())]
     pub ping_interval_secs: u64,
     /// Seconds a client has to answer a ping before it is dropped.
-    #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs())]
+    #[arg(long, default_value_t = SessionConfig::default().ping_timeout.as_secs(),
+          value_parser = timeout_secs())]
     pub ping_timeout_secs: u64,
     /// Updates for a client that come within this many microseconds of its last
     /// write wait and leave together in one write (0: write each at once).
@@ -188,6 +190,15 @@ pub struct RecordArgs {
 }
 
 /// Parses the command line, runs the command, and maps errors to an exit code.
+/// The longest timeout a flag takes, a week: deadlines are instants, and one
+/// further away than an instant can hold would end the server.
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// A timeout in seconds, from 1 to [`MAX_TIMEOUT_SECS`].
+fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
@@ -340,8 +351,8 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         session: SessionConfig {
             max_message_bytes: args.max_message_bytes,
             max_subscriptions: args.max_subscriptions,
-            ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
-            ping_timeout: Duration::from_secs(args.ping_timeout_secs.max(1)),
+            ping_interval: Duration::from_secs(args.ping_interval_secs),
+            ping_timeout: Duration::from_secs(args.ping_timeout_secs),
             coalesce: Duration::from_micros(args.coalesce_us),
             ..SessionConfig::default()
         },

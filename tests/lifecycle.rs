@@ -181,6 +181,26 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         .expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--workers"));
+
+    // A timeout no deadline can hold, or none at all, is refused up front,
+    // not found out by the first connection.
+    for (flag, value) in [
+        ("--ping-interval-secs", "18446744073709551615"),
+        ("--ping-timeout-secs", "0"),
+        ("--idle-timeout-secs", "604801"),
+        ("--handshake-timeout-secs", "0"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(["serve", "--listen", "127.0.0.1:0", flag, value])
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains("1..=604800"),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,10 +62,12 @@ pub struct SecurityArgs {
     #[arg(long, default_value_t = RateConfig::default().max_strikes)]
     pub rate_limit_strikes: u32,
     /// Close a connection that has had no subscription for this many seconds.
-    #[arg(long, default_value_t = SessionConfig::default().idle_timeout.as_secs())]
+    #[arg(long, default_value_t = SessionConfig::default().idle_timeout.as_secs(),
+          value_parser = super::timeout_secs())]
     pub idle_timeout_secs: u64,
     /// Seconds a client has to send its complete request head (slowloris).
-    #[arg(long, default_value_t = ServerConfig::default().header_timeout.as_secs())]
+    #[arg(long, default_value_t = ServerConfig::default().header_timeout.as_secs(),
+          value_parser = super::timeout_secs())]
     pub handshake_timeout_secs: u64,
     /// Largest request head in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_header_bytes)]
@@ -118,8 +120,8 @@ impl SecurityArgs {
             burst: self.message_burst.max(1),
             max_strikes: self.rate_limit_strikes,
         };
-        config.session.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
-        config.header_timeout = Duration::from_secs(self.handshake_timeout_secs.max(1));
+        config.session.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
+        config.header_timeout = Duration::from_secs(self.handshake_timeout_secs);
         config.max_header_bytes = self.max_header_bytes;
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls = Some(crate::server::tls::server_config(cert, key)?);

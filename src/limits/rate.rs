@@ -82,7 +82,9 @@ impl MessageRate {
     /// How long until the next message would be allowed.
     pub fn retry_after(&self) -> Duration {
         let missing = (1.0 - self.tokens).max(0.0);
-        Duration::from_secs_f64(missing / self.config.per_second.max(f64::MIN_POSITIVE))
+        // A rate so low that the wait does not fit a Duration waits "forever".
+        Duration::try_from_secs_f64(missing / self.config.per_second.max(f64::MIN_POSITIVE))
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -96,6 +98,21 @@ mod tests {
             burst: 3,
             max_strikes: 2,
         }
+    }
+
+    #[test]
+    fn a_rate_too_low_to_express_waits_as_long_as_a_duration_can() {
+        let mut rate = MessageRate::new(
+            RateConfig {
+                per_second: 1e-30,
+                burst: 1,
+                max_strikes: 3,
+            },
+            Instant::now(),
+        );
+        assert_eq!(rate.check(Instant::now()), Verdict::Allow);
+        assert_eq!(rate.check(Instant::now()), Verdict::Refuse);
+        assert_eq!(rate.retry_after(), Duration::MAX);
     }
 
     #[test]

@@ -219,6 +219,14 @@ impl Subscriptions {
     }
 }
 
+/// However a session ends (a panic in it too), publishers stop queueing its
+/// subscriptions and the subscription count goes down.
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Channel for Subscriptions {
     const NAME: &'static str = TICKER_CHANNEL;
     const LIMIT_NOUN: &'static str = "subscriptions";
@@ -281,9 +289,7 @@ impl Channel for Subscriptions {
             sub.last_seq = sub.last_seq.max(snapshot.seq);
             out.push_ticker(snapshot.ticker_prefix(), 0, true, None);
             // The snapshot counts as a delivery for the rate cap.
-            if let Some(gap) = sub.min_gap {
-                sub.next_due = Instant::now() + gap;
-            }
+            sub.next_due = now + sub.min_gap.unwrap_or_default();
         }
         push_status_if_changed(sub, out);
     }
