@@ -340,6 +340,9 @@ async fn non_websocket_requests_to_ws_get_a_json_400() {
     assert_eq!(body["error"], "bad_request");
     let (status, _) = server.get("/api/snapshot/NOPE").await;
     assert_eq!(status, 404);
+    let page = server.get("/metrics").await.1;
+    let series = r#"tickwire_client_errors_total{code="unknown_symbol"}"#;
+    assert_eq!(metric(&page, series), 1.0, "the refusal is counted");
     let (status, body) = server.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }

@@ -208,7 +208,7 @@ pub enum Refusal {
     OriginNotAllowed,
     /// Too many connections from one address (429).
     PeerLimit,
-    /// A query string that does not parse (400).
+    /// A query string that does not parse, or `/sse` without symbols (400).
     BadQuery,
 }
 

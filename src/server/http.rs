@@ -129,6 +129,7 @@ async fn snapshot(
         );
     }
     let Some(entry) = shared.hub.get(&symbol) else {
+        shared.hub.metrics().count_error(ErrorCode::UnknownSymbol);
         return refusal(StatusCode::NOT_FOUND, "unknown_symbol", "no such symbol");
     };
     let Some(current) = entry.current() else {
@@ -375,6 +376,7 @@ async fn event_stream(
     };
     let symbols = query.symbols();
     if symbols.is_empty() {
+        shared.hub.metrics().count_refusal(Refusal::BadQuery);
         return refusal(StatusCode::BAD_REQUEST, "bad_request", "give symbols=A,B");
     }
     let (permit, grant) = match admission(&shared, peer, &headers, &query) {
