@@ -326,6 +326,22 @@ async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_always_has_data_still_loses_it_when_its_token_expires() {
+    let files = [(Some("spot"), sample(SPOT))];
+    let replay = replay_of(&files, Speed::Max, true, false);
+    let server = TestServer::start(with_auth(ServerConfig::default(), None), vec![replay]).await;
+    let jwt = token(&TokenClaims {
+        exp: now_secs() + 2,
+        ..spot_claims()
+    });
+    let url = server.url(&format!("?symbols=spot:BTCUSDT&token={jwt}"));
+    let (mut client, _) = accepted(handshake(&url, &[]).await);
+    let notice = client.recv_type("error").await;
+    assert_eq!(notice["code"], "credentials_expired");
+    assert_eq!(client.close_code().await, Some(1008));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_api_keys_authenticate_server_to_server_clients() {
     let dir = std::env::temp_dir().join(format!("tickwire-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
