@@ -35,7 +35,7 @@ pub(crate) enum Scalar {
     /// twice would cost as much as the rest of the message);
     /// [`FlatObject::read_pairs`] checks it as it reads it, and a message is
     /// flat only once every list in it has been read or checked
-    /// ([`FlatObject::pair_lists`], [`FlatObject::check_pairs`]).
+    /// ([`FlatObject::has_pair_lists`], [`FlatObject::check_pairs`]).
     Pairs(Range<usize>),
 }
 
