@@ -3,7 +3,7 @@
 //!
 //! Start-up subscribes first and only then reads the last-value stream, so no
 //! version published in between is lost; both paths go through one
-//! [`Merger`], which keeps a version only if its `(epoch, seq)` is newer than
+//! `Merger`, which keeps a version only if its `(epoch, seq)` is newer than
 //! the one held. A new epoch (a restarted ingest) wins whatever its `seq`; the
 //! served `seq` then continues from the last one served, so clients still see
 //! it only increase.

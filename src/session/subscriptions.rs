@@ -88,7 +88,7 @@ impl Subscriptions {
     }
 
     /// Handles a subscribe request and appends the protocol's answer (see
-    /// [`channel::subscribe`]); `max_rate_hz` caps the rate of every symbol it
+    /// `channel::subscribe`); `max_rate_hz` caps the rate of every symbol it
     /// names, already subscribed ones included.
     pub fn subscribe(
         &mut self,
