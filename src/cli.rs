@@ -182,10 +182,10 @@ pub struct RecordArgs {
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
     /// Stop after this many seconds (default: until Ctrl-C).
-    #[arg(long)]
-    pub duration: Option<f64>,
+    #[arg(long, value_parser = positive_seconds)]
+    pub duration: Option<Duration>,
     /// Start a new file (NAME-1..., NAME-2...) after this many MiB of uncompressed data.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rotate_mib: Option<u64>,
 }
 
@@ -197,6 +197,16 @@ const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// A timeout in seconds, from 1 to [`MAX_TIMEOUT_SECS`].
 fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+}
+
+/// A positive number of seconds that a `Duration` holds (`1.5`, not `-1`,
+/// `nan` or `1e30`).
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("{text} is not a positive number of seconds")),
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -392,7 +402,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let options = RecordOptions {
         out: args.out,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: args.duration,
         rotate_bytes: args.rotate_mib.map(|mib| mib.saturating_mul(1 << 20)),
     };
     let shutdown = CancellationToken::new();

@@ -201,6 +201,64 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
             "{stderr}"
         );
     }
+    for (flag, value) in [
+        ("--duration", "-1"),
+        ("--duration", "nan"),
+        ("--duration", "1e30"),
+        ("--rotate-mib", "0"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(["record", "--feed", "f.toml", "--out", "x.gz"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+
+    // A feed that cannot start leaves an earlier recording alone.
+    let feed = dir.join("bad-ca.toml");
+    std::fs::write(
+        &feed,
+        "kind = \"binance\"\nurl = \"wss://127.0.0.1:9/ws/btcusdt@bookTicker\"\nca_file = \"no-such.pem\"\n",
+    )
+    .expect("write");
+    let out = dir.join("earlier.ndjson.gz");
+    std::fs::write(&out, "an earlier recording").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["record", "--feed"])
+        .arg(&feed)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such.pem"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("still there"),
+        "an earlier recording"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_replay_with_nothing_to_play_ends_instead_of_spinning() {
+    let dir = tempdir();
+    let path = dir.join("empty.ndjson");
+    std::fs::write(
+        &path,
+        "{\"tickwire_replay\":1,\"source\":\"test\"}\nthis is not json\n",
+    )
+    .expect("write");
+    let replay = replay_of(&[(None, path)], Speed::Max, true, false);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("the replay ends although it loops");
+    let stats = server.replays[0].stats();
+    assert_eq!(stats.loops.load(Relaxed), 0);
+    assert_eq!(stats.malformed.load(Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

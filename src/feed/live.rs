@@ -195,7 +195,7 @@ pub async fn run_into(
 }
 
 /// Checks the URL and builds the TLS settings, so a bad feed fails at start.
-fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
+pub(crate) fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
     if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
         return Err(LiveError::Url {
             feed: config.name.clone(),

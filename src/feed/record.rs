@@ -74,6 +74,9 @@ pub async fn record(
             stop.cancel();
         });
     }
+    // A feed that cannot start fails before the output file is created: an
+    // earlier recording at that path is not truncated for nothing.
+    live::prepare(&config)?;
     let source = format!("{} {}", config.name, config.url);
     let mut recorder = Recorder::create(options, source, progress, stop.clone())?;
     let stats = Metrics::default().register_feed(&config.name, config.venue.kind());

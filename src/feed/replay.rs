@@ -58,6 +58,11 @@ impl ReplaySource {
     }
 }
 
+/// The slowest replay speed: a second of the recording in about 17 minutes.
+const MIN_SPEED: f64 = 0.001;
+/// The fastest paced replay; faster is `max`.
+const MAX_SPEED: f64 = 1_000_000.0;
+
 /// Replay pacing.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Speed {
@@ -75,9 +80,9 @@ impl std::str::FromStr for Speed {
             return Ok(Speed::Max);
         }
         match text.trim_end_matches(['x', 'X']).parse::<f64>() {
-            Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(Speed::Factor(factor)),
+            Ok(factor) if (MIN_SPEED..=MAX_SPEED).contains(&factor) => Ok(Speed::Factor(factor)),
             _ => Err(format!(
-                "speed must be a positive number or `max`, not {text:?}"
+                "speed must be a number from {MIN_SPEED} to {MAX_SPEED}, or `max`, not {text:?}"
             )),
         }
     }
@@ -237,6 +242,7 @@ impl Player {
             let mut depth = DepthBooks::new(files.len(), self.config.max_book_levels);
             let mut merge = Merge::new(files);
             pacer.restart();
+            let mut played = false;
             while let Some((file, item)) = merge.next_item() {
                 if self.shutdown.is_cancelled() {
                     return;
@@ -252,6 +258,7 @@ impl Player {
                         };
                         self.hub.publish(&entry, &tick, wall_clock_ns());
                         self.stats.ticks.fetch_add(1, Relaxed);
+                        played = true;
                     }
                     Item::Depth { symbol } => {
                         self.stats.recognised.fetch_add(1, Relaxed);
@@ -271,6 +278,7 @@ impl Player {
                         };
                         let book = depth.book(file, symbol);
                         self.hub.apply_depth(&entry, book, message, wall_clock_ns());
+                        played = true;
                     }
                     Item::Recognised(_) => {
                         self.stats.recognised.fetch_add(1, Relaxed);
@@ -290,6 +298,11 @@ impl Player {
                 }
             }
             if !self.config.looped || self.shutdown.is_cancelled() {
+                break;
+            }
+            if !played {
+                // Starting over would read the same nothing again, at once.
+                tracing::error!(feed = %name, "the replay holds no tick or depth message; it does not loop");
                 break;
             }
             self.stats.loops.fetch_add(1, Relaxed);
@@ -406,13 +419,20 @@ impl Pacer {
     fn wait_until_due(&mut self, recv_ns: i64, shutdown: &CancellationToken) -> bool {
         if let Some(last) = self.last_recv_ns {
             // Out-of-order receive times play immediately rather than rewinding.
-            self.played_ns += recv_ns.saturating_sub(last).clamp(0, self.max_gap_ns);
+            let step = recv_ns.saturating_sub(last).clamp(0, self.max_gap_ns);
+            self.played_ns = self.played_ns.saturating_add(step);
         }
         self.last_recv_ns = Some(recv_ns);
         let Speed::Factor(factor) = self.speed else {
             return true;
         };
-        let due = self.started + Duration::from_secs_f64(self.played_ns as f64 / 1e9 / factor);
+        // A timeline too long for the clock (centuries at a slow speed) is
+        // due at once rather than a panic.
+        let wait = Duration::try_from_secs_f64(self.played_ns as f64 / 1e9 / factor);
+        let due = wait
+            .ok()
+            .and_then(|wait| self.started.checked_add(wait))
+            .unwrap_or(self.started);
         loop {
             let now = Instant::now();
             if now >= due {
@@ -459,6 +479,10 @@ mod tests {
         assert_eq!("10".parse::<Speed>(), Ok(Speed::Factor(10.0)));
         assert_eq!("2.5x".parse::<Speed>(), Ok(Speed::Factor(2.5)));
         assert!("0".parse::<Speed>().is_err());
+        assert_eq!("0.001".parse::<Speed>(), Ok(Speed::Factor(0.001)));
+        for absurd in ["1e-20", "1e300", "inf", "NaN", "-1"] {
+            assert!(absurd.parse::<Speed>().is_err(), "{absurd}");
+        }
         assert!("fast".parse::<Speed>().is_err());
     }
 
