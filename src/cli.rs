@@ -291,6 +291,17 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
             max_book_levels: DEFAULT_MAX_BOOK_LEVELS,
         }));
     }
+    // A feed's name labels its series in /metrics; two alike would make a
+    // scrape that Prometheus refuses whole.
+    let mut names = std::collections::HashSet::new();
+    for feed in &feeds {
+        if !names.insert(feed.name()) {
+            anyhow::bail!(
+                "two feeds are named `{}`: give each feed file its own `name`",
+                feed.name()
+            );
+        }
+    }
     if feeds.is_empty() {
         feeds.push(config::FeedConfig::Replay(replay::ReplayConfig {
             name: "bundled".into(),

@@ -162,6 +162,24 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("prfix"), "{stderr}");
 
+    // Two feeds by one name would label two feeds' series alike in /metrics.
+    let good = good.to_str().expect("utf-8 path");
+    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--feed",
+            good,
+            "--feed",
+            good,
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("two feeds are named"), "{stderr}");
+
     let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
         .args([
             "serve",
