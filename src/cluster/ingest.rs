@@ -9,6 +9,7 @@
 //! the new status. After a reconnect the whole book is published again, so the
 //! last-value stream and every gateway catch up with what was missed.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,7 @@ pub async fn spawn(
         epoch,
         mailbox: Arc::new(Mailbox::default()),
         symbols: Vec::new(),
+        known: HashSet::new(),
     };
     let task = tokio::spawn(publisher.run(link, shutdown));
     Ok(IngestHandle { epoch, task })
@@ -92,6 +94,9 @@ struct Publisher {
     epoch: u64,
     mailbox: Arc<Mailbox>,
     symbols: Vec<Published>,
+    /// The names in `symbols`: discovery looks each served name up here
+    /// instead of scanning `symbols`, which was quadratic in the symbols.
+    known: HashSet<Arc<str>>,
 }
 
 impl Publisher {
@@ -137,7 +142,7 @@ impl Publisher {
             return;
         }
         for name in self.hub.symbol_names() {
-            if self.symbols.iter().any(|p| p.entry.name() == &name) {
+            if self.known.contains(&name) {
                 continue;
             }
             let Some(entry) = self.hub.get(&name) else {
@@ -148,6 +153,7 @@ impl Publisher {
             };
             let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
             entry.subscribe(slot.clone());
+            self.known.insert(name.clone());
             self.symbols.push(Published {
                 subject: subject_for(&name),
                 entry,
