@@ -19,6 +19,9 @@ use crate::client::websocket_config;
 /// Churning connections open at once at most; past it the churn falls behind
 /// (and says so) instead of piling up sockets.
 const IN_FLIGHT: usize = 2_048;
+
+/// How long the schedule waits at most before it looks at the phase again.
+const PHASE_CHECK: Duration = Duration::from_millis(50);
 /// How long one churn cycle may take before it counts as failed.
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,6 +114,8 @@ async fn churn(
         let next = start + period.mul_f64(due as f64);
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
+            // A slow schedule still sees the window end within this.
+            () = tokio::time::sleep(PHASE_CHECK) => continue,
             Some(result) = results.recv() => {
                 in_flight -= 1;
                 record(&mut outcome, result);

@@ -301,9 +301,17 @@ fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
     }
     if args
         .churn
-        .is_some_and(|rate| !(rate > 0.0 && rate <= 1_000_000.0))
+        .is_some_and(|rate| !(0.1..=1_000_000.0).contains(&rate))
     {
-        bail!("--churn must be between 0 and 1,000,000 cycles per second");
+        bail!("--churn must be between 0.1 and 1,000,000 cycles per second");
+    }
+    let total = args
+        .connections
+        .checked_add(args.slow)
+        .and_then(|n| n.checked_add(args.stalled))
+        .context("--connections, --slow and --stalled add up to more than can be counted")?;
+    if args.threads > total {
+        bail!("--threads must be at most the {total} connections it shares them among");
     }
     if per_connection == 0 || per_connection > args.symbols.len() {
         bail!(
@@ -520,7 +528,10 @@ fn build_report(run: Run<'_>) -> Report {
         delivered,
         delivered_per_sec: report::per_sec(delivered as f64, run.window_secs),
         skipped: tally.skipped,
-        skipped_share: report::per_sec(tally.skipped as f64, (delivered + tally.skipped) as f64),
+        skipped_share: report::per_sec(
+            tally.skipped as f64,
+            delivered as f64 + tally.skipped as f64,
+        ),
         seq_violations: tally.seq_violations() + run.outcome.slow.tally.seq_violations(),
         counts: tally,
         clock: run.args.clock,
@@ -551,5 +562,30 @@ mod tests {
         assert_eq!(at("ws://[::1]:9/ws?x=1").as_deref(), Some("[::1]:9"));
         assert_eq!(at("wss://example.com/ws"), None);
         assert_eq!(at("not a url"), None);
+    }
+
+    #[test]
+    fn arguments_that_would_overflow_or_stall_are_refused() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let refused = |extra: &[&str]| {
+            let mut argv = vec!["bench", "ws://127.0.0.1:1", "--symbols", "A"];
+            argv.extend_from_slice(extra);
+            let args = Cli::try_parse_from(argv).expect("parses").bench;
+            validate(&args, 1).is_err()
+        };
+        assert!(!refused(&["--churn", "5"]));
+        assert!(
+            refused(&["--churn", "0.01"]),
+            "a window's end unseen for 100 s"
+        );
+        assert!(refused(&["--churn", "1e-20"]));
+        assert!(refused(&["--threads", "2", "--connections", "1"]));
+        let huge = usize::MAX.to_string();
+        assert!(refused(&["--connections", &huge, "--slow", "1"]));
     }
 }

@@ -58,6 +58,9 @@ impl Curve {
             if percentile >= 1.0 {
                 continue; // 1/(1-p) is infinite: drawn as the last finite point.
             }
+            if !(value.is_finite() && value > 0.0 && percentile >= 0.0) {
+                continue; // Not a latency a log axis can show.
+            }
             let nines = -(1.0 - percentile).log10();
             if nines <= MAX_NINES {
                 points.push((nines, value));

@@ -84,7 +84,9 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
         if size == 0 {
             return Ok(out);
         }
-        if body.len() < size + 2 {
+        // The size is the server's word: one past the body is an error, not
+        // an overflow.
+        if body.len() < size.saturating_add(2) {
             bail!("chunk ends early");
         }
         out.extend_from_slice(&body[..size]);
@@ -213,6 +215,15 @@ mod tests {
         assert!(http_body(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
         assert!(http_body(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhello").is_err());
         assert!(http_body(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_body_is_an_error() {
+        for body in [&b"ffffffffffffffff\r\nab\r\n0\r\n\r\n"[..], b"5\r\nab"] {
+            let mut response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            response.extend_from_slice(body);
+            assert!(http_body(&response).is_err());
+        }
     }
 
     #[test]

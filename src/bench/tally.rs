@@ -276,7 +276,8 @@ impl Tally {
         self.delivered_total += 1;
         if measuring {
             self.delivered += 1;
-            self.skipped += ticker.skipped;
+            // The server's count: an absurd one must not overflow the sum.
+            self.skipped = self.skipped.saturating_add(ticker.skipped);
             let Some(from) = from else {
                 self.untimed += 1;
                 return true;
@@ -313,7 +314,7 @@ impl Tally {
 
     pub fn merge(&mut self, other: &Tally) {
         self.delivered += other.delivered;
-        self.skipped += other.skipped;
+        self.skipped = self.skipped.saturating_add(other.skipped);
         self.delivered_total += other.delivered_total;
         self.snapshots += other.snapshots;
         self.clamped += other.clamped;
