@@ -168,6 +168,21 @@ mod tests {
     }
 
     #[test]
+    fn values_a_log_axis_cannot_show_are_left_out() {
+        let text = "Value Percentile TotalCount 1/(1-Percentile)\n\
+                    10.0 0.5 1 2.00\n\
+                    inf 0.9 2 10.00\n\
+                    1e400 0.95 3 20.00\n\
+                    -3.0 0.97 4 33.33\n\
+                    NaN 0.98 5 50.00\n\
+                    20.0 0.99 6 100.00\n";
+        let curve = Curve::from_hgrm("run", text).expect("parses");
+        let values: Vec<f64> = curve.points.iter().map(|p| p.1).collect();
+        assert_eq!(values, [10.0, 20.0]);
+        assert!(Curve::from_hgrm("run", "inf 0.5 1 2.00\n").is_err());
+    }
+
+    #[test]
     fn a_curve_reads_the_same_from_the_histogram_and_its_hgrm() {
         let mut histogram = new_histogram();
         for us in 1..=10_000u64 {
