@@ -46,6 +46,15 @@ pub const DEFAULT_MAX_BOOK_DEPTH: usize = 100;
 /// Diffs buffered while waiting for a snapshot, unless configured otherwise.
 pub const DEFAULT_MAX_PENDING_DIFFS: usize = 1_000;
 
+/// Levels buffered in all of a book's pending diffs together (32 MB): a
+/// file's lines may be megabytes long, so a count of diffs alone does not
+/// bound the memory. A diff larger than this by itself is not buffered.
+pub const MAX_PENDING_LEVELS: usize = 1_000_000;
+
+/// Level capacity an emptied message keeps for reuse; one that held a huge
+/// diff gives the rest back.
+const SPARE_LEVELS: usize = 4_096;
+
 /// Levels a book keeps per side, unless configured otherwise: twice the
 /// deepest snapshot Binance serves. Past it (by an eighth) the worst levels
 /// are dropped and counted (see [`ladder`](super::ladder)).
@@ -336,11 +345,22 @@ impl DepthBook {
         }
     }
 
+    /// Keeps `diff` for the next snapshot, dropping the oldest diffs past
+    /// the buffer's bounds (they surface as a gap if the snapshot needs them).
     fn buffer(&mut self, diff: &DepthMessage) {
-        if self.pending.len() >= self.max_pending {
-            if let Some(oldest) = self.pending.pop_front() {
-                self.recycle(oldest);
-            }
+        let levels = |message: &DepthMessage| message.bids.len() + message.asks.len();
+        if levels(diff) > MAX_PENDING_LEVELS {
+            return;
+        }
+        // Only while awaiting a snapshot: summing is cheaper than keeping a
+        // count right through every path that takes diffs out.
+        let mut held: usize = self.pending.iter().map(levels).sum();
+        while self.pending.len() >= self.max_pending || held + levels(diff) > MAX_PENDING_LEVELS {
+            let Some(oldest) = self.pending.pop_front() else {
+                break;
+            };
+            held -= levels(&oldest);
+            self.recycle(oldest);
         }
         let mut copy = self.spare.pop().unwrap_or_default();
         copy.copy_from(diff);
@@ -349,6 +369,8 @@ impl DepthBook {
 
     fn recycle(&mut self, mut message: DepthMessage) {
         message.clear();
+        message.bids.shrink_to(SPARE_LEVELS);
+        message.asks.shrink_to(SPARE_LEVELS);
         self.spare.push(message);
     }
 
@@ -592,6 +614,32 @@ mod tests {
         assert_eq!(book.pending(), 4);
         // The oldest were dropped, so a snapshot from before them cannot bridge.
         assert_eq!(book.apply(&snapshot(5)), Outcome::Gap);
+    }
+
+    #[test]
+    fn the_pending_buffer_is_bounded_in_levels_too() {
+        let mut book = DepthBook::default();
+        let price = |i: usize| format!("{}.5", i + 1);
+        let prices: Vec<String> = (0..MAX_PENDING_LEVELS / 3 + 1).map(price).collect();
+        let levels: Vec<(&str, &str)> = prices.iter().map(|p| (p.as_str(), "1")).collect();
+        // Three diffs of a third of the levels and one more do not fit.
+        for i in 0..3 {
+            assert_eq!(
+                book.apply(&spot(i * 10, i * 10 + 9, &levels)),
+                Outcome::Buffered
+            );
+        }
+        assert_eq!(book.pending(), 2);
+        let held: usize = book.pending.iter().map(|m| m.bids.len()).sum();
+        assert!(held <= MAX_PENDING_LEVELS);
+        // A diff larger than the whole buffer by itself is not kept.
+        let prices: Vec<String> = (0..=MAX_PENDING_LEVELS).map(price).collect();
+        let huge: Vec<(&str, &str)> = prices.iter().map(|p| (p.as_str(), "1")).collect();
+        assert_eq!(book.apply(&spot(30, 39, &huge)), Outcome::Buffered);
+        assert_eq!(book.pending(), 2);
+        // Emptied messages give a huge diff's memory back.
+        book.apply(&snapshot(1_000));
+        assert!(book.spare.iter().all(|m| m.bids.capacity() <= SPARE_LEVELS));
     }
 
     #[test]

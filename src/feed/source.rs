@@ -431,6 +431,10 @@ fn read_prefix(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// Distinct symbols one file may name; lines naming more are malformed.
+/// Every symbol is served, with a book of its own.
+const MAX_SYMBOLS_PER_FILE: usize = 100_000;
+
 #[derive(Default)]
 struct SymbolTable {
     names: Vec<Box<str>>,
@@ -451,6 +455,9 @@ impl SymbolTable {
         let id = match self.ids.get(symbol) {
             Some(&id) => id,
             None => {
+                if self.names.len() >= MAX_SYMBOLS_PER_FILE {
+                    return None;
+                }
                 let id = u32::try_from(self.names.len()).ok()?;
                 self.names.push(symbol.into());
                 self.ids.insert(symbol.into(), id);
@@ -594,6 +601,16 @@ mod tests {
             .collect();
         assert_eq!(ids, [0, 1, 0]);
         assert_eq!(file.symbols(), &["AAA".into(), "BBB".into()]);
+    }
+
+    #[test]
+    fn a_file_names_a_bounded_number_of_symbols() {
+        let mut table = SymbolTable::default();
+        for i in 0..MAX_SYMBOLS_PER_FILE {
+            assert!(table.intern(&format!("S{i}")).is_some());
+        }
+        assert_eq!(table.intern("ONE-MORE"), None);
+        assert_eq!(table.intern("S7"), Some(7), "known symbols still resolve");
     }
 
     #[test]
