@@ -146,59 +146,31 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         "kind = \"replay\"\n[[files]]\npath = \"x.gz\"\nprfix = \"a\"\n",
     )
     .expect("write");
-    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--feed",
-            bad.to_str().expect("utf-8 path"),
-        ])
-        .output()
-        .expect("run");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let bad = bad.to_str().expect("utf-8 path");
+    let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--feed", bad]);
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("prfix"), "{stderr}");
 
     // Two feeds by one name would label two feeds' series alike in /metrics.
     let good = good.to_str().expect("utf-8 path");
-    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--feed",
-            good,
-            "--feed",
-            good,
-        ])
-        .output()
-        .expect("run");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--feed",
+        good,
+        "--feed",
+        good,
+    ]);
     assert!(stderr.contains("two feeds are named"), "{stderr}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--replay",
-            "/no/such/file.gz",
-        ])
-        .output()
-        .expect("run");
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file.gz"));
+    let missing = "/no/such/file.gz";
+    let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--replay", missing]);
+    assert!(stderr.contains(missing), "{stderr}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
-        .output()
-        .expect("run");
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--workers"));
+    let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--workers", "0"]);
+    assert!(stderr.contains("--workers"), "{stderr}");
 
     // A timeout no deadline can hold, or none at all, is refused up front,
     // not found out by the first connection.
@@ -208,12 +180,7 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         ("--idle-timeout-secs", "604801"),
         ("--handshake-timeout-secs", "0"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args(["serve", "--listen", "127.0.0.1:0", flag, value])
-            .output()
-            .expect("run");
-        assert!(!output.status.success(), "{flag} {value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused(&["serve", "--listen", "127.0.0.1:0", flag, value]);
         assert!(
             stderr.contains(flag) && stderr.contains("1..=604800"),
             "{stderr}"
@@ -225,13 +192,8 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         ("--duration", "1e30"),
         ("--rotate-mib", "0"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args(["record", "--feed", "f.toml", "--out", "x.gz"])
-            .arg(format!("{flag}={value}"))
-            .output()
-            .expect("run");
-        assert!(!output.status.success(), "{flag} {value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let flag_value = format!("{flag}={value}");
+        let stderr = refused(&["record", "--feed", "f.toml", "--out", "x.gz", &flag_value]);
         assert!(stderr.contains(flag), "{stderr}");
     }
 
@@ -244,20 +206,23 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     .expect("write");
     let out = dir.join("earlier.ndjson.gz");
     std::fs::write(&out, "an earlier recording").expect("write");
-    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args(["record", "--feed"])
-        .arg(&feed)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (feed, out_path) = (feed.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let stderr = refused(&["record", "--feed", feed, "--out", out_path]);
     assert!(stderr.contains("no-such.pem"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(&out).expect("still there"),
         "an earlier recording"
     );
+}
+
+/// Runs `tickwire ARGS`, which must fail; its standard error.
+fn refused(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(args)
+        .output()
+        .expect("run");
+    assert!(!output.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

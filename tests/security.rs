@@ -304,10 +304,10 @@ async fn an_expiring_token_gets_a_notice_then_1008_on_both_transports() {
     eventually_metric(&server, series, 2.0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() {
-    // A looping replay at full speed: every time the stream hands over a
-    // chunk, the next is ready.
+/// A server looping a capture at full speed, so that every time a session
+/// has handed over its output the next is ready, and a token for it that
+/// expires in 2 s.
+async fn firehose_with_an_expiring_token() -> (TestServer, String) {
     let files = [(Some("spot"), sample(SPOT))];
     let replay = replay_of(&files, Speed::Max, true, false);
     let server = TestServer::start(with_auth(ServerConfig::default(), None), vec![replay]).await;
@@ -315,6 +315,12 @@ async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() 
         exp: now_secs() + 2,
         ..spot_claims()
     });
+    (server, jwt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() {
+    let (server, jwt) = firehose_with_an_expiring_token().await;
     let path = format!("/sse?symbols=spot:BTCUSDT&token={jwt}");
     let (status, _, mut events) = SseClient::connect(server.addr, &path).await;
     assert_eq!(status, 200);
@@ -327,13 +333,7 @@ async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_that_always_has_data_still_loses_it_when_its_token_expires() {
-    let files = [(Some("spot"), sample(SPOT))];
-    let replay = replay_of(&files, Speed::Max, true, false);
-    let server = TestServer::start(with_auth(ServerConfig::default(), None), vec![replay]).await;
-    let jwt = token(&TokenClaims {
-        exp: now_secs() + 2,
-        ..spot_claims()
-    });
+    let (server, jwt) = firehose_with_an_expiring_token().await;
     let url = server.url(&format!("?symbols=spot:BTCUSDT&token={jwt}"));
     let (mut client, _) = accepted(handshake(&url, &[]).await);
     let notice = client.recv_type("error").await;
