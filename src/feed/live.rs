@@ -9,7 +9,7 @@
 //! full jitter, capped. The first fresh update of a symbol makes it `live`
 //! again (see [`Hub::publish`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -105,19 +105,6 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
-    /// Whether a tick for upstream `symbol` is one this feed asked for: one
-    /// of its `symbols`, in any case (Binance names its streams in lower
-    /// case, its messages in upper), or any symbol when it lists none. An
-    /// upstream that sends others is broken or not the one configured, and
-    /// must not make the server serve names nobody declared.
-    pub fn carries(&self, symbol: &str) -> bool {
-        self.symbols.is_empty()
-            || self
-                .symbols
-                .iter()
-                .any(|listed| listed.eq_ignore_ascii_case(symbol))
-    }
-
     /// The served name of an upstream symbol.
     pub fn served_name(&self, symbol: &str) -> String {
         let base = self.rename.get(symbol).map_or(symbol, String::as_str);
@@ -166,12 +153,7 @@ pub fn spawn(
         .register_feed(&config.name, config.venue.kind());
     let mut publisher = Publisher::new(hub, &config);
     publisher.down("connecting to the feed");
-    let feed = Feed {
-        config,
-        tls,
-        stats: stats.clone(),
-        shutdown,
-    };
+    let feed = Feed::new(config, tls, stats.clone(), shutdown);
     tokio::spawn(async move { feed.run(&mut publisher).await });
     Ok(LiveHandle { stats })
 }
@@ -184,12 +166,7 @@ pub async fn run_into(
     shutdown: CancellationToken,
 ) -> Result<(), LiveError> {
     let tls = prepare(&config)?;
-    let feed = Feed {
-        config,
-        tls,
-        stats,
-        shutdown,
-    };
+    let feed = Feed::new(config, tls, stats, shutdown);
     feed.run(sink).await;
     Ok(())
 }
@@ -287,6 +264,8 @@ impl Sink for Publisher {
 
 struct Feed {
     config: LiveConfig,
+    /// The configured symbols in upper case; `None` when it lists none.
+    carried: Option<HashSet<String>>,
     tls: Arc<rustls::ClientConfig>,
     stats: Arc<FeedStats>,
     shutdown: CancellationToken,
@@ -296,6 +275,45 @@ struct Feed {
 const LATENCY_BATCH: usize = 64;
 
 impl Feed {
+    fn new(
+        config: LiveConfig,
+        tls: Arc<rustls::ClientConfig>,
+        stats: Arc<FeedStats>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let carried = (!config.symbols.is_empty()).then(|| {
+            config
+                .symbols
+                .iter()
+                .map(|symbol| symbol.to_ascii_uppercase())
+                .collect()
+        });
+        Self {
+            config,
+            carried,
+            tls,
+            stats,
+            shutdown,
+        }
+    }
+
+    /// Whether a tick for upstream `symbol` is one this feed asked for: one
+    /// of its `symbols`, in any case (Binance names its streams in lower
+    /// case, its messages in upper), or any symbol when it lists none. An
+    /// upstream that sends others is broken or not the one configured, and
+    /// must not make the server serve names nobody declared. One lookup per
+    /// tick, however many symbols the feed has.
+    fn carries(&self, symbol: &str) -> bool {
+        let Some(carried) = &self.carried else {
+            return true;
+        };
+        if symbol.bytes().any(|b| b.is_ascii_lowercase()) {
+            carried.contains(&symbol.to_ascii_uppercase())
+        } else {
+            carried.contains(symbol)
+        }
+    }
+
     async fn run(&self, sink: &mut dyn Sink) {
         let name = &self.config.name;
         let mut attempt: u32 = 0;
@@ -408,7 +426,7 @@ impl Feed {
             scratch.clear();
             scratch.extend_from_slice(payload);
             let parsed = match self.config.venue.parse(&mut scratch, recv_ts_ns) {
-                Ok(Parsed::Tick { symbol, .. }) if !self.config.carries(symbol) => {
+                Ok(Parsed::Tick { symbol, .. }) if !self.carries(symbol) => {
                     Err(ParseError::UnknownSymbol(symbol.chars().take(40).collect()))
                 }
                 parsed => parsed,
@@ -517,5 +535,32 @@ mod tests {
         };
         assert_eq!(config.served_name("BTC-USD"), "cb:BTCUSD");
         assert_eq!(config.served_name("ETH-USD"), "cb:ETH-USD");
+    }
+
+    #[test]
+    fn a_feed_carries_its_symbols_in_any_case_or_any_when_it_lists_none() {
+        let feed = |symbols: &[&str]| {
+            let config = LiveConfig {
+                name: "f".into(),
+                venue: Venue::Binance,
+                url: "ws://x".into(),
+                symbols: symbols.iter().map(|s| s.to_string()).collect(),
+                prefix: None,
+                rename: HashMap::new(),
+                stale_after: Duration::from_secs(1),
+                backoff: Backoff::default(),
+                connect_timeout: Duration::from_secs(1),
+                ca_file: None,
+            };
+            let tls = tls_config(&config).expect("TLS settings");
+            let stats = crate::metrics::Metrics::default().register_feed("f", "binance");
+            Feed::new(config, tls, stats, CancellationToken::new())
+        };
+        let listed = feed(&["btcusdt", "ETHUSDT"]);
+        for symbol in ["BTCUSDT", "btcusdt", "ETHUSDT", "ethUSDT"] {
+            assert!(listed.carries(symbol), "{symbol}");
+        }
+        assert!(!listed.carries("XRPUSDT"));
+        assert!(feed(&[]).carries("ANYTHING"));
     }
 }
