@@ -25,14 +25,24 @@
 //! 0.001..=9.999 (scale 3). A trade prints at the symbol's current bid or ask.
 //! Symbols are picked uniformly.
 //!
-//! [`spawn`] runs a generator as a feed: a thread that publishes every due
-//! tick into the hub and sleeps until the next one.
+//! [`spawn`] runs a generator as a feed: a task on the server's runtime, like
+//! a live feed, that publishes every due tick into the hub and sleeps until the
+//! next one. The runtime's timer wakes it at millisecond granularity, so ticks
+//! due within the same millisecond are published together, as a live feed's
+//! socket read hands over whatever arrived since the last one (and as the
+//! benchmark peers' timer-driven feeds do). Publishing from the runtime also
+//! wakes sessions on the worker's own run queue; a feed on a thread of its own
+//! must go through the runtime's shared queue for every session it wakes, and
+//! its sessions start writing before the rest of the batch is published. Each
+//! tick still carries its own intended time, so the wait for the timer counts
+//! in measured latency.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rust_decimal::Decimal;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{Hub, SymbolEntry};
@@ -367,12 +377,12 @@ impl SyntheticHandle {
     }
 }
 
-/// Most ticks published per wake-up, so a feed far behind still checks for
-/// shutdown and lets time be measured.
+/// Most ticks published per wake-up, so a feed far behind lets the sessions
+/// on its worker run between batches.
 const BATCH: usize = 4_096;
 
-/// Declares the symbols and publishes the schedule on its own thread (pacing
-/// needs sub-millisecond sleeps a runtime timer does not give) until `shutdown`.
+/// Declares the symbols and publishes the schedule from a task on the current
+/// runtime until `shutdown`.
 pub fn spawn(
     hub: Arc<Hub>,
     mut config: SyntheticFeedConfig,
@@ -388,36 +398,43 @@ pub fn spawn(
         .collect();
     let stats = hub.metrics().register_feed(&config.name, "synthetic");
     stats.set_state(FeedState::Live);
-    let thread_stats = stats.clone();
+    let task_stats = stats.clone();
     let name = config.name.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("synthetic-{name}"))
-        .spawn(move || {
-            let started = Instant::now();
-            let mut due = Vec::with_capacity(BATCH);
-            while !shutdown.is_cancelled() {
-                due.clear();
-                generator.due(started.elapsed(), wall_clock_ns(), &mut due, BATCH);
-                for (symbol, tick) in &due {
-                    if let Some(entry) = entries.get(*symbol as usize) {
-                        hub.publish(entry, tick, wall_clock_ns());
-                    }
-                }
-                let published = due.len() as u64;
-                thread_stats.messages.fetch_add(published, Relaxed);
-                thread_stats.ticks.fetch_add(published, Relaxed);
-                thread_stats.last_message_ns.store(wall_clock_ns(), Relaxed);
-                let wait = generator.next_due().saturating_sub(started.elapsed());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait.min(Duration::from_millis(100)));
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut due = Vec::with_capacity(BATCH);
+        loop {
+            due.clear();
+            generator.due(started.elapsed(), wall_clock_ns(), &mut due, BATCH);
+            for (symbol, tick) in &due {
+                if let Some(entry) = entries.get(*symbol as usize) {
+                    hub.publish(entry, tick, wall_clock_ns());
                 }
             }
-            tracing::info!(feed = %name, ticks = generator.emitted(), "synthetic feed stopped");
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the synthetic feed thread");
-        stats.set_state(FeedState::Down);
-    }
+            let published = due.len() as u64;
+            task_stats.messages.fetch_add(published, Relaxed);
+            task_stats.ticks.fetch_add(published, Relaxed);
+            task_stats.last_message_ns.store(wall_clock_ns(), Relaxed);
+            let now = started.elapsed();
+            let wait = generator.next_due().saturating_sub(now);
+            if wait.is_zero() {
+                // Behind schedule: a full batch went out and more are due.
+                tokio::task::yield_now().await;
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            // A far-off tick (a very low rate) is waited for in steps, so the
+            // deadline cannot overflow.
+            let wake = started + now + wait.min(Duration::from_secs(1));
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+        tracing::info!(feed = %name, ticks = generator.emitted(), "synthetic feed stopped");
+    });
     Ok(SyntheticHandle { stats })
 }
 
