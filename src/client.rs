@@ -66,14 +66,21 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
 
     let mut tickers = 0u64;
     let stdout = std::io::stdout();
+    // One listener for the whole stream: a listener made afresh on each turn
+    // of the loop would miss a Ctrl-C that lands while a message is printed,
+    // which is nearly always when data streams fast.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let message = tokio::select! {
-            message = socket.next() => message,
-            _ = tokio::signal::ctrl_c() => {
+            // Polled first, so it is registered from the first turn on and
+            // wins over data that is always ready.
+            biased;
+            _ = &mut interrupted => {
                 let close = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
                 socket.close(Some(close)).await.ok();
                 return Ok(());
             }
+            message = socket.next() => message,
         };
         match message {
             Some(Ok(Message::Text(text))) => {

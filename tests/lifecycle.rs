@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::Command;
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use common::*;
 use tickwire::feed::replay::Speed;
@@ -119,6 +120,69 @@ async fn the_subscribe_command_prints_json_lines() {
     let tickers: Vec<_> = lines.iter().filter(|l| l["type"] == "ticker").collect();
     assert_eq!(tickers.len(), 5);
     assert!(tickers.iter().all(|t| t["symbol"] == "usdm:BTCUSDT"));
+    drop(server);
+}
+
+/// Ctrl-C ends `tickwire subscribe` even while it is busy printing: with a
+/// full-speed replay, the client is almost never waiting when the signal comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_command_stops_on_the_first_ctrl_c_while_output_streams() {
+    let server = Binary::serve(&["--speed", "max", "--loop"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["subscribe", &format!("ws://{}", server.addr)])
+        .args(["--symbols", "spot:BTCUSDT,usdm:BTCUSDT"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run subscribe");
+    // Read its output as fast as it comes, counting tickers, so the client is
+    // never held up by a full pipe.
+    let stdout = child.stdout.take().expect("stdout");
+    let (first_tickers, streaming) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut tickers = 0u64;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(r#"{"type":"ticker""#) {
+                tickers += 1;
+                if tickers == 1_000 {
+                    first_tickers.send(()).ok();
+                }
+            }
+        }
+        tickers
+    });
+    tokio::task::spawn_blocking(move || streaming.recv().expect("tickers stream"))
+        .await
+        .expect("join");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    // An upper bound on the wait, so a client that missed the signal fails
+    // the test instead of hanging it; not a performance limit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("tickwire subscribe did not stop on SIGINT");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tickers = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+        .await
+        .expect("join");
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr).ok();
+    }
+    assert!(status.success(), "exit status {status}; stderr: {stderr}");
+    assert!(tickers >= 1_000);
     drop(server);
 }
 
