@@ -83,6 +83,15 @@ async function serverFor(t, port, args) {
   return server;
 }
 
+/** Polls a condition on the test's side (not the page's) until it holds. */
+async function waitUntil(condition, what) {
+  const deadline = Date.now() + WAIT;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 // ----------------------------------------------------------------- browser
 
 let browser;
@@ -482,6 +491,69 @@ test('a book message that fails its checksum shows a mismatch and is fetched aga
   assert.equal(view.check, 'ok');
   assert.equal(view.mismatches, 1);
   assert.match(await page.textContent('#events'), /book checksum mismatch/);
+});
+
+test('a book that keeps failing its checksum is fetched again with growing waits, not in a loop', TEST, async (t) => {
+  const server = await serverFor(t);
+  const page = await pageFor(t);
+  // The page's timers run on a clock that only the test moves, so each wait
+  // is checked exactly: a resync due after 500 ms is not sent at 499 ms, and
+  // is at 500.
+  const start = Date.now();
+  await page.clock.install({ time: start });
+  await page.clock.pauseAt(start + 1000);
+  // Between the page and the server: every book message fails its checksum
+  // until `healed`.
+  let healed = false;
+  let bookSubscriptions = 0;
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const upstream = ws.connectToServer();
+    ws.onMessage((text) => {
+      const m = JSON.parse(text);
+      if (m.op === 'subscribe' && m.channel === 'book') bookSubscriptions++;
+      upstream.send(text);
+    });
+    upstream.onMessage((text) => {
+      if (!healed && typeof text === 'string' && text.startsWith('{"type":"book"')) {
+        const m = JSON.parse(text);
+        m.bids[0][1] = m.bids[0][1] === '1' ? '2' : '1';
+        text = JSON.stringify(m);
+      }
+      ws.send(text);
+    });
+  });
+  const subscriptionsReach = (n) => waitUntil(() => bookSubscriptions >= n, `${n} book subscriptions`);
+  const mismatchesLogged = (n) => page.waitForFunction(
+    (n) => [...document.querySelectorAll('#events li')].filter((li) => /checksum mismatch/.test(li.textContent)).length >= n,
+    n,
+    { timeout: WAIT },
+  );
+
+  await page.goto(`${server.url}/?symbols=${DEPTH_SYMBOL}&book=${DEPTH_SYMBOL}`);
+  // The first mismatch is resynced at once; the second waits 0.5 s.
+  await subscriptionsReach(2);
+  await mismatchesLogged(2);
+  for (const [waitMs, seen] of [[500, 2], [1000, 3], [2000, 4]]) {
+    await page.clock.runFor(waitMs - 1);
+    assert.equal(bookSubscriptions, seen, `no resync before ${waitMs} ms`);
+    await page.clock.runFor(1);
+    await subscriptionsReach(seen + 1);
+    await mismatchesLogged(seen + 1);
+  }
+  const events = await page.textContent('#events');
+  for (const wait of ['resubscribing in 0.5 s', 'resubscribing in 1 s', 'resubscribing in 2 s', 'resubscribing in 4 s']) {
+    assert.ok(events.includes(wait), `"${wait}" logged: ${events}`);
+  }
+  assert.equal(bookSubscriptions, 5, 'one subscription per wait, no more');
+
+  // Once books verify again, the next resync is waited for from the start.
+  healed = true;
+  await page.clock.runFor(4000);
+  await subscriptionsReach(6);
+  await page.clock.resume(); // time flows again, so the page paints the verified book
+  await page.waitForSelector('#depth-checksum[data-state="ok"]', { timeout: WAIT });
+  healed = false;
+  await subscriptionsReach(7);
 });
 
 test('a symbol without depth data says so', TEST, async (t) => {

@@ -473,8 +473,41 @@
     verified: 0,
     mismatches: 0,
     resyncing: false, // a mismatch asked for a fresh snapshot that has not arrived yet
+    failedInARow: 0,  // mismatches since the last verified book: sets the wait before the next resync
+    resyncTimer: null, // a resync waiting out its backoff
     dirty: false,
   };
+
+  // A book that keeps failing its checksum (say, a proxy rewriting messages)
+  // must not become a loop of subscriptions: the first resync is immediate,
+  // then each waits twice as long, up to 30 s, until a book verifies again.
+  const RESYNC_FIRST_WAIT_MS = 500;
+  const RESYNC_MAX_WAIT_MS = 30000;
+
+  function resyncWait(failedInARow) {
+    if (failedInARow <= 1) return 0;
+    return Math.min(RESYNC_FIRST_WAIT_MS * 2 ** (failedInARow - 2), RESYNC_MAX_WAIT_MS);
+  }
+
+  function cancelResync() {
+    clearTimeout(book.resyncTimer);
+    book.resyncTimer = null;
+  }
+
+  /** Asks for a fresh snapshot of `symbol` after a mismatch, backing off while mismatches repeat. */
+  function resyncBook(symbol, seq) {
+    if (book.resyncTimer !== null) return; // one is already on its way
+    book.failedInARow++;
+    const wait = resyncWait(book.failedInARow);
+    const when = wait === 0 ? 'resubscribing' : 'resubscribing in ' + wait / 1000 + ' s';
+    logEvent(symbol + ' book checksum mismatch at seq ' + seq + '; ' + when, 'bad');
+    const send = () => {
+      book.resyncTimer = null;
+      if (book.symbol === symbol && transport.kind === 'ws') transport.send(bookRequest('subscribe', symbol));
+    };
+    if (wait === 0) send();
+    else book.resyncTimer = setTimeout(send, wait);
+  }
 
   function bookRequest(op, symbol) {
     return op === 'subscribe'
@@ -486,6 +519,7 @@
   function selectBook(symbol) {
     if (symbol === book.symbol) return;
     const previous = book.symbol;
+    cancelResync();
     if (previous !== null) {
       const row = rows.get(previous);
       if (row) {
@@ -496,7 +530,7 @@
     }
     Object.assign(book, {
       symbol, latest: null, seq: null, shownSeq: null, hasBook: false, status: null, reason: '',
-      check: 'none', verified: 0, mismatches: 0, resyncing: false,
+      check: 'none', verified: 0, mismatches: 0, resyncing: false, failedInARow: 0,
     });
     if (symbol !== null) {
       const row = rows.get(symbol);
@@ -512,7 +546,10 @@
 
   /** A new connection: the book starts over from its next snapshot. */
   function resetBookConnection() {
-    Object.assign(book, { latest: null, seq: null, hasBook: false, status: null, reason: '', resyncing: false });
+    cancelResync();
+    Object.assign(book, {
+      latest: null, seq: null, hasBook: false, status: null, reason: '', resyncing: false, failedInARow: 0,
+    });
     markBookDirty();
   }
 
@@ -525,6 +562,7 @@
       book.check = 'ok';
       book.verified++;
       book.resyncing = false;
+      book.failedInARow = 0;
       book.latest = m;
       book.hasBook = true;
       if (book.status === null) book.status = 'live';
@@ -532,9 +570,8 @@
       // Keep showing the last verified book and ask for a fresh snapshot.
       book.check = 'mismatch';
       book.mismatches++;
-      logEvent(m.symbol + ' book checksum mismatch at seq ' + m.seq + '; resubscribing', 'bad');
       book.resyncing = true;
-      transport.send(bookRequest('subscribe', m.symbol));
+      resyncBook(m.symbol, m.seq);
     }
     markBookDirty();
   }
