@@ -259,8 +259,22 @@ impl Slot {
     /// clear and queues the slot again, or the read that follows this call sees
     /// the version it published. The last version is never missed.
     pub fn clear(&self) {
-        self.queued.swap(false, Ordering::AcqRel);
-        fence(Ordering::SeqCst);
+        self.clear_unfenced();
+        fence_after_clears();
+    }
+
+    /// [`Slot::clear`] without its fence, for a session that clears a batch
+    /// of slots and then calls [`fence_after_clears`] once before reading any
+    /// of their versions. A fence stalls until every earlier store is done,
+    /// so one per slot made each slot's cache miss wait for the one before;
+    /// without it the misses of a batch overlap.
+    pub fn clear_unfenced(&self) {
+        self.queued.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the slot is queued; a plain load, for a publisher's first look.
+    fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Queues the slot unless it already is. A slow subscriber's flag stays set
@@ -279,6 +293,13 @@ impl Slot {
             self.mailbox.notify();
         }
     }
+}
+
+/// The fence that completes [`Slot::clear_unfenced`]: after it, the versions
+/// read for the cleared slots are at least as new as any whose publisher saw
+/// the slot still queued.
+pub fn fence_after_clears() {
+    fence(Ordering::SeqCst);
 }
 
 /// The symbol table and publisher side of the fan-out.
@@ -436,6 +457,74 @@ mod tests {
         ready.clear();
         mailbox.take_ready(&mut ready);
         assert_eq!(ready, vec![3], "queued again after the session cleared it");
+    }
+
+    /// A publisher on one thread, a session on another clearing its slots in
+    /// batches under one fence, over many short bursts: at the end of each,
+    /// once every notice is handled, the session has read every symbol's
+    /// last version, so every cleared slot was queued again by the next
+    /// version. (What the fence itself guards against, a read overtaking the
+    /// clear, this test cannot show on x86: there arc-swap's load is itself
+    /// a locked instruction, which orders the two anyway.)
+    #[test]
+    fn slots_cleared_in_batches_never_miss_the_last_version() {
+        const SYMBOLS: usize = 4;
+        const BURSTS: i64 = 1_000;
+        const ROUNDS: i64 = 50;
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let mailbox = Arc::new(Mailbox::default());
+        let entries: Vec<Arc<SymbolEntry>> = (0..SYMBOLS)
+            .map(|i| hub.declare(&format!("S{i}")))
+            .collect();
+        let slots: Vec<Arc<Slot>> = (0..SYMBOLS as u32)
+            .map(|i| Arc::new(Slot::new(mailbox.clone(), i)))
+            .collect();
+        for (entry, slot) in entries.iter().zip(&slots) {
+            entry.subscribe(slot.clone());
+        }
+        let burst_done = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let publisher = {
+            let (hub, entries) = (hub.clone(), entries.clone());
+            let (burst_done, start) = (burst_done.clone(), start.clone());
+            std::thread::spawn(move || {
+                for burst in 1..=BURSTS {
+                    start.wait();
+                    for round in 1..=ROUNDS {
+                        for entry in &entries {
+                            hub.publish(entry, &trade(round), round);
+                        }
+                    }
+                    burst_done.store(burst, Ordering::SeqCst);
+                }
+            })
+        };
+        let mut seen = [0u64; SYMBOLS];
+        let mut ready = Vec::new();
+        for burst in 1..=BURSTS {
+            start.wait();
+            loop {
+                // Read before taking: notices taken after the burst is done
+                // are its last.
+                let last_round = burst_done.load(Ordering::SeqCst) == burst;
+                ready.clear();
+                mailbox.take_ready(&mut ready);
+                for &index in &ready {
+                    slots[index as usize].clear_unfenced();
+                }
+                fence_after_clears();
+                for &index in &ready {
+                    let current = entries[index as usize].peek();
+                    seen[index as usize] = current.as_deref().map_or(0, |s| s.seq);
+                }
+                if last_round && ready.is_empty() {
+                    break;
+                }
+            }
+            let last = (burst * ROUNDS) as u64;
+            assert_eq!(seen, [last; SYMBOLS], "burst {burst}");
+        }
+        publisher.join().expect("publisher");
     }
 
     #[test]

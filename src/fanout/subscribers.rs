@@ -95,8 +95,17 @@ impl Subscribers {
     pub(super) fn queue_all(&self) {
         fence(Ordering::SeqCst);
         for chunk in self.chunks.load().iter() {
-            for slot in chunk.iter() {
-                slot.mark();
+            // Look at every flag of the chunk first, then queue the clear
+            // ones: a queueing swap stalls until earlier loads are done, so
+            // interleaved, each slot's cache miss would wait for the last.
+            let mut clear = [0u8; CHUNK];
+            let mut found = 0;
+            for (i, slot) in chunk.iter().enumerate() {
+                clear[found] = i as u8;
+                found += usize::from(!slot.is_queued());
+            }
+            for &i in &clear[..found] {
+                chunk[usize::from(i)].mark();
             }
         }
     }

@@ -14,9 +14,12 @@ use tokio::time::Instant;
 use super::book::{BookSubscriptions, BOOK_SLOT};
 use super::channel::{self, AnnouncedStatus, Channel, Registry};
 use super::outbox::Outbox;
-use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
+use crate::fanout::{fence_after_clears, Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
 use crate::protocol::{self, Reply, TICKER_CHANNEL};
+
+/// Most ready notices cleared under one fence (see [`Subscriptions::fill`]).
+const CLEAR_BATCH: usize = 32;
 
 /// One subscribed symbol.
 #[derive(Debug)]
@@ -127,6 +130,12 @@ impl Subscriptions {
 
     /// Moves ready updates into `out` until it holds `high_water` bytes, and
     /// says how many subscriptions it looked at.
+    ///
+    /// Ticker notices are taken in batches: first every slot of the batch is
+    /// cleared, then one fence, then each symbol's version is read and
+    /// appended. A batch is appended whole, so `out` may pass `high_water` by
+    /// up to [`CLEAR_BATCH`] tickers (about 10 KiB); book versions, which may
+    /// be large, are taken one at a time.
     pub fn fill(&mut self, out: &mut Outbox, high_water: usize) -> usize {
         // Read the clock only if a rate cap needs it: it is a large share of
         // the per-delivery cost otherwise.
@@ -141,14 +150,29 @@ impl Subscriptions {
                     break;
                 }
             }
-            let index = self.ready[self.ready_pos];
-            self.ready_pos += 1;
-            taken += 1;
-            if index & BOOK_SLOT != 0 {
-                self.book.push_update(index & !BOOK_SLOT, out);
+            let first = self.ready[self.ready_pos];
+            if first & BOOK_SLOT != 0 {
+                // A book version may be large: one at a time, each under the mark.
+                self.ready_pos += 1;
+                taken += 1;
+                self.book.push_update(first & !BOOK_SLOT, out);
                 continue;
             }
-            self.push_update(index, &mut now, out);
+            let tickers = self.ready[self.ready_pos..]
+                .iter()
+                .take(CLEAR_BATCH)
+                .take_while(|&&index| index & BOOK_SLOT == 0)
+                .count();
+            let batch = self.ready_pos..self.ready_pos + tickers;
+            self.ready_pos = batch.end;
+            taken += tickers;
+            for &index in &self.ready[batch.clone()] {
+                Self::clear_unless_held(&mut self.subs, &mut self.deferred, index, &mut now);
+            }
+            fence_after_clears();
+            for i in batch {
+                self.push_cleared(self.ready[i], now, out);
+            }
         }
         taken
     }
@@ -184,21 +208,44 @@ impl Subscriptions {
     /// Appends the newest version (and status) of one subscription, if the
     /// client does not have it yet and its rate cap allows.
     fn push_update(&mut self, index: u32, now: &mut Option<Instant>, out: &mut Outbox) {
-        let Some(sub) = self.subs.get_mut(index) else {
+        Self::clear_unless_held(&mut self.subs, &mut self.deferred, index, now);
+        fence_after_clears();
+        self.push_cleared(index, *now, out);
+    }
+
+    /// Clears a subscription's slot, so that the next version queues it again,
+    /// unless its rate cap holds it back: then it waits in `deferred` with its
+    /// slot still queued (the publisher need not notify again, and the timer
+    /// sends whatever is newest when the gap has passed).
+    fn clear_unless_held(
+        subs: &mut Registry<Subscription>,
+        deferred: &mut Vec<u32>,
+        index: u32,
+        now: &mut Option<Instant>,
+    ) {
+        let Some(sub) = subs.get_mut(index) else {
             return; // Unsubscribed since it was queued.
         };
         if sub.deferred {
             return;
         }
-        let now = sub.min_gap.map(|_| *now.get_or_insert_with(Instant::now));
-        if now.is_some_and(|now| now < sub.next_due) {
-            // Leave the slot marked queued: the publisher need not notify again,
-            // and the timer sends whatever is newest when the gap has passed.
+        if sub.min_gap.is_some() && *now.get_or_insert_with(Instant::now) < sub.next_due {
             sub.deferred = true;
-            self.deferred.push(index);
+            deferred.push(index);
             return;
         }
-        sub.slot.clear();
+        sub.slot.clear_unfenced();
+    }
+
+    /// Appends the newest version (and status) of a subscription whose slot
+    /// [`Self::clear_unless_held`] cleared, after the fence that follows.
+    fn push_cleared(&mut self, index: u32, now: Option<Instant>, out: &mut Outbox) {
+        let Some(sub) = self.subs.get_mut(index) else {
+            return;
+        };
+        if sub.deferred {
+            return;
+        }
         let guard = sub.entry.peek();
         if let Some(snapshot) = guard.as_deref() {
             if snapshot.seq > sub.last_seq {
