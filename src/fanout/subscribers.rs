@@ -18,6 +18,8 @@ use super::Slot;
 
 /// Slots per chunk: a change copies about `len / CHUNK + 2 * CHUNK` pointers.
 const CHUNK: usize = 64;
+// `queue_all` notes a chunk's positions in bytes.
+const _: () = assert!(CHUNK <= 256);
 
 type Chunk = Arc<Vec<Arc<Slot>>>;
 
