@@ -613,20 +613,29 @@ mod tests {
         Some(format!("{parsed:?} {depth:?}"))
     }
 
+    /// The Binance captures in `replay-data/`.
+    const BUNDLED_CAPTURES: [&str; 2] = [
+        "binance-spot-btcusdt-20240808.gz",
+        "binance-usdm-btcusdt-20240808.gz",
+    ];
+
+    /// The lines of a bundled capture (`receive-time json`), decompressed.
+    fn bundled_capture_lines(name: &str) -> impl Iterator<Item = String> {
+        use std::io::{BufRead as _, BufReader};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("replay-data")
+            .join(name);
+        let file = std::fs::File::open(path).expect("bundled sample");
+        BufReader::new(flate2::read::MultiGzDecoder::new(file))
+            .lines()
+            .map(|line| line.expect("sample decompresses"))
+    }
+
     #[test]
     fn the_flat_path_reads_every_capture_line_as_the_full_parser_does() {
-        use std::io::{BufRead as _, BufReader};
-        for name in [
-            "binance-spot-btcusdt-20240808.gz",
-            "binance-usdm-btcusdt-20240808.gz",
-        ] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("replay-data")
-                .join(name);
-            let file = std::fs::File::open(path).expect("bundled sample");
+        for name in BUNDLED_CAPTURES {
             let (mut flat, mut ticks, mut depth) = (0, 0, 0);
-            for line in BufReader::new(flate2::read::MultiGzDecoder::new(file)).lines() {
-                let line = line.expect("sample decompresses");
+            for line in bundled_capture_lines(name) {
                 let (ts, json) = line.split_once(' ').expect("a capture line");
                 let ts: i64 = ts.parse().expect("a receive time");
                 let full = full_parse_with_depth(json.as_bytes(), ts);
@@ -661,21 +670,11 @@ mod tests {
     /// reads it the same, and leaves every other to it.
     #[test]
     fn damaged_capture_lines_mean_what_the_full_parser_says() {
-        use std::io::{BufRead as _, BufReader};
         // Every depth message and every 50th line (mostly tickers) of both
         // samples, the recording's receive time cut off.
         let mut lines: Vec<Vec<u8>> = Vec::new();
-        for name in [
-            "binance-spot-btcusdt-20240808.gz",
-            "binance-usdm-btcusdt-20240808.gz",
-        ] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("replay-data")
-                .join(name);
-            let file = std::fs::File::open(path).expect("bundled sample");
-            let sample = BufReader::new(flate2::read::MultiGzDecoder::new(file))
-                .lines()
-                .map(|line| line.expect("sample decompresses"))
+        for name in BUNDLED_CAPTURES {
+            let sample = bundled_capture_lines(name)
                 .enumerate()
                 .filter(|(i, line)| i % 50 == 0 || line.contains("depthUpdate"))
                 .filter_map(|(_, line)| Some(line.split_once(' ')?.1.as_bytes().to_vec()));
