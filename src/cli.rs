@@ -189,7 +189,6 @@ pub struct RecordArgs {
     pub rotate_mib: Option<u64>,
 }
 
-/// Parses the command line, runs the command, and maps errors to an exit code.
 /// The longest timeout a flag takes, a week: deadlines are instants, and one
 /// further away than an instant can hold would end the server.
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
@@ -209,6 +208,7 @@ fn positive_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses the command line, runs the command, and maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
