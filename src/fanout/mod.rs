@@ -272,17 +272,19 @@ impl Slot {
         self.queued.store(false, Ordering::Relaxed);
     }
 
-    /// Whether the slot is queued; a plain load, for a publisher's first look.
+    /// Whether the slot is queued: a publisher's first look, before
+    /// [`Slot::mark`]. A slow subscriber's flag stays set across many
+    /// versions; a plain load leaves its cache line shared instead of taking
+    /// it away from the session on every version.
     fn is_queued(&self) -> bool {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Queues the slot unless it already is. A slow subscriber's flag stays set
-    /// across many versions; a plain load leaves its cache line shared instead
-    /// of taking it away from the session on every version.
+    /// Queues the slot unless it already is, for a publisher that saw it
+    /// clear with [`Slot::is_queued`].
     fn mark(&self) {
-        if self.queued.load(Ordering::Relaxed) || self.queued.swap(true, Ordering::AcqRel) {
-            return; // Already queued: the session will read the newest version anyway.
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return; // Queued meanwhile: the session will read the newest version anyway.
         }
         let was_empty = {
             let mut ready = self.mailbox.ready.lock().unwrap_or_else(|e| e.into_inner());
