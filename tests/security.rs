@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt as _;
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tickwire::auth::mint::{self, SigningKey, TokenClaims};
 use tickwire::auth::{AuthConfig, Authenticator, JwtConfig, JwtKey, SymbolPattern};
 use tickwire::feed::replay::Speed;
 use tickwire::limits::{LimitsConfig, RateConfig};
+use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -487,6 +489,105 @@ async fn requests_read_together_queue_no_more_replies_than_the_output_limit() {
         );
         assert_eq!(answer["symbols"].as_array().map(Vec::len), Some(3_002));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscribe_of_thousands_of_symbols_writes_its_snapshots_as_the_client_reads() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            max_subscriptions: 5_000,
+            write_high_water: 4 * 1024,
+            // Room for the `subscribed` reply, which names every symbol (39 KB).
+            max_write_buffer: 64 * 1024,
+            send_buffer_bytes: Some(4 * 1024),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let limit = config.session.max_write_buffer as f64;
+    let server = TestServer::start(config, Vec::new()).await;
+    // 3,000 symbols with a version each: ~700 KB of snapshots for one request.
+    let names: Vec<String> = (0..3_000).map(|i| format!("test:S{i:04}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let tick = Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Quote {
+                bid: Decimal::new(100_000 + i as i64, 2),
+                bid_size: Decimal::ONE,
+                ask: Decimal::new(100_100 + i as i64, 2),
+                ask_size: Decimal::ONE,
+            },
+        };
+        let entry = server.hub.declare(name);
+        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
+    }
+    let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
+    // The subscribe, and a ping read with it, to a client that reads nothing yet.
+    let mut symbols = names.clone();
+    symbols.push("NOPE".into());
+    let requests = [
+        json!({"op": "subscribe", "id": 1, "symbols": symbols}),
+        json!({"op": "ping", "id": 2}),
+    ]
+    .iter()
+    .flat_map(|request| client_frame(true, 0x1, request.to_string().as_bytes()))
+    .collect::<Vec<u8>>();
+    stream.write_all(&requests).await.expect("send");
+    let series = "tickwire_write_buffered_bytes";
+    let buffered = tokio::time::timeout(GUARD, async {
+        loop {
+            let buffered = metric_value(&server, series).await;
+            if buffered > 0.0 {
+                break buffered;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the socket pushes back");
+    assert!(
+        buffered < limit,
+        "{buffered} bytes queued for one request: over the output limit"
+    );
+
+    // Read back, in the protocol's order: `subscribed`, a snapshot per symbol
+    // in the request's order, the refusal, then the next request's answer.
+    let mut frames = ServerFrames::default();
+    let mut next = async || {
+        let (opcode, payload) = frames.next(&mut stream).await.expect("a frame");
+        assert_eq!(opcode, 0x1);
+        serde_json::from_slice::<Value>(&payload).expect("JSON")
+    };
+    let subscribed = next().await;
+    assert_eq!(subscribed["type"], "subscribed");
+    assert_eq!(subscribed["symbols"], json!(names));
+    let mut peak = buffered;
+    for (i, name) in names.iter().enumerate() {
+        let snapshot = next().await;
+        assert_eq!(
+            (&snapshot["symbol"], &snapshot["snapshot"]),
+            (&json!(name), &json!(true)),
+            "snapshot {i}"
+        );
+        assert_eq!(
+            snapshot["bid"],
+            Decimal::new(100_000 + i as i64, 2).to_string()
+        );
+        if i % 500 == 0 {
+            peak = peak.max(metric_value(&server, series).await);
+        }
+    }
+    assert!(peak < limit, "{peak} bytes queued while the client read");
+    let refused = next().await;
+    assert_eq!(
+        (&refused["type"], &refused["code"], &refused["symbols"]),
+        (&json!("error"), &json!("unknown_symbol"), &json!(["NOPE"]))
+    );
+    let pong = next().await;
+    assert_eq!((&pong["type"], &pong["id"]), (&json!("pong"), &json!(2)));
+    let series = r#"tickwire_client_errors_total{code="unknown_symbol"}"#;
+    assert_eq!(metric_value(&server, series).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

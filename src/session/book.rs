@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use super::channel::{self, AnnouncedStatus, Channel, Registry};
+use super::channel::{self, AnnouncedStatus, Channel, PendingAnswer, Registry};
 use super::outbox::Outbox;
-use super::subscriptions::push_error;
+use super::subscriptions::encode_error;
 use crate::book::depth::{depth_index, BOOK_DEPTHS};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
@@ -62,14 +62,16 @@ impl BookSubscriptions {
 
     /// Handles `{"op":"subscribe","channel":"book",...}`: `subscribed`, then a
     /// snapshot (and the book's status when not live) per accepted symbol,
-    /// then errors for refused ones. A bad `depth` refuses the whole request.
-    pub fn subscribe(
+    /// then errors for refused ones, all but `subscribed` left in `pending`.
+    /// A bad `depth` refuses the whole request.
+    pub(super) fn subscribe(
         &mut self,
         id: Option<u64>,
         symbols: Vec<String>,
         depth: Option<usize>,
         max_rate_hz: Option<f64>,
         out: &mut Outbox,
+        pending: &mut PendingAnswer,
     ) {
         let max_depth = self.hub.max_book_depth();
         let depth = depth.unwrap_or(DEFAULT_DEPTH.min(max_depth));
@@ -80,15 +82,17 @@ impl BookSubscriptions {
                 .map(|d| d.to_string())
                 .collect();
             let message = format!("depth must be one of {}", served.join(", "));
-            push_error(out, &self.hub, id, ErrorCode::BadRequest, &message, &[]);
+            let error = encode_error(&self.hub, id, ErrorCode::BadRequest, &message, &[]);
+            pending.reply(error, out);
             return;
         };
         if max_rate_hz.is_some() {
             let message = "max_rate_hz is not supported on the book channel";
-            push_error(out, &self.hub, id, ErrorCode::BadRequest, message, &[]);
+            let error = encode_error(&self.hub, id, ErrorCode::BadRequest, message, &[]);
+            pending.reply(error, out);
             return;
         }
-        channel::subscribe(self, id, symbols, depth_index, out);
+        channel::subscribe(self, id, symbols, depth_index, out, pending);
     }
 
     /// Drops the named book subscriptions and appends `unsubscribed`.
@@ -138,6 +142,7 @@ impl BookSubscriptions {
 impl Channel for BookSubscriptions {
     const NAME: &'static str = BOOK_CHANNEL;
     const LIMIT_NOUN: &'static str = "book subscriptions";
+    const INDEX_TAG: u32 = BOOK_SLOT;
     /// The subscribed depth, as an index into [`BOOK_DEPTHS`].
     type Settings = usize;
     type Subscription = BookSubscription;

@@ -5,12 +5,18 @@
 //! one is added while the client is under its limit, and the rest are refused.
 //! The answer is `subscribed` with the accepted names, a snapshot per accepted
 //! symbol, then one error for unknown names and one for those over the limit.
+//!
+//! Only `subscribed` is written at once. The rest goes into the client's
+//! [`PendingAnswer`] and is written as the client reads (see
+//! [`Subscriptions::fill`](super::subscriptions::Subscriptions::fill)): one
+//! request may name a thousand symbols, and their snapshots, at a deep book's
+//! size each, would otherwise be queued all at once, far past the output limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::outbox::Outbox;
-use super::subscriptions::push_error;
+use super::subscriptions::encode_error;
 use crate::fanout::{Hub, SymbolEntry, SymbolState, SymbolStatus};
 use crate::metrics::ErrorCode;
 use crate::protocol::Reply;
@@ -134,6 +140,9 @@ pub(super) trait Channel {
     const NAME: &'static str;
     /// What the subscriptions are called in the over-the-limit message.
     const LIMIT_NOUN: &'static str;
+    /// Set in the indices this channel's subscriptions are owed snapshots
+    /// under, so one [`PendingAnswer`] can hold indices of either channel.
+    const INDEX_TAG: u32;
     /// The request's settings for the subscriptions it adds or refreshes.
     type Settings: Copy;
     /// What the channel keeps per subscription.
@@ -152,13 +161,64 @@ pub(super) trait Channel {
     fn remove_named(&mut self, name: &str);
 }
 
-/// Handles a subscribe request on `channel` and appends the answer.
+/// What a subscribe request still owes the client after `subscribed`: a
+/// snapshot per accepted symbol, then the replies that follow them.
+///
+/// The session reads no further request while an answer is pending, so the
+/// order of replies is the one the protocol gives, and what it holds is
+/// bounded by one request: its accepted symbols and its refusals.
+#[derive(Debug, Default)]
+pub(super) struct PendingAnswer {
+    /// Subscription indices, tagged with their channel's
+    /// [`Channel::INDEX_TAG`], in the request's order.
+    snapshots: VecDeque<u32>,
+    /// Encoded replies written after the last snapshot.
+    then: Vec<Vec<u8>>,
+}
+
+impl PendingAnswer {
+    pub(super) fn is_empty(&self) -> bool {
+        self.snapshots.is_empty() && self.then.is_empty()
+    }
+
+    /// The next subscription owed a snapshot, tagged with its channel's tag.
+    pub(super) fn next_snapshot(&mut self) -> Option<u32> {
+        self.snapshots.pop_front()
+    }
+
+    /// Appends `reply` now if nothing is pending, else after the snapshots.
+    pub(super) fn reply(&mut self, reply: Vec<u8>, out: &mut Outbox) {
+        if self.is_empty() {
+            out.push_json(&reply);
+        } else {
+            self.then.push(reply);
+        }
+    }
+
+    /// Appends the replies that waited for the snapshots; call once every
+    /// snapshot is written.
+    pub(super) fn finish(&mut self, out: &mut Outbox) {
+        debug_assert!(self.snapshots.is_empty());
+        for reply in self.then.drain(..) {
+            out.push_json(&reply);
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.snapshots.clear();
+        self.then.clear();
+    }
+}
+
+/// Handles a subscribe request on `channel`: appends `subscribed` and leaves
+/// the rest of the answer in `pending`.
 pub(super) fn subscribe<C: Channel>(
     channel: &mut C,
     id: Option<u64>,
     symbols: Vec<String>,
     settings: C::Settings,
     out: &mut Outbox,
+    pending: &mut PendingAnswer,
 ) {
     let mut accepted: Vec<Arc<str>> = Vec::new();
     // A request may name thousands of symbols: look repeats up, don't scan.
@@ -192,15 +252,24 @@ pub(super) fn subscribe<C: Channel>(
     }
 
     push_subscribed(out, id, C::NAME, &accepted);
-    for index in fresh {
-        channel.push_snapshot(index, out);
-    }
+    pending
+        .snapshots
+        .extend(fresh.into_iter().map(|index| index | C::INDEX_TAG));
     let limit = format!(
         "at most {} {} per connection",
         channel.max_subscriptions(),
         C::LIMIT_NOUN
     );
-    push_refused(out, channel.hub(), id, &unknown, &over_limit, &limit);
+    for (names, code, message) in [
+        (&unknown, ErrorCode::UnknownSymbol, "no such symbol"),
+        (&over_limit, ErrorCode::LimitExceeded, limit.as_str()),
+    ] {
+        if !names.is_empty() {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let error = encode_error(channel.hub(), id, code, message, &names);
+            pending.reply(error, out);
+        }
+    }
 }
 
 /// Handles an unsubscribe request on `channel` and appends `unsubscribed`.
@@ -236,27 +305,6 @@ fn push_subscribed(out: &mut Outbox, id: Option<u64>, channel: &str, accepted: &
         }
         .encode(),
     );
-}
-
-/// Appends the errors for the symbols a subscribe request could not have:
-/// `unknown_symbol`, and `limit_exceeded` (with `limit` as its message).
-fn push_refused(
-    out: &mut Outbox,
-    hub: &Hub,
-    id: Option<u64>,
-    unknown: &[String],
-    over_limit: &[String],
-    limit: &str,
-) {
-    for (names, code, message) in [
-        (unknown, ErrorCode::UnknownSymbol, "no such symbol"),
-        (over_limit, ErrorCode::LimitExceeded, limit),
-    ] {
-        if !names.is_empty() {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            push_error(out, hub, id, code, message, &names);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! status or name of such a symbol is ever written to that client.
 
 use super::outbox::Outbox;
-use super::subscriptions::{push_error, Subscriptions};
+use super::subscriptions::{encode_error, push_error, Subscriptions};
 use crate::auth::Grant;
 use crate::fanout::Hub;
 use crate::metrics::ErrorCode;
@@ -21,9 +21,15 @@ pub fn subscribe(
     out: &mut Outbox,
 ) {
     let rate = grant.entitlements.rate_cap(max_rate_hz);
-    subscribe_with(grant, hub, id, symbols, out, |allowed, out| {
-        subscriptions.subscribe(id, allowed, rate, out)
-    });
+    subscribe_with(
+        subscriptions,
+        grant,
+        hub,
+        id,
+        symbols,
+        out,
+        |subscriptions, allowed, out| subscriptions.subscribe(id, allowed, rate, out),
+    );
 }
 
 /// The same for the `book` channel: the depth of a symbol is as licensed as
@@ -52,35 +58,43 @@ pub fn subscribe_book(
         );
         return;
     }
-    subscribe_with(grant, hub, id, symbols, out, |allowed, out| {
-        subscriptions
-            .book_mut()
-            .subscribe(id, allowed, depth, max_rate_hz, out)
-    });
+    subscribe_with(
+        subscriptions,
+        grant,
+        hub,
+        id,
+        symbols,
+        out,
+        |subscriptions, allowed, out| {
+            subscriptions.subscribe_book(id, allowed, depth, max_rate_hz, out)
+        },
+    );
 }
 
 /// Hands the entitled part of `symbols` to `subscribe`, then answers
-/// `not_entitled` for the rest, whether or not they exist.
+/// `not_entitled` for the rest, whether or not they exist, after the
+/// request's other replies.
 fn subscribe_with(
+    subscriptions: &mut Subscriptions,
     grant: &Grant,
     hub: &Hub,
     id: Option<u64>,
     symbols: Vec<String>,
     out: &mut Outbox,
-    subscribe: impl FnOnce(Vec<String>, &mut Outbox),
+    subscribe: impl FnOnce(&mut Subscriptions, Vec<String>, &mut Outbox),
 ) {
     let (allowed, denied) = grant.entitlements.partition(symbols);
-    subscribe(allowed, out);
+    subscribe(subscriptions, allowed, out);
     if !denied.is_empty() {
         let names: Vec<&str> = denied.iter().map(String::as_str).collect();
-        push_error(
-            out,
+        let error = encode_error(
             hub,
             id,
             ErrorCode::NotEntitled,
             "your credentials do not cover these symbols",
             &names,
         );
+        subscriptions.reply(error, out);
     }
 }
 

@@ -281,7 +281,8 @@ struct Session {
     /// then: a flood waits in TCP buffers instead of costing CPU.
     read_paused_until: Option<Instant>,
     /// Requests already read stay in `inbound`, unanswered, because the
-    /// output reached `max_write_buffer`: they are taken up once it drains.
+    /// output reached `max_write_buffer` or a subscribe request's answer is
+    /// still being written: they are taken up once that is done.
     requests_waiting: bool,
     /// When the credential expires.
     expiry: Option<Instant>,
@@ -346,21 +347,28 @@ impl Session {
             if self.hold_until.is_some_and(|until| Instant::now() >= until) {
                 self.hold_until = None;
             }
+            // A subscribe request's snapshots are answers, never held back.
             let mut updates_taken = 0;
             loop {
                 if self.hold_until.is_none() {
                     updates_taken += self
                         .subscriptions
                         .fill(&mut self.out, config.write_high_water);
+                } else {
+                    self.subscriptions
+                        .write_answer(&mut self.out, config.write_high_water);
                 }
                 if let Err(e) = self.flush() {
                     tracing::debug!(id = self.context.id, error = %e, "write failed");
                     return CloseReason::Io;
                 }
-                if self.hold_until.is_some()
-                    || self.out.buffered() > 0
-                    || !self.subscriptions.has_backlog()
-                {
+                if self.out.buffered() > 0 {
+                    break;
+                }
+                if self.subscriptions.is_answering() {
+                    continue;
+                }
+                if self.hold_until.is_some() || !self.subscriptions.has_backlog() {
                     break;
                 }
             }
@@ -370,10 +378,10 @@ impl Session {
             self.out.report();
 
             let buffered = self.out.buffered();
-            if self.requests_waiting
-                && buffered < config.max_write_buffer
+            let takes_requests = buffered < config.max_write_buffer
                 && self.read_paused_until.is_none()
-            {
+                && !self.subscriptions.is_answering();
+            if self.requests_waiting && takes_requests {
                 // Room again for what was read before the output filled up.
                 if let Err(closing) = self.handle_inbound() {
                     return self.close(closing).await;
@@ -381,7 +389,7 @@ impl Session {
                 continue;
             }
             let wanted = Interest {
-                requests: buffered < config.max_write_buffer && self.read_paused_until.is_none(),
+                requests: takes_requests,
                 writable: buffered > 0 || self.stream.has_pending_output(),
                 updates: buffered < config.write_high_water && self.hold_until.is_none(),
                 register_shutdown: !shutdown_registered,
@@ -582,12 +590,15 @@ impl Session {
     }
 
     /// Answers the requests in `inbound` until it holds no whole frame, or
-    /// until the output reaches its limit: several requests read at once must
-    /// not queue more replies than one request can.
+    /// until the output reaches its limit or a subscribe request's answer is
+    /// still being written: several requests read at once must not queue
+    /// more replies than one request can.
     fn handle_inbound(&mut self) -> Result<(), Closing> {
         self.requests_waiting = false;
         loop {
-            if self.out.buffered() >= self.context.config.max_write_buffer {
+            if self.out.buffered() >= self.context.config.max_write_buffer
+                || self.subscriptions.is_answering()
+            {
                 self.requests_waiting = !self.inbound.is_empty();
                 return Ok(());
             }
@@ -708,8 +719,7 @@ impl Session {
                 }
                 Some(Channel::Book) => {
                     self.subscriptions
-                        .book_mut()
-                        .unsubscribe(id, &symbols, &mut self.out)
+                        .unsubscribe_book(id, &symbols, &mut self.out)
                 }
                 None => {}
             },

@@ -4,7 +4,8 @@
 //! The mailbox only says *which* subscriptions changed; the drain reads each
 //! symbol's current snapshot and status at that moment. A client that is behind
 //! therefore always gets the newest version, with `skipped` counting the ones
-//! it missed, and never a backlog.
+//! it missed, and never a backlog. The snapshots a subscribe request owes are
+//! written by the same drain, ahead of any update.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::book::{BookSubscriptions, BOOK_SLOT};
-use super::channel::{self, AnnouncedStatus, Channel, Registry};
+use super::channel::{self, AnnouncedStatus, Channel, PendingAnswer, Registry};
 use super::outbox::Outbox;
 use crate::fanout::{fence_after_clears, Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
@@ -52,6 +53,8 @@ pub struct Subscriptions {
     subs: Registry<Subscription>,
     /// The `book` channel's subscriptions, sharing this mailbox.
     book: BookSubscriptions,
+    /// The rest of the last subscribe request's answer, on either channel.
+    pending: PendingAnswer,
 }
 
 impl Subscriptions {
@@ -66,6 +69,7 @@ impl Subscriptions {
             ready_pos: 0,
             deferred: Vec::new(),
             subs: Registry::default(),
+            pending: PendingAnswer::default(),
         }
     }
 
@@ -78,16 +82,24 @@ impl Subscriptions {
         self.subs.is_empty() && self.book.is_empty()
     }
 
-    /// The `book` channel's subscriptions.
-    pub fn book_mut(&mut self) -> &mut BookSubscriptions {
-        &mut self.book
-    }
-
     /// Whether ready notices are already taken from the mailbox but not yet
     /// processed. Their slots stay marked queued, so no publisher will notify
     /// for them again: the caller must drain again before waiting.
     pub fn has_backlog(&self) -> bool {
         self.ready_pos < self.ready.len()
+    }
+
+    /// Whether a subscribe request's answer is not all written yet. The
+    /// caller reads no further request until it is, so replies keep the
+    /// requests' order.
+    pub fn is_answering(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Appends `reply` to the current answer: now if nothing is pending, else
+    /// after the snapshots still owed.
+    pub fn reply(&mut self, reply: Vec<u8>, out: &mut Outbox) {
+        self.pending.reply(reply, out);
     }
 
     /// Handles a subscribe request and appends the protocol's answer (see
@@ -101,7 +113,27 @@ impl Subscriptions {
         out: &mut Outbox,
     ) {
         let min_gap = max_rate_hz.map(|hz| Duration::from_secs_f64((1.0 / hz).min(3_600.0)));
-        channel::subscribe(self, id, symbols, min_gap, out);
+        let mut pending = std::mem::take(&mut self.pending);
+        channel::subscribe(self, id, symbols, min_gap, out, &mut pending);
+        self.pending = pending;
+    }
+
+    /// The same on the `book` channel, `depth` levels a side.
+    pub fn subscribe_book(
+        &mut self,
+        id: Option<u64>,
+        symbols: Vec<String>,
+        depth: Option<usize>,
+        max_rate_hz: Option<f64>,
+        out: &mut Outbox,
+    ) {
+        self.book
+            .subscribe(id, symbols, depth, max_rate_hz, out, &mut self.pending);
+    }
+
+    /// Drops the named book subscriptions and appends `unsubscribed`.
+    pub fn unsubscribe_book(&mut self, id: Option<u64>, symbols: &[String], out: &mut Outbox) {
+        self.book.unsubscribe(id, symbols, out);
     }
 
     /// Drops the named subscriptions and appends `unsubscribed`. Nothing for
@@ -125,11 +157,36 @@ impl Subscriptions {
             self.detach(&sub);
         }
         self.deferred.clear();
+        self.pending.clear();
         self.book.release();
     }
 
+    /// Appends the snapshots a subscribe request still owes until `out` holds
+    /// `high_water` bytes, then the replies that follow them; true once the
+    /// whole answer is written.
+    pub fn write_answer(&mut self, out: &mut Outbox, high_water: usize) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        while out.buffered() < high_water {
+            match self.pending.next_snapshot() {
+                Some(index) if index & BOOK_SLOT != 0 => {
+                    self.book.push_snapshot(index & !BOOK_SLOT, out);
+                }
+                Some(index) => self.push_snapshot(index, out),
+                None => {
+                    self.pending.finish(out);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Moves ready updates into `out` until it holds `high_water` bytes, and
-    /// says how many subscriptions it looked at.
+    /// says how many subscriptions it looked at. The rest of a subscribe
+    /// request's answer comes first (see [`Self::write_answer`]): no update of
+    /// a symbol goes out before its snapshot.
     ///
     /// Ticker notices are taken in batches: first every slot of the batch is
     /// cleared, then one fence, then each symbol's version is read and
@@ -139,6 +196,9 @@ impl Subscriptions {
     pub fn fill(&mut self, out: &mut Outbox, high_water: usize) -> usize {
         // Read the clock only if a rate cap needs it: it is a large share of
         // the per-delivery cost otherwise.
+        if !self.write_answer(out, high_water) {
+            return 0;
+        }
         let mut now = None;
         let mut taken = 0;
         while out.buffered() < high_water {
@@ -177,8 +237,12 @@ impl Subscriptions {
         taken
     }
 
-    /// Sends the updates whose rate-cap gap has passed.
+    /// Sends the updates whose rate-cap gap has passed (once the current
+    /// answer is written: a re-subscription's snapshot comes first).
     pub fn on_timer(&mut self, out: &mut Outbox) {
+        if self.is_answering() {
+            return;
+        }
         let now = Instant::now();
         let mut i = 0;
         while i < self.deferred.len() {
@@ -196,8 +260,12 @@ impl Subscriptions {
         }
     }
 
-    /// When the earliest deferred update is due.
+    /// When the earliest deferred update is due; none while an answer is
+    /// being written, which [`Self::on_timer`] waits for.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.is_answering() {
+            return None;
+        }
         self.deferred
             .iter()
             .filter_map(|&i| self.subs.get(i))
@@ -277,6 +345,7 @@ impl Drop for Subscriptions {
 impl Channel for Subscriptions {
     const NAME: &'static str = TICKER_CHANNEL;
     const LIMIT_NOUN: &'static str = "subscriptions";
+    const INDEX_TAG: u32 = 0;
     /// `max_rate_hz` as a minimum gap between two updates.
     type Settings = Option<Duration>;
     type Subscription = Subscription;
@@ -377,6 +446,17 @@ pub fn push_error(
     message: &str,
     symbols: &[&str],
 ) {
+    out.push_json(&encode_error(hub, id, code, message, symbols));
+}
+
+/// An `error` reply, counted now whenever it is written.
+pub fn encode_error(
+    hub: &Hub,
+    id: Option<u64>,
+    code: ErrorCode,
+    message: &str,
+    symbols: &[&str],
+) -> Vec<u8> {
     hub.metrics().count_error(code);
-    out.push_json(&protocol::Reply::error(id, code, message, symbols).encode());
+    protocol::Reply::error(id, code, message, symbols).encode()
 }
