@@ -142,6 +142,7 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
         "stalled       3",
         "churn ",
         "(from intended)",
+        "staleness     p50 ",
     ] {
         assert!(stdout.contains(line), "`{line}` in\n{stdout}");
     }
@@ -172,6 +173,20 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
     let slow = &report["slow"];
     assert_eq!(slow["connections"], 4);
     assert!(slow["delivered"].as_u64() <= Some(4 * 20), "{report:#}");
+    // Staleness: every 100 ms of the 3 s window, the age of each of the 5
+    // values each reading connection holds, and per symbol the freshest.
+    let samples = |p: &serde_json::Value| p["count"].as_u64().unwrap_or(0);
+    let (healthy, slow, floor) = (
+        &report["staleness_us"],
+        &slow["staleness_us"],
+        &report["staleness_floor_us"],
+    );
+    assert!((1..=20 * 5 * 31).contains(&samples(healthy)), "{report:#}");
+    assert!((1..=4 * 5 * 31).contains(&samples(slow)), "{report:#}");
+    assert!((1..=20 * 31).contains(&samples(floor)), "{report:#}");
+    // The freshest value of a symbol is no older than any connection's.
+    let max = |p: &serde_json::Value| p["max"].as_f64().unwrap_or(0.0);
+    assert!(max(floor) <= max(healthy).max(max(slow)), "{report:#}");
     let churn = &report["churn"];
     assert!(churn["completed"].as_u64() > Some(0), "{report:#}");
     assert_eq!(churn["failed"], 0, "{report:#}");

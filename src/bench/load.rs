@@ -3,17 +3,18 @@
 //! predictable. Each thread keeps one histogram its connections share.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::tally::{Clock, Latency, SeqChecker, Tally};
+use super::tally::{new_histogram, sample_staleness, Clock, Latency, SeqChecker, Tally};
 use crate::client::websocket_config;
 use crate::wall_clock_ns;
 
@@ -22,6 +23,8 @@ use crate::wall_clock_ns;
 const CONNECTING_AT_ONCE: usize = 64;
 /// How long a closing handshake may take once the run is over.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the age of every value the connections hold is sampled.
+pub const STALENESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where the run is; connections read it on every message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,21 +118,39 @@ impl Measured {
 }
 
 /// What one thread measured.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outcome {
     /// Healthy readers: the figures the run is about.
     pub healthy: Measured,
     /// Slow readers, reported apart so they cannot flatter or spoil the rest.
     pub slow: Measured,
+    /// Per staleness sample and symbol, the age of the freshest value any
+    /// reading connection of the thread held: what a client that never
+    /// lagged the others would have seen.
+    pub staleness_floor: Histogram<u64>,
     /// Connections that ended before the run did, and the first reason seen.
     pub closed_early: usize,
     pub first_close: Option<String>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Self {
+            healthy: Measured::default(),
+            slow: Measured::default(),
+            staleness_floor: new_histogram(),
+            closed_early: 0,
+            first_close: None,
+        }
+    }
 }
 
 impl Outcome {
     pub fn merge(&mut self, other: Outcome) {
         self.healthy.merge(&other.healthy);
         self.slow.merge(&other.slow);
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.staleness_floor.add(&other.staleness_floor);
         self.closed_early += other.closed_early;
         if self.first_close.is_none() {
             self.first_close = other.first_close;
@@ -177,6 +198,7 @@ pub fn spawn(
                 progress: thread_progress,
                 healthy: Rc::default(),
                 slow: Rc::default(),
+                holders: Rc::default(),
                 connect_timeout: target.connect_timeout,
                 clock: target.clock,
             };
@@ -197,8 +219,16 @@ struct Thread {
     progress: Arc<Progress>,
     healthy: Rc<RefCell<Measured>>,
     slow: Rc<RefCell<Measured>>,
+    /// The versions each reading connection holds, for staleness samples.
+    holders: Rc<RefCell<Vec<Holder>>>,
     connect_timeout: Duration,
     clock: Clock,
+}
+
+/// One reading connection's versions, as the staleness sampler sees them.
+struct Holder {
+    slow: bool,
+    seqs: Weak<RefCell<SeqChecker>>,
 }
 
 /// How one connection ended.
@@ -230,6 +260,7 @@ impl Thread {
             })
             .collect();
         drop(result_tx);
+        let sampler = tokio::task::spawn_local(self.clone().sample_staleness());
         let mut connected = Connected::default();
         for _ in 0..count {
             match results.recv().await {
@@ -243,7 +274,10 @@ impl Thread {
         }
         let _ = connected_tx.send(connected);
 
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            staleness_floor: sampler.await.unwrap_or_else(|_| new_histogram()),
+            ..Outcome::default()
+        };
         for task in tasks {
             let end = task.await.unwrap_or_else(|e| ConnectionEnd {
                 early: Some(format!("connection task failed: {e}")),
@@ -256,6 +290,41 @@ impl Thread {
         outcome.healthy = std::mem::take(&mut *self.healthy.borrow_mut());
         outcome.slow = std::mem::take(&mut *self.slow.borrow_mut());
         outcome
+    }
+
+    /// Every [`STALENESS_INTERVAL`] of the measurement window, the age of
+    /// every value each reading connection holds (into its reader kind's
+    /// `staleness`); returns the floor (see [`Outcome::staleness_floor`]).
+    async fn sample_staleness(self) -> Histogram<u64> {
+        let mut floor = new_histogram();
+        let mut ticks = tokio::time::interval(STALENESS_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            match self.control.phase() {
+                Phase::Measure => {}
+                Phase::Stop => return floor,
+                Phase::WarmUp | Phase::Done => continue,
+            }
+            let mut holders = self.holders.borrow_mut();
+            holders.retain(|holder| holder.seqs.strong_count() > 0);
+            let live: Vec<(Rc<RefCell<SeqChecker>>, bool)> = holders
+                .iter()
+                .filter_map(|holder| Some((holder.seqs.upgrade()?, holder.slow)))
+                .collect();
+            let views: Vec<_> = live
+                .iter()
+                .map(|(seqs, slow)| (seqs.borrow(), *slow))
+                .collect();
+            let (mut healthy, mut slow) = (self.healthy.borrow_mut(), self.slow.borrow_mut());
+            let record = |is_slow: bool, age| {
+                let measured = if is_slow { &mut slow } else { &mut healthy };
+                // In range by construction, so this never fails.
+                let _ = measured.latency.staleness.record(age);
+            };
+            let holders = views.iter().map(|(seqs, slow)| (&**seqs, *slow));
+            sample_staleness(wall_clock_ns(), holders, record, &mut floor);
+        }
     }
 
     async fn connection(
@@ -291,11 +360,19 @@ impl Thread {
         self.progress.open.fetch_add(1, Relaxed);
         let _ = result_tx.send(Ok(()));
 
-        let mut seqs = SeqChecker::default();
+        let seqs = Rc::new(RefCell::new(SeqChecker::default()));
         let measured = match reader {
             Reader::Slow(_) => &self.slow,
             Reader::Healthy | Reader::Stalled => &self.healthy,
         };
+        // A stalled connection holds what it had before it stopped reading:
+        // its age says nothing about the server.
+        if reader != Reader::Stalled {
+            self.holders.borrow_mut().push(Holder {
+                slow: matches!(reader, Reader::Slow(_)),
+                seqs: Rc::downgrade(&seqs),
+            });
+        }
         // Pinned once: the stop signal must not cost a registration per message.
         let stop = self.control.stop.cancelled();
         tokio::pin!(stop);
@@ -323,7 +400,8 @@ impl Thread {
                     let Measured { tally, latency } = &mut *measured.borrow_mut();
                     let measuring = phase == Phase::Measure;
                     let text = text.as_str();
-                    if tally.observe(&mut seqs, latency, text, now, self.clock, measuring) {
+                    let seqs = &mut seqs.borrow_mut();
+                    if tally.observe(seqs, latency, text, now, self.clock, measuring) {
                         self.progress.tickers.fetch_add(1, Relaxed);
                     }
                 }

@@ -473,6 +473,7 @@ fn build_report(run: Run<'_>) -> Report {
             delivered: slow.tally.delivered,
             skipped: slow.tally.skipped,
             latency_us: Percentiles::of(&slow.latency.delivered),
+            staleness_us: Percentiles::of(&slow.latency.staleness),
         }
     });
     let churn = run.churn.map(|churn| ChurnReport {
@@ -537,6 +538,8 @@ fn build_report(run: Run<'_>) -> Report {
         clock: run.args.clock,
         latency_us: Percentiles::of(&run.outcome.healthy.latency.delivered),
         version_latency_us: Percentiles::of(&run.outcome.healthy.latency.versions),
+        staleness_us: Percentiles::of(&run.outcome.healthy.latency.staleness),
+        staleness_floor_us: Percentiles::of(&run.outcome.staleness_floor),
         slow,
         stalled: run.args.stalled,
         connect,

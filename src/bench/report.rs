@@ -47,6 +47,14 @@ pub struct Report {
     /// Per version, conflated ones included (an upper bound for those): how
     /// long until the client held it or a newer one. See `tally::Latency`.
     pub version_latency_us: Percentiles,
+    /// Healthy clients, sampled every 100 ms of the window: for each symbol a
+    /// connection holds, the age of the value it holds (now − the `clock`
+    /// timestamp of that version).
+    pub staleness_us: Percentiles,
+    /// The same per symbol for the freshest value any reading connection held
+    /// at that moment: the part of `staleness_us` that comes from how often
+    /// the symbol changes rather than from delivery.
+    pub staleness_floor_us: Percentiles,
     /// The slow readers, apart (`--slow`).
     pub slow: Option<SlowReaders>,
     /// Connections that never read (`--stalled`).
@@ -94,6 +102,8 @@ pub struct SlowReaders {
     pub delivered: u64,
     pub skipped: u64,
     pub latency_us: Percentiles,
+    /// As [`Report::staleness_us`], for the slow readers.
+    pub staleness_us: Percentiles,
 }
 
 /// Latency percentiles in microseconds.
@@ -289,15 +299,27 @@ pub fn table(report: &Report) -> String {
             percentiles(&report.version_latency_us)
         );
     }
+    if report.staleness_us.count > 0 {
+        let floor = &report.staleness_floor_us;
+        let _ = writeln!(
+            out,
+            "staleness     {}  (age of each value held, sampled every 100 ms; the freshest held: p50 {} p99 {} µs)",
+            percentiles(&report.staleness_us),
+            us(floor.p50),
+            us(floor.p99)
+        );
+    }
     if let Some(slow) = &report.slow {
         let _ = writeln!(
             out,
-            "slow readers  {} reading every {} s: delivered {}  skipped {}  e2e {}",
+            "slow readers  {} reading every {} s: delivered {}  skipped {}  e2e {}; staleness p50 {} p99 {} µs",
             slow.connections,
             slow.interval_secs,
             group(slow.delivered),
             group(slow.skipped),
-            percentiles(&slow.latency_us)
+            percentiles(&slow.latency_us),
+            us(slow.staleness_us.p50),
+            us(slow.staleness_us.p99)
         );
     }
     if report.stalled > 0 {
@@ -514,12 +536,15 @@ mod tests {
                 mean: 30.0,
             },
             version_latency_us: Percentiles::default(),
+            staleness_us: Percentiles::default(),
+            staleness_floor_us: Percentiles::default(),
             slow: Some(SlowReaders {
                 connections: 10,
                 interval_secs: 1.0,
                 delivered: 200,
                 skipped: 9_000,
                 latency_us: Percentiles::default(),
+                staleness_us: Percentiles::default(),
             }),
             stalled: 5,
             connect: ConnectPhase {

@@ -164,6 +164,39 @@ impl SeqChecker {
         };
         (check, previous_ts)
     }
+
+    /// Each symbol held, with the timestamp of the version held (symbols
+    /// whose version had none are left out).
+    pub fn held(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.last
+            .iter()
+            .filter_map(|(symbol, held)| Some((&**symbol, held.ts?)))
+    }
+}
+
+/// One staleness sample at `now_ns` over the symbols that `holders` hold:
+/// `record(kind, age)` gets the age of every value each holder holds, with
+/// the holder's `kind`, and `floor`, once per symbol, the age of the freshest
+/// value any holder has. Ages are clamped into the histograms' range.
+pub fn sample_staleness<'a, K: Copy>(
+    now_ns: i64,
+    holders: impl IntoIterator<Item = (&'a SeqChecker, K)>,
+    mut record: impl FnMut(K, u64),
+    floor: &mut Histogram<u64>,
+) {
+    let age = |ts: i64| now_ns.saturating_sub(ts).clamp(1, HIGHEST_NS as i64) as u64;
+    let mut freshest: HashMap<&str, i64> = HashMap::new();
+    for (seqs, kind) in holders {
+        for (symbol, ts) in seqs.held() {
+            record(kind, age(ts));
+            let newest = freshest.entry(symbol).or_insert(ts);
+            *newest = (*newest).max(ts);
+        }
+    }
+    for &ts in freshest.values() {
+        // In range by construction, so this never fails.
+        let _ = floor.record(age(ts));
+    }
 }
 
 /// The latency distributions of one kind of reader, in nanoseconds.
@@ -177,6 +210,9 @@ pub struct Latency {
     /// skipped one could have existed — to the delivery that replaced it, an
     /// upper bound on how long the client lacked it.
     pub versions: Histogram<u64>,
+    /// Sampled at fixed times (see [`sample_staleness`]): for every symbol a
+    /// connection holds, the age of the value it holds.
+    pub staleness: Histogram<u64>,
 }
 
 impl Default for Latency {
@@ -184,6 +220,7 @@ impl Default for Latency {
         Self {
             delivered: new_histogram(),
             versions: new_histogram(),
+            staleness: new_histogram(),
         }
     }
 }
@@ -193,6 +230,7 @@ impl Latency {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.delivered.add(&other.delivered);
         let _ = self.versions.add(&other.versions);
+        let _ = self.staleness.add(&other.staleness);
     }
 }
 
@@ -467,5 +505,43 @@ mod tests {
         assert!(tally.observe(&mut seqs, &mut latency, &plain, now, intended, true));
         let timed = latency.delivered.len();
         assert_eq!((tally.delivered, tally.untimed, timed), (2, 1, 1));
+    }
+
+    #[test]
+    fn staleness_is_the_age_of_each_value_held_and_the_floor_the_freshest() {
+        let now = 1_000_000_000;
+        let held = |versions: &[(&str, u64, i64)]| {
+            let mut seqs = SeqChecker::default();
+            for &(symbol, seq, ts) in versions {
+                seqs.check_timed(symbol, seq, 0, seq == 1, Some(ts));
+            }
+            seqs
+        };
+        // A has A@2 (held 1 ms) and B@1 (5 ms); the other connection lags on
+        // A (4 ms) and holds nothing of B; a version without time is skipped.
+        let fresh = held(&[
+            ("A", 1, now - 9_000_000),
+            ("A", 2, now - 1_000_000),
+            ("B", 1, now - 5_000_000),
+        ]);
+        let mut lagging = held(&[("A", 1, now - 4_000_000)]);
+        lagging.check_timed("C", 1, 0, true, None);
+        let mut ages = [new_histogram(), new_histogram()];
+        let mut floor = new_histogram();
+        let record = |kind: usize, age| ages[kind].record(age).expect("in range");
+        sample_staleness(now, [(&fresh, 0), (&lagging, 1)], record, &mut floor);
+        let [fresh_ages, lagging_ages] = &ages;
+        let ms = |h: &Histogram<u64>| {
+            let mut v: Vec<u64> = h
+                .iter_recorded()
+                .map(|x| x.value_iterated_to() / 1_000_000)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ms(fresh_ages), [1, 5]);
+        assert_eq!(ms(lagging_ages), [4]);
+        // Per symbol, the freshest any connection held: A 1 ms, B 5 ms.
+        assert_eq!(ms(&floor), [1, 5]);
     }
 }
