@@ -44,6 +44,8 @@ def figures(r):
     connect = r.get("connect") or {}
     slow = r.get("slow") or {}
     churn = r.get("churn") or {}
+    age = r.get("staleness_us") or {}
+    floor = r.get("staleness_floor_us") or {}
     rss = proc.get("rss_bytes")
     per_conn = connect.get("rss_per_connection")
     return {
@@ -61,7 +63,10 @@ def figures(r):
         "skipped_share": r["skipped_share"],
         "handshakes_s": connect.get("handshakes_per_sec"),
         "kib_per_conn": per_conn / 1024 if per_conn is not None else None,
+        "age_p99": age.get("p99") if age.get("count") else None,
+        "floor_p99": floor.get("p99") if floor.get("count") else None,
         "slow_p99": (slow.get("latency_us") or {}).get("p99") if slow else None,
+        "slow_age_p99": (slow.get("staleness_us") or {}).get("p99") if slow else None,
         "slow_delivered": slow.get("delivered") if slow else None,
         "churn_s": churn.get("completed_per_sec") if churn else None,
         "churn_failed": churn.get("failed") if churn else None,
@@ -131,7 +136,9 @@ def main():
             "delivered/s", "feed/s", "srv cores", "deliv/CPU-s", "RSS MiB", "conns", "seq viol",
             "skipped"]
     extras = [
-        ("slow_p99", "slow p99 µs", 0), ("handshakes_s", "connects/s", 0),
+        ("age_p99", "age p99 µs", 0), ("floor_p99", "freshest age p99 µs", 0),
+        ("slow_p99", "slow p99 µs", 0), ("slow_age_p99", "slow age p99 µs", 0),
+        ("handshakes_s", "connects/s", 0),
         ("kib_per_conn", "KiB/conn", 1), ("churn_s", "churn/s", 0),
         ("handshake_p99", "handshake p99 µs", 0),
     ]
