@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
+use rust_decimal::Decimal;
 use serde_json::json;
 use tickwire::feed::replay::Speed;
+use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 use tokio::io::AsyncWriteExt as _;
@@ -315,7 +318,6 @@ async fn client_close_is_answered_and_everything_is_released() {
     assert_eq!(client.close_code().await, Some(1000));
     let metrics = server.metrics();
     eventually("session released", || {
-        use std::sync::atomic::Ordering::Relaxed;
         metrics.connections.load(Relaxed) == 0
             && metrics.subscriptions.load(Relaxed) == 0
             && metrics.write_buffered_bytes.load(Relaxed) == 0
@@ -397,7 +399,6 @@ async fn a_client_that_never_answers_pings_is_dropped_and_released() {
 
     let metrics = server.metrics();
     eventually("dead peer dropped", || {
-        use std::sync::atomic::Ordering::Relaxed;
         metrics.connections.load(Relaxed) == 1 && metrics.subscriptions.load(Relaxed) == 1
     })
     .await;
@@ -408,6 +409,66 @@ async fn a_client_that_never_answers_pings_is_dropped_and_released() {
     let mut healthy = reader.await.expect("reader");
     healthy.send(json!({"op": "ping", "id": 1})).await;
     assert_eq!(healthy.recv_type("pong").await["id"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_long_answer_slowly_is_not_taken_for_dead() {
+    // Requests, pongs included, are not read while an answer is written; the
+    // answer here takes several ping rounds to read.
+    let config = ServerConfig {
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(500),
+            ping_timeout: Duration::from_millis(500),
+            send_buffer_bytes: Some(8 * 1024),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Vec::new()).await;
+    let names: Vec<String> = (0..600).map(|i| format!("test:S{i:04}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let tick = Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Trade {
+                price: Decimal::new(100 + i as i64, 0),
+                size: Decimal::ONE,
+            },
+        };
+        let entry = server.hub.declare(name);
+        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
+    }
+    let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
+    let request = json!({"op": "subscribe", "id": 1, "symbols": names}).to_string();
+    stream
+        .write_all(&client_frame(true, 0x1, request.as_bytes()))
+        .await
+        .expect("send");
+    let mut frames = ServerFrames::default();
+    let mut snapshots = 0;
+    while snapshots < names.len() {
+        let (opcode, payload) = frames
+            .next(&mut stream)
+            .await
+            .unwrap_or_else(|| panic!("dropped after {snapshots} snapshots"));
+        match opcode {
+            0x1 if payload.starts_with(br#"{"type":"ticker""#) => {
+                snapshots += 1;
+                // A pause every 20 snapshots (about 5 KB): 3 s in all.
+                if snapshots % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            0x9 => {
+                let pong = client_frame(true, 0xA, &payload);
+                stream.write_all(&pong).await.expect("pong");
+            }
+            _ => {}
+        }
+    }
+    let series = r#"tickwire_connections_closed_total{reason="ping_timeout"}"#;
+    assert_eq!(metric(&server.get("/metrics").await.1, series), 0.0);
+    assert_eq!(server.metrics().connections.load(Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

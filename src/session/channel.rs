@@ -202,6 +202,8 @@ impl PendingAnswer {
         for reply in self.then.drain(..) {
             out.push_json(&reply);
         }
+        // A large request's room is not kept for the next one.
+        *self = Self::default();
     }
 
     pub(super) fn clear(&mut self) {

@@ -235,8 +235,14 @@ impl UpdateRate {
 const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
 enum PingState {
-    Idle { next_ping: Instant },
-    Awaiting { deadline: Instant },
+    Idle {
+        next_ping: Instant,
+    },
+    /// A ping is out; `written` is the output written by then.
+    Awaiting {
+        deadline: Instant,
+        written: u64,
+    },
 }
 
 /// Which wake-ups a session waits for, given how much output it holds.
@@ -378,9 +384,7 @@ impl Session {
             self.out.report();
 
             let buffered = self.out.buffered();
-            let takes_requests = buffered < config.max_write_buffer
-                && self.read_paused_until.is_none()
-                && !self.subscriptions.is_answering();
+            let takes_requests = self.takes_requests();
             if self.requests_waiting && takes_requests {
                 // Room again for what was read before the output filled up.
                 if let Err(closing) = self.handle_inbound() {
@@ -500,7 +504,7 @@ impl Session {
     fn next_deadline(&self) -> Instant {
         let ping = match self.ping {
             PingState::Idle { next_ping } => next_ping,
-            PingState::Awaiting { deadline } => deadline,
+            PingState::Awaiting { deadline, .. } => deadline,
         };
         let idle = self
             .idle_since
@@ -541,8 +545,21 @@ impl Session {
                 CloseReason::IdleTimeout,
             ));
         }
+        let written = self.out.written_total();
         match self.ping {
-            PingState::Awaiting { deadline } if now >= deadline => {
+            // While requests wait (an answer is being written, or the output
+            // is at its limit) nothing is read, the pong included: a client
+            // that keeps taking the output is alive all the same.
+            PingState::Awaiting {
+                deadline,
+                written: then,
+            } if now >= deadline && !self.takes_requests() && written > then => {
+                self.ping = PingState::Awaiting {
+                    deadline: now + self.context.config.ping_timeout,
+                    written,
+                };
+            }
+            PingState::Awaiting { deadline, .. } if now >= deadline => {
                 tracing::debug!(id = self.context.id, "no answer to ping");
                 return Err(Closing::Gone(CloseReason::PingTimeout));
             }
@@ -551,6 +568,7 @@ impl Session {
                 self.out.push_control(OpCode::Ping, &stamp);
                 self.ping = PingState::Awaiting {
                     deadline: now + self.context.config.ping_timeout,
+                    written,
                 };
             }
             _ => {}
@@ -649,6 +667,15 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Whether requests are read now: not while the client leaves too much
+    /// output unread, nor while a subscribe request's answer is being
+    /// written, nor while it is over its message rate.
+    fn takes_requests(&self) -> bool {
+        self.out.buffered() < self.context.config.max_write_buffer
+            && self.read_paused_until.is_none()
+            && !self.subscriptions.is_answering()
     }
 
     /// Starts or stops the idle clock as the client has subscriptions or not.

@@ -82,6 +82,11 @@ impl Outbox {
         self.buffer.len() - self.written
     }
 
+    /// Bytes written since the start.
+    pub fn written_total(&self) -> u64 {
+        self.written_total
+    }
+
     /// Appends a ticker: the version's shared bytes plus this client's suffix.
     /// `ingest_ts_ns` is given for live updates (their latency is recorded when
     /// written) and omitted for snapshots, whose data may be old.

@@ -55,6 +55,10 @@ pub struct Subscriptions {
     book: BookSubscriptions,
     /// The rest of the last subscribe request's answer, on either channel.
     pending: PendingAnswer,
+    /// A drain left the mailbox unread because an answer came first: its
+    /// notice may already be spent, so the mailbox must be read before the
+    /// session waits on it again.
+    mailbox_unread: bool,
 }
 
 impl Subscriptions {
@@ -70,6 +74,7 @@ impl Subscriptions {
             deferred: Vec::new(),
             subs: Registry::default(),
             pending: PendingAnswer::default(),
+            mailbox_unread: false,
         }
     }
 
@@ -83,10 +88,11 @@ impl Subscriptions {
     }
 
     /// Whether ready notices are already taken from the mailbox but not yet
-    /// processed. Their slots stay marked queued, so no publisher will notify
-    /// for them again: the caller must drain again before waiting.
+    /// processed, or the mailbox went unread while an answer was written.
+    /// Their slots stay marked queued, so no publisher will notify for them
+    /// again: the caller must drain again before waiting.
     pub fn has_backlog(&self) -> bool {
-        self.ready_pos < self.ready.len()
+        self.ready_pos < self.ready.len() || self.mailbox_unread
     }
 
     /// Whether a subscribe request's answer is not all written yet. The
@@ -162,13 +168,15 @@ impl Subscriptions {
     }
 
     /// Appends the snapshots a subscribe request still owes until `out` holds
-    /// `high_water` bytes, then the replies that follow them; true once the
-    /// whole answer is written.
+    /// `high_water` bytes (one at least), then the replies that follow them;
+    /// true once the whole answer is written.
     pub fn write_answer(&mut self, out: &mut Outbox, high_water: usize) -> bool {
         if self.pending.is_empty() {
             return true;
         }
-        while out.buffered() < high_water {
+        // Whatever woke the session may have been the mailbox's notice.
+        self.mailbox_unread = true;
+        loop {
             match self.pending.next_snapshot() {
                 Some(index) if index & BOOK_SLOT != 0 => {
                     self.book.push_snapshot(index & !BOOK_SLOT, out);
@@ -179,8 +187,10 @@ impl Subscriptions {
                     return true;
                 }
             }
+            if out.buffered() >= high_water {
+                return false;
+            }
         }
-        false
     }
 
     /// Moves ready updates into `out` until it holds `high_water` bytes, and
@@ -206,6 +216,7 @@ impl Subscriptions {
                 self.ready.clear();
                 self.ready_pos = 0;
                 self.mailbox.take_ready(&mut self.ready);
+                self.mailbox_unread = false;
                 if self.ready.is_empty() {
                     break;
                 }
@@ -449,7 +460,8 @@ pub fn push_error(
     out.push_json(&encode_error(hub, id, code, message, symbols));
 }
 
-/// An `error` reply, counted now whenever it is written.
+/// An `error` reply, counted in the metrics as it is made (it may be written
+/// later, after a subscribe request's snapshots).
 pub fn encode_error(
     hub: &Hub,
     id: Option<u64>,
@@ -459,4 +471,69 @@ pub fn encode_error(
 ) -> Vec<u8> {
     hub.metrics().count_error(code);
     protocol::Reply::error(id, code, message, symbols).encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::normalize::{BookUpdate, Tick};
+    use crate::session::outbox::Framing;
+
+    fn quote(bid: i64) -> Tick {
+        Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Quote {
+                bid: Decimal::new(bid, 2),
+                bid_size: Decimal::ONE,
+                ask: Decimal::new(bid + 1, 2),
+                ask_size: Decimal::ONE,
+            },
+        }
+    }
+
+    #[test]
+    fn an_update_whose_notice_came_during_an_answer_is_drained_after_it() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let entries: Vec<_> = (0..50)
+            .map(|i| {
+                let entry = hub.declare(&format!("test:S{i:02}"));
+                hub.publish(&entry, &quote(100 + i), 1);
+                entry
+            })
+            .collect();
+        let mut subscriptions = Subscriptions::new(hub.clone(), 100);
+        let mut out = Outbox::new(Framing::WebSocket, Arc::default(), 0);
+        // Fifty snapshots, then a refusal larger than the high-water mark.
+        let mut symbols: Vec<String> = entries.iter().map(|e| e.name().to_string()).collect();
+        symbols.extend((0..100).map(|i| format!("UNKNOWN{i:03}")));
+        subscriptions.subscribe(Some(1), symbols, None, &mut out);
+        let high_water = 512;
+
+        // A version published mid-answer, whose notice wakes the session.
+        subscriptions.fill(&mut out, high_water);
+        hub.publish(&entries[0], &quote(999), 2);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            subscriptions.mailbox().poll_notified(&mut cx),
+            Poll::Ready(())
+        );
+        // The client reads everything as it comes, until the answer is out.
+        while subscriptions.is_answering() {
+            out.advance(out.buffered(), 0);
+            subscriptions.fill(&mut out, high_water);
+        }
+        out.advance(out.buffered(), 0);
+        // The notice is spent and the slot stays queued, so no publisher will
+        // notify again: the session must know to drain before it waits.
+        assert!(subscriptions.has_backlog());
+        subscriptions.fill(&mut out, high_water);
+        let written = String::from_utf8_lossy(out.pending()).into_owned();
+        assert!(written.contains(r#""bid":"9.99""#), "{written}");
+        assert!(written.contains(r#""snapshot":false"#), "{written}");
+    }
 }
