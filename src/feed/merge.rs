@@ -1,10 +1,11 @@
 //! Several replay files merged into one stream in receive-time order.
 //!
-//! A k-way merge: each file contributes its next tick to a min-heap keyed by
-//! `(recv_ts_ns, file index)`. A file holds at most one heap entry at a time, so
-//! equal times come out by file index and each file's own order is kept.
-//! Recorders write sources slightly out of order; the merge does not reorder
-//! within a file, it only interleaves files by each one's next tick.
+//! A k-way merge: each file contributes its next timed item (a tick or a
+//! depth message) to a min-heap keyed by `(recv_ts_ns, file index)`. A file
+//! holds at most one heap entry at a time, so equal times come out by file
+//! index and each file's own order is kept. Recorders write sources slightly
+//! out of order; the merge does not reorder within a file, it only
+//! interleaves files by each one's next timed item.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -12,12 +13,26 @@ use std::collections::BinaryHeap;
 use super::source::{Item, ReplayFile};
 use crate::normalize::Tick;
 
+/// A file's next timed item, waiting for its turn.
+#[derive(Clone, Copy, Debug)]
+enum Head {
+    Tick {
+        symbol: u32,
+        tick: Tick,
+    },
+    /// The message stays decoded in its file, which is not read further
+    /// until this comes out.
+    Depth {
+        symbol: Option<u32>,
+    },
+}
+
 /// Items from several [`ReplayFile`]s, merged by receive time.
 #[derive(Debug)]
 pub struct Merge {
     files: Vec<ReplayFile>,
-    /// Each file's next tick, waiting for its turn in `heap`.
-    heads: Vec<Option<(u32, Tick)>>,
+    /// Each file's next timed item, waiting for its turn in `heap`.
+    heads: Vec<Option<Head>>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
     /// Files whose head was taken and must be advanced before the next pick;
     /// initially all of them.
@@ -43,9 +58,10 @@ impl Merge {
 
     /// The next item and the index of the file it came from.
     ///
-    /// Ticks come out in `recv_ts_ns` order across files. Items without a time
-    /// (recognised, malformed, failed) are passed on as soon as they are read,
-    /// right after the preceding tick of their file.
+    /// Ticks and depth messages come out in `recv_ts_ns` order across files.
+    /// Items without a time (recognised, malformed, failed) are passed on as
+    /// soon as they are read, right after the preceding timed item of their
+    /// file.
     pub fn next_item(&mut self) -> Option<(usize, Item)> {
         // Every file's head must be known before the earliest can be chosen.
         while let Some(&index) = self.stale.last() {
@@ -53,25 +69,30 @@ impl Merge {
                 self.stale.pop();
                 continue;
             };
-            match file.next_item() {
-                Some(Item::Tick { symbol, tick }) => {
-                    self.stale.pop();
-                    if let Some(head) = self.heads.get_mut(index) {
-                        *head = Some((symbol, tick));
-                        self.heap.push(Reverse((tick.recv_ts_ns, index)));
-                    }
-                }
-                // The file stays stale: its next tick is still unknown.
+            let (head, recv_ts_ns) = match file.next_item() {
+                Some(Item::Tick { symbol, tick }) => (Head::Tick { symbol, tick }, tick.recv_ts_ns),
+                Some(Item::Depth { symbol }) => (Head::Depth { symbol }, file.depth().recv_ts_ns),
+                // The file stays stale: its next timed item is still unknown.
                 Some(other) => return Some((index, other)),
                 None => {
                     self.stale.pop();
+                    continue;
                 }
+            };
+            self.stale.pop();
+            if let Some(slot) = self.heads.get_mut(index) {
+                *slot = Some(head);
+                self.heap.push(Reverse((recv_ts_ns, index)));
             }
         }
         let Reverse((_, index)) = self.heap.pop()?;
-        let (symbol, tick) = self.heads.get_mut(index)?.take()?;
+        let head = self.heads.get_mut(index)?.take()?;
         self.stale.push(index);
-        Some((index, Item::Tick { symbol, tick }))
+        let item = match head {
+            Head::Tick { symbol, tick } => Item::Tick { symbol, tick },
+            Head::Depth { symbol } => Item::Depth { symbol },
+        };
+        Some((index, item))
     }
 }
 
@@ -167,6 +188,42 @@ mod tests {
         assert_eq!(
             got.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(),
             [-1, 2, 1]
+        );
+    }
+
+    #[test]
+    fn depth_messages_take_their_turn_by_receive_time() {
+        let capture = |name: &str, lines: &[(i64, &str)]| {
+            let text: String = lines
+                .iter()
+                .map(|(ts, line)| format!("{ts} {line}\n"))
+                .collect();
+            ReplayFile::from_reader(name, Cursor::new(text.into_bytes())).expect("capture opens")
+        };
+        let ticker = r#"{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":"1.0","B":"1","a":"2.0","A":"1"}}"#;
+        let diff = r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[["1.0","1"]],"a":[]}}"#;
+        let a = capture("a", &[(10, ticker), (40, diff), (50, ticker)]);
+        let b = capture("b", &[(20, ticker), (30, diff), (60, ticker)]);
+        let mut merge = Merge::new(vec![a, b]);
+        let mut order = Vec::new();
+        while let Some((file, item)) = merge.next_item() {
+            let ts = match item {
+                Item::Tick { tick, .. } => tick.recv_ts_ns,
+                Item::Depth { .. } => merge.files()[file].depth().recv_ts_ns,
+                _ => continue,
+            };
+            order.push((file, ts, matches!(item, Item::Depth { .. })));
+        }
+        assert_eq!(
+            order,
+            [
+                (0, 10, false),
+                (1, 20, false),
+                (1, 30, true),
+                (0, 40, true),
+                (0, 50, false),
+                (1, 60, false),
+            ]
         );
     }
 }

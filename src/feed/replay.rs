@@ -395,6 +395,7 @@ struct Pacer {
     started: Instant,
     /// Recorded time played so far, with long gaps shortened.
     played_ns: i64,
+    /// The latest receive time played in the current stretch of recording.
     last_recv_ns: Option<i64>,
 }
 
@@ -417,12 +418,18 @@ impl Pacer {
     /// Sleeps until the tick received at `recv_ns` is due. Returns false if
     /// `shutdown` fired meanwhile.
     fn wait_until_due(&mut self, recv_ns: i64, shutdown: &CancellationToken) -> bool {
-        if let Some(last) = self.last_recv_ns {
-            // Out-of-order receive times play immediately rather than rewinding.
-            let step = recv_ns.saturating_sub(last).clamp(0, self.max_gap_ns);
-            self.played_ns = self.played_ns.saturating_add(step);
+        match self.last_recv_ns.map(|last| recv_ns.saturating_sub(last)) {
+            Some(step) if step >= 0 => {
+                self.played_ns = self.played_ns.saturating_add(step.min(self.max_gap_ns));
+                self.last_recv_ns = Some(recv_ns);
+            }
+            // A little out of order: played at once, and the timeline keeps
+            // its place, so the same stretch is not played twice.
+            Some(step) if step >= -self.max_gap_ns => {}
+            // A jump back further than a long gap is a new stretch of
+            // recording: the timeline goes on from there.
+            _ => self.last_recv_ns = Some(recv_ns),
         }
-        self.last_recv_ns = Some(recv_ns);
         let Speed::Factor(factor) = self.speed else {
             return true;
         };
@@ -490,11 +497,17 @@ mod tests {
     fn long_gaps_are_shortened_and_rewinds_ignored() {
         let mut pacer = Pacer::new(Speed::Max, Duration::from_secs(1));
         let never = CancellationToken::new();
-        for recv in [0, 500_000_000, 100, 86_400_000_000_000] {
+        for recv in [0, 500_000_000, 100, 600_000_000, 86_400_000_000_000] {
             assert!(pacer.wait_until_due(recv, &never));
         }
-        // 0.5 s, then a rewind (0), then a day clamped to 1 s.
-        assert_eq!(pacer.played_ns, 1_500_000_000);
+        // 0.5 s, then a step back (0) and on to 0.6 s (0.1 s, not 0.6 s
+        // again), then a day clamped to 1 s.
+        assert_eq!(pacer.played_ns, 1_600_000_000);
+        // A day back is a new stretch: from there on, time plays as recorded.
+        for recv in [200_000_000, 300_000_000] {
+            assert!(pacer.wait_until_due(recv, &never));
+        }
+        assert_eq!(pacer.played_ns, 1_700_000_000);
     }
 
     #[test]
