@@ -3,7 +3,7 @@
 //! ```toml
 //! name = "binance-sample"
 //! kind = "replay"      # replay | binance | coinbase | synthetic
-//! speed = "1"          # a factor, or "max"
+//! speed = 1            # a factor of recorded time (1, 0.5, "10"), or "max"
 //! loop = true
 //! max_gap_ms = 5000
 //! max_book_levels = 10000  # per side of each depth book; the worst beyond are dropped
@@ -71,7 +71,15 @@ pub enum ConfigError {
 /// fields (and toml can point at the line of an unknown one).
 #[derive(Debug, Deserialize)]
 struct Kind {
-    kind: String,
+    kind: toml::Spanned<String>,
+}
+
+/// `speed` as written: a number, or a string holding one or `max`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SpeedValue {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,8 +88,7 @@ struct ReplayFile {
     name: Option<String>,
     #[allow(dead_code)] // Read by `Kind`.
     kind: String,
-    #[serde(default = "default_speed")]
-    speed: String,
+    speed: Option<toml::Spanned<SpeedValue>>,
     #[serde(default, rename = "loop")]
     looped: bool,
     #[serde(default = "default_max_gap_ms")]
@@ -177,10 +184,6 @@ fn default_trade_every() -> u32 {
     10
 }
 
-fn default_speed() -> String {
-    "1".into()
-}
-
 /// Default for the longest silence a replay plays out in full.
 pub const DEFAULT_MAX_GAP: Duration = Duration::from_secs(5);
 
@@ -234,13 +237,26 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
         path.file_stem()
             .map_or_else(|| "feed".into(), |s| s.to_string_lossy().into_owned())
     };
-    match kind.kind.as_str() {
+    // Where toml's own messages cannot help: the line a value is on.
+    let line_of = |span: std::ops::Range<usize>| {
+        1 + text
+            .get(..span.start)
+            .map_or(0, |before| before.matches('\n').count())
+    };
+    match kind.kind.get_ref().as_str() {
         "replay" => {
             let file: ReplayFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-            let speed: Speed = file
-                .speed
+            let speed = match &file.speed {
+                None => Speed::Factor(1.0),
+                Some(value) => match value.get_ref() {
+                    SpeedValue::Number(factor) => factor.to_string(),
+                    SpeedValue::Text(text) => text.clone(),
+                }
                 .parse()
-                .map_err(|e: String| invalid(format!("field `speed`: {e}")))?;
+                .map_err(|e: String| {
+                    invalid(format!("line {}, field `speed`: {e}", line_of(value.span())))
+                })?,
+            };
             if file.max_book_levels == 0 {
                 return Err(invalid(
                     "field `max_book_levels`: a book needs at least one level per side".into(),
@@ -271,7 +287,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
         }
         "binance" | "coinbase" => {
             let file: LiveFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-            let venue = if kind.kind == "binance" {
+            let venue = if kind.kind.get_ref() == "binance" {
                 if !file.products.is_empty() {
                     return Err(invalid("field `products` is for coinbase feeds; binance streams are chosen in the URL".into()));
                 }
@@ -346,7 +362,8 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
             }))
         }
         other => Err(invalid(format!(
-            "field `kind`: unknown feed kind {other:?} (expected replay, binance, coinbase or synthetic)"
+            "line {}, field `kind`: unknown feed kind {other:?} (expected replay, binance, coinbase or synthetic)",
+            line_of(kind.kind.span())
         ))),
     }
 }
@@ -427,6 +444,23 @@ mod tests {
     }
 
     #[test]
+    fn speed_is_a_number_or_a_string() {
+        let speed = |value: &str| {
+            let text = format!("kind = \"replay\"\nspeed = {value}\n[[files]]\npath = \"a\"\n");
+            match parse(&text, Path::new("x.toml")) {
+                Ok(FeedConfig::Replay(config)) => Some(config.speed),
+                _ => None,
+            }
+        };
+        assert_eq!(speed("10"), Some(Speed::Factor(10.0)));
+        assert_eq!(speed("0.5"), Some(Speed::Factor(0.5)));
+        assert_eq!(speed("\"10\""), Some(Speed::Factor(10.0)));
+        assert_eq!(speed("\"max\""), Some(Speed::Max));
+        assert_eq!(speed("0"), None);
+        assert_eq!(speed("true"), None);
+    }
+
+    #[test]
     fn errors_name_the_file_line_and_field() {
         let text = "kind = \"replay\"\nsped = \"max\"\n[[files]]\npath = \"a\"\n";
         let error = parse(text, Path::new("feeds/bad.toml"))
@@ -441,8 +475,16 @@ mod tests {
         let message = parse(text, Path::new("x.toml"))
             .map(|_| ())
             .err()
-            .map(|e| e.to_string());
-        assert!(message.unwrap_or_default().contains("`speed`"));
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("line 2, field `speed`"), "{message}");
+        let text = "name = \"k\"\nkind = \"kafka\"\n";
+        let message = parse(text, Path::new("k.toml"))
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("line 2, field `kind`"), "{message}");
 
         let text = "kind = \"replay\"\nmax_book_levels = 0\n[[files]]\npath = \"a\"\n";
         let message = parse(text, Path::new("x.toml"))
