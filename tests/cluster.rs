@@ -345,6 +345,18 @@ async fn a_gateway_started_after_the_replay_ended_serves_the_full_book() {
         assert_shows(ticker, &binance_final_book(&path), symbol);
         assert_eq!(ticker["seq"], seqs[*symbol], "{symbol}");
     }
+    // Records carry no depth: the book channel is refused, not left stale.
+    client
+        .send(json!({"op": "subscribe", "id": 2, "channel": "book", "symbols": SYMBOLS}))
+        .await;
+    let refused = client.recv_type("error").await;
+    assert_eq!(
+        (&refused["id"], &refused["code"]),
+        (&json!(2), &json!("bad_request"))
+    );
+    assert!(refused["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("depth")));
     let page = http_get(gateway.addr, "/metrics").await.1;
     assert_eq!(
         metric(&page, "tickwire_cluster_loaded_total{role=\"gateway\"}"),

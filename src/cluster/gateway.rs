@@ -86,6 +86,8 @@ pub async fn spawn(
 ) -> Result<GatewayHandle, ClusterError> {
     let stats = hub.metrics().cluster.clone();
     stats.enable("gateway");
+    // Records carry the top of book only (see `wire`): no depth to serve.
+    hub.stop_serving_depth();
     let (client, link) = super::connect(&config.url, "tickwire-gateway", &stats).await?;
     let subscription =
         client
