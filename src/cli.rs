@@ -253,10 +253,28 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose
+/// text the message already holds: many libraries' errors repeat their
+/// source's text in their own.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_tracing(filter: &str) {
@@ -501,4 +519,25 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
         curves.push(curve);
     }
     crate::bench::plot::write_svg(&args.out, &args.title, &curves)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        /// An error that repeats its source's text, as many libraries' do.
+        #[derive(Debug, thiserror::Error)]
+        #[error("IO error: {0}")]
+        struct Wrapper(#[source] std::io::Error);
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = anyhow::Error::new(Wrapper(refused())).context("cannot connect to ws://h/ws");
+        assert_eq!(
+            error_chain(&error),
+            format!("cannot connect to ws://h/ws: IO error: {}", refused())
+        );
+        let plain = anyhow::Error::new(refused()).context("cannot read x");
+        assert_eq!(error_chain(&plain), format!("cannot read x: {}", refused()));
+    }
 }

@@ -93,9 +93,9 @@ pub async fn spawn(
         client
             .subscribe(SUBJECT_FILTER)
             .await
-            .map_err(|source| ClusterError::Subscribe {
+            .map_err(|error| ClusterError::Subscribe {
                 subject: SUBJECT_FILTER,
-                source,
+                error,
             })?;
     let merger = Arc::new(Merger {
         hub,

@@ -37,19 +37,19 @@ pub const STREAM_NAME: &str = "TICKWIRE_TICKERS";
 /// Why the NATS link could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}: {error}")]
     Connect {
         url: String,
-        source: async_nats::ConnectError,
+        error: async_nats::ConnectError,
     },
     #[error("cannot create or open the JetStream stream {STREAM_NAME}: {0}")]
     Stream(String),
     #[error("cannot read last values from {STREAM_NAME}: {0}")]
     LastValues(String),
-    #[error("cannot subscribe to {subject}: {source}")]
+    #[error("cannot subscribe to {subject}: {error}")]
     Subscribe {
         subject: &'static str,
-        source: async_nats::SubscribeError,
+        error: async_nats::SubscribeError,
     },
 }
 
@@ -93,9 +93,9 @@ pub async fn connect(
         })
         .connect(url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
-        .map_err(|source| ClusterError::Connect {
+        .map_err(|error| ClusterError::Connect {
             url: url.to_owned(),
-            source,
+            error,
         })?;
     stats.connected.store(true, Relaxed);
     Ok((client, link_rx))

@@ -58,10 +58,10 @@ impl FeedConfig {
 /// Why a feed file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read feed file {}: {source}", path.display())]
+    #[error("cannot read feed file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid feed file {}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
@@ -217,9 +217,9 @@ fn default_connect_timeout_ms() -> u64 {
 
 /// Reads and validates a feed file.
 pub fn load(path: &Path) -> Result<FeedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse(&text, path)
 }

@@ -117,11 +117,11 @@ impl LiveConfig {
 pub enum LiveError {
     #[error("feed `{feed}`: URL must start with ws:// or wss://, not {url:?}")]
     Url { feed: String, url: String },
-    #[error("feed `{feed}`: cannot read CA file {}: {source}", path.display())]
+    #[error("feed `{feed}`: cannot read CA file {}: {error}", path.display())]
     CaFile {
         feed: String,
         path: PathBuf,
-        source: rustls_pki_types::pem::Error,
+        error: rustls_pki_types::pem::Error,
     },
     #[error("feed `{feed}`: TLS setup: {0}", feed = .0)]
     Tls(String),
@@ -189,10 +189,10 @@ fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveErro
         use rustls_pki_types::pem::PemObject as _;
         let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|source| LiveError::CaFile {
+            .map_err(|error| LiveError::CaFile {
                 feed: config.name.clone(),
                 path: path.clone(),
-                source,
+                error,
             })?;
         for certificate in certificates {
             roots

@@ -48,8 +48,8 @@ pub struct RecordSummary {
 pub enum RecordError {
     #[error(transparent)]
     Feed(#[from] LiveError),
-    #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {error}", path.display())]
+    Write { path: PathBuf, error: io::Error },
 }
 
 /// Counters the progress display reads while recording.
@@ -124,18 +124,18 @@ impl Recorder {
     fn open_next(&mut self) -> Result<(), RecordError> {
         self.close_current()?;
         let path = numbered(&self.options.out, self.summary.files.len());
-        let file = File::create(&path).map_err(|source| RecordError::Write {
+        let file = File::create(&path).map_err(|error| RecordError::Write {
             path: path.clone(),
-            source,
+            error,
         })?;
         let mut writer = GzEncoder::new(BufWriter::new(file), Compression::default());
         self.line.clear();
         native::encode_header(&mut self.line, &self.source);
         writer
             .write_all(&self.line)
-            .map_err(|source| RecordError::Write {
+            .map_err(|error| RecordError::Write {
                 path: path.clone(),
-                source,
+                error,
             })?;
         self.file_bytes = self.line.len() as u64;
         self.writer = Some(writer);
@@ -153,7 +153,7 @@ impl Recorder {
             writer
                 .finish()
                 .and_then(|mut inner| inner.flush())
-                .map_err(|source| RecordError::Write { path, source })?;
+                .map_err(|error| RecordError::Write { path, error })?;
         }
         Ok(())
     }
@@ -166,9 +166,9 @@ impl Recorder {
         };
         writer
             .write_all(&self.line)
-            .map_err(|source| RecordError::Write {
+            .map_err(|error| RecordError::Write {
                 path: self.summary.files.last().cloned().unwrap_or_default(),
-                source,
+                error,
             })?;
         let written = self.line.len() as u64;
         self.file_bytes += written;

@@ -43,12 +43,12 @@ pub enum Format {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The file could not be opened or its first line read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file (or the name given to [`ReplayFile::from_reader`]).
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, not chained: shown once).
+        error: io::Error,
     },
     /// The first line matches none of the supported formats.
     #[error("{name}: unrecognised replay format (expected a Binance capture `<ns> <json>`, a Coinbase capture `<s.frac>: <json>`, a Tardis CSV with a `local_timestamp` column, or tickwire NDJSON)")]
@@ -63,12 +63,12 @@ pub enum SourceError {
         name: String,
     },
     /// A Tardis CSV header that lacks the columns a quotes or trades file needs.
-    #[error("{name}: unsupported Tardis CSV header: {source}")]
+    #[error("{name}: unsupported Tardis CSV header: {error}")]
     TardisHeader {
         /// The file's name.
         name: String,
         /// What is missing.
-        source: ParseError,
+        error: ParseError,
     },
 }
 
@@ -145,9 +145,9 @@ impl fmt::Debug for ReplayFile {
 impl ReplayFile {
     /// Opens `path`, decompressing gzip transparently and detecting the format.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
+        let file = File::open(path).map_err(|error| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_reader(path.display().to_string(), file)
     }
@@ -160,9 +160,9 @@ impl ReplayFile {
     ) -> Result<Self, SourceError> {
         let name = name.into();
         let mut magic = [0u8; 2];
-        let got = read_prefix(&mut reader, &mut magic).map_err(|source| SourceError::Io {
+        let got = read_prefix(&mut reader, &mut magic).map_err(|error| SourceError::Io {
             path: PathBuf::from(&name),
-            source,
+            error,
         })?;
         let is_gzip = got == magic.len() && magic == GZIP_MAGIC;
         // Put the sniffed bytes back in front of the rest of the stream.
@@ -195,10 +195,10 @@ impl ReplayFile {
                 LineRead::Line => {}
                 LineRead::Eof => return Err(SourceError::Empty { name: file.name }),
                 LineRead::TooLong => return Err(SourceError::UnknownFormat { name: file.name }),
-                LineRead::Failed(source) => {
+                LineRead::Failed(error) => {
                     return Err(SourceError::Io {
                         path: PathBuf::from(file.name),
-                        source,
+                        error,
                     })
                 }
             }
@@ -230,10 +230,10 @@ impl ReplayFile {
             };
             match TardisCsv::from_header(header) {
                 Ok(csv) => file.parser = Parser::Tardis(csv),
-                Err(source) => {
+                Err(error) => {
                     return Err(SourceError::TardisHeader {
                         name: file.name,
-                        source,
+                        error,
                     })
                 }
             }
