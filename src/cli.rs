@@ -170,6 +170,10 @@ pub struct SubscribeArgs {
     /// Ask for at most this many updates per second per symbol.
     #[arg(long)]
     pub max_rate_hz: Option<f64>,
+    /// Trust the certificates in this PEM file for wss://, besides the public
+    /// roots: a private CA, or a server's own self-signed certificate.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `tickwire record`.
@@ -242,6 +246,7 @@ pub fn main() -> ExitCode {
                     count: args.count,
                     max_rate_hz: args.max_rate_hz,
                     connect_timeout: Duration::from_secs(10),
+                    ca_file: args.ca_file,
                 })
                 .await
             }

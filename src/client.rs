@@ -3,6 +3,8 @@
 //! as a demo, a smoke test and a reference for client authors.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -10,6 +12,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// What to subscribe to and when to stop.
 #[derive(Clone, Debug)]
@@ -23,6 +26,77 @@ pub struct SubscribeOptions {
     pub max_rate_hz: Option<f64>,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// A PEM file of certificates to trust for `wss://`, besides the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why TLS for a client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error("cannot read CA certificates from {}: {error}", path.display())]
+    CaFile {
+        path: PathBuf,
+        error: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: not a usable CA certificate: {error}", path.display())]
+    BadCa { path: PathBuf, error: rustls::Error },
+    #[error("TLS setup: {0}")]
+    Rustls(rustls::Error),
+}
+
+/// TLS for connecting out (`wss://` servers, venues): the public web roots,
+/// plus the certificates in `ca_file` (PEM) for a private CA or a
+/// self-signed server certificate.
+pub fn tls_client_config(
+    ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, ClientTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        use rustls_pki_types::pem::PemObject as _;
+        let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|error| ClientTlsError::CaFile {
+                path: path.to_owned(),
+                error,
+            })?;
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|error| ClientTlsError::BadCa {
+                    path: path.to_owned(),
+                    error,
+                })?;
+        }
+    }
+    // The one crypto provider in the tree, named explicitly.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ClientTlsError::Rustls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(client))
+}
+
+/// A WebSocket connection to `url` with this crate's settings (see
+/// [`websocket_config`]), TLS through `tls` for `wss://`.
+pub async fn connect(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<
+    WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let connector = Connector::Rustls(tls.clone());
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(websocket_config()),
+        true,
+        Some(connector),
+    )
+    .await?;
+    Ok(socket)
 }
 
 /// The WebSocket settings clients in this crate use: a small read buffer is
@@ -51,9 +125,8 @@ pub fn websocket_url(url: &str) -> String {
 /// arrived, or Ctrl-C.
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     let url = websocket_url(&options.url);
-    let connect =
-        tokio_tungstenite::connect_async_with_config(&url, Some(websocket_config()), true);
-    let (mut socket, _) = tokio::time::timeout(options.connect_timeout, connect)
+    let tls = tls_client_config(options.ca_file.as_deref())?;
+    let mut socket = tokio::time::timeout(options.connect_timeout, connect(&url, &tls))
         .await
         .with_context(|| format!("timed out connecting to {url}"))?
         .with_context(|| format!("cannot connect to {url}"))?;

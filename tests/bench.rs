@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
 
 #[test]
@@ -76,34 +73,6 @@ fn bench_args<const N: usize>(server: &Binary, flags: [(&str, String); N]) -> Ve
         args.push(value);
     }
     args
-}
-
-/// Runs `tickwire ARGS` to the end (within the guard) and returns its stdout;
-/// fails on a nonzero exit.
-fn run_tickwire(args: &[String]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tickwire");
-    let deadline = Instant::now() + GUARD;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tickwire {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tickwire {args:?}: exit status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
-    stdout
 }
 
 /// The S3-shaped run: healthy, slow and stalled readers plus connection churn

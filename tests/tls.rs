@@ -143,3 +143,71 @@ async fn https_serves_the_api_and_plain_http_is_not_answered() {
         .expect("closed in time");
     assert!(!answer.starts_with(b"HTTP/1.1 200"));
 }
+
+#[test]
+fn subscribe_and_bench_trust_a_self_signed_server_given_with_ca_file() {
+    let certificate = certificate();
+    let path = |name: &str| certificate.dir.join(name).display().to_string();
+    let server = Binary::serve(&[
+        "--tls-cert",
+        &path("cert.pem"),
+        "--tls-key",
+        &path("key.pem"),
+    ]);
+    let url = format!("wss://localhost:{}", server.addr.port());
+    let subscribe = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "subscribe",
+            &url,
+            "--symbols",
+            "spot:BTCUSDT",
+            "--count",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+
+    // Without it the certificate is refused, saying why.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(subscribe(&[]))
+        .output()
+        .expect("run tickwire");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+
+    let stdout = run_tickwire(&subscribe(&["--ca-file", &path("cert.pem")]));
+    assert!(stdout.contains(r#""type":"ticker""#), "{stdout}");
+
+    let report = path("bench.json");
+    run_tickwire(
+        &[
+            "bench",
+            &url,
+            "--ca-file",
+            &path("cert.pem"),
+            "--symbols",
+            "spot:BTCUSDT",
+            "--connections",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--json",
+            &report,
+        ]
+        .map(String::from),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    assert_eq!(report["connections"]["connected"], 2, "{report:#}");
+    // `/metrics` was read over https from the same host and port.
+    assert!(
+        report["server_metrics"]["book_updates"].is_number(),
+        "{report:#}"
+    );
+}

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::load::{Control, Phase};
 use super::tally::new_histogram;
-use crate::client::websocket_config;
+use crate::client::connect;
 
 /// Churning connections open at once at most; past it the churn falls behind
 /// (and says so) instead of piling up sockets.
@@ -65,6 +65,7 @@ pub struct ChurnReport {
 /// each subscribing to `symbols`.
 pub fn spawn(
     url: String,
+    tls: Arc<rustls::ClientConfig>,
     symbols: Vec<String>,
     rate: f64,
     control: Arc<Control>,
@@ -85,7 +86,7 @@ pub fn spawn(
                 return;
             };
             let local = tokio::task::LocalSet::new();
-            let outcome = local.block_on(&runtime, churn(url, symbols, rate, control));
+            let outcome = local.block_on(&runtime, churn(url, tls, symbols, rate, control));
             let _ = done_tx.send(outcome);
         })?;
     Ok(done)
@@ -93,6 +94,7 @@ pub fn spawn(
 
 async fn churn(
     url: String,
+    tls: Arc<rustls::ClientConfig>,
     symbols: Vec<String>,
     rate: f64,
     control: Arc<Control>,
@@ -129,8 +131,9 @@ async fn churn(
         }
         in_flight += 1;
         let (url, request, result_tx) = (url.clone(), request.clone(), result_tx.clone());
+        let tls = tls.clone();
         tokio::task::spawn_local(async move {
-            let result = tokio::time::timeout(CYCLE_TIMEOUT, cycle(&url, &request))
+            let result = tokio::time::timeout(CYCLE_TIMEOUT, cycle(&url, &tls, &request))
                 .await
                 .unwrap_or_else(|_| Err("timed out".into()));
             let _ = result_tx.send(result).await;
@@ -163,12 +166,11 @@ fn record(outcome: &mut ChurnOutcome, result: Result<u64, String>) {
 }
 
 /// One connect → subscribe → answer → close cycle; returns the handshake time.
-async fn cycle(url: &str, request: &str) -> Result<u64, String> {
+async fn cycle(url: &str, tls: &Arc<rustls::ClientConfig>, request: &str) -> Result<u64, String> {
     let started = Instant::now();
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(websocket_config()), true)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut socket = connect(url, tls)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
     let handshake = started.elapsed();
     socket
         .send(Message::text(request))

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::tally::{new_histogram, sample_staleness, Clock, Latency, SeqChecker, Tally};
-use crate::client::websocket_config;
+use crate::client::connect;
 use crate::wall_clock_ns;
 
 /// Handshakes in flight per thread: enough to connect thousands quickly
@@ -170,6 +170,8 @@ pub struct LoadThread {
 #[derive(Clone, Debug)]
 pub struct Target {
     pub url: String,
+    /// TLS for `wss://` URLs.
+    pub tls: Arc<rustls::ClientConfig>,
     pub connect_timeout: Duration,
     pub clock: Clock,
 }
@@ -194,6 +196,7 @@ pub fn spawn(
             let local = tokio::task::LocalSet::new();
             let thread = Thread {
                 url: target.url.into(),
+                tls: target.tls,
                 control,
                 progress: thread_progress,
                 healthy: Rc::default(),
@@ -215,6 +218,7 @@ pub fn spawn(
 #[derive(Clone)]
 struct Thread {
     url: Rc<str>,
+    tls: Arc<rustls::ClientConfig>,
     control: Arc<Control>,
     progress: Arc<Progress>,
     healthy: Rc<RefCell<Measured>>,
@@ -336,12 +340,7 @@ impl Thread {
     ) -> ConnectionEnd {
         let connect = async {
             let _permit = permits.acquire().await.ok();
-            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
-                &*self.url,
-                Some(websocket_config()),
-                true,
-            )
-            .await?;
+            let mut socket = connect(&self.url, &self.tls).await?;
             let request = serde_json::json!({"op": "subscribe", "id": 1, "symbols": symbols});
             socket.send(Message::text(request.to_string())).await?;
             Ok::<_, tokio_tungstenite::tungstenite::Error>(socket)

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use self::churn::{ChurnOutcome, ChurnReport};
 use self::load::{Connected, LoadThread, Outcome, Phase, Reader, Target};
-use self::probe::{MetricsPage, ProcSample};
+use self::probe::{HttpServer, MetricsPage, ProcSample};
 use self::report::{
     ConnectPhase, Connections, Percentiles, Report, ServerMetrics, ServerProcess, SlowReaders,
 };
@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// Seconds a connection may take to connect and subscribe.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// Trust the certificates in this PEM file for wss://, besides the public
+    /// roots: a private CA, or a server's own self-signed certificate.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// Also write the report as JSON here.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -119,7 +123,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let per_connection = args.per_connection.unwrap_or(args.symbols.len());
     validate(&args, per_connection)?;
     let url = websocket_url(&args.url);
-    let authority = authority(&url)?;
+    let tls = crate::client::tls_client_config(args.ca_file.as_deref())?;
+    let http = http_server(&url, &tls)?;
     let total = args.connections + args.slow + args.stalled;
     raise_open_file_limit(total);
 
@@ -136,10 +141,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let target = Target {
         url: url.clone(),
+        tls: tls.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         clock: args.clock,
     };
-    let baseline = Probe::take(&authority, args.server_pid).await;
+    let baseline = Probe::take(&http, args.server_pid).await;
     let connect_start = Instant::now();
     for (index, share) in shares.into_iter().enumerate() {
         let thread = load::spawn(index, target.clone(), share, control.clone())
@@ -174,7 +180,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let symbols = select::plan(&args.symbols, 1, per_connection, args.zipf, args.seed)
                 .pop()
                 .unwrap_or_default();
-            Some(churn::spawn(url.clone(), symbols, rate, control.clone())?)
+            Some(churn::spawn(
+                url.clone(),
+                tls,
+                symbols,
+                rate,
+                control.clone(),
+            )?)
         }
         None => None,
     };
@@ -188,14 +200,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .sum::<u64>()
     };
 
-    let connected_probe = Probe::take(&authority, args.server_pid).await;
+    let connected_probe = Probe::take(&http, args.server_pid).await;
     let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
     while Instant::now() < warmup_end && open() > 0 {
         tokio::time::sleep_until(warmup_end.min(Instant::now() + POLL)).await;
     }
 
     let ticks_per_sec = probe::clock_ticks_per_second();
-    let before = Probe::take(&authority, args.server_pid).await;
+    let before = Probe::take(&http, args.server_pid).await;
     control.set_phase(Phase::Measure);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.duration);
@@ -225,7 +237,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     bar.finish_and_clear();
     control.set_phase(Phase::Done);
-    let after = Probe::take(&authority, args.server_pid).await;
+    let after = Probe::take(&http, args.server_pid).await;
     let churn = match churn {
         Some(done) => Some(done.await.unwrap_or_default()),
         None => None,
@@ -337,15 +349,25 @@ fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `host:port` of a `ws://` URL, where `/metrics` is served too.
-fn authority(ws_url: &str) -> anyhow::Result<String> {
+/// Where the HTTP side of a `ws://` or `wss://` URL's server is (its
+/// `/metrics`), TLS through `tls` for `wss://`.
+fn http_server(ws_url: &str, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<HttpServer> {
     let parsed = url::Url::parse(ws_url).with_context(|| format!("bad URL `{ws_url}`"))?;
-    if parsed.scheme() != "ws" {
-        bail!("only ws:// URLs are supported, not `{ws_url}`");
-    }
+    let tls = match parsed.scheme() {
+        "ws" => None,
+        "wss" => Some(tls.clone()),
+        _ => bail!("expected a ws:// or wss:// URL, not `{ws_url}`"),
+    };
     let host = parsed.host_str().context("the URL has no host")?;
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    Ok(format!("{host}:{port}"))
+    // IPv6 literals come bracketed; a socket address and a TLS name want them bare.
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = parsed
+        .port_or_known_default()
+        .context("the URL has no port")?;
+    Ok(HttpServer { host, port, tls })
 }
 
 /// Each connection is a file descriptor: lift the soft limit to the hard one
@@ -376,8 +398,8 @@ struct Probe {
 }
 
 impl Probe {
-    async fn take(authority: &str, server_pid: Option<u32>) -> Self {
-        let metrics = match probe::http_get(authority, "/metrics").await {
+    async fn take(server: &HttpServer, server_pid: Option<u32>) -> Self {
+        let metrics = match probe::http_get(server, "/metrics").await {
             Ok(body) => Some(MetricsPage::parse(&String::from_utf8_lossy(&body))),
             Err(error) => {
                 tracing::warn!("cannot read the server's metrics: {error:#}");
@@ -556,14 +578,21 @@ mod tests {
 
     #[test]
     fn metrics_live_next_to_the_websocket() {
-        let at = |url: &str| authority(url).ok();
+        let tls = crate::client::tls_client_config(None).expect("TLS");
+        let at = |url: &str| {
+            http_server(url, &tls)
+                .ok()
+                .map(|s| (s.host, s.port, s.tls.is_some()))
+        };
+        let server = |host: &str, port, tls| Some((host.to_owned(), port, tls));
         assert_eq!(
-            at("ws://127.0.0.1:8080/ws").as_deref(),
-            Some("127.0.0.1:8080")
+            at("ws://127.0.0.1:8080/ws"),
+            server("127.0.0.1", 8080, false)
         );
-        assert_eq!(at("ws://localhost/ws").as_deref(), Some("localhost:80"));
-        assert_eq!(at("ws://[::1]:9/ws?x=1").as_deref(), Some("[::1]:9"));
-        assert_eq!(at("wss://example.com/ws"), None);
+        assert_eq!(at("ws://localhost/ws"), server("localhost", 80, false));
+        assert_eq!(at("ws://[::1]:9/ws?x=1"), server("::1", 9, false));
+        assert_eq!(at("wss://example.com/ws"), server("example.com", 443, true));
+        assert_eq!(at("http://example.com/ws"), None);
         assert_eq!(at("not a url"), None);
     }
 

@@ -3,35 +3,78 @@
 //! Parsing is separate from the reading, so it is tested without a server.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// A `/metrics` page larger than this is not a tickwire server's.
 const MAX_RESPONSE_BYTES: u64 = 8 << 20;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `GET path` on `authority` (`host:port`), returning the body of a 200 answer.
-pub async fn http_get(authority: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+/// Where the server's HTTP side is: `host:port`, and TLS for an `https://`
+/// (`wss://`) server.
+#[derive(Clone)]
+pub struct HttpServer {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl HttpServer {
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}{path}", self.host, self.port)
+    }
+}
+
+/// `GET path` on `server`, returning the body of a 200 answer.
+pub async fn http_get(server: &HttpServer, path: &str) -> anyhow::Result<Vec<u8>> {
+    let url = server.url(path);
     let exchange = async {
-        let mut stream = TcpStream::connect(authority).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream
-            .take(MAX_RESPONSE_BYTES)
-            .read_to_end(&mut response)
-            .await?;
-        anyhow::Ok(response)
+        let stream = TcpStream::connect((server.host.as_str(), server.port)).await?;
+        match &server.tls {
+            None => exchange(stream, server, path).await,
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::try_from(server.host.clone())?;
+                let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                exchange(connector.connect(name, stream).await?, server, path).await
+            }
+        }
     };
     let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
-        .with_context(|| format!("GET http://{authority}{path} timed out"))?
-        .with_context(|| format!("GET http://{authority}{path}"))?;
-    http_body(&response).with_context(|| format!("GET http://{authority}{path}"))
+        .with_context(|| format!("GET {url} timed out"))?
+        .with_context(|| format!("GET {url}"))?;
+    http_body(&response).with_context(|| format!("GET {url}"))
+}
+
+/// One request, and the response read until the server closes.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    server: &HttpServer,
+    path: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
+        server.host, server.port
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    // A TLS server may end without close_notify; what arrived is kept.
+    let read = (&mut stream)
+        .take(MAX_RESPONSE_BYTES)
+        .read_to_end(&mut response)
+        .await;
+    match read {
+        Ok(_) => Ok(response),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            Ok(response)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The body of a complete HTTP/1.1 response read until the server closed:

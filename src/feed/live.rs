@@ -117,14 +117,11 @@ impl LiveConfig {
 pub enum LiveError {
     #[error("feed `{feed}`: URL must start with ws:// or wss://, not {url:?}")]
     Url { feed: String, url: String },
-    #[error("feed `{feed}`: cannot read CA file {}: {error}", path.display())]
-    CaFile {
+    #[error("feed `{feed}`: {error}")]
+    Tls {
         feed: String,
-        path: PathBuf,
-        error: rustls_pki_types::pem::Error,
+        error: crate::client::ClientTlsError,
     },
-    #[error("feed `{feed}`: TLS setup: {0}", feed = .0)]
-    Tls(String),
 }
 
 /// A running live feed.
@@ -183,31 +180,10 @@ pub(crate) fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, 
 }
 
 fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.ca_file {
-        use rustls_pki_types::pem::PemObject as _;
-        let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|error| LiveError::CaFile {
-                feed: config.name.clone(),
-                path: path.clone(),
-                error,
-            })?;
-        for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|e| LiveError::Tls(format!("{}: {e}", config.name)))?;
-        }
-    }
-    // The one crypto provider in the tree, named explicitly.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| LiveError::Tls(format!("{}: {e}", config.name)))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(client))
+    crate::client::tls_client_config(config.ca_file.as_deref()).map_err(|error| LiveError::Tls {
+        feed: config.name.clone(),
+        error,
+    })
 }
 
 /// Where a live feed's ticks go: the hub when serving, a file when recording.

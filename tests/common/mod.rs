@@ -578,7 +578,8 @@ impl Binary {
             line.clear();
             let read = reader.read_line(&mut line).expect("read log");
             assert!(read > 0, "tickwire exited before listening");
-            if let Some(rest) = line.split("ws://").nth(1) {
+            // `ws://ADDR/ws`, or `wss://ADDR/ws` with TLS.
+            if let Some(rest) = line.split("ws://").nth(1).or(line.split("wss://").nth(1)) {
                 let addr = rest.split('/').next().expect("address");
                 break addr.parse().expect("socket address");
             }
@@ -722,4 +723,32 @@ impl SseClient {
             }
         }
     }
+}
+
+/// Runs `tickwire ARGS` to the end (within the guard) and returns its stdout;
+/// fails on a nonzero exit.
+pub fn run_tickwire(args: &[String]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tickwire");
+    let deadline = std::time::Instant::now() + GUARD;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tickwire {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tickwire {args:?}: exit status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout
 }
