@@ -138,6 +138,7 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     socket.send(Message::text(request.to_string())).await?;
 
     let mut tickers = 0u64;
+    let mut accepted = 0usize;
     let stdout = std::io::stdout();
     // One listener for the whole stream: a listener made afresh on each turn
     // of the loop would miss a Ctrl-C that lands while a message is printed,
@@ -166,6 +167,10 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
                         socket.close(None).await.ok();
                         return Ok(());
                     }
+                } else if let Some(refusal) = refusal_of_all(&text, &mut accepted) {
+                    // Nothing would ever come: say why instead of waiting.
+                    socket.close(None).await.ok();
+                    bail!("nothing subscribed: {refusal}");
                 }
             }
             Some(Ok(Message::Close(frame))) => {
@@ -187,9 +192,52 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     }
 }
 
+/// Follows the answer to the subscribe request (id 1): counts the symbols
+/// `subscribed` accepts into `accepted`, and returns an `error` answer's
+/// message when none was accepted.
+fn refusal_of_all(text: &str, accepted: &mut usize) -> Option<String> {
+    let message: serde_json::Value = serde_json::from_str(text).ok()?;
+    if message["id"] != 1 {
+        return None;
+    }
+    match message["type"].as_str()? {
+        "subscribed" => {
+            *accepted += message["symbols"].as_array().map_or(0, Vec::len);
+            None
+        }
+        "error" if *accepted == 0 => Some(format!(
+            "{} ({})",
+            message["message"].as_str().unwrap_or("refused"),
+            message["code"].as_str().unwrap_or("error")
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscribe_refused_for_every_symbol_is_reported() {
+        let mut accepted = 0;
+        let none = r#"{"type":"subscribed","id":1,"channel":"ticker","symbols":[]}"#;
+        let unknown = r#"{"type":"error","id":1,"code":"unknown_symbol","message":"no such symbol","symbols":["X"]}"#;
+        assert_eq!(refusal_of_all(none, &mut accepted), None);
+        assert_eq!(
+            refusal_of_all(unknown, &mut accepted).as_deref(),
+            Some("no such symbol (unknown_symbol)")
+        );
+        // Some accepted: a refusal of the others is no reason to stop.
+        let mut accepted = 0;
+        let one = r#"{"type":"subscribed","id":1,"channel":"ticker","symbols":["A"]}"#;
+        assert_eq!(refusal_of_all(one, &mut accepted), None);
+        assert_eq!(refusal_of_all(unknown, &mut accepted), None);
+        // A bad request gets no `subscribed` at all.
+        let bad =
+            r#"{"type":"error","id":1,"code":"bad_request","message":"`max_rate_hz` must be > 0"}"#;
+        assert!(refusal_of_all(bad, &mut 0).is_some());
+    }
 
     #[test]
     fn bare_urls_get_the_ws_path() {

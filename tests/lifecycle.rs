@@ -123,6 +123,34 @@ async fn the_subscribe_command_prints_json_lines() {
     drop(server);
 }
 
+/// `tickwire subscribe` refused every symbol it asked for: it says why and
+/// fails, instead of waiting on a connection that will never carry data.
+#[test]
+fn the_subscribe_command_fails_when_no_symbol_is_accepted() {
+    let dir = std::env::temp_dir().join(format!("tickwire-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let server = Binary::serve_synthetic(&dir, 2, 10.0, 1);
+    let url = format!("ws://{}", server.addr);
+    for (extra, why) in [
+        (
+            &["--symbols", "NOPE"][..],
+            "nothing subscribed: no such symbol (unknown_symbol)",
+        ),
+        (
+            &["--symbols", "SYN000", "--max-rate-hz", "0"][..],
+            "(bad_request)",
+        ),
+    ] {
+        let mut args = vec!["subscribe".to_owned(), url.clone()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let output = run_tickwire_to_end(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{extra:?}: {stderr}");
+        assert!(stderr.contains(why), "{extra:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Ctrl-C ends `tickwire subscribe` even while it is busy printing: with a
 /// full-speed replay, the client is almost never waiting when the signal comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -725,9 +725,9 @@ impl SseClient {
     }
 }
 
-/// Runs `tickwire ARGS` to the end (within the guard) and returns its stdout;
-/// fails on a nonzero exit.
-pub fn run_tickwire(args: &[String]) -> String {
+/// Runs `tickwire ARGS` to the end, killing it (and failing) if it outlives
+/// the guard.
+pub fn run_tickwire_to_end(args: &[String]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
         .args(args)
         .stdout(Stdio::piped())
@@ -742,7 +742,13 @@ pub fn run_tickwire(args: &[String]) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let output = child.wait_with_output().expect("output");
+    child.wait_with_output().expect("output")
+}
+
+/// Runs `tickwire ARGS` to the end (within the guard) and returns its stdout;
+/// fails on a nonzero exit.
+pub fn run_tickwire(args: &[String]) -> String {
+    let output = run_tickwire_to_end(args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
