@@ -226,3 +226,25 @@ fn a_firehose_that_outruns_its_clients_keeps_being_served() {
     assert_eq!(status, 200);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A run whose every subscription the server refused measured nothing: it
+/// fails, with the server's answer.
+#[test]
+fn a_run_the_server_refused_fails_with_its_reason() {
+    let spot = format!("spot={}", sample(SPOT).display());
+    let server = Binary::serve(&["--replay", &spot, "--speed", "20", "--loop"]);
+    let args = bench_args(
+        &server,
+        [
+            ("--connections", "2".to_owned()),
+            ("--symbols", "NOPE".into()),
+            ("--duration", "1".into()),
+            ("--warmup", "0.2".into()),
+        ],
+    );
+    let output = run_tickwire_to_end(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no ticker was delivered"), "{stderr}");
+    assert!(stderr.contains("unknown_symbol"), "{stderr}");
+}

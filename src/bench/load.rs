@@ -108,12 +108,17 @@ pub enum Reader {
 pub struct Measured {
     pub tally: Tally,
     pub latency: Latency,
+    /// The first `error` message the server sent these connections.
+    pub first_error: Option<String>,
 }
 
 impl Measured {
     fn merge(&mut self, other: &Measured) {
         self.tally.merge(&other.tally);
         self.latency.merge(&other.latency);
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
     }
 }
 
@@ -396,12 +401,19 @@ impl Thread {
             match message {
                 Some(Ok(Message::Text(text))) => {
                     let now = wall_clock_ns();
-                    let Measured { tally, latency } = &mut *measured.borrow_mut();
+                    let Measured {
+                        tally,
+                        latency,
+                        first_error,
+                    } = &mut *measured.borrow_mut();
                     let measuring = phase == Phase::Measure;
                     let text = text.as_str();
                     let seqs = &mut seqs.borrow_mut();
+                    let errors = tally.errors;
                     if tally.observe(seqs, latency, text, now, self.clock, measuring) {
                         self.progress.tickers.fetch_add(1, Relaxed);
+                    } else if tally.errors > errors && first_error.is_none() {
+                        *first_error = Some(text.chars().take(500).collect());
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {

@@ -284,6 +284,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let curve = plot::Curve::of(&args.label, &outcome.healthy.latency.delivered);
         plot::write_svg(path, &format!("{} latency", args.clock.as_str()), &[curve])?;
     }
+    let first_error = outcome
+        .healthy
+        .first_error
+        .as_ref()
+        .or(outcome.slow.first_error.as_ref());
+    if let Some(error) = first_error {
+        if report.delivered == 0 {
+            bail!("no ticker was delivered; the server answered with errors, first: {error}");
+        }
+        tracing::warn!("the server answered with errors, first: {error}");
+    }
     if report.seq_violations > 0 {
         bail!(
             "the server broke the seq/skipped contract {} times ({} regressions, {} skipped mismatches)",
