@@ -120,17 +120,21 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = config::DEFAULT_MAX_GAP.as_millis() as u64)]
     pub max_gap_ms: u64,
     /// Most WebSocket connections at once.
-    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
+    #[arg(long, default_value_t = ServerConfig::default().max_connections,
+          value_parser = at_least_one)]
     pub max_connections: usize,
     /// Largest client message in bytes; larger ones close with 1009.
-    #[arg(long, default_value_t = SessionConfig::default().max_message_bytes)]
+    #[arg(long, default_value_t = SessionConfig::default().max_message_bytes,
+          value_parser = at_least_one)]
     pub max_message_bytes: usize,
     /// Most subscriptions per connection.
-    #[arg(long, default_value_t = SessionConfig::default().max_subscriptions)]
+    #[arg(long, default_value_t = SessionConfig::default().max_subscriptions,
+          value_parser = at_least_one)]
     pub max_subscriptions: usize,
     /// Deepest `book` subscription served, in levels per side (one of 1, 5,
     /// 10, 25, 50, 100, 500 or any larger number).
-    #[arg(long, default_value_t = crate::book::depth::DEFAULT_MAX_BOOK_DEPTH)]
+    #[arg(long, default_value_t = crate::book::depth::DEFAULT_MAX_BOOK_DEPTH,
+          value_parser = book_depth_limit)]
     pub max_book_depth: usize,
     /// Seconds between server pings to a quiet client.
     #[arg(long, default_value_t = SessionConfig::default().ping_interval.as_secs(),
@@ -141,8 +145,10 @@ pub struct ServeArgs {
           value_parser = timeout_secs())]
     pub ping_timeout_secs: u64,
     /// Updates for a client that come within this many microseconds of its last
-    /// write wait and leave together in one write (0: write each at once).
-    #[arg(long, default_value_t = SessionConfig::default().coalesce.as_micros() as u64)]
+    /// write wait and leave together in one write (0: write each at once; at
+    /// most 1,000,000).
+    #[arg(long, default_value_t = SessionConfig::default().coalesce.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub coalesce_us: u64,
     /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
     /// comma-separated) instead of running feeds: an edge gateway.
@@ -200,6 +206,29 @@ const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// A timeout in seconds, from 1 to [`MAX_TIMEOUT_SECS`].
 fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+}
+
+/// A count that must be at least 1 (a limit of 0 would refuse everything).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--max-book-depth`: a depth clients can ask for, or more than all of them.
+fn book_depth_limit(text: &str) -> Result<usize, String> {
+    use crate::book::depth::BOOK_DEPTHS;
+    let levels: usize = text.parse().map_err(|e| format!("{e}"))?;
+    let deepest = BOOK_DEPTHS[BOOK_DEPTHS.len() - 1];
+    if BOOK_DEPTHS.contains(&levels) || levels > deepest {
+        Ok(levels)
+    } else {
+        Err(format!(
+            "must be one of {BOOK_DEPTHS:?} or more than {deepest}: it is the deepest depth served"
+        ))
+    }
 }
 
 /// A positive number of seconds that a `Duration` holds (`1.5`, not `-1`,
@@ -529,6 +558,25 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_that_would_refuse_everything_or_mislead_are_refused_at_start() {
+        use clap::Parser as _;
+        let parses = |args: &[&str]| {
+            let argv = ["tickwire", "serve"].iter().chain(args);
+            Cli::try_parse_from(argv).is_ok()
+        };
+        assert!(parses(&["--max-book-depth", "500"]));
+        assert!(parses(&["--max-book-depth", "1000"]));
+        assert!(!parses(&["--max-book-depth", "7"]), "depth 10, the default, is then refused");
+        assert!(!parses(&["--max-book-depth", "0"]));
+        for limit in ["--max-connections", "--max-subscriptions", "--max-message-bytes"] {
+            assert!(parses(&[limit, "1"]));
+            assert!(!parses(&[limit, "0"]), "{limit} 0");
+        }
+        assert!(parses(&["--coalesce-us", "0"]));
+        assert!(!parses(&["--coalesce-us", "99999999999"]));
+    }
 
     #[test]
     fn an_error_chain_names_each_cause_once() {
