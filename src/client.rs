@@ -125,10 +125,14 @@ pub fn websocket_url(url: &str) -> String {
 /// arrived, or Ctrl-C.
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     let url = websocket_url(&options.url);
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        bail!("expected a ws:// or wss:// URL, not `{}`", options.url);
+    }
     let tls = tls_client_config(options.ca_file.as_deref())?;
     let mut socket = tokio::time::timeout(options.connect_timeout, connect(&url, &tls))
         .await
         .with_context(|| format!("timed out connecting to {url}"))?
+        .map_err(refusal_with_reason)
         .with_context(|| format!("cannot connect to {url}"))?;
 
     let mut request = serde_json::json!({"op": "subscribe", "id": 1, "symbols": options.symbols});
@@ -159,8 +163,15 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
         match message {
             Some(Ok(Message::Text(text))) => {
                 let mut out = stdout.lock();
-                writeln!(out, "{text}")?;
-                out.flush()?;
+                let printed = writeln!(out, "{text}").and_then(|()| out.flush());
+                match printed {
+                    // The reader went away (`| head`): a normal end.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        socket.close(None).await.ok();
+                        return Ok(());
+                    }
+                    printed => printed?,
+                }
                 if text.starts_with(r#"{"type":"ticker""#) {
                     tickers += 1;
                     if options.count.is_some_and(|count| tickers >= count) {
@@ -189,6 +200,23 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
             Some(Err(e)) => return Err(e).context("connection failed"),
             None => bail!("connection closed without a close frame"),
         }
+    }
+}
+
+/// A refused upgrade with the server's explanation: tickwire answers with a
+/// JSON body (`{"error":...,"message":...}`) that the status alone leaves out.
+fn refusal_with_reason(error: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    use tokio_tungstenite::tungstenite::Error;
+    match &error {
+        Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            anyhow::anyhow!("the server answered {}: {}", response.status(), body.trim())
+        }
+        _ => error.into(),
     }
 }
 

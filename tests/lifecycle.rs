@@ -151,6 +151,66 @@ fn the_subscribe_command_fails_when_no_symbol_is_accepted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a user of `tickwire subscribe` trips on: a URL without its scheme, a
+/// server that wants a token (its reason is shown, not only the status), and
+/// piping into `head` (a normal end, not an error).
+#[test]
+fn the_subscribe_command_explains_refusals_and_ends_quietly_when_its_reader_leaves() {
+    let run = |args: &[&str]| {
+        run_tickwire_to_end(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    };
+    let output = run(&["subscribe", "127.0.0.1:9", "--symbols", "X"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("expected a ws:// or wss:// URL"),
+        "{stderr}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tickwire-refusals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "a test secret of at least thirty-two bytes").expect("secret");
+    let locked = Binary::serve(&["--jwt-secret-file", &secret.display().to_string()]);
+    let output = run(&[
+        "subscribe",
+        &format!("ws://{}", locked.addr),
+        "--symbols",
+        "X",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("401") && stderr.contains("credentials required"),
+        "{stderr}"
+    );
+    drop(locked);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let server = Binary::serve(&[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "subscribe",
+            &format!("ws://{}", server.addr),
+            "--symbols",
+            "spot:BTCUSDT",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a line");
+    assert!(first.contains(r#""type":"subscribed""#), "{first}");
+    // The reader is gone now: the next line cannot be written.
+    let output = child.wait_with_output().expect("exit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+}
+
 /// Ctrl-C ends `tickwire subscribe` even while it is busy printing: with a
 /// full-speed replay, the client is almost never waiting when the signal comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
