@@ -365,6 +365,20 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
             max_book_levels: DEFAULT_MAX_BOOK_LEVELS,
         }));
     }
+    // A book cut shorter than the deepest subscription could never vouch for
+    // it, and would stay stale for every book client.
+    for feed in &feeds {
+        if let config::FeedConfig::Replay(replay) = feed {
+            if replay.max_book_levels < args.max_book_depth {
+                anyhow::bail!(
+                    "feed `{}` keeps {} levels a side (`max_book_levels`), fewer than the {} that --max-book-depth serves: its books would never be served; raise one or lower the other",
+                    replay.name,
+                    replay.max_book_levels,
+                    args.max_book_depth
+                );
+            }
+        }
+    }
     Ok(feeds)
 }
 
@@ -568,14 +582,46 @@ mod tests {
         };
         assert!(parses(&["--max-book-depth", "500"]));
         assert!(parses(&["--max-book-depth", "1000"]));
-        assert!(!parses(&["--max-book-depth", "7"]), "depth 10, the default, is then refused");
+        assert!(
+            !parses(&["--max-book-depth", "7"]),
+            "depth 10, the default, is then refused"
+        );
         assert!(!parses(&["--max-book-depth", "0"]));
-        for limit in ["--max-connections", "--max-subscriptions", "--max-message-bytes"] {
+        for limit in [
+            "--max-connections",
+            "--max-subscriptions",
+            "--max-message-bytes",
+        ] {
             assert!(parses(&[limit, "1"]));
             assert!(!parses(&[limit, "0"]), "{limit} 0");
         }
         assert!(parses(&["--coalesce-us", "0"]));
         assert!(!parses(&["--coalesce-us", "99999999999"]));
+    }
+
+    #[test]
+    fn a_feed_cut_shallower_than_the_served_depth_is_refused() {
+        use clap::Parser as _;
+        let dir = std::env::temp_dir().join(format!("tickwire-cli-levels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let feed = dir.join("shallow.toml");
+        let text = "kind = \"replay\"\nmax_book_levels = 5\n[[files]]\npath = \"a.gz\"\n";
+        std::fs::write(&feed, text).expect("feed file");
+        let feeds_of = |depth: &str| {
+            let argv = [
+                "tickwire",
+                "--feed",
+                &feed.display().to_string(),
+                "--max-book-depth",
+                depth,
+            ];
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            feeds(&cli.serve).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let refused = feeds_of("100").err().unwrap_or_default();
+        assert!(refused.contains("keeps 5 levels a side"), "{refused}");
+        assert!(feeds_of("5").is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
