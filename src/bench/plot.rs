@@ -98,6 +98,8 @@ pub fn write_svg(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<(
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(16)
+            // Room for the last percentile's label, centred on the right edge.
+            .margin_right(48)
             .x_label_area_size(44)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..nines_shown, (low..high).log_scale())?;

@@ -151,8 +151,10 @@ pub struct TokenArgs {
     /// Seconds until the token expires.
     #[arg(long, default_value_t = 3600)]
     pub ttl_secs: u64,
+    /// Audience (`aud`), for a server started with `--jwt-audience`.
     #[arg(long)]
     pub aud: Option<String>,
+    /// Issuer (`iss`), for a server started with `--jwt-issuer`.
     #[arg(long)]
     pub iss: Option<String>,
     /// Cap on updates per second per symbol.
