@@ -90,8 +90,9 @@ pub struct PlotArgs {
 /// `tickwire serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address for HTTP and WebSocket (`/ws`).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Address for HTTP and WebSocket (`/ws`): IP:PORT, or HOST:PORT
+    /// (`localhost:8080`), which takes the name's first address.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
     /// Threads serving connections and live feeds (default: one per core);
     /// replays and synthetic feeds run on threads of their own. Fewer leave
@@ -206,6 +207,20 @@ const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// A timeout in seconds, from 1 to [`MAX_TIMEOUT_SECS`].
 fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+}
+
+/// `--listen`: an address, or a host name and port resolved once at start.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addresses) => addresses
+            .next()
+            .ok_or_else(|| format!("{text} resolves to no address")),
+        Err(e) => Err(format!("{e} (expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080)")),
+    }
 }
 
 /// A count that must be at least 1 (a limit of 0 would refuse everything).
@@ -455,9 +470,10 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         Some(_) => ("wss", "https"),
         None => ("ws", "http"),
     };
+    let symbols = hub.symbol_count();
     tracing::info!(
-        "serving {} symbols: {ws}://{address}/ws, {http}://{address}/metrics",
-        hub.symbol_count()
+        "serving {symbols} symbol{}: {ws}://{address}/ws, {http}://{address}/metrics",
+        if symbols == 1 { "" } else { "s" }
     );
     server::run(listener, hub, config, shutdown_signal()).await?;
     feeds_shutdown.cancel();
@@ -597,6 +613,8 @@ mod tests {
         }
         assert!(parses(&["--coalesce-us", "0"]));
         assert!(!parses(&["--coalesce-us", "99999999999"]));
+        assert!(parses(&["--listen", "localhost:0"]));
+        assert!(!parses(&["--listen", "localhost"]), "no port");
     }
 
     #[test]

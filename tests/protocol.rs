@@ -219,6 +219,7 @@ async fn subscription_limit_is_enforced_per_connection() {
     let error = client.recv_type("error").await;
     assert_eq!(error["code"], "limit_exceeded");
     assert_eq!(error["symbols"], json!(["usdm:BTCUSDT"]));
+    assert_eq!(error["message"], "at most 1 subscription per connection");
 }
 
 /// A fresh client can still subscribe and get data: the server was unharmed.

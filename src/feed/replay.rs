@@ -192,16 +192,18 @@ pub fn spawn(
 
 /// Reads every source once and declares the symbols found. Returns their count.
 fn declare_symbols(hub: &Hub, sources: &[ReplaySource]) -> Result<usize, ReplayError> {
-    let mut count = 0;
+    // Files may share symbols (a Tardis quotes file and its trades file).
+    let mut served = std::collections::HashSet::new();
     for source in sources {
         let mut file = source.input.open()?;
         while file.next_item().is_some() {}
         for symbol in file.symbols() {
-            hub.declare(&source.served_name(symbol));
-            count += 1;
+            let name = source.served_name(symbol);
+            hub.declare(&name);
+            served.insert(name);
         }
     }
-    Ok(count)
+    Ok(served.len())
 }
 
 struct Player {

@@ -138,7 +138,7 @@ impl<S> Registry<S> {
 pub(super) trait Channel {
     /// The channel's name in replies.
     const NAME: &'static str;
-    /// What the subscriptions are called in the over-the-limit message.
+    /// What the subscriptions are called in the over-the-limit message (plural).
     const LIMIT_NOUN: &'static str;
     /// Set in the indices this channel's subscriptions are owed snapshots
     /// under, so one [`PendingAnswer`] can hold indices of either channel.
@@ -257,11 +257,12 @@ pub(super) fn subscribe<C: Channel>(
     pending
         .snapshots
         .extend(fresh.into_iter().map(|index| index | C::INDEX_TAG));
-    let limit = format!(
-        "at most {} {} per connection",
-        channel.max_subscriptions(),
-        C::LIMIT_NOUN
-    );
+    let max = channel.max_subscriptions();
+    let noun = match max {
+        1 => C::LIMIT_NOUN.trim_end_matches('s'),
+        _ => C::LIMIT_NOUN,
+    };
+    let limit = format!("at most {max} {noun} per connection");
     for (names, code, message) in [
         (&unknown, ErrorCode::UnknownSymbol, "no such symbol"),
         (&over_limit, ErrorCode::LimitExceeded, limit.as_str()),

@@ -53,7 +53,7 @@ async function startServer(port, args = []) {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), WAIT);
     const onData = (chunk) => {
       log += chunk;
-      if (/serving \d+ symbols: ws:\/\/\S+\/ws/.test(log)) {
+      if (/serving \d+ symbols?: ws:\/\/\S+\/ws/.test(log)) {
         clearTimeout(timer);
         resolve();
       }
