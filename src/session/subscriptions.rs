@@ -168,15 +168,15 @@ impl Subscriptions {
     }
 
     /// Appends the snapshots a subscribe request still owes until `out` holds
-    /// `high_water` bytes (one at least), then the replies that follow them;
-    /// true once the whole answer is written.
+    /// `high_water` bytes (a mark of 0 still lets one through), then the
+    /// replies that follow them; true once the whole answer is written.
     pub fn write_answer(&mut self, out: &mut Outbox, high_water: usize) -> bool {
         if self.pending.is_empty() {
             return true;
         }
         // Whatever woke the session may have been the mailbox's notice.
         self.mailbox_unread = true;
-        loop {
+        while out.buffered() < high_water.max(1) {
             match self.pending.next_snapshot() {
                 Some(index) if index & BOOK_SLOT != 0 => {
                     self.book.push_snapshot(index & !BOOK_SLOT, out);
@@ -187,10 +187,8 @@ impl Subscriptions {
                     return true;
                 }
             }
-            if out.buffered() >= high_water {
-                return false;
-            }
         }
+        false
     }
 
     /// Moves ready updates into `out` until it holds `high_water` bytes, and
@@ -514,8 +512,16 @@ mod tests {
         subscriptions.subscribe(Some(1), symbols, None, &mut out);
         let high_water = 512;
 
-        // A version published mid-answer, whose notice wakes the session.
+        // `subscribed` is read, and the first snapshots are written; then a
+        // version published mid-answer, whose notice wakes the session.
+        out.advance(out.buffered(), 0);
         subscriptions.fill(&mut out, high_water);
+        assert!(subscriptions.is_answering());
+        // Never past the mark by more than one snapshot, however often drained.
+        for _ in 0..10 {
+            subscriptions.fill(&mut out, high_water);
+        }
+        assert!(out.buffered() < high_water + 300, "{}", out.buffered());
         hub.publish(&entries[0], &quote(999), 2);
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(
