@@ -40,6 +40,8 @@ pub enum ClientTlsError {
     },
     #[error("{}: not a usable CA certificate: {error}", path.display())]
     BadCa { path: PathBuf, error: rustls::Error },
+    #[error("{} holds no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
     #[error("TLS setup: {0}")]
     Rustls(rustls::Error),
 }
@@ -60,6 +62,9 @@ pub fn tls_client_config(
                 path: path.to_owned(),
                 error,
             })?;
+        if certificates.is_empty() {
+            return Err(ClientTlsError::NoCertificate(path.to_owned()));
+        }
         for certificate in certificates {
             roots
                 .add(certificate)
@@ -220,20 +225,18 @@ fn refusal_with_reason(error: tokio_tungstenite::tungstenite::Error) -> anyhow::
     }
 }
 
-/// Follows the answer to the subscribe request (id 1): counts the symbols
-/// `subscribed` accepts into `accepted`, and returns an `error` answer's
-/// message when none was accepted.
+/// Follows the answers to the subscriptions: counts the symbols every
+/// `subscribed` accepts into `accepted` (the URL's `?symbols=` are answered
+/// without an id), and returns the message of an `error` answering the
+/// subscribe request (id 1) when none was accepted.
 fn refusal_of_all(text: &str, accepted: &mut usize) -> Option<String> {
     let message: serde_json::Value = serde_json::from_str(text).ok()?;
-    if message["id"] != 1 {
-        return None;
-    }
     match message["type"].as_str()? {
         "subscribed" => {
             *accepted += message["symbols"].as_array().map_or(0, Vec::len);
             None
         }
-        "error" if *accepted == 0 => Some(format!(
+        "error" if *accepted == 0 && message["id"] == 1 => Some(format!(
             "{} ({})",
             message["message"].as_str().unwrap_or("refused"),
             message["code"].as_str().unwrap_or("error")
@@ -245,6 +248,18 @@ fn refusal_of_all(text: &str, accepted: &mut usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let path = std::env::temp_dir().join(format!("tickwire-empty-ca-{}", std::process::id()));
+        std::fs::write(&path, "not a certificate\n").expect("write");
+        let refused = tls_client_config(Some(&path)).map(|_| ());
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            matches!(refused, Err(ClientTlsError::NoCertificate(_))),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn a_subscribe_refused_for_every_symbol_is_reported() {
@@ -260,6 +275,12 @@ mod tests {
         let mut accepted = 0;
         let one = r#"{"type":"subscribed","id":1,"channel":"ticker","symbols":["A"]}"#;
         assert_eq!(refusal_of_all(one, &mut accepted), None);
+        assert_eq!(refusal_of_all(unknown, &mut accepted), None);
+        // Symbols the URL named, accepted without an id, count too.
+        let mut accepted = 0;
+        let by_url = r#"{"type":"subscribed","channel":"ticker","symbols":["A"]}"#;
+        assert_eq!(refusal_of_all(by_url, &mut accepted), None);
+        assert_eq!(refusal_of_all(none, &mut accepted), None);
         assert_eq!(refusal_of_all(unknown, &mut accepted), None);
         // A bad request gets no `subscribed` at all.
         let bad =

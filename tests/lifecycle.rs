@@ -148,6 +148,11 @@ fn the_subscribe_command_fails_when_no_symbol_is_accepted() {
         assert!(!output.status.success(), "{extra:?}: {stderr}");
         assert!(stderr.contains(why), "{extra:?}: {stderr}");
     }
+    // Symbols the URL names count as accepted: the refusal of the others is
+    // no reason to stop.
+    let by_url = format!("{url}/ws?symbols=SYN000");
+    let args = ["subscribe", &by_url, "--symbols", "NOPE", "--count", "2"];
+    run_tickwire(&args.map(String::from));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
