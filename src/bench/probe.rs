@@ -18,15 +18,25 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`wss://`) server.
 #[derive(Clone)]
 pub struct HttpServer {
+    /// A name or an address; IPv6 without brackets.
     pub host: String,
     pub port: u16,
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl HttpServer {
+    /// `host:port` as a URL or a `Host` header writes it (`[::1]:8080`).
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}:{}{path}", self.host, self.port)
+        format!("{scheme}://{}{path}", self.authority())
     }
 }
 
@@ -58,8 +68,8 @@ async fn exchange(
     path: &str,
 ) -> anyhow::Result<Vec<u8>> {
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
-        server.host, server.port
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.authority()
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
@@ -245,6 +255,18 @@ pub fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_server_is_named_with_brackets() {
+        let server = |host: &str| HttpServer {
+            host: host.into(),
+            port: 8080,
+            tls: None,
+        };
+        assert_eq!(server("::1").authority(), "[::1]:8080");
+        assert_eq!(server("::1").url("/metrics"), "http://[::1]:8080/metrics");
+        assert_eq!(server("localhost").authority(), "localhost:8080");
+    }
 
     #[test]
     fn bodies_by_length_chunks_or_close() {
