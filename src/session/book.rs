@@ -74,7 +74,7 @@ impl BookSubscriptions {
         pending: &mut PendingAnswer,
     ) {
         let max_depth = self.hub.max_book_depth();
-        let depth = depth.unwrap_or(DEFAULT_DEPTH.min(max_depth));
+        let depth = depth.unwrap_or_else(|| default_depth(max_depth));
         let Some(depth_index) = depth_index(depth, max_depth) else {
             let served: Vec<String> = BOOK_DEPTHS
                 .iter()
@@ -205,6 +205,17 @@ impl Channel for BookSubscriptions {
     }
 }
 
+/// The depth of a subscription that names none: [`DEFAULT_DEPTH`], or the
+/// deepest one served under a smaller `max_depth`.
+fn default_depth(max_depth: usize) -> usize {
+    BOOK_DEPTHS
+        .iter()
+        .copied()
+        .filter(|&depth| depth <= DEFAULT_DEPTH.min(max_depth))
+        .max()
+        .unwrap_or(1)
+}
+
 fn push_status_if_changed(sub: &mut BookSubscription, out: &mut Outbox) {
     let depth = sub.entry.depth();
     let Some(status) = sub
@@ -218,4 +229,18 @@ fn push_status_if_changed(sub: &mut BookSubscription, out: &mut Outbox) {
         status.state.as_str(),
         &status.reason,
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_depth_is_one_a_server_capped_lower_still_serves() {
+        assert_eq!(default_depth(100), DEFAULT_DEPTH);
+        assert_eq!(default_depth(10), 10);
+        assert_eq!(default_depth(7), 5);
+        assert_eq!(default_depth(1), 1);
+        assert!(depth_index(default_depth(7), 7).is_some());
+    }
 }
