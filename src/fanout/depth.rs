@@ -67,11 +67,13 @@ impl DepthChannel {
         self.subscribers.len()
     }
 
-    /// Changes the status and tells subscribers; no-op when unchanged.
+    /// Changes the status and tells subscribers; no-op when unchanged. A
+    /// stale book is announced again when the reason changes (from awaiting
+    /// its snapshot to cut short, say): the client needs the reason to act.
     pub fn set_status(&self, state: SymbolState, reason: &str) {
         let changed = {
             let _writer = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.status.change(state, reason)
+            self.status.change_reason_too(state, reason)
         };
         if changed {
             self.subscribers.queue_all();

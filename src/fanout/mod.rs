@@ -182,11 +182,30 @@ impl Status {
         if SymbolState::from_bits(bits) == state {
             return false;
         }
+        self.set(bits, state, reason);
+        true
+    }
+
+    /// [`Status::change`], except that a symbol that is not live and stays
+    /// so under a new reason is announced again: for reasons from a small
+    /// fixed set, each of which tells the client something different.
+    fn change_reason_too(&self, state: SymbolState, reason: &str) -> bool {
+        let bits = self.bits.load(Ordering::Acquire);
+        if SymbolState::from_bits(bits) == state
+            && (state == SymbolState::Live
+                || **self.reason.lock().unwrap_or_else(|e| e.into_inner()) == *reason)
+        {
+            return false;
+        }
+        self.set(bits, state, reason);
+        true
+    }
+
+    fn set(&self, bits: u64, state: SymbolState, reason: &str) {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(reason);
         let generation = (bits >> 2) + 1;
         self.bits
             .store(generation << 2 | state as u64, Ordering::Release);
-        true
     }
 }
 
@@ -557,6 +576,31 @@ mod tests {
         let mut ready = Vec::new();
         mailbox.take_ready(&mut ready);
         assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn a_stale_book_is_announced_again_when_its_reason_changes() {
+        let hub = Hub::new(Arc::default());
+        let entry = hub.declare("BTCUSDT");
+        let depth = entry.depth();
+        let mailbox = Arc::new(Mailbox::default());
+        let slot = Arc::new(Slot::new(mailbox.clone(), 0));
+        depth.subscribe(slot.clone());
+        let before = depth.status();
+        assert_eq!(&*before.reason, depth::AWAITING_SNAPSHOT);
+        let cut = "the price moved past where the book was cut";
+        depth.set_status(SymbolState::Stale, cut);
+        let after = depth.status();
+        assert_eq!((after.state, &*after.reason), (SymbolState::Stale, cut));
+        assert_eq!(after.generation, before.generation + 1);
+        let mut ready = Vec::new();
+        mailbox.take_ready(&mut ready);
+        assert_eq!(ready, vec![0], "subscribers are told");
+        // The same reason again, or live after live, is no news.
+        depth.set_status(SymbolState::Stale, cut);
+        depth.set_status(SymbolState::Live, "book in sync");
+        depth.set_status(SymbolState::Live, "book in sync again");
+        assert_eq!(depth.status().generation, after.generation + 1);
     }
 
     #[test]
