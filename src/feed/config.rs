@@ -249,7 +249,8 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
             let speed = match &file.speed {
                 None => Speed::Factor(1.0),
                 Some(value) => match value.get_ref() {
-                    SpeedValue::Number(factor) => factor.to_string(),
+                    // Debug keeps `1e300` short where Display writes every digit.
+                    SpeedValue::Number(factor) => format!("{factor:?}"),
                     SpeedValue::Text(text) => text.clone(),
                 }
                 .parse()
