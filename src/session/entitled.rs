@@ -21,15 +21,9 @@ pub fn subscribe(
     out: &mut Outbox,
 ) {
     let rate = grant.entitlements.rate_cap(max_rate_hz);
-    subscribe_with(
-        subscriptions,
-        grant,
-        hub,
-        id,
-        symbols,
-        out,
-        |subscriptions, allowed, out| subscriptions.subscribe(id, allowed, rate, out),
-    );
+    let (allowed, denied) = grant.entitlements.partition(symbols);
+    subscriptions.subscribe(id, allowed, rate, out);
+    refuse_not_entitled(subscriptions, hub, id, &denied, out);
 }
 
 /// The same for the `book` channel: the depth of a symbol is as licensed as
@@ -58,44 +52,27 @@ pub fn subscribe_book(
         );
         return;
     }
-    subscribe_with(
-        subscriptions,
-        grant,
-        hub,
-        id,
-        symbols,
-        out,
-        |subscriptions, allowed, out| {
-            subscriptions.subscribe_book(id, allowed, depth, max_rate_hz, out)
-        },
-    );
+    let (allowed, denied) = grant.entitlements.partition(symbols);
+    subscriptions.subscribe_book(id, allowed, depth, max_rate_hz, out);
+    refuse_not_entitled(subscriptions, hub, id, &denied, out);
 }
 
-/// Hands the entitled part of `symbols` to `subscribe`, then answers
-/// `not_entitled` for the rest, whether or not they exist, after the
-/// request's other replies.
-fn subscribe_with(
+/// Answers `not_entitled` for the `denied` symbols of a subscribe request,
+/// whether or not they exist, after the request's other replies.
+fn refuse_not_entitled(
     subscriptions: &mut Subscriptions,
-    grant: &Grant,
     hub: &Hub,
     id: Option<u64>,
-    symbols: Vec<String>,
+    denied: &[String],
     out: &mut Outbox,
-    subscribe: impl FnOnce(&mut Subscriptions, Vec<String>, &mut Outbox),
 ) {
-    let (allowed, denied) = grant.entitlements.partition(symbols);
-    subscribe(subscriptions, allowed, out);
-    if !denied.is_empty() {
-        let names: Vec<&str> = denied.iter().map(String::as_str).collect();
-        let error = encode_error(
-            hub,
-            id,
-            ErrorCode::NotEntitled,
-            "your credentials do not cover these symbols",
-            &names,
-        );
-        subscriptions.reply(error, out);
+    if denied.is_empty() {
+        return;
     }
+    let names: Vec<&str> = denied.iter().map(String::as_str).collect();
+    let message = "your credentials do not cover these symbols";
+    let error = encode_error(hub, id, ErrorCode::NotEntitled, message, &names);
+    subscriptions.reply(error, out);
 }
 
 /// Answers `list` with the symbols the client may see.
