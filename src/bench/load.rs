@@ -315,12 +315,17 @@ impl Thread {
                 Phase::Stop => return floor,
                 Phase::WarmUp | Phase::Done => continue,
             }
-            let mut holders = self.holders.borrow_mut();
-            holders.retain(|holder| holder.seqs.strong_count() > 0);
-            let live: Vec<(Rc<RefCell<SeqChecker>>, bool)> = holders
-                .iter()
-                .filter_map(|holder| Some((holder.seqs.upgrade()?, holder.slow)))
-                .collect();
+            // The connections still open; the ended ones are dropped here.
+            let mut live: Vec<(Rc<RefCell<SeqChecker>>, bool)> = Vec::new();
+            self.holders
+                .borrow_mut()
+                .retain(|holder| match holder.seqs.upgrade() {
+                    Some(seqs) => {
+                        live.push((seqs, holder.slow));
+                        true
+                    }
+                    None => false,
+                });
             let views: Vec<_> = live
                 .iter()
                 .map(|(seqs, slow)| (seqs.borrow(), *slow))

@@ -202,11 +202,11 @@ impl Subscriptions {
     /// up to [`CLEAR_BATCH`] tickers (about 10 KiB); book versions, which may
     /// be large, are taken one at a time.
     pub fn fill(&mut self, out: &mut Outbox, high_water: usize) -> usize {
-        // Read the clock only if a rate cap needs it: it is a large share of
-        // the per-delivery cost otherwise.
         if !self.write_answer(out, high_water) {
             return 0;
         }
+        // Read the clock only if a rate cap needs it: it is a large share of
+        // the per-delivery cost otherwise.
         let mut now = None;
         let mut taken = 0;
         while out.buffered() < high_water {
