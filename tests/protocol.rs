@@ -8,10 +8,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
-use rust_decimal::Decimal;
 use serde_json::json;
 use tickwire::feed::replay::Speed;
-use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 use tokio::io::AsyncWriteExt as _;
@@ -426,19 +424,7 @@ async fn a_client_reading_a_long_answer_slowly_is_not_taken_for_dead() {
         ..ServerConfig::default()
     };
     let server = TestServer::start(config, Vec::new()).await;
-    let names: Vec<String> = (0..600).map(|i| format!("test:S{i:04}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        let tick = Tick {
-            recv_ts_ns: 0,
-            exchange_ts_ns: None,
-            update: BookUpdate::Trade {
-                price: Decimal::new(100 + i as i64, 0),
-                size: Decimal::ONE,
-            },
-        };
-        let entry = server.hub.declare(name);
-        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
-    }
+    let names = declare_quoted_symbols(&server.hub, 600);
     let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
     let request = json!({"op": "subscribe", "id": 1, "symbols": names}).to_string();
     stream

@@ -14,7 +14,6 @@ use tickwire::auth::mint::{self, SigningKey, TokenClaims};
 use tickwire::auth::{AuthConfig, Authenticator, JwtConfig, JwtKey, SymbolPattern};
 use tickwire::feed::replay::Speed;
 use tickwire::limits::{LimitsConfig, RateConfig};
-use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -507,21 +506,7 @@ async fn one_subscribe_of_thousands_of_symbols_writes_its_snapshots_as_the_clien
     let limit = config.session.max_write_buffer as f64;
     let server = TestServer::start(config, Vec::new()).await;
     // 3,000 symbols with a version each: ~700 KB of snapshots for one request.
-    let names: Vec<String> = (0..3_000).map(|i| format!("test:S{i:04}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        let tick = Tick {
-            recv_ts_ns: 0,
-            exchange_ts_ns: None,
-            update: BookUpdate::Quote {
-                bid: Decimal::new(100_000 + i as i64, 2),
-                bid_size: Decimal::ONE,
-                ask: Decimal::new(100_100 + i as i64, 2),
-                ask_size: Decimal::ONE,
-            },
-        };
-        let entry = server.hub.declare(name);
-        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
-    }
+    let names = declare_quoted_symbols(&server.hub, 3_000);
     let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
     // The subscribe, and a ping read with it, to a client that reads nothing yet.
     let mut symbols = names.clone();

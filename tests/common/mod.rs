@@ -758,3 +758,27 @@ pub fn run_tickwire(args: &[String]) -> String {
     );
     stdout
 }
+
+/// Declares `test:S0000`, `test:S0001`, … (`count` symbols) and publishes one
+/// quote for each: symbol `i` bids `1000.00 + i/100` and asks 1.00 above.
+/// Returns the names, in order.
+pub fn declare_quoted_symbols(hub: &Hub, count: usize) -> Vec<String> {
+    use rust_decimal::Decimal;
+    use tickwire::normalize::{BookUpdate, Tick};
+    let names: Vec<String> = (0..count).map(|i| format!("test:S{i:04}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let tick = Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Quote {
+                bid: Decimal::new(100_000 + i as i64, 2),
+                bid_size: Decimal::ONE,
+                ask: Decimal::new(100_100 + i as i64, 2),
+                ask_size: Decimal::ONE,
+            },
+        };
+        let entry = hub.declare(name);
+        hub.publish(&entry, &tick, tickwire::wall_clock_ns());
+    }
+    names
+}
