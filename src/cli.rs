@@ -268,7 +268,7 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     let result = runtime.block_on(async {
         match command {
-            Command::Serve(args) => serve_with(args, None).await,
+            Command::Serve(args) => on_a_worker(serve_with(args, None)).await,
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Plot(args) => plot(args),
             Command::Subscribe(args) => {
@@ -283,7 +283,7 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Record(args) => record(args).await,
-            Command::Ingest(args) => serve_with(args.serve, Some(args.nats)).await,
+            Command::Ingest(args) => on_a_worker(serve_with(args.serve, Some(args.nats))).await,
             Command::Token(args) => security::token(args),
         }
     });
@@ -293,6 +293,22 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `serve` on one of the runtime's workers instead of the thread that
+/// blocks on it. The accept loop then spawns each connection's task onto its
+/// own worker's queue; from the blocking thread, every accepted connection
+/// cost a cross-thread wake-up (an `eventfd` write and a `futex`) and ran the
+/// accept path on a core the sessions and a co-located load client need.
+async fn on_a_worker<F>(serving: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    match tokio::spawn(serving).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("the server task was cancelled: {e}")),
     }
 }
 
