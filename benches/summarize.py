@@ -139,6 +139,7 @@ def main():
         head = ["feed updates/s"] + SERVERS
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(SERVERS)]
         best = {}
+        first = rows(steps[0])
         for step in steps:
             rate = int(step.rsplit("-", 1)[1])
             r = rows(step)
@@ -163,6 +164,21 @@ def main():
                 ratio = t_eff / best["bun"][0]
                 targets.append(target_line("S2 efficiency vs Bun (best steps)", f"{ratio:.2f}×",
                                            "≥ 1×", ratio >= 1))
+            # The same bars as S1's against the peers, on the throughput
+            # scenario: each server's best step, and the p99 of the first
+            # step, the one every server keeps up with.
+            t_first = first.get("tickwire")
+            for peer, factor, p99_factor in (("node-ws", 10, 3), ("naive-rust", 5, 2)):
+                p_first = first.get(peer)
+                if peer in best and t_first and p_first and t_first["p99"]:
+                    eff = t_eff / best[peer][0]
+                    lat = p_first["p99"] / t_first["p99"]
+                    rate = int(steps[0].rsplit("-", 1)[1])
+                    targets.append(target_line(
+                        f"S2 vs {peer}: deliveries/CPU-s (best steps), p99 at {rate:,}/s",
+                        f"{eff:.2f}×, {lat:.2f}×",
+                        f"≥ {factor}×, ≥ {p99_factor}× (p99 ≤ 1/{p99_factor})",
+                        eff >= factor and lat >= p99_factor))
 
     s3 = rows(os.path.join(out, "S3")) if os.path.isdir(os.path.join(out, "S3")) else {}
     if s3:
