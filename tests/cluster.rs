@@ -12,6 +12,7 @@ use common::*;
 use serde_json::{json, Value};
 use tickwire::cluster::gateway::{self, GatewayConfig, GatewayHandle};
 use tickwire::cluster::ingest::{self, IngestHandle};
+use tickwire::cluster::wire::depth::DepthRecord;
 use tickwire::cluster::wire::{subject_for, TickerRecord};
 use tickwire::fanout::{Hub, SymbolState, SymbolStatus};
 use tickwire::feed::config::FeedConfig;
@@ -218,6 +219,13 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
     for gateway in &gateways {
         watchers.push(Watcher::subscribe(&gateway.server.url()).await);
     }
+    let mut book_client = Client::connect(&gateways[0].server.url()).await;
+    book_client
+        .send(
+            json!({"op": "subscribe", "id": 1, "channel": "book", "symbols": SYMBOLS, "depth": 10}),
+        )
+        .await;
+    book_client.recv_type("subscribed").await;
 
     // A foreign publisher's garbage and a record on another symbol's subject
     // are dropped and counted; nobody else notices.
@@ -291,6 +299,74 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
         );
     }
     assert!(ingest.hub.metrics().cluster.published.load(Relaxed) > 0);
+
+    // The book channel follows the ingest's depth, in order, to its last version.
+    let mut books: HashMap<String, Value> = HashMap::new();
+    let final_book = |symbol: &str| {
+        let depth = ingest.hub.get(symbol).and_then(|e| e.depth().current());
+        let depth = depth.expect("the replay built a book");
+        let (bids, asks) = depth.top(10);
+        (depth.seq, level_pairs(bids), level_pairs(asks))
+    };
+    let done = |books: &HashMap<String, Value>| {
+        SYMBOLS.iter().all(|&symbol| {
+            books.get(symbol).and_then(|b| b["seq"].as_u64()) == Some(final_book(symbol).0)
+        })
+    };
+    while !done(&books) {
+        let message = book_client.recv().await;
+        if message["type"] != "book" {
+            continue;
+        }
+        let symbol = message["symbol"].as_str().expect("symbol").to_owned();
+        if let Some(last) = books.get(&symbol).and_then(|b| b["seq"].as_u64()) {
+            let seq = message["seq"].as_u64().expect("seq");
+            assert!(seq > last, "{message}");
+            assert_eq!(message["skipped"].as_u64(), Some(seq - last - 1));
+        }
+        books.insert(symbol, message);
+    }
+    for symbol in SYMBOLS {
+        let (_, bids, asks) = final_book(symbol);
+        let book = &books[symbol];
+        assert_eq!((&book["bids"], &book["asks"]), (&bids, &asks), "{symbol}");
+    }
+}
+
+/// Levels as a `book` message shows them: `[["price","size"], ...]`.
+fn level_pairs(levels: &[tickwire::book::Level]) -> Value {
+    levels
+        .iter()
+        .map(|l| json!([l.price.to_string(), l.size.to_string()]))
+        .collect()
+}
+
+/// Waits until `values`' stream holds `seq` as `symbol`'s last record.
+async fn wait_for_last_value(
+    jetstream: &async_nats::jetstream::Context,
+    values: tickwire::cluster::LastValues,
+    symbol: &str,
+    seq: u64,
+    seq_of: impl Fn(&[u8]) -> Option<u64>,
+) {
+    let stream = jetstream
+        .get_stream(values.stream)
+        .await
+        .expect("the ingest created the stream");
+    let subject = values.subject_for(symbol).expect("subject");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let last = stream.direct_get_last_for_subject(subject.as_str()).await;
+        if last.ok().and_then(|m| seq_of(&m.payload)) == Some(seq) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{symbol}: {} never held seq {seq}",
+            values.stream
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,30 +375,37 @@ async fn a_gateway_started_after_the_replay_ended_serves_the_full_book() {
     let ingest = Ingest::start(&nats, replay_of(&files(), Speed::Max, false, false)).await;
     let seqs = ingest.final_seqs().await;
 
-    // Wait until the last-value stream holds each symbol's final version.
+    // The ingest's own final books, which the gateway must serve as they are.
+    let books: HashMap<&str, (u64, Value, Value)> = SYMBOLS
+        .iter()
+        .map(|&symbol| {
+            let depth = ingest.hub.get(symbol).and_then(|e| e.depth().current());
+            let depth = depth.expect("the replay built a book");
+            let (bids, asks) = depth.top(10);
+            (symbol, (depth.seq, level_pairs(bids), level_pairs(asks)))
+        })
+        .collect();
+
+    // Wait until the last-value streams hold each symbol's final versions.
     let client = async_nats::connect(nats.url()).await.expect("connect");
-    let stream = async_nats::jetstream::new(client)
-        .get_stream(tickwire::cluster::STREAM_NAME)
-        .await
-        .expect("the ingest created the stream");
+    let jetstream = async_nats::jetstream::new(client);
     for symbol in SYMBOLS {
-        let subject = subject_for(symbol).expect("subject");
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            let last = stream.direct_get_last_for_subject(subject.as_str()).await;
-            let record = last
-                .ok()
-                .and_then(|m| TickerRecord::decode(&m.payload).ok());
-            if record.is_some_and(|r| r.seq == seqs[symbol]) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{symbol}: the stream never held seq {}",
-                seqs[symbol]
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_for_last_value(
+            &jetstream,
+            tickwire::cluster::TICKERS,
+            symbol,
+            seqs[symbol],
+            |m| TickerRecord::decode(m).ok().map(|r| r.seq),
+        )
+        .await;
+        wait_for_last_value(
+            &jetstream,
+            tickwire::cluster::DEPTH,
+            symbol,
+            books[symbol].0,
+            |m| DepthRecord::decode(m).ok().map(|r| r.seq),
+        )
+        .await;
     }
 
     let gateway = Binary::serve(&["--source", &nats.url()]);
@@ -345,22 +428,29 @@ async fn a_gateway_started_after_the_replay_ended_serves_the_full_book() {
         assert_shows(ticker, &binance_final_book(&path), symbol);
         assert_eq!(ticker["seq"], seqs[*symbol], "{symbol}");
     }
-    // Records carry no depth: the book channel is refused, not left stale.
+    // Depth comes over NATS too: the book channel serves the ingest's books.
     client
-        .send(json!({"op": "subscribe", "id": 2, "channel": "book", "symbols": SYMBOLS}))
+        .send(
+            json!({"op": "subscribe", "id": 2, "channel": "book", "symbols": SYMBOLS, "depth": 10}),
+        )
         .await;
-    let refused = client.recv_type("error").await;
-    assert_eq!(
-        (&refused["id"], &refused["code"]),
-        (&json!(2), &json!("bad_request"))
-    );
-    assert!(refused["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("depth")));
+    client.recv_type("subscribed").await;
+    for _ in SYMBOLS {
+        let book = client.recv_type("book").await;
+        let symbol = book["symbol"].as_str().expect("symbol");
+        let (seq, bids, asks) = &books[symbol];
+        assert_eq!(book["snapshot"], true, "{book}");
+        assert_eq!(
+            (&book["seq"], &book["bids"], &book["asks"]),
+            (&json!(seq), bids, asks),
+            "{symbol}"
+        );
+    }
     let page = http_get(gateway.addr, "/metrics").await.1;
     assert_eq!(
         metric(&page, "tickwire_cluster_loaded_total{role=\"gateway\"}"),
-        SYMBOLS.len() as f64
+        2.0 * SYMBOLS.len() as f64,
+        "a ticker and a depth record per symbol"
     );
     let (clean, _) = gateway.terminate();
     assert!(clean, "the gateway exits cleanly on SIGTERM");
@@ -378,6 +468,13 @@ async fn gateways_ride_out_a_nats_restart_mid_replay() {
     for gateway in &gateways {
         watchers.push(Watcher::subscribe(&gateway.server.url()).await);
     }
+    let mut book_client = Client::connect(&gateways[0].server.url()).await;
+    book_client
+        .send(
+            json!({"op": "subscribe", "id": 1, "channel": "book", "symbols": SYMBOLS, "depth": 10}),
+        )
+        .await;
+    book_client.recv_type("subscribed").await;
 
     ingest.replay.start();
     for watcher in &mut watchers {

@@ -390,15 +390,14 @@ impl DepthBook {
         let mut bids = Vec::with_capacity(max_depth.min(self.bids.len()));
         let mut asks = Vec::with_capacity(max_depth.min(self.asks.len()));
         self.top(max_depth, &mut bids, &mut asks);
-        DepthSnapshot {
-            symbol: symbol.clone(),
+        DepthSnapshot::from_levels(
+            symbol.clone(),
             seq,
-            bids: bids.into_boxed_slice(),
-            asks: asks.into_boxed_slice(),
-            exchange_ts_ns: self.exchange_ts_ns,
+            bids.into_boxed_slice(),
+            asks.into_boxed_slice(),
+            self.exchange_ts_ns,
             ingest_ts_ns,
-            encoded: Default::default(),
-        }
+        )
     }
 }
 
@@ -421,6 +420,27 @@ pub struct DepthSnapshot {
 }
 
 impl DepthSnapshot {
+    /// A version built from levels held elsewhere (a gateway's copy of an
+    /// ingest's book): bids highest first, asks lowest first.
+    pub fn from_levels(
+        symbol: Arc<str>,
+        seq: u64,
+        bids: Box<[Level]>,
+        asks: Box<[Level]>,
+        exchange_ts_ns: Option<i64>,
+        ingest_ts_ns: i64,
+    ) -> Self {
+        Self {
+            symbol,
+            seq,
+            bids,
+            asks,
+            exchange_ts_ns,
+            ingest_ts_ns,
+            encoded: Default::default(),
+        }
+    }
+
     /// The `book` message for `BOOK_DEPTHS[depth_index]` levels, up to and
     /// including `"skipped":`; built once per version and depth, shared by
     /// every subscriber of that depth.

@@ -1,10 +1,11 @@
-//! Gateway: an edge server with no feeds of its own. It rebuilds the book from
-//! NATS into its local [`Hub`], whose sessions then serve it unchanged.
+//! Gateway: an edge server with no feeds of its own. It rebuilds the book
+//! (top of book and depth) from NATS into its local [`Hub`], whose sessions
+//! then serve it unchanged.
 //!
 //! Start-up subscribes first and only then reads the last-value stream, so no
 //! version published in between is lost; both paths go through one
 //! `Merger`, which keeps a version only if its `(epoch, seq)` is newer than
-//! the one held. A new epoch (a restarted ingest) wins whatever its `seq`; the
+//! the one held, for each symbol's ticker and depth apart. A new epoch (a restarted ingest) wins whatever its `seq`; the
 //! served `seq` then continues from the last one served, so clients still see
 //! it only increase.
 //!
@@ -16,9 +17,14 @@
 //! When the NATS connection drops, every symbol turns `stale` and keeps its
 //! last value; after the reconnect the last values are read again and each
 //! symbol takes the status its ingest last published (normally `live`).
+//!
+//! A depth record carries the ingest's depth cap. When this gateway serves
+//! deeper books than that (`--max-book-depth`) and a side fills the cap, the
+//! book is `stale` (cut short), as a standalone server's book cut at its
+//! level cap is: the levels past the cap are unknown here.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +34,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{subject_for, TickerRecord, SUBJECT_FILTER};
-use super::{ClusterError, Link};
+use super::wire::depth::{depth_subject_for, DepthRecord, DEPTH_SUBJECT_PREFIX};
+use super::wire::{subject_for, TickerRecord, WireError};
+use super::{ClusterError, LastValues, Link, DEPTH, TICKERS};
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::ClusterStats;
 
@@ -86,28 +93,23 @@ pub async fn spawn(
 ) -> Result<GatewayHandle, ClusterError> {
     let stats = hub.metrics().cluster.clone();
     stats.enable("gateway");
-    // Records carry the top of book only (see `wire`): no depth to serve.
-    hub.stop_serving_depth();
     let (client, link) = super::connect(&config.url, "tickwire-gateway", &stats).await?;
-    let subscription =
-        client
-            .subscribe(SUBJECT_FILTER)
-            .await
-            .map_err(|error| ClusterError::Subscribe {
-                subject: SUBJECT_FILTER,
-                error,
-            })?;
-    let merger = Arc::new(Merger {
-        hub,
-        stats,
-        max_symbols: config.max_symbols,
-        state: Mutex::new(MergeState {
-            source_up: true,
-            symbols: HashMap::new(),
-        }),
-    });
-    let reader = tokio::spawn(read_subscription(
-        subscription,
+    let subscribe = |values: LastValues| {
+        let client = client.clone();
+        async move {
+            client
+                .subscribe(values.subjects)
+                .await
+                .map_err(|error| ClusterError::Subscribe {
+                    subject: values.subjects,
+                    error,
+                })
+        }
+    };
+    let subscriptions = (subscribe(TICKERS).await?, subscribe(DEPTH).await?);
+    let merger = Arc::new(Merger::new(hub, config.max_symbols));
+    let reader = tokio::spawn(read_subscriptions(
+        subscriptions,
         merger.clone(),
         config.max_batch.max(1),
         shutdown.clone(),
@@ -119,24 +121,26 @@ pub async fn spawn(
             return Err(e);
         }
     };
-    tracing::info!(loaded, "last values loaded from {}", super::STREAM_NAME);
+    tracing::info!(loaded, "last values loaded from NATS");
     let link = tokio::spawn(follow_link(client, link, merger, shutdown));
     Ok(GatewayHandle { reader, link })
 }
 
-/// Reads the subscription in conflated batches until shutdown.
-async fn read_subscription(
-    mut subscription: async_nats::Subscriber,
+/// Reads the ticker and depth subscriptions in conflated batches until
+/// shutdown.
+async fn read_subscriptions(
+    (tickers, depth): (async_nats::Subscriber, async_nats::Subscriber),
     merger: Arc<Merger>,
     max_batch: usize,
     shutdown: CancellationToken,
 ) {
-    let mut batch: HashMap<Arc<str>, TickerRecord> = HashMap::new();
+    let mut messages = futures_util::stream::select(tickers, depth);
+    let mut batch = Batch::default();
     let mut hop_samples = Vec::new();
     loop {
         let first = tokio::select! {
             () = shutdown.cancelled() => break,
-            message = subscription.next() => match message {
+            message = messages.next() => match message {
                 Some(message) => message,
                 None => break,
             },
@@ -145,7 +149,7 @@ async fn read_subscription(
         merger.conflate(&mut batch, &first.subject, &first.payload);
         // Everything already buffered, without waiting for more.
         while taken < max_batch {
-            let Some(Some(message)) = subscription.next().now_or_never() else {
+            let Some(Some(message)) = messages.next().now_or_never() else {
                 break;
             };
             taken += 1;
@@ -154,16 +158,18 @@ async fn read_subscription(
         merger.stats.received.fetch_add(taken as u64, Relaxed);
         let now = crate::wall_clock_ns();
         hop_samples.clear();
-        for record in batch.drain().map(|(_, record)| record) {
-            if record.seq > 0 {
-                let hop = now.saturating_sub(record.ingest_ts_ns);
+        merger.apply_batch(&mut batch, |seq, ingest_ts_ns| {
+            if seq > 0 {
+                let hop = now.saturating_sub(ingest_ts_ns);
                 hop_samples.push(u64::try_from(hop).unwrap_or(0));
             }
-            merger.apply(record);
-        }
+        });
         merger.stats.hop_latency.record_batch(0, &hop_samples);
     }
-    let _ = subscription.unsubscribe().await;
+    let (tickers, depth) = messages.into_inner();
+    for mut subscription in [tickers, depth] {
+        let _ = subscription.unsubscribe().await;
+    }
 }
 
 /// Marks everything stale while NATS is away and reloads when it is back.
@@ -215,21 +221,38 @@ async fn follow_link(
     }
 }
 
-/// Reads the newest record of every subject from the last-value stream.
-/// Stops once the records present at the start are read: anything newer comes
-/// through the subscription anyway.
+/// Reads the newest record of every subject from both last-value streams.
 async fn load_last_values(
     client: &async_nats::Client,
     merger: &Merger,
 ) -> Result<u64, ClusterError> {
-    let failed = |e: &dyn std::fmt::Display| ClusterError::LastValues(e.to_string());
     let jetstream = async_nats::jetstream::new(client.clone());
-    let stream = super::ensure_stream(&jetstream).await?;
+    let mut loaded = 0;
+    for values in [TICKERS, DEPTH] {
+        loaded += load_stream(&jetstream, values, merger).await?;
+    }
+    merger.stats.loaded.fetch_add(loaded, Relaxed);
+    Ok(loaded)
+}
+
+/// Reads the newest record of every subject of one last-value stream. Stops
+/// once the records present at the start are read: anything newer comes
+/// through the subscription anyway.
+async fn load_stream(
+    jetstream: &async_nats::jetstream::Context,
+    values: LastValues,
+    merger: &Merger,
+) -> Result<u64, ClusterError> {
+    let failed = |e: &dyn std::fmt::Display| ClusterError::LastValues {
+        stream: values.stream,
+        error: e.to_string(),
+    };
+    let stream = super::ensure_stream(jetstream, values).await?;
     let mut consumer = stream
         .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::LastPerSubject,
             ack_policy: AckPolicy::None,
-            filter_subject: SUBJECT_FILTER.to_owned(),
+            filter_subject: values.subjects.to_owned(),
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
@@ -238,6 +261,7 @@ async fn load_last_values(
     let present = consumer.info().await.map_err(|e| failed(&e))?.num_pending;
     let mut loaded = 0;
     let mut pending = present;
+    let mut one = Batch::default();
     while pending > 0 && loaded < present {
         let mut batch = consumer
             .fetch()
@@ -253,35 +277,104 @@ async fn load_last_values(
             if let Ok(info) = message.info() {
                 pending = info.pending;
             }
-            let mut one = HashMap::with_capacity(1);
             merger.conflate(&mut one, &message.subject, &message.payload);
-            for record in one.into_values() {
-                merger.apply(record);
-            }
+            merger.apply_batch(&mut one, |_, _| {});
         }
         if got == 0 {
             break;
         }
         loaded += got;
     }
-    merger.stats.loaded.fetch_add(loaded, Relaxed);
     let consumer_name = consumer.cached_info().name.clone();
     let _ = stream.delete_consumer(&consumer_name).await;
     Ok(loaded)
 }
 
-/// What the gateway holds of one symbol.
+/// What the gateway holds of one symbol: its ticker and its depth, each
+/// merged apart.
 struct Held {
     entry: Arc<SymbolEntry>,
+    ticker: Track,
+    depth: Track,
+}
+
+/// The versions of one channel of a symbol, as they came and as they are served.
+struct Track {
     /// (epoch, seq) of the newest record applied.
     epoch: u64,
     seq: u64,
     /// `seq` last served to clients, and what the current epoch's seqs add to it.
     served_seq: u64,
     offset: u64,
+    /// Whether a record was applied: a book no record spoke of keeps its own
+    /// status ("awaiting a depth snapshot") whatever happens to the link.
+    heard: bool,
     /// The status the ingest last published.
     state: SymbolState,
     reason: String,
+}
+
+impl Default for Track {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            seq: 0,
+            served_seq: 0,
+            offset: 0,
+            heard: false,
+            state: SymbolState::Live,
+            reason: String::new(),
+        }
+    }
+}
+
+/// What a record means for its track.
+enum Step {
+    /// Older than what is held: dropped.
+    Outdated,
+    /// A seq that would wrap the served seq around: dropped.
+    Overflow,
+    /// The same version (or none), perhaps with a new status.
+    StatusOnly,
+    /// A newer version, to be served under this seq.
+    Serve(u64),
+}
+
+impl Track {
+    /// Takes a record's `(epoch, seq)` and status. A new epoch (a restarted
+    /// ingest) wins whatever its seq, and its seqs count on from the last one
+    /// served.
+    fn advance(&mut self, epoch: u64, seq: u64, state: SymbolState, reason: &str) -> Step {
+        if (epoch, seq) < (self.epoch, self.seq) {
+            return Step::Outdated;
+        }
+        let new_epoch = epoch != self.epoch;
+        let offset = if new_epoch {
+            self.served_seq
+        } else {
+            self.offset
+        };
+        let Some(served_seq) = offset.checked_add(seq) else {
+            // No seq this large comes from a real ingest; serving it would
+            // wrap the client-visible seq around.
+            return Step::Overflow;
+        };
+        if new_epoch {
+            self.epoch = epoch;
+            self.offset = offset;
+        }
+        let serve = seq > 0 && (new_epoch || seq > self.seq);
+        self.seq = seq;
+        self.heard = true;
+        self.state = state;
+        reason.clone_into(&mut self.reason);
+        if serve {
+            self.served_seq = served_seq;
+            Step::Serve(served_seq)
+        } else {
+            Step::StatusOnly
+        }
+    }
 }
 
 struct MergeState {
@@ -290,24 +383,58 @@ struct MergeState {
     symbols: HashMap<Arc<str>, Held>,
 }
 
+/// Records taken off NATS and not applied yet: the newest per symbol and
+/// channel.
+#[derive(Default)]
+struct Batch {
+    tickers: HashMap<Arc<str>, TickerRecord>,
+    depth: HashMap<Arc<str>, DepthRecord>,
+}
+
 /// Applies records to the hub in `(epoch, seq)` order.
 struct Merger {
     hub: Arc<Hub>,
     stats: Arc<ClusterStats>,
     max_symbols: usize,
+    /// Whether the log has said that the source keeps fewer levels than served.
+    warned_cut_short: AtomicBool,
     state: Mutex<MergeState>,
 }
 
 impl Merger {
+    fn new(hub: Arc<Hub>, max_symbols: usize) -> Self {
+        Self {
+            stats: hub.metrics().cluster.clone(),
+            hub,
+            max_symbols,
+            warned_cut_short: AtomicBool::new(false),
+            state: Mutex::new(MergeState {
+                source_up: true,
+                symbols: HashMap::new(),
+            }),
+        }
+    }
+
     /// Decodes a message into `batch`, keeping the newer of two records of a
-    /// symbol (the later one when equal: it may carry a new status).
-    fn conflate(
+    /// symbol's channel (the later one when equal: it may carry a new status).
+    fn conflate(&self, batch: &mut Batch, subject: &async_nats::Subject, payload: &[u8]) {
+        if subject.as_str().starts_with(DEPTH_SUBJECT_PREFIX) {
+            self.take(&mut batch.depth, subject, payload);
+        } else {
+            self.take(&mut batch.tickers, subject, payload);
+        }
+    }
+
+    /// [`Self::conflate`] for one kind of record. A record that does not
+    /// decode, or names a symbol whose subject is not the one it came on, is
+    /// counted as malformed.
+    fn take<R: Record>(
         &self,
-        batch: &mut HashMap<Arc<str>, TickerRecord>,
+        batch: &mut HashMap<Arc<str>, R>,
         subject: &async_nats::Subject,
         payload: &[u8],
     ) {
-        let record = match TickerRecord::decode(payload) {
+        let record = match R::decode(payload) {
             Ok(record) => record,
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Relaxed);
@@ -315,22 +442,35 @@ impl Merger {
                 return;
             }
         };
-        if subject_for(&record.symbol).as_deref() != Some(subject.as_str()) {
+        let symbol = record.symbol();
+        if R::subject_for(symbol).as_deref() != Some(subject.as_str()) {
             self.stats.malformed.fetch_add(1, Relaxed);
-            tracing::debug!(%subject, symbol = %record.symbol, "record on the wrong subject");
+            tracing::debug!(%subject, %symbol, "record on the wrong subject");
             return;
         }
-        match batch.get(&record.symbol) {
-            Some(held) if (held.epoch, held.seq) > (record.epoch, record.seq) => {
+        match batch.get(symbol) {
+            Some(held) => {
                 self.stats.conflated.fetch_add(1, Relaxed);
-            }
-            Some(_) => {
-                self.stats.conflated.fetch_add(1, Relaxed);
-                batch.insert(record.symbol.clone(), record);
+                if held.version() <= record.version() {
+                    batch.insert(symbol.clone(), record);
+                }
             }
             None => {
-                batch.insert(record.symbol.clone(), record);
+                batch.insert(symbol.clone(), record);
             }
+        }
+    }
+
+    /// Applies and empties `batch`, telling `applied` each record's seq and
+    /// ingest time.
+    fn apply_batch(&self, batch: &mut Batch, mut applied: impl FnMut(u64, i64)) {
+        for record in batch.tickers.drain().map(|(_, record)| record) {
+            applied(record.seq, record.ingest_ts_ns);
+            self.apply(record);
+        }
+        for record in batch.depth.drain().map(|(_, record)| record) {
+            applied(record.seq, record.ingest_ts_ns);
+            self.apply_depth(record);
         }
     }
 
@@ -338,66 +478,102 @@ impl Merger {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serves `record` if it is newer than what is held, and takes its status.
+    /// The symbol's holding, declared in the hub at its first record; `None`
+    /// (counted) past the symbol limit.
+    fn held<'a>(&self, state: &'a mut MergeState, symbol: &Arc<str>) -> Option<&'a mut Held> {
+        if !state.symbols.contains_key(symbol) {
+            if state.symbols.len() >= self.max_symbols {
+                self.stats.symbols_refused.fetch_add(1, Relaxed);
+                return None;
+            }
+            let entry = self.hub.declare(symbol);
+            let held = Held {
+                entry,
+                ticker: Track::default(),
+                depth: Track::default(),
+            };
+            state.symbols.insert(symbol.clone(), held);
+        }
+        state.symbols.get_mut(symbol)
+    }
+
+    /// Counts a record that [`Track::advance`] dropped; true if it was kept.
+    fn kept(&self, step: &Step) -> bool {
+        match step {
+            Step::Outdated => self.stats.outdated.fetch_add(1, Relaxed),
+            Step::Overflow => self.stats.malformed.fetch_add(1, Relaxed),
+            Step::StatusOnly | Step::Serve(_) => return true,
+        };
+        false
+    }
+
+    /// Serves a ticker `record` if it is newer than what is held, and takes
+    /// its status.
     fn apply(&self, record: TickerRecord) {
         let mut state = self.lock();
         let source_up = state.source_up;
-        if !state.symbols.contains_key(&record.symbol) {
-            if state.symbols.len() >= self.max_symbols {
-                self.stats.symbols_refused.fetch_add(1, Relaxed);
-                return;
-            }
-            let entry = self.hub.declare(&record.symbol);
-            state.symbols.insert(
-                record.symbol.clone(),
-                Held {
-                    entry,
-                    epoch: 0,
-                    seq: 0,
-                    served_seq: 0,
-                    offset: 0,
-                    state: SymbolState::Live,
-                    reason: String::new(),
-                },
-            );
-        }
-        let Some(held) = state.symbols.get_mut(&record.symbol) else {
+        let Some(held) = self.held(&mut state, &record.symbol) else {
             return;
         };
-        if (record.epoch, record.seq) < (held.epoch, held.seq) {
-            self.stats.outdated.fetch_add(1, Relaxed);
+        let step = held
+            .ticker
+            .advance(record.epoch, record.seq, record.state, &record.reason);
+        if !self.kept(&step) {
             return;
         }
-        let new_epoch = record.epoch != held.epoch;
-        // A new epoch (a restarted ingest) counts on from what was served.
-        let offset = if new_epoch {
-            held.served_seq
-        } else {
-            held.offset
-        };
-        let Some(served_seq) = offset.checked_add(record.seq) else {
-            // No seq this large comes from a real ingest; serving it would
-            // wrap the client-visible seq around.
-            self.stats.malformed.fetch_add(1, Relaxed);
-            return;
-        };
-        if new_epoch {
-            held.epoch = record.epoch;
-            held.offset = offset;
-        }
-        if record.seq > 0 && (new_epoch || record.seq > held.seq) {
-            let version = record.to_snapshot(held.entry.name(), served_seq);
+        if let Step::Serve(seq) = step {
+            let version = record.to_snapshot(held.entry.name(), seq);
             self.hub.publish_version(&held.entry, Arc::new(version));
-            held.served_seq = served_seq;
         }
-        held.seq = record.seq;
-        held.state = record.state;
-        held.reason = record.reason;
         if source_up {
-            self.hub.set_status(&held.entry, held.state, &held.reason);
+            self.hub
+                .set_status(&held.entry, held.ticker.state, &held.ticker.reason);
         } else {
             self.hub
                 .set_status(&held.entry, SymbolState::Stale, DISCONNECTED_REASON);
+        }
+    }
+
+    /// Serves a depth `record` if it is newer than what is held and vouches
+    /// for the depth served here, and takes its status.
+    fn apply_depth(&self, record: DepthRecord) {
+        let mut state = self.lock();
+        let source_up = state.source_up;
+        let Some(held) = self.held(&mut state, &record.symbol) else {
+            return;
+        };
+        let step = held
+            .depth
+            .advance(record.epoch, record.seq, record.state, &record.reason);
+        if !self.kept(&step) {
+            return;
+        }
+        let served = self.hub.max_book_depth();
+        if let Step::Serve(seq) = step {
+            if record.vouches_for(served) {
+                let version = record.to_snapshot(held.entry.name(), seq, served);
+                self.hub
+                    .publish_depth_version(&held.entry, Arc::new(version));
+            } else {
+                held.depth.state = SymbolState::Stale;
+                held.depth.reason = format!(
+                    "cut short: the source keeps {} levels a side, fewer than the {served} served here",
+                    record.levels
+                );
+                if !self.warned_cut_short.swap(true, Relaxed) {
+                    tracing::warn!(
+                        "the ingest keeps {} levels a side and this gateway serves {served} \
+                         (--max-book-depth): full books are stale until the two agree",
+                        record.levels
+                    );
+                }
+            }
+        }
+        let depth = held.entry.depth();
+        if source_up {
+            depth.set_status(held.depth.state, &held.depth.reason);
+        } else {
+            depth.set_status(SymbolState::Stale, DISCONNECTED_REASON);
         }
     }
 
@@ -408,6 +584,11 @@ impl Merger {
         for held in state.symbols.values() {
             self.hub
                 .set_status(&held.entry, SymbolState::Stale, DISCONNECTED_REASON);
+            if held.depth.heard {
+                held.entry
+                    .depth()
+                    .set_status(SymbolState::Stale, DISCONNECTED_REASON);
+            }
         }
     }
 
@@ -417,8 +598,54 @@ impl Merger {
         let mut state = self.lock();
         state.source_up = true;
         for held in state.symbols.values() {
-            self.hub.set_status(&held.entry, held.state, &held.reason);
+            self.hub
+                .set_status(&held.entry, held.ticker.state, &held.ticker.reason);
+            if held.depth.heard {
+                held.entry
+                    .depth()
+                    .set_status(held.depth.state, &held.depth.reason);
+            }
         }
+    }
+}
+
+/// What batching needs of a record.
+trait Record: Sized {
+    fn decode(bytes: &[u8]) -> Result<Self, WireError>;
+    /// The subject a record of `symbol` comes on.
+    fn subject_for(symbol: &str) -> Option<String>;
+    fn symbol(&self) -> &Arc<str>;
+    /// `(epoch, seq)`: the larger is the newer.
+    fn version(&self) -> (u64, u64);
+}
+
+impl Record for TickerRecord {
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        TickerRecord::decode(bytes)
+    }
+    fn subject_for(symbol: &str) -> Option<String> {
+        subject_for(symbol)
+    }
+    fn symbol(&self) -> &Arc<str> {
+        &self.symbol
+    }
+    fn version(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
+    }
+}
+
+impl Record for DepthRecord {
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        DepthRecord::decode(bytes)
+    }
+    fn subject_for(symbol: &str) -> Option<String> {
+        depth_subject_for(symbol)
+    }
+    fn symbol(&self) -> &Arc<str> {
+        &self.symbol
+    }
+    fn version(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
     }
 }
 
@@ -430,16 +657,7 @@ mod tests {
     use rust_decimal::Decimal;
 
     fn merger(max_symbols: usize) -> Merger {
-        let hub = Arc::new(Hub::new(Arc::default()));
-        Merger {
-            stats: hub.metrics().cluster.clone(),
-            hub,
-            max_symbols,
-            state: Mutex::new(MergeState {
-                source_up: true,
-                symbols: HashMap::new(),
-            }),
-        }
+        Merger::new(Arc::new(Hub::new(Arc::default())), max_symbols)
     }
 
     fn record(symbol: &str, epoch: u64, seq: u64, bid: i64) -> TickerRecord {
@@ -580,15 +798,143 @@ mod tests {
     #[test]
     fn batches_keep_the_newest_record_and_drop_malformed_ones() {
         let merger = merger(10);
-        let mut batch = HashMap::new();
+        let mut batch = Batch::default();
         let subject = |s: &str| async_nats::Subject::from(subject_for(s).unwrap_or_default());
+        let depth_subject =
+            |s: &str| async_nats::Subject::from(depth_subject_for(s).unwrap_or_default());
         merger.conflate(&mut batch, &subject("A"), &record("A", 5, 2, 200).encode());
         merger.conflate(&mut batch, &subject("A"), &record("A", 5, 1, 100).encode());
         merger.conflate(&mut batch, &subject("B"), &record("A", 5, 3, 300).encode());
         merger.conflate(&mut batch, &subject("A"), b"not a record");
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch.get("A").map(|r| r.seq), Some(2));
+        let depth = depth_record("A", 5, 4, 10);
+        merger.conflate(&mut batch, &depth_subject("A"), &depth.encode());
+        merger.conflate(&mut batch, &subject("A"), &depth.encode());
+        merger.conflate(
+            &mut batch,
+            &depth_subject("A"),
+            &record("A", 5, 9, 900).encode(),
+        );
+        assert_eq!(batch.tickers.len(), 1);
+        assert_eq!(batch.tickers.get("A").map(|r| r.seq), Some(2));
+        assert_eq!(batch.depth.get("A").map(|r| r.seq), Some(4));
         assert_eq!(merger.stats.conflated.load(Relaxed), 1);
-        assert_eq!(merger.stats.malformed.load(Relaxed), 2);
+        assert_eq!(merger.stats.malformed.load(Relaxed), 4);
+    }
+
+    /// A live depth record of `levels` bids and asks, from an ingest that
+    /// keeps 100 levels a side.
+    fn depth_record(symbol: &str, epoch: u64, seq: u64, levels: i64) -> DepthRecord {
+        let level = |price: i64| Level {
+            price: Decimal::new(price, 2),
+            size: Decimal::ONE,
+        };
+        DepthRecord {
+            epoch,
+            seq,
+            symbol: Arc::from(symbol),
+            state: SymbolState::Live,
+            reason: String::new(),
+            levels: 100,
+            bids: (0..levels).map(|i| level(10_000 - i)).collect(),
+            asks: (0..levels).map(|i| level(10_001 + i)).collect(),
+            exchange_ts_ns: None,
+            ingest_ts_ns: 1_000 + i64::try_from(seq).unwrap_or(0),
+        }
+    }
+
+    fn book(merger: &Merger, symbol: &str) -> Option<(u64, usize, SymbolStatus)> {
+        let depth = merger.hub.get(symbol)?.depth().current()?;
+        let status = merger.hub.get(symbol)?.depth().status();
+        Some((depth.seq, depth.bids.len(), status))
+    }
+
+    #[test]
+    fn depth_is_served_in_order_and_its_status_taken_apart_from_the_ticker() {
+        let merger = merger(10);
+        merger.apply_depth(depth_record("A", 5, 2, 30));
+        merger.apply_depth(depth_record("A", 5, 1, 20));
+        assert_eq!(merger.stats.outdated.load(Relaxed), 1);
+        let served = book(&merger, "A");
+        assert_eq!(
+            served.as_ref().map(|(seq, bids, _)| (*seq, *bids)),
+            Some((2, 30))
+        );
+        assert_eq!(served.map(|(_, _, s)| s.state), Some(SymbolState::Live));
+        // The ticker of a symbol first heard of through its depth is untouched.
+        assert!(merger.hub.get("A").is_some_and(|e| e.current().is_none()));
+
+        let gap = DepthRecord {
+            state: SymbolState::Stale,
+            reason: "gap in depth updates".into(),
+            ..depth_record("A", 5, 2, 30)
+        };
+        merger.apply_depth(gap);
+        let status = book(&merger, "A").map(|(seq, _, s)| (seq, s.state, s.reason.to_string()));
+        assert_eq!(
+            status,
+            Some((2, SymbolState::Stale, "gap in depth updates".to_owned()))
+        );
+        // A restarted ingest counts on from the last seq served.
+        merger.apply_depth(depth_record("A", 9, 1, 5));
+        let restarted = book(&merger, "A").map(|(seq, bids, s)| (seq, bids, s.state));
+        assert_eq!(restarted, Some((3, 5, SymbolState::Live)));
+    }
+
+    #[test]
+    fn a_book_the_source_keeps_shallower_than_served_here_is_stale_not_served() {
+        let merger = Merger::new(
+            Arc::new(Hub::new(Arc::default()).with_max_book_depth(10)),
+            10,
+        );
+        merger.apply_depth(depth_record("A", 5, 1, 150));
+        assert_eq!(
+            book(&merger, "A").map(|(seq, bids, _)| (seq, bids)),
+            Some((1, 10))
+        );
+
+        let deeper = Merger::new(
+            Arc::new(Hub::new(Arc::default()).with_max_book_depth(500)),
+            10,
+        );
+        deeper.apply_depth(depth_record("A", 5, 1, 100));
+        let depth = deeper.hub.get("A").map(|e| e.depth().current().is_none());
+        assert_eq!(
+            depth,
+            Some(true),
+            "100 levels of a 100-level cap: maybe more"
+        );
+        let status = deeper.hub.get("A").map(|e| e.depth().status());
+        assert_eq!(status.as_ref().map(|s| s.state), Some(SymbolState::Stale));
+        assert!(status.is_some_and(|s| s.reason.starts_with("cut short")));
+        // A book thinner than the source's cap is whole, and served.
+        deeper.apply_depth(depth_record("A", 5, 2, 40));
+        let served = book(&deeper, "A").map(|(seq, bids, s)| (seq, bids, s.state));
+        assert_eq!(served, Some((2, 40, SymbolState::Live)));
+    }
+
+    #[test]
+    fn a_lost_source_makes_heard_books_stale_and_leaves_the_others_awaiting() {
+        let merger = merger(10);
+        merger.apply_depth(depth_record("A", 5, 1, 10));
+        merger.apply(record("B", 5, 1, 100));
+        merger.source_down();
+        let reason = |s: &str| {
+            merger
+                .hub
+                .get(s)
+                .map(|e| e.depth().status().reason.to_string())
+        };
+        assert_eq!(reason("A").as_deref(), Some(DISCONNECTED_REASON));
+        assert_eq!(
+            reason("B").as_deref(),
+            Some(crate::fanout::depth::AWAITING_SNAPSHOT)
+        );
+        merger.source_up();
+        let state = merger.hub.get("A").map(|e| e.depth().status().state);
+        assert_eq!(state, Some(SymbolState::Live));
+        assert_eq!(
+            reason("B").as_deref(),
+            Some(crate::fanout::depth::AWAITING_SNAPSHOT)
+        );
     }
 }

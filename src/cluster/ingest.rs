@@ -1,7 +1,8 @@
-//! Ingest: publishes every book version of the local [`Hub`] to NATS.
+//! Ingest: publishes every book version of the local [`Hub`] to NATS, top of
+//! book and depth alike.
 //!
 //! The publisher subscribes to every symbol the way a session does (one
-//! [`Slot`] per symbol), so it reads each symbol's *current* version when it
+//! [`Slot`] per symbol and channel), so it reads each one's *current* version when it
 //! drains. While NATS keeps up that is every version; when the NATS client
 //! pushes back (a slow or absent server), versions conflate in the hub instead
 //! of queueing here, and the next publish carries the newest book. Status
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::wire::depth::{depth_subject_for, DepthRecord};
 use super::wire::{subject_for, TickerRecord};
 use super::{ClusterError, Link};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
@@ -30,6 +32,9 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for buffered records to reach NATS. With the
 /// server gone they never will, and the process must still exit.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Marks a slot index as a symbol's depth channel rather than its ticker.
+const DEPTH_SLOT: u32 = 1 << 31;
 
 /// A running publisher.
 #[derive(Debug)]
@@ -64,7 +69,7 @@ pub async fn spawn(
     let stats = hub.metrics().cluster.clone();
     stats.enable("ingest");
     let (client, link) = super::connect(url, "tickwire-ingest", &stats).await?;
-    super::ensure_stream(&async_nats::jetstream::new(client.clone())).await?;
+    super::ensure_streams(&async_nats::jetstream::new(client.clone())).await?;
     let epoch = u64::try_from(crate::wall_clock_ns()).unwrap_or(0);
     tracing::info!(epoch, "publishing the book to NATS at {url}");
     let publisher = Publisher {
@@ -82,6 +87,12 @@ pub async fn spawn(
 /// Per-symbol publishing state.
 struct Published {
     entry: Arc<SymbolEntry>,
+    ticker: Channel,
+    depth: Channel,
+}
+
+/// Publishing state of one of a symbol's channels.
+struct Channel {
     slot: Arc<Slot>,
     subject: Option<String>,
     /// (seq, status generation) of the last record published; `None` forces one.
@@ -128,7 +139,7 @@ impl Publisher {
                 // A publish waits while the client's buffer is full (NATS away).
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = self.publish(index as usize) => {}
+                    () = self.publish(index) => {}
                 }
             }
         }
@@ -148,69 +159,108 @@ impl Publisher {
             let Some(entry) = self.hub.get(&name) else {
                 continue;
             };
-            let Ok(index) = u32::try_from(self.symbols.len()) else {
+            let Some(index) = u32::try_from(self.symbols.len())
+                .ok()
+                .filter(|&i| i < DEPTH_SLOT)
+            else {
                 return;
             };
-            let slot = Arc::new(Slot::new(self.mailbox.clone(), index));
-            entry.subscribe(slot.clone());
+            let ticker = Arc::new(Slot::new(self.mailbox.clone(), index));
+            let depth = Arc::new(Slot::new(self.mailbox.clone(), index | DEPTH_SLOT));
+            entry.subscribe(ticker.clone());
+            entry.depth().subscribe(depth.clone());
             self.known.insert(name.clone());
             self.symbols.push(Published {
-                subject: subject_for(&name),
+                ticker: Channel {
+                    slot: ticker,
+                    subject: subject_for(&name),
+                    last: None,
+                },
+                depth: Channel {
+                    slot: depth,
+                    subject: depth_subject_for(&name),
+                    last: None,
+                },
                 entry,
-                slot,
-                last: None,
             });
-            self.publish(index as usize).await;
+            self.publish(index).await;
+            self.publish(index | DEPTH_SLOT).await;
         }
     }
 
     async fn republish_all(&mut self) {
         // The server may have come back without its store: recreate the stream.
         let jetstream = async_nats::jetstream::new(self.client.clone());
-        if let Err(e) = super::ensure_stream(&jetstream).await {
+        if let Err(e) = super::ensure_streams(&jetstream).await {
             tracing::warn!("after reconnect: {e}");
         }
         tracing::info!(
             symbols = self.symbols.len(),
             "publishing the whole book again"
         );
-        for index in 0..self.symbols.len() {
-            self.symbols[index].last = None;
+        for published in &mut self.symbols {
+            published.ticker.last = None;
+            published.depth.last = None;
+        }
+        // Indices are below DEPTH_SLOT: discovery stops short of it.
+        for index in 0..self.symbols.len() as u32 {
             self.publish(index).await;
+            self.publish(index | DEPTH_SLOT).await;
         }
     }
 
-    /// Publishes `index`'s current version unless it was already published.
-    async fn publish(&mut self, index: usize) {
-        let Some(published) = self.symbols.get_mut(index) else {
+    /// Publishes the current version of the channel `slot` names (a symbol's
+    /// ticker, or its depth with [`DEPTH_SLOT`]) unless it was already
+    /// published.
+    async fn publish(&mut self, slot: u32) {
+        let Some(published) = self.symbols.get_mut((slot & !DEPTH_SLOT) as usize) else {
             return;
         };
-        published.slot.clear();
-        let Some(subject) = published.subject.clone() else {
-            return;
+        let entry = &published.entry;
+        let (channel, record, key) = if slot & DEPTH_SLOT == 0 {
+            published.ticker.slot.clear();
+            let status = entry.status();
+            let record = match entry.current() {
+                Some(snapshot) => TickerRecord::of_snapshot(&snapshot, self.epoch, &status),
+                None => TickerRecord::declared(entry.name().clone(), self.epoch, &status),
+            };
+            let key = (record.seq, status.generation);
+            (&mut published.ticker, record.encode(), key)
+        } else {
+            published.depth.slot.clear();
+            let depth = entry.depth();
+            let status = depth.status();
+            let version = depth.current();
+            if version.is_none() && status.generation == 0 {
+                // No depth here (yet): a gateway's book starts the same way.
+                return;
+            }
+            let levels = self.hub.max_book_depth();
+            let record = DepthRecord::of_book(
+                entry.name(),
+                version.as_deref(),
+                levels,
+                self.epoch,
+                &status,
+            );
+            let key = (record.seq, status.generation);
+            (&mut published.depth, record.encode(), key)
         };
-        let status = published.entry.status();
-        let record = match published.entry.current() {
-            Some(snapshot) => TickerRecord::of_snapshot(&snapshot, self.epoch, &status),
-            None => TickerRecord::declared(published.entry.name().clone(), self.epoch, &status),
-        };
-        let key = (record.seq, status.generation);
-        if published.last == Some(key) {
+        if channel.last == Some(key) {
             return;
         }
-        published.last = Some(key);
+        channel.last = Some(key);
+        let Some(subject) = channel.subject.clone() else {
+            return;
+        };
         let stats = &self.hub.metrics().cluster;
-        match self
-            .client
-            .publish(subject, Bytes::from(record.encode()))
-            .await
-        {
+        match self.client.publish(subject, Bytes::from(record)).await {
             Ok(()) => {
                 stats.published.fetch_add(1, Relaxed);
             }
             Err(e) => {
                 stats.publish_errors.fetch_add(1, Relaxed);
-                tracing::debug!(symbol = %record.symbol, error = %e, "publish failed");
+                tracing::debug!(symbol = %published.entry.name(), error = %e, "publish failed");
             }
         }
     }

@@ -5,17 +5,21 @@
 //! ```text
 //!  feeds ─► book ─► ingest ──core NATS──► gateway ─► fan-out ─► sessions
 //!                     │   tickwire.v1.ticker.<S>      ▲
-//!                     └─► JetStream TICKWIRE_TICKERS ─┘ last value per subject,
-//!                         (max 1 message per subject)   read on (re)connect
+//!                     │   tickwire.v1.depth.<S>       │
+//!                     └─► JetStream TICKWIRE_TICKERS ─┤ last value per subject,
+//!                         JetStream TICKWIRE_DEPTH  ──┘ read on (re)connect
+//!                         (max 1 message per subject)
 //! ```
 //!
-//! Each record ([`wire`]) is a whole top of book, stamped with the ingest's
-//! epoch (its start time) and the symbol's `seq`, so a gateway merges any mix
-//! of live messages and cached last values by `(epoch, seq)` and the order they
-//! arrive in does not matter.
+//! Each record ([`wire`]) is a whole version: a top of book, or a book's best
+//! levels per side. It is stamped with the ingest's epoch (its start time)
+//! and the version's `seq`, so a gateway merges any mix of live messages and
+//! cached last values by `(epoch, seq)` and the order they arrive in does not
+//! matter. Depth has a stream of its own: its records are larger, and a
+//! stream made before depth was carried keeps working unchanged.
 //!
-//! The stream is created with a plain stream request rather than as a
-//! key-value bucket, so it works with nats-server 2.9 (Debian's), whose
+//! The streams are created with plain stream requests rather than as
+//! key-value buckets, so they work with nats-server 2.9 (Debian's), whose
 //! replies the client's key-value helpers do not accept.
 
 pub mod gateway;
@@ -31,8 +35,42 @@ use tokio::sync::watch;
 
 use crate::metrics::ClusterStats;
 
-/// The JetStream stream holding the last record of every symbol.
+/// The JetStream stream holding the last ticker record of every symbol.
 pub const STREAM_NAME: &str = "TICKWIRE_TICKERS";
+
+/// The JetStream stream holding the last depth record of every symbol.
+pub const DEPTH_STREAM_NAME: &str = "TICKWIRE_DEPTH";
+
+/// A last-value stream: its name and the subjects it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct LastValues {
+    pub stream: &'static str,
+    /// Every record's subject: this prefix, then the symbol's token.
+    pub prefix: &'static str,
+    /// The filter matching them all.
+    pub subjects: &'static str,
+}
+
+impl LastValues {
+    /// The subject of `symbol`'s records, `None` for an empty symbol.
+    pub fn subject_for(&self, symbol: &str) -> Option<String> {
+        wire::subject_under(self.prefix, symbol)
+    }
+}
+
+/// Top-of-book records.
+pub const TICKERS: LastValues = LastValues {
+    stream: STREAM_NAME,
+    prefix: wire::SUBJECT_PREFIX,
+    subjects: wire::SUBJECT_FILTER,
+};
+
+/// Depth records.
+pub const DEPTH: LastValues = LastValues {
+    stream: DEPTH_STREAM_NAME,
+    prefix: wire::depth::DEPTH_SUBJECT_PREFIX,
+    subjects: wire::depth::DEPTH_SUBJECT_FILTER,
+};
 
 /// Why the NATS link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +80,10 @@ pub enum ClusterError {
         url: String,
         error: async_nats::ConnectError,
     },
-    #[error("cannot create or open the JetStream stream {STREAM_NAME}: {0}")]
-    Stream(String),
-    #[error("cannot read last values from {STREAM_NAME}: {0}")]
-    LastValues(String),
+    #[error("cannot create or open the JetStream stream {stream}: {error}")]
+    Stream { stream: &'static str, error: String },
+    #[error("cannot read last values from {stream}: {error}")]
+    LastValues { stream: &'static str, error: String },
     #[error("cannot subscribe to {subject}: {error}")]
     Subscribe {
         subject: &'static str,
@@ -131,13 +169,16 @@ fn on_event(event: &async_nats::Event, link: &watch::Sender<Link>, stats: &Clust
     }
 }
 
-/// Opens the last-value stream, creating it if it does not exist yet: file
+/// Opens a last-value stream, creating it if it does not exist yet: file
 /// storage, one message per subject, so it holds each symbol's newest record.
-pub async fn ensure_stream(jetstream: &jetstream::Context) -> Result<stream::Stream, ClusterError> {
+pub async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    values: LastValues,
+) -> Result<stream::Stream, ClusterError> {
     jetstream
         .get_or_create_stream(stream::Config {
-            name: STREAM_NAME.to_owned(),
-            subjects: vec![wire::SUBJECT_FILTER.to_owned()],
+            name: values.stream.to_owned(),
+            subjects: vec![values.subjects.to_owned()],
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::Old,
@@ -145,5 +186,15 @@ pub async fn ensure_stream(jetstream: &jetstream::Context) -> Result<stream::Str
             ..Default::default()
         })
         .await
-        .map_err(|e| ClusterError::Stream(e.to_string()))
+        .map_err(|e| ClusterError::Stream {
+            stream: values.stream,
+            error: e.to_string(),
+        })
+}
+
+/// Opens (or creates) both last-value streams.
+pub async fn ensure_streams(jetstream: &jetstream::Context) -> Result<(), ClusterError> {
+    ensure_stream(jetstream, TICKERS).await?;
+    ensure_stream(jetstream, DEPTH).await?;
+    Ok(())
 }

@@ -86,6 +86,18 @@ impl DepthChannel {
 }
 
 impl Hub {
+    /// Publishes a depth version built elsewhere (a gateway's copy of an
+    /// ingest's book) and queues it for every subscriber. Like
+    /// [`Hub::publish_version`] it leaves the status to the caller.
+    pub fn publish_depth_version(&self, entry: &SymbolEntry, version: Arc<DepthSnapshot>) {
+        let depth = entry.depth();
+        {
+            let _writer = depth.lock.lock().unwrap_or_else(|e| e.into_inner());
+            depth.current.store(Some(version));
+        }
+        depth.notify();
+    }
+
     /// Applies one depth message to `book` (the feed's full book of `entry`)
     /// and publishes the result: a new version when the book is consistent,
     /// otherwise a `stale` status with the reason. Returns what happened.

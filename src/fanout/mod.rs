@@ -330,9 +330,6 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Levels per side kept in each published depth version.
     max_book_depth: usize,
-    /// Cleared when the hub's only source carries no depth (a NATS gateway):
-    /// `book` subscriptions are then refused instead of staying stale.
-    serves_depth: AtomicBool,
 }
 
 impl Hub {
@@ -342,19 +339,7 @@ impl Hub {
             symbols: RwLock::new(HashMap::new()),
             metrics,
             max_book_depth: DEFAULT_MAX_BOOK_DEPTH,
-            serves_depth: AtomicBool::new(true),
         }
-    }
-
-    /// Whether `book` subscriptions can be served.
-    pub fn serves_depth(&self) -> bool {
-        self.serves_depth.load(Ordering::Relaxed)
-    }
-
-    /// Refuses `book` subscriptions from now on: nothing will ever publish
-    /// depth into this hub.
-    pub fn stop_serving_depth(&self) {
-        self.serves_depth.store(false, Ordering::Relaxed);
     }
 
     /// Sets the deepest `book` subscription served (levels per side).

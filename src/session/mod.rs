@@ -772,18 +772,6 @@ impl Session {
     fn check_channel(&mut self, id: Option<u64>, channel: Option<&str>) -> Option<Channel> {
         match channel {
             None | Some(TICKER_CHANNEL) => Some(Channel::Ticker),
-            Some(BOOK_CHANNEL) if !self.context.hub.serves_depth() => {
-                let message = "this server serves only \"ticker\": it is a gateway, and order-book depth is not carried over NATS";
-                push_error(
-                    &mut self.out,
-                    &self.context.hub,
-                    id,
-                    ErrorCode::BadRequest,
-                    message,
-                    &[],
-                );
-                None
-            }
             Some(BOOK_CHANNEL) => Some(Channel::Book),
             Some(other) => {
                 let message = format!(

@@ -1,6 +1,7 @@
-//! The binary encoding of one book version on NATS, and the subject it goes to.
+//! The binary encoding of one book version on NATS, and the subject it goes
+//! to: ticker records here, depth records in [`depth`].
 //!
-//! A record is the whole top of book of one symbol at one version, so any
+//! A ticker record is the whole top of book of one symbol at one version, so any
 //! single record is enough to serve the symbol (the last-value cache keeps one
 //! per subject). Layout, version 1, integers little-endian:
 //!
@@ -21,6 +22,8 @@
 //! `u8`, so prices keep the venue's scale (`61800.20` stays `61800.20`) in a
 //! few bytes. Decoding never panics: every length is checked and a malformed
 //! record is a [`WireError`].
+
+pub mod depth;
 
 use std::sync::Arc;
 
@@ -52,11 +55,16 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 /// `*`, `>` and whitespace never reach the subject and two symbols never share
 /// a token.
 pub fn subject_for(symbol: &str) -> Option<String> {
+    subject_under(SUBJECT_PREFIX, symbol)
+}
+
+/// `prefix` then `symbol` as one subject token, as [`subject_for`] writes it.
+pub(super) fn subject_under(prefix: &str, symbol: &str) -> Option<String> {
     if symbol.is_empty() {
         return None;
     }
-    let mut subject = String::with_capacity(SUBJECT_PREFIX.len() + symbol.len());
-    subject.push_str(SUBJECT_PREFIX);
+    let mut subject = String::with_capacity(prefix.len() + symbol.len());
+    subject.push_str(prefix);
     for byte in symbol.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b':') {
             subject.push(char::from(byte));
@@ -163,9 +171,8 @@ impl TickerRecord {
         if let Some(ts) = self.exchange_ts_ns {
             out.extend_from_slice(&ts.to_le_bytes());
         }
-        for level in [self.bid, self.ask, self.last].into_iter().flatten() {
-            put_decimal(&mut out, level.price);
-            put_decimal(&mut out, level.size);
+        for level in [self.bid, self.ask, self.last].iter().flatten() {
+            put_level(&mut out, level);
         }
         put_text(&mut out, &self.reason);
         put_text(&mut out, &self.symbol);
@@ -179,12 +186,7 @@ impl TickerRecord {
         if version != FORMAT_VERSION {
             return Err(WireError::UnknownVersion(version));
         }
-        let state = match reader.u8()? {
-            0 => SymbolState::Live,
-            1 => SymbolState::Stale,
-            2 => SymbolState::Halted,
-            other => return Err(WireError::UnknownState(other)),
-        };
+        let state = reader.state()?;
         let presence = reader.u8()?;
         let epoch = u64::from_le_bytes(reader.array()?);
         let seq = u64::try_from(reader.varint()?).map_err(|_| WireError::Overflow)?;
@@ -198,22 +200,12 @@ impl TickerRecord {
             if presence & bit == 0 {
                 return Ok(None);
             }
-            Ok(Some(Level {
-                price: reader.decimal()?,
-                size: reader.decimal()?,
-            }))
+            reader.level().map(Some)
         };
         let bid = level(HAS_BID)?;
         let ask = level(HAS_ASK)?;
         let last = level(HAS_LAST)?;
-        let reason = reader.text()?.to_owned();
-        let symbol: Arc<str> = Arc::from(reader.text()?);
-        if !reader.bytes.is_empty() {
-            return Err(WireError::TrailingBytes(reader.bytes.len()));
-        }
-        if symbol.is_empty() {
-            return Err(WireError::EmptySymbol);
-        }
+        let (reason, symbol) = reader.reason_and_symbol()?;
         Ok(Self {
             epoch,
             seq,
@@ -250,6 +242,8 @@ pub enum WireError {
     EmptySymbol,
     #[error("{0} bytes after the record")]
     TrailingBytes(usize),
+    #[error("{0} levels on a side, more than a record carries")]
+    TooManyLevels(u128),
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u128) {
@@ -266,6 +260,11 @@ fn put_decimal(out: &mut Vec<u8>, value: Decimal) {
     put_varint(out, zigzag);
     // A Decimal's scale is at most 28.
     out.push(value.scale() as u8);
+}
+
+fn put_level(out: &mut Vec<u8>, level: &Level) {
+    put_decimal(out, level.price);
+    put_decimal(out, level.size);
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
@@ -323,6 +322,36 @@ impl<'a> Reader<'a> {
         let scale = self.u8()?;
         Decimal::try_from_i128_with_scale(mantissa, u32::from(scale))
             .map_err(|_| WireError::BadDecimal)
+    }
+
+    fn state(&mut self) -> Result<SymbolState, WireError> {
+        match self.u8()? {
+            0 => Ok(SymbolState::Live),
+            1 => Ok(SymbolState::Stale),
+            2 => Ok(SymbolState::Halted),
+            other => Err(WireError::UnknownState(other)),
+        }
+    }
+
+    /// A record's last two fields, which must end it: the status reason and
+    /// a non-empty symbol.
+    fn reason_and_symbol(mut self) -> Result<(String, Arc<str>), WireError> {
+        let reason = self.text()?.to_owned();
+        let symbol: Arc<str> = Arc::from(self.text()?);
+        if !self.bytes.is_empty() {
+            return Err(WireError::TrailingBytes(self.bytes.len()));
+        }
+        if symbol.is_empty() {
+            return Err(WireError::EmptySymbol);
+        }
+        Ok((reason, symbol))
+    }
+
+    fn level(&mut self) -> Result<Level, WireError> {
+        Ok(Level {
+            price: self.decimal()?,
+            size: self.decimal()?,
+        })
     }
 
     fn text(&mut self) -> Result<&'a str, WireError> {
