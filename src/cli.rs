@@ -171,7 +171,11 @@ pub struct SubscribeArgs {
     /// Comma-separated symbols, e.g. spot:BTCUSDT,usdm:BTCUSDT.
     #[arg(long, value_delimiter = ',', required = true)]
     pub symbols: Vec<String>,
-    /// Exit after this many ticker messages.
+    /// Subscribe to the `book` channel (full depth) at this many levels per
+    /// side (1, 5, 10, 25, 50, 100 or 500) instead of `ticker`.
+    #[arg(long, value_name = "LEVELS")]
+    pub depth: Option<usize>,
+    /// Exit after this many ticker messages (book messages with --depth).
     #[arg(long)]
     pub count: Option<u64>,
     /// Ask for at most this many updates per second per symbol.
@@ -275,6 +279,7 @@ pub fn main() -> ExitCode {
                 client::subscribe(SubscribeOptions {
                     url: args.url,
                     symbols: args.symbols,
+                    book_depth: args.depth,
                     count: args.count,
                     max_rate_hz: args.max_rate_hz,
                     connect_timeout: Duration::from_secs(10),

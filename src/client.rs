@@ -20,7 +20,9 @@ pub struct SubscribeOptions {
     /// `ws://host:port/ws` (the `/ws` path is added when missing).
     pub url: String,
     pub symbols: Vec<String>,
-    /// Stop after this many `ticker` messages.
+    /// Subscribe to the `book` channel at this depth instead of `ticker`.
+    pub book_depth: Option<usize>,
+    /// Stop after this many data messages (`ticker`, or `book` with a depth).
     pub count: Option<u64>,
     /// Ask the server to send each symbol at most this often.
     pub max_rate_hz: Option<f64>,
@@ -126,8 +128,8 @@ pub fn websocket_url(url: &str) -> String {
     }
 }
 
-/// Subscribes and prints messages until the server closes, `count` tickers
-/// arrived, or Ctrl-C.
+/// Subscribes and prints messages until the server closes, `count` data
+/// messages arrived, or Ctrl-C.
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     let url = websocket_url(&options.url);
     if !(url.starts_with("ws://") || url.starts_with("wss://")) {
@@ -144,9 +146,17 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     if let Some(rate) = options.max_rate_hz {
         request["max_rate_hz"] = rate.into();
     }
+    let data_prefix = match options.book_depth {
+        Some(depth) => {
+            request["channel"] = "book".into();
+            request["depth"] = depth.into();
+            r#"{"type":"book""#
+        }
+        None => r#"{"type":"ticker""#,
+    };
     socket.send(Message::text(request.to_string())).await?;
 
-    let mut tickers = 0u64;
+    let mut data_messages = 0u64;
     let mut accepted = 0usize;
     let stdout = std::io::stdout();
     // One listener for the whole stream: a listener made afresh on each turn
@@ -177,9 +187,9 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
                     }
                     printed => printed?,
                 }
-                if text.starts_with(r#"{"type":"ticker""#) {
-                    tickers += 1;
-                    if options.count.is_some_and(|count| tickers >= count) {
+                if text.starts_with(data_prefix) {
+                    data_messages += 1;
+                    if options.count.is_some_and(|count| data_messages >= count) {
                         socket.close(None).await.ok();
                         return Ok(());
                     }

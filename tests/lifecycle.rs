@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
+use serde_json::json;
 use tickwire::feed::replay::Speed;
 use tickwire::server::ServerConfig;
 use tokio::io::AsyncWriteExt as _;
@@ -120,6 +121,41 @@ async fn the_subscribe_command_prints_json_lines() {
     let tickers: Vec<_> = lines.iter().filter(|l| l["type"] == "ticker").collect();
     assert_eq!(tickers.len(), 5);
     assert!(tickers.iter().all(|t| t["symbol"] == "usdm:BTCUSDT"));
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_command_prints_books_with_a_depth() {
+    let server = Binary::serve(&["--speed", "10"]);
+    let url = format!("ws://{}", server.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(["subscribe", &url, "--symbols", "spot:BTCUSDT"])
+            .args(["--depth", "5", "--count", "3"])
+            .output()
+            .expect("run subscribe")
+    })
+    .await
+    .expect("subscribe");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(
+        (&lines[0]["type"], &lines[0]["channel"]),
+        (&json!("subscribed"), &json!("book"))
+    );
+    let books: Vec<_> = lines.iter().filter(|l| l["type"] == "book").collect();
+    assert_eq!(books.len(), 3, "{stdout}");
+    assert!(books
+        .iter()
+        .all(|b| b["depth"] == 5 && b["symbol"] == "spot:BTCUSDT"));
     drop(server);
 }
 
