@@ -219,13 +219,7 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
     for gateway in &gateways {
         watchers.push(Watcher::subscribe(&gateway.server.url()).await);
     }
-    let mut book_client = Client::connect(&gateways[0].server.url()).await;
-    book_client
-        .send(
-            json!({"op": "subscribe", "id": 1, "channel": "book", "symbols": SYMBOLS, "depth": 10}),
-        )
-        .await;
-    book_client.recv_type("subscribed").await;
+    let mut books = book_client(&gateways[0].server.url()).await;
 
     // A foreign publisher's garbage and a record on another symbol's subject
     // are dropped and counted; nobody else notices.
@@ -301,36 +295,7 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
     assert!(ingest.hub.metrics().cluster.published.load(Relaxed) > 0);
 
     // The book channel follows the ingest's depth, in order, to its last version.
-    let mut books: HashMap<String, Value> = HashMap::new();
-    let final_book = |symbol: &str| {
-        let depth = ingest.hub.get(symbol).and_then(|e| e.depth().current());
-        let depth = depth.expect("the replay built a book");
-        let (bids, asks) = depth.top(10);
-        (depth.seq, level_pairs(bids), level_pairs(asks))
-    };
-    let done = |books: &HashMap<String, Value>| {
-        SYMBOLS.iter().all(|&symbol| {
-            books.get(symbol).and_then(|b| b["seq"].as_u64()) == Some(final_book(symbol).0)
-        })
-    };
-    while !done(&books) {
-        let message = book_client.recv().await;
-        if message["type"] != "book" {
-            continue;
-        }
-        let symbol = message["symbol"].as_str().expect("symbol").to_owned();
-        if let Some(last) = books.get(&symbol).and_then(|b| b["seq"].as_u64()) {
-            let seq = message["seq"].as_u64().expect("seq");
-            assert!(seq > last, "{message}");
-            assert_eq!(message["skipped"].as_u64(), Some(seq - last - 1));
-        }
-        books.insert(symbol, message);
-    }
-    for symbol in SYMBOLS {
-        let (_, bids, asks) = final_book(symbol);
-        let book = &books[symbol];
-        assert_eq!((&book["bids"], &book["asks"]), (&bids, &asks), "{symbol}");
-    }
+    BookView::default().read_to_final(&mut books, &ingest).await;
 }
 
 /// Levels as a `book` message shows them: `[["price","size"], ...]`.
@@ -339,6 +304,76 @@ fn level_pairs(levels: &[tickwire::book::Level]) -> Value {
         .iter()
         .map(|l| json!([l.price.to_string(), l.size.to_string()]))
         .collect()
+}
+
+/// What a `book` client of a gateway has seen: the last book per symbol
+/// (each checked to move `seq` forward with `skipped` consistent) and every
+/// book status, in order.
+#[derive(Default)]
+struct BookView {
+    books: HashMap<String, Value>,
+    statuses: Vec<(String, String, String)>,
+}
+
+impl BookView {
+    async fn read_until(&mut self, client: &mut Client, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while !done(self) {
+            let message = tokio::time::timeout_at(deadline, client.recv())
+                .await
+                .unwrap_or_else(|_| panic!("never happened: {what}"));
+            let symbol = message["symbol"].as_str().unwrap_or_default().to_owned();
+            match message["type"].as_str() {
+                Some("book") => {
+                    if let Some(last) = self.books.get(&symbol).and_then(|b| b["seq"].as_u64()) {
+                        let seq = message["seq"].as_u64().expect("seq");
+                        assert!(seq > last, "{message}");
+                        assert_eq!(message["skipped"].as_u64(), Some(seq - last - 1));
+                    }
+                    self.books.insert(symbol, message);
+                }
+                Some("status") => {
+                    let text = |key: &str| message[key].as_str().unwrap_or_default().to_owned();
+                    self.statuses.push((symbol, text("state"), text("reason")));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until every symbol shows `ingest`'s last depth version, and
+    /// checks its best 10 levels.
+    async fn read_to_final(&mut self, client: &mut Client, ingest: &Ingest) {
+        let final_book = |symbol: &str| {
+            let depth = ingest.hub.get(symbol).and_then(|e| e.depth().current());
+            let depth = depth.expect("the replay built a book");
+            let (bids, asks) = depth.top(10);
+            (depth.seq, level_pairs(bids), level_pairs(asks))
+        };
+        self.read_until(client, "every book's last version", |view| {
+            SYMBOLS.iter().all(|&symbol| {
+                view.books.get(symbol).and_then(|b| b["seq"].as_u64()) == Some(final_book(symbol).0)
+            })
+        })
+        .await;
+        for symbol in SYMBOLS {
+            let (_, bids, asks) = final_book(symbol);
+            let book = &self.books[symbol];
+            assert_eq!((&book["bids"], &book["asks"]), (&bids, &asks), "{symbol}");
+        }
+    }
+}
+
+/// A client subscribed to the best 10 levels of both symbols' books.
+async fn book_client(url: &str) -> Client {
+    let mut client = Client::connect(url).await;
+    client
+        .send(
+            json!({"op": "subscribe", "id": 1, "channel": "book", "symbols": SYMBOLS, "depth": 10}),
+        )
+        .await;
+    client.recv_type("subscribed").await;
+    client
 }
 
 /// Waits until `values`' stream holds `seq` as `symbol`'s last record.
@@ -468,13 +503,8 @@ async fn gateways_ride_out_a_nats_restart_mid_replay() {
     for gateway in &gateways {
         watchers.push(Watcher::subscribe(&gateway.server.url()).await);
     }
-    let mut book_client = Client::connect(&gateways[0].server.url()).await;
-    book_client
-        .send(
-            json!({"op": "subscribe", "id": 1, "channel": "book", "symbols": SYMBOLS, "depth": 10}),
-        )
-        .await;
-    book_client.recv_type("subscribed").await;
+    let mut books = book_client(&gateways[0].server.url()).await;
+    let mut book_view = BookView::default();
 
     ingest.replay.start();
     for watcher in &mut watchers {
@@ -482,6 +512,11 @@ async fn gateways_ride_out_a_nats_restart_mid_replay() {
             .read_until("tickers through NATS", |w| w.tape.tickers >= 10)
             .await;
     }
+    book_view
+        .read_until(&mut books, "a book of each symbol", |view| {
+            view.books.len() == SYMBOLS.len()
+        })
+        .await;
     nats.kill();
     assert!(
         !ingest.replay.stats().ended.load(Relaxed),
@@ -525,6 +560,25 @@ async fn gateways_ride_out_a_nats_restart_mid_replay() {
         );
     }
     assert!(ingest.hub.metrics().cluster.reconnects.load(Relaxed) >= 1);
+
+    // Books went stale with the link and came back with it, to the last version.
+    book_view.read_to_final(&mut books, &ingest).await;
+    for symbol in SYMBOLS {
+        let states: Vec<(&str, &str)> = book_view
+            .statuses
+            .iter()
+            .filter(|(s, _, _)| s == symbol)
+            .map(|(_, state, reason)| (state.as_str(), reason.as_str()))
+            .collect();
+        let lost = states
+            .iter()
+            .position(|&s| s == ("stale", gateway::DISCONNECTED_REASON));
+        let lost = lost.unwrap_or_else(|| panic!("{symbol}: {states:?}"));
+        assert!(
+            states[lost..].iter().any(|(state, _)| *state == "live"),
+            "{symbol}: {states:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,10 +594,28 @@ async fn a_restarted_ingest_is_served_at_once_and_seq_keeps_increasing() {
     watcher
         .read_to(&HashMap::from([(SYMBOLS[0].to_owned(), first_seq)]))
         .await;
+    let mut books = Client::connect(&gateway.server.url()).await;
+    books
+        .send(json!({"op": "subscribe", "id": 1, "channel": "book", "symbols": [SYMBOLS[0]]}))
+        .await;
+    let old_book = books.recv_type("book").await;
     drop(first);
 
     // The same capture again from a new process: its seq starts over at 1.
-    let second = Ingest::start(&nats, replay_of(&spot, Speed::Max, false, false)).await;
+    // Before its first depth snapshot, the old process's book is no longer live.
+    let second = Ingest::start(&nats, replay_of(&spot, Speed::Max, false, true)).await;
+    let status = books.recv_type("status").await;
+    assert_eq!(
+        (&status["state"], &status["reason"]),
+        (&json!("stale"), &json!("awaiting a depth snapshot")),
+        "{status}"
+    );
+    second.replay.start();
+    let new_book = books.recv_type("book").await;
+    assert!(
+        new_book["seq"].as_u64() > old_book["seq"].as_u64(),
+        "{new_book}"
+    );
     second.replay.finished().await;
     let second_seq = second.hub.get(SYMBOLS[0]).and_then(|e| e.current());
     let second_seq = second_seq.map(|s| s.seq).expect("replayed");

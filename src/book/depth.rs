@@ -463,6 +463,16 @@ impl DepthSnapshot {
     }
 }
 
+/// The deepest of [`BOOK_DEPTHS`] served under `max_depth` (1 at least).
+pub fn deepest_served(max_depth: usize) -> usize {
+    BOOK_DEPTHS
+        .iter()
+        .copied()
+        .filter(|&depth| depth <= max_depth)
+        .max()
+        .unwrap_or(1)
+}
+
 /// The index in [`BOOK_DEPTHS`] of `depth`, if it is served under `max_depth`.
 pub fn depth_index(depth: usize, max_depth: usize) -> Option<usize> {
     if depth > max_depth {

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::wire::depth::{depth_subject_for, DepthRecord, DEPTH_SUBJECT_PREFIX};
 use super::wire::{subject_for, TickerRecord, WireError};
 use super::{ClusterError, LastValues, Link, DEPTH, TICKERS};
+use crate::book::depth::deepest_served;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::ClusterStats;
 
@@ -222,14 +223,16 @@ async fn follow_link(
 }
 
 /// Reads the newest record of every subject from both last-value streams.
+/// Only the tickers' is required (see [`super::ensure_streams`]).
 async fn load_last_values(
     client: &async_nats::Client,
     merger: &Merger,
 ) -> Result<u64, ClusterError> {
     let jetstream = async_nats::jetstream::new(client.clone());
-    let mut loaded = 0;
-    for values in [TICKERS, DEPTH] {
-        loaded += load_stream(&jetstream, values, merger).await?;
+    let mut loaded = load_stream(&jetstream, TICKERS, merger).await?;
+    match load_stream(&jetstream, DEPTH, merger).await {
+        Ok(books) => loaded += books,
+        Err(e) => tracing::warn!("{e}: books start from their next versions"),
     }
     merger.stats.loaded.fetch_add(loaded, Relaxed);
     Ok(loaded)
@@ -548,26 +551,26 @@ impl Merger {
         if !self.kept(&step) {
             return;
         }
-        let served = self.hub.max_book_depth();
-        if let Step::Serve(seq) = step {
-            if record.vouches_for(served) {
-                let version = record.to_snapshot(held.entry.name(), seq, served);
-                self.hub
-                    .publish_depth_version(&held.entry, Arc::new(version));
-            } else {
-                held.depth.state = SymbolState::Stale;
-                held.depth.reason = format!(
-                    "cut short: the source keeps {} levels a side, fewer than the {served} served here",
+        // Checked on every record of a version, not only the first: the same
+        // version comes again after a reconnect and must not turn it live.
+        let served = deepest_served(self.hub.max_book_depth());
+        if record.seq > 0 && !record.vouches_for(served) {
+            held.depth.state = SymbolState::Stale;
+            held.depth.reason = format!(
+                "cut short: the source keeps {} levels a side, fewer than the {served} served here",
+                record.levels
+            );
+            if !self.warned_cut_short.swap(true, Relaxed) {
+                tracing::warn!(
+                    "the ingest keeps {} levels a side and this gateway serves {served} \
+                     (--max-book-depth): full books are stale until the two agree",
                     record.levels
                 );
-                if !self.warned_cut_short.swap(true, Relaxed) {
-                    tracing::warn!(
-                        "the ingest keeps {} levels a side and this gateway serves {served} \
-                         (--max-book-depth): full books are stale until the two agree",
-                        record.levels
-                    );
-                }
             }
+        } else if let Step::Serve(seq) = step {
+            let version = record.to_snapshot(held.entry.name(), seq, served);
+            self.hub
+                .publish_depth_version(&held.entry, Arc::new(version));
         }
         let depth = held.entry.depth();
         if source_up {
@@ -910,6 +913,62 @@ mod tests {
         deeper.apply_depth(depth_record("A", 5, 2, 40));
         let served = book(&deeper, "A").map(|(seq, bids, s)| (seq, bids, s.state));
         assert_eq!(served, Some((2, 40, SymbolState::Live)));
+    }
+
+    #[test]
+    fn a_book_cut_short_stays_stale_when_its_version_comes_again_after_a_reconnect() {
+        let deeper = Merger::new(
+            Arc::new(Hub::new(Arc::default()).with_max_book_depth(500)),
+            10,
+        );
+        deeper.apply_depth(depth_record("A", 5, 1, 40));
+        deeper.apply_depth(depth_record("A", 5, 2, 100));
+        deeper.source_down();
+        deeper.apply_depth(depth_record("A", 5, 2, 100));
+        deeper.source_up();
+        let (seq, bids, status) = book(&deeper, "A").expect("seq 1 was served");
+        assert_eq!((seq, bids, status.state), (1, 40, SymbolState::Stale));
+        assert!(status.reason.starts_with("cut short"), "{}", status.reason);
+    }
+
+    #[test]
+    fn a_gateway_vouches_for_the_deepest_depth_it_serves_not_its_raw_setting() {
+        // 200 serves at most 100 levels: the ingest's 100 are enough.
+        let merger = Merger::new(
+            Arc::new(Hub::new(Arc::default()).with_max_book_depth(200)),
+            10,
+        );
+        merger.apply_depth(depth_record("A", 5, 1, 150));
+        let served = book(&merger, "A").map(|(seq, bids, s)| (seq, bids, s.state));
+        assert_eq!(served, Some((1, 100, SymbolState::Live)));
+    }
+
+    #[test]
+    fn a_restarted_ingest_without_a_book_yet_makes_the_old_one_stale() {
+        let merger = merger(10);
+        merger.apply_depth(depth_record("A", 5, 7, 10));
+        let awaiting = SymbolStatus {
+            generation: 0,
+            state: SymbolState::Stale,
+            reason: Arc::from(crate::fanout::depth::AWAITING_SNAPSHOT),
+        };
+        merger.apply_depth(DepthRecord::of_book(
+            &Arc::from("A"),
+            None,
+            100,
+            9,
+            &awaiting,
+        ));
+        let (seq, _, status) = book(&merger, "A").expect("the old version is kept");
+        assert_eq!(seq, 7);
+        assert_eq!(
+            (status.state, &*status.reason),
+            (SymbolState::Stale, crate::fanout::depth::AWAITING_SNAPSHOT)
+        );
+        // The new ingest's first version counts on from the last one served.
+        merger.apply_depth(depth_record("A", 9, 1, 10));
+        let served = book(&merger, "A").map(|(seq, _, s)| (seq, s.state));
+        assert_eq!(served, Some((8, SymbolState::Live)));
     }
 
     #[test]

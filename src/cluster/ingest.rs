@@ -228,13 +228,11 @@ impl Publisher {
             (&mut published.ticker, record.encode(), key)
         } else {
             published.depth.slot.clear();
+            // Published even before a first version: a restarted ingest's
+            // records then tell gateways that its books await their snapshots.
             let depth = entry.depth();
             let status = depth.status();
             let version = depth.current();
-            if version.is_none() && status.generation == 0 {
-                // No depth here (yet): a gateway's book starts the same way.
-                return;
-            }
             let levels = self.hub.max_book_depth();
             let record = DepthRecord::of_book(
                 entry.name(),

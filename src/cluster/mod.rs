@@ -192,9 +192,14 @@ pub async fn ensure_stream(
         })
 }
 
-/// Opens (or creates) both last-value streams.
+/// Opens (or creates) both last-value streams. Only the tickers' is
+/// required: without the depth stream (JetStream limits or permissions, say)
+/// depth still flows live, and a gateway that starts later lacks only the
+/// last books until their next versions.
 pub async fn ensure_streams(jetstream: &jetstream::Context) -> Result<(), ClusterError> {
     ensure_stream(jetstream, TICKERS).await?;
-    ensure_stream(jetstream, DEPTH).await?;
+    if let Err(e) = ensure_stream(jetstream, DEPTH).await {
+        tracing::warn!("{e}: books are published live only");
+    }
     Ok(())
 }

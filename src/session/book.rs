@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::channel::{self, AnnouncedStatus, Channel, PendingAnswer, Registry};
 use super::outbox::Outbox;
 use super::subscriptions::encode_error;
-use crate::book::depth::{depth_index, BOOK_DEPTHS};
+use crate::book::depth::{deepest_served, depth_index, BOOK_DEPTHS};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
 use crate::protocol::book::{encode_status, BOOK_CHANNEL};
@@ -208,12 +208,7 @@ impl Channel for BookSubscriptions {
 /// The depth of a subscription that names none: [`DEFAULT_DEPTH`], or the
 /// deepest one served under a smaller `max_depth`.
 fn default_depth(max_depth: usize) -> usize {
-    BOOK_DEPTHS
-        .iter()
-        .copied()
-        .filter(|&depth| depth <= DEFAULT_DEPTH.min(max_depth))
-        .max()
-        .unwrap_or(1)
+    deepest_served(DEFAULT_DEPTH.min(max_depth))
 }
 
 fn push_status_if_changed(sub: &mut BookSubscription, out: &mut Outbox) {

@@ -126,7 +126,9 @@ impl DepthRecord {
         )
     }
 
-    /// The record's bytes; sides beyond [`MAX_LEVELS`] are cut there.
+    /// The record's bytes; sides beyond [`MAX_LEVELS`] are cut there, and
+    /// so is the cap they are sent with, which then still says which sides
+    /// are whole.
     pub fn encode(&self) -> Vec<u8> {
         let sides = self.bids.len().min(MAX_LEVELS) + self.asks.len().min(MAX_LEVELS);
         let mut out = Vec::with_capacity(64 + sides * 12 + self.symbol.len());
@@ -139,7 +141,7 @@ impl DepthRecord {
         });
         out.extend_from_slice(&self.epoch.to_le_bytes());
         put_varint(&mut out, u128::from(self.seq));
-        put_varint(&mut out, self.levels as u128);
+        put_varint(&mut out, self.levels.min(MAX_LEVELS) as u128);
         out.extend_from_slice(&self.ingest_ts_ns.to_le_bytes());
         if let Some(ts) = self.exchange_ts_ns {
             out.extend_from_slice(&ts.to_le_bytes());
@@ -267,6 +269,15 @@ mod tests {
         };
         let decoded = DepthRecord::decode(&long.encode()).map(|r| r.bids.len());
         assert_eq!(decoded, Ok(MAX_LEVELS));
+        // An ingest keeping more levels than a record carries sends its cap
+        // cut as well, so the cut side does not pass for a whole one.
+        let deep = DepthRecord {
+            levels: 1_000,
+            ..long
+        };
+        let decoded = DepthRecord::decode(&deep.encode());
+        assert_eq!(decoded.as_ref().map(|r| r.levels), Ok(MAX_LEVELS));
+        assert!(decoded.is_ok_and(|r| r.vouches_for(MAX_LEVELS) && !r.vouches_for(MAX_LEVELS + 1)));
 
         let mut forged = vec![FORMAT_VERSION, 0, 0];
         forged.extend_from_slice(&[0; 8]);
