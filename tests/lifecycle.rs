@@ -88,75 +88,51 @@ async fn sigterm_closes_clients_with_1001_and_prints_latency() {
     assert!(log.contains("p99.9="), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_subscribe_command_prints_json_lines() {
-    let server = Binary::serve(&["--speed", "10"]);
-    let url = format!("ws://{}", server.addr);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args([
-                "subscribe",
-                &url,
-                "--symbols",
-                "usdm:BTCUSDT",
-                "--count",
-                "5",
-            ])
-            .output()
-            .expect("run subscribe")
-    })
-    .await
-    .expect("subscribe");
+/// Runs `tickwire subscribe` against `server` with `args` and returns the
+/// JSON lines it printed, after checking that it succeeded.
+async fn subscribe_lines(server: &Binary, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    command
+        .args(["subscribe", &format!("ws://{}", server.addr)])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run subscribe"))
+        .await
+        .expect("subscribe");
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<serde_json::Value> = stdout
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_command_prints_json_lines() {
+    let server = Binary::serve(&["--speed", "10"]);
+    let lines = subscribe_lines(&server, &["--symbols", "usdm:BTCUSDT", "--count", "5"]).await;
     assert_eq!(lines[0]["type"], "subscribed");
     let tickers: Vec<_> = lines.iter().filter(|l| l["type"] == "ticker").collect();
     assert_eq!(tickers.len(), 5);
     assert!(tickers.iter().all(|t| t["symbol"] == "usdm:BTCUSDT"));
-    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscribe_command_prints_books_with_a_depth() {
     let server = Binary::serve(&["--speed", "10"]);
-    let url = format!("ws://{}", server.addr);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args(["subscribe", &url, "--symbols", "spot:BTCUSDT"])
-            .args(["--depth", "5", "--count", "3"])
-            .output()
-            .expect("run subscribe")
-    })
-    .await
-    .expect("subscribe");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+    let args = ["--symbols", "spot:BTCUSDT", "--depth", "5", "--count", "3"];
+    let lines = subscribe_lines(&server, &args).await;
     assert_eq!(
         (&lines[0]["type"], &lines[0]["channel"]),
         (&json!("subscribed"), &json!("book"))
     );
     let books: Vec<_> = lines.iter().filter(|l| l["type"] == "book").collect();
-    assert_eq!(books.len(), 3, "{stdout}");
+    assert_eq!(books.len(), 3, "{lines:?}");
     assert!(books
         .iter()
         .all(|b| b["depth"] == 5 && b["symbol"] == "spot:BTCUSDT"));
-    drop(server);
 }
 
 /// `tickwire subscribe` refused every symbol it asked for: it says why and

@@ -23,7 +23,9 @@
 
 use std::sync::Arc;
 
-use super::{put_level, put_text, put_varint, Reader, WireError, HAS_EXCHANGE_TS};
+use super::{
+    put_level, put_text, put_timestamps, put_varint, Header, Reader, WireError, HAS_EXCHANGE_TS,
+};
 use crate::book::depth::{DepthSnapshot, BOOK_DEPTHS};
 use crate::book::Level;
 use crate::fanout::{SymbolState, SymbolStatus};
@@ -132,20 +134,20 @@ impl DepthRecord {
     pub fn encode(&self) -> Vec<u8> {
         let sides = self.bids.len().min(MAX_LEVELS) + self.asks.len().min(MAX_LEVELS);
         let mut out = Vec::with_capacity(64 + sides * 12 + self.symbol.len());
-        out.push(FORMAT_VERSION);
-        out.push(self.state as u8);
-        out.push(if self.exchange_ts_ns.is_some() {
-            HAS_EXCHANGE_TS
-        } else {
-            0
-        });
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        put_varint(&mut out, u128::from(self.seq));
+        let header = Header {
+            version: FORMAT_VERSION,
+            state: self.state,
+            presence: if self.exchange_ts_ns.is_some() {
+                HAS_EXCHANGE_TS
+            } else {
+                0
+            },
+            epoch: self.epoch,
+            seq: self.seq,
+        };
+        header.put(&mut out);
         put_varint(&mut out, self.levels.min(MAX_LEVELS) as u128);
-        out.extend_from_slice(&self.ingest_ts_ns.to_le_bytes());
-        if let Some(ts) = self.exchange_ts_ns {
-            out.extend_from_slice(&ts.to_le_bytes());
-        }
+        put_timestamps(&mut out, self.ingest_ts_ns, self.exchange_ts_ns);
         for side in [&self.bids, &self.asks] {
             let side = &side[..side.len().min(MAX_LEVELS)];
             put_varint(&mut out, side.len() as u128);
@@ -162,21 +164,15 @@ impl DepthRecord {
     /// level count is checked before anything is allocated for it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut reader = Reader { bytes };
-        let version = reader.u8()?;
-        if version != FORMAT_VERSION {
-            return Err(WireError::UnknownVersion(version));
-        }
-        let state = reader.state()?;
-        let presence = reader.u8()?;
-        let epoch = u64::from_le_bytes(reader.array()?);
-        let seq = u64::try_from(reader.varint()?).map_err(|_| WireError::Overflow)?;
+        let Header {
+            state,
+            presence,
+            epoch,
+            seq,
+            ..
+        } = reader.header(FORMAT_VERSION)?;
         let levels = usize::try_from(reader.varint()?).map_err(|_| WireError::Overflow)?;
-        let ingest_ts_ns = i64::from_le_bytes(reader.array()?);
-        let exchange_ts_ns = if presence & HAS_EXCHANGE_TS != 0 {
-            Some(i64::from_le_bytes(reader.array()?))
-        } else {
-            None
-        };
+        let (ingest_ts_ns, exchange_ts_ns) = reader.timestamps(presence)?;
         let bids = reader.side()?;
         let asks = reader.side()?;
         let (reason, symbol) = reader.reason_and_symbol()?;

@@ -151,8 +151,6 @@ impl TickerRecord {
     /// character boundary (symbols that long are never served).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.symbol.len());
-        out.push(FORMAT_VERSION);
-        out.push(self.state as u8);
         let mut presence = 0;
         for (bit, present) in [
             (HAS_BID, self.bid.is_some()),
@@ -164,13 +162,15 @@ impl TickerRecord {
                 presence |= bit;
             }
         }
-        out.push(presence);
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        put_varint(&mut out, u128::from(self.seq));
-        out.extend_from_slice(&self.ingest_ts_ns.to_le_bytes());
-        if let Some(ts) = self.exchange_ts_ns {
-            out.extend_from_slice(&ts.to_le_bytes());
-        }
+        let header = Header {
+            version: FORMAT_VERSION,
+            state: self.state,
+            presence,
+            epoch: self.epoch,
+            seq: self.seq,
+        };
+        header.put(&mut out);
+        put_timestamps(&mut out, self.ingest_ts_ns, self.exchange_ts_ns);
         for level in [self.bid, self.ask, self.last].iter().flatten() {
             put_level(&mut out, level);
         }
@@ -182,20 +182,14 @@ impl TickerRecord {
     /// Reads a record; any malformation is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut reader = Reader { bytes };
-        let version = reader.u8()?;
-        if version != FORMAT_VERSION {
-            return Err(WireError::UnknownVersion(version));
-        }
-        let state = reader.state()?;
-        let presence = reader.u8()?;
-        let epoch = u64::from_le_bytes(reader.array()?);
-        let seq = u64::try_from(reader.varint()?).map_err(|_| WireError::Overflow)?;
-        let ingest_ts_ns = i64::from_le_bytes(reader.array()?);
-        let exchange_ts_ns = if presence & HAS_EXCHANGE_TS != 0 {
-            Some(i64::from_le_bytes(reader.array()?))
-        } else {
-            None
-        };
+        let Header {
+            state,
+            presence,
+            epoch,
+            seq,
+            ..
+        } = reader.header(FORMAT_VERSION)?;
+        let (ingest_ts_ns, exchange_ts_ns) = reader.timestamps(presence)?;
         let mut level = |bit: u8| -> Result<Option<Level>, WireError> {
             if presence & bit == 0 {
                 return Ok(None);
@@ -262,6 +256,32 @@ fn put_decimal(out: &mut Vec<u8>, value: Decimal) {
     out.push(value.scale() as u8);
 }
 
+/// The fields every record starts with.
+struct Header {
+    version: u8,
+    state: SymbolState,
+    /// Which optional fields follow; [`HAS_EXCHANGE_TS`] means the same in
+    /// every record.
+    presence: u8,
+    epoch: u64,
+    seq: u64,
+}
+
+impl Header {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[self.version, self.state as u8, self.presence]);
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        put_varint(out, u128::from(self.seq));
+    }
+}
+
+fn put_timestamps(out: &mut Vec<u8>, ingest_ts_ns: i64, exchange_ts_ns: Option<i64>) {
+    out.extend_from_slice(&ingest_ts_ns.to_le_bytes());
+    if let Some(ts) = exchange_ts_ns {
+        out.extend_from_slice(&ts.to_le_bytes());
+    }
+}
+
 fn put_level(out: &mut Vec<u8>, level: &Level) {
     put_decimal(out, level.price);
     put_decimal(out, level.size);
@@ -322,6 +342,32 @@ impl<'a> Reader<'a> {
         let scale = self.u8()?;
         Decimal::try_from_i128_with_scale(mantissa, u32::from(scale))
             .map_err(|_| WireError::BadDecimal)
+    }
+
+    /// A record's [`Header`], which must be of format `version`.
+    fn header(&mut self, version: u8) -> Result<Header, WireError> {
+        let found = self.u8()?;
+        if found != version {
+            return Err(WireError::UnknownVersion(found));
+        }
+        Ok(Header {
+            version,
+            state: self.state()?,
+            presence: self.u8()?,
+            epoch: u64::from_le_bytes(self.array()?),
+            seq: u64::try_from(self.varint()?).map_err(|_| WireError::Overflow)?,
+        })
+    }
+
+    /// `ingest_ts_ns`, then `exchange_ts_ns` if `presence` says it follows.
+    fn timestamps(&mut self, presence: u8) -> Result<(i64, Option<i64>), WireError> {
+        let ingest_ts_ns = i64::from_le_bytes(self.array()?);
+        let exchange_ts_ns = if presence & HAS_EXCHANGE_TS != 0 {
+            Some(i64::from_le_bytes(self.array()?))
+        } else {
+            None
+        };
+        Ok((ingest_ts_ns, exchange_ts_ns))
     }
 
     fn state(&mut self) -> Result<SymbolState, WireError> {
