@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "pee
 import table  # noqa: E402  (benches/peers/table.py)
 
 SERVERS = ["tickwire", "bun", "node-ws", "naive-rust"]
+# S2's clients, each subscribed to every symbol: a step offers rate × this.
+S2_CLIENTS = 100
 
 
 def tables(folder):
@@ -139,10 +141,11 @@ def main():
         head = ["feed updates/s"] + SERVERS
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(SERVERS)]
         best = {}
-        first = rows(steps[0])
+        by_step = []
         for step in steps:
             rate = int(step.rsplit("-", 1)[1])
             r = rows(step)
+            by_step.append((rate, r))
             cells = [f"{rate:,}"]
             for name in SERVERS:
                 x = r.get(name)
@@ -158,27 +161,35 @@ def main():
         print()
         if "tickwire" in best:
             t_eff = best["tickwire"][0]
+            others = ", ".join(f"{name} {fmt(best[name][0])} ({t_eff / best[name][0]:.2f}×)"
+                               for name in SERVERS[1:] if name in best)
+            print(f"Best step against best step (each server at its own load): tickwire "
+                  f"{fmt(t_eff)} deliveries per CPU-second; {others}.")
+            print()
             targets.append(target_line("S2 deliveries per server CPU-second (best step)",
                                        fmt(t_eff), "≥ 4,000,000", t_eff >= 4_000_000))
             if "bun" in best:
                 ratio = t_eff / best["bun"][0]
                 targets.append(target_line("S2 efficiency vs Bun (best steps)", f"{ratio:.2f}×",
                                            "≥ 1×", ratio >= 1))
-            # The same bars as S1's against the peers, on the throughput
-            # scenario: each server's best step, and the p99 of the first
-            # step, the one every server keeps up with.
-            t_first = first.get("tickwire")
-            for peer, factor, p99_factor in (("node-ws", 10, 3), ("naive-rust", 5, 2)):
-                p_first = first.get(peer)
-                if peer in best and t_first and p_first and t_first["p99"]:
-                    eff = t_eff / best[peer][0]
-                    lat = p_first["p99"] / t_first["p99"]
-                    rate = int(steps[0].rsplit("-", 1)[1])
-                    targets.append(target_line(
-                        f"S2 vs {peer}: deliveries/CPU-s (best steps), p99 at {rate:,}/s",
-                        f"{eff:.2f}×, {lat:.2f}×",
-                        f"≥ {factor}×, ≥ {p99_factor}× (p99 ≤ 1/{p99_factor})",
-                        eff >= factor and lat >= p99_factor))
+        # S1's bars against the peers, on the throughput scenario: at the
+        # highest step both servers kept up with (delivered at least 95 % of
+        # what the step offered), so that both carry the same load.
+        for peer, factor, p99_factor in (("node-ws", 10, 3), ("naive-rust", 5, 2)):
+            what = f"S2 vs {peer}: deliveries/CPU-s, p99 at the highest step both kept up with"
+            bar = f"≥ {factor}×, ≥ {p99_factor}× (p99 ≤ 1/{p99_factor})"
+            common = [(rate, r["tickwire"], r[peer]) for rate, r in by_step
+                      if "tickwire" in r and peer in r
+                      and all(x["delivered_s"] >= 0.95 * rate * S2_CLIENTS
+                              for x in (r["tickwire"], r[peer]))]
+            if not common:
+                targets.append(target_line(what, "no such step", bar, False))
+                continue
+            rate, t, p = common[-1]
+            eff = t["per_cpu_s"] / p["per_cpu_s"] if p["per_cpu_s"] else 0
+            lat = p["p99"] / t["p99"] if t["p99"] else 0
+            targets.append(target_line(what, f"{eff:.2f}×, {lat:.2f}× at {rate:,}/s", bar,
+                                       eff >= factor and lat >= p99_factor))
 
     s3 = rows(os.path.join(out, "S3")) if os.path.isdir(os.path.join(out, "S3")) else {}
     if s3:

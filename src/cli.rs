@@ -133,7 +133,8 @@ pub struct ServeArgs {
           value_parser = at_least_one)]
     pub max_subscriptions: usize,
     /// Deepest `book` subscription served, in levels per side: clients ask
-    /// for 1, 5, 10, 25, 50, 100 or 500 levels, up to this.
+    /// for 1, 5, 10, 25, 50, 100 or 500 levels, up to this (a value between
+    /// two of them is taken down to the lower).
     #[arg(long, default_value_t = crate::book::depth::DEFAULT_MAX_BOOK_DEPTH,
           value_parser = at_least_one)]
     pub max_book_depth: usize,
@@ -173,7 +174,7 @@ pub struct SubscribeArgs {
     pub symbols: Vec<String>,
     /// Subscribe to the `book` channel (full depth) at this many levels per
     /// side (1, 5, 10, 25, 50, 100 or 500) instead of `ticker`.
-    #[arg(long, value_name = "LEVELS")]
+    #[arg(long, value_name = "LEVELS", conflicts_with = "max_rate_hz")]
     pub depth: Option<usize>,
     /// Exit after this many ticker messages (book messages with --depth).
     #[arg(long)]

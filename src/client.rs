@@ -135,6 +135,11 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<()> {
     if !(url.starts_with("ws://") || url.starts_with("wss://")) {
         bail!("expected a ws:// or wss:// URL, not `{}`", options.url);
     }
+    if options.book_depth.is_some() && url.contains("symbols=") {
+        // The URL's symbols would be subscribed to tickers, which a book
+        // client neither counts nor expects.
+        bail!("--depth subscribes to the book channel: name its symbols with --symbols, not in the URL");
+    }
     let tls = tls_client_config(options.ca_file.as_deref())?;
     let mut socket = tokio::time::timeout(options.connect_timeout, connect(&url, &tls))
         .await

@@ -183,6 +183,27 @@ fn the_subscribe_command_explains_refusals_and_ends_quietly_when_its_reader_leav
         stderr.contains("expected a ws:// or wss:// URL"),
         "{stderr}"
     );
+    // A book client names its symbols with --symbols; the URL's would be tickers.
+    let url_symbols = "ws://127.0.0.1:9/ws?symbols=X";
+    let output = run(&["subscribe", url_symbols, "--symbols", "X", "--depth", "5"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("not in the URL"), "{stderr}");
+    let output = run(&[
+        "subscribe",
+        "ws://127.0.0.1:9",
+        "--symbols",
+        "X",
+        "--depth",
+        "5",
+        "--max-rate-hz",
+        "1",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot be used with"),
+        "rate caps are for tickers"
+    );
 
     let dir = std::env::temp_dir().join(format!("tickwire-refusals-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

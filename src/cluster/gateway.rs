@@ -37,12 +37,16 @@ use tokio_util::sync::CancellationToken;
 use super::wire::depth::{depth_subject_for, DepthRecord, DEPTH_SUBJECT_PREFIX};
 use super::wire::{subject_for, TickerRecord, WireError};
 use super::{ClusterError, LastValues, Link, DEPTH, TICKERS};
-use crate::book::depth::deepest_served;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
+use crate::metrics::depth::DepthEvent;
 use crate::metrics::ClusterStats;
 
 /// The status reason while the NATS connection is down.
 pub const DISCONNECTED_REASON: &str = "source disconnected";
+
+/// The status reason of a book whose last version could not be read again
+/// after a reconnect: versions published meanwhile may be lost.
+pub const UNCONFIRMED_REASON: &str = "source reconnected; awaiting the book's next version";
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -116,7 +120,7 @@ pub async fn spawn(
         shutdown.clone(),
     ));
     let loaded = match load_last_values(&client, &merger).await {
-        Ok(loaded) => loaded,
+        Ok(LastValuesRead { loaded, .. }) => loaded,
         Err(e) => {
             reader.abort();
             return Err(e);
@@ -200,9 +204,9 @@ async fn follow_link(
         let mut attempt = 0u32;
         loop {
             match load_last_values(&client, &merger).await {
-                Ok(loaded) => {
-                    tracing::info!(loaded, "last values reloaded after reconnect");
-                    merger.source_up();
+                Ok(read) => {
+                    tracing::info!(loaded = read.loaded, "last values reloaded after reconnect");
+                    merger.source_up(read.books);
                     break;
                 }
                 Err(e) => {
@@ -222,20 +226,34 @@ async fn follow_link(
     }
 }
 
+/// What [`load_last_values`] read.
+struct LastValuesRead {
+    /// Records read from both streams.
+    loaded: u64,
+    /// Whether the books' last values were read too.
+    books: bool,
+}
+
 /// Reads the newest record of every subject from both last-value streams.
 /// Only the tickers' is required (see [`super::ensure_streams`]).
 async fn load_last_values(
     client: &async_nats::Client,
     merger: &Merger,
-) -> Result<u64, ClusterError> {
+) -> Result<LastValuesRead, ClusterError> {
     let jetstream = async_nats::jetstream::new(client.clone());
     let mut loaded = load_stream(&jetstream, TICKERS, merger).await?;
-    match load_stream(&jetstream, DEPTH, merger).await {
-        Ok(books) => loaded += books,
-        Err(e) => tracing::warn!("{e}: books start from their next versions"),
-    }
+    let books = match load_stream(&jetstream, DEPTH, merger).await {
+        Ok(books) => {
+            loaded += books;
+            true
+        }
+        Err(e) => {
+            tracing::warn!("{e}: books start from their next versions");
+            false
+        }
+    };
     merger.stats.loaded.fetch_add(loaded, Relaxed);
-    Ok(loaded)
+    Ok(LastValuesRead { loaded, books })
 }
 
 /// Reads the newest record of every subject of one last-value stream. Stops
@@ -553,8 +571,9 @@ impl Merger {
         }
         // Checked on every record of a version, not only the first: the same
         // version comes again after a reconnect and must not turn it live.
-        let served = deepest_served(self.hub.max_book_depth());
+        let served = self.hub.max_book_depth();
         if record.seq > 0 && !record.vouches_for(served) {
+            self.hub.metrics().depth.count(DepthEvent::CutShort);
             held.depth.state = SymbolState::Stale;
             held.depth.reason = format!(
                 "cut short: the source keeps {} levels a side, fewer than the {served} served here",
@@ -596,17 +615,24 @@ impl Merger {
     }
 
     /// The connection is back and the last values are read: every symbol
-    /// takes the status its ingest last published.
-    fn source_up(&self) {
+    /// takes the status its ingest last published. Books take theirs only if
+    /// their last values were read too (`books`); otherwise a version
+    /// published during the outage may be missing, and each stays stale until
+    /// its next record.
+    fn source_up(&self, books: bool) {
         let mut state = self.lock();
         state.source_up = true;
         for held in state.symbols.values() {
             self.hub
                 .set_status(&held.entry, held.ticker.state, &held.ticker.reason);
-            if held.depth.heard {
-                held.entry
-                    .depth()
-                    .set_status(held.depth.state, &held.depth.reason);
+            if !held.depth.heard {
+                continue;
+            }
+            let depth = held.entry.depth();
+            if books {
+                depth.set_status(held.depth.state, &held.depth.reason);
+            } else {
+                depth.set_status(SymbolState::Stale, UNCONFIRMED_REASON);
             }
         }
     }
@@ -781,7 +807,7 @@ mod tests {
         merger.apply(record("A", 5, 2, 200));
         assert_eq!(served(&merger, "A"), Some((2, 200)));
         assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Stale));
-        merger.source_up();
+        merger.source_up(true);
         assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Live));
         assert_eq!(state("B").map(|s| s.state), Some(SymbolState::Live));
     }
@@ -925,10 +951,16 @@ mod tests {
         deeper.apply_depth(depth_record("A", 5, 2, 100));
         deeper.source_down();
         deeper.apply_depth(depth_record("A", 5, 2, 100));
-        deeper.source_up();
+        deeper.source_up(true);
         let (seq, bids, status) = book(&deeper, "A").expect("seq 1 was served");
         assert_eq!((seq, bids, status.state), (1, 40, SymbolState::Stale));
         assert!(status.reason.starts_with("cut short"), "{}", status.reason);
+        // Each record cut short is counted where a standalone server counts its own.
+        let page = deeper.hub.metrics().render(1);
+        assert!(
+            page.contains("tickwire_depth_messages_total{outcome=\"cut_short\"} 2"),
+            "{page}"
+        );
     }
 
     #[test]
@@ -972,6 +1004,21 @@ mod tests {
     }
 
     #[test]
+    fn books_whose_last_values_were_not_read_again_stay_stale_until_their_next_record() {
+        let merger = merger(10);
+        merger.apply_depth(depth_record("A", 5, 1, 10));
+        merger.apply_depth(depth_record("B", 5, 1, 10));
+        merger.source_down();
+        merger.source_up(false);
+        let status = |s: &str| merger.hub.get(s).map(|e| e.depth().status());
+        let a = status("A").map(|s| (s.state, s.reason.to_string()));
+        assert_eq!(a, Some((SymbolState::Stale, UNCONFIRMED_REASON.to_owned())));
+        merger.apply_depth(depth_record("A", 5, 2, 10));
+        assert_eq!(status("A").map(|s| s.state), Some(SymbolState::Live));
+        assert_eq!(status("B").map(|s| s.state), Some(SymbolState::Stale));
+    }
+
+    #[test]
     fn a_lost_source_makes_heard_books_stale_and_leaves_the_others_awaiting() {
         let merger = merger(10);
         merger.apply_depth(depth_record("A", 5, 1, 10));
@@ -988,7 +1035,7 @@ mod tests {
             reason("B").as_deref(),
             Some(crate::fanout::depth::AWAITING_SNAPSHOT)
         );
-        merger.source_up();
+        merger.source_up(true);
         let state = merger.hub.get("A").map(|e| e.depth().status().state);
         assert_eq!(state, Some(SymbolState::Live));
         assert_eq!(

@@ -99,6 +99,18 @@ struct Channel {
     last: Option<(u64, u64)>,
 }
 
+impl Channel {
+    /// Whether the version and status `key` names is still to be published;
+    /// notes it as published if so.
+    fn takes(&mut self, key: (u64, u64)) -> bool {
+        if self.last == Some(key) {
+            return false;
+        }
+        self.last = Some(key);
+        true
+    }
+}
+
 struct Publisher {
     hub: Arc<Hub>,
     client: async_nats::Client,
@@ -217,15 +229,21 @@ impl Publisher {
             return;
         };
         let entry = &published.entry;
-        let (channel, record, key) = if slot & DEPTH_SLOT == 0 {
+        // The (seq, status generation) key is compared before a record is
+        // built: a book's record copies and encodes hundreds of levels.
+        let (channel, record) = if slot & DEPTH_SLOT == 0 {
             published.ticker.slot.clear();
             let status = entry.status();
-            let record = match entry.current() {
+            let current = entry.current();
+            let key = (current.as_ref().map_or(0, |s| s.seq), status.generation);
+            if !published.ticker.takes(key) {
+                return;
+            }
+            let record = match current {
                 Some(snapshot) => TickerRecord::of_snapshot(&snapshot, self.epoch, &status),
                 None => TickerRecord::declared(entry.name().clone(), self.epoch, &status),
             };
-            let key = (record.seq, status.generation);
-            (&mut published.ticker, record.encode(), key)
+            (&published.ticker, record.encode())
         } else {
             published.depth.slot.clear();
             // Published even before a first version: a restarted ingest's
@@ -233,6 +251,10 @@ impl Publisher {
             let depth = entry.depth();
             let status = depth.status();
             let version = depth.current();
+            let key = (version.as_ref().map_or(0, |v| v.seq), status.generation);
+            if !published.depth.takes(key) {
+                return;
+            }
             let levels = self.hub.max_book_depth();
             let record = DepthRecord::of_book(
                 entry.name(),
@@ -241,13 +263,8 @@ impl Publisher {
                 self.epoch,
                 &status,
             );
-            let key = (record.seq, status.generation);
-            (&mut published.depth, record.encode(), key)
+            (&published.depth, record.encode())
         };
-        if channel.last == Some(key) {
-            return;
-        }
-        channel.last = Some(key);
         let Some(subject) = channel.subject.clone() else {
             return;
         };

@@ -24,7 +24,7 @@ mod subscribers;
 
 use subscribers::Subscribers;
 
-use crate::book::depth::DEFAULT_MAX_BOOK_DEPTH;
+use crate::book::depth::{deepest_served, DEFAULT_MAX_BOOK_DEPTH};
 use crate::book::Snapshot;
 use crate::metrics::Metrics;
 use crate::normalize::Tick;
@@ -343,8 +343,11 @@ impl Hub {
     }
 
     /// Sets the deepest `book` subscription served (levels per side).
+    /// A setting between two served depths (200, say) is taken down to the
+    /// served depth below it (100): no client can ask for more, and keeping
+    /// more would only let a book be cut short for levels nobody sees.
     pub fn with_max_book_depth(mut self, levels: usize) -> Self {
-        self.max_book_depth = levels.max(1);
+        self.max_book_depth = deepest_served(levels);
         self
     }
 

@@ -87,8 +87,8 @@ impl DepthRecord {
         let (seq, bids, asks, exchange_ts_ns, ingest_ts_ns) = match version {
             Some(v) => (
                 v.seq,
-                v.bids.to_vec(),
-                v.asks.to_vec(),
+                v.bids[..v.bids.len().min(MAX_LEVELS)].to_vec(),
+                v.asks[..v.asks.len().min(MAX_LEVELS)].to_vec(),
                 v.exchange_ts_ns,
                 v.ingest_ts_ns,
             ),
