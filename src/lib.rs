@@ -43,9 +43,10 @@
 //!   path filters by; [`limits`] keeps any one client or address from taking
 //!   the server down (connections per IP, `Origin`, inbound message rate).
 //! - [`cluster`] scales out on NATS: `tickwire ingest` publishes every book
-//!   version ([`cluster::ingest`], encoded by [`cluster::wire`]) and stateless
-//!   gateways rebuild the book from NATS into their own fan-out
-//!   ([`cluster::gateway`]), so sessions serve it unchanged.
+//!   version, top of book and depth ([`cluster::ingest`], encoded by
+//!   [`cluster::wire`]), and stateless gateways rebuild the book from NATS
+//!   into their own fan-out ([`cluster::gateway`]), so sessions serve it
+//!   unchanged on both channels.
 //! - [`metrics`] names every counter and keeps latency in HdrHistograms.
 //! - [`client`] is the small WebSocket client behind `tickwire subscribe`,
 //!   [`bench`](mod@bench) the load generator behind `tickwire bench`, and [`cli`] the

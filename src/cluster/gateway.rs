@@ -2,16 +2,16 @@
 //! (top of book and depth) from NATS into its local [`Hub`], whose sessions
 //! then serve it unchanged.
 //!
-//! Start-up subscribes first and only then reads the last-value stream, so no
-//! version published in between is lost; both paths go through one
-//! `Merger`, which keeps a version only if its `(epoch, seq)` is newer than
-//! the one held, for each symbol's ticker and depth apart. A new epoch (a restarted ingest) wins whatever its `seq`; the
-//! served `seq` then continues from the last one served, so clients still see
-//! it only increase.
+//! Start-up subscribes first and only then reads the last-value streams, so no
+//! version published in between is lost; both paths go through one `Merger`,
+//! which keeps a version only if its `(epoch, seq)` is newer than the one held,
+//! for each symbol's ticker and depth apart. A new epoch (a restarted ingest)
+//! wins whatever its `seq`; the served `seq` then continues from the last one
+//! served, so clients still see it only increase.
 //!
-//! The subscription reader never blocks on the fan-out: it takes everything
-//! the client has buffered, keeps only the newest record per symbol, and
-//! applies that batch (bounded by the number of symbols, not by the message
+//! The subscription reader never blocks on the fan-out: it takes everything the
+//! client has buffered, keeps only the newest record per symbol and channel,
+//! and applies that batch (bounded by the number of symbols, not by the message
 //! rate), so the gateway never falls behind NATS and becomes a slow consumer.
 //!
 //! When the NATS connection drops, every symbol turns `stale` and keeps its

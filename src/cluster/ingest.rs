@@ -2,13 +2,13 @@
 //! book and depth alike.
 //!
 //! The publisher subscribes to every symbol the way a session does (one
-//! [`Slot`] per symbol and channel), so it reads each one's *current* version when it
-//! drains. While NATS keeps up that is every version; when the NATS client
-//! pushes back (a slow or absent server), versions conflate in the hub instead
-//! of queueing here, and the next publish carries the newest book. Status
-//! changes (a live feed going stale) are published as the same version with
-//! the new status. After a reconnect the whole book is published again, so the
-//! last-value stream and every gateway catch up with what was missed.
+//! [`Slot`] per symbol and channel), so it reads each one's *current* version
+//! when it drains. While NATS keeps up that is every version; when the NATS
+//! client pushes back (a slow or absent server), versions conflate in the hub
+//! instead of queueing here, and the next publish carries the newest book.
+//! Status changes (a live feed going stale) are published as the same version
+//! with the new status. After a reconnect the whole book is published again, so
+//! the last-value stream and every gateway catch up with what was missed.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;

@@ -199,7 +199,7 @@ impl Subscriptions {
     /// Ticker notices are taken in batches: first every slot of the batch is
     /// cleared, then one fence, then each symbol's version is read and
     /// appended. A batch is appended whole, so `out` may pass `high_water` by
-    /// up to [`CLEAR_BATCH`] tickers (about 10 KiB); book versions, which may
+    /// up to `CLEAR_BATCH` tickers (about 10 KiB); book versions, which may
     /// be large, are taken one at a time.
     pub fn fill(&mut self, out: &mut Outbox, high_water: usize) -> usize {
         if !self.write_answer(out, high_water) {
