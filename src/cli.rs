@@ -393,19 +393,30 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
     // A book cut shorter than the deepest subscription cannot vouch for it
     // and goes stale; a venue's book may never grow that deep, so this is
     // only said, not refused.
-    for feed in &feeds {
-        if let config::FeedConfig::Replay(replay) = feed {
-            if replay.max_book_levels < args.max_book_depth {
-                tracing::warn!(
-                    feed = %replay.name,
-                    "the feed keeps {} levels a side (`max_book_levels`), fewer than the {} that --max-book-depth serves: a book cut at that cap is stale",
-                    replay.max_book_levels,
-                    args.max_book_depth
-                );
-            }
-        }
+    for (replay, served) in shallower_than_served(&feeds, args.max_book_depth) {
+        tracing::warn!(
+            feed = %replay.name,
+            "the feed keeps {} levels a side (`max_book_levels`), fewer than the {served} that --max-book-depth serves: a book cut at that cap is stale",
+            replay.max_book_levels,
+        );
     }
     Ok(feeds)
+}
+
+/// The replay feeds whose books keep fewer levels than the deepest depth
+/// served under `max_book_depth` (which the hub takes down to a depth
+/// clients can ask for), with that depth.
+fn shallower_than_served(
+    feeds: &[config::FeedConfig],
+    max_book_depth: usize,
+) -> impl Iterator<Item = (&replay::ReplayConfig, usize)> {
+    let served = crate::book::depth::deepest_served(max_book_depth);
+    feeds.iter().filter_map(move |feed| match feed {
+        config::FeedConfig::Replay(replay) if replay.max_book_levels < served => {
+            Some((replay, served))
+        }
+        _ => None,
+    })
 }
 
 /// `PREFIX=PATH` or `PATH`. A `=` inside a path (after a `/`) is part of the path.
@@ -622,6 +633,31 @@ mod tests {
         assert!(!parses(&["--coalesce-us", "99999999999"]));
         assert!(parses(&["--listen", "localhost:0"]));
         assert!(!parses(&["--listen", "localhost"]), "no port");
+    }
+
+    #[test]
+    fn a_feed_is_warned_about_only_when_it_is_shallower_than_what_is_served() {
+        let replay = |max_book_levels| {
+            config::FeedConfig::Replay(replay::ReplayConfig {
+                name: format!("keeps {max_book_levels}"),
+                sources: Vec::new(),
+                speed: replay::Speed::Max,
+                looped: false,
+                max_gap: Duration::from_secs(1),
+                start_paused: false,
+                max_book_levels,
+            })
+        };
+        let feeds = [replay(150), replay(50)];
+        let warned = |max_book_depth| -> Vec<(String, usize)> {
+            shallower_than_served(&feeds, max_book_depth)
+                .map(|(replay, served)| (replay.name.clone(), served))
+                .collect()
+        };
+        // 200 serves 100 levels: a feed keeping 150 is deep enough.
+        assert_eq!(warned(200), [("keeps 50".to_owned(), 100)]);
+        assert_eq!(warned(50), []);
+        assert_eq!(warned(500).len(), 2);
     }
 
     #[test]
