@@ -298,14 +298,6 @@ async fn clients_of_two_gateways_see_the_book_of_a_standalone_replay() {
     BookView::default().read_to_final(&mut books, &ingest).await;
 }
 
-/// Levels as a `book` message shows them: `[["price","size"], ...]`.
-fn level_pairs(levels: &[tickwire::book::Level]) -> Value {
-    levels
-        .iter()
-        .map(|l| json!([l.price.to_string(), l.size.to_string()]))
-        .collect()
-}
-
 /// What a `book` client of a gateway has seen: the last book per symbol
 /// (each checked to move `seq` forward with `skipped` consistent) and every
 /// book status, in order.
@@ -344,12 +336,7 @@ impl BookView {
     /// Reads until every symbol shows `ingest`'s last depth version, and
     /// checks its best 10 levels.
     async fn read_to_final(&mut self, client: &mut Client, ingest: &Ingest) {
-        let final_book = |symbol: &str| {
-            let depth = ingest.hub.get(symbol).and_then(|e| e.depth().current());
-            let depth = depth.expect("the replay built a book");
-            let (bids, asks) = depth.top(10);
-            (depth.seq, level_pairs(bids), level_pairs(asks))
-        };
+        let final_book = |symbol: &str| book_top(&ingest.hub, symbol, 10);
         self.read_until(client, "every book's last version", |view| {
             SYMBOLS.iter().all(|&symbol| {
                 view.books.get(symbol).and_then(|b| b["seq"].as_u64()) == Some(final_book(symbol).0)
@@ -413,12 +400,7 @@ async fn a_gateway_started_after_the_replay_ended_serves_the_full_book() {
     // The ingest's own final books, which the gateway must serve as they are.
     let books: HashMap<&str, (u64, Value, Value)> = SYMBOLS
         .iter()
-        .map(|&symbol| {
-            let depth = ingest.hub.get(symbol).and_then(|e| e.depth().current());
-            let depth = depth.expect("the replay built a book");
-            let (bids, asks) = depth.top(10);
-            (symbol, (depth.seq, level_pairs(bids), level_pairs(asks)))
-        })
+        .map(|&symbol| (symbol, book_top(&ingest.hub, symbol, 10)))
         .collect();
 
     // Wait until the last-value streams hold each symbol's final versions.

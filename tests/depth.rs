@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 
-use common::{metric, replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
+use common::{book_top, metric, replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tickwire::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
@@ -491,20 +491,6 @@ impl BookClient {
     }
 }
 
-/// The server's current top `depth` of `symbol` as the wire shows it.
-fn server_top(server: &TestServer, symbol: &str, depth: usize) -> (u64, Value, Value) {
-    let entry = server.hub.get(symbol).expect("symbol served");
-    let current = entry.depth().current().expect("a book was published");
-    let (bids, asks) = current.top(depth);
-    let pairs = |levels: &[tickwire::book::Level]| -> Value {
-        levels
-            .iter()
-            .map(|l| json!([l.price.to_string(), l.size.to_string()]))
-            .collect()
-    };
-    (current.seq, pairs(bids), pairs(asks))
-}
-
 /// Reads until the client holds the server's final version of every symbol.
 async fn read_until_final(
     client: &mut Client,
@@ -568,7 +554,7 @@ async fn book_clients_verify_every_message_and_converge_even_when_conflated() {
     for symbol in symbols {
         for (state, depth) in [(&eager_state, 10), (&slow_state, 5)] {
             let held = &state.books[symbol];
-            let (seq, bids, asks) = server_top(&server, symbol, depth);
+            let (seq, bids, asks) = book_top(&server.hub, symbol, depth);
             assert_eq!(held["seq"].as_u64(), Some(seq));
             assert_eq!(
                 (&held["bids"], &held["asks"]),

@@ -362,6 +362,16 @@ enum Step {
 }
 
 impl Track {
+    /// The status clients see: the ingest's last, or stale while the link
+    /// to it is down.
+    fn shown(&self, source_up: bool) -> (SymbolState, &str) {
+        if source_up {
+            (self.state, &self.reason)
+        } else {
+            (SymbolState::Stale, DISCONNECTED_REASON)
+        }
+    }
+
     /// Takes a record's `(epoch, seq)` and status. A new epoch (a restarted
     /// ingest) wins whatever its seq, and its seqs count on from the last one
     /// served.
@@ -546,13 +556,8 @@ impl Merger {
             let version = record.to_snapshot(held.entry.name(), seq);
             self.hub.publish_version(&held.entry, Arc::new(version));
         }
-        if source_up {
-            self.hub
-                .set_status(&held.entry, held.ticker.state, &held.ticker.reason);
-        } else {
-            self.hub
-                .set_status(&held.entry, SymbolState::Stale, DISCONNECTED_REASON);
-        }
+        let (state, reason) = held.ticker.shown(source_up);
+        self.hub.set_status(&held.entry, state, reason);
     }
 
     /// Serves a depth `record` if it is newer than what is held and vouches
@@ -591,12 +596,8 @@ impl Merger {
             self.hub
                 .publish_depth_version(&held.entry, Arc::new(version));
         }
-        let depth = held.entry.depth();
-        if source_up {
-            depth.set_status(held.depth.state, &held.depth.reason);
-        } else {
-            depth.set_status(SymbolState::Stale, DISCONNECTED_REASON);
-        }
+        let (state, reason) = held.depth.shown(source_up);
+        held.entry.depth().set_status(state, reason);
     }
 
     /// The connection dropped: every symbol keeps its value but turns stale.

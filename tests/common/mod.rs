@@ -782,3 +782,18 @@ pub fn declare_quoted_symbols(hub: &Hub, count: usize) -> Vec<String> {
     }
     names
 }
+
+/// `hub`'s current book of `symbol` as a `book` message shows it: its `seq`
+/// and its best `depth` bids and asks, each `["price","size"]`.
+pub fn book_top(hub: &Hub, symbol: &str, depth: usize) -> (u64, Value, Value) {
+    let entry = hub.get(symbol).expect("symbol served");
+    let current = entry.depth().current().expect("a book was published");
+    let (bids, asks) = current.top(depth);
+    let pairs = |levels: &[tickwire::book::Level]| -> Value {
+        levels
+            .iter()
+            .map(|l| serde_json::json!([l.price.to_string(), l.size.to_string()]))
+            .collect()
+    };
+    (current.seq, pairs(bids), pairs(asks))
+}
