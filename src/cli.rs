@@ -91,9 +91,10 @@ pub struct PlotArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address for HTTP and WebSocket (`/ws`): IP:PORT, or HOST:PORT
-    /// (`localhost:8080`), which takes the name's first address.
-    #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_address)]
-    pub listen: SocketAddr,
+    /// (`localhost:8080`), which listens on every address the name has
+    /// (127.0.0.1 and ::1, say), all on the same port.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_addresses)]
+    pub listen: ListenAddresses,
     /// Threads serving connections and live feeds (default: one per core);
     /// replays and synthetic feeds run on threads of their own. Fewer leave
     /// cores to whatever shares the machine, such as a load generator.
@@ -214,20 +215,73 @@ fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
 }
 
+/// What `--listen` names: one address, or every address of a host name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddresses(Vec<SocketAddr>);
+
 /// `--listen`: an address, or a host name and port resolved once at start.
-fn listen_address(text: &str) -> Result<SocketAddr, String> {
+/// A name resolves to each of its addresses once, in the resolver's order.
+fn listen_addresses(text: &str) -> Result<ListenAddresses, String> {
     use std::net::ToSocketAddrs as _;
     if let Ok(address) = text.parse() {
-        return Ok(address);
+        return Ok(ListenAddresses(vec![address]));
     }
     match text.to_socket_addrs() {
-        Ok(mut addresses) => addresses
-            .next()
-            .ok_or_else(|| format!("{text} resolves to no address")),
+        Ok(resolved) => {
+            let mut addresses: Vec<SocketAddr> = Vec::new();
+            for address in resolved {
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+            if addresses.is_empty() {
+                return Err(format!("{text} resolves to no address"));
+            }
+            Ok(ListenAddresses(addresses))
+        }
         Err(e) => Err(format!(
             "{e} (expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080)"
         )),
     }
+}
+
+/// Connections the kernel may hold completed but not yet accepted. The
+/// standard library's 128 overflows when thousands of clients reconnect at
+/// once (after a restart, say): the kernel then drops their handshakes and
+/// each waits a second or more for its retransmission. The kernel caps this
+/// at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds every address of `--listen`. With port 0 the first address picks
+/// the port and the others take the same one, so one port serves them all.
+/// An IPv6 socket is made IPv6-only, so `[::]` and `0.0.0.0` can both be bound.
+fn bind_all(addresses: &ListenAddresses) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(addresses.0.len());
+    for &requested in &addresses.0 {
+        let mut address = requested;
+        if let (0, Some(first)) = (address.port(), listeners.first()) {
+            address.set_port(first.local_addr()?.port());
+        }
+        let listener = bind(address).with_context(|| format!("cannot listen on {address}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// A count that must be at least 1 (a limit of 0 would refuse everything).
@@ -468,9 +522,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         Some(url) => Some(ingest::spawn(hub.clone(), url, feeds_shutdown.clone()).await?),
         None => None,
     };
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listeners = bind_all(&args.listen)?;
     let mut config = ServerConfig {
         session: SessionConfig {
             max_message_bytes: args.max_message_bytes,
@@ -487,17 +539,19 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
     if config.auth.enabled() {
         tracing::info!("clients must present credentials");
     }
-    let address = listener.local_addr()?;
     let (ws, http) = match config.tls {
         Some(_) => ("wss", "https"),
         None => ("ws", "http"),
     };
     let symbols = hub.symbol_count();
-    tracing::info!(
-        "serving {symbols} symbol{}: {ws}://{address}/ws, {http}://{address}/metrics",
-        if symbols == 1 { "" } else { "s" }
-    );
-    server::run(listener, hub, config, shutdown_signal()).await?;
+    for listener in &listeners {
+        let address = listener.local_addr()?;
+        tracing::info!(
+            "serving {symbols} symbol{}: {ws}://{address}/ws, {http}://{address}/metrics",
+            if symbols == 1 { "" } else { "s" }
+        );
+    }
+    server::run_on(listeners, hub, config, shutdown_signal()).await?;
     feeds_shutdown.cancel();
     if let Some(publisher) = publisher {
         publisher.stopped().await;
@@ -633,6 +687,75 @@ mod tests {
         assert!(!parses(&["--coalesce-us", "99999999999"]));
         assert!(parses(&["--listen", "localhost:0"]));
         assert!(!parses(&["--listen", "localhost"]), "no port");
+    }
+
+    #[tokio::test]
+    async fn a_name_with_several_addresses_is_served_on_all_of_them_on_one_port() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let both = ListenAddresses(vec![
+            "127.0.0.1:0".parse().expect("address"),
+            "[::1]:0".parse().expect("address"),
+        ]);
+        let listeners = bind_all(&both).expect("binds 127.0.0.1 and ::1");
+        let bound: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|listener| listener.local_addr().expect("local address"))
+            .collect();
+        assert_eq!(bound.len(), 2);
+        assert_ne!(bound[0].port(), 0);
+        assert_eq!(
+            bound[0].port(),
+            bound[1].port(),
+            "one port for every address"
+        );
+
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::default())));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::run_on(
+            listeners,
+            hub,
+            ServerConfig::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        // Twice round, so the listener looked at first has rotated.
+        for address in bound.iter().chain(&bound) {
+            let mut stream = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connects");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("writes");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("reads");
+            assert!(
+                response.starts_with("HTTP/1.1 200"),
+                "{address}: {response}"
+            );
+            assert!(response.ends_with("ok\n"), "{address}: {response}");
+        }
+        let _ = stop.send(());
+        server.await.expect("joins").expect("stops cleanly");
+    }
+
+    #[test]
+    fn a_host_name_listens_on_each_of_its_addresses_once() {
+        let localhost = listen_addresses("localhost:8080").expect("resolves");
+        assert!(!localhost.0.is_empty());
+        let mut unique = localhost.0.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), localhost.0.len(), "no address twice");
+        assert!(localhost
+            .0
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8080));
+        assert_eq!(
+            listen_addresses("[::1]:9").expect("parses"),
+            ListenAddresses(vec!["[::1]:9".parse().expect("address")])
+        );
     }
 
     #[test]

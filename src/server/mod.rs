@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -88,6 +89,17 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    run_on(vec![listener], hub, config, shutdown).await
+}
+
+/// [`run`] on several listening sockets at once (a host name's IPv4 and
+/// IPv6 addresses, say), all serving the same clients.
+pub async fn run_on(
+    listeners: Vec<TcpListener>,
+    hub: Arc<Hub>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let shared = Arc::new(Shared {
         hub,
         session_config: Arc::new(config.session.clone()),
@@ -105,10 +117,11 @@ pub async fn run(
         .map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
+    let mut next_listener = 0;
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners, &mut next_listener) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -141,7 +154,7 @@ pub async fn run(
 
     tracing::info!("shutting down: closing sessions with 1001");
     shared.shutdown.begin();
-    drop(listener);
+    drop(listeners);
     connections.close();
     shared.sessions.close();
     let grace = shared.config.shutdown_grace;
@@ -154,6 +167,25 @@ pub async fn run(
         tracing::warn!(?grace, "some connections did not close in time");
     }
     Ok(())
+}
+
+/// The next connection on any of `listeners`. The one looked at first
+/// rotates, so a busy socket cannot starve the others.
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for offset in 0..listeners.len() {
+            let index = (*next + offset) % listeners.len();
+            if let Poll::Ready(accepted) = listeners[index].poll_accept(cx) {
+                *next = index + 1;
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
