@@ -35,6 +35,8 @@ use crate::session::SessionConfig;
 )]
 pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `tickwire=debug` (or RUST_LOG).
+    /// The NATS client's own events are left out below `warn` unless the
+    /// filter names `async_nats`: tickwire reports them itself, once each.
     #[arg(long, global = true, default_value = "info", env = "TICKWIRE_LOG")]
     pub log: String,
     #[command(subcommand)]
@@ -391,7 +393,10 @@ fn error_chain(error: &anyhow::Error) -> String {
 }
 
 fn init_tracing(filter: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    if !filter.contains("async_nats") {
+        filter.push_str(",async_nats=warn");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

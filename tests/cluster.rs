@@ -619,6 +619,48 @@ async fn a_restarted_ingest_is_served_at_once_and_seq_keeps_increasing() {
     );
 }
 
+/// Waits until the gateway's `/metrics` page satisfies `done`.
+async fn metrics_until(gateway: &Binary, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let page = http_get(gateway.addr, "/metrics").await.1;
+        if done(&page) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_is_logged_once_as_lost_and_once_as_restored() {
+    const CONNECTED: &str = "tickwire_cluster_connected{role=\"gateway\"}";
+    const RECONNECTS: &str = "tickwire_cluster_reconnects_total{role=\"gateway\"}";
+    let mut nats = NatsServer::start();
+    let gateway = Binary::serve(&["--source", &nats.url()]);
+    nats.kill();
+    metrics_until(&gateway, "the link is down", |page| {
+        metric(page, CONNECTED) == 0.0
+    })
+    .await;
+    // Long enough for several failed reconnects (the client retries within
+    // a second), each of which the NATS client reports as an error event.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    nats.restart();
+    metrics_until(&gateway, "the link is back", |page| {
+        metric(page, CONNECTED) == 1.0 && metric(page, RECONNECTS) == 1.0
+    })
+    .await;
+    let (clean, log) = gateway.terminate();
+    assert!(clean, "{log}");
+    assert_eq!(log.matches("NATS connection lost").count(), 1, "{log}");
+    assert_eq!(log.matches("NATS connection restored").count(), 1, "{log}");
+    // The NATS client's own copies of those events, and the failed
+    // reconnects, stay below the default level.
+    assert!(!log.contains("async_nats"), "{log}");
+    assert!(!log.contains("error"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_stops_even_when_nats_is_gone() {
     let mut nats = NatsServer::start();

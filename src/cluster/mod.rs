@@ -157,14 +157,25 @@ fn on_event(event: &async_nats::Event, link: &watch::Sender<Link>, stats: &Clust
             stats.connected.store(true, Relaxed);
         }
         async_nats::Event::Disconnected | async_nats::Event::Closed => {
-            link.send_modify(|link| link.connected = false);
+            let mut lost = false;
+            link.send_modify(|link| {
+                lost = link.connected;
+                link.connected = false;
+            });
             stats.connected.store(false, Relaxed);
-            tracing::warn!("NATS connection lost: {event}");
+            match event {
+                // Closed is the client shutting down, which only we do.
+                async_nats::Event::Closed => tracing::info!("NATS connection closed"),
+                _ if lost => tracing::warn!("NATS connection lost: {event}"),
+                _ => tracing::debug!("NATS: {event}"),
+            }
         }
         async_nats::Event::SlowConsumer(_) => {
             stats.slow_consumer.fetch_add(1, Relaxed);
             tracing::warn!("NATS: {event}");
         }
+        // While the link is down every failed reconnect is an error event.
+        other if !link.borrow().connected => tracing::debug!("NATS: {other}"),
         other => tracing::info!("NATS: {other}"),
     }
 }
