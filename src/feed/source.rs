@@ -56,6 +56,14 @@ pub enum SourceError {
         /// The file's name.
         name: String,
     },
+    /// A tickwire NDJSON file whose header names a version this build cannot read.
+    #[error("{name}: {reason}")]
+    UnsupportedVersion {
+        /// The file's name.
+        name: String,
+        /// The header's version.
+        reason: String,
+    },
     /// The file holds no non-blank line.
     #[error("{name}: replay file is empty")]
     Empty {
@@ -219,6 +227,12 @@ impl ReplayFile {
             file.parser = Parser::Coinbase;
             file.pending = true;
         } else if first.trim_ascii_start().starts_with(b"{") {
+            if let Some(reason) = native::refused_header(first) {
+                return Err(SourceError::UnsupportedVersion {
+                    name: file.name,
+                    reason,
+                });
+            }
             file.parser = Parser::Native;
             file.pending = true;
         } else {
@@ -519,6 +533,23 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn a_tickwire_file_of_another_version_is_refused_whole() {
+        for header in [r#"{"tickwire_replay":2}"#, r#"{"tickwire_replay":"1"}"#] {
+            let text = format!("{header}\n{{\"recv_ts_ns\":1,\"symbol\":\"X\",\"type\":\"trade\",\"price\":\"1\",\"size\":\"1\"}}\n");
+            let error = memory("v", text).expect_err(header).to_string();
+            assert!(error.starts_with("v: tickwire_replay"), "{error}");
+        }
+        let error = memory("v2", "{\"tickwire_replay\":2}\n")
+            .expect_err("v2")
+            .to_string();
+        assert!(
+            error.contains("version 2 (this build reads version 1)"),
+            "{error}"
+        );
+        assert!(memory("v1", "{\"tickwire_replay\":1}\n").is_ok());
     }
 
     #[test]

@@ -21,6 +21,24 @@ use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
 /// The format version written in, and accepted from, the header line.
 pub const VERSION: i64 = 1;
 
+fn unsupported(version: i64) -> String {
+    format!("tickwire_replay version {version} (this build reads version {VERSION})")
+}
+
+/// Why a file's first line refuses the whole file: a header of a format
+/// version this build cannot read, whose ticks would otherwise be read as
+/// version 1's. `None` for a good header and for any other line.
+pub fn refused_header(first_line: &[u8]) -> Option<String> {
+    let mut line = first_line.to_vec();
+    match parse_line(&mut line) {
+        Err(ParseError::UnknownType(what)) if what.starts_with("tickwire_replay") => Some(what),
+        Err(ParseError::Field("tickwire_replay")) => {
+            Some("tickwire_replay is not an integer version".into())
+        }
+        _ => None,
+    }
+}
+
 /// Parses one line (a header or a tick). simd-json unescapes in place, hence `&mut`.
 pub fn parse_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
     with_tape(line, parse_root)
@@ -34,9 +52,7 @@ fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
     if let Some(version) = obj.get("tickwire_replay") {
         return match version.as_i64() {
             Some(VERSION) => Ok(Parsed::Recognised(Recognised::Header)),
-            Some(other) => Err(ParseError::UnknownType(format!(
-                "tickwire_replay version {other}"
-            ))),
+            Some(other) => Err(ParseError::UnknownType(unsupported(other))),
             None => Err(ParseError::Field("tickwire_replay")),
         };
     }
