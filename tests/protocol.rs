@@ -87,6 +87,19 @@ async fn subscribe_answers_then_snapshots_then_live_updates_in_seq_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_symbols_parameter_is_answered_as_an_empty_subscribe_request() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut by_url = Client::connect(&server.url("?symbols=")).await;
+    let mut by_message = Client::connect(&server.url("")).await;
+    by_message
+        .send(json!({"op": "subscribe", "symbols": []}))
+        .await;
+    let expected = json!({"type": "subscribed", "channel": "ticker", "symbols": []});
+    assert_eq!(by_url.recv_type("subscribed").await, expected);
+    assert_eq!(by_message.recv_type("subscribed").await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_subscribe_list_ping_and_unsubscribe() {
     let server = live_server(ServerConfig::default()).await;
     let mut client = Client::connect(&server.url("?symbols=spot:BTCUSDT,usdm:BTCUSDT")).await;

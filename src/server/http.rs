@@ -428,7 +428,8 @@ async fn upgrade(
     let subprotocol = auth::subprotocols(request.headers())
         .any(|p| p == auth::SUBPROTOCOL)
         .then_some(auth::SUBPROTOCOL);
-    let initial_symbols = query.symbols();
+    // `symbols=` given, even empty, is a subscribe request; absent, none.
+    let initial_symbols = query.symbols.is_some().then(|| query.symbols());
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let context = session_context(&shared, grant);

@@ -168,17 +168,18 @@ impl SessionContext {
 
 /// Runs a session on an upgraded connection until it closes. `already_read` is
 /// whatever the HTTP layer read past the handshake; `initial_symbols` come from
-/// the `symbols=` query parameter; `permit` counts the client until it is gone.
+/// the `symbols=` query parameter, if the URL had one; `permit` counts the
+/// client until it is gone.
 pub async fn run(
     stream: Transport,
     already_read: Bytes,
-    initial_symbols: Vec<String>,
+    initial_symbols: Option<Vec<String>>,
     context: SessionContext,
     permit: Admission,
 ) {
     let metrics = context.hub.metrics().clone();
     let mut session = Session::new(stream, already_read, context);
-    if !initial_symbols.is_empty() {
+    if let Some(initial_symbols) = initial_symbols {
         entitled::subscribe(
             &mut session.subscriptions,
             &session.context.grant,
