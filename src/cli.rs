@@ -131,7 +131,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = SessionConfig::default().max_message_bytes,
           value_parser = at_least_one)]
     pub max_message_bytes: usize,
-    /// Most subscriptions per connection.
+    /// Most subscriptions per connection on each channel (`ticker`, `book`).
     #[arg(long, default_value_t = SessionConfig::default().max_subscriptions,
           value_parser = at_least_one)]
     pub max_subscriptions: usize,
@@ -157,10 +157,11 @@ pub struct ServeArgs {
     pub coalesce_us: u64,
     /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
     /// comma-separated) instead of running feeds: an edge gateway.
-    #[arg(long, value_name = "nats://...", conflicts_with_all = ["replay", "feed"])]
+    #[arg(long, value_name = "nats://...",
+          conflicts_with_all = ["replay", "feed", "speed", "looped", "once", "max_gap_ms"])]
     pub source: Option<String>,
     /// With --source: most symbols served; further ones are dropped and counted.
-    #[arg(long, default_value_t = GatewayConfig::default().max_symbols)]
+    #[arg(long, default_value_t = GatewayConfig::default().max_symbols, requires = "source")]
     pub max_source_symbols: usize,
     #[command(flatten)]
     pub security: Box<security::SecurityArgs>,
@@ -180,7 +181,7 @@ pub struct SubscribeArgs {
     #[arg(long, value_name = "LEVELS", conflicts_with = "max_rate_hz")]
     pub depth: Option<usize>,
     /// Exit after this many ticker messages (book messages with --depth).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Ask for at most this many updates per second per symbol.
     #[arg(long)]
@@ -692,6 +693,29 @@ mod tests {
         assert!(!parses(&["--coalesce-us", "99999999999"]));
         assert!(parses(&["--listen", "localhost:0"]));
         assert!(!parses(&["--listen", "localhost"]), "no port");
+        // Settings that would be silently ignored or raised are refused.
+        assert!(!parses(&["--message-burst", "0"]));
+        assert!(!parses(&["--max-header-bytes", "8191"]));
+        assert!(parses(&["--max-header-bytes", "8192"]));
+        assert!(!parses(&[
+            "--source",
+            "nats://127.0.0.1:4222",
+            "--speed",
+            "10"
+        ]));
+        assert!(!parses(&["--source", "nats://127.0.0.1:4222", "--loop"]));
+        assert!(!parses(&["--max-source-symbols", "5"]), "without --source");
+        assert!(parses(&[
+            "--source",
+            "nats://127.0.0.1:4222",
+            "--max-source-symbols",
+            "5"
+        ]));
+        let subscribe = |count: &str| {
+            let argv = ["tickwire", "subscribe", "--symbols", "X", "--count", count];
+            Cli::try_parse_from(argv).is_ok()
+        };
+        assert!(subscribe("1") && !subscribe("0"));
     }
 
     #[tokio::test]

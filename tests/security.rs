@@ -821,3 +821,65 @@ async fn the_binary_mints_eddsa_tokens_its_server_accepts_and_never_logs_them() 
     assert!(log.contains("credentials refused"), "{log}");
     assert!(!log.contains(jwt) && !log.contains(&forged), "{log}");
 }
+
+#[test]
+fn bad_security_settings_stop_the_binary_with_what_was_expected() {
+    let dir = std::env::temp_dir().join(format!("tickwire-bad-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secret = dir.join("hs256.secret");
+    std::fs::write(&secret, "not a PEM key\n").expect("write secret");
+    let secret = secret.to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["token", "--symbols", "*", "--private-key", &secret],
+            "hs256.secret: not an RS256 private key in PEM",
+        ),
+        (
+            &[
+                "token",
+                "--symbols",
+                "*",
+                "--algorithm",
+                "eddsa",
+                "--private-key",
+                &secret,
+            ],
+            "hs256.secret: not an Ed25519 private key in PEM",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--jwt-public-key",
+                &secret,
+            ],
+            "hs256.secret: not an RS256 public key in PEM",
+        ),
+        // Origins a browser never sends would lock every browser out.
+        (
+            &["serve", "--allowed-origin", "app.example"],
+            "expected SCHEME://HOST or SCHEME://HOST:PORT",
+        ),
+        (
+            &["serve", "--allowed-origin", "https://app.example/app"],
+            "is not an origin",
+        ),
+        // The HTTP parser cannot keep a limit below 8 KiB.
+        (
+            &["serve", "--max-header-bytes", "1024"],
+            "must be from 8192 to 1048576",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(args)
+            .output()
+            .expect("run tickwire");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("InvalidKeyFormat"), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -93,8 +93,10 @@ pub enum AuthSetupError {
     },
     #[error("{path}: {message}")]
     KeyFile { path: PathBuf, message: String },
-    #[error("invalid JWT key: {0}")]
-    JwtKey(jsonwebtoken::errors::Error),
+    /// jsonwebtoken's own reason (`InvalidKeyFormat`) is left out: it says
+    /// less than what was expected.
+    #[error("not {0} public key in PEM (-----BEGIN PUBLIC KEY-----)")]
+    JwtKey(&'static str),
     #[error("the HS256 secret is empty")]
     EmptySecret,
 }
@@ -166,11 +168,13 @@ impl Authenticator {
                     }
                     JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
                     JwtKey::Rs256Pem(pem) => (
-                        DecodingKey::from_rsa_pem(pem).map_err(AuthSetupError::JwtKey)?,
+                        DecodingKey::from_rsa_pem(pem)
+                            .map_err(|_| AuthSetupError::JwtKey("an RS256"))?,
                         Algorithm::RS256,
                     ),
                     JwtKey::EdDsaPem(pem) => (
-                        DecodingKey::from_ed_pem(pem).map_err(AuthSetupError::JwtKey)?,
+                        DecodingKey::from_ed_pem(pem)
+                            .map_err(|_| AuthSetupError::JwtKey("an Ed25519"))?,
                         Algorithm::EdDSA,
                     ),
                 };

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use crate::auth::mint::{self, SigningKey, TokenClaims};
-use crate::auth::{AuthConfig, Authenticator, JwtConfig, JwtKey, SymbolPattern};
+use crate::auth::{AuthConfig, AuthSetupError, Authenticator, JwtConfig, JwtKey, SymbolPattern};
 use crate::limits::{LimitsConfig, RateConfig};
 use crate::server::ServerConfig;
 use crate::session::SessionConfig;
@@ -49,14 +49,16 @@ pub struct SecurityArgs {
     /// Most WebSocket and SSE connections from one IP address (0: no limit).
     #[arg(long, default_value_t = LimitsConfig::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
-    /// Browser origins allowed to connect (repeat); default: any.
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    /// Browser origins allowed to connect (repeat), each as a browser sends
+    /// it: SCHEME://HOST or SCHEME://HOST:PORT, no path; default: any.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = origin)]
     pub allowed_origins: Vec<String>,
     /// Sustained client messages per second per connection.
     #[arg(long, default_value_t = RateConfig::default().per_second)]
     pub max_messages_per_sec: f64,
-    /// Client messages allowed in one burst.
-    #[arg(long, default_value_t = RateConfig::default().burst)]
+    /// Client messages allowed in one burst (at least 1).
+    #[arg(long, default_value_t = RateConfig::default().burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub message_burst: u32,
     /// Messages refused with `rate_limited` before closing with 1008.
     #[arg(long, default_value_t = RateConfig::default().max_strikes)]
@@ -69,8 +71,10 @@ pub struct SecurityArgs {
     #[arg(long, default_value_t = ServerConfig::default().header_timeout.as_secs(),
           value_parser = super::timeout_secs())]
     pub handshake_timeout_secs: u64,
-    /// Largest request head in bytes.
-    #[arg(long, default_value_t = ServerConfig::default().max_header_bytes)]
+    /// Largest request head in bytes, from 8,192 (the HTTP parser's
+    /// smallest buffer) to 1,048,576.
+    #[arg(long, default_value_t = ServerConfig::default().max_header_bytes,
+          value_parser = header_bytes)]
     pub max_header_bytes: usize,
     /// Serve https:// and wss:// with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -78,6 +82,23 @@ pub struct SecurityArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// `--allowed-origin`, as [`crate::limits::parse_origin`] reads it.
+fn origin(text: &str) -> Result<String, String> {
+    crate::limits::parse_origin(text)
+}
+
+/// `--max-header-bytes`: hyper's HTTP/1 parser needs a buffer of at least
+/// 8 KiB, so a smaller limit cannot be kept and is refused, not raised.
+fn header_bytes(text: &str) -> Result<usize, String> {
+    const RANGE: std::ops::RangeInclusive<usize> = 8 * 1024..=1024 * 1024;
+    let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if RANGE.contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!("must be from {} to {}", RANGE.start(), RANGE.end()))
+    }
 }
 
 impl SecurityArgs {
@@ -104,7 +125,14 @@ impl SecurityArgs {
             }),
             api_keys: self.api_keys.clone(),
         };
-        config.auth = Arc::new(Authenticator::new(&auth)?);
+        let authenticator =
+            Authenticator::new(&auth).map_err(|e| match (&e, &self.jwt_public_key) {
+                (AuthSetupError::JwtKey(_), Some(path)) => {
+                    anyhow::anyhow!("{}: {e}", path.display())
+                }
+                _ => e.into(),
+            })?;
+        config.auth = Arc::new(authenticator);
         if auth.api_keys.is_some() && !config.auth.enabled() {
             anyhow::bail!("the API key file lists no keys");
         }
@@ -117,7 +145,7 @@ impl SecurityArgs {
         };
         config.session.message_rate = RateConfig {
             per_second: self.max_messages_per_sec,
-            burst: self.message_burst.max(1),
+            burst: self.message_burst,
             max_strikes: self.rate_limit_strikes,
         };
         config.session.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
@@ -196,7 +224,18 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
         max_rate_hz: args.max_rate_hz,
         max_subscriptions: args.max_subscriptions,
     };
-    let token = mint::mint(&claims, &key).context("cannot sign the token")?;
+    let token = mint::mint(&claims, &key).map_err(|e| match (&args.private_key, &key) {
+        // jsonwebtoken names only the kind (`InvalidKeyFormat`): say what was expected.
+        (Some(path), SigningKey::Rs256Pem(_)) => anyhow::anyhow!(
+            "{}: not an RS256 private key in PEM (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)",
+            path.display()
+        ),
+        (Some(path), _) => anyhow::anyhow!(
+            "{}: not an Ed25519 private key in PEM (-----BEGIN PRIVATE KEY-----)",
+            path.display()
+        ),
+        (None, _) => anyhow::anyhow!("cannot sign the token: {e}"),
+    })?;
     println!("{token}");
     Ok(())
 }

@@ -56,6 +56,28 @@ impl LimitsConfig {
     }
 }
 
+/// An `--allowed-origin` as browsers send it in `Origin`: scheme, host and
+/// port, lowercase, the scheme's default port left out (`https://app.example`).
+/// Anything else (a bare host, a path, `*`) would match no browser at all, so
+/// it is refused rather than quietly locking every browser out.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let expected = "expected SCHEME://HOST or SCHEME://HOST:PORT, e.g. https://app.example";
+    let url = url::Url::parse(text).map_err(|e| format!("{text}: {e} ({expected})"))?;
+    let host = url.host_str().filter(|host| !host.is_empty());
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && matches!(url.path(), "" | "/")
+        && url.query().is_none()
+        && url.fragment().is_none();
+    match host {
+        Some(host) if bare => Ok(match url.port() {
+            Some(port) => format!("{}://{host}:{port}", url.scheme()),
+            None => format!("{}://{host}", url.scheme()),
+        }),
+        _ => Err(format!("{text} is not an origin ({expected})")),
+    }
+}
+
 /// Open connections per IP address. Entries go away with their last
 /// connection, so the map never holds more than the open connections.
 #[derive(Debug, Default)]
@@ -119,6 +141,39 @@ pub struct Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allowed_origin_must_be_one_a_browser_could_send() {
+        let parsed = |text: &str| parse_origin(text);
+        assert_eq!(
+            parsed("https://app.example").as_deref(),
+            Ok("https://app.example")
+        );
+        assert_eq!(
+            parsed("https://App.Example/").as_deref(),
+            Ok("https://app.example")
+        );
+        assert_eq!(
+            parsed("https://app.example:443").as_deref(),
+            Ok("https://app.example")
+        );
+        assert_eq!(
+            parsed("http://127.0.0.1:8080").as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
+        for wrong in [
+            "app.example",
+            "*",
+            "https://app.example/path",
+            "https://app.example?x=1",
+            "https://user@app.example",
+            "https://",
+            "",
+        ] {
+            let error = parsed(wrong).expect_err(wrong);
+            assert!(error.contains("SCHEME://HOST"), "{wrong}: {error}");
+        }
+    }
     use axum::http::HeaderValue;
 
     #[test]

@@ -217,6 +217,7 @@ async fn serve_connection<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_timeout)
+        // hyper's smallest buffer; the command line refuses less.
         .max_buf_size(shared.config.max_header_bytes.max(8 * 1024));
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
