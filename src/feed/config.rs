@@ -111,7 +111,7 @@ struct LiveFile {
     name: Option<String>,
     #[allow(dead_code)] // Read by `Kind`.
     kind: String,
-    url: String,
+    url: toml::Spanned<String>,
     /// Binance: derived from the URL's streams when absent.
     #[serde(default)]
     symbols: Vec<String>,
@@ -142,9 +142,9 @@ struct SyntheticFile {
     #[allow(dead_code)] // Read by `Kind`.
     kind: String,
     /// Number of symbols.
-    symbols: usize,
+    symbols: toml::Spanned<usize>,
     /// Average updates per second over all symbols.
-    rate: f64,
+    rate: toml::Spanned<f64>,
     /// `steady` or `bursty`.
     #[serde(default = "default_mode")]
     mode: String,
@@ -304,11 +304,25 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                     channels: file.channels.clone(),
                 }
             };
+            let url = file.url.get_ref();
+            // Checked again when the feed starts; here the line can be named.
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(invalid(format!(
+                    "line {}, field `url`: must start with ws:// or wss://, not {url:?}",
+                    line_of(file.url.span())
+                )));
+            }
             let symbols = match &venue {
-                Venue::Binance if file.symbols.is_empty() => binance_stream_symbols(&file.url),
+                Venue::Binance if file.symbols.is_empty() => binance_stream_symbols(url),
                 Venue::Binance => file.symbols,
                 Venue::Coinbase { products, .. } => products.clone(),
             };
+            if symbols.is_empty() {
+                return Err(invalid(format!(
+                    "line {}, field `url`: names no streams (`.../stream?streams=btcusdt@bookTicker`), and no `symbols` are given",
+                    line_of(file.url.span())
+                )));
+            }
             if file.stale_after_ms == 0
                 || file.backoff_initial_ms == 0
                 || file.backoff_max_ms < file.backoff_initial_ms
@@ -320,7 +334,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
             Ok(FeedConfig::Live(LiveConfig {
                 name: file.name.unwrap_or_else(default_name),
                 venue,
-                url: file.url,
+                url: file.url.into_inner(),
                 symbols,
                 prefix: file.prefix.filter(|p| !p.is_empty()),
                 rename: file.rename,
@@ -348,15 +362,27 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                 }
             };
             let generator = SyntheticConfig {
-                symbols: file.symbols,
-                rate_per_sec: file.rate,
+                symbols: *file.symbols.get_ref(),
+                rate_per_sec: *file.rate.get_ref(),
                 mode,
                 seed: file.seed,
                 symbol_prefix: file.symbol_prefix,
                 trade_every: file.trade_every,
                 start_ns: 0,
             };
-            generator.validate().map_err(|e| invalid(e.to_string()))?;
+            // The rule in the file's own terms: its key, and its line where
+            // the key is required (and so always written).
+            generator.validate().map_err(|e| {
+                let (key, line) = match e.field {
+                    "symbols" => ("symbols", Some(line_of(file.symbols.span()))),
+                    "rate_per_sec" => ("rate", Some(line_of(file.rate.span()))),
+                    "period_ms" => ("burst_period_ms", None),
+                    "duty" => ("burst_duty", None),
+                    other => (other, None),
+                };
+                let at = line.map_or_else(String::new, |line| format!("line {line}, "));
+                invalid(format!("{at}field `{key}` {}", e.rule))
+            })?;
             Ok(FeedConfig::Synthetic(SyntheticFeedConfig {
                 name: file.name.unwrap_or_else(default_name),
                 generator,
@@ -486,6 +512,45 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(message.contains("line 2, field `kind`"), "{message}");
+
+        for (text, expected) in [
+            ("kind = \"synthetic\"\nsymbols = 3\nrate = -1.0\n", "line 3, field `rate` must be"),
+            ("kind = \"synthetic\"\nsymbols = 0\nrate = 1.0\n", "line 2, field `symbols` must be"),
+            (
+                "kind = \"synthetic\"\nsymbols = 1\nrate = 1.0\nmode = \"bursty\"\nburst_duty = 2.0\n",
+                "field `burst_duty` must be in (0, 1]",
+            ),
+        ] {
+            let message = parse(text, Path::new("s.toml"))
+                .map(|_| ())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(message.starts_with("invalid feed file s.toml: "), "{message}");
+            assert!(message.contains(expected), "{message}");
+        }
+
+        for (text, expected) in [
+            (
+                "kind = \"binance\"\nurl = \"http://x/ws/btcusdt@bookTicker\"\n",
+                "line 2, field `url`: must start with ws://",
+            ),
+            (
+                "kind = \"binance\"\nurl = \"wss://x/ws\"\n",
+                "line 2, field `url`: names no streams",
+            ),
+        ] {
+            let message = parse(text, Path::new("b.toml"))
+                .map(|_| ())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.starts_with("invalid feed file b.toml: "),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{message}");
+        }
 
         let text = "kind = \"replay\"\nmax_book_levels = 0\n[[files]]\npath = \"a\"\n";
         let message = parse(text, Path::new("x.toml"))

@@ -103,30 +103,33 @@ impl Default for SyntheticConfig {
     }
 }
 
-/// A config value out of range.
+/// A config value out of range: which field of [`SyntheticConfig`] (or of
+/// its [`Mode`]) and the rule it breaks.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid synthetic feed config: {0}")]
-pub struct InvalidConfig(pub &'static str);
+#[error("invalid synthetic feed config: `{field}` {rule}")]
+pub struct InvalidConfig {
+    pub field: &'static str,
+    pub rule: &'static str,
+}
 
 impl SyntheticConfig {
     /// Checks the config; [`Generator::new`] clamps what this rejects.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let invalid = |field, rule| Err(InvalidConfig { field, rule });
         if self.symbols == 0 || self.symbols > MAX_SYMBOLS {
-            return Err(InvalidConfig("`symbols` must be 1 to 1000000"));
+            return invalid("symbols", "must be 1 to 1000000");
         }
         if !(self.rate_per_sec.is_finite() && self.rate_per_sec >= 1e-6)
             || self.rate_per_sec > MAX_RATE
         {
-            return Err(InvalidConfig(
-                "`rate_per_sec` must be a number from 0.000001 to 1e9",
-            ));
+            return invalid("rate_per_sec", "must be a number from 0.000001 to 1e9");
         }
         if let Mode::Bursty { period_ms, duty } = self.mode {
             if period_ms == 0 {
-                return Err(InvalidConfig("bursty `period_ms` must be at least 1"));
+                return invalid("period_ms", "must be at least 1");
             }
             if !(duty.is_finite() && duty > 0.0 && duty <= 1.0) {
-                return Err(InvalidConfig("bursty `duty` must be in (0, 1]"));
+                return invalid("duty", "must be in (0, 1]");
             }
         }
         Ok(())
