@@ -253,9 +253,23 @@ fn classify(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience"),
         ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
         ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong algorithm"),
-        ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("a required claim is missing"),
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(missing(claim)),
+        // `exp` is read into the claims too, and a token without it fails there first.
+        ErrorKind::Json(e) if e.to_string().starts_with("missing field `exp`") => {
+            AuthError::Invalid(missing("exp"))
+        }
         ErrorKind::Json(_) => AuthError::Invalid("claims are malformed"),
         _ => AuthError::Invalid("not a valid token or API key"),
+    }
+}
+
+/// A missing claim by name (the reason is `'static`: never built from the token).
+fn missing(claim: &str) -> &'static str {
+    match claim {
+        "exp" => "the token has no exp claim",
+        "aud" => "the token has no aud claim",
+        "iss" => "the token has no iss claim",
+        _ => "a required claim is missing",
     }
 }
 
@@ -368,7 +382,29 @@ mod tests {
             iss: None,
             ..good.clone()
         };
-        assert!(auth.authenticate(Some(&mint(&no_issuer))).is_err());
+        assert_eq!(
+            auth.authenticate(Some(&mint(&no_issuer))),
+            Err(AuthError::Invalid("the token has no iss claim"))
+        );
+        let no_audience = mint::TokenClaims {
+            aud: None,
+            ..good.clone()
+        };
+        assert_eq!(
+            auth.authenticate(Some(&mint(&no_audience))),
+            Err(AuthError::Invalid("the token has no aud claim"))
+        );
+        // No `exp` at all: signed by hand, as the minting claims always have one.
+        let no_expiry = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "alice", "aud": "tickwire", "iss": "issuer"}),
+            &jsonwebtoken::EncodingKey::from_secret(b"test secret"),
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            auth.authenticate(Some(&no_expiry)),
+            Err(AuthError::Invalid("the token has no exp claim"))
+        );
         let forged = mint::mint(&good, &mint::SigningKey::Hs256(b"other".to_vec()));
         assert_eq!(
             auth.authenticate(forged.ok().as_deref()),
