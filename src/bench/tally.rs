@@ -62,60 +62,46 @@ fn scan(bytes: &[u8]) -> Option<Wire<'_>> {
         let (key, after) = plain_string(bytes, at)?;
         at = skip_space(bytes, after);
         at = skip_space(bytes, expect_byte(bytes, at, b':')?);
-        let field = match bytes.get(key.clone())? {
-            b"type" => 0,
-            b"symbol" => 1,
-            b"seq" => 2,
-            b"skipped" => 3,
-            b"ingest_ts_ns" => 4,
-            b"exchange_ts_ns" => 5,
-            b"snapshot" => 6,
-            _ => {
-                at = skip_value(bytes, at)?;
-                7
-            }
-        };
-        if field < 7 {
-            if seen & (1 << field) != 0 {
-                return None; // serde_json refuses a repeated field.
-            }
-            seen |= 1 << field;
-            let null = bytes.get(at..at + 4) == Some(b"null");
-            if null && field > 0 {
-                at += 4; // An `Option` field left `None`.
-            } else {
+        match WireField::of(bytes.get(key)?) {
+            None => at = skip_value(bytes, at)?,
+            Some(field) => {
+                let bit = 1 << field as u8;
+                if seen & bit != 0 {
+                    return None; // serde_json refuses a repeated field.
+                }
+                seen |= bit;
+                let null = bytes.get(at..at + 4) == Some(b"null");
                 at = match field {
-                    0 | 1 => {
+                    // Every field but `type` is an `Option`, left `None`.
+                    _ if null && field != WireField::Kind => at + 4,
+                    WireField::Kind | WireField::Symbol => {
                         let (value, after) = plain_string(bytes, at)?;
                         let value = Cow::Borrowed(text(value)?);
-                        if field == 0 {
-                            wire.kind = value;
-                        } else {
-                            wire.symbol = Some(value);
+                        match field {
+                            WireField::Kind => wire.kind = value,
+                            _ => wire.symbol = Some(value),
                         }
                         after
                     }
-                    2 | 3 => {
+                    WireField::Seq | WireField::Skipped => {
                         let (value, after) = integer(bytes, at)?;
-                        let value = u64::try_from(value).ok()?;
-                        *(if field == 2 {
-                            &mut wire.seq
-                        } else {
-                            &mut wire.skipped
-                        }) = Some(value);
+                        let value = Some(u64::try_from(value).ok()?);
+                        match field {
+                            WireField::Seq => wire.seq = value,
+                            _ => wire.skipped = value,
+                        }
                         after
                     }
-                    4 | 5 => {
+                    WireField::IngestTs | WireField::ExchangeTs => {
                         let (value, after) = integer(bytes, at)?;
-                        let value = i64::try_from(value).ok()?;
-                        *(if field == 4 {
-                            &mut wire.ingest_ts_ns
-                        } else {
-                            &mut wire.exchange_ts_ns
-                        }) = Some(value);
+                        let value = Some(i64::try_from(value).ok()?);
+                        match field {
+                            WireField::IngestTs => wire.ingest_ts_ns = value,
+                            _ => wire.exchange_ts_ns = value,
+                        }
                         after
                     }
-                    _ => {
+                    WireField::Snapshot => {
                         let (value, after) = match bytes.get(at..)? {
                             [b't', b'r', b'u', b'e', ..] => (true, at + 4),
                             [b'f', b'a', b'l', b's', b'e', ..] => (false, at + 5),
@@ -127,15 +113,48 @@ fn scan(bytes: &[u8]) -> Option<Wire<'_>> {
                 };
             }
         }
-        at = skip_space(bytes, at);
-        match bytes.get(at)? {
-            b',' => at += 1,
-            b'}' => break,
-            _ => return None,
+        continue_after_value(bytes, &mut at)?;
+        if bytes.get(at) == Some(&b'}') {
+            break;
         }
+        at += 1;
     }
     // `type` is the one field without a default; trailing bytes are an error.
-    (seen & 1 != 0 && skip_space(bytes, at + 1) == bytes.len()).then_some(wire)
+    (seen & 1 << WireField::Kind as u8 != 0 && skip_space(bytes, at + 1) == bytes.len())
+        .then_some(wire)
+}
+
+/// The fields of [`Wire`], by their names in the message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WireField {
+    Kind,
+    Symbol,
+    Seq,
+    Skipped,
+    IngestTs,
+    ExchangeTs,
+    Snapshot,
+}
+
+impl WireField {
+    fn of(key: &[u8]) -> Option<Self> {
+        Some(match key {
+            b"type" => Self::Kind,
+            b"symbol" => Self::Symbol,
+            b"seq" => Self::Seq,
+            b"skipped" => Self::Skipped,
+            b"ingest_ts_ns" => Self::IngestTs,
+            b"exchange_ts_ns" => Self::ExchangeTs,
+            b"snapshot" => Self::Snapshot,
+            _ => return None,
+        })
+    }
+}
+
+/// After a value: moves `at` onto the `,` or `}` that must follow it.
+fn continue_after_value(bytes: &[u8], at: &mut usize) -> Option<()> {
+    *at = skip_space(bytes, *at);
+    matches!(bytes.get(*at), Some(b',' | b'}')).then_some(())
 }
 
 fn skip_space(bytes: &[u8], mut at: usize) -> usize {
