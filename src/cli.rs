@@ -408,6 +408,8 @@ fn init_tracing(filter: &str) {
 /// The feeds the arguments describe.
 pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
     let max_gap = Duration::from_millis(args.max_gap_ms);
+    // The --feed files' feeds first, in their order: `serve` names the
+    // file of a feed that fails to start by its position.
     let mut feeds = Vec::new();
     for path in &args.feed {
         feeds.push(config::load(path)?);
@@ -518,10 +520,14 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         };
         gateway::spawn(hub.clone(), config, feeds_shutdown.clone()).await?;
     } else {
-        for feed in feeds(&args)? {
+        // `feeds` lists the --feed files' feeds first, in their order.
+        let files = args.feed.iter().map(Some).chain(std::iter::repeat(None));
+        for (feed, file) in feeds(&args)?.into_iter().zip(files) {
             let name = feed.name().to_owned();
-            feed::spawn(hub.clone(), feed, feeds_shutdown.clone())
-                .with_context(|| format!("cannot start feed `{name}`"))?;
+            feed::spawn(hub.clone(), feed, feeds_shutdown.clone()).with_context(|| match file {
+                Some(file) => format!("cannot start feed `{name}` of {}", file.display()),
+                None => format!("cannot start feed `{name}`"),
+            })?;
         }
     }
     let publisher = match &publish_to {
@@ -588,9 +594,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     });
     let progress = Arc::new(Progress::default());
     let display = show_progress(progress.clone());
+    let name = feed.name.clone();
     let summary = record::record(feed, options, progress, shutdown).await;
     display.abort();
-    let summary = summary?;
+    let summary = summary.with_context(|| format!("cannot record feed `{name}`"))?;
     let files: Vec<String> = summary
         .files
         .iter()

@@ -358,6 +358,29 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     let missing = "/no/such/file.gz";
     let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--replay", missing]);
     assert!(stderr.contains(missing), "{stderr}");
+    // A feed file's replay that cannot be read names the feed, its file and
+    // the path as resolved next to it, once each.
+    let dangling = dir.join("dangling.toml");
+    std::fs::write(
+        &dangling,
+        "name = \"d\"\nkind = \"replay\"\n[[files]]\npath = \"gone.gz\"\n",
+    )
+    .expect("write");
+    let dangling = dangling.to_str().expect("utf-8 path");
+    let stderr = refused(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--feed",
+        good,
+        "--feed",
+        dangling,
+    ]);
+    let expected = format!(
+        "cannot start feed `d` of {dangling}: cannot read {}",
+        dir.join("gone.gz").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
 
     let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--workers", "0"]);
     assert!(stderr.contains("--workers"), "{stderr}");
@@ -399,6 +422,7 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     let (feed, out_path) = (feed.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
     let stderr = refused(&["record", "--feed", feed, "--out", out_path]);
     assert!(stderr.contains("no-such.pem"), "{stderr}");
+    assert_eq!(stderr.matches("feed `bad-ca`").count(), 1, "{stderr}");
     assert_eq!(
         std::fs::read_to_string(&out).expect("still there"),
         "an earlier recording"

@@ -115,9 +115,10 @@ impl LiveConfig {
 /// Why a live feed could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    #[error("feed `{feed}`: URL must start with ws:// or wss://, not {url:?}")]
+    // The caller names the feed (`cannot start feed ...`), so these do not.
+    #[error("URL must start with ws:// or wss://, not {url:?}")]
     Url { feed: String, url: String },
-    #[error("feed `{feed}`: {error}")]
+    #[error("{error}")]
     Tls {
         feed: String,
         error: crate::client::ClientTlsError,
