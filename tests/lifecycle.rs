@@ -337,26 +337,18 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     )
     .expect("write");
     let bad = bad.to_str().expect("utf-8 path");
-    let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--feed", bad]);
+    let stderr = serve_refused(&["--feed", bad]);
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("prfix"), "{stderr}");
 
     // Two feeds by one name would label two feeds' series alike in /metrics.
     let good = good.to_str().expect("utf-8 path");
-    let stderr = refused(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--feed",
-        good,
-        "--feed",
-        good,
-    ]);
+    let stderr = serve_refused(&["--feed", good, "--feed", good]);
     assert!(stderr.contains("two feeds are named"), "{stderr}");
 
     let missing = "/no/such/file.gz";
-    let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--replay", missing]);
+    let stderr = serve_refused(&["--replay", missing]);
     assert!(stderr.contains(missing), "{stderr}");
     // A feed file's replay that cannot be read names the feed, its file and
     // the path as resolved next to it, once each.
@@ -367,22 +359,16 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     )
     .expect("write");
     let dangling = dangling.to_str().expect("utf-8 path");
-    let stderr = refused(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--feed",
-        good,
-        "--feed",
-        dangling,
-    ]);
+    let stderr = serve_refused(&["--feed", good, "--feed", dangling]);
     let expected = format!(
         "cannot start feed `d` of {dangling}: cannot read {}",
         dir.join("gone.gz").display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.matches("feed `d`").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches(dangling).count(), 1, "{stderr}");
 
-    let stderr = refused(&["serve", "--listen", "127.0.0.1:0", "--workers", "0"]);
+    let stderr = serve_refused(&["--workers", "0"]);
     assert!(stderr.contains("--workers"), "{stderr}");
 
     // A timeout no deadline can hold, or none at all, is refused up front,
@@ -393,7 +379,7 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         ("--idle-timeout-secs", "604801"),
         ("--handshake-timeout-secs", "0"),
     ] {
-        let stderr = refused(&["serve", "--listen", "127.0.0.1:0", flag, value]);
+        let stderr = serve_refused(&[flag, value]);
         assert!(
             stderr.contains(flag) && stderr.contains("1..=604800"),
             "{stderr}"
@@ -427,6 +413,11 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
         std::fs::read_to_string(&out).expect("still there"),
         "an earlier recording"
     );
+}
+
+/// Runs `tickwire serve` on a free port with ARGS, which must fail; its standard error.
+fn serve_refused(args: &[&str]) -> String {
+    refused(&[&["serve", "--listen", "127.0.0.1:0"], args].concat())
 }
 
 /// Runs `tickwire ARGS`, which must fail; its standard error.

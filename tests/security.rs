@@ -868,7 +868,7 @@ fn bad_security_settings_stop_the_binary_with_what_was_expected() {
         // The HTTP parser cannot keep a limit below 8 KiB.
         (
             &["serve", "--max-header-bytes", "1024"],
-            "must be from 8192 to 1048576",
+            "1024 is not in 8192..=1048576",
         ),
     ];
     for (args, expected) in cases {

@@ -51,7 +51,7 @@ pub struct SecurityArgs {
     pub max_connections_per_ip: usize,
     /// Browser origins allowed to connect (repeat), each as a browser sends
     /// it: SCHEME://HOST or SCHEME://HOST:PORT, no path; default: any.
-    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = origin)]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = crate::limits::parse_origin)]
     pub allowed_origins: Vec<String>,
     /// Sustained client messages per second per connection.
     #[arg(long, default_value_t = RateConfig::default().per_second)]
@@ -74,7 +74,7 @@ pub struct SecurityArgs {
     /// Largest request head in bytes, from 8,192 (the HTTP parser's
     /// smallest buffer) to 1,048,576.
     #[arg(long, default_value_t = ServerConfig::default().max_header_bytes,
-          value_parser = header_bytes)]
+          value_parser = header_bytes())]
     pub max_header_bytes: usize,
     /// Serve https:// and wss:// with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -84,21 +84,10 @@ pub struct SecurityArgs {
     pub tls_key: Option<PathBuf>,
 }
 
-/// `--allowed-origin`, as [`crate::limits::parse_origin`] reads it.
-fn origin(text: &str) -> Result<String, String> {
-    crate::limits::parse_origin(text)
-}
-
 /// `--max-header-bytes`: hyper's HTTP/1 parser needs a buffer of at least
 /// 8 KiB, so a smaller limit cannot be kept and is refused, not raised.
-fn header_bytes(text: &str) -> Result<usize, String> {
-    const RANGE: std::ops::RangeInclusive<usize> = 8 * 1024..=1024 * 1024;
-    let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
-    if RANGE.contains(&bytes) {
-        Ok(bytes)
-    } else {
-        Err(format!("must be from {} to {}", RANGE.start(), RANGE.end()))
-    }
+fn header_bytes() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(8 * 1024..=1024 * 1024)
 }
 
 impl SecurityArgs {

@@ -306,7 +306,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
             };
             let url = file.url.get_ref();
             // Checked again when the feed starts; here the line can be named.
-            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            if !super::live::is_websocket_url(url) {
                 return Err(invalid(format!(
                     "line {}, field `url`: must start with ws:// or wss://, not {url:?}",
                     line_of(file.url.span())

@@ -169,9 +169,14 @@ pub async fn run_into(
     Ok(())
 }
 
+/// Whether a feed can connect to `url`: `ws://` or `wss://`.
+pub(crate) fn is_websocket_url(url: &str) -> bool {
+    url.starts_with("ws://") || url.starts_with("wss://")
+}
+
 /// Checks the URL and builds the TLS settings, so a bad feed fails at start.
 pub(crate) fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
-    if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+    if !is_websocket_url(&config.url) {
         return Err(LiveError::Url {
             feed: config.name.clone(),
             url: config.url.clone(),

@@ -99,6 +99,9 @@ pub enum ParseError {
     Decimal { field: &'static str, value: String },
     #[error("unknown message type {0:?}")]
     UnknownType(String),
+    /// A tickwire NDJSON header of a format version this build cannot read.
+    #[error("tickwire_replay version {0} (this build reads version {version})", version = native::VERSION)]
+    UnsupportedVersion(i64),
     #[error("malformed line: {0}")]
     Line(&'static str),
     /// A well-formed tick for a symbol its source was not asked for.

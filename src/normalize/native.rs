@@ -21,17 +21,13 @@ use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
 /// The format version written in, and accepted from, the header line.
 pub const VERSION: i64 = 1;
 
-fn unsupported(version: i64) -> String {
-    format!("tickwire_replay version {version} (this build reads version {VERSION})")
-}
-
 /// Why a file's first line refuses the whole file: a header of a format
 /// version this build cannot read, whose ticks would otherwise be read as
 /// version 1's. `None` for a good header and for any other line.
 pub fn refused_header(first_line: &[u8]) -> Option<String> {
     let mut line = first_line.to_vec();
     match parse_line(&mut line) {
-        Err(ParseError::UnknownType(what)) if what.starts_with("tickwire_replay") => Some(what),
+        Err(error @ ParseError::UnsupportedVersion(_)) => Some(error.to_string()),
         Err(ParseError::Field("tickwire_replay")) => {
             Some("tickwire_replay is not an integer version".into())
         }
@@ -52,7 +48,7 @@ fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
     if let Some(version) = obj.get("tickwire_replay") {
         return match version.as_i64() {
             Some(VERSION) => Ok(Parsed::Recognised(Recognised::Header)),
-            Some(other) => Err(ParseError::UnknownType(unsupported(other))),
+            Some(other) => Err(ParseError::UnsupportedVersion(other)),
             None => Err(ParseError::Field("tickwire_replay")),
         };
     }
@@ -254,10 +250,7 @@ mod tests {
             Ok(Parsed::Recognised(Recognised::Header))
         );
         let mut v2 = br#"{"tickwire_replay":2}"#.to_vec();
-        assert!(matches!(
-            parse_line(&mut v2),
-            Err(ParseError::UnknownType(_))
-        ));
+        assert_eq!(parse_line(&mut v2), Err(ParseError::UnsupportedVersion(2)));
     }
 
     #[test]
