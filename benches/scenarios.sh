@@ -87,7 +87,7 @@ for s in "${SCENARIOS[@]}"; do
       log "S4 connections: $s4_connections x 5 subscriptions, then 1,000 connect/disconnect per second"
       scenario "$OUT/S4" CONNECTIONS="$s4_connections" SYMBOLS=100 PER_CONNECTION=5 ZIPF=1 RATE=100 \
         DURATION=$LONG WARMUP=2 REPEAT=1 THREADS=2 LOOPBACK=0 \
-        EXTRA="--churn 1000 --connect-timeout 120" TITLE="S4 connections"
+        EXTRA="--churn 1000 --connect-timeout 120 --settle 30" TITLE="S4 connections"
       ;;
     S5)
       log "S5 replay ingest: the full Binance captures at --speed max, no clients"

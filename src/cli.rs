@@ -155,6 +155,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = SessionConfig::default().coalesce.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub coalesce_us: u64,
+    /// Give freed memory back to the system once this many connections have
+    /// closed since the most were open (0: never; glibc on Linux only).
+    #[arg(long, default_value_t = ServerConfig::default().memory_trim_after,
+          value_name = "CONNECTIONS")]
+    pub memory_trim_after: usize,
     /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
     /// comma-separated) instead of running feeds: an edge gateway.
     #[arg(long, value_name = "nats://...",
@@ -545,6 +550,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
             ..SessionConfig::default()
         },
         max_connections: args.max_connections,
+        memory_trim_after: args.memory_trim_after,
         ..ServerConfig::default()
     };
     args.security.apply(&mut config)?;

@@ -36,8 +36,9 @@
 //!   ([`session::transport`]).
 //! - [`server`] accepts connections (TLS with [`server::tls`]), serves HTTP
 //!   (the dashboard, `/healthz`, `/metrics`, `/api/...`), admits or refuses
-//!   clients, upgrades `/ws` into sessions, streams `/sse`, and shuts down with
-//!   1001.
+//!   clients, upgrades `/ws` into sessions, streams `/sse`, gives the memory
+//!   of clients that left back to the system ([`server::memory`]), and shuts
+//!   down with 1001.
 //! - [`auth`] checks a client's credentials (JWTs, API keys) into a
 //!   [`auth::Grant`]: the symbols it may see and its caps, which every data
 //!   path filters by; [`limits`] keeps any one client or address from taking

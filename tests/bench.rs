@@ -103,6 +103,7 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
             ("--hgrm", path("s3.hgrm")),
             ("--svg", path("s3.svg")),
             ("--label", "s3".into()),
+            ("--settle", "8".into()),
         ],
     );
     let stdout = run_tickwire(&args);
@@ -110,6 +111,7 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
         "slow readers  4",
         "stalled       3",
         "churn ",
+        "after close   server RSS ",
         "(from intended)",
         "staleness     p50 ",
     ] {
@@ -169,6 +171,13 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
     );
     assert!(
         report["connect"]["handshakes_per_sec"].as_f64() > Some(0.0),
+        "{report:#}"
+    );
+    // Watched once every connection had closed, for at most the 8 s given.
+    let after_close = &report["after_close"];
+    assert!(after_close["server_rss"].as_u64() > Some(0), "{report:#}");
+    assert!(
+        (0.0..=8.0).contains(&after_close["settled_secs"].as_f64().unwrap_or(-1.0)),
         "{report:#}"
     );
 

@@ -586,6 +586,71 @@ async fn an_idle_subscribed_connection_costs_a_few_kib() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What clients freed by leaving goes back to the system, instead of staying
+/// in the allocator's heaps as if it leaked (glibc's keeps it otherwise: RSS
+/// stays where the crowd took it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_that_clients_freed_by_leaving_goes_back_to_the_system() {
+    if !tickwire::server::memory::SUPPORTED {
+        return;
+    }
+    let dir = tempdir();
+    let feed = dir.join("synthetic.toml");
+    std::fs::write(
+        &feed,
+        "name = \"synthetic\"\nkind = \"synthetic\"\nsymbols = 10\nrate = 5.0\nseed = 1\n",
+    )
+    .expect("feed file");
+    let feed = feed.display().to_string();
+    let server = Binary::serve(&[
+        "--feed",
+        &feed,
+        "--memory-trim-after",
+        "500",
+        "--max-connections-per-ip",
+        "0",
+    ]);
+    let symbols = ["SYN000", "SYN001", "SYN002", "SYN003", "SYN004"];
+    let metrics = || async { http_get(server.addr, "/metrics").await.1 };
+    let until = |what: &'static str, done: fn(&str) -> bool| async move {
+        tokio::time::timeout(GUARD, async {
+            while !done(&metrics().await) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never happened: {what}"));
+    };
+    let before = server.rss_bytes();
+    let mut clients = Vec::new();
+    for _ in 0..2_000 {
+        clients.push(stalled_client(server.addr, &symbols).await);
+    }
+    until("every subscription registered", |page| {
+        metric(page, "tickwire_subscriptions") == 10_000.0
+    })
+    .await;
+    let crowded = server.rss_bytes();
+    assert_eq!(metric(&metrics().await, "tickwire_memory_trims_total"), 0.0);
+
+    drop(clients);
+    until("the clients' memory was trimmed", |page| {
+        metric(page, "tickwire_connections") == 0.0
+            && metric(page, "tickwire_memory_trims_total") >= 1.0
+    })
+    .await;
+    let after = server.rss_bytes();
+    let page = metrics().await;
+    assert!(metric(&page, "tickwire_memory_released_bytes_total") > 0.0);
+    // Most of what the crowd took is given back (without the trim: none of it).
+    let (grew, kept) = (crowded as f64 - before as f64, after as f64 - before as f64);
+    assert!(
+        kept < grew / 2.0,
+        "RSS {before} → {crowded} with 2,000 clients → {after} once they left"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tickwire-test-{}-{}",

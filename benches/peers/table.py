@@ -44,6 +44,7 @@ def figures(r):
     connect = r.get("connect") or {}
     slow = r.get("slow") or {}
     churn = r.get("churn") or {}
+    after_close = r.get("after_close") or {}
     age = r.get("staleness_us") or {}
     floor = r.get("staleness_floor_us") or {}
     rss = proc.get("rss_bytes")
@@ -71,6 +72,12 @@ def figures(r):
         "churn_s": churn.get("completed_per_sec") if churn else None,
         "churn_failed": churn.get("failed") if churn else None,
         "handshake_p99": (churn.get("handshake_us") or {}).get("p99") if churn else None,
+        "rss_before_mib": (connect["server_rss_before"] / 1048576
+                           if connect.get("server_rss_before") is not None else None),
+        "rss_closed_mib": (after_close["server_rss"] / 1048576
+                           if after_close.get("server_rss") is not None else None),
+        "kept_pct": (after_close["share_kept"] * 100
+                     if after_close.get("share_kept") is not None else None),
     }
 
 
@@ -141,6 +148,7 @@ def main():
         ("handshakes_s", "connects/s", 0),
         ("kib_per_conn", "KiB/conn", 1), ("churn_s", "churn/s", 0),
         ("handshake_p99", "handshake p99 µs", 0),
+        ("rss_closed_mib", "RSS after close MiB", 1), ("kept_pct", "% of growth kept", 0),
     ]
     extras = [e for e in extras if any(r[e[0]] is not None for r in rows)]
     head += [title for _, title, _ in extras]

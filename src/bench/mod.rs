@@ -36,7 +36,8 @@ use self::churn::{ChurnOutcome, ChurnReport};
 use self::load::{Connected, LoadThread, Outcome, Phase, Reader, Target};
 use self::probe::{HttpServer, MetricsPage, ProcSample};
 use self::report::{
-    ConnectPhase, Connections, Percentiles, Report, ServerMetrics, ServerProcess, SlowReaders,
+    AfterClose, ConnectPhase, Connections, Percentiles, Report, ServerMetrics, ServerProcess,
+    SlowReaders,
 };
 use self::tally::Clock;
 use crate::client::websocket_url;
@@ -115,6 +116,11 @@ pub struct BenchArgs {
     /// The server's process id, to report its CPU time and memory (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Once every connection has closed, watch the server's RSS for up to
+    /// this many seconds, until it stops falling, and report how much of
+    /// what the connections took it still holds (with --server-pid).
+    #[arg(long, value_name = "SECS", requires = "server_pid")]
+    pub settle: Option<f64>,
 }
 
 /// Runs the benchmark and prints its report. Fails when nothing could connect,
@@ -244,6 +250,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     control.set_phase(Phase::Stop);
     let outcome = join(threads).await?;
+    let after_close = match (args.settle, args.server_pid) {
+        (Some(limit), Some(pid)) => settle(pid, Duration::from_secs_f64(limit)).await,
+        _ => None,
+    };
 
     let window_secs = window.as_secs_f64();
     let report = build_report(Run {
@@ -263,6 +273,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             secs: connect_secs,
         },
         churn: churn.as_ref(),
+        after_close,
     });
     print!("{}", report::table(&report));
     if let Some(reason) = &outcome.first_close {
@@ -311,6 +322,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// How often the coordinator looks at the load threads' progress.
 const POLL: Duration = Duration::from_millis(50);
 
+/// The server's memory counts as settled once it has not fallen by more than
+/// [`RSS_NOISE`] for this long (a server may give memory back a few seconds
+/// after its clients left; tickwire checks every second).
+const SETTLED_AFTER: Duration = Duration::from_secs(5);
+const RSS_NOISE: u64 = 256 * 1024;
+
+/// The server's RSS once it stopped falling after every connection closed,
+/// or after `limit`, and how long it kept falling.
+async fn settle(pid: u32, limit: Duration) -> Option<(u64, f64)> {
+    let pid = pid.to_string();
+    let read = || ProcSample::read(&pid).ok().and_then(|s| s.rss_bytes);
+    let start = Instant::now();
+    let (mut rss, mut lowest, mut fell_at) = (read()?, read()?, start);
+    while start.elapsed() < limit && fell_at.elapsed() < SETTLED_AFTER {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss = read()?;
+        if rss + RSS_NOISE < lowest {
+            (lowest, fell_at) = (rss, Instant::now());
+        }
+    }
+    Some((rss, (fell_at - start).as_secs_f64()))
+}
+
 fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
@@ -352,6 +386,7 @@ fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
         ("--warmup", Some(args.warmup)),
         ("--idle-exit", args.idle_exit),
         ("--connect-timeout", Some(args.connect_timeout)),
+        ("--settle", args.settle),
     ] {
         if let Some(secs) = secs {
             if !(0.0..1e9).contains(&secs) {
@@ -482,6 +517,8 @@ struct Run<'a> {
     ticks_per_sec: u64,
     connect: ConnectProbes<'a>,
     churn: Option<&'a ChurnOutcome>,
+    /// `settle`'s RSS and seconds.
+    after_close: Option<(u64, f64)>,
 }
 
 fn build_report(run: Run<'_>) -> Report {
@@ -500,6 +537,16 @@ fn build_report(run: Run<'_>) -> Report {
             _ => None,
         },
     };
+    let after_close = run.after_close.map(|(rss, secs)| AfterClose {
+        settled_secs: secs,
+        server_rss: rss,
+        share_kept: match (connect.server_rss_before, connect.server_rss_connected) {
+            (Some(before), Some(connected)) if connected > before => {
+                Some((rss as f64 - before as f64) / (connected - before) as f64)
+            }
+            _ => None,
+        },
+    });
     let slow = (run.args.slow > 0).then(|| {
         let slow = &run.outcome.slow;
         SlowReaders {
@@ -579,6 +626,7 @@ fn build_report(run: Run<'_>) -> Report {
         stalled: run.args.stalled,
         connect,
         churn,
+        after_close,
         server_metrics,
         server_process,
         client_cpu_secs,

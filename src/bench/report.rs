@@ -63,6 +63,8 @@ pub struct Report {
     pub connect: ConnectPhase,
     /// Connection churn during the window (`--churn`).
     pub churn: Option<ChurnReport>,
+    /// The server once every connection had closed (`--settle`).
+    pub after_close: Option<AfterClose>,
     /// Deltas of the server's `/metrics` over the window; null if unreadable.
     pub server_metrics: Option<ServerMetrics>,
     /// The server process over the window (`--server-pid`).
@@ -92,6 +94,18 @@ pub struct ConnectPhase {
     pub server_rss_connected: Option<u64>,
     /// Their difference per open connection, subscriptions included.
     pub rss_per_connection: Option<f64>,
+}
+
+/// The server's memory once every connection had closed and it stopped
+/// falling: whether what the connections took was given back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct AfterClose {
+    /// From the last close until the RSS last fell.
+    pub settled_secs: f64,
+    pub server_rss: u64,
+    /// Of what the server's RSS grew while the connections opened, the share
+    /// it still holds (0: all of it given back; 1: none).
+    pub share_kept: Option<f64>,
 }
 
 /// What the slow readers got.
@@ -351,6 +365,17 @@ pub fn table(report: &Report) -> String {
             percentiles(&churn.handshake_us)
         );
     }
+    if let Some(after) = &report.after_close {
+        let _ = writeln!(
+            out,
+            "after close   server RSS {} after {:.1} s ({} of what connecting took still held)",
+            mib(Some(after.server_rss)),
+            after.settled_secs,
+            after
+                .share_kept
+                .map_or_else(|| "?".to_owned(), |s| format!("{:.0}%", s * 100.0))
+        );
+    }
     match &report.server_metrics {
         Some(m) => {
             let _ = writeln!(
@@ -555,6 +580,7 @@ mod tests {
                 rss_per_connection: Some(10_485.76),
             },
             churn: None,
+            after_close: None,
             server_metrics: None,
             server_process: Some(ServerProcess {
                 pid: 7,

@@ -259,6 +259,10 @@ pub struct Metrics {
     pub messages_in: AtomicU64,
     /// Book versions published by all feeds.
     pub book_updates: AtomicU64,
+    /// Times freed memory was given back to the system (`server::memory`).
+    pub memory_trims: AtomicU64,
+    /// By how much those times shrank the resident set.
+    pub memory_released_bytes: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -403,6 +407,16 @@ impl Metrics {
             "tickwire_book_updates_total",
             "Book versions published.",
             self.book_updates.load(Relaxed),
+        );
+        counter(
+            "tickwire_memory_trims_total",
+            "Times freed memory was given back to the system after clients left (--memory-trim-after).",
+            self.memory_trims.load(Relaxed),
+        );
+        counter(
+            "tickwire_memory_released_bytes_total",
+            "By how much those times shrank the server's resident memory.",
+            self.memory_released_bytes.load(Relaxed),
         );
         labelled(
             &mut out,

@@ -6,6 +6,7 @@
 //! connection comes back to us as the plain `TcpStream` the session writes to.
 
 mod http;
+pub mod memory;
 pub mod tls;
 
 use std::future::Future;
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Serve `https://` and `wss://` with this configuration instead of plain text.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Give freed memory back to the system once this many connections have
+    /// closed since the most were open (0: never); see [`memory`].
+    pub memory_trim_after: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             auth: Arc::new(Authenticator::disabled()),
             limits: LimitsConfig::default(),
             tls: None,
+            memory_trim_after: 1_000,
         }
     }
 }
@@ -116,6 +121,11 @@ pub async fn run_on(
         .clone()
         .map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
+    tokio::spawn(memory::watch(
+        shared.hub.metrics().clone(),
+        shared.config.memory_trim_after,
+        shared.shutdown.token().clone(),
+    ));
     tokio::pin!(shutdown);
     let mut next_listener = 0;
     loop {
