@@ -156,7 +156,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub coalesce_us: u64,
     /// Give freed memory back to the system once this many connections have
-    /// closed since the most were open (0: never; glibc on Linux only).
+    /// closed since the most were open and no more are closing (during a
+    /// longer decline, every 10 s too; 0: never; glibc on Linux only).
     #[arg(long, default_value_t = ServerConfig::default().memory_trim_after,
           value_name = "CONNECTIONS")]
     pub memory_trim_after: usize,

@@ -323,26 +323,51 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 const POLL: Duration = Duration::from_millis(50);
 
 /// The server's memory counts as settled once it has not fallen by more than
-/// [`RSS_NOISE`] for this long (a server may give memory back a few seconds
-/// after its clients left; tickwire checks every second).
+/// [`RSS_NOISE`] for this long. A server may give memory back a while after
+/// its clients left: tickwire looks once a second and trims once the count
+/// of connections has stopped falling, so within about two seconds of the
+/// last close.
 const SETTLED_AFTER: Duration = Duration::from_secs(5);
 const RSS_NOISE: u64 = 256 * 1024;
 
-/// The server's RSS once it stopped falling after every connection closed,
-/// or after `limit`, and how long it kept falling.
-async fn settle(pid: u32, limit: Duration) -> Option<(u64, f64)> {
+/// The server's RSS after every connection closed, watched by [`settle`].
+struct Settled {
+    rss: u64,
+    /// When it last fell, from the start of the watch.
+    fell_secs: f64,
+    watched_secs: f64,
+    /// Whether it had stopped falling (false: the watch ran out first).
+    settled: bool,
+}
+
+/// Watches the server's RSS until it has not fallen for [`SETTLED_AFTER`],
+/// or for at most `limit`. `None` when `/proc` cannot tell it at all.
+async fn settle(pid: u32, limit: Duration) -> Option<Settled> {
     let pid = pid.to_string();
     let read = || ProcSample::read(&pid).ok().and_then(|s| s.rss_bytes);
+    let Some(first) = read() else {
+        tracing::warn!("--settle: cannot read the server's RSS from /proc/{pid}/status");
+        return None;
+    };
     let start = Instant::now();
-    let (mut rss, mut lowest, mut fell_at) = (read()?, read()?, start);
+    let (mut rss, mut lowest, mut fell_at) = (first, first, start);
     while start.elapsed() < limit && fell_at.elapsed() < SETTLED_AFTER {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        rss = read()?;
+        let Some(now) = read() else {
+            tracing::warn!("--settle: the server's RSS became unreadable; the last reading stands");
+            break;
+        };
+        rss = now;
         if rss + RSS_NOISE < lowest {
             (lowest, fell_at) = (rss, Instant::now());
         }
     }
-    Some((rss, (fell_at - start).as_secs_f64()))
+    Some(Settled {
+        rss,
+        fell_secs: (fell_at - start).as_secs_f64(),
+        watched_secs: start.elapsed().as_secs_f64(),
+        settled: fell_at.elapsed() >= SETTLED_AFTER,
+    })
 }
 
 fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
@@ -517,8 +542,7 @@ struct Run<'a> {
     ticks_per_sec: u64,
     connect: ConnectProbes<'a>,
     churn: Option<&'a ChurnOutcome>,
-    /// `settle`'s RSS and seconds.
-    after_close: Option<(u64, f64)>,
+    after_close: Option<Settled>,
 }
 
 fn build_report(run: Run<'_>) -> Report {
@@ -537,12 +561,14 @@ fn build_report(run: Run<'_>) -> Report {
             _ => None,
         },
     };
-    let after_close = run.after_close.map(|(rss, secs)| AfterClose {
-        settled_secs: secs,
-        server_rss: rss,
+    let after_close = run.after_close.map(|watched| AfterClose {
+        server_rss: watched.rss,
+        fell_secs: watched.fell_secs,
+        watched_secs: watched.watched_secs,
+        settled: watched.settled,
         share_kept: match (connect.server_rss_before, connect.server_rss_connected) {
             (Some(before), Some(connected)) if connected > before => {
-                Some((rss as f64 - before as f64) / (connected - before) as f64)
+                Some((watched.rss as f64 - before as f64) / (connected - before) as f64)
             }
             _ => None,
         },

@@ -100,11 +100,16 @@ pub struct ConnectPhase {
 /// falling: whether what the connections took was given back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct AfterClose {
-    /// From the last close until the RSS last fell.
-    pub settled_secs: f64,
+    /// At the end of the watch.
     pub server_rss: u64,
-    /// Of what the server's RSS grew while the connections opened, the share
-    /// it still holds (0: all of it given back; 1: none).
+    /// When it last fell, from the last close.
+    pub fell_secs: f64,
+    pub watched_secs: f64,
+    /// Whether it had stopped falling before the watch (`--settle`) ran out.
+    pub settled: bool,
+    /// `(RSS now − before the first connect) ÷ (connected − before)`: the
+    /// share of what connecting took that the server still holds (0: all
+    /// given back; below 0 when it gave back more, above 1 when it grew).
     pub share_kept: Option<f64>,
 }
 
@@ -368,12 +373,14 @@ pub fn table(report: &Report) -> String {
     if let Some(after) = &report.after_close {
         let _ = writeln!(
             out,
-            "after close   server RSS {} after {:.1} s ({} of what connecting took still held)",
+            "after close   server RSS {} ({} of what connecting took still held); last fell {:.1} s after the close, {} after {:.1} s",
             mib(Some(after.server_rss)),
-            after.settled_secs,
             after
                 .share_kept
-                .map_or_else(|| "?".to_owned(), |s| format!("{:.0}%", s * 100.0))
+                .map_or_else(|| "?".to_owned(), |s| format!("{:.0}%", s * 100.0)),
+            after.fell_secs,
+            if after.settled { "steady" } else { "still falling" },
+            after.watched_secs
         );
     }
     match &report.server_metrics {

@@ -415,7 +415,7 @@ impl Metrics {
         );
         counter(
             "tickwire_memory_released_bytes_total",
-            "By how much those times shrank the server's resident memory.",
+            "By about how much those times shrank the server's resident memory.",
             self.memory_released_bytes.load(Relaxed),
         );
         labelled(

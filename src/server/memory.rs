@@ -10,7 +10,8 @@
 //! `malloc_trim` gives back every free page of every heap (12 MiB after it in
 //! the same run). It walks each heap under that heap's lock, so it runs on a
 //! blocking thread, and only once the open connections have fallen by
-//! `--memory-trim-after` from their peak. Other allocators and platforms keep
+//! `--memory-trim-after` from their peak and stopped falling (during a longer
+//! decline, every [`MAX_WAIT`] as well). Other allocators and platforms keep
 //! memory their own way, and the watch does not run there.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A wave of closes is trimmed once it is over (the count stopped falling
-/// between two checks); a decline that never pauses, after this long.
+/// between two checks), and while it goes on, once per this long.
 /// Trimming in the middle of a wave of 10,000 closes released 3 MiB and took
 /// 0.4 s; once it was over, 34 MiB in 6 ms.
 const MAX_WAIT: Duration = Duration::from_secs(10);
@@ -34,16 +35,13 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 /// Whether this build can give memory back (glibc on Linux).
 pub const SUPPORTED: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
 
-/// Trims the allocator's heaps whenever the open connections have fallen by
-/// `trim_after` (0: never) since their peak, until `shutdown`.
+/// Trims the allocator's heaps as [`Watch`] decides, until `shutdown`.
 pub(crate) async fn watch(metrics: Arc<Metrics>, trim_after: usize, shutdown: CancellationToken) {
     if trim_after == 0 || !SUPPORTED {
         return;
     }
-    let trim_after = i64::try_from(trim_after).unwrap_or(i64::MAX);
     let open = || metrics.connections.load(Relaxed);
-    let (mut peak, mut last) = (open(), open());
-    let mut due_since: Option<Instant> = None;
+    let mut watch = Watch::new(trim_after, open());
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -52,22 +50,13 @@ pub(crate) async fn watch(metrics: Arc<Metrics>, trim_after: usize, shutdown: Ca
             () = shutdown.cancelled() => return,
         }
         let now_open = open();
-        let falling = now_open < last;
-        last = now_open;
-        peak = peak.max(now_open);
-        if peak - now_open < trim_after {
-            due_since = None;
-            continue;
-        }
-        let waited = due_since.get_or_insert_with(Instant::now).elapsed();
-        if falling && waited < MAX_WAIT {
+        if !watch.check(now_open, Instant::now()) {
             continue;
         }
         let started = Instant::now();
         let Ok(released) = tokio::task::spawn_blocking(trim).await else {
             continue;
         };
-        peak = now_open;
         metrics.memory_trims.fetch_add(1, Relaxed);
         metrics.memory_released_bytes.fetch_add(released, Relaxed);
         tracing::debug!(
@@ -76,6 +65,55 @@ pub(crate) async fn watch(metrics: Arc<Metrics>, trim_after: usize, shutdown: Ca
             took_us = started.elapsed().as_micros() as u64,
             "returned freed memory to the system"
         );
+    }
+}
+
+/// When to trim, from the open connection count seen once per check.
+#[derive(Debug)]
+struct Watch {
+    trim_after: i64,
+    /// The most connections open since the last trim after a finished wave.
+    peak: i64,
+    /// The count at the previous check.
+    last: i64,
+    /// Since when a trim has been due (`trim_after` closed since the peak)
+    /// and put off because the count was still falling.
+    due_since: Option<Instant>,
+}
+
+impl Watch {
+    fn new(trim_after: usize, open: i64) -> Self {
+        Self {
+            trim_after: i64::try_from(trim_after).unwrap_or(i64::MAX),
+            peak: open,
+            last: open,
+            due_since: None,
+        }
+    }
+
+    /// Whether to trim now, `open` connections being open at `now`.
+    fn check(&mut self, open: i64, now: Instant) -> bool {
+        let falling = open < self.last;
+        self.last = open;
+        self.peak = self.peak.max(open);
+        if self.peak - open < self.trim_after {
+            self.due_since = None;
+            return false;
+        }
+        let due_since = *self.due_since.get_or_insert(now);
+        if !falling {
+            // The wave is over: what it freed is given back, and the next
+            // one is measured from here.
+            (self.peak, self.due_since) = (open, None);
+            return true;
+        }
+        if now.duration_since(due_since) >= MAX_WAIT {
+            // A long wave: trim what it freed so far, and again once it ends
+            // (the peak stays, so the end is still due).
+            self.due_since = Some(now);
+            return true;
+        }
+        false
     }
 }
 
@@ -104,4 +142,54 @@ fn release_free_pages() {}
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     crate::bench::probe::status_kib(&status, "VmRSS:").map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `counts`, one check a second, and returns the seconds at which
+    /// a trim is made.
+    fn trims(trim_after: usize, counts: &[i64]) -> Vec<usize> {
+        let start = Instant::now();
+        let mut watch = Watch::new(trim_after, counts[0]);
+        (1..counts.len())
+            .filter(|&i| watch.check(counts[i], start + CHECK_EVERY * i as u32))
+            .collect()
+    }
+
+    #[test]
+    fn a_short_wave_is_trimmed_once_when_it_is_over() {
+        // 10,000 open, all gone over three seconds, then quiet.
+        let counts = [10_000, 10_000, 7_000, 3_000, 0, 0, 0, 0];
+        assert_eq!(trims(1_000, &counts), vec![5]);
+    }
+
+    #[test]
+    fn a_long_wave_is_trimmed_every_max_wait_and_once_more_at_its_end() {
+        // 1,000 closes a second for 25 seconds, then quiet.
+        let mut counts: Vec<i64> = (0..=25).map(|s| 30_000 - 1_000 * s).collect();
+        counts.extend([5_000, 5_000, 5_000]);
+        // Due from second 1; forced at 11 and 21; the end at 26.
+        assert_eq!(trims(1_000, &counts), vec![11, 21, 26]);
+    }
+
+    #[test]
+    fn fewer_closes_than_the_setting_are_never_trimmed() {
+        let counts = [5_000, 4_200, 4_200, 4_500, 4_100, 4_100, 4_100];
+        assert!(trims(1_000, &counts).is_empty());
+    }
+
+    #[test]
+    fn a_crowd_that_comes_back_raises_the_peak_again() {
+        // Trimmed after the first drop, then a new crowd and a new drop.
+        let counts = [0, 2_000, 500, 500, 3_000, 3_000, 1_000, 1_000];
+        assert_eq!(trims(1_000, &counts), vec![3, 7]);
+    }
+
+    #[test]
+    fn churn_around_a_steady_count_is_not_a_wave() {
+        let counts: Vec<i64> = (0..60).map(|s| 15_000 + (s % 3) * 400).collect();
+        assert!(trims(1_000, &counts).is_empty());
+    }
 }

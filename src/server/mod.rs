@@ -121,7 +121,7 @@ pub async fn run_on(
         .clone()
         .map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
-    tokio::spawn(memory::watch(
+    connections.spawn(memory::watch(
         shared.hub.metrics().clone(),
         shared.config.memory_trim_after,
         shared.shutdown.token().clone(),

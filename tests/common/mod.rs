@@ -550,6 +550,17 @@ impl Binary {
     /// [`synthetic_symbols`] names them) at `rate` updates a second, seeded
     /// with `seed`; the feed file is written into `dir`.
     pub fn serve_synthetic(dir: &Path, symbols: usize, rate: f64, seed: u64) -> Self {
+        Self::serve_synthetic_with(dir, symbols, rate, seed, &[])
+    }
+
+    /// [`Binary::serve_synthetic`] with more `serve` flags.
+    pub fn serve_synthetic_with(
+        dir: &Path,
+        symbols: usize,
+        rate: f64,
+        seed: u64,
+        flags: &[&str],
+    ) -> Self {
         let feed = dir.join("synthetic.toml");
         std::fs::write(
             &feed,
@@ -558,7 +569,12 @@ impl Binary {
             ),
         )
         .expect("feed file");
-        Self::serve(&["--feed", &feed.display().to_string()])
+        let feed = feed.display().to_string();
+        let args: Vec<&str> = ["--feed", feed.as_str()]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .collect();
+        Self::serve(&args)
     }
 
     /// Starts `tickwire serve --listen 127.0.0.1:0 ARGS` and waits for its address.
