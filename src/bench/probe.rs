@@ -10,6 +10,8 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::metrics::status_kib;
+
 /// A `/metrics` page larger than this is not a tickwire server's.
 const MAX_RESPONSE_BYTES: u64 = 8 << 20;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,15 +230,6 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
-}
-
-/// A `kB` line of `/proc/PID/status`, e.g. `VmRSS:     1234 kB`.
-pub fn status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
 }
 
 /// Clock ticks per second for `/proc` CPU times: `getconf CLK_TCK`, or 100

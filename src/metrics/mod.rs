@@ -236,6 +236,16 @@ impl Refusal {
     }
 }
 
+/// A `kB` line of `/proc/PID/status`, e.g. `VmRSS:     1234 kB`: the
+/// server's own memory, and a measured server's for `tickwire bench`.
+pub fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
 /// The process-wide metrics registry.
 #[derive(Debug, Default)]
 pub struct Metrics {

@@ -141,7 +141,7 @@ fn release_free_pages() {}
 /// This process's resident set (`VmRSS`), or 0 where `/proc` cannot tell.
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    crate::bench::probe::status_kib(&status, "VmRSS:").map_or(0, |kib| kib * 1024)
+    crate::metrics::status_kib(&status, "VmRSS:").map_or(0, |kib| kib * 1024)
 }
 
 #[cfg(test)]
