@@ -559,7 +559,6 @@ async fn an_idle_subscribed_connection_costs_a_few_kib() {
     let dir = tempdir();
     let server = Binary::serve_synthetic(&dir, 10, 5.0, 1);
     let symbols = ["SYN000", "SYN001", "SYN002", "SYN003", "SYN004"];
-    let subscriptions = |page: &str| metric(page, "tickwire_subscriptions");
     let mut clients = Vec::new();
     let mut rss = Vec::new();
     // The first batch pays one-off costs (runtime slabs, allocator arenas).
@@ -568,13 +567,10 @@ async fn an_idle_subscribed_connection_costs_a_few_kib() {
             clients.push(stalled_client(server.addr, &symbols).await);
         }
         let want = (clients.len() * symbols.len()) as f64;
-        tokio::time::timeout(GUARD, async {
-            while subscriptions(&http_get(server.addr, "/metrics").await.1) < want {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+        until_metrics(&server, "every subscription registered", |page| {
+            metric(page, "tickwire_subscriptions") >= want
         })
-        .await
-        .expect("every subscription registered");
+        .await;
         rss.push(server.rss_bytes());
     }
     let per_connection = (rss[1] as f64 - rss[0] as f64) / 500.0;

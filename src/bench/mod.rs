@@ -330,19 +330,10 @@ const POLL: Duration = Duration::from_millis(50);
 const SETTLED_AFTER: Duration = Duration::from_secs(5);
 const RSS_NOISE: u64 = 256 * 1024;
 
-/// The server's RSS after every connection closed, watched by [`settle`].
-struct Settled {
-    rss: u64,
-    /// When it last fell, from the start of the watch.
-    fell_secs: f64,
-    watched_secs: f64,
-    /// Whether it had stopped falling (false: the watch ran out first).
-    settled: bool,
-}
-
 /// Watches the server's RSS until it has not fallen for [`SETTLED_AFTER`],
-/// or for at most `limit`. `None` when `/proc` cannot tell it at all.
-async fn settle(pid: u32, limit: Duration) -> Option<Settled> {
+/// or for at most `limit`. `None` when `/proc` cannot tell it at all; the
+/// share kept is left for the report, which knows the connect phase.
+async fn settle(pid: u32, limit: Duration) -> Option<AfterClose> {
     let pid = pid.to_string();
     let read = || ProcSample::read(&pid).ok().and_then(|s| s.rss_bytes);
     let Some(first) = read() else {
@@ -362,11 +353,12 @@ async fn settle(pid: u32, limit: Duration) -> Option<Settled> {
             (lowest, fell_at) = (rss, Instant::now());
         }
     }
-    Some(Settled {
-        rss,
+    Some(AfterClose {
+        server_rss: rss,
         fell_secs: (fell_at - start).as_secs_f64(),
         watched_secs: start.elapsed().as_secs_f64(),
         settled: fell_at.elapsed() >= SETTLED_AFTER,
+        share_kept: None,
     })
 }
 
@@ -542,7 +534,7 @@ struct Run<'a> {
     ticks_per_sec: u64,
     connect: ConnectProbes<'a>,
     churn: Option<&'a ChurnOutcome>,
-    after_close: Option<Settled>,
+    after_close: Option<AfterClose>,
 }
 
 fn build_report(run: Run<'_>) -> Report {
@@ -561,17 +553,14 @@ fn build_report(run: Run<'_>) -> Report {
             _ => None,
         },
     };
-    let after_close = run.after_close.map(|watched| AfterClose {
-        server_rss: watched.rss,
-        fell_secs: watched.fell_secs,
-        watched_secs: watched.watched_secs,
-        settled: watched.settled,
+    let after_close = run.after_close.map(|after| AfterClose {
         share_kept: match (connect.server_rss_before, connect.server_rss_connected) {
             (Some(before), Some(connected)) if connected > before => {
-                Some((watched.rss as f64 - before as f64) / (connected - before) as f64)
+                Some((after.server_rss as f64 - before as f64) / (connected - before) as f64)
             }
             _ => None,
         },
+        ..after
     });
     let slow = (run.args.slow > 0).then(|| {
         let slow = &run.outcome.slow;

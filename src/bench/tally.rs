@@ -83,21 +83,18 @@ fn scan(bytes: &[u8]) -> Option<Wire<'_>> {
                         }
                         after
                     }
-                    WireField::Seq | WireField::Skipped => {
+                    WireField::Seq
+                    | WireField::Skipped
+                    | WireField::IngestTs
+                    | WireField::ExchangeTs => {
                         let (value, after) = integer(bytes, at)?;
-                        let value = Some(u64::try_from(value).ok()?);
                         match field {
-                            WireField::Seq => wire.seq = value,
-                            _ => wire.skipped = value,
-                        }
-                        after
-                    }
-                    WireField::IngestTs | WireField::ExchangeTs => {
-                        let (value, after) = integer(bytes, at)?;
-                        let value = Some(i64::try_from(value).ok()?);
-                        match field {
-                            WireField::IngestTs => wire.ingest_ts_ns = value,
-                            _ => wire.exchange_ts_ns = value,
+                            WireField::Seq => wire.seq = Some(u64::try_from(value).ok()?),
+                            WireField::Skipped => wire.skipped = Some(u64::try_from(value).ok()?),
+                            WireField::IngestTs => {
+                                wire.ingest_ts_ns = Some(i64::try_from(value).ok()?);
+                            }
+                            _ => wire.exchange_ts_ns = Some(i64::try_from(value).ok()?),
                         }
                         after
                     }

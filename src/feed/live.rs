@@ -117,12 +117,9 @@ impl LiveConfig {
 pub enum LiveError {
     // The caller names the feed (`cannot start feed ...`), so these do not.
     #[error("URL must start with ws:// or wss://, not {url:?}")]
-    Url { feed: String, url: String },
-    #[error("{error}")]
-    Tls {
-        feed: String,
-        error: crate::client::ClientTlsError,
-    },
+    Url { url: String },
+    #[error(transparent)]
+    Tls(#[from] crate::client::ClientTlsError),
 }
 
 /// A running live feed.
@@ -178,7 +175,6 @@ pub(crate) fn is_websocket_url(url: &str) -> bool {
 pub(crate) fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
     if !is_websocket_url(&config.url) {
         return Err(LiveError::Url {
-            feed: config.name.clone(),
             url: config.url.clone(),
         });
     }
@@ -186,10 +182,7 @@ pub(crate) fn prepare(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, 
 }
 
 fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveError> {
-    crate::client::tls_client_config(config.ca_file.as_deref()).map_err(|error| LiveError::Tls {
-        feed: config.name.clone(),
-        error,
-    })
+    Ok(crate::client::tls_client_config(config.ca_file.as_deref())?)
 }
 
 /// Where a live feed's ticks go: the hub when serving, a file when recording.
