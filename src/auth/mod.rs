@@ -132,11 +132,13 @@ impl std::fmt::Debug for Authenticator {
 }
 
 /// Claims tickwire reads from a token; `exp`, `nbf`, `aud` and `iss` are
-/// checked by `jsonwebtoken` itself.
+/// checked by `jsonwebtoken` itself. `exp` is required, but optional here:
+/// the claims are read before they are validated, and a token without `exp`
+/// should fail validation, which names the claim, rather than reading.
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: Option<String>,
-    exp: i64,
+    exp: Option<i64>,
     #[serde(default)]
     symbols: Vec<SymbolPattern>,
     max_rate_hz: Option<f64>,
@@ -239,7 +241,7 @@ impl Authenticator {
                 max_subscriptions: claims.max_subscriptions,
             },
             // The leeway that admitted the token also extends its life.
-            expires_at: Some(claims.exp.saturating_add(self.leeway_secs)),
+            expires_at: claims.exp.map(|exp| exp.saturating_add(self.leeway_secs)),
         })
     }
 }
@@ -254,10 +256,6 @@ fn classify(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
         ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong algorithm"),
         ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(missing(claim)),
-        // `exp` is read into the claims too, and a token without it fails there first.
-        ErrorKind::Json(e) if e.to_string().starts_with("missing field `exp`") => {
-            AuthError::Invalid(missing("exp"))
-        }
         ErrorKind::Json(_) => AuthError::Invalid("claims are malformed"),
         _ => AuthError::Invalid("not a valid token or API key"),
     }
