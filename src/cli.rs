@@ -673,7 +673,10 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
         let (label, path) = run
             .split_once('=')
             .with_context(|| format!("`{run}`: expected LABEL=PATH"))?;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+        // A percentile distribution is some hundred lines.
+        let bytes = crate::files::read_capped(std::path::Path::new(path), 16 << 20)
+            .with_context(|| format!("cannot read {path}"))?;
+        let text = String::from_utf8(bytes).with_context(|| format!("{path} is not text"))?;
         let curve =
             crate::bench::plot::Curve::from_hgrm(label, &text).with_context(|| path.to_owned())?;
         curves.push(curve);

@@ -58,8 +58,12 @@ pub fn tls_client_config(
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         use rustls_pki_types::pem::PemObject as _;
-        let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        let certificates = crate::files::read_capped(path, crate::files::MAX_SETTINGS_FILE)
+            .map_err(rustls_pki_types::pem::Error::Io)
+            .and_then(|pem| {
+                rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map_err(|error| ClientTlsError::CaFile {
                 path: path.to_owned(),
                 error,

@@ -14,7 +14,8 @@
 //!   paces them on its own thread); live exchange upstreams over `ws://`/`wss://`
 //!   with reconnects and staleness ([`feed::live`]), which [`feed::record`] can
 //!   write to a replay file; and a seeded random-walk load ([`feed::synthetic`]).
-//!   [`feed::config`] reads `feeds/*.toml`.
+//!   [`feed::config`] reads `feeds/*.toml`. Every file an operator names is
+//!   opened through [`files`], which takes regular files only.
 //! - [`normalize`] turns Binance, Coinbase, Tardis and tickwire's own NDJSON
 //!   messages into [`normalize::Tick`]s. It does no I/O.
 //! - [`book`] applies a tick to a symbol's top of book, producing the next
@@ -61,6 +62,7 @@ pub mod client;
 pub mod cluster;
 pub mod fanout;
 pub mod feed;
+pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod normalize;

@@ -368,6 +368,26 @@ fn a_feed_file_runs_and_a_bad_one_fails_at_start_naming_file_line_and_field() {
     assert_eq!(stderr.matches("feed `d`").count(), 1, "{stderr}");
     assert_eq!(stderr.matches(dangling).count(), 1, "{stderr}");
 
+    // A device never ends and a FIFO blocks whoever opens it until a writer
+    // comes: both are refused at once, as a replay, a feed file or a key.
+    let fifo = dir.join("fifo.csv");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let fifo = fifo.to_str().expect("utf-8 path");
+    for args in [
+        ["--replay", "/dev/zero"],
+        ["--replay", fifo],
+        ["--feed", "/dev/zero"],
+        ["--feed", fifo],
+        ["--api-keys", fifo],
+    ] {
+        let stderr = serve_refused(&args);
+        assert!(
+            stderr.contains(args[1]) && stderr.contains("not a regular file"),
+            "{args:?}: {stderr}"
+        );
+    }
+
     let stderr = serve_refused(&["--workers", "0"]);
     assert!(stderr.contains("--workers"), "{stderr}");
 

@@ -47,7 +47,7 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Self, AuthSetupError> {
-        let text = std::fs::read_to_string(path).map_err(|e| AuthSetupError::Read {
+        let text = crate::files::read_settings(path).map_err(|e| AuthSetupError::Read {
             path: path.to_owned(),
             error: e,
         })?;

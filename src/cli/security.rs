@@ -96,8 +96,7 @@ impl SecurityArgs {
         let key = match (&self.jwt_secret_file, &self.jwt_public_key) {
             (Some(path), _) => Some(JwtKey::Hs256(read_secret(path)?)),
             (None, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let pem = read_settings_file(path)?;
                 Some(match self.jwt_algorithm {
                     KeyAlgorithm::Rs256 => JwtKey::Rs256Pem(pem),
                     KeyAlgorithm::Eddsa => JwtKey::EdDsaPem(pem),
@@ -187,8 +186,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     let key = match (&args.secret_file, &args.private_key) {
         (Some(path), _) => SigningKey::Hs256(read_secret(path)?),
         (None, Some(path)) => {
-            let pem =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let pem = read_settings_file(path)?;
             match args.algorithm {
                 KeyAlgorithm::Rs256 => SigningKey::Rs256Pem(pem),
                 KeyAlgorithm::Eddsa => SigningKey::EdDsaPem(pem),
@@ -229,10 +227,15 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bytes of a key or secret file.
+fn read_settings_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    crate::files::read_capped(path, crate::files::MAX_SETTINGS_FILE)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// A secret file's bytes without the newline an editor or `echo` leaves.
 fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut secret =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut secret = read_settings_file(path)?;
     if secret.last() == Some(&b'\n') {
         secret.pop();
         if secret.last() == Some(&b'\r') {

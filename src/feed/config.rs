@@ -217,7 +217,7 @@ fn default_connect_timeout_ms() -> u64 {
 
 /// Reads and validates a feed file.
 pub fn load(path: &Path) -> Result<FeedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+    let text = crate::files::read_settings(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
     })?;

@@ -295,7 +295,10 @@ impl Player {
                     Item::Failed(error) => {
                         self.stats.malformed.fetch_add(1, Relaxed);
                         let file_name = merge.files().get(file).map_or("?", |f| f.name());
-                        tracing::warn!(feed = %name, file = file_name, %error, "replay file ends early (read error)");
+                        // A looping replay of a damaged file meets it on every pass.
+                        warnings.warn(|suppressed| {
+                            tracing::warn!(feed = %name, file = file_name, %error, suppressed, "replay file ends early (read error)");
+                        });
                     }
                 }
             }
@@ -399,7 +402,14 @@ struct Pacer {
     played_ns: i64,
     /// The latest receive time played in the current stretch of recording.
     last_recv_ns: Option<i64>,
+    /// `played_ns` when the current pass over the files began.
+    pass_started_ns: Option<i64>,
 }
+
+/// The least recorded time a pass over the files takes: a looping file whose
+/// ticks share one receive time would otherwise be replayed as fast as it
+/// can be read, whatever the speed.
+const MIN_PASS_NS: i64 = 1_000_000_000;
 
 impl Pacer {
     fn new(speed: Speed, max_gap: Duration) -> Self {
@@ -409,11 +419,17 @@ impl Pacer {
             started: Instant::now(),
             played_ns: 0,
             last_recv_ns: None,
+            pass_started_ns: None,
         }
     }
 
-    /// A new pass over the files continues the timeline without a pause.
+    /// A new pass over the files continues the timeline without a pause,
+    /// once the last pass has taken at least [`MIN_PASS_NS`].
     fn restart(&mut self) {
+        if let Some(started) = self.pass_started_ns {
+            self.played_ns = self.played_ns.max(started.saturating_add(MIN_PASS_NS));
+        }
+        self.pass_started_ns = Some(self.played_ns);
         self.last_recv_ns = None;
     }
 
@@ -510,6 +526,28 @@ mod tests {
             assert!(pacer.wait_until_due(recv, &never));
         }
         assert_eq!(pacer.played_ns, 1_700_000_000);
+    }
+
+    #[test]
+    fn a_pass_takes_at_least_a_second_of_recorded_time() {
+        let mut pacer = Pacer::new(Speed::Max, Duration::from_secs(5));
+        let never = CancellationToken::new();
+        let pass = |pacer: &mut Pacer, ticks: &[i64]| {
+            pacer.restart();
+            for &recv in ticks {
+                assert!(pacer.wait_until_due(recv, &never));
+            }
+        };
+        // The first pass starts at once; passes whose ticks share one time
+        // are a second apart; a longer pass goes on without a pause.
+        pass(&mut pacer, &[7, 7]);
+        assert_eq!(pacer.played_ns, 0);
+        pass(&mut pacer, &[7]);
+        assert_eq!(pacer.played_ns, MIN_PASS_NS);
+        pass(&mut pacer, &[0, 3_000_000_000]);
+        assert_eq!(pacer.played_ns, 2 * MIN_PASS_NS + 3_000_000_000);
+        pass(&mut pacer, &[0]);
+        assert_eq!(pacer.played_ns, 2 * MIN_PASS_NS + 3_000_000_000);
     }
 
     #[test]

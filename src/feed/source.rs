@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -153,7 +152,7 @@ impl fmt::Debug for ReplayFile {
 impl ReplayFile {
     /// Opens `path`, decompressing gzip transparently and detecting the format.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|error| SourceError::Io {
+        let file = crate::files::open_regular(path).map_err(|error| SourceError::Io {
             path: path.to_path_buf(),
             error,
         })?;

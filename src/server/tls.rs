@@ -28,14 +28,17 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         let path = path.to_owned();
         move |error| TlsSetupError::Pem { path, error }
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(pem_error(cert))?
+    let read = |path: &Path| {
+        crate::files::read_capped(path, crate::files::MAX_SETTINGS_FILE)
+            .map_err(|error| pem_error(path)(rustls::pki_types::pem::Error::Io(error)))
+    };
+    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_error(cert))?;
     if chain.is_empty() {
         return Err(TlsSetupError::NoCertificate(cert.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(pem_error(key))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(pem_error(key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
