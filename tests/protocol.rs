@@ -36,7 +36,7 @@ async fn subscribe_answers_then_snapshots_then_live_updates_in_seq_order() {
 
     let mut client = Client::connect(&server.url("")).await;
     client
-        .send(json!({"op": "subscribe", "id": 7, "symbols": ["usdm:BTCUSDT", "NOPE"]}))
+        .send(json!({"op": "subscribe", "id": 7, "symbols": ["usdm:BTCUSDT", "NOPE", "NOPE", "usdm:BTCUSDT"]}))
         .await;
     assert_eq!(
         client.recv().await,
@@ -221,8 +221,9 @@ async fn subscription_limit_is_enforced_per_connection() {
     let server = live_server(config).await;
     let mut client = Client::connect(&server.url("")).await;
     client
-        .send(json!({"op": "subscribe", "id": 1, "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT"]}))
+        .send(json!({"op": "subscribe", "id": 1, "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT", "usdm:BTCUSDT"]}))
         .await;
+    // Repeats count once, refused or not.
     assert_eq!(
         client.recv_type("subscribed").await["symbols"],
         json!(["spot:BTCUSDT"])

@@ -616,6 +616,54 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_pongs_pings_or_empty_fragments_pay_the_message_rate_too() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            message_rate: RateConfig {
+                per_second: 0.001,
+                burst: 5,
+                max_strikes: 3,
+            },
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let floods = [
+        client_frame(true, 0xA, b"").repeat(1000),
+        client_frame(true, 0x9, b"p").repeat(1000),
+        [
+            client_frame(false, 0x1, b" "),
+            client_frame(false, 0x0, b"").repeat(1000),
+        ]
+        .concat(),
+    ];
+    for (n, flood) in floods.iter().enumerate() {
+        let mut stream = raw_connect(server.addr, "/ws", None).await;
+        stream.write_all(flood).await.expect("flood sent");
+        let mut frames = ServerFrames::default();
+        let mut pongs = 0;
+        let close = loop {
+            match frames.next(&mut stream).await {
+                Some((0x8, payload)) => break payload,
+                Some((0xA, _)) => pongs += 1,
+                Some(other) => panic!("flood {n}: unexpected {other:?}"),
+                None => panic!("flood {n}: closed without a close frame"),
+            }
+        };
+        assert_eq!(&close[..2], 1008u16.to_be_bytes(), "flood {n}");
+        // Pings over the rate are still answered, until the strikes run out:
+        // the burst, then one a strike.
+        assert_eq!(pongs, if n == 1 { 5 + 3 } else { 0 }, "flood {n}");
+        let series = r#"tickwire_connections_closed_total{reason="rate_limited"}"#;
+        eventually_metric(&server, series, n as f64 + 1.0).await;
+    }
+    // Frames are not requests: no error message answered them.
+    let series = r#"tickwire_client_errors_total{code="rate_limited"}"#;
+    assert_eq!(metric_value(&server, series).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_client_does_not_starve_the_others() {
     // The abuser is never closed, so it floods for the whole test.
     let config = ServerConfig {

@@ -224,31 +224,30 @@ pub(super) fn subscribe<C: Channel>(
 ) {
     let mut accepted: Vec<Arc<str>> = Vec::new();
     // A request may name thousands of symbols: look repeats up, don't scan.
-    let mut seen: HashSet<Arc<str>> = HashSet::new();
+    // Each name counts once, whether accepted or refused.
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut fresh: Vec<u32> = Vec::new();
     let mut unknown: Vec<String> = Vec::new();
     let mut over_limit: Vec<String> = Vec::new();
-    for name in symbols {
-        if seen.contains(name.as_str()) {
+    for name in &symbols {
+        if !seen.insert(name) {
             continue;
         }
-        if let Some(index) = channel.registry().find(&name) {
+        if let Some(index) = channel.registry().find(name) {
             if let Some(name) = channel.refresh(index, settings) {
-                seen.insert(name.clone());
                 accepted.push(name);
                 fresh.push(index);
             }
             continue;
         }
-        let Some(entry) = channel.hub().get(&name) else {
-            unknown.push(name);
+        let Some(entry) = channel.hub().get(name) else {
+            unknown.push(name.clone());
             continue;
         };
         if channel.registry().len() >= channel.max_subscriptions() {
-            over_limit.push(name);
+            over_limit.push(name.clone());
             continue;
         }
-        seen.insert(entry.name().clone());
         accepted.push(entry.name().clone());
         fresh.push(channel.add(entry, settings));
     }

@@ -35,6 +35,9 @@ pub mod close_code {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     Text(String),
+    /// A frame that continues a text message without finishing it: nothing to
+    /// act on yet, but a frame the client's rate pays for.
+    Fragment,
     Ping(Vec<u8>),
     Pong,
     Close(Option<u16>),
@@ -82,27 +85,23 @@ impl Decoder {
         }
     }
 
-    /// Decodes the next message from `buf`, consuming its bytes. Returns
+    /// Decodes the next frame from `buf`, consuming its bytes. Returns
     /// `Ok(None)` when `buf` holds no complete frame yet. Oversized frames are
     /// refused as soon as their header is read, before the payload arrives.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
-        loop {
-            let Some(header) = parse_header(buf)? else {
-                return Ok(None);
-            };
-            self.check_frame(&header)?;
-            let frame_len = header.header_len as u64 + header.payload_len;
-            if (buf.len() as u64) < frame_len {
-                return Ok(None);
-            }
-            buf.advance(header.header_len);
-            // Lossless: payload_len <= max_message, a usize, was checked above.
-            let mut payload = buf.split_to(header.payload_len as usize);
-            unmask(&mut payload, header.mask);
-            if let Some(message) = self.on_frame(&header, &payload)? {
-                return Ok(Some(message));
-            }
+        let Some(header) = parse_header(buf)? else {
+            return Ok(None);
+        };
+        self.check_frame(&header)?;
+        let frame_len = header.header_len as u64 + header.payload_len;
+        if (buf.len() as u64) < frame_len {
+            return Ok(None);
         }
+        buf.advance(header.header_len);
+        // Lossless: payload_len <= max_message, a usize, was checked above.
+        let mut payload = buf.split_to(header.payload_len as usize);
+        unmask(&mut payload, header.mask);
+        self.on_frame(&header, &payload).map(Some)
     }
 
     fn check_frame(&self, header: &Header) -> Result<(), DecodeError> {
@@ -115,8 +114,11 @@ impl Decoder {
             }
             return Ok(());
         }
-        if header.opcode == 0x2 {
-            return Err(DecodeError::Binary);
+        match header.opcode {
+            0x2 => return Err(DecodeError::Binary),
+            // Refused before its size is weighed or its payload waited for.
+            0x3..=0x7 => return Err(DecodeError::Protocol("reserved opcode")),
+            _ => {}
         }
         let buffered = self.partial.as_ref().map_or(0, Vec::len) as u64;
         let total = buffered.saturating_add(header.payload_len);
@@ -126,21 +128,17 @@ impl Decoder {
         Ok(())
     }
 
-    fn on_frame(
-        &mut self,
-        header: &Header,
-        payload: &[u8],
-    ) -> Result<Option<Inbound>, DecodeError> {
+    fn on_frame(&mut self, header: &Header, payload: &[u8]) -> Result<Inbound, DecodeError> {
         match header.opcode {
             0x1 => {
                 if self.partial.is_some() {
                     return Err(DecodeError::Protocol("new message inside a fragmented one"));
                 }
                 if header.fin {
-                    return text(payload.to_vec()).map(Some);
+                    return text(payload.to_vec());
                 }
                 self.partial = Some(payload.to_vec());
-                Ok(None)
+                Ok(Inbound::Fragment)
             }
             0x0 => {
                 let Some(partial) = self.partial.as_mut() else {
@@ -148,16 +146,16 @@ impl Decoder {
                 };
                 partial.extend_from_slice(payload);
                 if !header.fin {
-                    return Ok(None);
+                    return Ok(Inbound::Fragment);
                 }
                 let whole = std::mem::take(partial);
                 self.partial = None;
-                text(whole).map(Some)
+                text(whole)
             }
             0x2 => Err(DecodeError::Binary),
-            0x8 => close(payload).map(Some),
-            0x9 => Ok(Some(Inbound::Ping(payload.to_vec()))),
-            0xA => Ok(Some(Inbound::Pong)),
+            0x8 => close(payload),
+            0x9 => Ok(Inbound::Ping(payload.to_vec())),
+            0xA => Ok(Inbound::Pong),
             _ => Err(DecodeError::Protocol("reserved opcode")),
         }
     }
@@ -179,7 +177,10 @@ fn close(payload: &[u8]) -> Result<Inbound, DecodeError> {
             if !valid {
                 return Err(DecodeError::Protocol("invalid close code"));
             }
-            std::str::from_utf8(reason).map_err(|_| DecodeError::InvalidUtf8)?;
+            // An invalid close payload is a protocol error (1002), as protocol
+            // v1 says; 1007 is for text messages.
+            std::str::from_utf8(reason)
+                .map_err(|_| DecodeError::Protocol("close reason is not valid UTF-8"))?;
             Ok(Inbound::Close(Some(code)))
         }
     }
@@ -336,9 +337,12 @@ mod tests {
         bytes.extend(masked(true, 0x9, b"p"));
         bytes.extend(masked(true, 0x0, b"lo"));
         let got = decode_all(&mut Decoder::new(1024), &bytes);
+        // The first fragment is a frame of its own (the client's rate pays
+        // for each), the message comes whole with the last.
         assert_eq!(
             got,
             vec![
+                Ok(Inbound::Fragment),
                 Ok(Inbound::Ping(b"p".to_vec())),
                 Ok(Inbound::Text("hello".into()))
             ]
@@ -359,7 +363,10 @@ mod tests {
         let mut bytes = masked(false, 0x1, &[b'a'; 60]);
         bytes.extend(masked(true, 0x0, &[b'a'; 60]));
         let got = decode_all(&mut Decoder::new(100), &bytes);
-        assert_eq!(got, vec![Err(DecodeError::TooBig(120))]);
+        assert_eq!(
+            got,
+            vec![Ok(Inbound::Fragment), Err(DecodeError::TooBig(120))]
+        );
     }
 
     #[test]
@@ -373,6 +380,9 @@ mod tests {
             (masked(true, 0x0, b"x"), 1002),      // stray continuation
             (masked(true, 0x8, &[0x03]), 1002),   // one-byte close
             (masked(true, 0x8, &1005u16.to_be_bytes()), 1002),
+            (masked(true, 0x8, &[0x03, 0xe8, 0xff]), 1002), // reason not UTF-8
+            // A reserved opcode is refused from the header, before its size.
+            (masked(true, 0x3, &[0u8; 70_000])[..14].to_vec(), 1002),
             (masked(true, 0x9, &[0u8; 126]), 1002),
             (
                 [0xc1]

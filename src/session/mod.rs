@@ -635,37 +635,42 @@ impl Session {
                     return Err(Closing::Send(error.close_code(), error.to_string(), reason));
                 }
             };
+            if let Inbound::Close(code) = message {
+                let code = code.unwrap_or(close_code::NORMAL);
+                return Err(Closing::Send(
+                    code,
+                    String::new(),
+                    CloseReason::ClientClosed,
+                ));
+            }
+            // Every other frame pays: a flood of pongs or of empty fragments
+            // costs as much to decode as one of requests.
+            let verdict = self.rate.check(Instant::now());
+            if verdict == Verdict::Abuse {
+                return Err(Closing::Send(
+                    close_code::POLICY_VIOLATION,
+                    "message rate limit exceeded repeatedly".into(),
+                    CloseReason::RateLimited,
+                ));
+            }
+            let over_rate = verdict == Verdict::Refuse;
             match message {
                 Inbound::Text(text) => {
                     self.context.hub.metrics().messages_in.fetch_add(1, Relaxed);
-                    match self.rate.check(Instant::now()) {
-                        Verdict::Allow => self.handle_request(&text),
-                        Verdict::Refuse => {
-                            self.refuse_for_rate();
-                            // Short enough that pings are still read in time.
-                            let pause = self.rate.retry_after().min(MAX_READ_PAUSE);
-                            self.read_paused_until = Some(Instant::now() + pause);
-                        }
-                        Verdict::Abuse => {
-                            return Err(Closing::Send(
-                                close_code::POLICY_VIOLATION,
-                                "message rate limit exceeded repeatedly".into(),
-                                CloseReason::RateLimited,
-                            ))
-                        }
+                    if over_rate {
+                        self.refuse_for_rate();
+                    } else {
+                        self.handle_request(&text);
                     }
                     self.note_subscriptions();
                 }
                 Inbound::Ping(payload) => self.out.push_control(OpCode::Pong, &payload),
-                Inbound::Pong => {}
-                Inbound::Close(code) => {
-                    let code = code.unwrap_or(close_code::NORMAL);
-                    return Err(Closing::Send(
-                        code,
-                        String::new(),
-                        CloseReason::ClientClosed,
-                    ));
-                }
+                Inbound::Pong | Inbound::Fragment | Inbound::Close(_) => {}
+            }
+            if over_rate {
+                // Short enough that pings are still read in time.
+                let pause = self.rate.retry_after().min(MAX_READ_PAUSE);
+                self.read_paused_until = Some(Instant::now() + pause);
             }
         }
     }
