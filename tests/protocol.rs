@@ -360,6 +360,54 @@ async fn non_websocket_requests_to_ws_get_a_json_400() {
     assert_eq!(metric(&page, series), 1.0, "the refusal is counted");
     let (status, body) = server.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // Handshakes RFC 6455 does not allow are refused before any 101, with
+    // the JSON body, and counted; only the last one is upgraded.
+    let headers = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n";
+    let good_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let host = "Host: x\r\n";
+    let cases = [
+        ("GET", "HTTP/1.0", host, good_key, "400"),
+        ("HEAD", "HTTP/1.1", host, good_key, "405"),
+        ("POST", "HTTP/1.1", host, good_key, "405"),
+        ("GET", "HTTP/1.1", "", good_key, "400"),
+        (
+            "GET",
+            "HTTP/1.1",
+            host,
+            "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n",
+            "400",
+        ),
+        ("GET", "HTTP/1.1", host, good_key, "101"),
+    ];
+    for (method, version, host, key, status) in cases {
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let request = format!("{method} /ws {version}\r\n{host}{headers}{key}\r\n");
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        let mut head = vec![0u8; 4096];
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut head),
+        )
+        .await
+        .expect("answered")
+        .expect("read");
+        let head = String::from_utf8_lossy(&head[..read]).into_owned();
+        let answer = head.split(' ').nth(1);
+        assert_eq!(answer, Some(status), "{request}\n{head}");
+        if status != "101" && method != "HEAD" {
+            assert!(head.contains(r#""error":"bad_request""#), "{head}");
+        }
+    }
+    let page = server.get("/metrics").await.1;
+    let series = r#"tickwire_handshakes_refused_total{reason="not_websocket"}"#;
+    assert_eq!(
+        metric(&page, series),
+        6.0,
+        "the plain GET and five handshakes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::{PeerAddr, Shared};
 use crate::auth::{self, Grant};
 use crate::limits::Admission;
-use crate::metrics::{ErrorCode, Refusal};
+use crate::metrics::{CloseReason, ErrorCode, Refusal};
 use crate::protocol;
 use crate::session::transport::Transport;
 use crate::session::{self, sse, SessionContext};
@@ -34,7 +34,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/snapshot/{symbol}", get(snapshot))
         .route("/api/latency", get(latency))
         .route("/api/feeds", get(feeds))
-        .route("/ws", get(upgrade))
+        // Any method, so that a handshake that is not a GET gets the JSON refusal.
+        .route("/ws", any(upgrade))
         .route("/sse", get(event_stream))
         .with_state(shared)
 }
@@ -406,7 +407,16 @@ async fn upgrade(
     mut request: Request,
 ) -> Response {
     let metrics = shared.hub.metrics();
-    let key = match websocket_key(request.headers()) {
+    if request.method() != Method::GET {
+        metrics.count_refusal(Refusal::NotWebSocket);
+        let message = "the WebSocket handshake is a GET request";
+        let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, "bad_request", message);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    let key = match websocket_key(&request) {
         Ok(key) => key,
         Err(message) => {
             metrics.count_refusal(Refusal::NotWebSocket);
@@ -434,10 +444,13 @@ async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let context = session_context(&shared, grant);
     shared.sessions.spawn(async move {
+        // The permit was counted in; a connection that ends before its
+        // session starts is counted out here.
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
+                context.hub.metrics().count_close(CloseReason::Io);
                 return;
             }
         };
@@ -450,6 +463,7 @@ async fn upgrade(
                 }
                 Err(_) => {
                     tracing::error!("upgraded connection is neither TCP nor TLS");
+                    context.hub.metrics().count_close(CloseReason::Io);
                     return;
                 }
             },
@@ -474,7 +488,15 @@ async fn upgrade(
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request, or why it is not one.
-fn websocket_key(headers: &HeaderMap) -> Result<String, &'static str> {
+fn websocket_key(request: &Request) -> Result<String, &'static str> {
+    // RFC 6455: a GET over HTTP/1.1, with a Host.
+    if request.version() != Version::HTTP_11 {
+        return Err("the WebSocket handshake needs HTTP/1.1");
+    }
+    let headers = request.headers();
+    if !headers.contains_key(header::HOST) {
+        return Err("missing Host header");
+    }
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
             value
@@ -496,10 +518,14 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, &'static str> {
     {
         return Err("only WebSocket version 13 is supported");
     }
+    use base64::Engine as _;
     headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
-        .filter(|key| key.len() == 24)
+        .filter(|key| {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(key);
+            decoded.is_ok_and(|nonce| nonce.len() == 16)
+        })
         .map(str::to_owned)
         .ok_or("missing or malformed Sec-WebSocket-Key")
 }
