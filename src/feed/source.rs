@@ -329,10 +329,10 @@ impl ReplayFile {
         };
         match parsed {
             Ok(Parsed::Tick { symbol, tick }) => match self.symbols.intern(symbol) {
-                Some(symbol) => Item::Tick { symbol, tick },
-                None => Item::Malformed {
+                Ok(symbol) => Item::Tick { symbol, tick },
+                Err(reason) => Item::Malformed {
                     line: self.line_no,
-                    error: ParseError::Line("too many distinct symbols in one file"),
+                    error: ParseError::Line(reason),
                 },
             },
             Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
@@ -342,12 +342,12 @@ impl ReplayFile {
                     return Item::Depth { symbol: None };
                 }
                 match self.symbols.intern(&self.depth.symbol) {
-                    Some(symbol) => Item::Depth {
+                    Ok(symbol) => Item::Depth {
                         symbol: Some(symbol),
                     },
-                    None => Item::Malformed {
+                    Err(reason) => Item::Malformed {
                         line: self.line_no,
-                        error: ParseError::Line("too many distinct symbols in one file"),
+                        error: ParseError::Line(reason),
                     },
                 }
             }
@@ -447,6 +447,10 @@ fn read_prefix(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Distinct symbols one file may name; lines naming more are malformed.
 /// Every symbol is served, with a book of its own.
 const MAX_SYMBOLS_PER_FILE: usize = 100_000;
+/// The longest symbol name a file may use; lines naming a longer one are
+/// malformed. Venue names are a few dozen bytes at most (options included),
+/// and every name is kept, served and listed by `/api/symbols`.
+pub const MAX_SYMBOL_BYTES: usize = 64;
 
 #[derive(Default)]
 struct SymbolTable {
@@ -457,28 +461,33 @@ struct SymbolTable {
 }
 
 impl SymbolTable {
-    fn intern(&mut self, symbol: &str) -> Option<u32> {
+    /// The symbol's id in this file, or why a line naming it is malformed.
+    fn intern(&mut self, symbol: &str) -> Result<u32, &'static str> {
         if self
             .names
             .get(self.last as usize)
             .is_some_and(|n| **n == *symbol)
         {
-            return Some(self.last);
+            return Ok(self.last);
         }
         let id = match self.ids.get(symbol) {
             Some(&id) => id,
             None => {
-                if self.names.len() >= MAX_SYMBOLS_PER_FILE {
-                    return None;
+                if symbol.len() > MAX_SYMBOL_BYTES {
+                    return Err("symbol name longer than 64 bytes");
                 }
-                let id = u32::try_from(self.names.len()).ok()?;
+                let too_many = "too many distinct symbols in one file";
+                if self.names.len() >= MAX_SYMBOLS_PER_FILE {
+                    return Err(too_many);
+                }
+                let id = u32::try_from(self.names.len()).map_err(|_| too_many)?;
                 self.names.push(symbol.into());
                 self.ids.insert(symbol.into(), id);
                 id
             }
         };
         self.last = id;
-        Some(id)
+        Ok(id)
     }
 }
 
@@ -634,13 +643,18 @@ mod tests {
     }
 
     #[test]
-    fn a_file_names_a_bounded_number_of_symbols() {
+    fn a_file_names_a_bounded_number_of_symbols_of_bounded_length() {
         let mut table = SymbolTable::default();
-        for i in 0..MAX_SYMBOLS_PER_FILE {
-            assert!(table.intern(&format!("S{i}")).is_some());
+        let longest = "L".repeat(MAX_SYMBOL_BYTES);
+        assert_eq!(table.intern(&longest), Ok(0));
+        let too_long = table.intern(&format!("{longest}L"));
+        assert_eq!(too_long, Err("symbol name longer than 64 bytes"));
+        for i in 1..MAX_SYMBOLS_PER_FILE {
+            assert!(table.intern(&format!("S{i}")).is_ok());
         }
-        assert_eq!(table.intern("ONE-MORE"), None);
-        assert_eq!(table.intern("S7"), Some(7), "known symbols still resolve");
+        let one_more = table.intern("ONE-MORE");
+        assert_eq!(one_more, Err("too many distinct symbols in one file"));
+        assert_eq!(table.intern("S7"), Ok(7), "known symbols still resolve");
     }
 
     #[test]
