@@ -358,6 +358,14 @@ async fn non_websocket_requests_to_ws_get_a_json_400() {
     let page = server.get("/metrics").await.1;
     let series = r#"tickwire_client_errors_total{code="unknown_symbol"}"#;
     assert_eq!(metric(&page, series), 1.0, "the refusal is counted");
+    // A path that does not decode to UTF-8 gets the same JSON shape, counted.
+    let (status, body) = server.get("/api/snapshot/%FF").await;
+    assert_eq!(status, 400);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(body["error"], "bad_request");
+    let page = server.get("/metrics").await.1;
+    let series = r#"tickwire_handshakes_refused_total{reason="bad_query"}"#;
+    assert_eq!(metric(&page, series), 1.0);
     let (status, body) = server.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
@@ -112,13 +112,26 @@ async fn symbols(
 
 async fn snapshot(
     State(shared): State<Arc<Shared>>,
-    Path(symbol): Path<String>,
+    symbol: Result<Path<String>, PathRejection>,
     query: Result<Query<ClientQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let grant = match client_query(&shared, query).and_then(|q| authenticate(&shared, &headers, &q))
-    {
-        Ok(grant) => grant,
+    // A symbol that is not UTF-8 once decoded gets the JSON 400, like a bad query.
+    let symbol = symbol.map(|Path(symbol)| symbol).map_err(|rejection| {
+        Refused::new(
+            &shared,
+            Refusal::BadQuery,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed symbol in the path: {}", rejection.body_text()),
+        )
+    });
+    let checked = symbol.and_then(|symbol| {
+        let query = client_query(&shared, query)?;
+        Ok((symbol, authenticate(&shared, &headers, &query)?))
+    });
+    let (symbol, grant) = match checked {
+        Ok(checked) => checked,
         Err(refused) => return refused.into_response(),
     };
     if !grant.entitlements.allows(&symbol) {
