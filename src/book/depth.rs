@@ -51,6 +51,10 @@ pub const DEFAULT_MAX_PENDING_DIFFS: usize = 1_000;
 /// bound the memory. A diff larger than this by itself is not buffered.
 pub const MAX_PENDING_LEVELS: usize = 1_000_000;
 
+fn levels(message: &DepthMessage) -> usize {
+    message.bids.len() + message.asks.len()
+}
+
 /// Level capacity an emptied message keeps for reuse; one that held a huge
 /// diff gives the rest back.
 const SPARE_LEVELS: usize = 4_096;
@@ -348,13 +352,10 @@ impl DepthBook {
     /// Keeps `diff` for the next snapshot, dropping the oldest diffs past
     /// the buffer's bounds (they surface as a gap if the snapshot needs them).
     fn buffer(&mut self, diff: &DepthMessage) {
-        let levels = |message: &DepthMessage| message.bids.len() + message.asks.len();
         if levels(diff) > MAX_PENDING_LEVELS {
             return;
         }
-        // Only while awaiting a snapshot: summing is cheaper than keeping a
-        // count right through every path that takes diffs out.
-        let mut held: usize = self.pending.iter().map(levels).sum();
+        let mut held = self.pending_levels();
         while self.pending.len() >= self.max_pending || held + levels(diff) > MAX_PENDING_LEVELS {
             let Some(oldest) = self.pending.pop_front() else {
                 break;
@@ -377,6 +378,22 @@ impl DepthBook {
     /// Number of diffs waiting for a snapshot.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Levels in the diffs waiting for a snapshot. Summed when asked: the
+    /// buffer is empty but while a book awaits its snapshot, and summing is
+    /// cheaper than keeping a count right through every path that takes
+    /// diffs out.
+    pub fn pending_levels(&self) -> usize {
+        self.pending.iter().map(levels).sum()
+    }
+
+    /// Drops every diff waiting for a snapshot (they surface as a gap if the
+    /// snapshot needs them), for a caller bounding many books together.
+    pub fn drop_pending(&mut self) {
+        // Their storage and the spares too: the point is the memory.
+        self.pending = VecDeque::new();
+        self.spare = Vec::new();
     }
 
     /// The next published version: the best `max_depth` levels per side.

@@ -278,8 +278,9 @@ impl Player {
                         let Some(entry) = self.entry(&mut entries, &merge, file, symbol) else {
                             continue;
                         };
-                        let book = depth.book(file, symbol);
-                        self.hub.apply_depth(&entry, book, message, wall_clock_ns());
+                        depth.apply(file, symbol, |book| {
+                            self.hub.apply_depth(&entry, book, message, wall_clock_ns());
+                        });
                         played = true;
                     }
                     Item::Recognised(_) => {
@@ -362,6 +363,10 @@ impl Player {
 struct DepthBooks {
     books: HashMap<(usize, u32), DepthBook>,
     max_levels: usize,
+    /// Levels in the diffs every book holds while awaiting its snapshot, and
+    /// their bound.
+    pending_levels: usize,
+    max_pending_levels: usize,
     /// Each file's last diff symbol: a Binance REST snapshot names no symbol,
     /// and belongs to the symbol whose diffs the capture carries.
     last_symbol: Vec<Option<u32>>,
@@ -372,6 +377,8 @@ impl DepthBooks {
         Self {
             books: HashMap::new(),
             max_levels,
+            pending_levels: 0,
+            max_pending_levels: MAX_REPLAY_PENDING_LEVELS,
             last_symbol: vec![None; files],
         }
     }
@@ -385,13 +392,30 @@ impl DepthBooks {
         *last
     }
 
-    fn book(&mut self, file: usize, symbol: u32) -> &mut DepthBook {
+    /// Applies `message` with `apply` to the book of `symbol` in `file`,
+    /// keeping the diffs all books buffer within `max_pending_levels`:
+    /// past it, the book that grew drops what it buffered.
+    fn apply(&mut self, file: usize, symbol: u32, apply: impl FnOnce(&mut DepthBook)) {
         let max_levels = self.max_levels;
-        self.books
+        let book = self
+            .books
             .entry((file, symbol))
-            .or_insert_with(|| DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels))
+            .or_insert_with(|| DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels));
+        let before = book.pending_levels();
+        apply(book);
+        let after = book.pending_levels();
+        self.pending_levels = self.pending_levels.saturating_sub(before) + after;
+        if self.pending_levels > self.max_pending_levels {
+            book.drop_pending();
+            self.pending_levels -= after;
+        }
     }
 }
+
+/// Levels buffered by all of a replay's books together while they await
+/// their snapshots (128 MB). Each book is bounded on its own, but a file
+/// may name many symbols.
+const MAX_REPLAY_PENDING_LEVELS: usize = 4_000_000;
 
 /// Maps recorded receive times onto the wall clock.
 struct Pacer {
@@ -548,6 +572,41 @@ mod tests {
         assert_eq!(pacer.played_ns, 2 * MIN_PASS_NS + 3_000_000_000);
         pass(&mut pacer, &[0]);
         assert_eq!(pacer.played_ns, 2 * MIN_PASS_NS + 3_000_000_000);
+    }
+
+    #[test]
+    fn books_awaiting_snapshots_buffer_within_one_budget() {
+        use crate::book::Level;
+        use crate::normalize::depth::{DepthMessage, Sequence};
+        use rust_decimal::Decimal;
+        // Each diff holds a tenth of the budget: ten books' worth is all the
+        // replay may hold.
+        let levels = 1_000;
+        let diff = DepthMessage {
+            sequence: Sequence::Spot { first: 1, last: 1 },
+            bids: (0..levels)
+                .map(|i| Level {
+                    price: Decimal::from(i + 1),
+                    size: Decimal::ONE,
+                })
+                .collect(),
+            ..DepthMessage::default()
+        };
+        let mut books = DepthBooks::new(1, 10);
+        books.max_pending_levels = 10 * levels;
+        for symbol in 0..10 {
+            books.apply(0, symbol, |book| {
+                book.apply(&diff);
+            });
+            assert_eq!(books.pending_levels, (symbol as usize + 1) * levels);
+        }
+        // The eleventh book drops what it buffered; the others keep theirs.
+        books.apply(0, 10, |book| {
+            book.apply(&diff);
+        });
+        assert_eq!(books.pending_levels, 10 * levels);
+        let held: Vec<usize> = (0..=10).map(|s| books.books[&(0, s)].pending()).collect();
+        assert_eq!(held, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
     }
 
     #[test]
