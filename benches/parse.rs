@@ -93,7 +93,7 @@ fn serde_book_ticker(json: &[u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseEr
         ask: dec("a", d.ask)?,
         ask_size: dec("A", d.ask_size)?,
     };
-    Ok(Parsed::tick(d.s, recv_ts_ns, event_ns(d.event_ms)?, update))
+    Parsed::tick(d.s, recv_ts_ns, event_ns(d.event_ms)?, update)
 }
 
 fn serde_trade(json: &[u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
@@ -106,7 +106,7 @@ fn serde_trade(json: &[u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
         price: dec("p", d.p)?,
         size: dec("q", d.q)?,
     };
-    Ok(Parsed::tick(d.s, recv_ts_ns, event_ns(d.event_ms)?, update))
+    Parsed::tick(d.s, recv_ts_ns, event_ns(d.event_ms)?, update)
 }
 
 fn serde_depth(json: &[u8], _recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {

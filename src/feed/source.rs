@@ -338,6 +338,12 @@ impl ReplayFile {
             Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
                 if matches!(self.parser, Parser::Binance | Parser::Coinbase) =>
             {
+                if self.depth.has_negative_size() {
+                    return Item::Malformed {
+                        line: self.line_no,
+                        error: ParseError::Line("negative size"),
+                    };
+                }
                 if self.depth.symbol.is_empty() {
                     return Item::Depth { symbol: None };
                 }
@@ -655,6 +661,23 @@ mod tests {
         let one_more = table.intern("ONE-MORE");
         assert_eq!(one_more, Err("too many distinct symbols in one file"));
         assert_eq!(table.intern("S7"), Ok(7), "known symbols still resolve");
+    }
+
+    #[test]
+    fn negative_sizes_make_a_line_malformed() {
+        let negative_level = SPOT_DEPTH.replace("\"0.32332000\"", "\"-0.32332000\"");
+        let negative_bid = SPOT_BOOK.replace("\"3.78826000\"", "\"-3.78826000\"");
+        let negative_trade = USDM_TRADE.replace("\"0.006\"", "\"-0.006\"");
+        for line in [&negative_level, &negative_bid, &negative_trade] {
+            assert_ne!(line, SPOT_DEPTH);
+            let mut file = memory("negative", format!("{line}\n")).expect("opens");
+            match file.next_item() {
+                Some(Item::Malformed { error, .. }) => {
+                    assert_eq!(error, ParseError::Line("negative size"), "{line}");
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::book::Level;
 /// no top-of-book change. simd-json unescapes in place, hence `&mut`.
 pub fn parse_message(json: &mut [u8], recv_ts_ns: i64) -> Result<Parsed<'_>, ParseError> {
     if let Some(flat) = flat_message(json, recv_ts_ns, None) {
-        return Ok(flat.parsed(json));
+        return flat.parsed(json);
     }
     with_tape(json, |root| parse_root(root, recv_ts_ns, None))
 }
@@ -38,7 +38,7 @@ pub fn parse_message_with_depth<'a>(
 ) -> Result<Parsed<'a>, ParseError> {
     depth.clear();
     if let Some(flat) = flat_message(json, recv_ts_ns, Some(depth)) {
-        return Ok(flat.parsed(json));
+        return flat.parsed(json);
     }
     // The flat path may have decoded part of a message before giving it up.
     depth.clear();
@@ -92,7 +92,7 @@ enum FlatMessage {
 }
 
 impl FlatMessage {
-    fn parsed(self, json: &[u8]) -> Parsed<'_> {
+    fn parsed(self, json: &[u8]) -> Result<Parsed<'_>, ParseError> {
         match self {
             FlatMessage::Tick {
                 symbol,
@@ -107,7 +107,7 @@ impl FlatMessage {
                     .unwrap_or_default();
                 Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
             }
-            FlatMessage::Depth(recognised) => Parsed::Recognised(recognised),
+            FlatMessage::Depth(recognised) => Ok(Parsed::Recognised(recognised)),
         }
     }
 }
@@ -378,7 +378,7 @@ fn tick<'de>(
         ),
         None => None,
     };
-    Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
+    Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
 }
 
 fn dec(payload: &Object<'_, '_>, key: &'static str) -> Result<rust_decimal::Decimal, ParseError> {
@@ -609,7 +609,7 @@ mod tests {
     fn flat_parse_with_depth(json: &str, recv_ts_ns: i64) -> Option<String> {
         let mut depth = DepthMessage::default();
         let flat = flat_message(json.as_bytes(), recv_ts_ns, Some(&mut depth))?;
-        let parsed = Ok::<_, ParseError>(flat.parsed(json.as_bytes()));
+        let parsed = flat.parsed(json.as_bytes());
         Some(format!("{parsed:?} {depth:?}"))
     }
 
@@ -651,7 +651,7 @@ mod tests {
                 }
                 // Without depth decoding too.
                 if let Some(fast) = flat_message(json.as_bytes(), ts, None) {
-                    let fast = format!("{:?}", Ok::<_, ParseError>(fast.parsed(json.as_bytes())));
+                    let fast = format!("{:?}", fast.parsed(json.as_bytes()));
                     assert_eq!(fast, full_parse(json, ts), "{json}");
                 }
             }

@@ -196,7 +196,7 @@ fn tick<'de>(
         ),
         None => None,
     };
-    Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
+    Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
 }
 
 /// A `snapshot`: the product's whole book as `[["price","size"],...]` per side.

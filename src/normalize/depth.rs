@@ -50,6 +50,15 @@ pub struct DepthMessage {
 }
 
 impl DepthMessage {
+    /// Whether a level has a size below zero, which no venue sends (zero
+    /// removes a level).
+    pub fn has_negative_size(&self) -> bool {
+        let levels = self.bids.iter().chain(&self.asks);
+        levels
+            .map(|level| level.size)
+            .any(|size| size.is_sign_negative() && !size.is_zero())
+    }
+
     /// Empties the message for reuse, keeping every buffer's capacity.
     pub fn clear(&mut self) {
         self.symbol.clear();

@@ -52,21 +52,33 @@ pub enum Parsed<'a> {
 }
 
 impl<'a> Parsed<'a> {
-    /// A tick for `symbol`.
+    /// A tick for `symbol`, unless a size in it is below zero: no venue
+    /// quotes or trades a negative quantity, so such a message is malformed
+    /// whichever format carried it.
     pub fn tick(
         symbol: &'a str,
         recv_ts_ns: i64,
         exchange_ts_ns: Option<i64>,
         update: BookUpdate,
-    ) -> Self {
-        Parsed::Tick {
+    ) -> Result<Self, ParseError> {
+        let negative = |size: &Decimal| size.is_sign_negative() && !size.is_zero();
+        let has_negative = match &update {
+            BookUpdate::Quote {
+                bid_size, ask_size, ..
+            } => negative(bid_size) || negative(ask_size),
+            BookUpdate::Trade { size, .. } => negative(size),
+        };
+        if has_negative {
+            return Err(ParseError::Line("negative size"));
+        }
+        Ok(Parsed::Tick {
             symbol,
             tick: Tick {
                 recv_ts_ns,
                 exchange_ts_ns,
                 update,
             },
-        }
+        })
     }
 }
 

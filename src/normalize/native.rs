@@ -83,7 +83,7 @@ fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
         },
         other => return Err(ParseError::UnknownType(other.chars().take(40).collect())),
     };
-    Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
+    Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
 }
 
 fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<Decimal, ParseError> {

@@ -86,6 +86,11 @@ impl TardisCsv {
     /// Parses one data row (a trailing `\r` is ignored).
     pub fn parse_line<'a>(&self, line: &'a str) -> Result<Parsed<'a>, ParseError> {
         let line = line.trim_end_matches(['\r', '\n']);
+        // Tardis never quotes a field; splitting a quoted one on commas would
+        // serve its quotes as part of a symbol or refuse it as a number.
+        if line.contains('"') {
+            return Err(ParseError::Line("quoted CSV fields are not read"));
+        }
         let mut values: [&'a str; SLOTS] = [""; SLOTS];
         let mut columns = 0;
         for (column, field) in line.split(',').enumerate() {
@@ -139,7 +144,7 @@ impl TardisCsv {
                 size: dec(AMOUNT)?,
             },
         };
-        Ok(Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update))
+        Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
     }
 }
 
@@ -250,6 +255,26 @@ mod tests {
             Err(ParseError::Line(_))
         ));
         assert!(matches!(csv.parse_line(""), Err(ParseError::Line(_))));
+        assert_eq!(
+            csv.parse_line("binance-futures,\"BTCUSDT\",1,2,0.84,9682,1,0.003"),
+            Err(ParseError::Line("quoted CSV fields are not read"))
+        );
+        // A negative amount, and the refused forms of a decimal.
+        assert_eq!(
+            csv.parse_line("binance-futures,BTCUSDT,1,2,-0.84,9682,1,0.003"),
+            Err(ParseError::Line("negative size"))
+        );
+        for price in ["1_0", "+1"] {
+            let row = format!("binance-futures,BTCUSDT,1,2,0.84,{price},1,0.003");
+            assert!(
+                matches!(csv.parse_line(&row), Err(ParseError::Decimal { .. })),
+                "{price}"
+            );
+        }
+        // A size of zero (even written `-0`) is a size.
+        assert!(csv
+            .parse_line("binance-futures,BTCUSDT,1,2,-0,9682,1,0")
+            .is_ok());
         assert_eq!(
             csv.parse_line("binance-futures,BTCUSDT,1,2,0.84,96x82,1,0.003"),
             Err(ParseError::Decimal {
