@@ -575,12 +575,11 @@ async fn one_subscribe_of_thousands_of_symbols_writes_its_snapshots_as_the_clien
     assert_eq!(metric_value(&server, series).await, 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
-    let config = ServerConfig {
+/// A burst of 5 messages, three strikes, and no token back during a test.
+fn strict_rate() -> ServerConfig {
+    ServerConfig {
         session: SessionConfig {
             message_rate: RateConfig {
-                // Slow enough that no token comes back during the test.
                 per_second: 0.001,
                 burst: 5,
                 max_strikes: 3,
@@ -588,8 +587,12 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
             ..SessionConfig::default()
         },
         ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
+    let server = live_server(strict_rate()).await;
     let mut client = Client::connect(&server.url("")).await;
     for id in 0..10 {
         client.send(json!({"op": "ping", "id": id})).await;
@@ -617,18 +620,7 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_of_pongs_pings_or_empty_fragments_pay_the_message_rate_too() {
-    let config = ServerConfig {
-        session: SessionConfig {
-            message_rate: RateConfig {
-                per_second: 0.001,
-                burst: 5,
-                max_strikes: 3,
-            },
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
+    let server = live_server(strict_rate()).await;
     let floods = [
         client_frame(true, 0xA, b"").repeat(1000),
         client_frame(true, 0x9, b"p").repeat(1000),
