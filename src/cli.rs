@@ -167,7 +167,8 @@ pub struct ServeArgs {
           conflicts_with_all = ["replay", "feed", "speed", "looped", "once", "max_gap_ms"])]
     pub source: Option<String>,
     /// With --source: most symbols served; further ones are dropped and counted.
-    #[arg(long, default_value_t = GatewayConfig::default().max_symbols, requires = "source")]
+    #[arg(long, default_value_t = GatewayConfig::default().max_symbols, requires = "source",
+          value_parser = at_least_one)]
     pub max_source_symbols: usize,
     #[command(flatten)]
     pub security: Box<security::SecurityArgs>,
@@ -190,7 +191,7 @@ pub struct SubscribeArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Ask for at most this many updates per second per symbol.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_number)]
     pub max_rate_hz: Option<f64>,
     /// Trust the certificates in this PEM file for wss://, besides the public
     /// roots: a private CA, or a server's own self-signed certificate.
@@ -298,6 +299,15 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number above zero (a rate: `nan` or `inf` would read as no limit).
+pub(crate) fn positive_number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
+        Ok(_) => Err(format!("{text} is not a positive number")),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -722,6 +732,9 @@ mod tests {
         ]));
         assert!(!parses(&["--source", "nats://127.0.0.1:4222", "--loop"]));
         assert!(!parses(&["--max-source-symbols", "5"]), "without --source");
+        let source = ["--source", "nats://127.0.0.1:4222", "--max-source-symbols"];
+        assert!(!parses(&[&source[..], &["0"]].concat()));
+        assert!(!parses(&["--max-messages-per-sec", "nan"]));
         assert!(parses(&[
             "--source",
             "nats://127.0.0.1:4222",
@@ -733,6 +746,27 @@ mod tests {
             Cli::try_parse_from(argv).is_ok()
         };
         assert!(subscribe("1") && !subscribe("0"));
+        // A rate that serializes as `null` would ask for no cap at all.
+        for rate in ["NaN", "inf", "0", "-1"] {
+            let argv = [
+                "tickwire",
+                "subscribe",
+                "--symbols",
+                "X",
+                "--max-rate-hz",
+                rate,
+            ];
+            assert!(Cli::try_parse_from(argv).is_err(), "{rate}");
+            let argv = [
+                "tickwire",
+                "token",
+                "--secret-file",
+                "s",
+                "--max-rate-hz",
+                rate,
+            ];
+            assert!(Cli::try_parse_from(argv).is_err(), "token {rate}");
+        }
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@ use plotters::prelude::*;
 
 /// The deepest percentile drawn: 99.9999 %.
 const MAX_NINES: f64 = 6.0;
+/// The longest latency drawn: a year, in µs.
+const MAX_LATENCY_US: f64 = 365.0 * 86_400.0 * 1e6;
 /// Points per decade of `1 / (1 − p)`.
 const POINTS_PER_NINE: usize = 40;
 
@@ -43,7 +45,9 @@ impl Curve {
     }
 
     /// Reads a `.hgrm` percentile distribution (values in µs), as
-    /// [`report::hgrm`](super::report::hgrm) writes it.
+    /// [`report::hgrm`](super::report::hgrm) writes it. Values past
+    /// [`MAX_LATENCY_US`] are skipped: no latency is that long, and the
+    /// axis, in whole decades, could not reach them.
     pub fn from_hgrm(label: &str, text: &str) -> anyhow::Result<Self> {
         let mut points = Vec::new();
         for line in text.lines() {
@@ -58,7 +62,7 @@ impl Curve {
             if percentile >= 1.0 {
                 continue; // 1/(1-p) is infinite: drawn as the last finite point.
             }
-            if !(value.is_finite() && value > 0.0 && percentile >= 0.0) {
+            if !(value > 0.0 && value <= MAX_LATENCY_US && percentile >= 0.0) {
                 continue; // Not a latency a log axis can show.
             }
             let nines = -(1.0 - percentile).log10();
@@ -177,11 +181,18 @@ mod tests {
                     1e400 0.95 3 20.00\n\
                     -3.0 0.97 4 33.33\n\
                     NaN 0.98 5 50.00\n\
+                    1.5e308 0.985 5 66.67\n\
                     20.0 0.99 6 100.00\n";
         let curve = Curve::from_hgrm("run", text).expect("parses");
         let values: Vec<f64> = curve.points.iter().map(|p| p.1).collect();
         assert_eq!(values, [10.0, 20.0]);
         assert!(Curve::from_hgrm("run", "inf 0.5 1 2.00\n").is_err());
+        // A curve of the longest latency drawn still makes a chart.
+        let longest = format!("{MAX_LATENCY_US} 0.5 1 2.00\n");
+        let curve = Curve::from_hgrm("run", &longest).expect("parses");
+        let path = std::env::temp_dir().join(format!("tickwire-plot-{}.svg", std::process::id()));
+        write_svg(&path, "longest", &[curve]).expect("drawn");
+        std::fs::remove_file(&path).ok();
     }
 
     #[test]

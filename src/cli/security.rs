@@ -54,7 +54,8 @@ pub struct SecurityArgs {
     #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = crate::limits::parse_origin)]
     pub allowed_origins: Vec<String>,
     /// Sustained client messages per second per connection.
-    #[arg(long, default_value_t = RateConfig::default().per_second)]
+    #[arg(long, default_value_t = RateConfig::default().per_second,
+          value_parser = super::positive_number)]
     pub max_messages_per_sec: f64,
     /// Client messages allowed in one burst (at least 1).
     #[arg(long, default_value_t = RateConfig::default().burst,
@@ -124,9 +125,6 @@ impl SecurityArgs {
         if auth.api_keys.is_some() && !config.auth.enabled() {
             anyhow::bail!("the API key file lists no keys");
         }
-        if !(self.max_messages_per_sec.is_finite() && self.max_messages_per_sec > 0.0) {
-            anyhow::bail!("--max-messages-per-sec must be a positive number");
-        }
         config.limits = LimitsConfig {
             max_connections_per_ip: self.max_connections_per_ip,
             allowed_origins: self.allowed_origins.clone(),
@@ -174,7 +172,7 @@ pub struct TokenArgs {
     #[arg(long)]
     pub iss: Option<String>,
     /// Cap on updates per second per symbol.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive_number)]
     pub max_rate_hz: Option<f64>,
     /// Cap on subscriptions at once.
     #[arg(long)]
@@ -194,12 +192,6 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --secret-file or --private-key"),
     };
-    if args
-        .max_rate_hz
-        .is_some_and(|r| !(r.is_finite() && r > 0.0))
-    {
-        anyhow::bail!("--max-rate-hz must be a positive number");
-    }
     let now = crate::wall_clock_ns() / 1_000_000_000;
     let claims = TokenClaims {
         sub: args.sub,
