@@ -149,3 +149,33 @@ async fn stale_and_live_status_reach_subscribers_on_both_transports() {
     assert_eq!(sse.next_type("ticker").await["last"], "1.1");
     assert_eq!(sse.next().await.expect("status")["state"], "live");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stopped_reading_ends_as_stalled() {
+    // Short ping rounds, so the stall bound is short too.
+    let config = ServerConfig {
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(100),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let files = [(Some("usdm"), sample(USDM))];
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, true, false)]).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /sse?symbols=usdm:BTCUSDT HTTP/1.1\r\nHost: {}\r\n\r\n",
+        server.addr
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("sent");
+    // Never read: the socket's buffers fill, then the stream's channel.
+    let series = r#"tickwire_connections_closed_total{reason="stalled"}"#;
+    eventually_metric(&server, series, 1.0).await;
+    assert_eq!(server.metrics().connections.load(Relaxed), 0);
+    drop(stream);
+}

@@ -52,8 +52,9 @@ impl Grant {
     }
 }
 
-/// The key JWTs are verified with.
-#[derive(Clone, Debug)]
+/// The key JWTs are verified with. Its `Debug` names the kind, never the
+/// bytes: a configuration may be logged.
+#[derive(Clone)]
 pub enum JwtKey {
     /// HS256 shared secret (raw bytes).
     Hs256(Vec<u8>),
@@ -121,6 +122,17 @@ pub struct Authenticator {
     leeway_secs: i64,
 }
 
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            JwtKey::Hs256(_) => "Hs256",
+            JwtKey::Rs256Pem(_) => "Rs256Pem",
+            JwtKey::EdDsaPem(_) => "EdDsaPem",
+        };
+        write!(f, "{kind}(..)")
+    }
+}
+
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Key material stays out of debug output.
@@ -139,6 +151,10 @@ impl std::fmt::Debug for Authenticator {
 struct Claims {
     sub: Option<String>,
     exp: Option<i64>,
+    /// Read only so that an `nbf` that is not a whole number refuses the
+    /// token: `jsonwebtoken` checks the numbers and skips anything else.
+    #[serde(rename = "nbf")]
+    _nbf: Option<i64>,
     #[serde(default)]
     symbols: Vec<SymbolPattern>,
     max_rate_hz: Option<f64>,
@@ -281,10 +297,16 @@ pub fn credential<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> O
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
+    // An empty one at any place is no credential, and the next place is looked at.
+    let given = |c: &&str| !c.is_empty();
     bearer
-        .or(query_token)
-        .or_else(|| subprotocols(headers).find_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX)))
-        .filter(|c| !c.is_empty())
+        .filter(given)
+        .or(query_token.filter(given))
+        .or_else(|| {
+            subprotocols(headers)
+                .filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX))
+                .find(given)
+        })
 }
 
 /// Every entry of the request's `Sec-WebSocket-Protocol` headers.
@@ -408,6 +430,24 @@ mod tests {
             auth.authenticate(Some(&no_expiry)),
             Err(AuthError::Invalid("the token has no exp claim"))
         );
+        // An `nbf` that is not a whole number is not skipped.
+        let exp = good.exp;
+        for nbf in [
+            serde_json::json!("0"),
+            serde_json::json!(18446744073709551615u64),
+        ] {
+            let odd_nbf = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &serde_json::json!({"aud": "tickwire", "iss": "issuer", "exp": exp, "nbf": nbf}),
+                &jsonwebtoken::EncodingKey::from_secret(b"test secret"),
+            )
+            .unwrap_or_default();
+            assert_eq!(
+                auth.authenticate(Some(&odd_nbf)),
+                Err(AuthError::Invalid("claims are malformed")),
+                "{nbf}"
+            );
+        }
         let forged = mint::mint(&good, &mint::SigningKey::Hs256(b"other".to_vec()));
         assert_eq!(
             auth.authenticate(forged.ok().as_deref()),
@@ -415,6 +455,23 @@ mod tests {
         );
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
         assert!(auth.authenticate(Some("not.a.token")).is_err());
+    }
+
+    #[test]
+    fn debug_output_names_keys_without_their_bytes() {
+        let config = AuthConfig {
+            jwt: Some(JwtConfig {
+                key: JwtKey::Hs256(b"super secret".to_vec()),
+                audience: None,
+                issuer: None,
+                leeway_secs: 0,
+            }),
+            api_keys: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains("Hs256(..)"), "{shown}");
+        let secret_bytes = format!("{:?}", b"super secret".to_vec());
+        assert!(!shown.contains(&secret_bytes[1..10]), "{shown}");
     }
 
     #[test]
@@ -438,5 +495,9 @@ mod tests {
         assert_eq!(credential(&headers, Some("q")), Some("h"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(credential(&headers, None), Some("abc.def.ghi"));
+        // An empty credential hides none behind it.
+        assert_eq!(credential(&headers, Some("")), Some("abc.def.ghi"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(credential(&headers, Some("q")), Some("q"));
     }
 }

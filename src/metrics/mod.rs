@@ -128,10 +128,12 @@ pub enum CloseReason {
     CredentialsExpired,
     /// Held a connection without any subscription for too long (1008).
     IdleTimeout,
+    /// An SSE client that took nothing for [`SSE_STALL_ROUNDS`](crate::session::sse::SSE_STALL_ROUNDS) ping rounds.
+    Stalled,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 11] = [
+    const ALL: [CloseReason; 12] = [
         CloseReason::ClientClosed,
         CloseReason::PingTimeout,
         CloseReason::Shutdown,
@@ -143,6 +145,7 @@ impl CloseReason {
         CloseReason::RateLimited,
         CloseReason::CredentialsExpired,
         CloseReason::IdleTimeout,
+        CloseReason::Stalled,
     ];
 
     fn label(self) -> &'static str {
@@ -158,6 +161,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::CredentialsExpired => "credentials_expired",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Stalled => "stalled",
         }
     }
 }

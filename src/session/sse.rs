@@ -25,6 +25,13 @@ use crate::metrics::CloseReason;
 /// How often a quiet stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// A stream whose client takes no chunk for this many ping rounds (ping
+/// interval + ping timeout: 5 minutes by default) ends, counted as `stalled`.
+/// SSE has no pings, and a chunk's partial writes are not seen from here, so
+/// the bound is long enough for a whole chunk (the 16 KiB high-water mark and
+/// one message) to reach a client that reads one message a second.
+pub const SSE_STALL_ROUNDS: u32 = 10;
+
 /// Starts an event stream subscribed to `symbols`; returns the HTTP body.
 pub fn start(
     symbols: Vec<String>,
@@ -71,6 +78,7 @@ async fn run(
     );
     let expiry = context.expiry();
     let mut expired = false;
+    let stall = (config.ping_interval + config.ping_timeout) * SSE_STALL_ROUNDS;
     // SSE subscribes once: a stream left without any subscription (every
     // symbol refused) serves nothing, and holds its place only so long.
     let idle_until = subscriptions
@@ -98,6 +106,14 @@ async fn run(
             // Latency is recorded as the chunk is handed to the HTTP layer.
             let chunk = Bytes::from(out.take_pending());
             out.report();
+            // A client that stops reading is let go when its credential
+            // expires (the error event could not reach it), or once it has
+            // taken nothing for `SSE_STALL_ROUNDS` ping rounds.
+            let stalled_at = Instant::now() + stall;
+            let give_up = match expiry {
+                Some(expiry) if !expired => expiry.min(stalled_at),
+                _ => stalled_at,
+            };
             tokio::select! {
                 biased;
                 () = context.shutdown.token().cancelled() => break CloseReason::Shutdown,
@@ -106,6 +122,14 @@ async fn run(
                     Ok(()) => continue,
                     Err(_) => break CloseReason::ClientClosed,
                 },
+                () = sleep_until(give_up) => {
+                    let expired = expiry.is_some_and(|expiry| Instant::now() >= expiry);
+                    break if expired {
+                        CloseReason::CredentialsExpired
+                    } else {
+                        CloseReason::Stalled
+                    };
+                }
             }
         }
         let deadline = [subscriptions.next_deadline(), expiry, idle_until]
