@@ -149,7 +149,7 @@ fn the_subscribe_command_fails_when_no_symbol_is_accepted() {
             "nothing subscribed: no such symbol (unknown_symbol)",
         ),
         (
-            &["--symbols", "SYN000", "--max-rate-hz", "0"][..],
+            &["--symbols", "SYN000", "--depth", "3"][..],
             "(bad_request)",
         ),
     ] {
