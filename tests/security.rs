@@ -335,14 +335,8 @@ async fn an_sse_stream_that_always_has_data_still_ends_when_its_token_expires() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_stream_whose_client_stopped_reading_still_ends_when_its_token_expires() {
     let (server, jwt) = firehose_with_an_expiring_token().await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut stream = socket.connect(server.addr).await.expect("connect");
-    let request = format!(
-        "GET /sse?symbols=spot:BTCUSDT&token={jwt} HTTP/1.1\r\nHost: {}\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.expect("sent");
+    let path = format!("/sse?symbols=spot:BTCUSDT&token={jwt}");
+    let stream = stalled_sse_client(server.addr, &path).await;
     // Never read: the error event cannot reach the client, the end can.
     let series = r#"tickwire_connections_closed_total{reason="credentials_expired"}"#;
     eventually_metric(&server, series, 1.0).await;

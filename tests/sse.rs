@@ -163,16 +163,7 @@ async fn a_stream_whose_client_stopped_reading_ends_as_stalled() {
     };
     let files = [(Some("usdm"), sample(USDM))];
     let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, true, false)]).await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut stream = socket.connect(server.addr).await.expect("connect");
-    let request = format!(
-        "GET /sse?symbols=usdm:BTCUSDT HTTP/1.1\r\nHost: {}\r\n\r\n",
-        server.addr
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .expect("sent");
+    let stream = stalled_sse_client(server.addr, "/sse?symbols=usdm:BTCUSDT").await;
     // Never read: the socket's buffers fill, then the stream's channel.
     let series = r#"tickwire_connections_closed_total{reason="stalled"}"#;
     eventually_metric(&server, series, 1.0).await;

@@ -396,6 +396,16 @@ pub async fn stalled_client(addr: SocketAddr, symbols: &[&str]) -> TcpStream {
     stream
 }
 
+/// An SSE client that asks for `path` and then never reads a byte.
+pub async fn stalled_sse_client(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
 /// Reads a server's frames from a bare socket: unmasked, so parsed here
 /// without a WebSocket client that would read ahead.
 #[derive(Default)]
