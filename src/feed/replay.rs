@@ -392,9 +392,9 @@ impl DepthBooks {
         *last
     }
 
-    /// Applies `message` with `apply` to the book of `symbol` in `file`,
-    /// keeping the diffs all books buffer within `max_pending_levels`:
-    /// past it, the book that grew drops what it buffered.
+    /// Runs `apply` on the book of `symbol` in `file`, keeping the diffs all
+    /// books buffer within `max_pending_levels`: past it, the book that grew
+    /// drops what it buffered.
     fn apply(&mut self, file: usize, symbol: u32, apply: impl FnOnce(&mut DepthBook)) {
         let max_levels = self.max_levels;
         let book = self
