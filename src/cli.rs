@@ -626,6 +626,11 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         summary.bytes,
         files.join(", ")
     );
+    if summary.ticks == 0 {
+        // An upstream that was down, or sent only what the parser refused,
+        // all along: the file is valid, but say so rather than pass quietly.
+        tracing::warn!("the feed delivered no tick in all that time");
+    }
     Ok(())
 }
 
