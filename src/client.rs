@@ -58,7 +58,7 @@ pub fn tls_client_config(
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         use rustls_pki_types::pem::PemObject as _;
-        let certificates = crate::files::read_capped(path, crate::files::MAX_SETTINGS_FILE)
+        let certificates = crate::files::read_settings_bytes(path)
             .map_err(rustls_pki_types::pem::Error::Io)
             .and_then(|pem| {
                 rustls_pki_types::CertificateDer::pem_slice_iter(&pem)

@@ -51,9 +51,14 @@ pub fn read_capped(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// [`read_capped`] at [`MAX_SETTINGS_FILE`], as UTF-8 text.
+/// A settings file's bytes: [`read_capped`] at [`MAX_SETTINGS_FILE`].
+pub fn read_settings_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    read_capped(path, MAX_SETTINGS_FILE)
+}
+
+/// A settings file as UTF-8 text.
 pub fn read_settings(path: &Path) -> io::Result<String> {
-    let bytes = read_capped(path, MAX_SETTINGS_FILE)?;
+    let bytes = read_settings_bytes(path)?;
     String::from_utf8(bytes).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -221,7 +221,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 /// The bytes of a key or secret file.
 fn read_settings_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    crate::files::read_capped(path, crate::files::MAX_SETTINGS_FILE)
+    crate::files::read_settings_bytes(path)
         .with_context(|| format!("cannot read {}", path.display()))
 }
 

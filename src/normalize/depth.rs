@@ -7,6 +7,8 @@
 //! its vectors keep their capacity, so decoding allocates nothing once they
 //! have grown to the largest message seen.
 
+use rust_decimal::Decimal;
+
 use crate::book::Level;
 
 /// How a depth message is sequenced, which decides the sync rules the book
@@ -53,10 +55,8 @@ impl DepthMessage {
     /// Whether a level has a size below zero, which no venue sends (zero
     /// removes a level).
     pub fn has_negative_size(&self) -> bool {
-        let levels = self.bids.iter().chain(&self.asks);
-        levels
-            .map(|level| level.size)
-            .any(|size| size.is_sign_negative() && !size.is_zero())
+        let mut levels = self.bids.iter().chain(&self.asks);
+        levels.any(|level| level.size < Decimal::ZERO)
     }
 
     /// Empties the message for reuse, keeping every buffer's capacity.

@@ -61,7 +61,8 @@ impl<'a> Parsed<'a> {
         exchange_ts_ns: Option<i64>,
         update: BookUpdate,
     ) -> Result<Self, ParseError> {
-        let negative = |size: &Decimal| size.is_sign_negative() && !size.is_zero();
+        // Below zero: `-0` is a size of zero.
+        let negative = |size: &Decimal| *size < Decimal::ZERO;
         let has_negative = match &update {
             BookUpdate::Quote {
                 bid_size, ask_size, ..

@@ -502,7 +502,7 @@ async fn upgrade(
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request, or why it is not one.
 fn websocket_key(request: &Request) -> Result<String, &'static str> {
-    // RFC 6455: a GET over HTTP/1.1, with a Host.
+    // RFC 6455: HTTP/1.1, with a Host (the caller has checked for a GET).
     if request.version() != Version::HTTP_11 {
         return Err("the WebSocket handshake needs HTTP/1.1");
     }

@@ -29,7 +29,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         move |error| TlsSetupError::Pem { path, error }
     };
     let read = |path: &Path| {
-        crate::files::read_capped(path, crate::files::MAX_SETTINGS_FILE)
+        crate::files::read_settings_bytes(path)
             .map_err(|error| pem_error(path)(rustls::pki_types::pem::Error::Io(error)))
     };
     let chain = CertificateDer::pem_slice_iter(&read(cert)?)
