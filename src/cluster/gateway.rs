@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::wire::depth::{depth_subject_for, DepthRecord, DEPTH_SUBJECT_PREFIX};
 use super::wire::{subject_for, TickerRecord, WireError};
 use super::{ClusterError, LastValues, Link, DEPTH, TICKERS};
+use crate::book::depth::Outcome;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::depth::DepthEvent;
 use crate::metrics::ClusterStats;
@@ -560,8 +561,8 @@ impl Merger {
         self.hub.set_status(&held.entry, state, reason);
     }
 
-    /// Serves a depth `record` if it is newer than what is held and vouches
-    /// for the depth served here, and takes its status.
+    /// Serves a depth `record` if it is newer than what is held, does not
+    /// cross and vouches for the depth served here, and takes its status.
     fn apply_depth(&self, record: DepthRecord) {
         let mut state = self.lock();
         let source_up = state.source_up;
@@ -577,7 +578,17 @@ impl Merger {
         // Checked on every record of a version, not only the first: the same
         // version comes again after a reconnect and must not turn it live.
         let served = self.hub.max_book_depth();
-        if record.seq > 0 && !record.vouches_for(served) {
+        if record.seq > 0 && record.crossed() {
+            // What a standalone server does with a book that crosses: stale,
+            // not published, counted as crossed. A later version uncrosses it.
+            self.hub.metrics().depth.count(DepthEvent::Crossed);
+            held.depth.state = SymbolState::Stale;
+            held.depth.reason = Outcome::Crossed
+                .stale_reason()
+                .unwrap_or("crossed book")
+                .to_owned();
+            tracing::debug!(symbol = %record.symbol, seq = record.seq, "crossed depth record");
+        } else if record.seq > 0 && !record.vouches_for(served) {
             self.hub.metrics().depth.count(DepthEvent::CutShort);
             held.depth.state = SymbolState::Stale;
             held.depth.reason = format!(
@@ -908,6 +919,60 @@ mod tests {
         merger.apply_depth(depth_record("A", 9, 1, 5));
         let restarted = book(&merger, "A").map(|(seq, bids, s)| (seq, bids, s.state));
         assert_eq!(restarted, Some((3, 5, SymbolState::Live)));
+    }
+
+    #[test]
+    fn a_crossed_book_is_stale_and_counted_not_served_until_a_version_uncrosses_it() {
+        let merger = merger(10);
+        merger.apply_depth(depth_record("A", 5, 1, 10));
+        let crossed = DepthRecord {
+            bids: vec![Level {
+                price: Decimal::new(10_005, 2),
+                size: Decimal::ONE,
+            }],
+            ..depth_record("A", 5, 2, 10)
+        };
+        merger.apply_depth(crossed.clone());
+        let (seq, _, status) = book(&merger, "A").expect("seq 1 was served");
+        let reason = Outcome::Crossed.stale_reason();
+        assert_eq!(
+            (seq, status.state, Some(&*status.reason)),
+            (1, SymbolState::Stale, reason)
+        );
+        // The same version again (a reconnect's reload) does not turn it live.
+        merger.apply_depth(crossed);
+        assert_eq!(
+            book(&merger, "A").map(|(_, _, s)| s.state),
+            Some(SymbolState::Stale)
+        );
+        let page = merger.hub.metrics().render(1);
+        assert!(
+            page.contains("tickwire_depth_messages_total{outcome=\"crossed\"} 2"),
+            "{page}"
+        );
+        merger.apply_depth(depth_record("A", 5, 3, 10));
+        let served = book(&merger, "A").map(|(seq, _, s)| (seq, s.state));
+        assert_eq!(served, Some((3, SymbolState::Live)));
+    }
+
+    #[test]
+    fn an_out_of_order_depth_record_is_malformed_and_never_served() {
+        let merger = merger(10);
+        let mut batch = Batch::default();
+        let subject = async_nats::Subject::from(depth_subject_for("A").unwrap_or_default());
+        let level = |price: i64, size: i64| Level {
+            price: Decimal::new(price, 0),
+            size: Decimal::new(size, 0),
+        };
+        let bad = DepthRecord {
+            bids: vec![level(100, 1), level(105, 2), level(105, -3), level(90, 0)],
+            asks: vec![level(95, 1), level(80, 1)],
+            ..depth_record("A", 5, 1, 0)
+        };
+        merger.conflate(&mut batch, &subject, &bad.encode());
+        merger.apply_batch(&mut batch, |_, _| {});
+        assert_eq!(merger.stats.malformed.load(Relaxed), 1);
+        assert!(merger.hub.get("A").is_none(), "nothing was applied");
     }
 
     #[test]

@@ -23,6 +23,8 @@
 
 use std::sync::Arc;
 
+use rust_decimal::Decimal;
+
 use super::{
     put_level, put_text, put_timestamps, put_varint, Header, Reader, WireError, HAS_EXCHANGE_TS,
 };
@@ -114,6 +116,15 @@ impl DepthRecord {
         self.levels >= depth || (self.bids.len() < self.levels && self.asks.len() < self.levels)
     }
 
+    /// Whether the best bid is at or above the best ask: a book a
+    /// standalone server never publishes as good.
+    pub fn crossed(&self) -> bool {
+        match (self.bids.first(), self.asks.first()) {
+            (Some(bid), Some(ask)) => bid.price >= ask.price,
+            _ => false,
+        }
+    }
+
     /// The version a gateway serves for this record, numbered `seq`, with at
     /// most `depth` levels per side.
     pub fn to_snapshot(&self, symbol: &Arc<str>, seq: u64, depth: usize) -> DepthSnapshot {
@@ -173,8 +184,10 @@ impl DepthRecord {
         } = reader.header(FORMAT_VERSION)?;
         let levels = usize::try_from(reader.varint()?).map_err(|_| WireError::Overflow)?;
         let (ingest_ts_ns, exchange_ts_ns) = reader.timestamps(presence)?;
-        let bids = reader.side()?;
-        let asks = reader.side()?;
+        // Bids best first is descending, asks ascending: the order the
+        // protocol promises clients and the only one an ingest publishes.
+        let bids = reader.side(|better, worse| better.price > worse.price)?;
+        let asks = reader.side(|better, worse| better.price < worse.price)?;
         let (reason, symbol) = reader.reason_and_symbol()?;
         Ok(Self {
             epoch,
@@ -192,7 +205,11 @@ impl DepthRecord {
 }
 
 impl Reader<'_> {
-    fn side(&mut self) -> Result<Vec<Level>, WireError> {
+    /// Reads one side. A level whose size is not above zero, or that is not
+    /// strictly worse than the one before (`ahead` of it), is malformed: an
+    /// ingest's book holds neither, and served they would be a book no venue
+    /// has.
+    fn side(&mut self, ahead: fn(&Level, &Level) -> bool) -> Result<Vec<Level>, WireError> {
         let count = self.varint()?;
         let fits = usize::try_from(count)
             .ok()
@@ -204,14 +221,24 @@ impl Reader<'_> {
                 WireError::Truncated
             });
         };
-        (0..count).map(|_| self.level()).collect()
+        let mut side: Vec<Level> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let level = self.level()?;
+            if level.size <= Decimal::ZERO {
+                return Err(WireError::NonPositiveSize);
+            }
+            if side.last().is_some_and(|last| !ahead(last, &level)) {
+                return Err(WireError::Unordered);
+            }
+            side.push(level);
+        }
+        Ok(side)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rust_decimal::Decimal;
 
     fn level(price: i64, size: i64) -> Level {
         Level {
@@ -229,7 +256,7 @@ mod tests {
             reason: String::new(),
             levels: 100,
             bids: (0..10).map(|i| level(6_180_020 - i, 2_507 + i)).collect(),
-            asks: (0..7).map(|i| level(6_180_030 + i, 10 * i)).collect(),
+            asks: (0..7).map(|i| level(6_180_030 + i, 10 * (i + 1))).collect(),
             exchange_ts_ns: Some(1_723_075_200_100_000_000),
             ingest_ts_ns: 1_723_075_200_999_000_000,
         }
@@ -290,6 +317,40 @@ mod tests {
         put_varint(&mut short, 400);
         short.extend_from_slice(&[0; 40]);
         assert_eq!(DepthRecord::decode(&short), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn a_side_out_of_order_or_with_a_size_not_above_zero_is_malformed() {
+        let cases = [
+            // Bids 100, 105: the second is better than the first.
+            (
+                vec![level(100, 1), level(105, 1)],
+                vec![],
+                WireError::Unordered,
+            ),
+            // The same price twice.
+            (
+                vec![level(105, 2), level(105, 3)],
+                vec![],
+                WireError::Unordered,
+            ),
+            // Asks 95, 80: descending.
+            (
+                vec![],
+                vec![level(95, 1), level(80, 1)],
+                WireError::Unordered,
+            ),
+            (vec![level(105, -3)], vec![], WireError::NonPositiveSize),
+            (vec![], vec![level(90, 0)], WireError::NonPositiveSize),
+        ];
+        for (bids, asks, error) in cases {
+            let bad = DepthRecord {
+                bids,
+                asks,
+                ..record()
+            };
+            assert_eq!(DepthRecord::decode(&bad.encode()), Err(error), "{bad:?}");
+        }
     }
 
     #[test]

@@ -238,6 +238,10 @@ pub enum WireError {
     TrailingBytes(usize),
     #[error("{0} levels on a side, more than a record carries")]
     TooManyLevels(u128),
+    #[error("a side's levels are not strictly best first")]
+    Unordered,
+    #[error("a level's size is zero or below")]
+    NonPositiveSize,
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u128) {
