@@ -164,11 +164,9 @@ async fn read_subscriptions(
         merger.stats.received.fetch_add(taken as u64, Relaxed);
         let now = crate::wall_clock_ns();
         hop_samples.clear();
-        merger.apply_batch(&mut batch, |seq, ingest_ts_ns| {
-            if seq > 0 {
-                let hop = now.saturating_sub(ingest_ts_ns);
-                hop_samples.push(u64::try_from(hop).unwrap_or(0));
-            }
+        merger.apply_batch(&mut batch, |ingest_ts_ns| {
+            let hop = now.saturating_sub(ingest_ts_ns);
+            hop_samples.push(u64::try_from(hop).unwrap_or(0));
         });
         merger.stats.hop_latency.record_batch(0, &hop_samples);
     }
@@ -300,7 +298,7 @@ async fn load_stream(
                 pending = info.pending;
             }
             merger.conflate(&mut one, &message.subject, &message.payload);
-            merger.apply_batch(&mut one, |_, _| {});
+            merger.apply_batch(&mut one, |_| {});
         }
         if got == 0 {
             break;
@@ -493,16 +491,22 @@ impl Merger {
         }
     }
 
-    /// Applies and empties `batch`, telling `applied` each record's seq and
-    /// ingest time.
-    fn apply_batch(&self, batch: &mut Batch, mut applied: impl FnMut(u64, i64)) {
+    /// Applies and empties `batch`, telling `served` the ingest time of each
+    /// record served as a new version. Only those are a hop: a status-only
+    /// record repeats an old version's ingest time (a feed gone stale would
+    /// read as a hop of seconds), and a dropped record was never served.
+    fn apply_batch(&self, batch: &mut Batch, mut served: impl FnMut(i64)) {
         for record in batch.tickers.drain().map(|(_, record)| record) {
-            applied(record.seq, record.ingest_ts_ns);
-            self.apply(record);
+            let ingest_ts_ns = record.ingest_ts_ns;
+            if self.apply(record) {
+                served(ingest_ts_ns);
+            }
         }
         for record in batch.depth.drain().map(|(_, record)| record) {
-            applied(record.seq, record.ingest_ts_ns);
-            self.apply_depth(record);
+            let ingest_ts_ns = record.ingest_ts_ns;
+            if self.apply_depth(record) {
+                served(ingest_ts_ns);
+            }
         }
     }
 
@@ -540,41 +544,46 @@ impl Merger {
     }
 
     /// Serves a ticker `record` if it is newer than what is held, and takes
-    /// its status.
-    fn apply(&self, record: TickerRecord) {
+    /// its status. True if it was served as a new version.
+    fn apply(&self, record: TickerRecord) -> bool {
         let mut state = self.lock();
         let source_up = state.source_up;
         let Some(held) = self.held(&mut state, &record.symbol) else {
-            return;
+            return false;
         };
         let step = held
             .ticker
             .advance(record.epoch, record.seq, record.state, &record.reason);
         if !self.kept(&step) {
-            return;
+            return false;
         }
+        let mut served = false;
         if let Step::Serve(seq) = step {
             let version = record.to_snapshot(held.entry.name(), seq);
             self.hub.publish_version(&held.entry, Arc::new(version));
+            served = true;
         }
         let (state, reason) = held.ticker.shown(source_up);
         self.hub.set_status(&held.entry, state, reason);
+        served
     }
 
     /// Serves a depth `record` if it is newer than what is held, does not
     /// cross and vouches for the depth served here, and takes its status.
-    fn apply_depth(&self, record: DepthRecord) {
+    /// True if it was served as a new version.
+    fn apply_depth(&self, record: DepthRecord) -> bool {
         let mut state = self.lock();
         let source_up = state.source_up;
         let Some(held) = self.held(&mut state, &record.symbol) else {
-            return;
+            return false;
         };
         let step = held
             .depth
             .advance(record.epoch, record.seq, record.state, &record.reason);
         if !self.kept(&step) {
-            return;
+            return false;
         }
+        let mut served_new = false;
         // Checked on every record of a version, not only the first: the same
         // version comes again after a reconnect and must not turn it live.
         let served = self.hub.max_book_depth();
@@ -606,9 +615,11 @@ impl Merger {
             let version = record.to_snapshot(held.entry.name(), seq, served);
             self.hub
                 .publish_depth_version(&held.entry, Arc::new(version));
+            served_new = true;
         }
         let (state, reason) = held.depth.shown(source_up);
         held.entry.depth().set_status(state, reason);
+        served_new
     }
 
     /// The connection dropped: every symbol keeps its value but turns stale.
@@ -768,6 +779,56 @@ mod tests {
         assert_eq!(served(&merger, "A"), Some((101, 101)));
         merger.apply(record("A", 6, 1, 300));
         assert_eq!(served(&merger, "A"), Some((102, 300)));
+    }
+
+    #[test]
+    fn only_records_served_as_new_versions_are_timed_as_hops() {
+        let merger = merger(10);
+        let subject = async_nats::Subject::from(subject_for("A").unwrap_or_default());
+        let depth_subject = async_nats::Subject::from(depth_subject_for("A").unwrap_or_default());
+        let timed = |records: &[(&async_nats::Subject, Vec<u8>)]| {
+            let mut batch = Batch::default();
+            for (subject, payload) in records {
+                merger.conflate(&mut batch, subject, payload);
+            }
+            let mut hops = Vec::new();
+            merger.apply_batch(&mut batch, |ingest_ts_ns| hops.push(ingest_ts_ns));
+            hops.sort_unstable();
+            hops
+        };
+        let fresh = [
+            (&subject, record("A", 5, 3, 300).encode()),
+            (&depth_subject, depth_record("A", 5, 3, 10).encode()),
+        ];
+        assert_eq!(timed(&fresh), vec![1_003, 1_300]);
+        // The feed went stale: the same versions again, with the new status.
+        let stale = [
+            (
+                &subject,
+                TickerRecord {
+                    state: SymbolState::Stale,
+                    reason: "feed disconnected".into(),
+                    ..record("A", 5, 3, 300)
+                }
+                .encode(),
+            ),
+            (
+                &depth_subject,
+                DepthRecord {
+                    state: SymbolState::Stale,
+                    reason: "feed disconnected".into(),
+                    ..depth_record("A", 5, 3, 10)
+                }
+                .encode(),
+            ),
+        ];
+        assert_eq!(timed(&stale), Vec::<i64>::new(), "status only");
+        let outdated = [
+            (&subject, record("A", 5, 2, 200).encode()),
+            (&depth_subject, depth_record("A", 5, 2, 10).encode()),
+        ];
+        assert_eq!(timed(&outdated), Vec::<i64>::new(), "outdated");
+        assert_eq!(merger.stats.outdated.load(Relaxed), 2);
     }
 
     #[test]
@@ -970,7 +1031,7 @@ mod tests {
             ..depth_record("A", 5, 1, 0)
         };
         merger.conflate(&mut batch, &subject, &bad.encode());
-        merger.apply_batch(&mut batch, |_, _| {});
+        merger.apply_batch(&mut batch, |_| {});
         assert_eq!(merger.stats.malformed.load(Relaxed), 1);
         assert!(merger.hub.get("A").is_none(), "nothing was applied");
     }

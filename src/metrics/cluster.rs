@@ -34,8 +34,8 @@ pub struct ClusterStats {
     pub symbols_refused: AtomicU64,
     /// Times the NATS client reported this process as a slow consumer.
     pub slow_consumer: AtomicU64,
-    /// Ingest → read off the subscription, per record applied (gateway): what the
-    /// NATS hop adds before the gateway's own fan-out.
+    /// Ingest → read off the subscription, per record served as a new version
+    /// (gateway): what the NATS hop adds before the gateway's own fan-out.
     pub hop_latency: LatencyRecorder,
 }
 
@@ -126,7 +126,7 @@ impl ClusterStats {
         let name = "tickwire_cluster_hop_latency_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Ingest to received from NATS, per record applied.\n# TYPE {name} summary"
+            "# HELP {name} Ingest to received from NATS, per record served as a new version.\n# TYPE {name} summary"
         );
         self.hop_latency
             .summary()
