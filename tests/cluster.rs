@@ -697,3 +697,59 @@ fn a_gateway_without_a_usable_source_fails_with_a_clear_error() {
         assert!(stderr.contains(expected), "{source}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_with_other_settings_is_refused_or_warned_of() {
+    use async_nats::jetstream::stream;
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(client);
+    let made_by_hand = |subjects: &str, max_messages_per_subject| stream::Config {
+        name: tickwire::cluster::STREAM_NAME.to_owned(),
+        subjects: vec![subjects.to_owned()],
+        max_messages_per_subject,
+        ..Default::default()
+    };
+    jetstream
+        .create_stream(made_by_hand("other.>", 1))
+        .await
+        .expect("create the stream");
+    // It would store none of the records: both roles refuse to start.
+    let error = ingest::spawn(new_hub(), &nats.url(), CancellationToken::new())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let expected = "the JetStream stream TICKWIRE_TICKERS exists with subjects [\"other.>\"], \
+                    none of which covers tickwire.v1.ticker.>";
+    assert!(error.contains(expected), "{error}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--source", &nats.url()])
+        .output()
+        .expect("run tickwire");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+
+    // Over the right subjects but keeping every message: served, and warned of.
+    jetstream
+        .delete_stream(tickwire::cluster::STREAM_NAME)
+        .await
+        .expect("delete the stream");
+    jetstream
+        .create_stream(made_by_hand(tickwire::cluster::TICKERS.subjects, -1))
+        .await
+        .expect("create the stream");
+    let gateway = Binary::serve(&["--source", &nats.url()]);
+    let log = gateway.startup_log.clone();
+    // Serving: a SIGTERM sent the moment the address is logged can come
+    // before the process listens for it.
+    assert_eq!(http_get(gateway.addr, "/healthz").await.0, 200);
+    let (clean, rest) = gateway.terminate();
+    assert!(clean, "{log}{rest}");
+    assert!(
+        log.contains("TICKWIRE_TICKERS: keeps every message per subject (max_msgs_per_subject -1"),
+        "{log}"
+    );
+    assert!(!log.contains("TICKWIRE_DEPTH:"), "made by tickwire: {log}");
+}

@@ -82,6 +82,16 @@ pub enum ClusterError {
     },
     #[error("cannot create or open the JetStream stream {stream}: {error}")]
     Stream { stream: &'static str, error: String },
+    #[error(
+        "the JetStream stream {stream} exists with subjects {found:?}, none of which covers \
+         {needed}, so it would store none of tickwire's records: delete the stream (it is \
+         created again with the right settings) or edit it to add {needed} to its subjects"
+    )]
+    StreamSubjects {
+        stream: &'static str,
+        found: Vec<String>,
+        needed: &'static str,
+    },
     #[error("cannot read last values from {stream}: {error}")]
     LastValues { stream: &'static str, error: String },
     #[error("cannot subscribe to {subject}: {error}")]
@@ -182,11 +192,14 @@ fn on_event(event: &async_nats::Event, link: &watch::Sender<Link>, stats: &Clust
 
 /// Opens a last-value stream, creating it if it does not exist yet: file
 /// storage, one message per subject, so it holds each symbol's newest record.
+/// A stream that already exists (made by hand, or by another tool) is
+/// checked: subjects that miss ours are an error, settings that break the
+/// one-last-value rule a warning.
 pub async fn ensure_stream(
     jetstream: &jetstream::Context,
     values: LastValues,
 ) -> Result<stream::Stream, ClusterError> {
-    jetstream
+    let stream = jetstream
         .get_or_create_stream(stream::Config {
             name: values.stream.to_owned(),
             subjects: vec![values.subjects.to_owned()],
@@ -200,7 +213,86 @@ pub async fn ensure_stream(
         .map_err(|e| ClusterError::Stream {
             stream: values.stream,
             error: e.to_string(),
-        })
+        })?;
+    for warning in check_existing(values, &stream.cached_info().config)? {
+        tracing::warn!("the JetStream stream {}: {warning}", values.stream);
+    }
+    Ok(stream)
+}
+
+/// Compares a stream's settings with the ones [`ensure_stream`] creates it
+/// with. `get_or_create_stream` opens an existing stream as it is, so
+/// without this a stream over other subjects stores nothing of ours (and a
+/// gateway's reader fails on it with NATS's own error), and one keeping every
+/// message grows without bound. Returns what to warn of.
+fn check_existing(
+    values: LastValues,
+    config: &stream::Config,
+) -> Result<Vec<String>, ClusterError> {
+    if !config
+        .subjects
+        .iter()
+        .any(|subject| subject_covers(subject, values.subjects))
+    {
+        return Err(ClusterError::StreamSubjects {
+            stream: values.stream,
+            found: config.subjects.clone(),
+            needed: values.subjects,
+        });
+    }
+    let fix = "delete the stream to have it created again, or edit it";
+    let mut warnings = Vec::new();
+    match config.max_messages_per_subject {
+        1 => {}
+        n if n < 1 => warnings.push(format!(
+            "keeps every message per subject (max_msgs_per_subject {n}, needed 1), so it \
+             grows with every version published and gateways read through all of them; {fix}"
+        )),
+        n => warnings.push(format!(
+            "keeps {n} messages per subject (max_msgs_per_subject, needed 1), so it holds \
+             {n} versions of every symbol where one is read; {fix}"
+        )),
+    }
+    if config.retention != stream::RetentionPolicy::Limits {
+        warnings.push(format!(
+            "retention is {:?}, not Limits: the server removes last values once consumed \
+             or unwanted, and gateways that start later miss them; {fix}",
+            config.retention
+        ));
+    }
+    if !config.max_age.is_zero() {
+        warnings.push(format!(
+            "messages expire after {:?} (max_age): a quiet symbol's last value disappears \
+             and gateways that start later lack it; {fix}",
+            config.max_age
+        ));
+    }
+    if config.max_messages > 0 || config.max_bytes > 0 {
+        warnings.push(format!(
+            "is capped at {} messages and {} bytes (max_msgs, max_bytes; -1 none): past \
+             them the last values of quiet symbols are dropped; {fix}",
+            config.max_messages, config.max_bytes
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Whether every subject `filter` matches is one `pattern` matches, both
+/// NATS subjects with `*` (one token) and `>` (one or more trailing tokens).
+fn subject_covers(pattern: &str, filter: &str) -> bool {
+    let mut filter = filter.split('.');
+    for token in pattern.split('.') {
+        let Some(theirs) = filter.next() else {
+            return false;
+        };
+        match token {
+            ">" => return true,
+            "*" if theirs != ">" => {}
+            literal if literal == theirs && theirs != "*" && theirs != ">" => {}
+            _ => return false,
+        }
+    }
+    filter.next().is_none()
 }
 
 /// Opens (or creates) both last-value streams. Only the tickers' is
@@ -213,4 +305,73 @@ pub async fn ensure_streams(jetstream: &jetstream::Context) -> Result<(), Cluste
         tracing::warn!("{e}: books are published live only");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(subjects: &[&str], max_messages_per_subject: i64) -> stream::Config {
+        stream::Config {
+            name: STREAM_NAME.to_owned(),
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            max_messages_per_subject,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_subject_covers_a_filter_only_if_it_matches_all_it_matches() {
+        let ours = TICKERS.subjects;
+        for pattern in [ours, ">", "tickwire.>", "tickwire.*.ticker.>", "*.v1.*.>"] {
+            assert!(subject_covers(pattern, ours), "{pattern}");
+        }
+        // One token is not every subject `>` matches, and other prefixes none.
+        for pattern in [
+            "tickwire.v1.ticker.*",
+            "tickwire.v1.ticker",
+            "tickwire.v1.depth.>",
+            "other.>",
+            "tickwire.v1.ticker.spot.>",
+            "",
+        ] {
+            assert!(!subject_covers(pattern, ours), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn an_existing_stream_over_other_subjects_is_an_error_naming_what_it_needs() {
+        let error = check_existing(TICKERS, &config(&["other.>"], 1))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for part in [
+            STREAM_NAME,
+            "\"other.>\"",
+            TICKERS.subjects,
+            "delete the stream",
+        ] {
+            assert!(error.contains(part), "{part}: {error}");
+        }
+        let both = config(&["other.>", "tickwire.v1.>"], 1);
+        assert_eq!(check_existing(TICKERS, &both).ok(), Some(vec![]));
+    }
+
+    #[test]
+    fn an_existing_stream_that_keeps_more_than_the_last_value_is_warned_of() {
+        let ours = TICKERS.subjects;
+        let unlimited = check_existing(TICKERS, &config(&[ours], -1)).unwrap_or_default();
+        assert_eq!(unlimited.len(), 1);
+        assert!(
+            unlimited[0].contains("max_msgs_per_subject -1"),
+            "{unlimited:?}"
+        );
+        let expiring = stream::Config {
+            max_age: Duration::from_secs(60),
+            retention: stream::RetentionPolicy::Interest,
+            ..config(&[ours], 5)
+        };
+        let warnings = check_existing(TICKERS, &expiring).unwrap_or_default();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+    }
 }

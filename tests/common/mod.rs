@@ -552,6 +552,8 @@ pub struct Binary {
     pub addr: SocketAddr,
     /// Everything the server logged, collected by a thread so the pipe never fills.
     log: Arc<std::sync::Mutex<String>>,
+    /// What it logged before it listened (not part of `log`).
+    pub startup_log: String,
     log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -600,10 +602,12 @@ impl Binary {
         let stderr = child.stderr.take().expect("stderr");
         let mut reader = std::io::BufReader::new(stderr);
         let mut line = String::new();
+        let mut startup_log = String::new();
         let addr = loop {
             line.clear();
             let read = reader.read_line(&mut line).expect("read log");
             assert!(read > 0, "tickwire exited before listening");
+            startup_log.push_str(&line);
             // `ws://ADDR/ws`, or `wss://ADDR/ws` with TLS.
             if let Some(rest) = line.split("ws://").nth(1).or(line.split("wss://").nth(1)) {
                 let addr = rest.split('/').next().expect("address");
@@ -623,6 +627,7 @@ impl Binary {
             child,
             addr,
             log,
+            startup_log,
             log_reader: Some(log_reader),
         }
     }
