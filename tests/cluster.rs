@@ -753,3 +753,42 @@ async fn a_stream_made_with_other_settings_is_refused_or_warned_of() {
     );
     assert!(!log.contains("TICKWIRE_DEPTH:"), "made by tickwire: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_warns_when_its_books_do_not_fit_the_servers_max_payload() {
+    // Enough for tickers and JetStream's requests, not for a 100-level book.
+    let nats = NatsServer::start_with_config("max_payload: 1024\n");
+    let spot = sample(SPOT).display().to_string();
+    let ingest = Binary::ingest(
+        &nats.url(),
+        &[
+            "--replay",
+            &spot,
+            "--speed",
+            "max",
+            "--max-book-depth",
+            "100",
+        ],
+    );
+    assert!(
+        ingest
+            .startup_log
+            .contains("the NATS server's max_payload is 1024 bytes"),
+        "{}",
+        ingest.startup_log
+    );
+    const REFUSED: &str = "tickwire_cluster_publish_errors_total{role=\"ingest\"}";
+    metrics_until(&ingest, "books refused", |page| metric(page, REFUSED) > 5.0).await;
+    let refused = metric(&http_get(ingest.addr, "/metrics").await.1, REFUSED);
+    let startup = ingest.startup_log.clone();
+    let (clean, log) = ingest.terminate();
+    let log = format!("{startup}{log}");
+    assert!(clean, "{log}");
+    let warning = "exceeds the NATS server's max_payload of 1024 bytes and was not published";
+    let warnings = log.matches(warning).count();
+    // Rate-limited: not one warning per refused version.
+    assert!(
+        warnings >= 1 && (warnings as f64) < refused,
+        "{refused}: {log}"
+    );
+}

@@ -13,14 +13,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::depth::{depth_subject_for, DepthRecord};
+use super::wire::depth::{self, depth_subject_for, DepthRecord};
 use super::wire::{subject_for, TickerRecord};
 use super::{ClusterError, Link};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
@@ -32,6 +32,10 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for buffered records to reach NATS. With the
 /// server gone they never will, and the process must still exit.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Least time between two warnings of records too large for the server: a
+/// book that outgrew `max_payload` fails on every version.
+const TOO_LARGE_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Marks a slot index as a symbol's depth channel rather than its ticker.
 const DEPTH_SLOT: u32 = 1 << 31;
@@ -69,6 +73,10 @@ pub async fn spawn(
     let stats = hub.metrics().cluster.clone();
     stats.enable("ingest");
     let (client, link) = super::connect(url, "tickwire-ingest", &stats).await?;
+    let max_payload = client.server_info().max_payload;
+    if let Some(warning) = payload_warning(max_payload, hub.max_book_depth()) {
+        tracing::warn!("{warning}");
+    }
     super::ensure_streams(&async_nats::jetstream::new(client.clone())).await?;
     let epoch = u64::try_from(crate::wall_clock_ns()).unwrap_or(0);
     tracing::info!(epoch, "publishing the book to NATS at {url}");
@@ -79,9 +87,33 @@ pub async fn spawn(
         mailbox: Arc::new(Mailbox::default()),
         symbols: Vec::new(),
         known: HashSet::new(),
+        too_large: TooLarge::default(),
     };
     let task = tokio::spawn(publisher.run(link, shutdown));
     Ok(IngestHandle { epoch, task })
+}
+
+/// The warning due when the server's `max_payload` is below the largest
+/// record a book kept at `depth` levels a side can take, if it is.
+fn payload_warning(max_payload: usize, depth: usize) -> Option<String> {
+    let largest = depth::max_encoded_len(depth);
+    // 0: the server did not say.
+    (max_payload > 0 && max_payload < largest).then(|| {
+        format!(
+            "the NATS server's max_payload is {max_payload} bytes, and a depth record of a \
+             book {depth} levels deep can take up to {largest}: the server refuses any larger \
+             than max_payload, and gateways never get those books (raise max_payload in \
+             nats-server's configuration, or lower --max-book-depth)"
+        )
+    })
+}
+
+/// Records refused for exceeding the server's `max_payload` since the last
+/// warning of them.
+#[derive(Default)]
+struct TooLarge {
+    warned_at: Option<Instant>,
+    since: u64,
 }
 
 /// Per-symbol publishing state.
@@ -117,6 +149,7 @@ struct Publisher {
     epoch: u64,
     mailbox: Arc<Mailbox>,
     symbols: Vec<Published>,
+    too_large: TooLarge,
     /// The names in `symbols`: discovery looks each served name up here
     /// instead of scanning `symbols`, which was quadratic in the symbols.
     known: HashSet<Arc<str>>,
@@ -269,14 +302,58 @@ impl Publisher {
             return;
         };
         let stats = &self.hub.metrics().cluster;
+        let size = record.len();
         match self.client.publish(subject, Bytes::from(record)).await {
             Ok(()) => {
                 stats.published.fetch_add(1, Relaxed);
+            }
+            Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                stats.publish_errors.fetch_add(1, Relaxed);
+                // Not debug: this fails again on every version, and gateways
+                // wait for the book forever. Rate-limited for the same reason.
+                let too_large = &mut self.too_large;
+                too_large.since += 1;
+                let due = too_large
+                    .warned_at
+                    .is_none_or(|at| at.elapsed() >= TOO_LARGE_WARNING_INTERVAL);
+                if due {
+                    let max_payload = self.client.server_info().max_payload;
+                    tracing::warn!(
+                        symbol = %published.entry.name(),
+                        refused = too_large.since,
+                        "a record of {size} bytes exceeds the NATS server's max_payload of \
+                         {max_payload} bytes and was not published (counted in \
+                         tickwire_cluster_publish_errors_total); raise max_payload in \
+                         nats-server's configuration, or lower --max-book-depth"
+                    );
+                    too_large.warned_at = Some(Instant::now());
+                    too_large.since = 0;
+                }
             }
             Err(e) => {
                 stats.publish_errors.fetch_add(1, Relaxed);
                 tracing::debug!(symbol = %published.entry.name(), error = %e, "publish failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_max_payload_below_the_largest_record_at_the_book_depth_is_warned_of() {
+        let largest = depth::max_encoded_len(100);
+        assert_eq!(payload_warning(1024 * 1024, 100), None, "the default 1 MB");
+        assert_eq!(payload_warning(largest, 100), None);
+        assert_eq!(payload_warning(0, 100), None, "not told");
+        let warning = payload_warning(1024, 100).unwrap_or_default();
+        assert!(
+            warning.contains("max_payload is 1024 bytes")
+                && warning.contains(&format!("up to {largest}")),
+            "{warning}"
+        );
+        assert!(payload_warning(4096, 1).is_none(), "a one-level book fits");
     }
 }

@@ -591,8 +591,18 @@ impl Binary {
 
     /// Starts `tickwire serve --listen 127.0.0.1:0 ARGS` and waits for its address.
     pub fn serve(args: &[&str]) -> Self {
+        Self::run("serve", args)
+    }
+
+    /// `tickwire ingest` publishing to NATS at `nats`, with more flags.
+    pub fn ingest(nats: &str, args: &[&str]) -> Self {
+        Self::run("ingest", &[&["--nats", nats], args].concat())
+    }
+
+    /// `tickwire COMMAND` (one that listens) with `args`.
+    fn run(command: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args([command, "--listen", "127.0.0.1:0"])
             .args(args)
             .env("TICKWIRE_LOG", "info")
             .stdout(Stdio::null())

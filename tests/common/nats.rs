@@ -19,11 +19,21 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: PathBuf,
     port: u16,
+    /// Whether it runs with JetStream (`-js`).
+    jetstream: bool,
+    /// A configuration file it reads (`-c`).
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts `nats-server -p -1 -js` and waits for the port it chose.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// [`NatsServer::start`] reading `config` (nats-server's configuration
+    /// format, e.g. `max_payload: 1024`) unless it is empty.
+    pub fn start_with_config(config: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tickwire-nats-{}-{}",
@@ -32,18 +42,32 @@ impl NatsServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("nats dir");
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.join("nats.conf");
+            std::fs::write(&path, config).expect("nats config");
+            path
+        });
         let mut server = Self {
             child: None,
             dir,
             port: 0,
+            jetstream: true,
+            config,
         };
         server.launch("-1");
         server
     }
 
     fn launch(&mut self, port: &str) {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        let mut command = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        if self.jetstream {
+            command.arg("-js");
+        }
+        let child = command
+            .args(["-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(self.dir.join("store"))
             .arg("--ports_file_dir")
             .arg(&self.dir)
@@ -67,6 +91,12 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts the server again on the same port and store, without JetStream.
+    pub fn restart_without_jetstream(&mut self) {
+        self.jetstream = false;
+        self.restart();
     }
 
     /// Starts the server again on the same port and store.

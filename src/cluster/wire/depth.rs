@@ -47,6 +47,19 @@ pub const MAX_LEVELS: usize = BOOK_DEPTHS[BOOK_DEPTHS.len() - 1];
 /// a count is checked against the bytes left before anything is allocated.
 const MIN_LEVEL_BYTES: usize = 4;
 
+/// The largest record a book kept at `levels` a side can encode to: every
+/// decimal at its longest (a 96-bit mantissa, 14 varint bytes, and a scale),
+/// the seq's varint at its longest, and a reason and symbol of
+/// [`MAX_TEXT_BYTES`](super::MAX_TEXT_BYTES) each. An ingest compares it
+/// with the NATS server's `max_payload`.
+pub fn max_encoded_len(levels: usize) -> usize {
+    const LEVEL: usize = 2 * (14 + 1);
+    const TEXT: usize = 2 + super::MAX_TEXT_BYTES;
+    // Format, status, presence; epoch; seq; levels; the two timestamps.
+    let fixed = 3 + 8 + 10 + 2 + 16;
+    fixed + 2 * (2 + levels.min(MAX_LEVELS) * LEVEL) + 2 * TEXT
+}
+
 /// The NATS subject for `symbol`'s depth, or `None` for an empty symbol.
 pub fn depth_subject_for(symbol: &str) -> Option<String> {
     super::subject_under(DEPTH_SUBJECT_PREFIX, symbol)
@@ -393,6 +406,29 @@ mod tests {
             (snapshot.seq, snapshot.bids.len(), snapshot.asks.len()),
             (3, 5, 5)
         );
+    }
+
+    #[test]
+    fn the_largest_record_is_the_bound_an_ingest_checks_max_payload_against() {
+        let widest = Level {
+            price: Decimal::MIN,
+            size: Decimal::MAX,
+        };
+        let longest = |levels: usize| DepthRecord {
+            seq: u64::MAX,
+            reason: "r".repeat(2 * super::super::MAX_TEXT_BYTES),
+            symbol: Arc::from("s".repeat(2 * super::super::MAX_TEXT_BYTES)),
+            levels,
+            bids: vec![widest; levels],
+            asks: vec![widest; levels],
+            ..record()
+        };
+        assert_eq!(
+            longest(MAX_LEVELS).encode().len(),
+            max_encoded_len(MAX_LEVELS)
+        );
+        assert!(longest(100).encode().len() <= max_encoded_len(100));
+        assert_eq!(max_encoded_len(10_000), max_encoded_len(MAX_LEVELS));
     }
 
     #[test]
