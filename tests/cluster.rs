@@ -792,3 +792,35 @@ async fn an_ingest_warns_when_its_books_do_not_fit_the_servers_max_payload() {
         "{refused}: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_fresh_versions_as_live_when_nats_comes_back_without_jetstream() {
+    let mut nats = NatsServer::start();
+    // About four seconds of replay, so versions flow after the restart.
+    let ingest = Ingest::start(&nats, replay_of(&files(), Speed::Factor(15.0), false, true)).await;
+    let gateway = Gateway::start(&nats).await;
+    let mut watcher = Watcher::subscribe(&gateway.server.url()).await;
+    ingest.replay.start();
+    watcher
+        .read_until("tickers through NATS", |w| w.tape.tickers >= 10)
+        .await;
+    nats.kill();
+    watcher.read_to_state("stale").await;
+    nats.restart_without_jetstream();
+    // Connected, and the ingest's records arrive: they are served as its
+    // status says, though the last values cannot be read.
+    watcher.read_to_state("live").await;
+    let page = gateway.metrics_page();
+    assert_eq!(
+        metric(&page, "tickwire_cluster_connected{role=\"gateway\"}"),
+        1.0
+    );
+    assert!(
+        metric(
+            &page,
+            "tickwire_cluster_reload_failures_total{role=\"gateway\"}"
+        ) >= 1.0,
+        "{page}"
+    );
+    assert!(gateway.handle.is_running());
+}

@@ -45,6 +45,12 @@ use crate::metrics::ClusterStats;
 /// The status reason while the NATS connection is down.
 pub const DISCONNECTED_REASON: &str = "source disconnected";
 
+/// The status reason of a symbol while the link is up again but its last
+/// values could not be read (JetStream unavailable, say): a status its
+/// ingest published during the outage may be missing until its next record.
+pub const LAST_VALUES_UNAVAILABLE_REASON: &str =
+    "last values unavailable; awaiting the symbol's next version";
+
 /// The status reason of a book whose last version could not be read again
 /// after a reconnect: versions published meanwhile may be lost.
 pub const UNCONFIRMED_REASON: &str = "source reconnected; awaiting the book's next version";
@@ -210,7 +216,13 @@ async fn follow_link(
                 }
                 Err(e) => {
                     attempt += 1;
+                    merger.stats.reload_failures.fetch_add(1, Relaxed);
                     tracing::warn!(attempt, "{e}");
+                    if attempt == 1 {
+                        // Connected and receiving: "disconnected" would be
+                        // false. Each symbol takes its next record's status.
+                        merger.source_unconfirmed();
+                    }
                     let delay = Duration::from_millis(200 * u64::from(attempt.min(10)));
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -637,6 +649,29 @@ impl Merger {
         }
     }
 
+    /// The connection is back but the last values could not be read: every
+    /// symbol is stale for that reason until its next record, whose status
+    /// it then takes (a record received now is the ingest's current one).
+    /// The reload is retried; when it works, [`Self::source_up`] follows.
+    fn source_unconfirmed(&self) {
+        let mut state = self.lock();
+        state.source_up = true;
+        for held in state.symbols.values() {
+            // Announced though the symbol was stale already: it is no longer
+            // "source disconnected".
+            self.hub.set_status_and_reason(
+                &held.entry,
+                SymbolState::Stale,
+                LAST_VALUES_UNAVAILABLE_REASON,
+            );
+            if held.depth.heard {
+                held.entry
+                    .depth()
+                    .set_status(SymbolState::Stale, LAST_VALUES_UNAVAILABLE_REASON);
+            }
+        }
+    }
+
     /// The connection is back and the last values are read: every symbol
     /// takes the status its ingest last published. Books take theirs only if
     /// their last values were read too (`books`); otherwise a version
@@ -883,6 +918,36 @@ mod tests {
         merger.source_up(true);
         assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Live));
         assert_eq!(state("B").map(|s| s.state), Some(SymbolState::Live));
+    }
+
+    #[test]
+    fn without_last_values_after_a_reconnect_each_symbol_goes_live_on_its_next_record() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 1, 100));
+        merger.apply(record("B", 5, 1, 100));
+        merger.apply_depth(depth_record("A", 5, 1, 10));
+        merger.source_down();
+        merger.source_unconfirmed();
+        let ticker = |s: &str| merger.hub.get(s).map(|e| e.status());
+        let book = |s: &str| merger.hub.get(s).map(|e| e.depth().status());
+        for status in [ticker("A"), ticker("B"), book("A")] {
+            let status = status.map(|s| (s.state, s.reason.to_string()));
+            assert_eq!(
+                status,
+                Some((
+                    SymbolState::Stale,
+                    LAST_VALUES_UNAVAILABLE_REASON.to_owned()
+                ))
+            );
+        }
+        merger.apply(record("A", 5, 2, 200));
+        merger.apply_depth(depth_record("A", 5, 2, 10));
+        assert_eq!(ticker("A").map(|s| s.state), Some(SymbolState::Live));
+        assert_eq!(book("A").map(|s| s.state), Some(SymbolState::Live));
+        assert_eq!(ticker("B").map(|s| s.state), Some(SymbolState::Stale));
+        // The reload works at last: every symbol takes its last status.
+        merger.source_up(true);
+        assert_eq!(ticker("B").map(|s| s.state), Some(SymbolState::Live));
     }
 
     #[test]

@@ -405,6 +405,20 @@ impl Hub {
         }
     }
 
+    /// [`Self::set_status`], except that a symbol that is not live and stays
+    /// so under a new reason is announced again: for a reason that tells
+    /// clients something the one they were given no longer does.
+    pub fn set_status_and_reason(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
+        let changed = {
+            let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+            entry.status.change_reason_too(state, reason)
+        };
+        if changed {
+            tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
+            entry.subscribers.queue_all();
+        }
+    }
+
     /// Applies `tick` to `entry`'s book, publishes the new version and queues it
     /// for every subscriber. A fresh update makes a stale symbol live again.
     /// Returns the new version's `seq`.

@@ -34,6 +34,8 @@ pub struct ClusterStats {
     pub symbols_refused: AtomicU64,
     /// Times the NATS client reported this process as a slow consumer.
     pub slow_consumer: AtomicU64,
+    /// Failed reads of the last values after a reconnect (gateway).
+    pub reload_failures: AtomicU64,
     /// Ingest → read off the subscription, per record served as a new version
     /// (gateway): what the NATS hop adds before the gateway's own fan-out.
     pub hop_latency: LatencyRecorder,
@@ -49,7 +51,7 @@ impl ClusterStats {
         let Some(role) = self.role.get() else {
             return;
         };
-        let families: [(&str, &str, &str, u64); 11] = [
+        let families: [(&str, &str, &str, u64); 12] = [
             (
                 "tickwire_cluster_connected",
                 "1 while the NATS connection is up.",
@@ -115,6 +117,12 @@ impl ClusterStats {
                 "Times the NATS client dropped messages for this process.",
                 "counter",
                 self.slow_consumer.load(Relaxed),
+            ),
+            (
+                "tickwire_cluster_reload_failures_total",
+                "Failed reads of the last values after a reconnect.",
+                "counter",
+                self.reload_failures.load(Relaxed),
             ),
         ];
         for (name, help, kind, value) in families {
