@@ -57,6 +57,8 @@ def figures(r):
         "cores": proc.get("cpu_cores"),
         "per_cpu_s": proc.get("deliveries_per_cpu_sec"),
         "rss_mib": rss / 1048576 if rss is not None else None,
+        "peak_rss_mib": (proc["peak_rss_bytes"] / 1048576
+                         if proc.get("peak_rss_bytes") is not None else None),
         "connected": r["connections"]["connected"],
         "requested": r["connections"]["requested"],
         "closed": r["connections"]["closed_early"],

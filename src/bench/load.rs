@@ -3,18 +3,21 @@
 //! predictable. Each thread keeps one histogram its connections share.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::tally::{new_histogram, sample_staleness, Clock, Latency, SeqChecker, Tally};
+use super::tally::{
+    new_histogram, parse, sample_staleness, Clock, Latency, Received, SeqChecker, Tally,
+};
 use crate::client::connect;
 use crate::wall_clock_ns;
 
@@ -23,6 +26,11 @@ use crate::wall_clock_ns;
 const CONNECTING_AT_ONCE: usize = 64;
 /// How long a closing handshake may take once the run is over.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a stalled or slow reader's backlog may take to read once the run
+/// is over, to find whether the server closed it meanwhile: a socket's
+/// buffers hold well under a second's reading, and a connection still open
+/// on an idle feed is known by then as well as it ever will be.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the age of every value the connections hold is sampled.
 pub const STALENESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -45,6 +53,10 @@ pub enum Phase {
 pub struct Control {
     phase: AtomicU8,
     stop: CancellationToken,
+    /// Per symbol, the timestamp of the newest value any connection of any
+    /// thread has held at a staleness sample (see [`sample_staleness`]);
+    /// taken ten times a second per thread, never per message.
+    freshest: Mutex<HashMap<Box<str>, i64>>,
 }
 
 impl Control {
@@ -129,9 +141,9 @@ pub struct Outcome {
     pub healthy: Measured,
     /// Slow readers, reported apart so they cannot flatter or spoil the rest.
     pub slow: Measured,
-    /// Per staleness sample and symbol, the age of the freshest value any
-    /// reading connection of the thread held: what a client that never
-    /// lagged the others would have seen.
+    /// For every value a healthy reader held at a staleness sample, the age
+    /// of the newest value of its symbol any connection had held by then:
+    /// what a client that never lagged the others would have seen.
     pub staleness_floor: Histogram<u64>,
     /// Connections that ended before the run did, and the first reason seen.
     pub closed_early: usize,
@@ -330,14 +342,23 @@ impl Thread {
                 .iter()
                 .map(|(seqs, slow)| (seqs.borrow(), *slow))
                 .collect();
+            let holders: Vec<_> = views.iter().map(|(seqs, slow)| (&**seqs, *slow)).collect();
             let (mut healthy, mut slow) = (self.healthy.borrow_mut(), self.slow.borrow_mut());
-            let record = |is_slow: bool, age| {
-                let measured = if is_slow { &mut slow } else { &mut healthy };
-                // In range by construction, so this never fails.
-                let _ = measured.latency.staleness.record(age);
+            let record = |is_slow: bool, age, freshest_age| {
+                // In range by construction, so these never fail.
+                if is_slow {
+                    let _ = slow.latency.staleness.record(age);
+                } else {
+                    let _ = healthy.latency.staleness.record(age);
+                    let _ = floor.record(freshest_age);
+                }
             };
-            let holders = views.iter().map(|(seqs, slow)| (&**seqs, *slow));
-            sample_staleness(wall_clock_ns(), holders, record, &mut floor);
+            let mut freshest = self
+                .control
+                .freshest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            sample_staleness(wall_clock_ns(), &holders, &mut freshest, record);
         }
     }
 
@@ -437,12 +458,52 @@ impl Thread {
             }
         };
         self.progress.open.fetch_sub(1, Relaxed);
+        // Connections that end after the window are not a finding.
+        let mut early = early.filter(|_| self.control.phase() != Phase::Stop);
+        // A reader that stopped reading learns that the server closed it
+        // only from behind its backlog, so that is read now.
+        if early.is_none() && reader != Reader::Healthy {
+            early = tokio::time::timeout(DRAIN_TIMEOUT, closed_behind_backlog(&mut socket))
+                .await
+                .unwrap_or(None);
+        }
         // A stalled reader's unread backlog would hold up its closing handshake.
         if early.is_none() && reader != Reader::Stalled {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
         }
-        // Connections that end after the window are not a finding.
-        let early = early.filter(|_| self.control.phase() != Phase::Stop);
         ConnectionEnd { early }
+    }
+}
+
+/// Reads a stalled or slow reader's backlog once the run is over, until the
+/// server's close or the end of the stream (the server dropped the
+/// connection while it was not being read: the reason, marked so) or a
+/// ticker the server stamped after the reading began (it is still serving
+/// the connection: `None`).
+async fn closed_behind_backlog<S>(socket: &mut S) -> Option<String>
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let since_ns = wall_clock_ns();
+    let found = |what: String| Some(format!("{what} (found behind the unread backlog)"));
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                if let Received::Ticker(ticker) = parse(text.as_str()) {
+                    if ticker.ingest_ts_ns >= since_ns {
+                        return None;
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                return found(format!("closed by the server: {code} {reason}"));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return found(format!("connection failed: {error}")),
+            None => return found("connection ended without a close frame".to_owned()),
+        }
     }
 }

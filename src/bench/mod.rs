@@ -36,8 +36,8 @@ use self::churn::{ChurnOutcome, ChurnReport};
 use self::load::{Connected, LoadThread, Outcome, Phase, Reader, Target};
 use self::probe::{HttpServer, MetricsPage, ProcSample};
 use self::report::{
-    AfterClose, ConnectPhase, Connections, Percentiles, Report, ServerMetrics, ServerProcess,
-    SlowReaders,
+    AfterClose, ClientCpu, ConnectPhase, Connections, Percentiles, Report, ServerMetrics,
+    ServerProcess, SlowReaders,
 };
 use self::tally::Clock;
 use crate::client::websocket_url;
@@ -151,7 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         clock: args.clock,
     };
-    let baseline = Probe::take(&http, args.server_pid).await;
+    let baseline = Probe::take(&http, args.server_pid, Edge::Opening).await;
     let connect_start = Instant::now();
     for (index, share) in shares.into_iter().enumerate() {
         let thread = load::spawn(index, target.clone(), share, control.clone())
@@ -206,14 +206,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .sum::<u64>()
     };
 
-    let connected_probe = Probe::take(&http, args.server_pid).await;
+    let connected_probe = Probe::take(&http, args.server_pid, Edge::Closing).await;
     let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
     while Instant::now() < warmup_end && open() > 0 {
         tokio::time::sleep_until(warmup_end.min(Instant::now() + POLL)).await;
     }
 
     let ticks_per_sec = probe::clock_ticks_per_second();
-    let before = Probe::take(&http, args.server_pid).await;
+    let before = Probe::take(&http, args.server_pid, Edge::Opening).await;
     control.set_phase(Phase::Measure);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.duration);
@@ -243,7 +243,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     bar.finish_and_clear();
     control.set_phase(Phase::Done);
-    let after = Probe::take(&http, args.server_pid).await;
+    let after = Probe::take(&http, args.server_pid, Edge::Closing).await;
     let churn = match churn {
         Some(done) => Some(done.await.unwrap_or_default()),
         None => None,
@@ -465,19 +465,51 @@ fn raise_open_file_limit(connections: usize) {
 /// The server and this process, read at one edge of the window.
 struct Probe {
     metrics: Option<MetricsPage>,
+    /// When the metrics were read: midway through the scrape, as the server
+    /// read its counters at some point while answering.
+    metrics_at: Instant,
     server: Option<ProcSample>,
     client: Option<ProcSample>,
+    /// When both processes' `/proc` entries were read.
+    proc_at: Instant,
 }
 
+/// Which side of the window a [`Probe`] is taken at: `/proc` is read right at
+/// the window's edge and the metrics scrape, which can take seconds from a
+/// busy server, outside it, so that the server's CPU is never counted over a
+/// longer span than the deliveries it is divided into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Edge {
+    Opening,
+    Closing,
+}
+
+/// A scrape slower than this is reported: the server's rates then cover the
+/// span between two slow answers, not exactly the window.
+const SLOW_SCRAPE: Duration = Duration::from_secs(1);
+
 impl Probe {
-    async fn take(server: &HttpServer, server_pid: Option<u32>) -> Self {
-        let metrics = match probe::http_get(server, "/metrics").await {
-            Ok(body) => Some(MetricsPage::parse(&String::from_utf8_lossy(&body))),
-            Err(error) => {
-                tracing::warn!("cannot read the server's metrics: {error:#}");
-                None
-            }
-        };
+    async fn take(http: &HttpServer, server_pid: Option<u32>, edge: Edge) -> Self {
+        let (metrics_at, metrics, proc_at, server, client);
+        if edge == Edge::Closing {
+            (proc_at, server, client) = Self::read_processes(server_pid);
+            (metrics_at, metrics) = Self::scrape(http).await;
+        } else {
+            (metrics_at, metrics) = Self::scrape(http).await;
+            (proc_at, server, client) = Self::read_processes(server_pid);
+        }
+        Self {
+            metrics,
+            metrics_at,
+            server,
+            client,
+            proc_at,
+        }
+    }
+
+    fn read_processes(
+        server_pid: Option<u32>,
+    ) -> (Instant, Option<ProcSample>, Option<ProcSample>) {
         let server = server_pid.and_then(|pid| match ProcSample::read(&pid.to_string()) {
             Ok(sample) => Some(sample),
             Err(error) => {
@@ -485,11 +517,37 @@ impl Probe {
                 None
             }
         });
-        Self {
-            metrics,
-            server,
-            client: ProcSample::read("self").ok(),
+        (Instant::now(), server, ProcSample::read("self").ok())
+    }
+
+    async fn scrape(server: &HttpServer) -> (Instant, Option<MetricsPage>) {
+        let sent = Instant::now();
+        let metrics = match probe::http_get(server, "/metrics").await {
+            Ok(body) => Some(MetricsPage::parse(&String::from_utf8_lossy(&body))),
+            Err(error) => {
+                tracing::warn!("cannot read the server's metrics: {error:#}");
+                None
+            }
+        };
+        let took = sent.elapsed();
+        if metrics.is_some() && took > SLOW_SCRAPE {
+            tracing::warn!(
+                "the server took {:.1} s to answer /metrics: its rates are over the span \
+                 between two slow answers, not exactly the window",
+                took.as_secs_f64()
+            );
         }
+        (sent + took / 2, metrics)
+    }
+
+    /// Seconds between this probe's `/proc` reads and `later`'s.
+    fn proc_secs_to(&self, later: &Probe) -> f64 {
+        (later.proc_at - self.proc_at).as_secs_f64()
+    }
+
+    /// Seconds between this probe's metrics and `later`'s.
+    fn metrics_secs_to(&self, later: &Probe) -> f64 {
+        (later.metrics_at - self.metrics_at).as_secs_f64()
     }
 }
 
@@ -592,16 +650,21 @@ fn build_report(run: Run<'_>) -> Report {
         tracing::warn!("a churn cycle failed: {error}");
     }
     let server_metrics = match (&run.before.metrics, &run.after.metrics) {
-        (Some(before), Some(after)) => Some(ServerMetrics::between(before, after, run.window_secs)),
+        (Some(before), Some(after)) => Some(ServerMetrics::between(
+            before,
+            after,
+            run.before.metrics_secs_to(run.after),
+        )),
         _ => None,
     };
+    let proc_secs = run.before.proc_secs_to(run.after);
     let server_process = match (run.args.server_pid, &run.before.server, &run.after.server) {
         (Some(pid), Some(before), Some(after)) => Some(ServerProcess::between(
             pid,
             before,
             after,
             run.ticks_per_sec,
-            run.window_secs,
+            proc_secs,
             delivered,
         )),
         _ => None,
@@ -613,6 +676,16 @@ fn build_report(run: Run<'_>) -> Report {
         ),
         _ => None,
     };
+    let slow_tally = &run.outcome.slow.tally;
+    let client_cpu = client_cpu_secs.map(|cpu_secs| ClientCpu {
+        cpu_secs,
+        cores: report::per_sec(cpu_secs, proc_secs),
+        messages: tally.delivered
+            + tally.window_snapshots
+            + slow_tally.delivered
+            + slow_tally.window_snapshots,
+        churn_included: run.churn.is_some(),
+    });
     Report {
         label: run.args.label.clone(),
         url: run.url,
@@ -651,7 +724,7 @@ fn build_report(run: Run<'_>) -> Report {
         after_close,
         server_metrics,
         server_process,
-        client_cpu_secs,
+        client_cpu,
     }
 }
 
@@ -677,6 +750,46 @@ mod tests {
         assert_eq!(at("wss://example.com/ws"), server("example.com", 443, true));
         assert_eq!(at("http://example.com/ws"), None);
         assert_eq!(at("not a url"), None);
+    }
+
+    /// `/proc` is read at the window's edge and the scrape, which a busy
+    /// server may answer late, outside it: before the window opens, after it
+    /// closes.
+    #[tokio::test]
+    async fn processes_are_read_at_the_edge_and_metrics_outside_the_window() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        // A server whose metrics take a while to come.
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0; 1024];
+                let _ = stream.read(&mut request).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let body = "tickwire_messages_out_total 5\n";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        let http = HttpServer {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        };
+        let pid = Some(std::process::id());
+        let opening = Probe::take(&http, pid, Edge::Opening).await;
+        assert!(opening.metrics.is_some() && opening.server.is_some());
+        assert!(opening.metrics_at < opening.proc_at, "scraped, then read");
+        let closing = Probe::take(&http, pid, Edge::Closing).await;
+        assert!(closing.metrics.is_some() && closing.server.is_some());
+        assert!(closing.proc_at < closing.metrics_at, "read, then scraped");
+        // The slow answers are outside the span the CPU is counted over.
+        assert!(opening.proc_secs_to(&closing) < opening.metrics_secs_to(&closing));
     }
 
     #[test]

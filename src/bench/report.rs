@@ -69,8 +69,23 @@ pub struct Report {
     pub server_metrics: Option<ServerMetrics>,
     /// The server process over the window (`--server-pid`).
     pub server_process: Option<ServerProcess>,
-    /// CPU seconds this load client used in the window.
-    pub client_cpu_secs: Option<f64>,
+    /// This load client over the window; null if `/proc` was unreadable.
+    pub client_cpu: Option<ClientCpu>,
+}
+
+/// What the load client itself cost: it shares the machine with the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ClientCpu {
+    /// CPU seconds of every thread of this process over the window.
+    pub cpu_secs: f64,
+    /// `cpu_secs` per second of the window: cores kept busy.
+    pub cores: f64,
+    /// Tickers received in the window by healthy and slow readers, snapshots
+    /// included: what `cpu_secs` is divided into for a cost per message.
+    pub messages: u64,
+    /// Whether `--churn` ran in the window: its handshakes are in `cpu_secs`
+    /// too, so the cost per message is an upper bound.
+    pub churn_included: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -185,8 +200,8 @@ pub struct ServerLatency {
 }
 
 impl ServerMetrics {
-    /// Deltas between two scrapes `window_secs` apart.
-    pub fn between(before: &MetricsPage, after: &MetricsPage, window_secs: f64) -> Self {
+    /// Deltas between two scrapes `secs` apart.
+    pub fn between(before: &MetricsPage, after: &MetricsPage, secs: f64) -> Self {
         let delta = |name: &str| {
             let end = after.sum(name).unwrap_or(0.0);
             (end - before.sum(name).unwrap_or(0.0)).max(0.0)
@@ -201,9 +216,9 @@ impl ServerMetrics {
         let messages_out = delta("tickwire_messages_out_total");
         Self {
             book_updates,
-            book_updates_per_sec: per_sec(book_updates, window_secs),
+            book_updates_per_sec: per_sec(book_updates, secs),
             messages_out,
-            messages_out_per_sec: per_sec(messages_out, window_secs),
+            messages_out_per_sec: per_sec(messages_out, secs),
             updates_conflated: delta("tickwire_updates_conflated_total"),
             delivery_latency_us: ServerLatency {
                 count: after.get(&format!("{LATENCY}_count")).unwrap_or(0.0),
@@ -222,7 +237,7 @@ impl ServerMetrics {
 pub struct ServerProcess {
     pub pid: u32,
     pub cpu_secs: f64,
-    /// `cpu_secs / window_secs`: cores kept busy.
+    /// `cpu_secs` per second between the two samples: cores kept busy.
     pub cpu_cores: f64,
     /// Delivered tickers (as counted by this client) per server CPU-second.
     pub deliveries_per_cpu_sec: f64,
@@ -231,12 +246,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// The server between two samples `secs` apart, read at the window's
+    /// edges, `delivered` tickers having arrived in between.
     pub fn between(
         pid: u32,
         before: &ProcSample,
         after: &ProcSample,
         ticks_per_sec: u64,
-        window_secs: f64,
+        secs: f64,
         delivered: u64,
     ) -> Self {
         let cpu_secs =
@@ -244,7 +261,7 @@ impl ServerProcess {
         Self {
             pid,
             cpu_secs,
-            cpu_cores: per_sec(cpu_secs, window_secs),
+            cpu_cores: per_sec(cpu_secs, secs),
             deliveries_per_cpu_sec: per_sec(delivered as f64, cpu_secs),
             rss_bytes: after.rss_bytes,
             peak_rss_bytes: after.peak_rss_bytes,
@@ -419,12 +436,18 @@ pub fn table(report: &Report) -> String {
             mib(p.peak_rss_bytes)
         );
     }
-    if let Some(cpu) = report.client_cpu_secs {
-        let per_message = per_sec(cpu * 1e6, (report.delivered + counts.snapshots) as f64);
+    if let Some(client) = &report.client_cpu {
+        let per_message = per_sec(client.cpu_secs * 1e6, client.messages as f64);
         let _ = writeln!(
             out,
-            "client CPU    {cpu:.2} s ({:.2} cores, {per_message:.1} µs per message)",
-            per_sec(cpu, report.window_secs)
+            "client CPU    {:.2} s ({:.2} cores, {per_message:.1} µs per message received{})",
+            client.cpu_secs,
+            client.cores,
+            if client.churn_included {
+                ", churn included"
+            } else {
+                ""
+            }
         );
     }
     out
@@ -597,7 +620,12 @@ mod tests {
                 rss_bytes: Some(10 << 20),
                 peak_rss_bytes: None,
             }),
-            client_cpu_secs: Some(12.0),
+            client_cpu: Some(ClientCpu {
+                cpu_secs: 12.0,
+                cores: 1.2,
+                messages: 100_000,
+                churn_included: false,
+            }),
         }
     }
 

@@ -390,27 +390,36 @@ impl SeqChecker {
 }
 
 /// One staleness sample at `now_ns` over the symbols that `holders` hold:
-/// `record(kind, age)` gets the age of every value each holder holds, with
-/// the holder's `kind`, and `floor`, once per symbol, the age of the freshest
-/// value any holder has. Ages are clamped into the histograms' range.
-pub fn sample_staleness<'a, K: Copy>(
+/// for every value each holder holds, `record(kind, age, freshest_age)` gets
+/// the holder's `kind`, the value's age, and the age of the newest value of
+/// the same symbol that any connection has held by now, the other load
+/// threads' included: `freshest` keeps that newest timestamp per symbol
+/// across samples and threads, and this sample raises it first. So the
+/// freshest age of each pair is never above its age, and the gap between
+/// the two is how far that client lagged the freshest one. Ages are clamped
+/// into the histograms' range.
+pub fn sample_staleness<K: Copy>(
     now_ns: i64,
-    holders: impl IntoIterator<Item = (&'a SeqChecker, K)>,
-    mut record: impl FnMut(K, u64),
-    floor: &mut Histogram<u64>,
+    holders: &[(&SeqChecker, K)],
+    freshest: &mut HashMap<Box<str>, i64>,
+    mut record: impl FnMut(K, u64, u64),
 ) {
     let age = |ts: i64| now_ns.saturating_sub(ts).clamp(1, HIGHEST_NS as i64) as u64;
-    let mut freshest: HashMap<&str, i64> = HashMap::new();
-    for (seqs, kind) in holders {
+    for (seqs, _) in holders {
         for (symbol, ts) in seqs.held() {
-            record(kind, age(ts));
-            let newest = freshest.entry(symbol).or_insert(ts);
-            *newest = (*newest).max(ts);
+            match freshest.get_mut(symbol) {
+                Some(newest) => *newest = (*newest).max(ts),
+                None => {
+                    freshest.insert(symbol.into(), ts);
+                }
+            }
         }
     }
-    for &ts in freshest.values() {
-        // In range by construction, so this never fails.
-        let _ = floor.record(age(ts));
+    for &(seqs, kind) in holders {
+        for (symbol, ts) in seqs.held() {
+            let newest = freshest.get(symbol).copied().unwrap_or(ts);
+            record(kind, age(ts), age(newest));
+        }
     }
 }
 
@@ -461,6 +470,8 @@ pub struct Tally {
     pub delivered_total: u64,
     /// `snapshot: true` tickers (one per subscription), never timed.
     pub snapshots: u64,
+    /// Those of them received inside the measurement window.
+    pub window_snapshots: u64,
     /// Samples outside 1 ns .. 60 s (a clock step, or a stuck server), clamped.
     pub clamped: u64,
     /// Window tickers without the timestamp latency is measured from (`null`
@@ -524,6 +535,7 @@ impl Tally {
         }
         if ticker.snapshot {
             self.snapshots += 1;
+            self.window_snapshots += u64::from(measuring);
             return true;
         }
         self.delivered_total += 1;
@@ -570,6 +582,7 @@ impl Tally {
         self.skipped = self.skipped.saturating_add(other.skipped);
         self.delivered_total += other.delivered_total;
         self.snapshots += other.snapshots;
+        self.window_snapshots += other.window_snapshots;
         self.clamped += other.clamped;
         self.untimed += other.untimed;
         self.seq_regressions += other.seq_regressions;
@@ -793,21 +806,33 @@ mod tests {
         let mut lagging = held(&[("A", 1, now - 4_000_000)]);
         lagging.check_timed("C", 1, 0, true, None);
         let mut ages = [new_histogram(), new_histogram()];
-        let mut floor = new_histogram();
-        let record = |kind: usize, age| ages[kind].record(age).expect("in range");
-        sample_staleness(now, [(&fresh, 0), (&lagging, 1)], record, &mut floor);
+        let mut floors = [new_histogram(), new_histogram()];
+        // Another load thread held a newer B (2 ms) at its last sample.
+        let mut freshest = HashMap::from([("B".into(), now - 2_000_000)]);
+        let record = |kind: usize, age, floor| {
+            ages[kind].record(age).expect("in range");
+            floors[kind].record(floor).expect("in range");
+        };
+        sample_staleness(now, &[(&fresh, 0), (&lagging, 1)], &mut freshest, record);
         let [fresh_ages, lagging_ages] = &ages;
         let ms = |h: &Histogram<u64>| {
             let mut v: Vec<u64> = h
                 .iter_recorded()
-                .map(|x| x.value_iterated_to() / 1_000_000)
+                .flat_map(|x| {
+                    let ms = x.value_iterated_to() / 1_000_000;
+                    std::iter::repeat_n(ms, x.count_at_value() as usize)
+                })
                 .collect();
             v.sort_unstable();
             v
         };
         assert_eq!(ms(fresh_ages), [1, 5]);
         assert_eq!(ms(lagging_ages), [4]);
-        // Per symbol, the freshest any connection held: A 1 ms, B 5 ms.
-        assert_eq!(ms(&floor), [1, 5]);
+        // Per value held, the freshest of its symbol held anywhere: A 1 ms
+        // (this thread), B 2 ms (the other thread); and the newest A is
+        // kept for the other threads.
+        assert_eq!(ms(&floors[0]), [1, 2]);
+        assert_eq!(ms(&floors[1]), [1]);
+        assert_eq!(freshest.get("A"), Some(&(now - 1_000_000)));
     }
 }
