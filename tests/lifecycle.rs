@@ -602,6 +602,48 @@ async fn an_idle_subscribed_connection_costs_a_few_kib() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client that stopped reading is closed with its output unwritten: what
+/// it never took is neither counted as sent nor timed as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_a_closed_client_never_took_is_not_counted_as_delivered() {
+    let dir = tempdir();
+    let server = Binary::serve_synthetic(&dir, 10, 2_000.0, 1);
+    let symbols: Vec<String> = synthetic_symbols(10);
+    let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let mut stalled = stalled_client(server.addr, &symbols).await;
+    // Its socket is full and the server holds more for it, unwritten.
+    until_metrics(&server, "output held for the stalled client", |page| {
+        metric(page, "tickwire_write_buffered_bytes") >= 16_384.0
+    })
+    .await;
+    let page = http_get(server.addr, "/metrics").await.1;
+    let sent = metric(&page, "tickwire_messages_out_total");
+    let timed = metric(&page, "tickwire_delivery_latency_seconds_count");
+    // A flood of requests it will never read the answers to gets it closed.
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        flood.extend(client_frame(true, 0x1, br#"{"op":"ping"}"#));
+    }
+    stalled.write_all(&flood).await.expect("send");
+    until_metrics(&server, "the stalled client closed", |page| {
+        metric(
+            page,
+            "tickwire_connections_closed_total{reason=\"rate_limited\"}",
+        ) == 1.0
+            && metric(page, "tickwire_connections") == 0.0
+    })
+    .await;
+    let page = http_get(server.addr, "/metrics").await.1;
+    assert_eq!(metric(&page, "tickwire_messages_out_total"), sent, "{page}");
+    assert_eq!(
+        metric(&page, "tickwire_delivery_latency_seconds_count"),
+        timed,
+        "{page}"
+    );
+    drop(stalled);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// What clients freed by leaving goes back to the system, instead of staying
 /// in the allocator's heaps as if it leaked (glibc's keeps it otherwise: RSS
 /// stays where the crowd took it).

@@ -832,14 +832,22 @@ impl Session {
         };
         self.out.push_close(code, &text);
         let linger = self.context.config.close_linger;
-        let pending = self.out.take_pending();
         // A well-behaved client sends little more than its close frame; one
         // that keeps sending is left unread (held back by TCP) rather than
         // read and discarded at full speed for the whole linger.
         let mut discard_budget = self.context.config.max_message_bytes.max(4096);
-        let stream = &mut self.stream;
         let finished = tokio::time::timeout(linger, async {
-            stream.write_all(&pending).await?;
+            // Through the outbox, so that what a client that stopped reading
+            // never took is neither counted as sent nor timed as delivered.
+            loop {
+                self.flush()?;
+                self.out.report();
+                if self.out.buffered() == 0 {
+                    break;
+                }
+                self.stream.writable().await?;
+            }
+            let stream = &mut self.stream;
             stream.shutdown().await?;
             // On the heap, not in the future: every session's task is as big
             // as its largest state, so a buffer here would cost every idle

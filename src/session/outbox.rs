@@ -1,6 +1,8 @@
 //! The bytes a client is owed: messages framed for its transport, awaiting the
-//! socket. It also keeps the ingest time of every buffered update so delivery
-//! latency is recorded when the bytes are actually written, and batches the
+//! socket. It also keeps where every buffered message ends, and the ingest
+//! time of every buffered update, so messages are counted and delivery
+//! latency recorded when their bytes are actually written (a connection
+//! that closes with output unwritten delivered none of it), and batches the
 //! counters it reports.
 
 use std::collections::VecDeque;
@@ -21,8 +23,12 @@ pub enum Framing {
     EventStream,
 }
 
-/// Latency samples a connection keeps room for between bursts.
-const SAMPLES_KEPT: usize = 64;
+/// Buffered messages a connection keeps room for between bursts.
+const ENDS_KEPT: usize = 64;
+
+/// The ingest time of a buffered message that has none to record (an
+/// answer, a snapshot, a control frame).
+const UNTIMED: i64 = i64::MIN;
 
 /// A transport-neutral output buffer.
 #[derive(Debug)]
@@ -39,8 +45,9 @@ pub struct Outbox {
     /// Totals since the start, so latency samples can name where their message ends.
     appended_total: u64,
     written_total: u64,
-    /// (end of message in `appended_total` terms, ingest time) per buffered update.
-    samples: VecDeque<(u64, i64)>,
+    /// (end of message in `appended_total` terms, ingest time or [`UNTIMED`])
+    /// per buffered message.
+    ends: VecDeque<(u64, i64)>,
     latency_scratch: Vec<u64>,
     /// SSE event ids.
     next_event_id: u64,
@@ -61,7 +68,7 @@ impl Outbox {
             last_burst: 0,
             appended_total: 0,
             written_total: 0,
-            samples: VecDeque::new(),
+            ends: VecDeque::new(),
             latency_scratch: Vec::new(),
             next_event_id: 1,
             metrics,
@@ -105,10 +112,7 @@ impl Outbox {
         for part in suffix {
             self.buffer.extend_from_slice(part);
         }
-        self.end_message(before);
-        if let Some(ingest_ts_ns) = ingest_ts_ns {
-            self.samples.push_back((self.appended_total, ingest_ts_ns));
-        }
+        self.end_message(before, ingest_ts_ns.unwrap_or(UNTIMED));
         self.unreported_conflated += skipped;
     }
 
@@ -117,7 +121,7 @@ impl Outbox {
         let before = self.buffer.len();
         self.begin_message(json.len());
         self.buffer.extend_from_slice(json);
-        self.end_message(before);
+        self.end_message(before, UNTIMED);
     }
 
     /// Appends a WebSocket control frame (ping, pong).
@@ -125,7 +129,7 @@ impl Outbox {
         debug_assert_eq!(self.framing, Framing::WebSocket);
         let before = self.buffer.len();
         codec::write_frame(&mut self.buffer, opcode, payload);
-        self.end_message(before);
+        self.end_message(before, UNTIMED);
     }
 
     /// Appends a WebSocket close frame.
@@ -133,7 +137,7 @@ impl Outbox {
         debug_assert_eq!(self.framing, Framing::WebSocket);
         let before = self.buffer.len();
         codec::write_close(&mut self.buffer, code, reason);
-        self.end_message(before);
+        self.end_message(before, UNTIMED);
     }
 
     /// Appends an SSE comment line (keeps proxies from timing the stream out).
@@ -163,12 +167,12 @@ impl Outbox {
         }
     }
 
-    fn end_message(&mut self, before: usize) {
+    fn end_message(&mut self, before: usize, ingest_ts_ns: i64) {
         if self.framing == Framing::EventStream {
             self.buffer.extend_from_slice(b"\n\n");
         }
         self.appended_total += (self.buffer.len() - before) as u64;
-        self.unreported_messages += 1;
+        self.ends.push_back((self.appended_total, ingest_ts_ns));
     }
 
     /// Marks `n` more bytes as written: records the latency of every update now
@@ -182,8 +186,8 @@ impl Outbox {
             self.last_burst = self.buffer.len().min(max_kept_burst);
             self.buffer = Vec::new();
             self.written = 0;
-            if self.samples.capacity() > SAMPLES_KEPT {
-                self.samples = VecDeque::new();
+            if self.ends.capacity() > ENDS_KEPT {
+                self.ends = VecDeque::new();
                 self.latency_scratch = Vec::new();
             }
         } else if self.written >= self.buffer.len() / 2 {
@@ -205,12 +209,14 @@ impl Outbox {
     fn count_written(&mut self, n: usize) {
         self.written_total += n as u64;
         self.unreported_bytes += n as u64;
-        self.record_latency();
+        self.count_messages_written();
     }
 
-    fn record_latency(&mut self) {
+    /// Counts the messages now fully written, and records the latency of
+    /// the updates among them.
+    fn count_messages_written(&mut self) {
         if self
-            .samples
+            .ends
             .front()
             .is_none_or(|&(end, _)| end > self.written_total)
         {
@@ -218,13 +224,16 @@ impl Outbox {
         }
         let now = wall_clock_ns();
         self.latency_scratch.clear();
-        while let Some(&(end, ingest_ts_ns)) = self.samples.front() {
+        while let Some(&(end, ingest_ts_ns)) = self.ends.front() {
             if end > self.written_total {
                 break;
             }
-            self.samples.pop_front();
-            self.latency_scratch
-                .push(now.saturating_sub(ingest_ts_ns).max(0) as u64);
+            self.ends.pop_front();
+            self.unreported_messages += 1;
+            if ingest_ts_ns != UNTIMED {
+                self.latency_scratch
+                    .push(now.saturating_sub(ingest_ts_ns).max(0) as u64);
+            }
         }
         self.metrics
             .delivery_latency
@@ -286,13 +295,15 @@ mod tests {
     }
 
     #[test]
-    fn latency_is_recorded_only_once_an_update_is_fully_written() {
+    fn messages_are_counted_and_timed_only_once_fully_written() {
         let metrics = Arc::new(Metrics::default());
         let mut outbox = Outbox::new(Framing::WebSocket, metrics.clone(), 0);
         outbox.push_ticker(b"0123456789", 0, false, Some(wall_clock_ns()));
         let total = outbox.buffered();
         outbox.advance(total - 1, 1024);
+        outbox.report();
         assert_eq!(metrics.delivery_latency.summary().count, 0);
+        assert_eq!(metrics.messages_out.load(Relaxed), 0, "not sent yet");
         outbox.advance(1, 1024);
         assert_eq!(metrics.delivery_latency.summary().count, 1);
         outbox.report();
