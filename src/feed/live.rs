@@ -9,7 +9,7 @@
 //! full jitter, capped. The first fresh update of a symbol makes it `live`
 //! again (see [`Hub::publish`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -96,7 +96,7 @@ pub struct LiveConfig {
     pub prefix: Option<String>,
     /// Upstream name → served name (before the prefix), e.g. `BTC-USD` → `BTCUSD`.
     pub rename: HashMap<String, String>,
-    /// No message for this long counts as a disconnect.
+    /// No data message for this long (pings do not count) is a disconnect.
     pub stale_after: Duration,
     pub backoff: Backoff,
     pub connect_timeout: Duration,
@@ -239,8 +239,8 @@ impl Sink for Publisher {
 
 struct Feed {
     config: LiveConfig,
-    /// The configured symbols in upper case; `None` when it lists none.
-    carried: Option<HashSet<String>>,
+    /// The configured symbols, keyed in upper case; `None` when it lists none.
+    carried: Option<HashMap<String, String>>,
     tls: Arc<rustls::ClientConfig>,
     stats: Arc<FeedStats>,
     shutdown: CancellationToken,
@@ -257,11 +257,13 @@ impl Feed {
         shutdown: CancellationToken,
     ) -> Self {
         let carried = (!config.symbols.is_empty()).then(|| {
-            config
-                .symbols
-                .iter()
-                .map(|symbol| symbol.to_ascii_uppercase())
-                .collect()
+            let mut carried = HashMap::new();
+            for symbol in &config.symbols {
+                carried
+                    .entry(symbol.to_ascii_uppercase())
+                    .or_insert_with(|| symbol.clone());
+            }
+            carried
         });
         Self {
             config,
@@ -272,21 +274,24 @@ impl Feed {
         }
     }
 
-    /// Whether a tick for upstream `symbol` is one this feed asked for: one
-    /// of its `symbols`, in any case (Binance names its streams in lower
-    /// case, its messages in upper), or any symbol when it lists none. An
-    /// upstream that sends others is broken or not the one configured, and
-    /// must not make the server serve names nobody declared. One lookup per
-    /// tick, however many symbols the feed has.
-    fn carries(&self, symbol: &str) -> bool {
+    /// The name a tick for upstream `symbol` is served under, if it is one
+    /// this feed asked for: one of its `symbols` in any case (Binance names
+    /// its streams in lower case, its messages in upper), always spelled as
+    /// configured, so that no spelling of it becomes a symbol of its own; or
+    /// any symbol, as sent, when it lists none. An upstream that sends others
+    /// is broken or not the one configured, and must not make the server
+    /// serve names nobody declared. One lookup per tick, however many symbols
+    /// the feed has.
+    fn carried_name<'a>(&'a self, symbol: &'a str) -> Option<&'a str> {
         let Some(carried) = &self.carried else {
-            return true;
+            return Some(symbol);
         };
-        if symbol.bytes().any(|b| b.is_ascii_lowercase()) {
-            carried.contains(&symbol.to_ascii_uppercase())
+        let name = if symbol.bytes().any(|b| b.is_ascii_lowercase()) {
+            carried.get(&symbol.to_ascii_uppercase())
         } else {
-            carried.contains(symbol)
-        }
+            carried.get(symbol)
+        };
+        name.map(String::as_str)
     }
 
     async fn run(&self, sink: &mut dyn Sink) {
@@ -365,19 +370,26 @@ impl Feed {
         let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
         let mut warned_at: Option<tokio::time::Instant> = None;
         let silence = self.config.stale_after;
+        // Counted from the last data message: an upstream that only pings
+        // (or answers pings) is alive but sends no prices, and its symbols
+        // must go stale all the same.
+        let quiet = tokio::time::sleep(silence);
+        tokio::pin!(quiet);
         let reason = loop {
             let next = tokio::select! {
                 () = self.shutdown.cancelled() => {
                     let _ = socket.close(None).await;
                     break "shutting down".to_owned();
                 }
-                next = tokio::time::timeout(silence, socket.next()) => next,
+                () = &mut quiet => {
+                    break format!("no message for {} ms", silence.as_millis());
+                }
+                next = socket.next() => next,
             };
             let message = match next {
-                Err(_) => break format!("no message for {} ms", silence.as_millis()),
-                Ok(None) => break "upstream closed the connection".to_owned(),
-                Ok(Some(Err(e))) => break format!("read failed: {e}"),
-                Ok(Some(Ok(message))) => message,
+                None => break "upstream closed the connection".to_owned(),
+                Some(Err(e)) => break format!("read failed: {e}"),
+                Some(Ok(message)) => message,
             };
             let recv_ts_ns = wall_clock_ns();
             let payload: &[u8] = match &message {
@@ -396,14 +408,16 @@ impl Feed {
                 // tungstenite answers pings itself while reading.
                 _ => continue,
             };
+            quiet.as_mut().reset(tokio::time::Instant::now() + silence);
             stats.messages.fetch_add(1, Relaxed);
             stats.last_message_ns.store(recv_ts_ns, Relaxed);
             scratch.clear();
             scratch.extend_from_slice(payload);
             let parsed = match self.config.venue.parse(&mut scratch, recv_ts_ns) {
-                Ok(Parsed::Tick { symbol, .. }) if !self.carries(symbol) => {
-                    Err(ParseError::UnknownSymbol(symbol.chars().take(40).collect()))
-                }
+                Ok(Parsed::Tick { symbol, tick }) => match self.carried_name(symbol) {
+                    Some(symbol) => Ok(Parsed::Tick { symbol, tick }),
+                    None => Err(ParseError::UnknownSymbol(symbol.chars().take(40).collect())),
+                },
                 parsed => parsed,
             };
             match parsed {
@@ -513,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn a_feed_carries_its_symbols_in_any_case_or_any_when_it_lists_none() {
+    fn a_feed_carries_its_symbols_in_any_case_as_configured_or_any_when_it_lists_none() {
         let feed = |symbols: &[&str]| {
             let config = LiveConfig {
                 name: "f".into(),
@@ -531,11 +545,19 @@ mod tests {
             let stats = crate::metrics::Metrics::default().register_feed("f", "binance");
             Feed::new(config, tls, stats, CancellationToken::new())
         };
-        let listed = feed(&["btcusdt", "ETHUSDT"]);
-        for symbol in ["BTCUSDT", "btcusdt", "ETHUSDT", "ethUSDT"] {
-            assert!(listed.carries(symbol), "{symbol}");
+        let listed = feed(&["btcusdt", "ETHUSDT", "BTC-USD"]);
+        // Every spelling is served under the configured one, never its own.
+        for (sent, served) in [
+            ("BTCUSDT", "btcusdt"),
+            ("btcusdt", "btcusdt"),
+            ("BtcUsdt", "btcusdt"),
+            ("ETHUSDT", "ETHUSDT"),
+            ("ethUSDT", "ETHUSDT"),
+            ("btc-usd", "BTC-USD"),
+        ] {
+            assert_eq!(listed.carried_name(sent), Some(served), "{sent}");
         }
-        assert!(!listed.carries("XRPUSDT"));
-        assert!(feed(&[]).carries("ANYTHING"));
+        assert_eq!(listed.carried_name("XRPUSDT"), None);
+        assert_eq!(feed(&[]).carried_name("AnyThing"), Some("AnyThing"));
     }
 }

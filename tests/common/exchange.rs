@@ -19,6 +19,8 @@ pub struct Script {
     pub messages: Vec<Message>,
     /// After the messages: keep the connection open and silent (true) or close it.
     pub hold: bool,
+    /// While holding, send a WebSocket ping this often: alive, yet no data.
+    pub ping_every: Option<Duration>,
 }
 
 /// A running fake exchange; dropping it (or `kill`) closes every connection.
@@ -92,8 +94,27 @@ where
         return;
     }
     if script.hold {
-        // Read (and answer pings) until the client goes away; send nothing.
-        while let Some(Ok(message)) = socket.next().await {
+        // Read (and answer pings) until the client goes away; send no data.
+        let mut pings = script.ping_every.map(tokio::time::interval);
+        loop {
+            let ping = async {
+                match &mut pings {
+                    Some(pings) => pings.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                message = socket.next() => message,
+                _ = ping => {
+                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(Ok(message)) = message else {
+                break;
+            };
             if let Message::Text(text) = message {
                 received
                     .lock()
