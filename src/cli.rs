@@ -572,6 +572,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         Some(_) => ("wss", "https"),
         None => ("ws", "http"),
     };
+    let shutdown = shutdown_signal();
     let symbols = hub.symbol_count();
     for listener in &listeners {
         let address = listener.local_addr()?;
@@ -580,7 +581,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
             if symbols == 1 { "" } else { "s" }
         );
     }
-    server::run_on(listeners, hub, config, shutdown_signal()).await?;
+    server::run_on(listeners, hub, config, shutdown).await?;
     feeds_shutdown.cancel();
     if let Some(publisher) = publisher {
         publisher.stopped().await;
@@ -605,8 +606,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         on_signal.cancel();
     });
     let progress = Arc::new(Progress::default());
@@ -658,25 +660,34 @@ fn show_progress(progress: Arc<crate::feed::record::Progress>) -> tokio::task::J
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives after
+/// the server has said where it listens, but before it first waits, must
+/// still shut it down cleanly instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
+        let installed =
+            [SignalKind::interrupt(), SignalKind::terminate()].map(|kind| signal(kind).ok());
+        async move {
+            let [interrupt, terminate] = installed;
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -701,6 +712,23 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A SIGTERM that comes before anything waits for it (right after the
+    /// server said where it listens) is caught, not the default kill, which
+    /// would end this whole test process.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_signal_before_the_first_wait_still_shuts_down() {
+        let shutdown = super::shutdown_signal();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), shutdown)
+            .await
+            .expect("the signal was caught");
+    }
+
     use super::*;
 
     #[test]
