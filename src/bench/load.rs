@@ -424,33 +424,25 @@ impl Thread {
                 () = &mut stop => break None,
             };
             let phase = self.control.phase();
-            match message {
-                Some(Ok(Message::Text(text))) => {
-                    let now = wall_clock_ns();
-                    let Measured {
-                        tally,
-                        latency,
-                        first_error,
-                    } = &mut *measured.borrow_mut();
-                    let measuring = phase == Phase::Measure;
-                    let text = text.as_str();
-                    let seqs = &mut seqs.borrow_mut();
-                    let errors = tally.errors;
-                    if tally.observe(seqs, latency, text, now, self.clock, measuring) {
-                        self.progress.tickers.fetch_add(1, Relaxed);
-                    } else if tally.errors > errors && first_error.is_none() {
-                        *first_error = Some(text.chars().take(500).collect());
-                    }
+            if let Some(reason) = end_reason(&message) {
+                break Some(reason);
+            }
+            if let Some(Ok(Message::Text(text))) = message {
+                let now = wall_clock_ns();
+                let Measured {
+                    tally,
+                    latency,
+                    first_error,
+                } = &mut *measured.borrow_mut();
+                let measuring = phase == Phase::Measure;
+                let text = text.as_str();
+                let seqs = &mut seqs.borrow_mut();
+                let errors = tally.errors;
+                if tally.observe(seqs, latency, text, now, self.clock, measuring) {
+                    self.progress.tickers.fetch_add(1, Relaxed);
+                } else if tally.errors > errors && first_error.is_none() {
+                    *first_error = Some(text.chars().take(500).collect());
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                        (u16::from(f.code), f.reason.to_string())
-                    });
-                    break Some(format!("closed by the server: {code} {reason}"));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => break Some(format!("connection failed: {error}")),
-                None => break Some("connection ended without a close frame".to_owned()),
             }
             // A busy socket is always ready, so `stop` may never be polled above.
             if phase == Phase::Stop {
@@ -485,25 +477,32 @@ where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let since_ns = wall_clock_ns();
-    let found = |what: String| Some(format!("{what} (found behind the unread backlog)"));
     loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => {
-                if let Received::Ticker(ticker) = parse(text.as_str()) {
-                    if ticker.ingest_ts_ns >= since_ns {
-                        return None;
-                    }
+        let message = socket.next().await;
+        if let Some(reason) = end_reason(&message) {
+            return Some(format!("{reason} (found behind the unread backlog)"));
+        }
+        if let Some(Ok(Message::Text(text))) = message {
+            if let Received::Ticker(ticker) = parse(text.as_str()) {
+                if ticker.ingest_ts_ns >= since_ns {
+                    return None;
                 }
             }
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                    (u16::from(f.code), f.reason.to_string())
-                });
-                return found(format!("closed by the server: {code} {reason}"));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => return found(format!("connection failed: {error}")),
-            None => return found("connection ended without a close frame".to_owned()),
         }
+    }
+}
+
+/// Why the connection ended, if `message` (the next one read) ends it.
+fn end_reason(message: &Option<Result<Message, tungstenite::Error>>) -> Option<String> {
+    match message {
+        Some(Ok(Message::Close(frame))) => {
+            let (code, reason) = frame.as_ref().map_or((1005, String::new()), |f| {
+                (u16::from(f.code), f.reason.to_string())
+            });
+            Some(format!("closed by the server: {code} {reason}"))
+        }
+        Some(Ok(_)) => None,
+        Some(Err(error)) => Some(format!("connection failed: {error}")),
+        None => Some("connection ended without a close frame".to_owned()),
     }
 }

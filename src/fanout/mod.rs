@@ -395,23 +395,27 @@ impl Hub {
 
     /// Changes a symbol's status and tells its subscribers; no-op when unchanged.
     pub fn set_status(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
-        let changed = {
-            let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-            entry.status.change(state, reason)
-        };
-        if changed {
-            tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
-            entry.subscribers.queue_all();
-        }
+        Self::change_status(entry, state, reason, Status::change);
     }
 
     /// [`Self::set_status`], except that a symbol that is not live and stays
     /// so under a new reason is announced again: for a reason that tells
     /// clients something the one they were given no longer does.
     pub fn set_status_and_reason(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
+        Self::change_status(entry, state, reason, Status::change_reason_too);
+    }
+
+    /// Applies `change` under the symbol's writer lock and tells its
+    /// subscribers when it changed anything.
+    fn change_status(
+        entry: &SymbolEntry,
+        state: SymbolState,
+        reason: &str,
+        change: fn(&Status, SymbolState, &str) -> bool,
+    ) {
         let changed = {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-            entry.status.change_reason_too(state, reason)
+            change(&entry.status, state, reason)
         };
         if changed {
             tracing::debug!(symbol = %entry.name, state = state.as_str(), reason, "symbol status");
