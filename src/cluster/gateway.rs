@@ -217,7 +217,11 @@ async fn follow_link(
                 Err(e) => {
                     attempt += 1;
                     merger.stats.reload_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(attempt, "{e}");
+                    // Every failure is counted; the log says so less and
+                    // less often, as a server without JetStream fails each time.
+                    if attempt.is_power_of_two() || attempt % 30 == 0 {
+                        tracing::warn!(attempt, "{e}");
+                    }
                     if attempt == 1 {
                         // Connected and receiving: "disconnected" would be
                         // false. Each symbol takes its next record's status.
