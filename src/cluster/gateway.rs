@@ -580,7 +580,7 @@ impl Merger {
             served = true;
         }
         let (state, reason) = held.ticker.shown(source_up);
-        self.hub.set_status(&held.entry, state, reason);
+        self.set_ticker_status(&held.entry, state, reason);
         served
     }
 
@@ -638,13 +638,25 @@ impl Merger {
         served_new
     }
 
+    /// Sets a symbol's ticker status. A symbol that stays stale keeps the
+    /// reason it was announced with, except "last values unavailable": that
+    /// one stops being true with the symbol's next record, or when the link
+    /// drops or the reload works, and clients are told the reason that
+    /// replaces it.
+    fn set_ticker_status(&self, entry: &SymbolEntry, state: SymbolState, reason: &str) {
+        if &*entry.status().reason == LAST_VALUES_UNAVAILABLE_REASON {
+            self.hub.set_status_and_reason(entry, state, reason);
+        } else {
+            self.hub.set_status(entry, state, reason);
+        }
+    }
+
     /// The connection dropped: every symbol keeps its value but turns stale.
     fn source_down(&self) {
         let mut state = self.lock();
         state.source_up = false;
         for held in state.symbols.values() {
-            self.hub
-                .set_status(&held.entry, SymbolState::Stale, DISCONNECTED_REASON);
+            self.set_ticker_status(&held.entry, SymbolState::Stale, DISCONNECTED_REASON);
             if held.depth.heard {
                 held.entry
                     .depth()
@@ -685,8 +697,7 @@ impl Merger {
         let mut state = self.lock();
         state.source_up = true;
         for held in state.symbols.values() {
-            self.hub
-                .set_status(&held.entry, held.ticker.state, &held.ticker.reason);
+            self.set_ticker_status(&held.entry, held.ticker.state, &held.ticker.reason);
             if !held.depth.heard {
                 continue;
             }
@@ -952,6 +963,27 @@ mod tests {
         // The reload works at last: every symbol takes its last status.
         merger.source_up(true);
         assert_eq!(ticker("B").map(|s| s.state), Some(SymbolState::Live));
+    }
+
+    /// A symbol whose next record is stale too takes that record's reason:
+    /// "last values unavailable" is no longer true once it has arrived, nor
+    /// once the link drops again.
+    #[test]
+    fn a_stale_record_after_a_reconnect_without_last_values_replaces_its_reason() {
+        let merger = merger(10);
+        merger.apply(record("A", 5, 1, 100));
+        merger.apply(record("B", 5, 1, 100));
+        merger.source_down();
+        merger.source_unconfirmed();
+        let reason = |s: &str| merger.hub.get(s).map(|e| e.status().reason.to_string());
+        merger.apply(TickerRecord {
+            state: SymbolState::Stale,
+            reason: "feed disconnected".into(),
+            ..record("A", 5, 2, 200)
+        });
+        assert_eq!(reason("A").as_deref(), Some("feed disconnected"));
+        merger.source_down();
+        assert_eq!(reason("B").as_deref(), Some(DISCONNECTED_REASON));
     }
 
     #[test]
