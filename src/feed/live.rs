@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::synthetic::SplitMix64;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::{FeedState, FeedStats};
-use crate::normalize::{binance, coinbase, ParseError, Parsed, Tick};
+use crate::normalize::{binance, coinbase, ParseError, Parsed, Recognised, Tick};
 use crate::wall_clock_ns;
 
 /// The upstream protocol.
@@ -96,7 +96,8 @@ pub struct LiveConfig {
     pub prefix: Option<String>,
     /// Upstream name → served name (before the prefix), e.g. `BTC-USD` → `BTCUSD`.
     pub rename: HashMap<String, String>,
-    /// No data message for this long (pings do not count) is a disconnect.
+    /// No market data for this long (pings and heartbeats do not count) is a
+    /// disconnect.
     pub stale_after: Duration,
     pub backoff: Backoff,
     pub connect_timeout: Duration,
@@ -370,9 +371,9 @@ impl Feed {
         let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
         let mut warned_at: Option<tokio::time::Instant> = None;
         let silence = self.config.stale_after;
-        // Counted from the last data message: an upstream that only pings
-        // (or answers pings) is alive but sends no prices, and its symbols
-        // must go stale all the same.
+        // Counted from the last market data: an upstream that only pings,
+        // sends heartbeats or sends what cannot be read is alive but sends no
+        // prices, and its symbols must go stale all the same.
         let quiet = tokio::time::sleep(silence);
         tokio::pin!(quiet);
         let reason = loop {
@@ -382,7 +383,7 @@ impl Feed {
                     break "shutting down".to_owned();
                 }
                 () = &mut quiet => {
-                    break format!("no message for {} ms", silence.as_millis());
+                    break format!("no market data for {} ms", silence.as_millis());
                 }
                 next = socket.next() => next,
             };
@@ -408,7 +409,6 @@ impl Feed {
                 // tungstenite answers pings itself while reading.
                 _ => continue,
             };
-            quiet.as_mut().reset(tokio::time::Instant::now() + silence);
             stats.messages.fetch_add(1, Relaxed);
             stats.last_message_ns.store(recv_ts_ns, Relaxed);
             scratch.clear();
@@ -420,6 +420,9 @@ impl Feed {
                 },
                 parsed => parsed,
             };
+            if parsed.as_ref().is_ok_and(is_market_data) {
+                quiet.as_mut().reset(tokio::time::Instant::now() + silence);
+            }
             match parsed {
                 Ok(Parsed::Tick { symbol, tick }) => {
                     if let Some(exchange_ts_ns) = tick.exchange_ts_ns {
@@ -447,6 +450,18 @@ impl Feed {
         };
         stats.exchange_latency.record_batch(0, &latencies);
         reason
+    }
+}
+
+/// Whether a message carries prices, served or not; acknowledgements and
+/// keep-alives do not, and do not keep a feed live.
+fn is_market_data(parsed: &Parsed<'_>) -> bool {
+    match parsed {
+        Parsed::Tick { .. } => true,
+        Parsed::Recognised(recognised) => matches!(
+            recognised,
+            Recognised::DepthUpdate | Recognised::DepthSnapshot | Recognised::TickerWithoutSizes
+        ),
     }
 }
 

@@ -19,8 +19,9 @@ pub struct Script {
     pub messages: Vec<Message>,
     /// After the messages: keep the connection open and silent (true) or close it.
     pub hold: bool,
-    /// While holding, send a WebSocket ping this often: alive, yet no data.
-    pub ping_every: Option<Duration>,
+    /// While holding, send this message this often: a ping, or a venue's
+    /// keep-alive, alive yet without data.
+    pub keepalive: Option<(Duration, Message)>,
 }
 
 /// A running fake exchange; dropping it (or `kill`) closes every connection.
@@ -95,18 +96,23 @@ where
     }
     if script.hold {
         // Read (and answer pings) until the client goes away; send no data.
-        let mut pings = script.ping_every.map(tokio::time::interval);
+        let mut keepalive = script
+            .keepalive
+            .map(|(every, message)| (tokio::time::interval(every), message));
         loop {
-            let ping = async {
-                match &mut pings {
-                    Some(pings) => pings.tick().await,
+            let due = async {
+                match &mut keepalive {
+                    Some((every, message)) => {
+                        every.tick().await;
+                        message.clone()
+                    }
                     None => std::future::pending().await,
                 }
             };
             let message = tokio::select! {
                 message = socket.next() => message,
-                _ = ping => {
-                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                keepalive = due => {
+                    if socket.send(keepalive).await.is_err() {
                         return;
                     }
                     continue;
