@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct Control {
     /// thread has held at a staleness sample (see [`sample_staleness`]);
     /// taken ten times a second per thread, never per message.
     freshest: Mutex<HashMap<Box<str>, i64>>,
+    /// Wall clock (Unix ns) when the window closed; 0 while it is open.
+    window_end_ns: AtomicI64,
 }
 
 impl Control {
@@ -70,6 +72,9 @@ impl Control {
     }
 
     pub fn set_phase(&self, phase: Phase) {
+        if phase == Phase::Done {
+            self.window_end_ns.store(wall_clock_ns(), Relaxed);
+        }
         self.phase.store(phase as u8, Relaxed);
         if phase == Phase::Stop {
             self.stop.cancel();
@@ -455,9 +460,13 @@ impl Thread {
         // A reader that stopped reading learns that the server closed it
         // only from behind its backlog, so that is read now.
         if early.is_none() && reader != Reader::Healthy {
-            early = tokio::time::timeout(DRAIN_TIMEOUT, closed_behind_backlog(&mut socket))
-                .await
-                .unwrap_or(None);
+            let window_end_ns = self.control.window_end_ns.load(Relaxed);
+            early = tokio::time::timeout(
+                DRAIN_TIMEOUT,
+                closed_behind_backlog(&mut socket, window_end_ns),
+            )
+            .await
+            .unwrap_or(None);
         }
         // A stalled reader's unread backlog would hold up its closing handshake.
         if early.is_none() && reader != Reader::Stalled {
@@ -468,25 +477,29 @@ impl Thread {
 }
 
 /// Reads a stalled or slow reader's backlog once the run is over, until the
-/// server's close or the end of the stream (the server dropped the
-/// connection while it was not being read: the reason, marked so) or a
-/// ticker the server stamped after the reading began (it is still serving
-/// the connection: `None`).
-async fn closed_behind_backlog<S>(socket: &mut S) -> Option<String>
+/// server's close or the end of the stream, or a ticker the server stamped
+/// after the reading began (it is still serving the connection: `None`).
+/// A close is the reason, marked so, if the server closed the connection
+/// during the run: not when the backlog held a ticker stamped after the
+/// window's end (`window_end_ns`), as it was serving the connection then.
+async fn closed_behind_backlog<S>(socket: &mut S, window_end_ns: i64) -> Option<String>
 where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let since_ns = wall_clock_ns();
+    let mut newest_ns = i64::MIN;
     loop {
         let message = socket.next().await;
         if let Some(reason) = end_reason(&message) {
-            return Some(format!("{reason} (found behind the unread backlog)"));
+            return (newest_ns <= window_end_ns)
+                .then(|| format!("{reason} (found behind the unread backlog)"));
         }
         if let Some(Ok(Message::Text(text))) = message {
             if let Received::Ticker(ticker) = parse(text.as_str()) {
                 if ticker.ingest_ts_ns >= since_ns {
                     return None;
                 }
+                newest_ns = newest_ns.max(ticker.ingest_ts_ns);
             }
         }
     }
@@ -504,5 +517,47 @@ fn end_reason(message: &Option<Result<Message, tungstenite::Error>>) -> Option<S
         Some(Ok(_)) => None,
         Some(Err(error)) => Some(format!("connection failed: {error}")),
         None => Some("connection ended without a close frame".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticker(ingest_ts_ns: i64) -> Result<Message, tungstenite::Error> {
+        Ok(Message::text(format!(
+            r#"{{"type":"ticker","symbol":"A","seq":1,"skipped":0,"ingest_ts_ns":{ingest_ts_ns}}}"#
+        )))
+    }
+
+    /// What reading a backlog finds, given the window's end and the backlog.
+    async fn found(
+        window_end_ns: i64,
+        backlog: Vec<Result<Message, tungstenite::Error>>,
+    ) -> Option<String> {
+        let mut socket = futures_util::stream::iter(backlog);
+        closed_behind_backlog(&mut socket, window_end_ns).await
+    }
+
+    #[tokio::test]
+    async fn a_close_behind_the_backlog_counts_only_if_it_came_during_the_run() {
+        let end = wall_clock_ns() - 1_000_000_000;
+        let close = || Ok(Message::Close(None));
+        // Closed with nothing newer than the window's end queued before it.
+        let during = found(end, vec![ticker(end - 5), close()]).await;
+        assert!(
+            during.is_some_and(|r| r.contains("closed by the server")),
+            "closed during the run"
+        );
+        let dropped = found(end, vec![ticker(end - 5)]).await;
+        assert!(dropped.is_some_and(|r| r.contains("without a close frame")));
+        // The server was still writing to it after the window.
+        assert_eq!(found(end, vec![ticker(end + 5), close()]).await, None);
+        // Still being served now.
+        let now = wall_clock_ns() + 1_000_000_000;
+        assert_eq!(
+            found(end, vec![ticker(end - 5), ticker(now), close()]).await,
+            None
+        );
     }
 }
