@@ -199,6 +199,15 @@ impl TickerRecord {
         let bid = level(HAS_BID)?;
         let ask = level(HAS_ASK)?;
         let last = level(HAS_LAST)?;
+        // No venue quotes or trades a negative quantity, and an ingest
+        // refuses such ticks when it parses them: only a forged record has one.
+        if [&bid, &ask, &last]
+            .into_iter()
+            .flatten()
+            .any(|level| level.size < Decimal::ZERO)
+        {
+            return Err(WireError::NegativeSize);
+        }
         let (reason, symbol) = reader.reason_and_symbol()?;
         Ok(Self {
             epoch,
@@ -242,6 +251,8 @@ pub enum WireError {
     Unordered,
     #[error("a level's size is zero or below")]
     NonPositiveSize,
+    #[error("a size is below zero")]
+    NegativeSize,
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u128) {
@@ -473,6 +484,23 @@ mod tests {
             state,
             reason: Arc::from(""),
         }
+    }
+
+    #[test]
+    fn a_negative_size_is_malformed_and_minus_zero_is_zero() {
+        let negative = TickerRecord {
+            bid: level("61800.20", "-0.001"),
+            ..full_record()
+        };
+        assert_eq!(
+            TickerRecord::decode(&negative.encode()),
+            Err(WireError::NegativeSize)
+        );
+        let minus_zero = TickerRecord {
+            last: level("61800.20", "-0"),
+            ..full_record()
+        };
+        assert!(TickerRecord::decode(&minus_zero.encode()).is_ok());
     }
 
     #[test]
