@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use super::wire::depth::{self, depth_subject_for, DepthRecord};
 use super::wire::{subject_for, TickerRecord};
 use super::{ClusterError, Link};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
+use crate::metrics::WarningLimiter;
 
 /// How often the publisher looks for symbols declared since it last looked
 /// (replays of files with many symbols declare them as they appear).
@@ -87,7 +88,7 @@ pub async fn spawn(
         mailbox: Arc::new(Mailbox::default()),
         symbols: Vec::new(),
         known: HashSet::new(),
-        too_large: TooLarge::default(),
+        too_large: WarningLimiter::every(TOO_LARGE_WARNING_INTERVAL),
     };
     let task = tokio::spawn(publisher.run(link, shutdown));
     Ok(IngestHandle { epoch, task })
@@ -106,14 +107,6 @@ fn payload_warning(max_payload: usize, depth: usize) -> Option<String> {
              nats-server's configuration, or lower --max-book-depth)"
         )
     })
-}
-
-/// Records refused for exceeding the server's `max_payload` since the last
-/// warning of them.
-#[derive(Default)]
-struct TooLarge {
-    warned_at: Option<Instant>,
-    since: u64,
 }
 
 /// Per-symbol publishing state.
@@ -149,7 +142,8 @@ struct Publisher {
     epoch: u64,
     mailbox: Arc<Mailbox>,
     symbols: Vec<Published>,
-    too_large: TooLarge,
+    /// Warns of records refused for exceeding the server's `max_payload`.
+    too_large: WarningLimiter,
     /// The names in `symbols`: discovery looks each served name up here
     /// instead of scanning `symbols`, which was quadratic in the symbols.
     known: HashSet<Arc<str>>,
@@ -311,24 +305,18 @@ impl Publisher {
                 stats.publish_errors.fetch_add(1, Relaxed);
                 // Not debug: this fails again on every version, and gateways
                 // wait for the book forever. Rate-limited for the same reason.
-                let too_large = &mut self.too_large;
-                too_large.since += 1;
-                let due = too_large
-                    .warned_at
-                    .is_none_or(|at| at.elapsed() >= TOO_LARGE_WARNING_INTERVAL);
-                if due {
-                    let max_payload = self.client.server_info().max_payload;
+                let client = &self.client;
+                self.too_large.warn(|held_back| {
+                    let max_payload = client.server_info().max_payload;
                     tracing::warn!(
                         symbol = %published.entry.name(),
-                        refused = too_large.since,
+                        refused = held_back + 1,
                         "a record of {size} bytes exceeds the NATS server's max_payload of \
                          {max_payload} bytes and was not published (counted in \
                          tickwire_cluster_publish_errors_total); raise max_payload in \
                          nats-server's configuration, or lower --max-book-depth"
                     );
-                    too_large.warned_at = Some(Instant::now());
-                    too_large.since = 0;
-                }
+                });
             }
             Err(e) => {
                 stats.publish_errors.fetch_add(1, Relaxed);

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::synthetic::SplitMix64;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
-use crate::metrics::{FeedState, FeedStats};
+use crate::metrics::{FeedState, FeedStats, WarningLimiter};
 use crate::normalize::{binance, coinbase, ParseError, Parsed, Recognised, Tick};
 use crate::wall_clock_ns;
 
@@ -369,7 +369,7 @@ impl Feed {
         // simd-json parses in place, so each message is copied into one reused buffer.
         let mut scratch: Vec<u8> = Vec::new();
         let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
-        let mut warned_at: Option<tokio::time::Instant> = None;
+        let mut warnings = WarningLimiter::every(Duration::from_secs(1));
         let silence = self.config.stale_after;
         // Counted from the last market data: an upstream that only pings,
         // sends heartbeats or sends what cannot be read is alive but sends no
@@ -440,11 +440,9 @@ impl Feed {
                 }
                 Err(error) => {
                     stats.malformed.fetch_add(1, Relaxed);
-                    let now = tokio::time::Instant::now();
-                    if warned_at.is_none_or(|at| now - at >= Duration::from_secs(1)) {
-                        warned_at = Some(now);
-                        tracing::warn!(feed = %self.config.name, %error, "skipping malformed message");
-                    }
+                    warnings.warn(|suppressed| {
+                        tracing::warn!(feed = %self.config.name, %error, suppressed, "skipping malformed message");
+                    });
                 }
             }
         };

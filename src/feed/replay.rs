@@ -19,7 +19,7 @@ use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
 use crate::book::depth::{DepthBook, DEFAULT_MAX_PENDING_DIFFS};
 use crate::fanout::{Hub, SymbolEntry};
-use crate::metrics::FeedStats;
+use crate::metrics::{FeedStats, WarningLimiter};
 use crate::wall_clock_ns;
 
 /// Where a replay file comes from.
@@ -229,7 +229,7 @@ impl Player {
     fn play(&self) {
         let name = &self.config.name;
         let mut pacer = Pacer::new(self.config.speed, self.config.max_gap);
-        let mut warnings = WarningLimiter::default();
+        let mut warnings = WarningLimiter::every(Duration::from_secs(1));
         let started = Instant::now();
         loop {
             let files = match self.open_all() {
@@ -492,29 +492,6 @@ impl Pacer {
             }
             std::thread::sleep((due - now).min(Duration::from_millis(100)));
         }
-    }
-}
-
-/// At most one warning a second, saying how many were held back.
-#[derive(Default)]
-struct WarningLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarningLimiter {
-    fn warn(&mut self, emit: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now - last < Duration::from_secs(1))
-        {
-            self.suppressed += 1;
-            return;
-        }
-        emit(self.suppressed);
-        self.suppressed = 0;
-        self.last = Some(now);
     }
 }
 

@@ -9,9 +9,44 @@ mod latency;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use cluster::ClusterStats;
 pub use latency::{LatencyRecorder, LatencySummary};
+
+/// The warning that goes with a counter whose event can repeat on every
+/// message (a malformed line, a refused record): at most one per `interval`,
+/// saying how many were held back since the last, while the counter takes
+/// them all.
+#[derive(Debug)]
+pub struct WarningLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarningLimiter {
+    pub fn every(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Calls `emit` with the number held back since the last warning, unless
+    /// the last was within the interval.
+    pub fn warn(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now - last < self.interval) {
+            self.suppressed += 1;
+            return;
+        }
+        emit(self.suppressed);
+        self.suppressed = 0;
+        self.last = Some(now);
+    }
+}
 
 /// Where a feed is in its life; `tickwire_feed_state` exports the number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -595,4 +630,24 @@ fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limited_warning_says_how_many_it_held_back() {
+        let hour = Duration::from_secs(3600);
+        let mut limiter = WarningLimiter::every(hour);
+        let mut emitted = Vec::new();
+        for _ in 0..3 {
+            limiter.warn(|held_back| emitted.push(held_back));
+        }
+        assert_eq!(emitted, [0], "one warning within the interval");
+        // The interval has passed: the next one comes, with the two held back.
+        limiter.last = Instant::now().checked_sub(hour);
+        limiter.warn(|held_back| emitted.push(held_back));
+        assert_eq!(emitted, [0, 2]);
+    }
 }
