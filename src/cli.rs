@@ -712,13 +712,15 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// A SIGTERM that comes before anything waits for it (right after the
     /// server said where it listens) is caught, not the default kill, which
     /// would end this whole test process.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_signal_before_the_first_wait_still_shuts_down() {
-        let shutdown = super::shutdown_signal();
+        let shutdown = shutdown_signal();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &std::process::id().to_string()])
             .status()
@@ -728,8 +730,6 @@ mod tests {
             .await
             .expect("the signal was caught");
     }
-
-    use super::*;
 
     #[test]
     fn limits_that_would_refuse_everything_or_mislead_are_refused_at_start() {

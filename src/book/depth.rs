@@ -91,6 +91,9 @@ pub enum Outcome {
     CutShort,
 }
 
+/// The status reason of a crossed book, wherever it was found crossed.
+pub const CROSSED_REASON: &str = "crossed book: best bid at or above best ask";
+
 impl Outcome {
     /// Why a book in this state is not served as good.
     pub fn stale_reason(self) -> Option<&'static str> {
@@ -98,7 +101,7 @@ impl Outcome {
             Outcome::Gap => {
                 Some("depth gap: update ids not contiguous; waiting for a new snapshot")
             }
-            Outcome::Crossed => Some("crossed book: best bid at or above best ask"),
+            Outcome::Crossed => Some(CROSSED_REASON),
             Outcome::PriceOutOfRange => {
                 Some("a price too large or too precise for the book; waiting for a new snapshot")
             }

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::wire::depth::{depth_subject_for, DepthRecord, DEPTH_SUBJECT_PREFIX};
 use super::wire::{subject_for, TickerRecord, WireError};
 use super::{ClusterError, LastValues, Link, DEPTH, TICKERS};
-use crate::book::depth::Outcome;
+use crate::book::depth::CROSSED_REASON;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::depth::DepthEvent;
 use crate::metrics::ClusterStats;
@@ -599,7 +599,7 @@ impl Merger {
         if !self.kept(&step) {
             return false;
         }
-        let mut served_new = false;
+        let mut published = false;
         // Checked on every record of a version, not only the first: the same
         // version comes again after a reconnect and must not turn it live.
         let served = self.hub.max_book_depth();
@@ -608,10 +608,7 @@ impl Merger {
             // not published, counted as crossed. A later version uncrosses it.
             self.hub.metrics().depth.count(DepthEvent::Crossed);
             held.depth.state = SymbolState::Stale;
-            held.depth.reason = Outcome::Crossed
-                .stale_reason()
-                .unwrap_or("crossed book")
-                .to_owned();
+            held.depth.reason = CROSSED_REASON.to_owned();
             tracing::debug!(symbol = %record.symbol, seq = record.seq, "crossed depth record");
         } else if record.seq > 0 && !record.vouches_for(served) {
             self.hub.metrics().depth.count(DepthEvent::CutShort);
@@ -631,11 +628,11 @@ impl Merger {
             let version = record.to_snapshot(held.entry.name(), seq, served);
             self.hub
                 .publish_depth_version(&held.entry, Arc::new(version));
-            served_new = true;
+            published = true;
         }
         let (state, reason) = held.depth.shown(source_up);
         held.entry.depth().set_status(state, reason);
-        served_new
+        published
     }
 
     /// Sets a symbol's ticker status. A symbol that stays stale keeps the
@@ -1096,7 +1093,7 @@ mod tests {
         };
         merger.apply_depth(crossed.clone());
         let (seq, _, status) = book(&merger, "A").expect("seq 1 was served");
-        let reason = Outcome::Crossed.stale_reason();
+        let reason = crate::book::depth::Outcome::Crossed.stale_reason();
         assert_eq!(
             (seq, status.state, Some(&*status.reason)),
             (1, SymbolState::Stale, reason)
