@@ -195,6 +195,7 @@ impl Channel for BookSubscriptions {
             sub.last_seq = sub.last_seq.max(current.seq);
             out.push_ticker(current.book_prefix(sub.depth_index), 0, true, None);
         }
+        sub.status.repeat();
         push_status_if_changed(sub, out);
     }
 

@@ -63,6 +63,15 @@ impl AnnouncedStatus {
         self.state = status.state;
         Some(status)
     }
+
+    /// Makes the next [`Self::take_change`] read the status even if its
+    /// generation has not moved, and announce it unless it is live and so
+    /// was the last announcement: a snapshot sent again (a repeated
+    /// subscribe) is followed by the symbol's status as the first one was,
+    /// for a client that starts over from a snapshot.
+    pub(super) fn repeat(&mut self) {
+        self.generation = u64::MAX;
+    }
 }
 
 /// One channel's subscriptions of one client: a slab addressed by the index

@@ -416,6 +416,7 @@ impl Channel for Subscriptions {
             // The snapshot counts as a delivery for the rate cap.
             sub.next_due = now + sub.min_gap.unwrap_or_default();
         }
+        sub.status.repeat();
         push_status_if_changed(sub, out);
     }
 
@@ -478,6 +479,7 @@ mod tests {
     use rust_decimal::Decimal;
 
     use super::*;
+    use crate::fanout::SymbolState;
     use crate::normalize::{BookUpdate, Tick};
     use crate::session::outbox::Framing;
 
@@ -541,5 +543,58 @@ mod tests {
         let written = String::from_utf8_lossy(out.pending()).into_owned();
         assert!(written.contains(r#""bid":"9.99""#), "{written}");
         assert!(written.contains(r#""snapshot":false"#), "{written}");
+    }
+
+    /// Writes the whole answer to the last request and returns what the
+    /// client reads.
+    fn answer(subscriptions: &mut Subscriptions, out: &mut Outbox) -> String {
+        while !subscriptions.write_answer(out, usize::MAX) {}
+        let written = String::from_utf8_lossy(out.pending()).into_owned();
+        out.advance(out.buffered(), 0);
+        written
+    }
+
+    #[test]
+    fn a_repeated_subscribe_sends_the_status_after_its_snapshot_as_the_first_did() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let entry = hub.declare("test:S");
+        hub.publish(&entry, &quote(100), 1);
+        hub.set_status(&entry, SymbolState::Stale, "feed disconnected");
+        let mut subscriptions = Subscriptions::new(hub.clone(), 10);
+        let mut out = Outbox::new(Framing::WebSocket, Arc::default(), 0);
+        let stale = r#""state":"stale","reason":"feed disconnected""#;
+        for round in 0..2 {
+            subscriptions.subscribe(Some(round), vec!["test:S".into()], None, &mut out);
+            let written = answer(&mut subscriptions, &mut out);
+            let snapshot = written.find(r#""snapshot":true"#);
+            let status = written.find(stale);
+            assert!(
+                snapshot.is_some() && snapshot < status,
+                "{round}: {written}"
+            );
+        }
+        // Live again before the next repeat: the client, last told stale, is
+        // told live once, and a further repeat says nothing more.
+        hub.set_status(&entry, SymbolState::Live, "");
+        subscriptions.subscribe(Some(2), vec!["test:S".into()], None, &mut out);
+        assert!(answer(&mut subscriptions, &mut out).contains(r#""state":"live""#));
+        subscriptions.subscribe(Some(3), vec!["test:S".into()], None, &mut out);
+        assert!(!answer(&mut subscriptions, &mut out).contains(r#""type":"status""#));
+    }
+
+    #[test]
+    fn a_repeated_book_subscribe_sends_the_book_status_again() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let entry = hub.declare("test:S");
+        let reason = "depth gap: waiting for a new snapshot";
+        entry.depth().set_status(SymbolState::Stale, reason);
+        let mut subscriptions = Subscriptions::new(hub.clone(), 10);
+        let mut out = Outbox::new(Framing::WebSocket, Arc::default(), 0);
+        for round in 0..2 {
+            let symbols = vec!["test:S".into()];
+            subscriptions.subscribe_book(Some(round), symbols, None, None, &mut out);
+            let written = answer(&mut subscriptions, &mut out);
+            assert!(written.contains(reason), "{round}: {written}");
+        }
     }
 }
