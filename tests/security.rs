@@ -939,3 +939,36 @@ fn bad_security_settings_stop_the_binary_with_what_was_expected() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_capped_credential_is_refused_the_book_channel_after_an_empty_subscribed() {
+    let server = live_server(with_auth(ServerConfig::default(), None)).await;
+    let jwt = token(&TokenClaims {
+        max_rate_hz: Some(5.0),
+        ..spot_claims()
+    });
+    let (mut client, _) = accepted(handshake(&server.url(&format!("?token={jwt}")), &[]).await);
+    client
+        .send(json!({"op": "subscribe", "id": 5, "channel": "book", "symbols": ["spot:BTCUSDT"]}))
+        .await;
+    // Every refused subscribe request is still answered with `subscribed`.
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "subscribed", "id": 5, "channel": "book", "symbols": []})
+    );
+    let error = client.recv().await;
+    assert_eq!(
+        (
+            &error["type"],
+            &error["id"],
+            &error["code"],
+            &error["symbols"]
+        ),
+        (
+            &json!("error"),
+            &json!(5),
+            &json!("not_entitled"),
+            &json!(["spot:BTCUSDT"])
+        )
+    );
+}

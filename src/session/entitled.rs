@@ -9,6 +9,9 @@ use crate::fanout::Hub;
 use crate::metrics::ErrorCode;
 use crate::protocol::Reply;
 
+/// Why symbols outside the credential's patterns are refused.
+const NOT_ENTITLED: &str = "your credentials do not cover these symbols";
+
 /// Subscribes to the entitled part of `symbols` (with the grant's rate cap)
 /// and answers `not_entitled` for the rest.
 pub fn subscribe(
@@ -23,7 +26,7 @@ pub fn subscribe(
     let rate = grant.entitlements.rate_cap(max_rate_hz);
     let (allowed, denied) = grant.entitlements.partition(symbols);
     subscriptions.subscribe(id, allowed, rate, out);
-    refuse_not_entitled(subscriptions, hub, id, &denied, out);
+    refuse_not_entitled(subscriptions, hub, id, &denied, NOT_ENTITLED, out);
 }
 
 /// The same for the `book` channel: the depth of a symbol is as licensed as
@@ -39,22 +42,18 @@ pub fn subscribe_book(
     max_rate_hz: Option<f64>,
     out: &mut Outbox,
 ) {
-    if grant.entitlements.rate_cap(None).is_some() {
-        // Book updates are not rate-capped, so a capped client cannot have them.
-        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        push_error(
-            out,
-            hub,
-            id,
-            ErrorCode::NotEntitled,
-            "your credentials cap the update rate, and the book channel has no rate cap",
-            &names,
-        );
-        return;
-    }
-    let (allowed, denied) = grant.entitlements.partition(symbols);
+    // Book updates are not rate-capped, so a capped client cannot have them:
+    // every symbol is refused as any refused symbol is, after a `subscribed`
+    // that names none.
+    let (allowed, denied, message) = if grant.entitlements.rate_cap(None).is_some() {
+        let message = "your credentials cap the update rate, and the book channel has no rate cap";
+        (Vec::new(), symbols, message)
+    } else {
+        let (allowed, denied) = grant.entitlements.partition(symbols);
+        (allowed, denied, NOT_ENTITLED)
+    };
     subscriptions.subscribe_book(id, allowed, depth, max_rate_hz, out);
-    refuse_not_entitled(subscriptions, hub, id, &denied, out);
+    refuse_not_entitled(subscriptions, hub, id, &denied, message, out);
 }
 
 /// Answers `not_entitled` for the `denied` symbols of a subscribe request,
@@ -64,13 +63,13 @@ fn refuse_not_entitled(
     hub: &Hub,
     id: Option<u64>,
     denied: &[String],
+    message: &str,
     out: &mut Outbox,
 ) {
     if denied.is_empty() {
         return;
     }
     let names: Vec<&str> = denied.iter().map(String::as_str).collect();
-    let message = "your credentials do not cover these symbols";
     let error = encode_error(hub, id, ErrorCode::NotEntitled, message, &names);
     subscriptions.reply(error, out);
 }
