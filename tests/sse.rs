@@ -13,6 +13,7 @@ use tickwire::feed::replay::Speed;
 use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
+use tokio::io::AsyncReadExt as _;
 
 async fn live_server() -> TestServer {
     let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
@@ -169,4 +170,35 @@ async fn a_stream_whose_client_stopped_reading_ends_as_stalled() {
     eventually_metric(&server, series, 1.0).await;
     assert_eq!(server.metrics().connections.load(Relaxed), 0);
     drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_that_is_let_go_also_closes_its_socket() {
+    // Short ping rounds, so the stall bound is short too; a long handshake
+    // timeout, so a socket left open stays open.
+    let config = ServerConfig {
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(100),
+            ..SessionConfig::default()
+        },
+        header_timeout: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let files = [(Some("usdm"), sample(USDM))];
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, true, false)]).await;
+    let mut stream = stalled_sse_client(server.addr, "/sse?symbols=usdm:BTCUSDT").await;
+    let series = r#"tickwire_connections_closed_total{reason="stalled"}"#;
+    eventually_metric(&server, series, 1.0).await;
+    // Reading now only drains what the server had queued: its end of the
+    // connection is gone, so the bytes end without the stream's last chunk.
+    let mut received = Vec::new();
+    tokio::time::timeout(GUARD, stream.read_to_end(&mut received))
+        .await
+        .expect("the server closed the connection")
+        .expect("read");
+    assert!(
+        !received.ends_with(b"0\r\n\r\n"),
+        "the stream was ended, not cut"
+    );
 }

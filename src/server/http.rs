@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::{PeerAddr, Shared};
+use super::{ConnectionAbort, PeerAddr, Shared};
 use crate::auth::{self, Grant};
 use crate::limits::Admission;
 use crate::metrics::{CloseReason, ErrorCode, Refusal};
@@ -382,6 +382,7 @@ async fn event_stream(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<ClientQuery>, QueryRejection>,
     peer: Option<Extension<PeerAddr>>,
+    abort: Option<Extension<ConnectionAbort>>,
     headers: HeaderMap,
 ) -> Response {
     let query = match client_query(&shared, query) {
@@ -397,7 +398,8 @@ async fn event_stream(
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
-    let stream = sse::start(symbols, session_context(&shared, grant), permit);
+    let abort = abort.map(|Extension(ConnectionAbort(token))| token);
+    let stream = sse::start(symbols, session_context(&shared, grant), permit, abort);
     let body = axum::body::Body::from_stream(stream);
     (
         [

@@ -19,6 +19,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -211,6 +212,12 @@ fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeerAddr(pub std::net::SocketAddr);
 
+/// Cancelled to drop the connection at once, as a request extension: a
+/// response stream that gives up on a client that stopped reading cannot end
+/// by itself, since the end would wait behind the bytes the client never takes.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionAbort(pub CancellationToken);
+
 async fn serve_connection<S>(
     stream: S,
     peer: std::net::SocketAddr,
@@ -219,8 +226,13 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let abort = CancellationToken::new();
+    let abort_handle = abort.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
+        request
+            .extensions_mut()
+            .insert(ConnectionAbort(abort_handle.clone()));
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -238,6 +250,10 @@ async fn serve_connection<S>(
         () = shared.shutdown.token().cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = abort.cancelled() => {
+            tracing::debug!(%peer, "connection dropped: its client stopped reading");
+            return;
         }
     };
     if let Err(e) = result {

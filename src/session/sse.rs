@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 
 use super::entitled;
 use super::outbox::{Framing, Outbox};
@@ -33,15 +34,18 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const SSE_STALL_ROUNDS: u32 = 10;
 
 /// Starts an event stream subscribed to `symbols`; returns the HTTP body.
+/// `abort`, when given, is cancelled to drop the connection of a client that
+/// is let go for not reading.
 pub fn start(
     symbols: Vec<String>,
     context: SessionContext,
     permit: Admission,
+    abort: Option<CancellationToken>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let (chunks, receiver) = mpsc::channel::<Bytes>(1);
     tokio::spawn(async move {
         let metrics = context.hub.metrics().clone();
-        let reason = run(symbols, context, chunks).await;
+        let reason = run(symbols, context, chunks, abort).await;
         metrics.count_close(reason);
         drop(permit);
     });
@@ -55,6 +59,7 @@ async fn run(
     symbols: Vec<String>,
     context: SessionContext,
     chunks: mpsc::Sender<Bytes>,
+    abort: Option<CancellationToken>,
 ) -> CloseReason {
     let config = context.config.clone();
     let mut out = Outbox::new(
@@ -123,6 +128,11 @@ async fn run(
                     Err(_) => break CloseReason::ClientClosed,
                 },
                 () = sleep_until(give_up) => {
+                    // Ending the body is not enough: its end would wait behind
+                    // the unread bytes, and the socket would stay open for good.
+                    if let Some(abort) = &abort {
+                        abort.cancel();
+                    }
                     let expired = expiry.is_some_and(|expiry| Instant::now() >= expiry);
                     break if expired {
                         CloseReason::CredentialsExpired
