@@ -972,3 +972,41 @@ async fn a_rate_capped_credential_is_refused_the_book_channel_after_an_empty_sub
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_that_stops_reading_its_responses_is_dropped() {
+    // Short ping rounds, so the stall bound is short too; a long handshake
+    // timeout, so only the stall can end the connection.
+    let config = ServerConfig {
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(100),
+            ..SessionConfig::default()
+        },
+        header_timeout: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Vec::new()).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(server.addr).await.expect("connect");
+    // Far more copies of the dashboard script than the socket buffers hold,
+    // asked for at once, and never read.
+    let request = format!("GET /app.js HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    stream
+        .write_all(request.repeat(64).as_bytes())
+        .await
+        .expect("send");
+    eventually_metric(&server, "tickwire_http_stalled_total", 1.0).await;
+    // Reading now only drains what was queued before the server let go.
+    // (A reset is a close too: the server may drop requests it never read.)
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(GUARD, stream.read_to_end(&mut received))
+        .await
+        .expect("the server closed the connection");
+    let answered = received
+        .windows(15)
+        .filter(|w| w == b"HTTP/1.1 200 OK")
+        .count();
+    assert!(answered < 64, "every response was written: {answered}");
+}

@@ -312,6 +312,9 @@ pub struct Metrics {
     pub memory_trims: AtomicU64,
     /// By how much those times shrank the resident set.
     pub memory_released_bytes: AtomicU64,
+    /// HTTP connections dropped because their client took none of a response
+    /// for the stall bound (`server::stall`).
+    pub http_stalled: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -466,6 +469,11 @@ impl Metrics {
             "tickwire_memory_released_bytes_total",
             "By about how much those times shrank the server's resident memory.",
             self.memory_released_bytes.load(Relaxed),
+        );
+        counter(
+            "tickwire_http_stalled_total",
+            "HTTP connections dropped because their client took no byte of a response for ten ping rounds.",
+            self.http_stalled.load(Relaxed),
         );
         labelled(
             &mut out,

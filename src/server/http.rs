@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
+use super::stall::WriteStall;
 use super::{ConnectionAbort, PeerAddr, Shared};
 use crate::auth::{self, Grant};
 use crate::limits::Admission;
@@ -469,11 +470,15 @@ async fn upgrade(
                 return;
             }
         };
-        let (stream, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Transport::Plain(parts.io.into_inner()), parts.read_buf),
-            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        let (stream, read_buf) = match upgraded.downcast::<TokioIo<WriteStall<TcpStream>>>() {
+            Ok(parts) => (
+                Transport::Plain(parts.io.into_inner().into_inner()),
+                parts.read_buf,
+            ),
+            Err(upgraded) => match upgraded.downcast::<TokioIo<WriteStall<TlsStream<TcpStream>>>>()
+            {
                 Ok(parts) => {
-                    let (tcp, tls) = parts.io.into_inner().into_inner();
+                    let (tcp, tls) = parts.io.into_inner().into_inner().into_inner();
                     (Transport::tls(tcp, tls), parts.read_buf)
                 }
                 Err(_) => {

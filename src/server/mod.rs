@@ -7,6 +7,7 @@
 
 mod http;
 pub mod memory;
+mod stall;
 pub mod tls;
 
 use std::future::Future;
@@ -235,6 +236,12 @@ async fn serve_connection<S>(
             .insert(ConnectionAbort(abort_handle.clone()));
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
+    // A client that takes no byte of a response for as long as an SSE client
+    // may go without output is dropped; an SSE stream learns it by `abort`.
+    let session = &shared.session_config;
+    let limit = (session.ping_interval + session.ping_timeout)
+        .saturating_mul(crate::session::sse::SSE_STALL_ROUNDS);
+    let stream = stall::WriteStall::new(stream, limit, abort.clone(), shared.hub.metrics().clone());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

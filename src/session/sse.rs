@@ -90,6 +90,14 @@ async fn run(
         .is_empty()
         .then(|| Instant::now() + config.idle_timeout);
     let mut keep_alive = interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    // The connection's writes may stall out first (`server::stall`), which
+    // drops the body: that is the client not reading, not closing.
+    let aborted = || async {
+        match &abort {
+            Some(abort) => abort.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let reason = loop {
         // Deadlines first: a stream that always has data to send still ends
         // when its credential expires, and rate-capped updates still go out.
@@ -122,6 +130,7 @@ async fn run(
             tokio::select! {
                 biased;
                 () = context.shutdown.token().cancelled() => break CloseReason::Shutdown,
+                () = aborted() => break CloseReason::Stalled,
                 sent = chunks.send(chunk) => match sent {
                     Ok(()) if expired => break CloseReason::CredentialsExpired,
                     Ok(()) => continue,
@@ -150,6 +159,7 @@ async fn run(
         tokio::select! {
             biased;
             () = context.shutdown.token().cancelled() => break CloseReason::Shutdown,
+            () = aborted() => break CloseReason::Stalled,
             () = chunks.closed() => break CloseReason::ClientClosed,
             () = subscriptions.mailbox().notified() => {}
             () = sleep_until(deadline) => {}
