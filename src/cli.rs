@@ -768,6 +768,8 @@ mod tests {
         let source = ["--source", "nats://127.0.0.1:4222", "--max-source-symbols"];
         assert!(!parses(&[&source[..], &["0"]].concat()));
         assert!(!parses(&["--max-messages-per-sec", "nan"]));
+        assert!(parses(&["--jwt-leeway-secs", "86400"]));
+        assert!(!parses(&["--jwt-leeway-secs", "18446744073709551615"]));
         assert!(parses(&[
             "--source",
             "nats://127.0.0.1:4222",

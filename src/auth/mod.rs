@@ -31,6 +31,11 @@ pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
 /// credential (browsers fail a handshake that offers protocols and gets none).
 pub const SUBPROTOCOL: &str = "tickwire.v1";
 
+/// The most clock skew tolerated on `exp` and `nbf`, a day. The verifier
+/// subtracts the leeway from the current time, so one of more than the
+/// seconds since 1970 would refuse every token as expired (or panic).
+pub const MAX_LEEWAY_SECS: u64 = 24 * 3600;
+
 /// What an authenticated client is allowed, and until when.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grant {
@@ -100,6 +105,8 @@ pub enum AuthSetupError {
     JwtKey(&'static str),
     #[error("the HS256 secret is empty")]
     EmptySecret,
+    #[error("a JWT leeway of {0} s is more than the {MAX_LEEWAY_SECS} s allowed")]
+    Leeway(u64),
 }
 
 /// Why a credential was refused. The messages never include the credential.
@@ -179,6 +186,9 @@ impl Authenticator {
         let mut leeway_secs = 0;
         let jwt = match &config.jwt {
             None => None,
+            Some(jwt) if jwt.leeway_secs > MAX_LEEWAY_SECS => {
+                return Err(AuthSetupError::Leeway(jwt.leeway_secs))
+            }
             Some(jwt) => {
                 let (key, algorithm) = match &jwt.key {
                     JwtKey::Hs256(secret) if secret.is_empty() => {
@@ -455,6 +465,31 @@ mod tests {
         );
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
         assert!(auth.authenticate(Some("not.a.token")).is_err());
+    }
+
+    #[test]
+    fn a_leeway_beyond_any_clock_skew_is_refused_at_setup() {
+        let with_leeway = |leeway_secs| {
+            Authenticator::new(&AuthConfig {
+                jwt: Some(JwtConfig {
+                    key: JwtKey::Hs256(b"test secret".to_vec()),
+                    audience: None,
+                    issuer: None,
+                    leeway_secs,
+                }),
+                api_keys: None,
+            })
+        };
+        let auth = with_leeway(MAX_LEEWAY_SECS).unwrap_or_else(|_| Authenticator::disabled());
+        assert!(auth.enabled());
+        assert!(auth.authenticate(Some(&mint(&claims(60)))).is_ok());
+        // `now - leeway` in the verifier would go below zero: every token
+        // would read as expired, or the check would panic.
+        let refused = with_leeway(u64::MAX).map(|_| ()).map_err(|e| e.to_string());
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("leeway")),
+            "{refused:?}"
+        );
     }
 
     #[test]

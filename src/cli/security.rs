@@ -40,8 +40,9 @@ pub struct SecurityArgs {
     /// Tokens must carry this `iss`.
     #[arg(long)]
     pub jwt_issuer: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`, seconds.
-    #[arg(long, default_value_t = 5)]
+    /// Clock skew tolerated on `exp` and `nbf`, seconds (at most a day).
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=crate::auth::MAX_LEEWAY_SECS))]
     pub jwt_leeway_secs: u64,
     /// Accept the static API keys of this TOML file (SHA-256 digests with entitlements).
     #[arg(long, value_name = "FILE")]
