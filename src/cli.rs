@@ -550,6 +550,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         Some(url) => Some(ingest::spawn(hub.clone(), url, feeds_shutdown.clone()).await?),
         None => None,
     };
+    server::raise_open_file_limit(args.max_connections);
     let listeners = bind_all(&args.listen)?;
     let mut config = ServerConfig {
         session: SessionConfig {

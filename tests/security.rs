@@ -1010,3 +1010,27 @@ async fn an_http_client_that_stops_reading_its_responses_is_dropped() {
         .count();
     assert!(answered < 64, "every response was written: {answered}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_default_open_file_limit_does_not_let_one_address_lock_everyone_out() {
+    // A soft limit of 64 open files, and connections that hold theirs (a
+    // long handshake timeout): more of them than that still leave the
+    // server answering, as its connection limits promise.
+    let server = Binary::serve_with_open_file_limit(
+        64,
+        &[
+            "--handshake-timeout-secs",
+            "3600",
+            "--once",
+            "--speed",
+            "max",
+        ],
+    );
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    let (status, body) = http_get(server.addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    drop(held);
+}

@@ -132,7 +132,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tls = crate::client::tls_client_config(args.ca_file.as_deref())?;
     let http = http_server(&url, &tls)?;
     let total = args.connections + args.slow + args.stalled;
-    raise_open_file_limit(total);
+    crate::server::raise_open_file_limit(total);
 
     let plan = select::plan(&args.symbols, total, per_connection, args.zipf, args.seed);
     let slow = Reader::Slow(Duration::from_secs_f64(args.slow_interval));
@@ -440,26 +440,6 @@ fn http_server(ws_url: &str, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<
         .port_or_known_default()
         .context("the URL has no port")?;
     Ok(HttpServer { host, port, tls })
-}
-
-/// Each connection is a file descriptor: lift the soft limit to the hard one
-/// when the default would not fit them.
-fn raise_open_file_limit(connections: usize) {
-    let needed = connections as u64 + 64;
-    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
-        return;
-    };
-    if soft >= needed {
-        return;
-    }
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit >= needed => {}
-        Ok(limit) => tracing::warn!(
-            limit,
-            "open-file limit too low for {connections} connections; some will fail"
-        ),
-        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
-    }
 }
 
 /// The server and this process, read at one edge of the window.

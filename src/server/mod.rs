@@ -200,6 +200,29 @@ async fn accept_any(
     .await
 }
 
+/// Each connection is a file descriptor: lifts the soft limit to the hard one
+/// when the soft one would not fit them. A login shell's default soft limit is
+/// often 1,024, which a server holds long before `--max-connections` (and one
+/// address within `--max-connections-per-ip`); past it, connections are not
+/// even accepted, so nobody is answered, not even with a refusal.
+pub fn raise_open_file_limit(connections: usize) {
+    let needed = connections as u64 + 64;
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit >= needed => {}
+        Ok(limit) => tracing::warn!(
+            limit,
+            "open-file limit too low for {connections} connections; some will fail"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
 fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
     // Latency first: a ticker frame must not wait for Nagle's timer.
     stream.set_nodelay(true)?;

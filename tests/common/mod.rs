@@ -599,9 +599,23 @@ impl Binary {
         Self::run("ingest", &[&["--nats", nats], args].concat())
     }
 
+    /// [`Binary::serve`] started with a soft open-file limit of `soft`
+    /// (the hard limit unchanged), as a login shell's default may be.
+    pub fn serve_with_open_file_limit(soft: u64, args: &[&str]) -> Self {
+        let mut launcher = Command::new("prlimit");
+        launcher
+            .arg(format!("--nofile={soft}:"))
+            .arg(env!("CARGO_BIN_EXE_tickwire"));
+        Self::start(launcher, "serve", args)
+    }
+
     /// `tickwire COMMAND` (one that listens) with `args`.
     fn run(command: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        Self::start(Command::new(env!("CARGO_BIN_EXE_tickwire")), command, args)
+    }
+
+    fn start(mut launcher: Command, command: &str, args: &[&str]) -> Self {
+        let mut child = launcher
             .args([command, "--listen", "127.0.0.1:0"])
             .args(args)
             .env("TICKWIRE_LOG", "info")
