@@ -211,3 +211,39 @@ fn subscribe_and_bench_trust_a_self_signed_server_given_with_ca_file() {
         "{report:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_client_that_stops_reading_its_responses_is_dropped() {
+    let certificate = certificate();
+    // Short ping rounds, so the stall bound is short too.
+    let config = ServerConfig {
+        tls: Some(certificate.server.clone()),
+        session: tickwire::session::SessionConfig {
+            ping_interval: std::time::Duration::from_millis(100),
+            ping_timeout: std::time::Duration::from_millis(100),
+            ..Default::default()
+        },
+        header_timeout: std::time::Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Vec::new()).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(server.addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    // Far more copies of the dashboard script than rustls and the socket
+    // buffers hold, asked for at once, and never read.
+    let request = b"GET /app.js HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(64);
+    tls.write_all(&request).await.expect("send");
+    tls.flush().await.expect("flush");
+    let metrics = server.metrics();
+    let stalled = || {
+        metrics
+            .http_stalled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    eventually("the stalled connection dropped", || stalled() == 1).await;
+    drop(tls);
+}
