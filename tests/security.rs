@@ -1034,3 +1034,89 @@ async fn a_low_default_open_file_limit_does_not_let_one_address_lock_everyone_ou
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     drop(held);
 }
+
+/// A connection to `addr` from the local address `from` (any of 127/8 is this
+/// host), so that one test can be several clients' addresses.
+async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// GET /healthz on `stream`; the status, or None when the server closed it.
+async fn healthz_on(mut stream: TcpStream) -> Option<u16> {
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer or a close in time")
+        .ok()?;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_send_no_request_cannot_take_every_descriptor_from_one_address() {
+    let config = ServerConfig {
+        limits: LimitsConfig {
+            max_connections_per_ip: 2,
+            ..LimitsConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let url = server.url("");
+    // Two WebSocket sessions from 127.0.0.1 fill its client limit, but not
+    // its limit on connections still speaking HTTP: the sessions took theirs over.
+    let _sessions = [
+        accepted(handshake(&url, &[]).await),
+        accepted(handshake(&url, &[]).await),
+    ];
+    let served = connect_from([127, 0, 0, 1], server.addr).await;
+    assert_eq!(healthz_on(served).await, Some(200));
+    // Two sockets that say nothing fill it; a third is closed unanswered.
+    let idle = [
+        connect_from([127, 0, 0, 1], server.addr).await,
+        connect_from([127, 0, 0, 1], server.addr).await,
+    ];
+    let mut refused = false;
+    for _ in 0..200 {
+        let third = connect_from([127, 0, 0, 1], server.addr).await;
+        if healthz_on(third).await.is_none() {
+            refused = true;
+            break;
+        }
+        // The server had not accepted both idle sockets yet.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "a third socket from a full address was served");
+    // Everybody else is served meanwhile.
+    let other = connect_from([127, 0, 0, 2], server.addr).await;
+    assert_eq!(healthz_on(other).await, Some(200));
+    let series = r#"tickwire_handshakes_refused_total{reason="peer_http_limit"}"#;
+    let page = metrics_page(connect_from([127, 0, 0, 3], server.addr).await).await;
+    assert!(metric(&page, series) >= 1.0, "{page}");
+    // A socket that goes frees its place.
+    drop(idle);
+    let mut again = false;
+    for _ in 0..200 {
+        if healthz_on(connect_from([127, 0, 0, 1], server.addr).await).await == Some(200) {
+            again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(again, "a place was never freed");
+}
+
+/// GET /metrics on `stream`: the page.
+async fn metrics_page(mut stream: TcpStream) -> String {
+    let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}

@@ -47,7 +47,8 @@ pub struct SecurityArgs {
     /// Accept the static API keys of this TOML file (SHA-256 digests with entitlements).
     #[arg(long, value_name = "FILE")]
     pub api_keys: Option<PathBuf>,
-    /// Most WebSocket and SSE connections from one IP address (0: no limit).
+    /// Most WebSocket and SSE connections from one IP address (0: no limit);
+    /// also, apart, its sockets not yet handed to a WebSocket session.
     #[arg(long, default_value_t = LimitsConfig::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
     /// Browser origins allowed to connect (repeat), each as a browser sends

@@ -23,6 +23,8 @@ pub use rate::{MessageRate, RateConfig, Verdict};
 #[derive(Clone, Debug)]
 pub struct LimitsConfig {
     /// Most WebSocket and SSE connections from one IP address; 0 for no limit.
+    /// It also bounds, apart, an address's sockets not yet handed to a
+    /// WebSocket session (a request head still to come, plain HTTP, SSE).
     /// Behind a reverse proxy every client shares the proxy's address: raise
     /// or disable it there and limit at the proxy.
     pub max_connections_per_ip: usize,

@@ -247,18 +247,22 @@ pub enum Refusal {
     OriginNotAllowed,
     /// Too many connections from one address (429).
     PeerLimit,
+    /// Too many connections from one address not yet handed to a WebSocket
+    /// session (closed at accept, before any request is read).
+    PeerHttpLimit,
     /// A query string that does not parse, or `/sse` without symbols (400).
     BadQuery,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::NotWebSocket,
         Refusal::ConnectionLimit,
         Refusal::ShuttingDown,
         Refusal::Unauthorized,
         Refusal::OriginNotAllowed,
         Refusal::PeerLimit,
+        Refusal::PeerHttpLimit,
         Refusal::BadQuery,
     ];
 
@@ -270,6 +274,7 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::OriginNotAllowed => "origin_not_allowed",
             Refusal::PeerLimit => "peer_limit",
+            Refusal::PeerHttpLimit => "peer_http_limit",
             Refusal::BadQuery => "bad_query",
         }
     }

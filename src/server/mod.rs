@@ -27,6 +27,7 @@ use tower::ServiceExt;
 use crate::auth::Authenticator;
 use crate::fanout::Hub;
 use crate::limits::{LimitsConfig, PeerConnections};
+use crate::metrics::Refusal;
 use crate::session::{SessionConfig, Shutdown};
 
 /// Server-wide settings.
@@ -78,6 +79,10 @@ pub(crate) struct Shared {
     pub shutdown: Shutdown,
     pub sessions: TaskTracker,
     pub peers: Arc<PeerConnections>,
+    /// Connections per address not yet handed to a WebSocket session: a
+    /// request head still to come, plain HTTP, an SSE stream. Each holds a
+    /// socket from accept on, before any request could be refused.
+    pub http_peers: Arc<PeerConnections>,
     next_id: AtomicU64,
 }
 
@@ -114,6 +119,7 @@ pub async fn run_on(
         shutdown: Shutdown::default(),
         sessions: TaskTracker::new(),
         peers: Arc::new(PeerConnections::default()),
+        http_peers: Arc::new(PeerConnections::default()),
         next_id: AtomicU64::new(1),
     });
     let router = http::router(shared.clone());
@@ -143,15 +149,31 @@ pub async fn run_on(
                 }
             },
         };
+        // Sockets that never send a request, or keep one connection each
+        // busy with plain HTTP, would otherwise take descriptors without
+        // limit: one address could leave none for anybody else (or for a
+        // replay's next file). Closed at once: no request was read to answer.
+        let limit = shared.config.limits.max_connections_per_ip;
+        let Some(http_permit) = shared.http_peers.admit(peer.ip(), limit) else {
+            shared.hub.metrics().count_refusal(Refusal::PeerHttpLimit);
+            drop(stream);
+            continue;
+        };
         if let Err(e) = tune_socket(&stream, &shared.session_config) {
             tracing::debug!(%peer, error = %e, "could not tune socket");
         }
         let (router, shared) = (router.clone(), shared.clone());
+        // The permit is held until hyper lets the connection go: at its close,
+        // or once a WebSocket session has taken the socket over.
         match &tls {
-            None => connections.spawn(serve_connection(stream, peer, router, shared)),
+            None => connections.spawn(async move {
+                serve_connection(stream, peer, router, shared).await;
+                drop(http_permit);
+            }),
             Some(acceptor) => {
                 let accepting = acceptor.accept(stream);
                 connections.spawn(async move {
+                    let _http_permit = http_permit;
                     // The TLS handshake counts against the same deadline as the request head.
                     let timeout = shared.config.header_timeout;
                     match tokio::time::timeout(timeout, accepting).await {
