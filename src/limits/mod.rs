@@ -22,7 +22,8 @@ pub use rate::{MessageRate, RateConfig, Verdict};
 /// Connection-level limits, checked at the handshake.
 #[derive(Clone, Debug)]
 pub struct LimitsConfig {
-    /// Most WebSocket and SSE connections from one IP address; 0 for no limit.
+    /// Most WebSocket and SSE connections from one IP address (IPv6: one
+    /// /64); 0 for no limit.
     /// It also bounds, apart, an address's sockets not yet handed to a
     /// WebSocket session (a request head still to come, plain HTTP, SSE).
     /// Behind a reverse proxy every client shares the proxy's address: raise
@@ -90,6 +91,7 @@ pub struct PeerConnections {
 impl PeerConnections {
     /// Counts one more connection from `ip` unless `limit` are open (0: no limit).
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerPermit> {
+        let ip = address_of(ip);
         let mut open = self.lock();
         let count = open.entry(ip).or_insert(0);
         if limit > 0 && *count >= limit {
@@ -104,12 +106,24 @@ impl PeerConnections {
 
     /// Connections open from `ip`.
     pub fn open(&self, ip: IpAddr) -> usize {
-        self.lock().get(&ip).copied().unwrap_or(0)
+        self.lock().get(&address_of(ip)).copied().unwrap_or(0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         // Every critical section leaves the map consistent, even on panic.
         self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The address a connection counts under. An IPv6 subscriber is usually
+/// given a whole /64 and can pick any address in it, so IPv6 addresses count
+/// by their /64. An IPv4 client seen through a dual-stack socket
+/// (`::ffff:a.b.c.d`) counts as its IPv4 address, not under the /64 that every
+/// such address shares.
+fn address_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -188,6 +202,24 @@ mod tests {
         assert_eq!(peers.open(ip), 0);
         assert!(peers.lock().is_empty());
         assert!(peers.admit(ip, 0).is_some());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let peers = Arc::new(PeerConnections::default());
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let next_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        let _first = peers.admit(one, 1).expect("first");
+        assert!(peers.admit(same_64, 1).is_none());
+        assert!(peers.admit(next_64, 1).is_some());
+        // Two IPv4 clients on a dual-stack socket are two addresses, and the
+        // same one seen either way is one.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        let other_mapped: IpAddr = "::ffff:192.0.2.2".parse().expect("ip");
+        let _mapped = peers.admit(mapped, 1).expect("mapped");
+        assert!(peers.admit(other_mapped, 1).is_some());
+        assert!(peers.admit([192, 0, 2, 1].into(), 1).is_none());
     }
 
     #[test]
