@@ -222,7 +222,20 @@ fn the_subscribe_command_explains_refusals_and_ends_quietly_when_its_reader_leav
         stderr.contains("401") && stderr.contains("credentials required"),
         "{stderr}"
     );
+    assert!(
+        !locked.startup_log.contains("RFC 7518"),
+        "a long secret passes"
+    );
     drop(locked);
+    // A short secret still serves, with a warning.
+    std::fs::write(&secret, "short").expect("secret");
+    let weak = Binary::serve(&["--jwt-secret-file", &secret.display().to_string()]);
+    assert!(
+        weak.startup_log.contains("holds 5 bytes") && weak.startup_log.contains("RFC 7518"),
+        "{}",
+        weak.startup_log
+    );
+    drop(weak);
     let _ = std::fs::remove_dir_all(&dir);
 
     let server = Binary::serve(&[]);

@@ -237,5 +237,19 @@ fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         }
     }
     anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
+    if secret.len() < MIN_HS256_SECRET_BYTES {
+        // Refusing it would lock out deployments that work; a short shared
+        // secret can be guessed offline from any one token, though.
+        tracing::warn!(
+            "{} holds {} bytes: an HS256 secret shorter than {MIN_HS256_SECRET_BYTES} \
+             (RFC 7518, section 3.2) can be found from a single token by trying \
+             secrets offline; e.g. `head -c 32 /dev/urandom | base64 > FILE`",
+            path.display(),
+            secret.len()
+        );
+    }
     Ok(secret)
 }
+
+/// The size of HS256's hash, the least RFC 7518 allows for its key.
+const MIN_HS256_SECRET_BYTES: usize = 32;
