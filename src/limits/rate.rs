@@ -71,7 +71,7 @@ impl MessageRate {
             self.tokens -= 1.0;
             return Verdict::Allow;
         }
-        self.strikes += 1;
+        self.strikes = self.strikes.saturating_add(1);
         if self.strikes > self.config.max_strikes {
             Verdict::Abuse
         } else {
@@ -113,6 +113,21 @@ mod tests {
         assert_eq!(rate.check(Instant::now()), Verdict::Allow);
         assert_eq!(rate.check(Instant::now()), Verdict::Refuse);
         assert_eq!(rate.retry_after(), Duration::MAX);
+    }
+
+    #[test]
+    fn the_largest_strike_allowance_never_closes_and_never_overflows() {
+        let start = Instant::now();
+        let config = RateConfig {
+            max_strikes: u32::MAX,
+            ..config()
+        };
+        let mut rate = MessageRate::new(config, start);
+        rate.tokens = 0.0;
+        rate.strikes = u32::MAX - 1;
+        for _ in 0..3 {
+            assert_eq!(rate.check(start), Verdict::Refuse);
+        }
     }
 
     #[test]
