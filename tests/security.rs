@@ -1018,6 +1018,7 @@ async fn a_low_default_open_file_limit_does_not_let_one_address_lock_everyone_ou
     // server answering, as its connection limits promise.
     let server = Binary::serve_with_open_file_limit(
         64,
+        None,
         &[
             "--handshake-timeout-secs",
             "3600",
@@ -1033,6 +1034,25 @@ async fn a_low_default_open_file_limit_does_not_let_one_address_lock_everyone_ou
     let (status, body) = http_get(server.addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_has_no_descriptor_for_are_counted() {
+    // A hard limit of 64 open files, which the server cannot lift, and more
+    // connections than that: those it cannot accept wait in the backlog.
+    let server = Binary::serve_with_open_file_limit(64, Some(64), &["--once", "--speed", "max"]);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    eventually("an accept failed", || {
+        server.log_so_far().contains("accept failed")
+    })
+    .await;
+    // Once they are gone there are descriptors again, for /metrics too.
+    drop(held);
+    let page = http_get(server.addr, "/metrics").await.1;
+    assert!(metric(&page, "tickwire_accept_errors_total") >= 1.0);
 }
 
 /// A connection to `addr` from the local address `from` (any of 127/8 is this

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use common::*;
@@ -142,6 +143,13 @@ async fn https_serves_the_api_and_plain_http_is_not_answered() {
         .await
         .expect("closed in time");
     assert!(!answer.starts_with(b"HTTP/1.1 200"));
+    // It is counted as a failed handshake (once the server has seen it fail,
+    // which may be just after the client saw the close).
+    let failures = &server.metrics().tls_handshake_failures;
+    eventually("a failed handshake counted", || {
+        failures.load(Ordering::Relaxed) == 1
+    })
+    .await;
 }
 
 #[test]

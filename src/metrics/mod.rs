@@ -320,6 +320,11 @@ pub struct Metrics {
     /// HTTP connections dropped because their client took none of a response
     /// for the stall bound (`server::stall`).
     pub http_stalled: AtomicU64,
+    /// Connections the listening socket could not accept (out of file
+    /// descriptors, say): nobody is answered while this grows.
+    pub accept_errors: AtomicU64,
+    /// TLS handshakes that failed or ran out of time.
+    pub tls_handshake_failures: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -479,6 +484,16 @@ impl Metrics {
             "tickwire_http_stalled_total",
             "HTTP connections dropped because their client took no byte of a response for ten ping rounds.",
             self.http_stalled.load(Relaxed),
+        );
+        counter(
+            "tickwire_accept_errors_total",
+            "Connections the listening socket failed to accept (e.g. out of file descriptors).",
+            self.accept_errors.load(Relaxed),
+        );
+        counter(
+            "tickwire_tls_handshakes_failed_total",
+            "TLS handshakes that failed or did not finish within the handshake timeout.",
+            self.tls_handshake_failures.load(Relaxed),
         );
         labelled(
             &mut out,

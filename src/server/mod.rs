@@ -143,6 +143,7 @@ pub async fn run_on(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
+                    shared.hub.metrics().accept_errors.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -174,12 +175,26 @@ pub async fn run_on(
                 let accepting = acceptor.accept(stream);
                 connections.spawn(async move {
                     let _http_permit = http_permit;
-                    // The TLS handshake counts against the same deadline as the request head.
+                    // The TLS handshake has the request head's time limit, and
+                    // the head, once it is done, that limit again.
                     let timeout = shared.config.header_timeout;
+                    let failed = || {
+                        shared
+                            .hub
+                            .metrics()
+                            .tls_handshake_failures
+                            .fetch_add(1, Relaxed)
+                    };
                     match tokio::time::timeout(timeout, accepting).await {
                         Ok(Ok(stream)) => serve_connection(stream, peer, router, shared).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            failed();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            failed();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     }
                 })
             }

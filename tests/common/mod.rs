@@ -599,12 +599,13 @@ impl Binary {
         Self::run("ingest", &[&["--nats", nats], args].concat())
     }
 
-    /// [`Binary::serve`] started with a soft open-file limit of `soft`
-    /// (the hard limit unchanged), as a login shell's default may be.
-    pub fn serve_with_open_file_limit(soft: u64, args: &[&str]) -> Self {
+    /// [`Binary::serve`] started with a soft open-file limit of `soft`, as a
+    /// login shell's default may be, and the hard one `hard` (None: unchanged).
+    pub fn serve_with_open_file_limit(soft: u64, hard: Option<u64>, args: &[&str]) -> Self {
+        let hard = hard.map(|hard| hard.to_string()).unwrap_or_default();
         let mut launcher = Command::new("prlimit");
         launcher
-            .arg(format!("--nofile={soft}:"))
+            .arg(format!("--nofile={soft}:{hard}"))
             .arg(env!("CARGO_BIN_EXE_tickwire"));
         Self::start(launcher, "serve", args)
     }
@@ -654,6 +655,11 @@ impl Binary {
             startup_log,
             log_reader: Some(log_reader),
         }
+    }
+
+    /// What the server has logged since it listened.
+    pub fn log_so_far(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Resident set size of the server process, in bytes.
