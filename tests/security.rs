@@ -121,6 +121,17 @@ fn accepted(result: Result<(Client, Option<String>), (u16, Value)>) -> (Client, 
     }
 }
 
+/// A server that takes two connections from one address.
+fn two_per_address() -> ServerConfig {
+    ServerConfig {
+        limits: LimitsConfig {
+            max_connections_per_ip: 2,
+            ..LimitsConfig::default()
+        },
+        ..ServerConfig::default()
+    }
+}
+
 async fn metric_value(server: &TestServer, series: &str) -> f64 {
     metric(&server.get("/metrics").await.1, series)
 }
@@ -412,14 +423,7 @@ async fn origins_off_the_allow_list_get_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_limited_with_429() {
-    let config = ServerConfig {
-        limits: LimitsConfig {
-            max_connections_per_ip: 2,
-            ..LimitsConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
+    let server = live_server(two_per_address()).await;
     let url = server.url("");
     let first = accepted(handshake(&url, &[]).await);
     let _second = accepted(handshake(&url, &[]).await);
@@ -975,18 +979,8 @@ async fn a_rate_capped_credential_is_refused_the_book_channel_after_an_empty_sub
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_client_that_stops_reading_its_responses_is_dropped() {
-    // Short ping rounds, so the stall bound is short too; a long handshake
-    // timeout, so only the stall can end the connection.
-    let config = ServerConfig {
-        session: SessionConfig {
-            ping_interval: Duration::from_millis(100),
-            ping_timeout: Duration::from_millis(100),
-            ..SessionConfig::default()
-        },
-        header_timeout: Duration::from_secs(3600),
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start(config, Vec::new()).await;
+    // Only the stall can end the connection.
+    let server = TestServer::start(short_stall_bound(), Vec::new()).await;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let mut stream = socket.connect(server.addr).await.expect("connect");
@@ -1080,14 +1074,7 @@ async fn healthz_on(mut stream: TcpStream) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_send_no_request_cannot_take_every_descriptor_from_one_address() {
-    let config = ServerConfig {
-        limits: LimitsConfig {
-            max_connections_per_ip: 2,
-            ..LimitsConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
+    let server = live_server(two_per_address()).await;
     let url = server.url("");
     // Two WebSocket sessions from 127.0.0.1 fill its client limit, but not
     // its limit on connections still speaking HTTP: the sessions took theirs over.

@@ -174,19 +174,10 @@ async fn a_stream_whose_client_stopped_reading_ends_as_stalled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_that_is_let_go_also_closes_its_socket() {
-    // Short ping rounds, so the stall bound is short too; a long handshake
-    // timeout, so a socket left open stays open.
-    let config = ServerConfig {
-        session: SessionConfig {
-            ping_interval: Duration::from_millis(100),
-            ping_timeout: Duration::from_millis(100),
-            ..SessionConfig::default()
-        },
-        header_timeout: Duration::from_secs(3600),
-        ..ServerConfig::default()
-    };
+    // A socket left open stays open.
     let files = [(Some("usdm"), sample(USDM))];
-    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, true, false)]).await;
+    let replays = vec![replay_of(&files, Speed::Max, true, false)];
+    let server = TestServer::start(short_stall_bound(), replays).await;
     let mut stream = stalled_sse_client(server.addr, "/sse?symbols=usdm:BTCUSDT").await;
     let series = r#"tickwire_connections_closed_total{reason="stalled"}"#;
     eventually_metric(&server, series, 1.0).await;

@@ -155,6 +155,20 @@ impl Drop for TestServer {
     }
 }
 
+/// A server whose bound on output nobody takes (ten ping rounds) is short,
+/// and whose handshake timeout is too long to end a connection first.
+pub fn short_stall_bound() -> ServerConfig {
+    ServerConfig {
+        session: tickwire::session::SessionConfig {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(100),
+            ..Default::default()
+        },
+        header_timeout: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    }
+}
+
 /// A plain HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
