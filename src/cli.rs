@@ -97,9 +97,9 @@ pub struct ServeArgs {
     /// (127.0.0.1 and ::1, say), all on the same port.
     #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_addresses)]
     pub listen: ListenAddresses,
-    /// Threads serving connections and live feeds (default: one per core);
-    /// replays and synthetic feeds run on threads of their own. Fewer leave
-    /// cores to whatever shares the machine, such as a load generator.
+    /// Threads serving connections and live and synthetic feeds (default: one
+    /// per core); replays run on threads of their own. Fewer leave cores to
+    /// whatever shares the machine, such as a load generator.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
