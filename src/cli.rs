@@ -123,7 +123,7 @@ pub struct ServeArgs {
     /// Shorten silences in a recording longer than this (milliseconds).
     #[arg(long, default_value_t = config::DEFAULT_MAX_GAP.as_millis() as u64)]
     pub max_gap_ms: u64,
-    /// Most WebSocket connections at once.
+    /// Most WebSocket and SSE connections at once.
     #[arg(long, default_value_t = ServerConfig::default().max_connections,
           value_parser = at_least_one)]
     pub max_connections: usize,
