@@ -265,6 +265,27 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// Binds every address of `--listen`. With port 0 the first address picks
 /// the port and the others take the same one, so one port serves them all.
 /// An IPv6 socket is made IPv6-only, so `[::]` and `0.0.0.0` can both be bound.
+/// `--max-connections`, or fewer when the open-file limit cannot hold that
+/// many: past it clients would not even be accepted, while under the lower
+/// limit they are refused with `503`. A warning when the setting was asked
+/// for, a note when it is the default.
+fn admitted_within_open_files(max_connections: usize) -> usize {
+    let Some(room) = server::raise_open_file_limit(max_connections) else {
+        return max_connections;
+    };
+    if room < max_connections {
+        let message = "the open-file limit leaves room for fewer connections than \
+                       --max-connections: the lower number is admitted (raise the \
+                       limit, e.g. LimitNOFILE= or ulimit -n, for more)";
+        if max_connections == ServerConfig::default().max_connections {
+            tracing::info!(admitted = room, max_connections, "{message}");
+        } else {
+            tracing::warn!(admitted = room, max_connections, "{message}");
+        }
+    }
+    room
+}
+
 fn bind_all(addresses: &ListenAddresses) -> anyhow::Result<Vec<TcpListener>> {
     let mut listeners: Vec<TcpListener> = Vec::with_capacity(addresses.0.len());
     for &requested in &addresses.0 {
@@ -550,7 +571,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         Some(url) => Some(ingest::spawn(hub.clone(), url, feeds_shutdown.clone()).await?),
         None => None,
     };
-    server::raise_open_file_limit(args.max_connections);
+    let max_connections = admitted_within_open_files(args.max_connections);
     let listeners = bind_all(&args.listen)?;
     let mut config = ServerConfig {
         session: SessionConfig {
@@ -561,7 +582,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
             coalesce: Duration::from_micros(args.coalesce_us),
             ..SessionConfig::default()
         },
-        max_connections: args.max_connections,
+        max_connections,
         memory_trim_after: args.memory_trim_after,
         ..ServerConfig::default()
     };

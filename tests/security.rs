@@ -1049,6 +1049,33 @@ async fn connections_the_server_has_no_descriptor_for_are_counted() {
     assert!(metric(&page, "tickwire_accept_errors_total") >= 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_what_the_open_files_hold_are_refused_with_503() {
+    // 64 open files: room for 32 clients, the rest kept for handshakes. More
+    // clients than that are each answered, the last ones with a refusal.
+    let server = Binary::serve_with_open_file_limit(64, Some(64), &["--once", "--speed", "max"]);
+    assert!(
+        server.startup_log.contains("admitted=32"),
+        "{}",
+        server.startup_log
+    );
+    let url = format!("ws://{}/ws", server.addr);
+    let mut clients = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match handshake(&url, &[]).await {
+            Ok(client) => clients.push(client),
+            Err((status, body)) => {
+                assert_eq!((status, &body["error"]), (503, &json!("connection_limit")));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((clients.len(), refused), (32, 8));
+    let (status, _) = http_get(server.addr, "/healthz").await;
+    assert_eq!(status, 200);
+}
+
 /// A connection to `addr` from the local address `from` (any of 127/8 is this
 /// host), so that one test can be several clients' addresses.
 async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {

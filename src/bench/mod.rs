@@ -132,7 +132,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tls = crate::client::tls_client_config(args.ca_file.as_deref())?;
     let http = http_server(&url, &tls)?;
     let total = args.connections + args.slow + args.stalled;
-    crate::server::raise_open_file_limit(total);
+    if crate::server::raise_open_file_limit(total).is_some_and(|room| room < total) {
+        tracing::warn!("the open-file limit is too low for {total} connections; some will fail");
+    }
 
     let plan = select::plan(&args.symbols, total, per_connection, args.zipf, args.seed);
     let slow = Reader::Slow(Duration::from_secs_f64(args.slow_interval));

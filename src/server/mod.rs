@@ -237,27 +237,30 @@ async fn accept_any(
     .await
 }
 
-/// Each connection is a file descriptor: lifts the soft limit to the hard one
-/// when the soft one would not fit them. A login shell's default soft limit is
-/// often 1,024, which a server holds long before `--max-connections` (and one
-/// address within `--max-connections-per-ip`); past it, connections are not
-/// even accepted, so nobody is answered, not even with a refusal.
-pub fn raise_open_file_limit(connections: usize) {
+/// Each connection is a file descriptor. Lifts the soft open-file limit to
+/// the hard one when the soft one would not fit `connections` (a login
+/// shell's default is often 1,024), and returns how many connections the
+/// limit it ends with has room for, at most `connections`; None when the
+/// limit cannot be read. A tenth of the descriptors (at least 32) is kept
+/// for sockets still in their handshake, so that a client past the limit is
+/// answered with a refusal instead of never being accepted, and for the
+/// files and links the process opens itself.
+pub fn raise_open_file_limit(connections: usize) -> Option<usize> {
     let needed = connections as u64 + 64;
-    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
-        return;
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    let limit = if soft >= needed {
+        soft
+    } else {
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot raise the open-file limit");
+                soft
+            }
+        }
     };
-    if soft >= needed {
-        return;
-    }
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit >= needed => {}
-        Ok(limit) => tracing::warn!(
-            limit,
-            "open-file limit too low for {connections} connections; some will fail"
-        ),
-        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
-    }
+    let room = limit.saturating_sub((limit / 10).max(32)).max(1);
+    Some(connections.min(usize::try_from(room).unwrap_or(usize::MAX)))
 }
 
 fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
