@@ -255,16 +255,6 @@ fn listen_addresses(text: &str) -> Result<ListenAddresses, String> {
     }
 }
 
-/// Connections the kernel may hold completed but not yet accepted. The
-/// standard library's 128 overflows when thousands of clients reconnect at
-/// once (after a restart, say): the kernel then drops their handshakes and
-/// each waits a second or more for its retransmission. The kernel caps this
-/// at `net.core.somaxconn` (4096 by default).
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// Binds every address of `--listen`. With port 0 the first address picks
-/// the port and the others take the same one, so one port serves them all.
-/// An IPv6 socket is made IPv6-only, so `[::]` and `0.0.0.0` can both be bound.
 /// `--max-connections`, or fewer when the open-file limit cannot hold that
 /// many: past it clients would not even be accepted, while under the lower
 /// limit they are refused with `503`. A warning when the setting was asked
@@ -286,6 +276,16 @@ fn admitted_within_open_files(max_connections: usize) -> usize {
     room
 }
 
+/// Connections the kernel may hold completed but not yet accepted. The
+/// standard library's 128 overflows when thousands of clients reconnect at
+/// once (after a restart, say): the kernel then drops their handshakes and
+/// each waits a second or more for its retransmission. The kernel caps this
+/// at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds every address of `--listen`. With port 0 the first address picks
+/// the port and the others take the same one, so one port serves them all.
+/// An IPv6 socket is made IPv6-only, so `[::]` and `0.0.0.0` can both be bound.
 fn bind_all(addresses: &ListenAddresses) -> anyhow::Result<Vec<TcpListener>> {
     let mut listeners: Vec<TcpListener> = Vec::with_capacity(addresses.0.len());
     for &requested in &addresses.0 {
