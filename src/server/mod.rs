@@ -168,8 +168,8 @@ pub async fn run_on(
         // or once a WebSocket session has taken the socket over.
         match &tls {
             None => connections.spawn(async move {
+                let _http_permit = http_permit;
                 serve_connection(stream, peer, router, shared).await;
-                drop(http_permit);
             }),
             Some(acceptor) => {
                 let accepting = acceptor.accept(stream);
@@ -178,22 +178,20 @@ pub async fn run_on(
                     // The TLS handshake has the request head's time limit, and
                     // the head, once it is done, that limit again.
                     let timeout = shared.config.header_timeout;
-                    let failed = || {
-                        shared
-                            .hub
-                            .metrics()
-                            .tls_handshake_failures
-                            .fetch_add(1, Relaxed)
-                    };
-                    match tokio::time::timeout(timeout, accepting).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, router, shared).await,
-                        Ok(Err(e)) => {
-                            failed();
+                    let accepted = tokio::time::timeout(timeout, accepting)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+                        });
+                    match accepted {
+                        Ok(stream) => serve_connection(stream, peer, router, shared).await,
+                        Err(e) => {
+                            shared
+                                .hub
+                                .metrics()
+                                .tls_handshake_failures
+                                .fetch_add(1, Relaxed);
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            failed();
-                            tracing::debug!(%peer, "TLS handshake timed out");
                         }
                     }
                 })
