@@ -40,7 +40,7 @@ use super::{ClusterError, LastValues, Link, DEPTH, TICKERS};
 use crate::book::depth::CROSSED_REASON;
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::depth::DepthEvent;
-use crate::metrics::ClusterStats;
+use crate::metrics::{ClusterStats, WarningLimiter};
 
 /// The status reason while the NATS connection is down.
 pub const DISCONNECTED_REASON: &str = "source disconnected";
@@ -54,6 +54,9 @@ pub const LAST_VALUES_UNAVAILABLE_REASON: &str =
 /// The status reason of a book whose last version could not be read again
 /// after a reconnect: versions published meanwhile may be lost.
 pub const UNCONFIRMED_REASON: &str = "source reconnected; awaiting the book's next version";
+
+/// At most one warning of failed reloads of the last values this often.
+const RELOAD_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -207,6 +210,7 @@ async fn follow_link(
         // Retried until it works or the link drops again: the server may still
         // be recovering its streams right after it accepts connections.
         let mut attempt = 0u32;
+        let mut warnings = WarningLimiter::every(RELOAD_WARNING_INTERVAL);
         loop {
             match load_last_values(&client, &merger).await {
                 Ok(read) => {
@@ -217,11 +221,9 @@ async fn follow_link(
                 Err(e) => {
                     attempt += 1;
                     merger.stats.reload_failures.fetch_add(1, Relaxed);
-                    // Every failure is counted; the log says so less and
-                    // less often, as a server without JetStream fails each time.
-                    if attempt.is_power_of_two() || attempt % 30 == 0 {
-                        tracing::warn!(attempt, "{e}");
-                    }
+                    // Every failure is counted; the log says so at most once
+                    // an interval, as a server without JetStream fails each time.
+                    warnings.warn(|held_back| tracing::warn!(attempt, held_back, "{e}"));
                     if attempt == 1 {
                         // Connected and receiving: "disconnected" would be
                         // false. Each symbol takes its next record's status.
