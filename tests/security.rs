@@ -1087,16 +1087,10 @@ async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
 }
 
 /// GET /healthz on `stream`; the status, or None when the server closed it.
-async fn healthz_on(mut stream: TcpStream) -> Option<u16> {
-    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+async fn healthz_on(stream: TcpStream) -> Option<u16> {
+    http_get_on(stream, "/healthz")
         .await
-        .expect("an answer or a close in time")
-        .ok()?;
-    let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1)?.parse().ok()
+        .map(|(status, _)| status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1131,7 +1125,10 @@ async fn sockets_that_send_no_request_cannot_take_every_descriptor_from_one_addr
     let other = connect_from([127, 0, 0, 2], server.addr).await;
     assert_eq!(healthz_on(other).await, Some(200));
     let series = r#"tickwire_handshakes_refused_total{reason="peer_http_limit"}"#;
-    let page = metrics_page(connect_from([127, 0, 0, 3], server.addr).await).await;
+    let metrics_client = connect_from([127, 0, 0, 3], server.addr).await;
+    let (_, page) = http_get_on(metrics_client, "/metrics")
+        .await
+        .expect("metrics");
     assert!(metric(&page, series) >= 1.0, "{page}");
     // A socket that goes frees its place.
     drop(idle);
@@ -1144,13 +1141,4 @@ async fn sockets_that_send_no_request_cannot_take_every_descriptor_from_one_addr
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(again, "a place was never freed");
-}
-
-/// GET /metrics on `stream`: the page.
-async fn metrics_page(mut stream: TcpStream) -> String {
-    let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    String::from_utf8_lossy(&response).into_owned()
 }

@@ -171,25 +171,28 @@ pub fn short_stall_bound() -> ServerConfig {
 
 /// A plain HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_get_on(stream, path).await.expect("an HTTP answer")
+}
+
+/// [`http_get`] on a connection already made (from a chosen local address,
+/// say); None when the server closed it without an answer.
+pub async fn http_get_on(mut stream: TcpStream, path: &str) -> Option<(u16, String)> {
+    let host = stream.peer_addr().ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     tokio::time::timeout(GUARD, stream.read_to_end(&mut response))
         .await
-        .expect("response in time")
-        .expect("read");
+        .expect("an answer or a close in time")
+        .ok()?;
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_owned();
-    (status, body)
+    Some((status, body))
 }
 
 /// One value from a Prometheus text page, e.g. `tickwire_connections` or
