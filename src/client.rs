@@ -3,15 +3,19 @@
 //! as a demo, a smoke test and a reference for client authors.
 
 use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::error::UrlError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// What to subscribe to and when to stop.
@@ -95,10 +99,7 @@ pub fn tls_client_config(
 pub async fn connect(
     url: &str,
     tls: &Arc<rustls::ClientConfig>,
-) -> Result<
-    WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
-    tokio_tungstenite::tungstenite::Error,
-> {
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tungstenite::Error> {
     let connector = Connector::Rustls(tls.clone());
     let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
@@ -109,6 +110,96 @@ pub async fn connect(
     .await?;
     Ok(socket)
 }
+
+/// [`connect`] from the local address `source` (a port is still picked by
+/// the system), or from whatever address the system picks when `None`.
+///
+/// Connections from one address to one server must each have a port of
+/// their own, and Linux looks for a free one by trying them in turn: with
+/// many thousands open it tries thousands per `connect()`. Spreading a load
+/// generator's connections over several source addresses keeps each search
+/// short (see `tickwire bench --source-addresses`).
+pub async fn connect_from(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    source: Option<IpAddr>,
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tungstenite::Error> {
+    let Some(source) = source else {
+        return connect(url, tls).await;
+    };
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let default_port = if uri.scheme_str() == Some("wss") {
+        443
+    } else {
+        80
+    };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let server = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .find(|address| address.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address of the same family as {source}"),
+            )
+        })?;
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    defer_port_choice(&socket);
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let connector = Connector::Rustls(tls.clone());
+    let (socket, _) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        stream,
+        Some(websocket_config()),
+        Some(connector),
+    )
+    .await?;
+    Ok(socket)
+}
+
+/// Leaves the choice of a bound socket's port to `connect()`
+/// (`IP_BIND_ADDRESS_NO_PORT`), which may reuse a port that connections to
+/// other servers hold; `bind()` alone would reserve one for good. Best
+/// effort: without it the bind picks the port.
+#[cfg(target_os = "linux")]
+#[expect(
+    unsafe_code,
+    reason = "a socket option that neither std nor socket2 sets"
+)]
+fn defer_port_choice(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open for as long as `socket` lives, and the
+    // option value is a `c_int` read for its exact size during the call.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_BIND_ADDRESS_NO_PORT not set");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_socket: &TcpSocket) {}
 
 /// The WebSocket settings clients in this crate use: a small read buffer is
 /// both lighter and faster than tungstenite's 128 KiB default for small frames.

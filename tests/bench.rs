@@ -300,3 +300,53 @@ fn a_run_the_server_refused_fails_with_its_reason() {
     assert!(stderr.contains("no ticker was delivered"), "{stderr}");
     assert!(stderr.contains("unknown_symbol"), "{stderr}");
 }
+
+/// `--source-addresses` spreads the steady connections and the churn over
+/// the addresses given, in turn: against a server that admits two
+/// connections per address, three steady ones and a churn all get in from
+/// three loopback addresses, while from one address the third is refused.
+#[test]
+fn connections_are_opened_from_the_source_addresses_in_turn() {
+    let dir = std::env::temp_dir().join(format!("tickwire-bench-src-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let server =
+        Binary::serve_synthetic_with(&dir, 5, 100.0, 1, &["--max-connections-per-ip", "2"]);
+    let run = |name: &str, extra: &[(&str, &str)]| {
+        let json = dir.join(name).display().to_string();
+        let mut args = bench_args(
+            &server,
+            [
+                ("--connections", "3".to_owned()),
+                ("--symbols", synthetic_symbols(5).join(",")),
+                ("--duration", "2".into()),
+                ("--warmup", "0.5".into()),
+                ("--json", json.clone()),
+            ],
+        );
+        for (flag, value) in extra {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+        run_tickwire(&args);
+        let text = std::fs::read_to_string(&json).expect("JSON report");
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON parses")
+    };
+
+    let spread = run(
+        "spread.json",
+        &[
+            ("--source-addresses", "127.0.0.1-127.0.0.2,127.0.0.3"),
+            ("--churn", "4"),
+        ],
+    );
+    assert_eq!(spread["connections"]["connected"], 3, "{spread:#}");
+    let churn = &spread["churn"];
+    assert!(churn["completed"].as_u64() > Some(0), "{spread:#}");
+    assert_eq!(churn["failed"], 0, "{spread:#}");
+
+    let one_address = run("one.json", &[]);
+    assert_eq!(
+        one_address["connections"]["connected"], 2,
+        "{one_address:#}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

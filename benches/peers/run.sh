@@ -15,6 +15,9 @@
 #   REPEAT (1: rounds; each round runs every server once, so drift hits all alike)
 #   CLOCK (intended: latency from each update's slot on the feed's schedule)
 #   EXTRA (more `tickwire bench` flags, e.g. "--slow 100 --stalled 100")
+#   SOURCES (127.0.0.1-127.0.0.16: the client's source addresses, taken in
+#     turn; from one address, Linux's search for a free port costs the client
+#     more than anything else past ~14,000 connections, as in S4)
 #   TICKWIRE_WORKERS (tickwire's --workers: half the cores, at least 1, so the
 #     load client on the same machine keeps the other half; Bun and Node
 #     serve from one thread too)
@@ -38,6 +41,7 @@ BUILD="${BUILD:-1}"
 REPEAT="${REPEAT:-1}"
 CLOCK="${CLOCK:-intended}"
 EXTRA="${EXTRA:-}"
+SOURCES="${SOURCES:-127.0.0.1-127.0.0.16}"
 TICKWIRE_WORKERS="${TICKWIRE_WORKERS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}"
 OUT="${OUT:-$ROOT/target/peers/results/$(date +%Y%m%d-%H%M%S)}"
 TICKWIRE="${TICKWIRE:-$ROOT/target/release/tickwire}"
@@ -142,7 +146,8 @@ for name in $SERVERS; do
   # shellcheck disable=SC2206 # EXTRA is a list of flags
   bench=("$TICKWIRE" bench "ws://127.0.0.1:$port" --connections "$CONNECTIONS" --symbols "$SYMBOL_LIST"
     --per-connection "$PER_CONNECTION" --zipf "$ZIPF" --duration "$DURATION" --warmup "$WARMUP"
-    --threads "$THREADS" --server-pid "$SERVER_PID" --clock "$CLOCK" --label "$name" $EXTRA
+    --threads "$THREADS" --server-pid "$SERVER_PID" --clock "$CLOCK" --label "$name"
+    --source-addresses "$SOURCES" $EXTRA
     --json "$OUT/$run.json" --hgrm "$OUT/$run.hgrm")
   echo "\$ ${bench[*]}" >"$OUT/$run.bench.txt"
   "${bench[@]}" 2>&1 | tee -a "$OUT/$run.bench.txt" || echo "bench against $name exited with an error" >&2

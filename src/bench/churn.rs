@@ -2,6 +2,7 @@
 //! answer and disconnect at a constant rate, on a thread of its own, so the
 //! server's accept path and its clean-up are measured under the steady load.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::load::{Control, Phase};
+use super::sources::SourceAddresses;
 use super::tally::new_histogram;
-use crate::client::connect;
+use crate::client::connect_from;
 
 /// Churning connections open at once at most; past it the churn falls behind
 /// (and says so) instead of piling up sockets.
@@ -66,6 +68,7 @@ pub struct ChurnReport {
 pub fn spawn(
     url: String,
     tls: Arc<rustls::ClientConfig>,
+    sources: Arc<SourceAddresses>,
     symbols: Vec<String>,
     rate: f64,
     control: Arc<Control>,
@@ -86,7 +89,8 @@ pub fn spawn(
                 return;
             };
             let local = tokio::task::LocalSet::new();
-            let outcome = local.block_on(&runtime, churn(url, tls, symbols, rate, control));
+            let outcome =
+                local.block_on(&runtime, churn(url, tls, sources, symbols, rate, control));
             let _ = done_tx.send(outcome);
         })?;
     Ok(done)
@@ -95,6 +99,7 @@ pub fn spawn(
 async fn churn(
     url: String,
     tls: Arc<rustls::ClientConfig>,
+    sources: Arc<SourceAddresses>,
     symbols: Vec<String>,
     rate: f64,
     control: Arc<Control>,
@@ -131,9 +136,10 @@ async fn churn(
         }
         in_flight += 1;
         let (url, request, result_tx) = (url.clone(), request.clone(), result_tx.clone());
-        let tls = tls.clone();
+        let (tls, source) = (tls.clone(), sources.next());
         tokio::task::spawn_local(async move {
-            let result = tokio::time::timeout(CYCLE_TIMEOUT, cycle(&url, &tls, &request))
+            let cycle = cycle(&url, &tls, source, &request);
+            let result = tokio::time::timeout(CYCLE_TIMEOUT, cycle)
                 .await
                 .unwrap_or_else(|_| Err("timed out".into()));
             let _ = result_tx.send(result).await;
@@ -166,9 +172,14 @@ fn record(outcome: &mut ChurnOutcome, result: Result<u64, String>) {
 }
 
 /// One connect → subscribe → answer → close cycle; returns the handshake time.
-async fn cycle(url: &str, tls: &Arc<rustls::ClientConfig>, request: &str) -> Result<u64, String> {
+async fn cycle(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    source: Option<IpAddr>,
+    request: &str,
+) -> Result<u64, String> {
     let started = Instant::now();
-    let mut socket = connect(url, tls)
+    let mut socket = connect_from(url, tls, source)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let handshake = started.elapsed();

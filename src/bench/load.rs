@@ -3,7 +3,6 @@
 //! predictable. Each thread keeps one histogram its connections share.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -15,10 +14,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::sources::SourceAddresses;
 use super::tally::{
-    new_histogram, parse, sample_staleness, Clock, Latency, Received, SeqChecker, Tally,
+    new_histogram, parse, sample_staleness, Clock, Freshest, Latency, Received, SeqChecker, Tally,
 };
-use crate::client::connect;
+use crate::client::connect_from;
 use crate::wall_clock_ns;
 
 /// Handshakes in flight per thread: enough to connect thousands quickly
@@ -56,7 +56,7 @@ pub struct Control {
     /// Per symbol, the timestamp of the newest value any connection of any
     /// thread has held at a staleness sample (see [`sample_staleness`]);
     /// taken ten times a second per thread, never per message.
-    freshest: Mutex<HashMap<Box<str>, i64>>,
+    freshest: Mutex<Freshest>,
     /// Wall clock (Unix ns) when the window closed; 0 while it is open.
     window_end_ns: AtomicI64,
 }
@@ -194,6 +194,8 @@ pub struct Target {
     pub url: String,
     /// TLS for `wss://` URLs.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Where connections are opened from.
+    pub sources: Arc<SourceAddresses>,
     pub connect_timeout: Duration,
     pub clock: Clock,
 }
@@ -219,6 +221,7 @@ pub fn spawn(
             let thread = Thread {
                 url: target.url.into(),
                 tls: target.tls,
+                sources: target.sources,
                 control,
                 progress: thread_progress,
                 healthy: Rc::default(),
@@ -241,6 +244,7 @@ pub fn spawn(
 struct Thread {
     url: Rc<str>,
     tls: Arc<rustls::ClientConfig>,
+    sources: Arc<SourceAddresses>,
     control: Arc<Control>,
     progress: Arc<Progress>,
     healthy: Rc<RefCell<Measured>>,
@@ -376,7 +380,7 @@ impl Thread {
     ) -> ConnectionEnd {
         let connect = async {
             let _permit = permits.acquire().await.ok();
-            let mut socket = connect(&self.url, &self.tls).await?;
+            let mut socket = connect_from(&self.url, &self.tls, self.sources.next()).await?;
             let request = serde_json::json!({"op": "subscribe", "id": 1, "symbols": symbols});
             socket.send(Message::text(request.to_string())).await?;
             Ok::<_, tokio_tungstenite::tungstenite::Error>(socket)

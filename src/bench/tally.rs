@@ -389,6 +389,11 @@ impl SeqChecker {
     }
 }
 
+/// The newest value of each symbol any connection held at a staleness
+/// sample. Looked up twice for every value of every connection at each
+/// sample, so keyed with foldhash, as [`SeqChecker`] is.
+pub type Freshest = HashMap<Box<str>, i64, foldhash::fast::RandomState>;
+
 /// One staleness sample at `now_ns` over the symbols that `holders` hold:
 /// for every value each holder holds, `record(kind, age, freshest_age)` gets
 /// the holder's `kind`, the value's age, and the age of the newest value of
@@ -401,7 +406,7 @@ impl SeqChecker {
 pub fn sample_staleness<K: Copy>(
     now_ns: i64,
     holders: &[(&SeqChecker, K)],
-    freshest: &mut HashMap<Box<str>, i64>,
+    freshest: &mut Freshest,
     mut record: impl FnMut(K, u64, u64),
 ) {
     let age = |ts: i64| now_ns.saturating_sub(ts).clamp(1, HIGHEST_NS as i64) as u64;
@@ -808,7 +813,7 @@ mod tests {
         let mut ages = [new_histogram(), new_histogram()];
         let mut floors = [new_histogram(), new_histogram()];
         // Another load thread held a newer B (2 ms) at its last sample.
-        let mut freshest = HashMap::from([("B".into(), now - 2_000_000)]);
+        let mut freshest = Freshest::from_iter([("B".into(), now - 2_000_000)]);
         let record = |kind: usize, age, floor| {
             ages[kind].record(age).expect("in range");
             floors[kind].record(floor).expect("in range");
