@@ -20,7 +20,7 @@ use crate::cluster::ingest;
 use crate::fanout::Hub;
 use crate::feed::{self, config, replay};
 use crate::metrics::Metrics;
-use crate::server::{self, ServerConfig};
+use crate::server::{self, OpenFiles, ServerConfig};
 use crate::session::SessionConfig;
 
 /// Market-data ticker streaming over WebSocket.
@@ -258,11 +258,16 @@ fn listen_addresses(text: &str) -> Result<ListenAddresses, String> {
 /// `--max-connections`, or fewer when the open-file limit cannot hold that
 /// many: past it clients would not even be accepted, while under the lower
 /// limit they are refused with `503`. A warning when the setting was asked
-/// for, a note when it is the default.
-fn admitted_within_open_files(max_connections: usize) -> usize {
-    let Some(room) = server::raise_open_file_limit(max_connections) else {
-        return max_connections;
+/// for, a note when it is the default. With it, how many sockets may wait
+/// for a request head at once (the default when the limit is unknown).
+fn admitted_within_open_files(max_connections: usize) -> OpenFiles {
+    let Some(files) = server::raise_open_file_limit(max_connections) else {
+        return OpenFiles {
+            connections: max_connections,
+            waiting: ServerConfig::default().max_waiting,
+        };
     };
+    let room = files.connections;
     if room < max_connections {
         let message = "the open-file limit leaves room for fewer connections than \
                        --max-connections: the lower number is admitted (raise the \
@@ -273,7 +278,7 @@ fn admitted_within_open_files(max_connections: usize) -> usize {
             tracing::warn!(admitted = room, max_connections, "{message}");
         }
     }
-    room
+    files
 }
 
 /// Connections the kernel may hold completed but not yet accepted. The
@@ -571,7 +576,7 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
         Some(url) => Some(ingest::spawn(hub.clone(), url, feeds_shutdown.clone()).await?),
         None => None,
     };
-    let max_connections = admitted_within_open_files(args.max_connections);
+    let files = admitted_within_open_files(args.max_connections);
     let listeners = bind_all(&args.listen)?;
     let mut config = ServerConfig {
         session: SessionConfig {
@@ -582,7 +587,8 @@ async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Resu
             coalesce: Duration::from_micros(args.coalesce_us),
             ..SessionConfig::default()
         },
-        max_connections,
+        max_connections: files.connections,
+        max_waiting: files.waiting,
         memory_trim_after: args.memory_trim_after,
         ..ServerConfig::default()
     };

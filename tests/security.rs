@@ -1032,9 +1032,26 @@ async fn a_low_default_open_file_limit_does_not_let_one_address_lock_everyone_ou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_the_server_has_no_descriptor_for_are_counted() {
-    // A hard limit of 64 open files, which the server cannot lift, and more
-    // connections than that: those it cannot accept wait in the backlog.
+    // Clients alone cannot take every descriptor (sockets waiting for a
+    // request are bounded within what the limit leaves), so the limit is
+    // lowered under the running server, to two more than it holds. More
+    // connections than that wait in the backlog, unaccepted.
     let server = Binary::serve_with_open_file_limit(64, Some(64), &["--once", "--speed", "max"]);
+    let ended = "replay feed ended";
+    eventually("the replay ended", || {
+        server.startup_log.contains(ended) || server.log_so_far().contains(ended)
+    })
+    .await;
+    let pid = server.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's descriptors")
+        .count();
+    let lowered = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={}", open + 2))
+        .status()
+        .expect("prlimit");
+    assert!(lowered.success());
     let mut held = Vec::new();
     for _ in 0..100 {
         held.push(TcpStream::connect(server.addr).await.expect("connect"));

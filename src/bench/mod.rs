@@ -144,7 +144,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tls = crate::client::tls_client_config(args.ca_file.as_deref())?;
     let http = http_server(&url, &tls)?;
     let total = args.connections + args.slow + args.stalled;
-    if crate::server::raise_open_file_limit(total).is_some_and(|room| room < total) {
+    if crate::server::raise_open_file_limit(total).is_some_and(|room| room.connections < total) {
         tracing::warn!("the open-file limit is too low for {total} connections; some will fail");
     }
     if args.source_addresses.is_empty() && total > ONE_ADDRESS_CONNECTIONS {

@@ -325,6 +325,9 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     /// TLS handshakes that failed or ran out of time.
     pub tls_handshake_failures: AtomicU64,
+    /// Sockets closed unread to make room under the bound on those waiting
+    /// for a request head (`server::waiting`): they had waited longest.
+    pub http_waiting_evicted: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -494,6 +497,11 @@ impl Metrics {
             "tickwire_tls_handshakes_failed_total",
             "TLS handshakes that failed or did not finish within the handshake timeout.",
             self.tls_handshake_failures.load(Relaxed),
+        );
+        counter(
+            "tickwire_http_waiting_evicted_total",
+            "Sockets closed unread to make room, the most that may wait for a request head (a TLS handshake included) being reached: each had waited longest.",
+            self.http_waiting_evicted.load(Relaxed),
         );
         labelled(
             &mut out,

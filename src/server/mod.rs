@@ -9,7 +9,9 @@ mod http;
 pub mod memory;
 mod stall;
 pub mod tls;
+mod waiting;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -29,6 +31,7 @@ use crate::fanout::Hub;
 use crate::limits::{LimitsConfig, PeerConnections};
 use crate::metrics::Refusal;
 use crate::session::{SessionConfig, Shutdown};
+use waiting::{Waiting, WaitingSlot};
 
 /// Server-wide settings.
 #[derive(Clone, Debug)]
@@ -43,6 +46,12 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Time allowed to send a complete request head.
     pub header_timeout: Duration,
+    /// Most sockets at once waiting for a request head (a TLS handshake
+    /// included, and a keep-alive connection between requests); when one
+    /// more begins to wait, the one that has waited longest is closed. The
+    /// command line sets it from the open-file limit
+    /// ([`raise_open_file_limit`]).
+    pub max_waiting: usize,
     /// Who may connect and what they may see (off by default).
     pub auth: Arc<Authenticator>,
     /// Per-address and origin limits.
@@ -62,6 +71,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             max_header_bytes: 16 * 1024,
             header_timeout: Duration::from_secs(10),
+            max_waiting: 10_000,
             auth: Arc::new(Authenticator::disabled()),
             limits: LimitsConfig::default(),
             tls: None,
@@ -83,6 +93,8 @@ pub(crate) struct Shared {
     /// request head still to come, plain HTTP, an SSE stream. Each holds a
     /// socket from accept on, before any request could be refused.
     pub http_peers: Arc<PeerConnections>,
+    /// Every address's sockets still waiting for a request head, together.
+    waiting: Arc<Waiting>,
     next_id: AtomicU64,
 }
 
@@ -113,6 +125,7 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared {
+        waiting: Arc::new(Waiting::new(config.max_waiting, hub.metrics().clone())),
         hub,
         session_config: Arc::new(config.session.clone()),
         config,
@@ -160,6 +173,10 @@ pub async fn run_on(
             drop(stream);
             continue;
         };
+        // Across addresses, the sockets still waiting for a request head are
+        // bounded too: past the bound, the one that has waited longest is
+        // closed to make room (see `waiting`).
+        let (slot, evicted) = shared.waiting.admit();
         if let Err(e) = tune_socket(&stream, &shared.session_config) {
             tracing::debug!(%peer, error = %e, "could not tune socket");
         }
@@ -169,34 +186,45 @@ pub async fn run_on(
         match &tls {
             None => connections.spawn(async move {
                 let _http_permit = http_permit;
-                serve_connection(stream, peer, router, shared).await;
+                let connection = serve_connection(stream, peer, router, shared, slot.clone());
+                unless_evicted(slot, peer, connection).await;
             }),
             Some(acceptor) => {
                 let accepting = acceptor.accept(stream);
                 connections.spawn(async move {
                     let _http_permit = http_permit;
-                    // The TLS handshake has the request head's time limit, and
-                    // the head, once it is done, that limit again.
-                    let timeout = shared.config.header_timeout;
-                    let accepted = tokio::time::timeout(timeout, accepting)
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-                        });
-                    match accepted {
-                        Ok(stream) => serve_connection(stream, peer, router, shared).await,
-                        Err(e) => {
-                            shared
-                                .hub
-                                .metrics()
-                                .tls_handshake_failures
-                                .fetch_add(1, Relaxed);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    unless_evicted(slot.clone(), peer, async move {
+                        // The TLS handshake has the request head's time limit, and
+                        // the head, once it is done, that limit again.
+                        let timeout = shared.config.header_timeout;
+                        let accepted = tokio::time::timeout(timeout, accepting)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+                            });
+                        match accepted {
+                            Ok(stream) => {
+                                serve_connection(stream, peer, router, shared, slot).await
+                            }
+                            Err(e) => {
+                                shared
+                                    .hub
+                                    .metrics()
+                                    .tls_handshake_failures
+                                    .fetch_add(1, Relaxed);
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
                         }
-                    }
+                    })
+                    .await;
                 })
             }
         };
+        if evicted {
+            // Lets the evicted connection's task close its socket before the
+            // next accept needs a descriptor.
+            tokio::task::yield_now().await;
+        }
     }
 
     tracing::info!("shutting down: closing sessions with 1001");
@@ -214,6 +242,22 @@ pub async fn run_on(
         tracing::warn!(?grace, "some connections did not close in time");
     }
     Ok(())
+}
+
+/// Runs `connection` to its end, or drops it (and so closes its socket) once
+/// `slot` is evicted: it had waited longest for a request head when the
+/// bound on those was reached.
+async fn unless_evicted(
+    slot: Arc<WaitingSlot>,
+    peer: std::net::SocketAddr,
+    connection: impl Future<Output = ()>,
+) {
+    tokio::select! {
+        () = connection => {}
+        () = slot.evicted() => {
+            tracing::debug!(%peer, "connection closed: it had waited longest for a request head");
+        }
+    }
 }
 
 /// The next connection on any of `listeners`. The one looked at first
@@ -235,15 +279,21 @@ async fn accept_any(
     .await
 }
 
+/// How the open-file limit is shared out; see [`raise_open_file_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// Clients that may be admitted, at most the number asked for.
+    pub connections: usize,
+    /// Sockets that may wait for a request head at once
+    /// ([`ServerConfig::max_waiting`]).
+    pub waiting: usize,
+}
+
 /// Each connection is a file descriptor. Lifts the soft open-file limit to
 /// the hard one when the soft one would not fit `connections` (a login
-/// shell's default is often 1,024), and returns how many connections the
-/// limit it ends with has room for, at most `connections`; None when the
-/// limit cannot be read. A tenth of the descriptors (at least 32) is kept
-/// for sockets still in their handshake, so that a client past the limit is
-/// answered with a refusal instead of never being accepted, and for the
-/// files and links the process opens itself.
-pub fn raise_open_file_limit(connections: usize) -> Option<usize> {
+/// shell's default is often 1,024), and shares out the limit it ends with;
+/// None when the limit cannot be read. See [`OpenFiles::within`].
+pub fn raise_open_file_limit(connections: usize) -> Option<OpenFiles> {
     let needed = connections as u64 + 64;
     let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
     let limit = if soft >= needed {
@@ -257,8 +307,29 @@ pub fn raise_open_file_limit(connections: usize) -> Option<usize> {
             }
         }
     };
-    let room = limit.saturating_sub((limit / 10).max(32)).max(1);
-    Some(connections.min(usize::try_from(room).unwrap_or(usize::MAX)))
+    Some(OpenFiles::within(limit, connections))
+}
+
+impl OpenFiles {
+    /// An open-file limit of `limit` shared out: a tenth of the descriptors
+    /// (at least 32) is kept back, so at most the rest of `connections` are
+    /// admitted, and a client past them is answered with a refusal instead
+    /// of never being accepted. The descriptors not admitted, but for half of
+    /// that tenth, kept for the files and links the process opens itself and
+    /// requests being answered, are for sockets waiting for a request head.
+    pub fn within(limit: u64, connections: usize) -> Self {
+        let kept = (limit / 10).max(32);
+        let room = limit.saturating_sub(kept).max(1);
+        let connections = connections.min(usize::try_from(room).unwrap_or(usize::MAX));
+        let waiting = limit
+            .saturating_sub(connections as u64)
+            .saturating_sub(kept / 2)
+            .max(1);
+        Self {
+            connections,
+            waiting: usize::try_from(waiting).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
@@ -285,17 +356,25 @@ async fn serve_connection<S>(
     peer: std::net::SocketAddr,
     router: axum::Router,
     shared: Arc<Shared>,
+    slot: Arc<WaitingSlot>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let abort = CancellationToken::new();
     let abort_handle = abort.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // Its head is in; once the response has gone, it waits for the next.
+        slot.stop();
         request.extensions_mut().insert(PeerAddr(peer));
         request
             .extensions_mut()
             .insert(ConnectionAbort(abort_handle.clone()));
-        router.clone().oneshot(request.map(axum::body::Body::new))
+        let response = router.clone().oneshot(request.map(axum::body::Body::new));
+        let slot = slot.clone();
+        async move {
+            let response = response.await?;
+            Ok::<_, Infallible>(waiting::waits_after(response, slot))
+        }
     });
     // A client that takes no byte of a response for as long as an SSE client
     // may go without output is dropped; an SSE stream learns it by `abort`.
@@ -326,5 +405,26 @@ async fn serve_connection<S>(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_shared_between_clients_waiting_sockets_and_the_rest() {
+        // 64: 32 kept back, half of them for waiting sockets.
+        let low = OpenFiles::within(64, 50_000);
+        assert_eq!((low.connections, low.waiting), (32, 16));
+        // 1,024: a tenth kept back, half of it for waiting sockets.
+        let login = OpenFiles::within(1_024, 50_000);
+        assert_eq!((login.connections, login.waiting), (922, 51));
+        // Room to spare: every client, and the descriptors they leave.
+        let high = OpenFiles::within(1 << 20, 50_000);
+        assert_eq!(high.connections, 50_000);
+        assert_eq!(high.waiting, (1 << 20) - 50_000 - (1 << 20) / 20);
+        // Never none.
+        assert_eq!(OpenFiles::within(0, 10).waiting, 1);
     }
 }
