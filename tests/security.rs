@@ -1093,6 +1093,101 @@ async fn clients_past_what_the_open_files_hold_are_refused_with_503() {
     assert_eq!(status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_from_many_addresses_make_room_for_a_client_that_speaks() {
+    // 64 open files, which the server cannot lift: room for 32 clients and
+    // 16 sockets waiting for a request head. Twenty addresses, each under its
+    // limit of four, open 80 sockets that never send a byte, and the head
+    // timeout is a minute: unbounded across addresses, they would hold every
+    // descriptor for that minute, and nobody else would even be accepted.
+    let server = Binary::serve_with_open_file_limit(
+        64,
+        Some(64),
+        &[
+            "--max-connections-per-ip",
+            "4",
+            "--handshake-timeout-secs",
+            "60",
+            "--once",
+            "--speed",
+            "max",
+        ],
+    );
+    let mut silent = Vec::new();
+    for address in 2..22 {
+        for _ in 0..4 {
+            silent.push(connect_from([127, 0, 0, address], server.addr).await);
+        }
+    }
+    // The ones that waited longest were closed, unread, to make room.
+    let in_time = Duration::from_secs(20);
+    for socket in &mut silent[..8] {
+        let read = tokio::time::timeout(in_time, socket.read(&mut [0; 1]))
+            .await
+            .expect("a socket that waited longest was closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // A client that sends its request at once is answered, long before the
+    // silent sockets' minute is out.
+    let client = connect_from([127, 0, 0, 1], server.addr).await;
+    let answered = tokio::time::timeout(in_time, healthz_on(client))
+        .await
+        .expect("answered in time");
+    assert_eq!(answered, Some(200));
+    let metrics_client = connect_from([127, 0, 0, 1], server.addr).await;
+    let (_, page) = tokio::time::timeout(in_time, http_get_on(metrics_client, "/metrics"))
+        .await
+        .expect("metrics in time")
+        .expect("metrics");
+    assert!(
+        metric(&page, "tickwire_http_waiting_evicted_total") >= 1.0,
+        "{page}"
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_between_requests_waits_like_a_new_one() {
+    let config = ServerConfig {
+        max_waiting: 2,
+        header_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let server = live_server(config).await;
+    let in_time = Duration::from_secs(20);
+    // One request answered, and the connection kept open without another.
+    let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\nok\n") {
+        let mut buf = [0; 512];
+        let read = tokio::time::timeout(in_time, idle.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(read > 0, "closed before the answer");
+        response.extend_from_slice(&buf[..read]);
+    }
+    // Two sockets that say nothing: it has waited longest, and makes room.
+    let _silent = [
+        TcpStream::connect(server.addr).await.expect("connect"),
+        TcpStream::connect(server.addr).await.expect("connect"),
+    ];
+    let read = tokio::time::timeout(in_time, idle.read(&mut [0; 1]))
+        .await
+        .expect("the idle connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        server
+            .metrics()
+            .http_waiting_evicted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
 /// A connection to `addr` from the local address `from` (any of 127/8 is this
 /// host), so that one test can be several clients' addresses.
 async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {

@@ -255,3 +255,46 @@ async fn an_https_client_that_stops_reading_its_responses_is_dropped() {
     eventually("the stalled connection dropped", || stalled() == 1).await;
     drop(tls);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_begin_their_tls_handshake_make_room_for_one_that_does() {
+    let certificate = certificate();
+    // At most four sockets waiting for a handshake or a request head, and a
+    // minute for each.
+    let config = ServerConfig {
+        tls: Some(certificate.server.clone()),
+        max_waiting: 4,
+        header_timeout: std::time::Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Vec::new()).await;
+    let in_time = std::time::Duration::from_secs(20);
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    let read = tokio::time::timeout(in_time, silent[0].read(&mut [0; 1]))
+        .await
+        .expect("the socket that waited longest was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let response = tokio::time::timeout(in_time, async {
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut response = Vec::new();
+        let _ = tls.read_to_end(&mut response).await;
+        response
+    })
+    .await
+    .expect("answered in time");
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    let evicted = server
+        .metrics()
+        .http_waiting_evicted
+        .load(Ordering::Relaxed);
+    assert!(evicted >= 4, "{evicted}");
+}
