@@ -1096,7 +1096,8 @@ async fn clients_past_what_the_open_files_hold_are_refused_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_from_many_addresses_make_room_for_a_client_that_speaks() {
     // 64 open files, which the server cannot lift: room for 32 clients and
-    // 16 sockets waiting for a request head. Twenty addresses, each under its
+    // 16 sockets waiting for a request head beside them, 48 while no client
+    // is admitted. Twenty addresses, each under its
     // limit of four, open 80 sockets that never send a byte, and the head
     // timeout is a minute: unbounded across addresses, they would hold every
     // descriptor for that minute, and nobody else would even be accepted.
@@ -1148,8 +1149,10 @@ async fn silent_sockets_from_many_addresses_make_room_for_a_client_that_speaks()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_between_requests_waits_like_a_new_one() {
+    // Room for no client, so the two waiting sockets are all there is.
     let config = ServerConfig {
         max_waiting: 2,
+        max_connections: 0,
         header_timeout: Duration::from_secs(60),
         ..ServerConfig::default()
     };
@@ -1253,4 +1256,32 @@ async fn sockets_that_send_no_request_cannot_take_every_descriptor_from_one_addr
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(again, "a place was never freed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_clients_that_speak_at_once_is_answered_under_a_login_shell_limit() {
+    // 1,024 open files, which the server cannot lift: room for 922 clients
+    // and 51 sockets waiting for a request head beside them. No client is
+    // admitted yet, so a burst of 300 that each send their request as soon
+    // as they are connected (none of them silent) fits in the descriptors
+    // the clients leave, even when the server accepts faster than it reads.
+    let server =
+        Binary::serve_with_open_file_limit(1_024, Some(1_024), &["--once", "--speed", "max"]);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let addr = server.addr;
+        clients.spawn(async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            healthz_on(stream).await
+        });
+    }
+    let mut unanswered = 0;
+    while let Some(answer) = clients.join_next().await {
+        if answer.expect("client") != Some(200) {
+            unanswered += 1;
+        }
+    }
+    let (_, page) = http_get(server.addr, "/metrics").await;
+    let evicted = metric(&page, "tickwire_http_waiting_evicted_total");
+    assert_eq!((unanswered, evicted), (0, 0.0));
 }

@@ -259,11 +259,12 @@ async fn an_https_client_that_stops_reading_its_responses_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_never_begin_their_tls_handshake_make_room_for_one_that_does() {
     let certificate = certificate();
-    // At most four sockets waiting for a handshake or a request head, and a
-    // minute for each.
+    // At most four sockets waiting for a handshake or a request head (no
+    // room for clients beside them), and a minute for each.
     let config = ServerConfig {
         tls: Some(certificate.server.clone()),
         max_waiting: 4,
+        max_connections: 0,
         header_timeout: std::time::Duration::from_secs(60),
         ..ServerConfig::default()
     };

@@ -47,9 +47,10 @@ pub struct ServerConfig {
     /// Time allowed to send a complete request head.
     pub header_timeout: Duration,
     /// Most sockets at once waiting for a request head (a TLS handshake
-    /// included, and a keep-alive connection between requests); when one
-    /// more begins to wait, the one that has waited longest is closed. The
-    /// command line sets it from the open-file limit
+    /// included, and a keep-alive connection between requests) while
+    /// `max_connections` clients are admitted; fewer clients leave room for
+    /// as many more. When one more begins to wait, the one that has waited
+    /// longest is closed. The command line sets it from the open-file limit
     /// ([`raise_open_file_limit`]).
     pub max_waiting: usize,
     /// Who may connect and what they may see (off by default).
@@ -125,7 +126,11 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared {
-        waiting: Arc::new(Waiting::new(config.max_waiting, hub.metrics().clone())),
+        waiting: Arc::new(Waiting::new(
+            config.max_waiting,
+            config.max_connections,
+            hub.metrics().clone(),
+        )),
         hub,
         session_config: Arc::new(config.session.clone()),
         config,

@@ -5,8 +5,10 @@
 //! addresses, each under that limit, could still open sockets that never send
 //! a byte and hold every descriptor for the head timeout; then nobody is even
 //! accepted. So at most [`ServerConfig::max_waiting`](super::ServerConfig)
-//! wait at once, and when one more begins to wait, the one that has waited
-//! longest is closed unread to make room. A client that sends its request at
+//! wait at once, and as many more as `--max-connections` has room for beside
+//! the clients admitted at the time (their descriptors are free); when one
+//! more begins to wait, the one that has waited longest is closed unread to
+//! make room. A client that sends its request at
 //! once is through long before it could be the oldest; silent sockets are not.
 //!
 //! A socket waits from accept (a TLS handshake included) until hyper hands
@@ -30,10 +32,14 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::metrics::Metrics;
 
-/// The sockets waiting for a request head, oldest first, at most `bound`.
+/// The sockets waiting for a request head, oldest first, at most `bound`
+/// and the room for clients not taken.
 #[derive(Debug)]
 pub(crate) struct Waiting {
     bound: usize,
+    /// `--max-connections`: those not admitted leave their descriptors to
+    /// waiting sockets.
+    clients: usize,
     queue: Mutex<Queue>,
     metrics: Arc<Metrics>,
 }
@@ -47,13 +53,23 @@ struct Queue {
 }
 
 impl Waiting {
-    /// At most `bound` waiting (at least one).
-    pub fn new(bound: usize, metrics: Arc<Metrics>) -> Self {
+    /// At most `bound` waiting (at least one), and as many more as there is
+    /// room for beside the clients admitted (`metrics.connections`) out of
+    /// `clients`.
+    pub fn new(bound: usize, clients: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             bound: bound.max(1),
+            clients,
             queue: Mutex::default(),
             metrics,
         }
+    }
+
+    /// How many may wait now.
+    fn bound_now(&self) -> usize {
+        let admitted = usize::try_from(self.metrics.connections.load(Relaxed)).unwrap_or(0);
+        self.bound
+            .saturating_add(self.clients.saturating_sub(admitted))
     }
 
     /// A socket just accepted, waiting from now on, and whether another
@@ -93,11 +109,14 @@ pub(crate) struct WaitingSlot {
 }
 
 impl WaitingSlot {
-    /// Begins to wait, as the newest; when that makes one too many, the
-    /// connection that has waited longest is closed, and true returned. No
-    /// effect while it already waits, or once it was evicted.
+    /// Begins to wait, as the newest; when that makes too many (fewer may
+    /// wait once more clients are admitted), the connections that have
+    /// waited longest are closed, and true returned. No effect while it
+    /// already waits, or once it was evicted.
     pub fn wait(&self) -> bool {
-        let oldest = {
+        let bound = self.waiting.bound_now();
+        let mut oldest = Vec::new();
+        {
             let mut queue = self.waiting.lock();
             if self.ticket.load(Relaxed) != 0 || self.evict.is_cancelled() {
                 return false;
@@ -106,21 +125,19 @@ impl WaitingSlot {
             let ticket = queue.last_ticket;
             queue.oldest_first.insert(ticket, self.evict.clone());
             self.ticket.store(ticket, Relaxed);
-            if queue.oldest_first.len() > self.waiting.bound {
-                queue.oldest_first.pop_first()
-            } else {
-                None
+            // The bound is at least one, so the newest stays.
+            while queue.oldest_first.len() > bound {
+                oldest.extend(queue.oldest_first.pop_first());
             }
-        };
-        if let Some((_, evict)) = oldest {
-            self.waiting
-                .metrics
-                .http_waiting_evicted
-                .fetch_add(1, Relaxed);
-            evict.cancel();
-            return true;
         }
-        false
+        self.waiting
+            .metrics
+            .http_waiting_evicted
+            .fetch_add(oldest.len() as u64, Relaxed);
+        for (_, evict) in &oldest {
+            evict.cancel();
+        }
+        !oldest.is_empty()
     }
 
     /// Its request head is in: it stops waiting.
@@ -196,7 +213,7 @@ mod tests {
 
     fn waiting(bound: usize) -> (Arc<Waiting>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        (Arc::new(Waiting::new(bound, metrics.clone())), metrics)
+        (Arc::new(Waiting::new(bound, 0, metrics.clone())), metrics)
     }
 
     fn evicted(slot: &WaitingSlot) -> bool {
@@ -220,6 +237,24 @@ mod tests {
         drop(first);
         assert_eq!(waiting.len(), 2);
         assert!(!evicted(&second) && !evicted(&third));
+    }
+
+    #[test]
+    fn clients_not_admitted_leave_their_room_to_waiting_sockets() {
+        let metrics = Arc::new(Metrics::default());
+        let waiting = Arc::new(Waiting::new(1, 2, metrics.clone()));
+        // One client of two admitted: room for one more socket to wait.
+        metrics.connections.store(1, Relaxed);
+        let (first, _) = waiting.admit();
+        let (second, made_room) = waiting.admit();
+        assert!(!made_room);
+        assert_eq!(waiting.len(), 2);
+        // Both admitted: the bound alone.
+        metrics.connections.store(2, Relaxed);
+        let (third, made_room) = waiting.admit();
+        assert!(made_room);
+        assert!(evicted(&first) && evicted(&second) && !evicted(&third));
+        assert_eq!(waiting.len(), 1);
     }
 
     #[test]
