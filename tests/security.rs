@@ -1285,3 +1285,54 @@ async fn a_burst_of_clients_that_speak_at_once_is_answered_under_a_login_shell_l
     let evicted = metric(&page, "tickwire_http_waiting_evicted_total");
     assert_eq!((unanswered, evicted), (0, 0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_still_on_its_way_to_a_slow_reader_is_not_cut_short_to_make_room() {
+    // Room for no client and two waiting sockets.
+    let config = ServerConfig {
+        max_waiting: 2,
+        max_connections: 0,
+        header_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Vec::new()).await;
+    declare_quoted_symbols(&server.hub, 20_000);
+    // A client with a small receive window asks for a large page and reads
+    // it slowly: most of it is still the server's to send when its body is done.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut slow = socket.connect(server.addr).await.expect("connect");
+    slow.write_all(b"GET /api/symbols HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sockets that say nothing arrive meanwhile.
+    let _silent = [
+        TcpStream::connect(server.addr).await.expect("connect"),
+        TcpStream::connect(server.addr).await.expect("connect"),
+        TcpStream::connect(server.addr).await.expect("connect"),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The whole page still arrives.
+    let mut response = Vec::new();
+    let mut buf = [0; 4096];
+    let complete = loop {
+        let read = tokio::time::timeout(GUARD, slow.read(&mut buf))
+            .await
+            .expect("read in time");
+        match read {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+        if response.ends_with(b"\"]") {
+            break true;
+        }
+    };
+    assert!(complete, "cut short after {} bytes", response.len());
+    // The bound was at work all the while: silent sockets made room.
+    let evicted = server
+        .metrics()
+        .http_waiting_evicted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(evicted >= 1, "{evicted}");
+}

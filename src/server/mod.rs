@@ -367,6 +367,7 @@ async fn serve_connection<S>(
 {
     let abort = CancellationToken::new();
     let abort_handle = abort.clone();
+    let sent = slot.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         // Its head is in; once the response has gone, it waits for the next.
         slot.stop();
@@ -386,7 +387,8 @@ async fn serve_connection<S>(
     let session = &shared.session_config;
     let limit = (session.ping_interval + session.ping_timeout)
         .saturating_mul(crate::session::sse::SSE_STALL_ROUNDS);
-    let stream = stall::WriteStall::new(stream, limit, abort.clone(), shared.hub.metrics().clone());
+    let stream = stall::WriteStall::new(stream, limit, abort.clone(), shared.hub.metrics().clone())
+        .telling(sent);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use super::waiting::WaitingSlot;
 use crate::metrics::Metrics;
 
 /// A connection's stream whose writes fail once one has waited `limit`
@@ -30,6 +31,9 @@ pub(crate) struct WriteStall<S> {
     /// connection ends for the right reason.
     stalled: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Told whenever a flush is through, so that a connection whose
+    /// response is done waits for its next request only once it is sent.
+    waiting: Option<Arc<WaitingSlot>>,
 }
 
 impl<S> WriteStall<S> {
@@ -45,7 +49,14 @@ impl<S> WriteStall<S> {
             deadline: None,
             stalled,
             metrics,
+            waiting: None,
         }
+    }
+
+    /// Tells `slot` whenever a flush is through ([`WaitingSlot::sent`]).
+    pub fn telling(mut self, slot: Arc<WaitingSlot>) -> Self {
+        self.waiting = Some(slot);
+        self
     }
 
     /// The stream, for a session after an upgrade (it has its own timers).
@@ -112,6 +123,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        if let (Poll::Ready(Ok(())), Some(slot)) = (&poll, &self.waiting) {
+            slot.sent();
+        }
         self.check(cx, poll)
     }
 

@@ -13,8 +13,9 @@
 //!
 //! A socket waits from accept (a TLS handshake included) until hyper hands
 //! its first request to the service, and again, on a keep-alive connection,
-//! from when its response has been handed to hyper in full until the next
-//! request. The second is counted as well because otherwise one request would
+//! from when its response has been written to the socket in full (a slow
+//! reader still taking one is not waiting: the stall bound is for it) until
+//! the next request. The second is counted as well because otherwise one request would
 //! buy each socket a place outside the bound for as long again (hyper's head
 //! timeout applies to a next request too, but only bounds how long). A
 //! WebSocket upgrade or an SSE stream does not wait again: it has its own
@@ -22,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -79,6 +80,7 @@ impl Waiting {
             waiting: self.clone(),
             evict: CancellationToken::new(),
             ticket: AtomicU64::new(0),
+            unsent: AtomicBool::new(false),
         });
         let evicted = slot.wait();
         (slot, evicted)
@@ -106,6 +108,9 @@ pub(crate) struct WaitingSlot {
     /// the queue locked. Still set after an eviction, which only drops the
     /// connection sooner.
     ticket: AtomicU64,
+    /// Its response is done, but perhaps not all written yet: it waits
+    /// again once it is ([`Self::sent`]).
+    unsent: AtomicBool,
 }
 
 impl WaitingSlot {
@@ -143,9 +148,24 @@ impl WaitingSlot {
     /// Its request head is in: it stops waiting.
     pub fn stop(&self) {
         let mut queue = self.waiting.lock();
+        self.unsent.store(false, Relaxed);
         let ticket = self.ticket.swap(0, Relaxed);
         if ticket != 0 {
             queue.oldest_first.remove(&ticket);
+        }
+    }
+
+    /// Its response is done: it waits again once all of it is written.
+    pub fn wait_once_sent(&self) {
+        self.unsent.store(true, Relaxed);
+    }
+
+    /// Everything written to the connection so far is sent (a flush is
+    /// through): after a response, it waits from now on.
+    pub fn sent(&self) {
+        // Loaded first: a stream's flushes are many, its responses done few.
+        if self.unsent.load(Relaxed) && self.unsent.swap(false, Relaxed) {
+            self.wait();
         }
     }
 
@@ -162,7 +182,8 @@ impl Drop for WaitingSlot {
 }
 
 /// `response`, whose connection waits for its next request once hyper is
-/// done with the body (sent in full, or the connection gone). Not after a
+/// done with the body (all of it taken, or the connection gone) and has
+/// written it out ([`WaitingSlot::sent`]). Not after a
 /// `101`: the socket then belongs to a WebSocket session.
 pub(crate) fn waits_after<B>(
     response: Response<B>,
@@ -172,8 +193,8 @@ pub(crate) fn waits_after<B>(
     response.map(|body| WaitAfter { body, slot })
 }
 
-/// A response body that puts its connection back among the waiting when
-/// dropped; see [`waits_after`].
+/// A response body that puts its connection back among the waiting once
+/// dropped and sent; see [`waits_after`].
 pub(crate) struct WaitAfter<B> {
     body: B,
     slot: Option<Arc<WaitingSlot>>,
@@ -202,7 +223,7 @@ impl<B: Body + Unpin> Body for WaitAfter<B> {
 impl<B> Drop for WaitAfter<B> {
     fn drop(&mut self) {
         if let Some(slot) = &self.slot {
-            slot.wait();
+            slot.wait_once_sent();
         }
     }
 }
@@ -278,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn a_body_puts_its_connection_back_when_done_unless_upgraded() {
+    fn a_body_puts_its_connection_back_when_done_and_sent_unless_upgraded() {
         let (waiting, _) = waiting(4);
         let (slot, _) = waiting.admit();
         slot.stop();
@@ -292,6 +313,11 @@ mod tests {
             Response::new(axum::body::Body::empty()),
             slot.clone(),
         ));
+        // Not before it is written out.
+        assert_eq!(waiting.len(), 0);
+        slot.sent();
+        assert_eq!(waiting.len(), 1);
+        slot.sent();
         assert_eq!(waiting.len(), 1);
         drop(slot);
         assert_eq!(waiting.len(), 0);
