@@ -295,6 +295,10 @@ pub fn status_kib(status: &str, key: &str) -> Option<u64> {
 pub struct Metrics {
     /// Open WebSocket sessions.
     pub connections: AtomicI64,
+    /// The most sessions open at once since the memory watcher last took
+    /// it (`server::memory`), which looks only once a second: a crowd that
+    /// comes and goes in between is seen all the same.
+    pub connections_high: AtomicI64,
     /// WebSocket sessions accepted since start.
     pub connections_total: AtomicU64,
     /// Active (connection, symbol) subscriptions.
@@ -362,6 +366,7 @@ impl Metrics {
             return None;
         }
         self.connections_total.fetch_add(1, Relaxed);
+        self.connections_high.fetch_max(open + 1, Relaxed);
         Some(ConnectionPermit {
             metrics: self.clone(),
         })

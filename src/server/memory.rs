@@ -49,8 +49,11 @@ pub(crate) async fn watch(metrics: Arc<Metrics>, trim_after: usize, shutdown: Ca
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        // Taken before the count: any session admitted after this raises
+        // the mark again for the next look.
+        let high = metrics.connections_high.swap(0, Relaxed);
         let now_open = open();
-        if !watch.check(now_open, Instant::now()) {
+        if !watch.check(now_open, high, Instant::now()) {
             continue;
         }
         let started = Instant::now();
@@ -91,11 +94,12 @@ impl Watch {
         }
     }
 
-    /// Whether to trim now, `open` connections being open at `now`.
-    fn check(&mut self, open: i64, now: Instant) -> bool {
+    /// Whether to trim now, `open` connections being open at `now` and at
+    /// most `high` at once since the last check.
+    fn check(&mut self, open: i64, high: i64, now: Instant) -> bool {
         let falling = open < self.last;
         self.last = open;
-        self.peak = self.peak.max(open);
+        self.peak = self.peak.max(open).max(high);
         if self.peak - open < self.trim_after {
             self.due_since = None;
             return false;
@@ -154,8 +158,18 @@ mod tests {
         let start = Instant::now();
         let mut watch = Watch::new(trim_after, counts[0]);
         (1..counts.len())
-            .filter(|&i| watch.check(counts[i], start + CHECK_EVERY * i as u32))
+            .filter(|&i| watch.check(counts[i], counts[i], start + CHECK_EVERY * i as u32))
             .collect()
+    }
+
+    #[test]
+    fn a_crowd_that_came_and_went_between_two_checks_is_trimmed() {
+        let start = Instant::now();
+        let mut watch = Watch::new(500, 0);
+        assert!(!watch.check(0, 0, start + CHECK_EVERY));
+        // 2,000 came and left within the second: only the mark saw them.
+        assert!(watch.check(0, 2_000, start + CHECK_EVERY * 2));
+        assert!(!watch.check(0, 0, start + CHECK_EVERY * 3));
     }
 
     #[test]
