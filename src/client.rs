@@ -141,23 +141,8 @@ pub async fn connect_from(
         80
     };
     let port = uri.port_u16().unwrap_or(default_port);
-    let server = tokio::net::lookup_host((host.as_str(), port))
-        .await?
-        .find(|address| address.is_ipv4() == source.is_ipv4())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::AddrNotAvailable,
-                format!("{host} has no address of the same family as {source}"),
-            )
-        })?;
-    let socket = if source.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    defer_port_choice(&socket);
-    socket.bind(SocketAddr::new(source, 0))?;
-    let stream = socket.connect(server).await?;
+    let servers = tokio::net::lookup_host((host.as_str(), port)).await?;
+    let stream = connect_tcp_any(source, &host, servers).await?;
     stream.set_nodelay(true)?;
     let connector = Connector::Rustls(tls.clone());
     let (socket, _) = tokio_tungstenite::client_async_tls_with_config(
@@ -168,6 +153,42 @@ pub async fn connect_from(
     )
     .await?;
     Ok(socket)
+}
+
+/// A TCP connection from `source` to the first of `servers` (the addresses
+/// of `host`) of the same family that takes it, tried in turn as `connect`
+/// tries a host's addresses; the last error when none does.
+async fn connect_tcp_any(
+    source: IpAddr,
+    host: &str,
+    servers: impl IntoIterator<Item = SocketAddr>,
+) -> std::io::Result<TcpStream> {
+    let mut last_error = std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("{host} has no address of the same family as {source}"),
+    );
+    for server in servers {
+        if server.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        match connect_tcp(source, server).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+/// A TCP connection to `server` from the local address `source`.
+async fn connect_tcp(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    defer_port_choice(&socket);
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(server).await
 }
 
 /// Leaves the choice of a bound socket's port to `connect()`
@@ -358,6 +379,41 @@ fn refusal_of_all(text: &str, accepted: &mut usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host's addresses are tried in turn from the source address, as
+    /// `connect` tries them: one that refuses, or of the other family, is
+    /// passed over.
+    #[tokio::test]
+    async fn a_source_address_connects_to_the_first_server_address_that_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let open = listener.local_addr().expect("address");
+        let closed = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+            gone.local_addr().expect("address")
+        };
+        let v6: SocketAddr = "[::1]:1".parse().expect("address");
+        let source: IpAddr = "127.0.0.2".parse().expect("address");
+
+        let stream = connect_tcp_any(source, "both", [v6, closed, open])
+            .await
+            .expect("the open one answers");
+        assert_eq!(stream.peer_addr().ok(), Some(open));
+        assert_eq!(stream.local_addr().ok().map(|a| a.ip()), Some(source));
+
+        let refused = connect_tcp_any(source, "closed", [closed]).await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused)
+        );
+        let other_family = connect_tcp_any(source, "v6only", [v6]).await;
+        let message = other_family.map(|_| ()).map_err(|e| e.to_string());
+        assert_eq!(
+            message,
+            Err("v6only has no address of the same family as 127.0.0.2".into())
+        );
+    }
 
     #[test]
     fn a_ca_file_without_a_certificate_is_refused() {
