@@ -332,6 +332,8 @@ pub struct Metrics {
     /// Sockets closed unread to make room under the bound on those waiting
     /// for a request head (`server::waiting`): they had waited longest.
     pub http_waiting_evicted: AtomicU64,
+    /// Sockets waiting for a request head now (`server::waiting`).
+    pub http_waiting: AtomicI64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -424,6 +426,11 @@ impl Metrics {
             "tickwire_write_buffered_bytes",
             "Encoded bytes waiting to be written, summed over connections.",
             self.write_buffered_bytes.load(Relaxed),
+        );
+        gauge(
+            "tickwire_http_waiting",
+            "Sockets waiting for a request head now (a TLS handshake included), all addresses together; past the bound the one waiting longest is closed.",
+            self.http_waiting.load(Relaxed),
         );
         gauge(
             "tickwire_symbols",

@@ -92,6 +92,13 @@ impl Waiting {
         self.lock().oldest_first.len()
     }
 
+    /// Publishes how many wait (`tickwire_http_waiting`), under the lock
+    /// that changed it, so the gauge is never left behind a later change.
+    fn report(&self, queue: &Queue) {
+        let waiting = i64::try_from(queue.oldest_first.len()).unwrap_or(i64::MAX);
+        self.metrics.http_waiting.store(waiting, Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Every critical section leaves the queue consistent, even on panic.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -134,6 +141,7 @@ impl WaitingSlot {
             while queue.oldest_first.len() > bound {
                 oldest.extend(queue.oldest_first.pop_first());
             }
+            self.waiting.report(&queue);
         }
         self.waiting
             .metrics
@@ -152,6 +160,7 @@ impl WaitingSlot {
         let ticket = self.ticket.swap(0, Relaxed);
         if ticket != 0 {
             queue.oldest_first.remove(&ticket);
+            self.waiting.report(&queue);
         }
     }
 
@@ -252,6 +261,7 @@ mod tests {
         assert!(evicted(&first) && !evicted(&second) && !evicted(&third));
         assert_eq!(waiting.len(), 2);
         assert_eq!(metrics.http_waiting_evicted.load(Relaxed), 1);
+        assert_eq!(metrics.http_waiting.load(Relaxed), 2);
         // An evicted slot does not come back, and leaving twice is harmless.
         assert!(!first.wait());
         first.stop();
@@ -296,6 +306,7 @@ mod tests {
         assert_eq!(waiting.len(), 2);
         drop((served, another));
         assert_eq!(waiting.len(), 0);
+        assert_eq!(metrics.http_waiting.load(Relaxed), 0);
     }
 
     #[test]
