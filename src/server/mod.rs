@@ -387,8 +387,8 @@ async fn serve_connection<S>(
     let session = &shared.session_config;
     let limit = (session.ping_interval + session.ping_timeout)
         .saturating_mul(crate::session::sse::SSE_STALL_ROUNDS);
-    let stream = stall::WriteStall::new(stream, limit, abort.clone(), shared.hub.metrics().clone())
-        .telling(sent);
+    let metrics = shared.hub.metrics().clone();
+    let stream = stall::WriteStall::new(stream, limit, abort.clone(), metrics, sent);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

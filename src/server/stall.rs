@@ -33,7 +33,7 @@ pub(crate) struct WriteStall<S> {
     metrics: Arc<Metrics>,
     /// Told whenever a flush is through, so that a connection whose
     /// response is done waits for its next request only once it is sent.
-    waiting: Option<Arc<WaitingSlot>>,
+    waiting: Arc<WaitingSlot>,
 }
 
 impl<S> WriteStall<S> {
@@ -42,6 +42,7 @@ impl<S> WriteStall<S> {
         limit: Duration,
         stalled: CancellationToken,
         metrics: Arc<Metrics>,
+        waiting: Arc<WaitingSlot>,
     ) -> Self {
         Self {
             inner,
@@ -49,14 +50,8 @@ impl<S> WriteStall<S> {
             deadline: None,
             stalled,
             metrics,
-            waiting: None,
+            waiting,
         }
-    }
-
-    /// Tells `slot` whenever a flush is through ([`WaitingSlot::sent`]).
-    pub fn telling(mut self, slot: Arc<WaitingSlot>) -> Self {
-        self.waiting = Some(slot);
-        self
     }
 
     /// The stream, for a session after an upgrade (it has its own timers).
@@ -123,8 +118,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        if let (Poll::Ready(Ok(())), Some(slot)) = (&poll, &self.waiting) {
-            slot.sent();
+        if let Poll::Ready(Ok(())) = poll {
+            self.waiting.sent();
         }
         self.check(cx, poll)
     }
