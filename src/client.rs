@@ -128,19 +128,11 @@ pub async fn connect_from(
         return connect(url, tls).await;
     };
     let request = url.into_client_request()?;
-    let uri = request.uri();
-    let host = uri
-        .host()
-        .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let default_port = if uri.scheme_str() == Some("wss") {
-        443
-    } else {
-        80
-    };
-    let port = uri.port_u16().unwrap_or(default_port);
+    let (host, port) = url::Url::parse(url)
+        .ok()
+        .as_ref()
+        .and_then(server_host_port)
+        .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?;
     let servers = tokio::net::lookup_host((host.as_str(), port)).await?;
     let stream = connect_tcp_any(source, &host, servers).await?;
     stream.set_nodelay(true)?;
@@ -153,6 +145,17 @@ pub async fn connect_from(
     )
     .await?;
     Ok(socket)
+}
+
+/// Where a `ws://` or `wss://` URL's server listens: its host, bare (an
+/// IPv6 literal without its brackets, as socket addresses and TLS names want
+/// it), and its port, the scheme's default when the URL names none.
+pub fn server_host_port(url: &url::Url) -> Option<(String, u16)> {
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some((host.to_owned(), url.port_or_known_default()?))
 }
 
 /// A TCP connection from `source` to the first of `servers` (the addresses
@@ -379,6 +382,20 @@ fn refusal_of_all(text: &str, accepted: &mut usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_server_is_its_bare_host_and_its_port_or_the_schemes() {
+        let of = |text: &str| {
+            let url = url::Url::parse(text).expect("a URL");
+            server_host_port(&url)
+        };
+        assert_eq!(of("ws://[::1]/ws"), Some(("::1".into(), 80)));
+        assert_eq!(
+            of("wss://example.com/ws?x=1"),
+            Some(("example.com".into(), 443))
+        );
+        assert_eq!(of("ws://127.0.0.1:9/ws"), Some(("127.0.0.1".into(), 9)));
+    }
 
     /// A host's addresses are tried in turn from the source address, as
     /// `connect` tries them: one that refuses, or of the other family, is

@@ -41,7 +41,7 @@ use self::report::{
     ServerProcess, SlowReaders,
 };
 use self::tally::Clock;
-use crate::client::websocket_url;
+use crate::client::{server_host_port, websocket_url};
 
 /// Connections from one local address past which Linux's search for a
 /// free port makes each `connect()` costly (see [`sources`]).
@@ -453,15 +453,7 @@ fn http_server(ws_url: &str, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<
         "wss" => Some(tls.clone()),
         _ => bail!("expected a ws:// or wss:// URL, not `{ws_url}`"),
     };
-    let host = parsed.host_str().context("the URL has no host")?;
-    // IPv6 literals come bracketed; a socket address and a TLS name want them bare.
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = parsed
-        .port_or_known_default()
-        .context("the URL has no port")?;
+    let (host, port) = server_host_port(&parsed).context("the URL has no host")?;
     Ok(HttpServer { host, port, tls })
 }
 
