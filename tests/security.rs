@@ -981,9 +981,7 @@ async fn a_rate_capped_credential_is_refused_the_book_channel_after_an_empty_sub
 async fn an_http_client_that_stops_reading_its_responses_is_dropped() {
     // Only the stall can end the connection.
     let server = TestServer::start(short_stall_bound(), Vec::new()).await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut stream = socket.connect(server.addr).await.expect("connect");
+    let mut stream = connect_with_receive_buffer(server.addr, 4096).await;
     // Far more copies of the dashboard script than the socket buffers hold,
     // asked for at once, and never read.
     let request = format!("GET /app.js HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
@@ -1303,9 +1301,7 @@ async fn a_response_still_on_its_way_to_a_slow_reader_is_not_cut_short_to_make_r
     declare_quoted_symbols(&server.hub, 20_000);
     // A client with a small receive window asks for a large page and reads
     // it slowly: most of it is still the server's to send when its body is done.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut slow = socket.connect(server.addr).await.expect("connect");
+    let mut slow = connect_with_receive_buffer(server.addr, 4096).await;
     slow.write_all(b"GET /api/symbols HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("send");

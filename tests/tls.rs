@@ -235,9 +235,7 @@ async fn an_https_client_that_stops_reading_its_responses_is_dropped() {
         ..ServerConfig::default()
     };
     let server = TestServer::start(config, Vec::new()).await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let tcp = socket.connect(server.addr).await.expect("connect");
+    let tcp = connect_with_receive_buffer(server.addr, 4096).await;
     let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");

@@ -371,14 +371,22 @@ impl Tape {
     }
 }
 
+/// A TCP connection to `addr` whose receive buffer is shrunk to
+/// `recv_buffer` bytes: a client that stops reading, or reads slowly, soon
+/// leaves the server's bytes unsent.
+pub async fn connect_with_receive_buffer(addr: SocketAddr, recv_buffer: u32) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+    socket.connect(addr).await.expect("connect")
+}
+
 /// A WebSocket handshake on a bare socket, for sending what real clients won't.
 /// `recv_buffer` shrinks the socket's receive buffer (a client that stalls).
 pub async fn raw_connect(addr: SocketAddr, path: &str, recv_buffer: Option<u32>) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
-    }
-    let mut stream = socket.connect(addr).await.expect("connect");
+    let mut stream = match recv_buffer {
+        Some(size) => connect_with_receive_buffer(addr, size).await,
+        None => TcpStream::connect(addr).await.expect("connect"),
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -415,9 +423,7 @@ pub async fn stalled_client(addr: SocketAddr, symbols: &[&str]) -> TcpStream {
 
 /// An SSE client that asks for `path` and then never reads a byte.
 pub async fn stalled_sse_client(addr: SocketAddr, path: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut stream = socket.connect(addr).await.expect("connect");
+    let mut stream = connect_with_receive_buffer(addr, 4096).await;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("send");
     stream
