@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use tickwire::book::Snapshot;
+use tickwire::book::{Fold, Snapshot};
 use tickwire::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use tickwire::metrics::Metrics;
 use tickwire::normalize::binance::parse_message;
@@ -128,8 +128,13 @@ fn bench_encode(c: &mut Criterion) {
     let quote = real_tick("bookTicker");
     let trade = real_tick("trade");
     let symbol: Arc<str> = Arc::from("BTCUSDT");
-    let first = Snapshot::next(None, &symbol, &quote, 1_723_161_255_088_169_167);
-    let snap = Snapshot::next(Some(&first), &symbol, &trade, 1_723_161_255_088_176_367);
+    let first = Snapshot::next(None, &symbol, &Fold::of(&quote), 1_723_161_255_088_169_167);
+    let snap = Snapshot::next(
+        Some(&first),
+        &symbol,
+        &Fold::of(&trade),
+        1_723_161_255_088_176_367,
+    );
     let prefix = snap.ticker_prefix().to_vec();
 
     let mut group = c.benchmark_group("encode");
@@ -142,7 +147,14 @@ fn bench_encode(c: &mut Criterion) {
         format!("ticker_prefix/fresh_snapshot ({} B)", prefix.len()),
         |b| {
             b.iter_batched(
-                || Snapshot::next(Some(&snap), &symbol, &quote, 1_723_161_255_088_181_667),
+                || {
+                    Snapshot::next(
+                        Some(&snap),
+                        &symbol,
+                        &Fold::of(&quote),
+                        1_723_161_255_088_181_667,
+                    )
+                },
                 |next| {
                     black_box(next.ticker_prefix());
                     next

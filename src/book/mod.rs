@@ -27,7 +27,8 @@ pub struct Level {
 pub struct Snapshot {
     /// The served symbol name (after any feed prefix).
     pub symbol: Arc<str>,
-    /// The version number: 1 for the first update, +1 for every later one.
+    /// The version number: the updates applied so far, 1 for the first
+    /// (a version folding several updates counts each of them).
     pub seq: u64,
     pub bid: Option<Level>,
     pub ask: Option<Level>,
@@ -39,43 +40,83 @@ pub struct Snapshot {
     encoded: OnceLock<Box<[u8]>>,
 }
 
-impl Snapshot {
-    /// The version that follows `previous` (or the first one) after `tick`.
-    pub fn next(
-        previous: Option<&Snapshot>,
-        symbol: &Arc<str>,
-        tick: &Tick,
-        ingest_ts_ns: i64,
-    ) -> Snapshot {
-        let (mut bid, mut ask, mut last) = match previous {
-            Some(p) => (p.bid, p.ask, p.last),
-            None => (None, None, None),
-        };
+/// Updates of one symbol taken in together and published as one version.
+/// A replay reading a backlog folds what it read at once, so that versions
+/// nobody could have seen are neither built nor published; the version's
+/// `seq` still counts every update, so clients see them as `skipped`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fold {
+    updates: u64,
+    bid: Option<Level>,
+    ask: Option<Level>,
+    last: Option<Level>,
+    /// The last update's venue time (`None` if it had none).
+    exchange_ts_ns: Option<i64>,
+}
+
+impl Fold {
+    /// A fold of one update.
+    pub fn of(tick: &Tick) -> Self {
+        let mut fold = Self::default();
+        fold.add(tick);
+        fold
+    }
+
+    /// Folds in the next update: its fields replace the ones it sets.
+    pub fn add(&mut self, tick: &Tick) {
         match tick.update {
             BookUpdate::Quote {
-                bid: bid_price,
+                bid,
                 bid_size,
-                ask: ask_price,
+                ask,
                 ask_size,
             } => {
-                bid = Some(Level {
-                    price: bid_price,
+                self.bid = Some(Level {
+                    price: bid,
                     size: bid_size,
                 });
-                ask = Some(Level {
-                    price: ask_price,
+                self.ask = Some(Level {
+                    price: ask,
                     size: ask_size,
                 });
             }
-            BookUpdate::Trade { price, size } => last = Some(Level { price, size }),
+            BookUpdate::Trade { price, size } => self.last = Some(Level { price, size }),
         }
+        self.exchange_ts_ns = tick.exchange_ts_ns;
+        self.updates += 1;
+    }
+
+    /// Number of updates folded in.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Whether nothing has been folded in.
+    pub fn is_empty(&self) -> bool {
+        self.updates == 0
+    }
+}
+
+impl Snapshot {
+    /// The version that follows `previous` (or the first one) after the
+    /// updates in `fold`.
+    pub fn next(
+        previous: Option<&Snapshot>,
+        symbol: &Arc<str>,
+        fold: &Fold,
+        ingest_ts_ns: i64,
+    ) -> Snapshot {
+        let (bid, ask, last) = match previous {
+            Some(p) => (fold.bid.or(p.bid), fold.ask.or(p.ask), fold.last.or(p.last)),
+            None => (fold.bid, fold.ask, fold.last),
+        };
         Snapshot {
             symbol: symbol.clone(),
-            seq: previous.map_or(1, |p| p.seq + 1),
+            seq: previous.map_or(0, |p| p.seq) + fold.updates,
             bid,
             ask,
             last,
-            exchange_ts_ns: tick.exchange_ts_ns,
+            exchange_ts_ns: fold.exchange_ts_ns,
             ingest_ts_ns,
             encoded: OnceLock::new(),
         }
@@ -145,7 +186,7 @@ pub(crate) mod tests {
     #[test]
     fn versions_carry_state_forward_and_count_up() {
         let symbol: Arc<str> = Arc::from("BTCUSDT");
-        let first = Snapshot::next(None, &symbol, &quote("61800.20", "61800.30"), 10);
+        let first = Snapshot::next(None, &symbol, &Fold::of(&quote("61800.20", "61800.30")), 10);
         assert_eq!(first.seq, 1);
         assert_eq!(first.last, None);
         let trade = Tick {
@@ -156,7 +197,7 @@ pub(crate) mod tests {
                 size: dec("0.006"),
             },
         };
-        let second = Snapshot::next(Some(&first), &symbol, &trade, 11);
+        let second = Snapshot::next(Some(&first), &symbol, &Fold::of(&trade), 11);
         assert_eq!(second.seq, 2);
         assert_eq!(second.bid, first.bid, "a trade keeps the quote");
         assert_eq!(second.exchange_ts_ns, None);
@@ -165,9 +206,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_fold_is_one_version_counting_every_update() {
+        let symbol: Arc<str> = Arc::from("BTCUSDT");
+        let first = Snapshot::next(None, &symbol, &Fold::of(&quote("1.0", "2.0")), 10);
+        let mut fold = Fold::default();
+        assert!(fold.is_empty());
+        let trade = Tick {
+            recv_ts_ns: 3,
+            exchange_ts_ns: Some(7),
+            update: BookUpdate::Trade {
+                price: dec("1.5"),
+                size: dec("0.1"),
+            },
+        };
+        fold.add(&trade);
+        fold.add(&quote("1.1", "2.1"));
+        fold.add(&Tick {
+            exchange_ts_ns: None,
+            ..quote("1.2", "2.2")
+        });
+        assert_eq!(fold.updates(), 3);
+        let next = Snapshot::next(Some(&first), &symbol, &fold, 11);
+        assert_eq!(next.seq, 4, "the first version plus three updates");
+        assert_eq!(next.bid, Some(level("1.2", "1.0")), "the last quote wins");
+        assert_eq!(
+            next.last,
+            Some(level("1.5", "0.1")),
+            "a quote keeps the trade"
+        );
+        assert_eq!(next.exchange_ts_ns, None, "the last update's venue time");
+        assert_eq!(next.ingest_ts_ns, 11);
+    }
+
+    #[test]
     fn prices_keep_their_scale() {
         let symbol: Arc<str> = Arc::from("BTCUSDT");
-        let snap = Snapshot::next(None, &symbol, &quote("61800.20", "61837.64000000"), 10);
+        let snap = Snapshot::next(
+            None,
+            &symbol,
+            &Fold::of(&quote("61800.20", "61837.64000000")),
+            10,
+        );
         let text = String::from_utf8_lossy(snap.ticker_prefix()).into_owned();
         assert!(text.contains(r#""bid":"61800.20""#), "{text}");
         assert!(text.contains(r#""ask":"61837.64000000""#), "{text}");

@@ -25,7 +25,7 @@ mod subscribers;
 use subscribers::Subscribers;
 
 use crate::book::depth::{deepest_served, DEFAULT_MAX_BOOK_DEPTH};
-use crate::book::Snapshot;
+use crate::book::{Fold, Snapshot};
 use crate::metrics::Metrics;
 use crate::normalize::Tick;
 
@@ -427,10 +427,21 @@ impl Hub {
     /// for every subscriber. A fresh update makes a stale symbol live again.
     /// Returns the new version's `seq`.
     pub fn publish(&self, entry: &SymbolEntry, tick: &Tick, ingest_ts_ns: i64) -> u64 {
+        self.publish_fold(entry, &Fold::of(tick), ingest_ts_ns)
+    }
+
+    /// [`Hub::publish`] for several updates taken in together: one version
+    /// whose `seq` counts them all.
+    pub fn publish_fold(&self, entry: &SymbolEntry, fold: &Fold, ingest_ts_ns: i64) -> u64 {
+        if fold.is_empty() {
+            // Nothing to publish: a version with the same `seq` would be a
+            // second, different version numbered as the first.
+            return entry.current().map_or(0, |current| current.seq);
+        }
         let seq = {
             let _writer = entry.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
             let previous = entry.current.load();
-            let next = Snapshot::next(previous.as_deref(), &entry.name, tick, ingest_ts_ns);
+            let next = Snapshot::next(previous.as_deref(), &entry.name, fold, ingest_ts_ns);
             let seq = next.seq;
             entry.current.store(Some(Arc::new(next)));
             // Live again only once the update is in place, and both are queued

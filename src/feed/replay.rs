@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
 use crate::book::depth::{DepthBook, DEFAULT_MAX_PENDING_DIFFS};
+use crate::book::Fold;
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::{FeedStats, WarningLimiter};
+use crate::normalize::Tick;
 use crate::wall_clock_ns;
 
 /// Where a replay file comes from.
@@ -239,31 +241,39 @@ impl Player {
                     break;
                 }
             };
-            // Each file's symbol indices, resolved to hub entries on first use.
-            let mut entries: Vec<Vec<Option<Arc<SymbolEntry>>>> = vec![Vec::new(); files.len()];
+            let mut symbols = Symbols::new(files.len());
             let mut depth = DepthBooks::new(files.len(), self.config.max_book_levels);
             let mut merge = Merge::new(files);
             pacer.restart();
             let mut played = false;
+            let mut until_shutdown_check = 0_u32;
             while let Some((file, item)) = merge.next_item() {
-                if self.shutdown.is_cancelled() {
-                    return;
+                if until_shutdown_check == 0 {
+                    // Looking takes a lock: once per batch of items is soon enough.
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    until_shutdown_check = SHUTDOWN_CHECK_ITEMS;
                 }
-                self.stats.messages.fetch_add(1, Relaxed);
+                until_shutdown_check -= 1;
+                count_one(&self.stats.messages);
                 match item {
                     Item::Tick { symbol, tick } => {
-                        if !pacer.wait_until_due(tick.recv_ts_ns, &self.shutdown) {
+                        if !self.wait_until_due(&mut pacer, tick.recv_ts_ns, &mut symbols) {
                             return;
                         }
-                        let Some(entry) = self.entry(&mut entries, &merge, file, symbol) else {
+                        if self.resolve(&mut symbols, &merge, file, symbol).is_none() {
                             continue;
-                        };
-                        self.hub.publish(&entry, &tick, wall_clock_ns());
-                        self.stats.ticks.fetch_add(1, Relaxed);
+                        }
+                        symbols.fold(file, symbol, &tick);
+                        if symbols.held >= MAX_HELD_ITEMS {
+                            symbols.publish(&self.hub);
+                        }
+                        count_one(&self.stats.ticks);
                         played = true;
                     }
                     Item::Depth { symbol } => {
-                        self.stats.recognised.fetch_add(1, Relaxed);
+                        count_one(&self.stats.recognised);
                         let Some(symbol) = depth.attribute(file, symbol) else {
                             let unattributed = crate::metrics::depth::DepthEvent::Unattributed;
                             self.hub.metrics().depth.count(unattributed);
@@ -272,29 +282,27 @@ impl Player {
                         let Some(message) = merge.files().get(file).map(|f| f.depth()) else {
                             continue;
                         };
-                        if !pacer.wait_until_due(message.recv_ts_ns, &self.shutdown) {
+                        if !self.wait_until_due(&mut pacer, message.recv_ts_ns, &mut symbols) {
                             return;
                         }
-                        let Some(entry) = self.entry(&mut entries, &merge, file, symbol) else {
+                        let Some(entry) = self.resolve(&mut symbols, &merge, file, symbol) else {
                             continue;
                         };
                         depth.apply(file, symbol, |book| {
-                            self.hub.apply_depth(&entry, book, message, wall_clock_ns());
+                            self.hub.apply_depth(entry, book, message, wall_clock_ns());
                         });
                         played = true;
                     }
-                    Item::Recognised(_) => {
-                        self.stats.recognised.fetch_add(1, Relaxed);
-                    }
+                    Item::Recognised(_) => count_one(&self.stats.recognised),
                     Item::Malformed { line, error } => {
-                        self.stats.malformed.fetch_add(1, Relaxed);
+                        count_one(&self.stats.malformed);
                         let file_name = merge.files().get(file).map_or("?", |f| f.name());
                         warnings.warn(|suppressed| {
                             tracing::warn!(feed = %name, file = file_name, line, %error, suppressed, "skipping malformed line");
                         });
                     }
                     Item::Failed(error) => {
-                        self.stats.malformed.fetch_add(1, Relaxed);
+                        count_one(&self.stats.malformed);
                         let file_name = merge.files().get(file).map_or("?", |f| f.name());
                         // A looping replay of a damaged file meets it on every pass.
                         warnings.warn(|suppressed| {
@@ -303,6 +311,7 @@ impl Player {
                     }
                 }
             }
+            symbols.publish(&self.hub);
             if !self.config.looped || self.shutdown.is_cancelled() {
                 break;
             }
@@ -336,26 +345,129 @@ impl Player {
             .collect()
     }
 
-    fn entry(
+    /// Sleeps until an item received at `recv_ts_ns` is due, publishing
+    /// what `symbols` holds first if it is not due yet. Returns false if
+    /// `shutdown` fired meanwhile.
+    fn wait_until_due(&self, pacer: &mut Pacer, recv_ts_ns: i64, symbols: &mut Symbols) -> bool {
+        let Some(due) = pacer.due(recv_ts_ns) else {
+            return true;
+        };
+        if Instant::now() < due {
+            symbols.publish(&self.hub);
+        }
+        Pacer::sleep_until(due, &self.shutdown)
+    }
+
+    /// The hub entry of `symbol` in `file`, declared on first use.
+    fn resolve<'a>(
         &self,
-        entries: &mut [Vec<Option<Arc<SymbolEntry>>>],
+        symbols: &'a mut Symbols,
         merge: &Merge,
         file: usize,
         symbol: u32,
-    ) -> Option<Arc<SymbolEntry>> {
-        let resolved = entries.get_mut(file)?;
+    ) -> Option<&'a Arc<SymbolEntry>> {
+        let resolved = symbols.resolved.get_mut(file)?;
         let index = symbol as usize;
         if resolved.len() <= index {
-            resolved.resize(index + 1, None);
+            resolved.resize_with(index + 1, || None);
         }
-        if let Some(entry) = &resolved[index] {
-            return Some(entry.clone());
+        let slot = resolved.get_mut(index)?;
+        if slot.is_none() {
+            let raw = merge.files().get(file)?.symbols().get(index)?;
+            let source = self.config.sources.get(file)?;
+            *slot = Some(Resolved {
+                entry: self.hub.declare(&source.served_name(raw)),
+                fold: Fold::default(),
+            });
         }
-        let raw = merge.files().get(file)?.symbols().get(index)?;
-        let source = self.config.sources.get(file)?;
-        let entry = self.hub.declare(&source.served_name(raw));
-        resolved[index] = Some(entry.clone());
-        Some(entry)
+        slot.as_ref().map(|resolved| &resolved.entry)
+    }
+}
+
+/// Timed items a replay takes in before it publishes what they changed: at
+/// `--speed max` about 30 µs of reading, which bounds how long the first of
+/// them waits. A paced replay publishes whenever the next item is not due
+/// yet, so it holds updates only while it is behind.
+const MAX_HELD_ITEMS: usize = 64;
+
+/// Items between two looks at the shutdown token.
+const SHUTDOWN_CHECK_ITEMS: u32 = 1_024;
+
+/// Adds one to a feed counter. Each replay registers its own counters and
+/// only its thread writes them, so a plain load and store is exact, and
+/// cheaper than a locked add on a path taken for every message.
+fn count_one(counter: &std::sync::atomic::AtomicU64) {
+    counter.store(counter.load(Relaxed) + 1, Relaxed);
+}
+
+/// The symbols a pass over the files has met, resolved to hub entries, and
+/// the updates each holds until the replay next publishes.
+///
+/// A replay that is behind (always, at `--speed max`) reads many updates in
+/// the time one version takes to publish. It folds each symbol's updates
+/// into one version (see [`Fold`]), so that versions nobody could have seen
+/// are not built, published and freed: at full speed that was a fifth of the
+/// replay's time.
+struct Symbols {
+    /// Per file, per symbol index.
+    resolved: Vec<Vec<Option<Resolved>>>,
+    /// `(file, symbol)` of every entry holding updates, in the order they
+    /// took their first.
+    holding: Vec<(usize, u32)>,
+    /// Timed items taken in since the last publish.
+    held: usize,
+}
+
+struct Resolved {
+    entry: Arc<SymbolEntry>,
+    fold: Fold,
+}
+
+impl Symbols {
+    fn new(files: usize) -> Self {
+        Self {
+            resolved: std::iter::repeat_with(Vec::new).take(files).collect(),
+            holding: Vec::new(),
+            held: 0,
+        }
+    }
+
+    /// Holds `tick` for its (resolved) symbol until the next publish.
+    fn fold(&mut self, file: usize, symbol: u32, tick: &Tick) {
+        let Some(resolved) = self
+            .resolved
+            .get_mut(file)
+            .and_then(|symbols| symbols.get_mut(symbol as usize))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        if resolved.fold.is_empty() {
+            self.holding.push((file, symbol));
+        }
+        resolved.fold.add(tick);
+        self.held += 1;
+    }
+
+    /// Publishes one version per symbol holding updates, all stamped with
+    /// the same ingest time: the moment they are published.
+    fn publish(&mut self, hub: &Hub) {
+        self.held = 0;
+        if self.holding.is_empty() {
+            return;
+        }
+        let ingest_ts_ns = wall_clock_ns();
+        for (file, symbol) in self.holding.drain(..) {
+            let resolved = self
+                .resolved
+                .get_mut(file)
+                .and_then(|symbols| symbols.get_mut(symbol as usize))
+                .and_then(Option::as_mut);
+            if let Some(resolved) = resolved {
+                hub.publish_fold(&resolved.entry, &resolved.fold, ingest_ts_ns);
+                resolved.fold = Fold::default();
+            }
+        }
     }
 }
 
@@ -457,9 +569,9 @@ impl Pacer {
         self.last_recv_ns = None;
     }
 
-    /// Sleeps until the tick received at `recv_ns` is due. Returns false if
-    /// `shutdown` fired meanwhile.
-    fn wait_until_due(&mut self, recv_ns: i64, shutdown: &CancellationToken) -> bool {
+    /// Moves the timeline on to an item received at `recv_ns` and says when
+    /// it is due; `None` at `--speed max`, where everything is due at once.
+    fn due(&mut self, recv_ns: i64) -> Option<Instant> {
         match self.last_recv_ns.map(|last| recv_ns.saturating_sub(last)) {
             Some(step) if step >= 0 => {
                 self.played_ns = self.played_ns.saturating_add(step.min(self.max_gap_ns));
@@ -473,15 +585,20 @@ impl Pacer {
             _ => self.last_recv_ns = Some(recv_ns),
         }
         let Speed::Factor(factor) = self.speed else {
-            return true;
+            return None;
         };
         // A timeline too long for the clock (centuries at a slow speed) is
         // due at once rather than a panic.
         let wait = Duration::try_from_secs_f64(self.played_ns as f64 / 1e9 / factor);
-        let due = wait
-            .ok()
-            .and_then(|wait| self.started.checked_add(wait))
-            .unwrap_or(self.started);
+        Some(
+            wait.ok()
+                .and_then(|wait| self.started.checked_add(wait))
+                .unwrap_or(self.started),
+        )
+    }
+
+    /// Sleeps until `due`. Returns false if `shutdown` fired meanwhile.
+    fn sleep_until(due: Instant, shutdown: &CancellationToken) -> bool {
         loop {
             let now = Instant::now();
             if now >= due {
@@ -515,16 +632,15 @@ mod tests {
     #[test]
     fn long_gaps_are_shortened_and_rewinds_ignored() {
         let mut pacer = Pacer::new(Speed::Max, Duration::from_secs(1));
-        let never = CancellationToken::new();
         for recv in [0, 500_000_000, 100, 600_000_000, 86_400_000_000_000] {
-            assert!(pacer.wait_until_due(recv, &never));
+            assert_eq!(pacer.due(recv), None, "at full speed all is due at once");
         }
         // 0.5 s, then a step back (0) and on to 0.6 s (0.1 s, not 0.6 s
         // again), then a day clamped to 1 s.
         assert_eq!(pacer.played_ns, 1_600_000_000);
         // A day back is a new stretch: from there on, time plays as recorded.
         for recv in [200_000_000, 300_000_000] {
-            assert!(pacer.wait_until_due(recv, &never));
+            pacer.due(recv);
         }
         assert_eq!(pacer.played_ns, 1_700_000_000);
     }
@@ -532,11 +648,10 @@ mod tests {
     #[test]
     fn a_pass_takes_at_least_a_second_of_recorded_time() {
         let mut pacer = Pacer::new(Speed::Max, Duration::from_secs(5));
-        let never = CancellationToken::new();
         let pass = |pacer: &mut Pacer, ticks: &[i64]| {
             pacer.restart();
             for &recv in ticks {
-                assert!(pacer.wait_until_due(recv, &never));
+                pacer.due(recv);
             }
         };
         // The first pass starts at once; passes whose ticks share one time
@@ -584,6 +699,86 @@ mod tests {
         assert_eq!(books.pending_levels, 10 * levels);
         let held: Vec<usize> = (0..=10).map(|s| books.books[&(0, s)].pending()).collect();
         assert_eq!(held, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
+    }
+
+    /// A player of one in-memory file of trades of `AAA`, one a millisecond
+    /// of the recording, at `speed`.
+    fn player_of_trades(trades: usize, speed: Speed) -> Player {
+        let mut text = String::from("{\"tickwire_replay\":1,\"source\":\"test\"}\n");
+        for i in 1..=trades {
+            let recv = i as i64 * 1_000_000;
+            text.push_str(&format!(
+                "{{\"recv_ts_ns\":{recv},\"symbol\":\"AAA\",\"type\":\"trade\",\"price\":\"{i}\",\"size\":\"1\"}}\n"
+            ));
+        }
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let stats = hub.metrics().register_feed("test", "replay");
+        let config = ReplayConfig {
+            name: "test".into(),
+            sources: vec![ReplaySource {
+                prefix: None,
+                input: ReplayInput::Bundled {
+                    name: "trades",
+                    bytes: Box::leak(text.into_bytes().into_boxed_slice()),
+                },
+            }],
+            speed,
+            looped: false,
+            max_gap: Duration::from_secs(1),
+            start_paused: false,
+            max_book_levels: 10,
+        };
+        Player {
+            hub,
+            stats,
+            config,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn a_replay_behind_folds_what_it_reads_together_into_one_version() {
+        let player = player_of_trades(1_000, Speed::Max);
+        player.play();
+        let entry = player.hub.get("AAA").expect("declared on first use");
+        let current = entry.current().expect("published");
+        assert_eq!(current.seq, 1_000, "seq counts every update");
+        assert_eq!(
+            current.last.map(|l| l.price.to_string()),
+            Some("1000".into())
+        );
+        let versions = player.hub.metrics().book_updates.load(Relaxed);
+        assert_eq!(versions, 1_000_usize.div_ceil(MAX_HELD_ITEMS) as u64);
+        assert_eq!(player.stats.ticks.load(Relaxed), 1_000);
+        assert_eq!(player.stats.messages.load(Relaxed), 1_001, "and the header");
+    }
+
+    #[test]
+    fn a_paced_replay_publishes_what_it_holds_before_it_sleeps() {
+        let player = player_of_trades(1, Speed::Factor(1.0));
+        let files = player.open_all().expect("in memory");
+        let mut merge = Merge::new(files);
+        let mut symbols = Symbols::new(1);
+        let mut pacer = Pacer::new(Speed::Factor(1.0), Duration::from_secs(3_600));
+        let tick = loop {
+            match merge.next_item() {
+                Some((_, Item::Tick { symbol, tick })) => break (symbol, tick),
+                Some(_) => continue,
+                None => panic!("the file holds a trade"),
+            }
+        };
+        let (symbol, tick) = tick;
+        assert!(player.wait_until_due(&mut pacer, tick.recv_ts_ns, &mut symbols));
+        assert!(player.resolve(&mut symbols, &merge, 0, symbol).is_some());
+        symbols.fold(0, symbol, &tick);
+        let entry = player.hub.get("AAA").expect("resolved");
+        assert!(entry.current().is_none(), "held while the replay reads on");
+
+        // The next item is due in a minute: what is held goes out first.
+        // (The replay is shut down, so the wait itself returns at once.)
+        player.shutdown.cancel();
+        assert!(!player.wait_until_due(&mut pacer, tick.recv_ts_ns + 60_000_000_000, &mut symbols));
+        assert_eq!(entry.current().map(|c| c.seq), Some(1));
     }
 
     #[test]

@@ -274,6 +274,7 @@ pub fn write_json_string(out: &mut Vec<u8>, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::Fold;
     use crate::normalize::{BookUpdate, Tick};
     use rust_decimal::Decimal;
     use std::sync::Arc;
@@ -295,7 +296,7 @@ mod tests {
                 ask_size: dec("2.510"),
             },
         };
-        let snap = Snapshot::next(None, &symbol, &quote, 1_723_161_255_088_169_167);
+        let snap = Snapshot::next(None, &symbol, &Fold::of(&quote), 1_723_161_255_088_169_167);
         let mut message = snap.ticker_prefix().to_vec();
         write_ticker_suffix(&mut message, 3, false);
         let mut digits = itoa::Buffer::new();
