@@ -99,14 +99,16 @@ impl Hub {
     }
 
     /// Applies one depth message to `book` (the feed's full book of `entry`)
-    /// and publishes the result: a new version when the book is consistent,
-    /// otherwise a `stale` status with the reason. Returns what happened.
-    pub fn apply_depth(
+    /// and announces a book that fell out of sync as `stale`, with the
+    /// reason. A book that is consistent afterwards (`Outcome::Updated`) is
+    /// not published here: the caller publishes it with
+    /// [`Hub::publish_depth`], at once or after the next few messages (a
+    /// replay that is behind folds them). Returns what happened.
+    pub fn update_depth(
         &self,
         entry: &SymbolEntry,
         book: &mut DepthBook,
         message: &DepthMessage,
-        ingest_ts_ns: i64,
     ) -> Outcome {
         let mut outcome = book.apply(message);
         if outcome == Outcome::Updated && !book.vouches_for(self.max_book_depth()) {
@@ -114,26 +116,29 @@ impl Hub {
         }
         let metrics = &self.metrics().depth;
         metrics.count_dropped_levels(book.take_dropped_levels());
-        let depth = entry.depth();
         match outcome {
-            Outcome::Updated => {
-                {
-                    let _writer = depth.lock.lock().unwrap_or_else(|e| e.into_inner());
-                    let seq = depth.current.load().as_ref().map_or(1, |c| c.seq + 1);
-                    let next = book.publish(entry.name(), seq, self.max_book_depth(), ingest_ts_ns);
-                    depth.current.store(Some(Arc::new(next)));
-                }
-                // A resynced book is live again; the new version goes out first.
-                depth.notify();
-                depth.set_status(SymbolState::Live, "book in sync");
-            }
             Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange | Outcome::CutShort => {
                 let reason = outcome.stale_reason().unwrap_or("book not in sync");
-                depth.set_status(SymbolState::Stale, reason);
+                entry.depth().set_status(SymbolState::Stale, reason);
             }
-            Outcome::Buffered | Outcome::Outdated => {}
+            Outcome::Updated | Outcome::Buffered | Outcome::Outdated => {}
         }
         metrics.count(DepthEvent::from(outcome));
         outcome
+    }
+
+    /// Publishes the best levels of `book`, which the last
+    /// [`Hub::update_depth`] found consistent, as `entry`'s next depth
+    /// version; a resynced book is live again, after the version is out.
+    pub fn publish_depth(&self, entry: &SymbolEntry, book: &mut DepthBook, ingest_ts_ns: i64) {
+        let depth = entry.depth();
+        {
+            let _writer = depth.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = depth.current.load().as_ref().map_or(1, |c| c.seq + 1);
+            let next = book.publish(entry.name(), seq, self.max_book_depth(), ingest_ts_ns);
+            depth.current.store(Some(Arc::new(next)));
+        }
+        depth.notify();
+        depth.set_status(SymbolState::Live, "book in sync");
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
-use crate::book::depth::{DepthBook, DEFAULT_MAX_PENDING_DIFFS};
+use crate::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
 use crate::book::Fold;
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::{FeedStats, WarningLimiter};
@@ -241,8 +241,7 @@ impl Player {
                     break;
                 }
             };
-            let mut symbols = Symbols::new(files.len());
-            let mut depth = DepthBooks::new(files.len(), self.config.max_book_levels);
+            let mut symbols = Symbols::new(files.len(), self.config.max_book_levels);
             let mut merge = Merge::new(files);
             pacer.restart();
             let mut played = false;
@@ -266,15 +265,13 @@ impl Player {
                             continue;
                         }
                         symbols.fold(file, symbol, &tick);
-                        if symbols.held >= MAX_HELD_ITEMS {
-                            symbols.publish(&self.hub);
-                        }
+                        symbols.publish_if_full(&self.hub);
                         count_one(&self.stats.ticks);
                         played = true;
                     }
                     Item::Depth { symbol } => {
                         count_one(&self.stats.recognised);
-                        let Some(symbol) = depth.attribute(file, symbol) else {
+                        let Some(symbol) = symbols.depth.attribute(file, symbol) else {
                             let unattributed = crate::metrics::depth::DepthEvent::Unattributed;
                             self.hub.metrics().depth.count(unattributed);
                             continue;
@@ -288,9 +285,12 @@ impl Player {
                         let Some(entry) = self.resolve(&mut symbols, &merge, file, symbol) else {
                             continue;
                         };
-                        depth.apply(file, symbol, |book| {
-                            self.hub.apply_depth(entry, book, message, wall_clock_ns());
+                        let entry = entry.clone();
+                        symbols.depth.apply(file, symbol, |book| {
+                            self.hub.update_depth(&entry, book, message)
                         });
+                        symbols.held += 1;
+                        symbols.publish_if_full(&self.hub);
                         played = true;
                     }
                     Item::Recognised(_) => count_one(&self.stats.recognised),
@@ -401,19 +401,21 @@ fn count_one(counter: &std::sync::atomic::AtomicU64) {
 }
 
 /// The symbols a pass over the files has met, resolved to hub entries, and
-/// the updates each holds until the replay next publishes.
+/// what each holds until the replay next publishes.
 ///
 /// A replay that is behind (always, at `--speed max`) reads many updates in
 /// the time one version takes to publish. It folds each symbol's updates
-/// into one version (see [`Fold`]), so that versions nobody could have seen
-/// are not built, published and freed: at full speed that was a fifth of the
-/// replay's time.
+/// into one version (see [`Fold`]), and publishes a full-depth book once for
+/// all the diffs applied to it since the last publish, so that versions
+/// nobody could have seen are not built, published and freed: at full speed
+/// that was a fifth of the replay's time.
 struct Symbols {
     /// Per file, per symbol index.
     resolved: Vec<Vec<Option<Resolved>>>,
     /// `(file, symbol)` of every entry holding updates, in the order they
     /// took their first.
     holding: Vec<(usize, u32)>,
+    depth: DepthBooks,
     /// Timed items taken in since the last publish.
     held: usize,
 }
@@ -424,10 +426,11 @@ struct Resolved {
 }
 
 impl Symbols {
-    fn new(files: usize) -> Self {
+    fn new(files: usize, max_book_levels: usize) -> Self {
         Self {
             resolved: std::iter::repeat_with(Vec::new).take(files).collect(),
             holding: Vec::new(),
+            depth: DepthBooks::new(files, max_book_levels),
             held: 0,
         }
     }
@@ -449,11 +452,19 @@ impl Symbols {
         self.held += 1;
     }
 
-    /// Publishes one version per symbol holding updates, all stamped with
-    /// the same ingest time: the moment they are published.
+    /// Publishes once [`MAX_HELD_ITEMS`] are held.
+    fn publish_if_full(&mut self, hub: &Hub) {
+        if self.held >= MAX_HELD_ITEMS {
+            self.publish(hub);
+        }
+    }
+
+    /// Publishes one version per symbol holding updates and per book
+    /// holding diffs, all stamped with the same ingest time: the moment they
+    /// are published.
     fn publish(&mut self, hub: &Hub) {
         self.held = 0;
-        if self.holding.is_empty() {
+        if self.holding.is_empty() && self.depth.unpublished.is_empty() {
             return;
         }
         let ingest_ts_ns = wall_clock_ns();
@@ -468,12 +479,28 @@ impl Symbols {
                 resolved.fold = Fold::default();
             }
         }
+        for key in self.depth.unpublished.drain(..) {
+            let Some(book) = self.depth.books.get_mut(&key) else {
+                continue;
+            };
+            let entry = self
+                .resolved
+                .get(key.0)
+                .and_then(|symbols| symbols.get(key.1 as usize))
+                .and_then(Option::as_ref);
+            if let (true, Some(resolved)) = (std::mem::take(&mut book.unpublished), entry) {
+                hub.publish_depth(&resolved.entry, &mut book.book, ingest_ts_ns);
+            }
+        }
     }
 }
 
 /// The full-depth books a replay builds, per (file, symbol).
 struct DepthBooks {
-    books: HashMap<(usize, u32), DepthBook>,
+    books: HashMap<(usize, u32), ReplayBook>,
+    /// Books updated since the replay last published, in the order of
+    /// their first update; a book that fell out of sync since is skipped.
+    unpublished: Vec<(usize, u32)>,
     max_levels: usize,
     /// Levels in the diffs every book holds while awaiting its snapshot, and
     /// their bound.
@@ -484,10 +511,17 @@ struct DepthBooks {
     last_symbol: Vec<Option<u32>>,
 }
 
+struct ReplayBook {
+    book: DepthBook,
+    /// Consistent, and changed since its last published version.
+    unpublished: bool,
+}
+
 impl DepthBooks {
     fn new(files: usize, max_levels: usize) -> Self {
         Self {
             books: HashMap::new(),
+            unpublished: Vec::new(),
             max_levels,
             pending_levels: 0,
             max_pending_levels: MAX_REPLAY_PENDING_LEVELS,
@@ -504,21 +538,37 @@ impl DepthBooks {
         *last
     }
 
-    /// Runs `apply` on the book of `symbol` in `file`, keeping the diffs all
-    /// books buffer within `max_pending_levels`: past it, the book that grew
-    /// drops what it buffered.
-    fn apply(&mut self, file: usize, symbol: u32, apply: impl FnOnce(&mut DepthBook)) {
+    /// Runs `apply` on the book of `symbol` in `file` and notes whether the
+    /// book now holds a version to publish, keeping the diffs all books
+    /// buffer within `max_pending_levels`: past it, the book that grew drops
+    /// what it buffered.
+    fn apply(&mut self, file: usize, symbol: u32, apply: impl FnOnce(&mut DepthBook) -> Outcome) {
         let max_levels = self.max_levels;
-        let book = self
+        let held = self
             .books
             .entry((file, symbol))
-            .or_insert_with(|| DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels));
-        let before = book.pending_levels();
-        apply(book);
-        let after = book.pending_levels();
+            .or_insert_with(|| ReplayBook {
+                book: DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels),
+                unpublished: false,
+            });
+        let before = held.book.pending_levels();
+        match apply(&mut held.book) {
+            Outcome::Updated => {
+                if !std::mem::replace(&mut held.unpublished, true) {
+                    self.unpublished.push((file, symbol));
+                }
+            }
+            // What it held before is no longer the venue's book, and it
+            // has been announced stale.
+            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange | Outcome::CutShort => {
+                held.unpublished = false;
+            }
+            Outcome::Buffered | Outcome::Outdated => {}
+        }
+        let after = held.book.pending_levels();
         self.pending_levels = self.pending_levels.saturating_sub(before) + after;
         if self.pending_levels > self.max_pending_levels {
-            book.drop_pending();
+            held.book.drop_pending();
             self.pending_levels -= after;
         }
     }
@@ -687,17 +737,15 @@ mod tests {
         let mut books = DepthBooks::new(1, 10);
         books.max_pending_levels = 10 * levels;
         for symbol in 0..10 {
-            books.apply(0, symbol, |book| {
-                book.apply(&diff);
-            });
+            books.apply(0, symbol, |book| book.apply(&diff));
             assert_eq!(books.pending_levels, (symbol as usize + 1) * levels);
         }
         // The eleventh book drops what it buffered; the others keep theirs.
-        books.apply(0, 10, |book| {
-            book.apply(&diff);
-        });
+        books.apply(0, 10, |book| book.apply(&diff));
         assert_eq!(books.pending_levels, 10 * levels);
-        let held: Vec<usize> = (0..=10).map(|s| books.books[&(0, s)].pending()).collect();
+        let held: Vec<usize> = (0..=10)
+            .map(|s| books.books[&(0, s)].book.pending())
+            .collect();
         assert_eq!(held, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
     }
 
@@ -758,7 +806,7 @@ mod tests {
         let player = player_of_trades(1, Speed::Factor(1.0));
         let files = player.open_all().expect("in memory");
         let mut merge = Merge::new(files);
-        let mut symbols = Symbols::new(1);
+        let mut symbols = Symbols::new(1, 10);
         let mut pacer = Pacer::new(Speed::Factor(1.0), Duration::from_secs(3_600));
         let tick = loop {
             match merge.next_item() {
@@ -779,6 +827,62 @@ mod tests {
         player.shutdown.cancel();
         assert!(!player.wait_until_due(&mut pacer, tick.recv_ts_ns + 60_000_000_000, &mut symbols));
         assert_eq!(entry.current().map(|c| c.seq), Some(1));
+    }
+
+    /// Diffs applied since the last publish go out as one depth version; a
+    /// book that falls out of sync meanwhile publishes nothing and is stale.
+    #[test]
+    fn a_replay_publishes_a_book_once_for_the_diffs_it_applied_together() {
+        use crate::book::Level;
+        use crate::fanout::SymbolState;
+        use crate::normalize::depth::{DepthMessage, Sequence};
+        use rust_decimal::Decimal;
+        let level = |price: i64| Level {
+            price: Decimal::from(price),
+            size: Decimal::ONE,
+        };
+        let snapshot = DepthMessage {
+            last_update_id: Some(10),
+            bids: vec![level(99)],
+            asks: vec![level(101)],
+            ..DepthMessage::default()
+        };
+        let diff = |id: u64, bid: i64| DepthMessage {
+            sequence: Sequence::Spot {
+                first: id,
+                last: id,
+            },
+            bids: vec![level(bid)],
+            ..DepthMessage::default()
+        };
+        let hub = Hub::new(Arc::default());
+        let entry = hub.declare("AAA");
+        let mut symbols = Symbols::new(1, 100);
+        symbols.resolved[0].push(Some(Resolved {
+            entry: entry.clone(),
+            fold: Fold::default(),
+        }));
+        let apply = |symbols: &mut Symbols, message: &DepthMessage| {
+            symbols
+                .depth
+                .apply(0, 0, |book| hub.update_depth(&entry, book, message));
+        };
+        for message in [&snapshot, &diff(11, 98), &diff(12, 97)] {
+            apply(&mut symbols, message);
+        }
+        assert!(entry.depth().current().is_none(), "held until published");
+        symbols.publish(&hub);
+        let published = entry.depth().current().expect("published");
+        assert_eq!(published.seq, 1, "one version for three messages");
+        assert_eq!(published.bids.len(), 3);
+        assert_eq!(entry.depth().status().state, SymbolState::Live);
+
+        // A diff, then a gap: the book is stale and the diff never goes out.
+        apply(&mut symbols, &diff(13, 96));
+        apply(&mut symbols, &diff(20, 95));
+        symbols.publish(&hub);
+        assert_eq!(entry.depth().current().map(|c| c.seq), Some(1));
+        assert_eq!(entry.depth().status().state, SymbolState::Stale);
     }
 
     #[test]
