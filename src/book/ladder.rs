@@ -572,7 +572,15 @@ mod tests {
                 ladder.set(beyond, Decimal::TEN).expect("in range");
                 assert_eq!(ladder.len(), kept.len() + 1, "{kind:?}: {beyond}");
             }
-            assert_eq!(ladder.take_dropped(), 2);
+            // Nor is a price finer than the side's scale, which stays as it is.
+            let finer_beyond = match kind {
+                SideKind::Bids => expected[kept.len()] - Decimal::new(5, 2),
+                SideKind::Asks => expected[kept.len()] + Decimal::new(5, 2),
+            };
+            ladder.set(finer_beyond, Decimal::TEN).expect("in range");
+            assert_eq!(ladder.len(), kept.len() + 1, "{kind:?}: {finer_beyond}");
+            assert_eq!(ladder.best().map(|l| l.price.scale()), Some(1));
+            assert_eq!(ladder.take_dropped(), 3);
             // Between the worst level held and the cut, a new level is.
             let worst_held = kept[kept.len() - 1];
             let between = match kind {

@@ -7,8 +7,6 @@
 //! its vectors keep their capacity, so decoding allocates nothing once they
 //! have grown to the largest message seen.
 
-use rust_decimal::Decimal;
-
 use crate::book::Level;
 
 /// How a depth message is sequenced, which decides the sync rules the book
@@ -55,8 +53,10 @@ impl DepthMessage {
     /// Whether a level has a size below zero, which no venue sends (zero
     /// removes a level).
     pub fn has_negative_size(&self) -> bool {
+        // The sign bit, not a comparison with zero: a decimal comparison
+        // aligns scales first, and this runs for every level of every diff.
         let mut levels = self.bids.iter().chain(&self.asks);
-        levels.any(|level| level.size < Decimal::ZERO)
+        levels.any(|level| level.size.is_sign_negative() && !level.size.is_zero())
     }
 
     /// Empties the message for reuse, keeping every buffer's capacity.
