@@ -11,7 +11,8 @@
 //!
 //! - [`feed`] produces ticks: replays of recorded files ([`feed::source`] reads
 //!   one, [`feed::merge`] merges several in receive-time order, [`feed::replay`]
-//!   paces them on its own thread); live exchange upstreams over `ws://`/`wss://`
+//!   paces them on its own thread, folding what it reads together when it is
+//!   behind); live exchange upstreams over `ws://`/`wss://`
 //!   with reconnects and staleness ([`feed::live`]), which [`feed::record`] can
 //!   write to a replay file; and a seeded random-walk load ([`feed::synthetic`]).
 //!   [`feed::config`] reads `feeds/*.toml`. Every file an operator names is

@@ -4,6 +4,11 @@
 //! work that must not take a runtime worker from the sessions. Before the thread
 //! starts, the input is scanned once so every symbol it holds is declared, and
 //! clients can subscribe to a symbol before its first update arrives.
+//!
+//! A replay publishes what it read when the next item is not due yet, or
+//! after `MAX_HELD_ITEMS` of them: behind its recording (always, at `--speed max`)
+//! it folds a symbol's updates into one version and applies several diffs to
+//! a depth book before publishing it once (see `Symbols`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
