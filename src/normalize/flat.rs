@@ -44,14 +44,37 @@ pub(crate) enum Scalar {
 /// The fields of one flat object, in order. An `ArrayVec`, so that a new
 /// one costs nothing: initialising an array of sixteen fields copied 640
 /// bytes per message.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FlatObject {
     fields: ArrayVec<(Range<usize>, Scalar), MAX_FIELDS>,
+    /// For each key of one byte from `@` to DEL (every letter: most of the
+    /// venues' keys are one), the index + 1 of the first field under it, or
+    /// 0. A message's eight or so lookups would otherwise each walk the
+    /// fields.
+    first_of_letter: [u8; 64],
+}
+
+/// The first byte [`FlatObject::first_of_letter`] covers.
+const FIRST_LETTER: u8 = 0x40;
+
+impl Default for FlatObject {
+    fn default() -> Self {
+        Self {
+            fields: ArrayVec::new(),
+            first_of_letter: [0; 64],
+        }
+    }
 }
 
 impl FlatObject {
     /// The first value under `key` (as simd-json's `Object::get` finds it).
     pub(crate) fn get(&self, bytes: &[u8], key: &str) -> Option<&Scalar> {
+        if let [letter] = key.as_bytes() {
+            if let Some(&index) = self.letter_index(*letter) {
+                let field = usize::from(index).checked_sub(1)?;
+                return self.fields.get(field).map(|(_, value)| value);
+            }
+        }
         // Keys are one or two letters: comparing bytes inline beats a call
         // to `memcmp` per key.
         let same = |name: &Range<usize>| {
@@ -64,6 +87,33 @@ impl FlatObject {
             .iter()
             .find(|(name, _)| same(name))
             .map(|(_, value)| value)
+    }
+
+    fn letter_index(&self, letter: u8) -> Option<&u8> {
+        self.first_of_letter
+            .get(usize::from(letter.checked_sub(FIRST_LETTER)?))
+    }
+
+    fn clear(&mut self) {
+        self.fields.clear();
+        self.first_of_letter = [0; 64];
+    }
+
+    /// Adds a field; `None` past [`MAX_FIELDS`].
+    fn push(&mut self, bytes: &[u8], key: Range<usize>, value: Scalar) -> Option<()> {
+        if let Some([letter]) = bytes.get(key.clone()) {
+            let letter = *letter;
+            let number = u8::try_from(self.fields.len() + 1).ok()?;
+            if let Some(slot) = letter
+                .checked_sub(FIRST_LETTER)
+                .and_then(|offset| self.first_of_letter.get_mut(usize::from(offset)))
+            {
+                if *slot == 0 {
+                    *slot = number;
+                }
+            }
+        }
+        self.fields.try_push((key, value)).ok()
     }
 
     /// Reads the pair list under `key` with [`for_each_pair`], checking that
@@ -124,7 +174,7 @@ static LIST_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 /// `object` is overwritten (it is large enough that returning it would cost a
 /// copy per message).
 pub(crate) fn scan_object(bytes: &[u8], mut at: usize, object: &mut FlatObject) -> Option<usize> {
-    object.fields.clear();
+    object.clear();
     at = expect(bytes, at, b'{')?;
     if bytes.get(at) == Some(&b'}') {
         return Some(at + 1);
@@ -133,7 +183,7 @@ pub(crate) fn scan_object(bytes: &[u8], mut at: usize, object: &mut FlatObject) 
         let (key, after_key) = scan_string(bytes, at)?;
         at = expect(bytes, after_key, b':')?;
         let (value, after_value) = scan_scalar(bytes, at)?;
-        object.fields.try_push((key, value)).ok()?;
+        object.push(bytes, key, value)?;
         match bytes.get(after_value)? {
             b',' => at = after_value + 1,
             b'}' => return Some(after_value + 1),
@@ -265,6 +315,41 @@ mod tests {
             matches!(&read[5].1, Scalar::Number(r) if &text[r.clone()] == "-123456789012345678")
         );
         assert_eq!(fields("{}"), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_key_finds_its_first_field_whatever_its_length() {
+        let text = r#"{"a":"1","a":"2","~":"3","0":"4","ab":"5","@":"6","b":7}"#;
+        let bytes = text.as_bytes();
+        let mut object = FlatObject::default();
+        scan_object(bytes, 0, &mut object).expect("flat");
+        let get = |key: &str| match object.get(bytes, key) {
+            Some(Scalar::Str(range)) => Some(text[range.clone()].to_owned()),
+            Some(Scalar::Number(range)) => Some(text[range.clone()].to_owned()),
+            Some(other) => panic!("{key}: {other:?}"),
+            None => None,
+        };
+        let found: Vec<Option<String>> = ["a", "~", "0", "ab", "@", "b", "c", "A", "abc"]
+            .iter()
+            .map(|key| get(key))
+            .collect();
+        let want = [
+            Some("1"),
+            Some("3"),
+            Some("4"),
+            Some("5"),
+            Some("6"),
+            Some("7"),
+        ]
+        .into_iter()
+        .chain([None, None, None])
+        .map(|value| value.map(str::to_owned))
+        .collect::<Vec<_>>();
+        assert_eq!(found, want);
+        // Scanning the next object forgets this one's keys.
+        scan_object(br#"{"c":"8"}"#, 0, &mut object).expect("flat");
+        assert!(object.get(br#"{"c":"8"}"#, "a").is_none());
+        assert!(object.get(br#"{"c":"8"}"#, "c").is_some());
     }
 
     #[test]
