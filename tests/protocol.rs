@@ -600,3 +600,166 @@ async fn max_rate_hz_caps_delivery_and_still_converges_to_the_last_version() {
         "every version delivered or counted as skipped"
     );
 }
+
+/// Both Binance samples replayed once to the end, so every answer below is
+/// the same whenever it is asked for.
+async fn settled_server(config: ServerConfig) -> TestServer {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, false)]).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    server
+}
+
+/// The error codes a subscribe request can be answered with.
+const SUBSCRIBE_ERRORS: [&str; 3] = ["unknown_symbol", "limit_exceeded", "bad_request"];
+
+/// What one way of subscribing told its client: every message up to the
+/// answer to a ping sent right after (statuses aside: a feed's state may
+/// move on between two connections), and how far the subscription gauge and
+/// the error counters moved.
+#[derive(Debug, PartialEq)]
+struct Told {
+    messages: Vec<serde_json::Value>,
+    counters: Vec<f64>,
+}
+
+impl Told {
+    /// The messages (tickers by symbol only) and the counters, for a report.
+    fn summary(&self) -> String {
+        let messages: Vec<String> = self
+            .messages
+            .iter()
+            .map(|m| match m["type"].as_str() {
+                Some("ticker") => format!("ticker {}", m["symbol"]),
+                _ => m.to_string(),
+            })
+            .collect();
+        format!("{} {:?}", messages.join(" "), self.counters)
+    }
+}
+
+async fn counters(server: &TestServer) -> Vec<f64> {
+    let page = server.get("/metrics").await.1;
+    let mut counters = vec![metric(&page, "tickwire_subscriptions")];
+    for code in SUBSCRIBE_ERRORS {
+        let series = format!(r#"tickwire_client_errors_total{{code="{code}"}}"#);
+        counters.push(metric(&page, &series));
+    }
+    counters
+}
+
+/// Reads `client`'s messages up to the answer to a ping: a subscribe answer,
+/// by URL or by request, is written whole before the next request is read.
+async fn told(server: &TestServer, client: &mut Client, before: Vec<f64>) -> Told {
+    client.send(json!({"op": "ping", "id": u64::MAX})).await;
+    let mut messages = Vec::new();
+    loop {
+        let message = client.recv().await;
+        match message["type"].as_str() {
+            Some("pong") => break,
+            Some("status") => continue,
+            _ => messages.push(message),
+        }
+    }
+    let after = counters(server).await;
+    let counters = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    Told { messages, counters }
+}
+
+/// Subscribes with the raw query value `by_url` on one connection and with
+/// a subscribe request naming `by_request` on another (the first kept open
+/// meanwhile), and says what each was told.
+async fn both_ways(
+    server: &TestServer,
+    by_url: &str,
+    by_request: serde_json::Value,
+) -> (Told, Told) {
+    let before = counters(server).await;
+    let mut url_client = Client::connect(&server.url(&format!("?symbols={by_url}"))).await;
+    let url_told = told(server, &mut url_client, before).await;
+    let before = counters(server).await;
+    let mut request_client = Client::connect(&server.url("")).await;
+    request_client
+        .send(json!({"op": "subscribe", "symbols": by_request}))
+        .await;
+    let request_told = told(server, &mut request_client, before).await;
+    // Gone before the next comparison, whose gauge they would move.
+    drop((url_client, request_client));
+    eventually("both clients released", || {
+        server.metrics().connections.load(Relaxed) == 0
+    })
+    .await;
+    (url_told, request_told)
+}
+
+/// Asserts that every `(query value, request symbols)` pair is answered the
+/// same both ways, listing every pair that is not.
+async fn assert_same_both_ways(server: &TestServer, cases: &[(&str, serde_json::Value)]) {
+    let mut differences = Vec::new();
+    for (by_url, by_request) in cases {
+        let (url_told, request_told) = both_ways(server, by_url, by_request.clone()).await;
+        if url_told != request_told {
+            differences.push(format!(
+                "symbols={by_url} vs {by_request}:\n  by URL:     {}\n  by request: {}",
+                url_told.summary(),
+                request_told.summary()
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_symbols_parameter_names_exactly_what_a_subscribe_request_would() {
+    let server = settled_server(ServerConfig::default()).await;
+    let overlong = "X".repeat(1_000);
+    let cases = [
+        ("", json!([])),
+        (
+            "usdm:BTCUSDT,spot:BTCUSDT",
+            json!(["usdm:BTCUSDT", "spot:BTCUSDT"]),
+        ),
+        // Percent-encoding is undone first: form encoders (`URLSearchParams`,
+        // Python's `urlencode`) write the separating commas as `%2C`.
+        ("usdm%3ABTCUSDT", json!(["usdm:BTCUSDT"])),
+        (
+            "usdm:BTCUSDT%2Cspot:BTCUSDT",
+            json!(["usdm:BTCUSDT", "spot:BTCUSDT"]),
+        ),
+        // Repeats count once, refused or not.
+        (
+            "usdm:BTCUSDT,NOPE,usdm:BTCUSDT,NOPE",
+            json!(["usdm:BTCUSDT", "NOPE", "usdm:BTCUSDT", "NOPE"]),
+        ),
+        (&overlong, json!([overlong])),
+        // Bytes that are not UTF-8 decode to U+FFFD, a name like any other.
+        ("%FF", json!(["\u{FFFD}"])),
+        ("%C3%A9t%C3%A9,usdm:BTCUSDT", json!(["été", "usdm:BTCUSDT"])),
+    ];
+    assert_same_both_ways(&server, &cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_symbols_parameter_is_held_to_the_subscription_limit_as_a_request_is() {
+    let config = ServerConfig {
+        session: SessionConfig {
+            max_subscriptions: 1,
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = settled_server(config).await;
+    let cases = [
+        (
+            "spot:BTCUSDT,usdm:BTCUSDT,usdm:BTCUSDT",
+            json!(["spot:BTCUSDT", "usdm:BTCUSDT", "usdm:BTCUSDT"]),
+        ),
+        (
+            "NOPE,usdm:BTCUSDT,spot:BTCUSDT",
+            json!(["NOPE", "usdm:BTCUSDT", "spot:BTCUSDT"]),
+        ),
+    ];
+    assert_same_both_ways(&server, &cases).await;
+}
