@@ -733,6 +733,22 @@ async fn the_symbols_parameter_names_exactly_what_a_subscribe_request_would() {
             "usdm:BTCUSDT,NOPE,usdm:BTCUSDT,NOPE",
             json!(["usdm:BTCUSDT", "NOPE", "usdm:BTCUSDT", "NOPE"]),
         ),
+        // Empty entries and spaces are part of the list as written: the
+        // names they make are refused as a request's would be.
+        (
+            "usdm:BTCUSDT,,spot:BTCUSDT",
+            json!(["usdm:BTCUSDT", "", "spot:BTCUSDT"]),
+        ),
+        ("usdm:BTCUSDT,", json!(["usdm:BTCUSDT", ""])),
+        (",usdm:BTCUSDT", json!(["", "usdm:BTCUSDT"])),
+        (",", json!(["", ""])),
+        (
+            "usdm:BTCUSDT,%20spot:BTCUSDT",
+            json!(["usdm:BTCUSDT", " spot:BTCUSDT"]),
+        ),
+        // `+` is a space in a query.
+        ("usdm:BTCUSDT+", json!(["usdm:BTCUSDT "])),
+        ("%20", json!([" "])),
         (&overlong, json!([overlong])),
         // Bytes that are not UTF-8 decode to U+FFFD, a name like any other.
         ("%FF", json!(["\u{FFFD}"])),
@@ -759,6 +775,10 @@ async fn the_symbols_parameter_is_held_to_the_subscription_limit_as_a_request_is
         (
             "NOPE,usdm:BTCUSDT,spot:BTCUSDT",
             json!(["NOPE", "usdm:BTCUSDT", "spot:BTCUSDT"]),
+        ),
+        (
+            "spot:BTCUSDT,,usdm:BTCUSDT",
+            json!(["spot:BTCUSDT", "", "usdm:BTCUSDT"]),
         ),
     ];
     assert_same_both_ways(&server, &cases).await;

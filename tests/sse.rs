@@ -99,6 +99,51 @@ async fn sse_needs_symbols_and_ends_at_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_symbols_parameter_names_the_same_list_as_on_the_websocket() {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let server = TestServer::start(
+        ServerConfig::default(),
+        vec![replay_of(&files, Speed::Max, false, false)],
+    )
+    .await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let mut ws = Client::connect(&server.url("")).await;
+    ws.send(json!({"op": "subscribe", "symbols": ["usdm:BTCUSDT", "", " spot:BTCUSDT", ""]}))
+        .await;
+    ws.send(json!({"op": "ping"})).await;
+    let mut by_request = Vec::new();
+    loop {
+        let message = ws.recv().await;
+        match message["type"].as_str() {
+            Some("pong") => break,
+            Some("status") => continue,
+            _ => by_request.push(message),
+        }
+    }
+    let path = "/sse?symbols=usdm:BTCUSDT,,%20spot:BTCUSDT,";
+    let (status, _, mut events) = SseClient::connect(server.addr, path).await;
+    assert_eq!(status, 200);
+    let mut by_url = Vec::new();
+    while by_url.len() < by_request.len() {
+        let event = events.next().await.expect("stream open");
+        if event["type"] != "status" {
+            by_url.push(event);
+        }
+    }
+    assert_eq!(by_url, by_request);
+    let error = by_request.last().expect("an error");
+    assert_eq!(
+        (&error["code"], &error["symbols"]),
+        (&json!("unknown_symbol"), &json!(["", " spot:BTCUSDT"]))
+    );
+    // An empty value names no symbol: nothing to stream.
+    let (status, _, _) = SseClient::connect(server.addr, "/sse?symbols=").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_live_status_reach_subscribers_on_both_transports() {
     // The replay never starts: this test drives the book by hand.
     let files = [(Some("usdm"), sample(USDM))];

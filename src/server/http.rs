@@ -224,16 +224,17 @@ struct ClientQuery {
 }
 
 impl ClientQuery {
-    /// The comma-separated `symbols` parameter as a list.
-    fn symbols(&self) -> Vec<String> {
-        self.symbols
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
+    /// The `symbols` parameter as the `symbols` of the subscribe request it
+    /// stands for, if given. Every comma separates, and each name is kept as
+    /// written, so an empty or space-padded one is refused as the request
+    /// would refuse it rather than dropped or corrected unseen; an empty
+    /// value is the empty list.
+    fn symbols(&self) -> Option<Vec<String>> {
+        let value = self.symbols.as_deref()?;
+        if value.is_empty() {
+            return Some(Vec::new());
+        }
+        Some(value.split(',').map(str::to_owned).collect())
     }
 }
 
@@ -390,7 +391,7 @@ async fn event_stream(
         Ok(query) => query,
         Err(refused) => return refused.into_response(),
     };
-    let symbols = query.symbols();
+    let symbols = query.symbols().unwrap_or_default();
     if symbols.is_empty() {
         shared.hub.metrics().count_refusal(Refusal::BadQuery);
         return refusal(StatusCode::BAD_REQUEST, "bad_request", "give symbols=A,B");
@@ -455,7 +456,7 @@ async fn upgrade(
         .any(|p| p == auth::SUBPROTOCOL)
         .then_some(auth::SUBPROTOCOL);
     // `symbols=` given, even empty, is a subscribe request; absent, none.
-    let initial_symbols = query.symbols.is_some().then(|| query.symbols());
+    let initial_symbols = query.symbols();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let context = session_context(&shared, grant);
