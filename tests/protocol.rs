@@ -783,3 +783,28 @@ async fn the_symbols_parameter_is_held_to_the_subscription_limit_as_a_request_is
     ];
     assert_same_both_ways(&server, &cases).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbols_list_too_long_for_a_request_head_is_refused_there_and_fits_in_a_request() {
+    let server = settled_server(ServerConfig::default()).await;
+    // Past the 16 KiB request head, within a request's 64 KiB and the
+    // subscription limit.
+    let names: Vec<String> = (0..1_000).map(|i| format!("venue:SYMBOL{i:08}")).collect();
+    let url = server.url(&format!("?symbols={}", names.join(",")));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 431);
+        }
+        // The server may hang up before the client has read its answer.
+        Err(tokio_tungstenite::tungstenite::Error::Io(_)) => {}
+        other => panic!("not refused at the head: {:?}", other.map(|(_, r)| r)),
+    }
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op": "subscribe", "symbols": names}))
+        .await;
+    assert_eq!(client.recv().await["type"], "subscribed");
+    let error = client.recv().await;
+    assert_eq!(error["code"], "unknown_symbol");
+    assert_eq!(error["symbols"].as_array().map(Vec::len), Some(1_000));
+}
