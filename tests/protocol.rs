@@ -653,16 +653,7 @@ async fn counters(server: &TestServer) -> Vec<f64> {
 /// Reads `client`'s messages up to the answer to a ping: a subscribe answer,
 /// by URL or by request, is written whole before the next request is read.
 async fn told(server: &TestServer, client: &mut Client, before: Vec<f64>) -> Told {
-    client.send(json!({"op": "ping", "id": u64::MAX})).await;
-    let mut messages = Vec::new();
-    loop {
-        let message = client.recv().await;
-        match message["type"].as_str() {
-            Some("pong") => break,
-            Some("status") => continue,
-            _ => messages.push(message),
-        }
-    }
+    let messages = client.recv_until_pong().await;
     let after = counters(server).await;
     let counters = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     Told { messages, counters }

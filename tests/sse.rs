@@ -112,16 +112,7 @@ async fn the_symbols_parameter_names_the_same_list_as_on_the_websocket() {
     let mut ws = Client::connect(&server.url("")).await;
     ws.send(json!({"op": "subscribe", "symbols": ["usdm:BTCUSDT", "", " spot:BTCUSDT", ""]}))
         .await;
-    ws.send(json!({"op": "ping"})).await;
-    let mut by_request = Vec::new();
-    loop {
-        let message = ws.recv().await;
-        match message["type"].as_str() {
-            Some("pong") => break,
-            Some("status") => continue,
-            _ => by_request.push(message),
-        }
-    }
+    let by_request = ws.recv_until_pong().await;
     let path = "/sse?symbols=usdm:BTCUSDT,,%20spot:BTCUSDT,";
     let (status, _, mut events) = SseClient::connect(server.addr, path).await;
     assert_eq!(status, 200);

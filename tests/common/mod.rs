@@ -319,6 +319,22 @@ impl Client {
         }
     }
 
+    /// Sends a ping and returns every message but `status` up to its pong:
+    /// the server answers a request whole before it reads the next, so these
+    /// are all it said before the ping.
+    pub async fn recv_until_pong(&mut self) -> Vec<Value> {
+        self.send(serde_json::json!({"op": "ping"})).await;
+        let mut messages = Vec::new();
+        loop {
+            let message = self.recv().await;
+            match message["type"].as_str() {
+                Some("pong") => return messages,
+                Some("status") => continue,
+                _ => messages.push(message),
+            }
+        }
+    }
+
     /// Reads until the server's close frame and returns its code.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
