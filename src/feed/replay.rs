@@ -376,16 +376,18 @@ impl Player {
         if resolved.len() <= index {
             resolved.resize_with(index + 1, || None);
         }
-        let slot = resolved.get_mut(index)?;
-        if slot.is_none() {
+        if resolved.get(index)?.is_none() {
             let raw = merge.files().get(file)?.symbols().get(index)?;
             let source = self.config.sources.get(file)?;
-            *slot = Some(Resolved {
-                entry: self.hub.declare(&source.served_name(raw)),
-                fold: Fold::default(),
-            });
+            let entry = self.hub.declare(&source.served_name(raw));
+            symbols.insert(file, symbol, entry);
         }
-        slot.as_ref().map(|resolved| &resolved.entry)
+        symbols
+            .resolved
+            .get(file)?
+            .get(index)?
+            .as_ref()
+            .map(|resolved| &resolved.entry)
     }
 }
 
@@ -417,15 +419,28 @@ fn count_one(counter: &std::sync::atomic::AtomicU64) {
 struct Symbols {
     /// Per file, per symbol index.
     resolved: Vec<Vec<Option<Resolved>>>,
-    /// `(file, symbol)` of every entry holding updates, in the order they
-    /// took their first.
-    holding: Vec<(usize, u32)>,
+    /// One fold per served symbol, shared by every file that carries it (a
+    /// quotes file and its trades file): folds kept per file would publish
+    /// one after the other, and the book would end on the last file's
+    /// updates rather than on the last update read.
+    folds: Vec<Held>,
+    /// Index in `folds` of each served symbol's.
+    fold_of: HashMap<Arc<str>, usize>,
+    /// Indices in `folds` of those holding updates, in the order they took
+    /// their first.
+    holding: Vec<usize>,
     depth: DepthBooks,
     /// Timed items taken in since the last publish.
     held: usize,
 }
 
 struct Resolved {
+    entry: Arc<SymbolEntry>,
+    /// Index of the symbol's in `Symbols::folds`.
+    fold: usize,
+}
+
+struct Held {
     entry: Arc<SymbolEntry>,
     fold: Fold,
 }
@@ -434,26 +449,53 @@ impl Symbols {
     fn new(files: usize, max_book_levels: usize) -> Self {
         Self {
             resolved: std::iter::repeat_with(Vec::new).take(files).collect(),
+            folds: Vec::new(),
+            fold_of: HashMap::new(),
             holding: Vec::new(),
             depth: DepthBooks::new(files, max_book_levels),
             held: 0,
         }
     }
 
+    /// Resolves `symbol` of `file` to `entry`, and to the fold of every
+    /// file that carries the same symbol.
+    fn insert(&mut self, file: usize, symbol: u32, entry: Arc<SymbolEntry>) {
+        let Some(resolved) = self.resolved.get_mut(file) else {
+            return;
+        };
+        let index = symbol as usize;
+        if resolved.len() <= index {
+            resolved.resize_with(index + 1, || None);
+        }
+        let folds = &mut self.folds;
+        let fold = *self.fold_of.entry(entry.name().clone()).or_insert_with(|| {
+            folds.push(Held {
+                entry: entry.clone(),
+                fold: Fold::default(),
+            });
+            folds.len() - 1
+        });
+        resolved[index] = Some(Resolved { entry, fold });
+    }
+
     /// Holds `tick` for its (resolved) symbol until the next publish.
     fn fold(&mut self, file: usize, symbol: u32, tick: &Tick) {
-        let Some(resolved) = self
+        let Some(index) = self
             .resolved
-            .get_mut(file)
-            .and_then(|symbols| symbols.get_mut(symbol as usize))
-            .and_then(Option::as_mut)
+            .get(file)
+            .and_then(|symbols| symbols.get(symbol as usize))
+            .and_then(Option::as_ref)
+            .map(|resolved| resolved.fold)
         else {
             return;
         };
-        if resolved.fold.is_empty() {
-            self.holding.push((file, symbol));
+        let Some(held) = self.folds.get_mut(index) else {
+            return;
+        };
+        if held.fold.is_empty() {
+            self.holding.push(index);
         }
-        resolved.fold.add(tick);
+        held.fold.add(tick);
         self.held += 1;
     }
 
@@ -473,15 +515,10 @@ impl Symbols {
             return;
         }
         let ingest_ts_ns = wall_clock_ns();
-        for (file, symbol) in self.holding.drain(..) {
-            let resolved = self
-                .resolved
-                .get_mut(file)
-                .and_then(|symbols| symbols.get_mut(symbol as usize))
-                .and_then(Option::as_mut);
-            if let Some(resolved) = resolved {
-                hub.publish_fold(&resolved.entry, &resolved.fold, ingest_ts_ns);
-                resolved.fold = Fold::default();
+        for index in self.holding.drain(..) {
+            if let Some(held) = self.folds.get_mut(index) {
+                hub.publish_fold(&held.entry, &held.fold, ingest_ts_ns);
+                held.fold = Fold::default();
             }
         }
         for key in self.depth.unpublished.drain(..) {
@@ -764,17 +801,27 @@ mod tests {
                 "{{\"recv_ts_ns\":{recv},\"symbol\":\"AAA\",\"type\":\"trade\",\"price\":\"{i}\",\"size\":\"1\"}}\n"
             ));
         }
+        player_of_files(vec![text], speed)
+    }
+
+    /// A player of in-memory files (each one's text), replayed together at
+    /// `speed`.
+    fn player_of_files(texts: Vec<String>, speed: Speed) -> Player {
         let hub = Arc::new(Hub::new(Arc::default()));
         let stats = hub.metrics().register_feed("test", "replay");
-        let config = ReplayConfig {
-            name: "test".into(),
-            sources: vec![ReplaySource {
+        let sources = texts
+            .into_iter()
+            .map(|text| ReplaySource {
                 prefix: None,
                 input: ReplayInput::Bundled {
-                    name: "trades",
+                    name: "test",
                     bytes: Box::leak(text.into_bytes().into_boxed_slice()),
                 },
-            }],
+            })
+            .collect();
+        let config = ReplayConfig {
+            name: "test".into(),
+            sources,
             speed,
             looped: false,
             max_gap: Duration::from_secs(1),
@@ -804,6 +851,35 @@ mod tests {
         assert_eq!(versions, 1_000_usize.div_ceil(MAX_HELD_ITEMS) as u64);
         assert_eq!(player.stats.ticks.load(Relaxed), 1_000);
         assert_eq!(player.stats.messages.load(Relaxed), 1_001, "and the header");
+    }
+
+    /// Two files that carry the same symbol (a quotes file and its trades
+    /// file, or two captures of one stream) fold into one version: the
+    /// last update read is the one the book ends on, whichever file held it.
+    #[test]
+    fn files_sharing_a_symbol_fold_in_the_order_they_are_read() {
+        let header = "{\"tickwire_replay\":1,\"source\":\"test\"}\n";
+        let quote = |recv: i64, bid: u32| {
+            format!(
+                "{{\"recv_ts_ns\":{recv},\"symbol\":\"AAA\",\"exchange_ts_ns\":{recv},\"type\":\"quote\",\"bid\":\"{bid}\",\"bid_size\":\"1\",\"ask\":\"{}\",\"ask_size\":\"1\"}}\n",
+                bid + 1
+            )
+        };
+        let trade = |recv: i64| {
+            format!(
+                "{{\"recv_ts_ns\":{recv},\"symbol\":\"AAA\",\"exchange_ts_ns\":{recv},\"type\":\"trade\",\"price\":\"7\",\"size\":\"1\"}}\n"
+            )
+        };
+        let first = format!("{header}{}{}", quote(1, 10), quote(4, 40));
+        let second = format!("{header}{}{}", quote(2, 20), trade(3));
+        let player = player_of_files(vec![first, second], Speed::Max);
+        player.play();
+        let current = player.hub.get("AAA").and_then(|e| e.current());
+        let current = current.expect("published");
+        assert_eq!(current.seq, 4);
+        assert_eq!(current.bid.map(|l| l.price.to_string()), Some("40".into()));
+        assert_eq!(current.last.map(|l| l.price.to_string()), Some("7".into()));
+        assert_eq!(current.exchange_ts_ns, Some(4), "the last update's");
     }
 
     #[test]
@@ -863,10 +939,7 @@ mod tests {
         let hub = Hub::new(Arc::default());
         let entry = hub.declare("AAA");
         let mut symbols = Symbols::new(1, 100);
-        symbols.resolved[0].push(Some(Resolved {
-            entry: entry.clone(),
-            fold: Fold::default(),
-        }));
+        symbols.insert(0, 0, entry.clone());
         let apply = |symbols: &mut Symbols, message: &DepthMessage| {
             symbols
                 .depth
