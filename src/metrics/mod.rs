@@ -307,7 +307,9 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     /// Bytes written to client sockets.
     pub bytes_out: AtomicU64,
-    /// Book versions a client never saw because a newer one replaced them.
+    /// Updates a client never saw, summed from the `skipped` it was sent:
+    /// versions a newer one replaced, and the updates a replay running
+    /// behind folded into one version (its `seq` counts them all).
     pub updates_conflated: AtomicU64,
     /// Times a session held updates back to gather them into one write.
     pub updates_held: AtomicU64,
@@ -467,7 +469,7 @@ impl Metrics {
         );
         counter(
             "tickwire_updates_conflated_total",
-            "Book versions replaced by a newer one before a client received them.",
+            "Book updates a client did not receive (the skipped it was told of): versions replaced by a newer one before it was sent, and updates a replay behind its recording folded into one version.",
             self.updates_conflated.load(Relaxed),
         );
         counter(
