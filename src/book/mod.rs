@@ -35,7 +35,8 @@ pub struct Snapshot {
     pub last: Option<Level>,
     /// Venue time of the update that made this version, if the venue stamps one.
     pub exchange_ts_ns: Option<i64>,
-    /// Wall-clock time this service took the update in.
+    /// Wall-clock time this service took the update in (for a fold, when it
+    /// began taking in the batch the updates came in: never later).
     pub ingest_ts_ns: i64,
     encoded: OnceLock<Box<[u8]>>,
 }

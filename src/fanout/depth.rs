@@ -128,13 +128,22 @@ impl Hub {
     }
 
     /// Publishes the best levels of `book`, which the last
-    /// [`Hub::update_depth`] found consistent, as `entry`'s next depth
-    /// version; a resynced book is live again, after the version is out.
-    pub fn publish_depth(&self, entry: &SymbolEntry, book: &mut DepthBook, ingest_ts_ns: i64) {
+    /// [`Hub::update_depth`] found consistent, as `entry`'s depth version
+    /// `versions` after the current one (1 but for a replay that applied
+    /// several messages together: `seq` counts each); a resynced book is
+    /// live again, after the version is out.
+    pub fn publish_depth(
+        &self,
+        entry: &SymbolEntry,
+        book: &mut DepthBook,
+        versions: u64,
+        ingest_ts_ns: i64,
+    ) {
         let depth = entry.depth();
         {
             let _writer = depth.lock.lock().unwrap_or_else(|e| e.into_inner());
-            let seq = depth.current.load().as_ref().map_or(1, |c| c.seq + 1);
+            let previous = depth.current.load().as_ref().map_or(0, |c| c.seq);
+            let seq = previous + versions.max(1);
             let next = book.publish(entry.name(), seq, self.max_book_depth(), ingest_ts_ns);
             depth.current.store(Some(Arc::new(next)));
         }

@@ -294,7 +294,7 @@ impl Player {
                         symbols.depth.apply(file, symbol, |book| {
                             self.hub.update_depth(&entry, book, message)
                         });
-                        symbols.held += 1;
+                        symbols.take_in();
                         symbols.publish_if_full(&self.hub);
                         played = true;
                     }
@@ -432,6 +432,9 @@ struct Symbols {
     depth: DepthBooks,
     /// Timed items taken in since the last publish.
     held: usize,
+    /// When the first of them was taken in: the ingest time of every
+    /// version they make, never later than any of them was taken in.
+    batch_started_ns: i64,
 }
 
 struct Resolved {
@@ -454,6 +457,7 @@ impl Symbols {
             holding: Vec::new(),
             depth: DepthBooks::new(files, max_book_levels),
             held: 0,
+            batch_started_ns: 0,
         }
     }
 
@@ -496,6 +500,14 @@ impl Symbols {
             self.holding.push(index);
         }
         held.fold.add(tick);
+        self.take_in();
+    }
+
+    /// Counts a timed item taken in; the first of a batch reads the clock.
+    fn take_in(&mut self) {
+        if self.held == 0 {
+            self.batch_started_ns = wall_clock_ns();
+        }
         self.held += 1;
     }
 
@@ -507,14 +519,15 @@ impl Symbols {
     }
 
     /// Publishes one version per symbol holding updates and per book
-    /// holding diffs, all stamped with the same ingest time: the moment they
-    /// are published.
+    /// holding diffs, all stamped with the same ingest time: when the batch's
+    /// first item was taken in, so that end-to-end latency counted from it
+    /// includes the time an update was held.
     fn publish(&mut self, hub: &Hub) {
         self.held = 0;
         if self.holding.is_empty() && self.depth.unpublished.is_empty() {
             return;
         }
-        let ingest_ts_ns = wall_clock_ns();
+        let ingest_ts_ns = self.batch_started_ns;
         for index in self.holding.drain(..) {
             if let Some(held) = self.folds.get_mut(index) {
                 hub.publish_fold(&held.entry, &held.fold, ingest_ts_ns);
@@ -530,8 +543,10 @@ impl Symbols {
                 .get(key.0)
                 .and_then(|symbols| symbols.get(key.1 as usize))
                 .and_then(Option::as_ref);
-            if let (true, Some(resolved)) = (std::mem::take(&mut book.unpublished), entry) {
-                hub.publish_depth(&resolved.entry, &mut book.book, ingest_ts_ns);
+            book.queued = false;
+            if let (true, Some(resolved)) = (std::mem::take(&mut book.in_sync), entry) {
+                let versions = std::mem::take(&mut book.versions);
+                hub.publish_depth(&resolved.entry, &mut book.book, versions, ingest_ts_ns);
             }
         }
     }
@@ -555,8 +570,14 @@ struct DepthBooks {
 
 struct ReplayBook {
     book: DepthBook,
-    /// Consistent, and changed since its last published version.
-    unpublished: bool,
+    /// Versions (diffs or snapshots that left the book consistent) applied
+    /// since the last one published; a version that was not published
+    /// because the book fell out of sync still counts in the next `seq`.
+    versions: u64,
+    /// Consistent since its last version, which is not published yet.
+    in_sync: bool,
+    /// In `DepthBooks::unpublished`.
+    queued: bool,
 }
 
 impl DepthBooks {
@@ -591,19 +612,23 @@ impl DepthBooks {
             .entry((file, symbol))
             .or_insert_with(|| ReplayBook {
                 book: DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels),
-                unpublished: false,
+                versions: 0,
+                in_sync: false,
+                queued: false,
             });
         let before = held.book.pending_levels();
         match apply(&mut held.book) {
             Outcome::Updated => {
-                if !std::mem::replace(&mut held.unpublished, true) {
+                held.versions += 1;
+                held.in_sync = true;
+                if !std::mem::replace(&mut held.queued, true) {
                     self.unpublished.push((file, symbol));
                 }
             }
             // What it held before is no longer the venue's book, and it
             // has been announced stale.
             Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange | Outcome::CutShort => {
-                held.unpublished = false;
+                held.in_sync = false;
             }
             Outcome::Buffered | Outcome::Outdated => {}
         }
@@ -900,14 +925,24 @@ mod tests {
         assert!(player.wait_until_due(&mut pacer, tick.recv_ts_ns, &mut symbols));
         assert!(player.resolve(&mut symbols, &merge, 0, symbol).is_some());
         symbols.fold(0, symbol, &tick);
+        let taken_in_by = wall_clock_ns();
         let entry = player.hub.get("AAA").expect("resolved");
         assert!(entry.current().is_none(), "held while the replay reads on");
+        // Time passes while it is held.
+        while wall_clock_ns() <= taken_in_by {
+            std::thread::yield_now();
+        }
 
         // The next item is due in a minute: what is held goes out first.
         // (The replay is shut down, so the wait itself returns at once.)
         player.shutdown.cancel();
         assert!(!player.wait_until_due(&mut pacer, tick.recv_ts_ns + 60_000_000_000, &mut symbols));
-        assert_eq!(entry.current().map(|c| c.seq), Some(1));
+        let current = entry.current().expect("published");
+        assert_eq!(current.seq, 1);
+        assert!(
+            current.ingest_ts_ns <= taken_in_by,
+            "stamped when it was taken in, not when it went out"
+        );
     }
 
     /// Diffs applied since the last publish go out as one depth version; a
@@ -951,7 +986,7 @@ mod tests {
         assert!(entry.depth().current().is_none(), "held until published");
         symbols.publish(&hub);
         let published = entry.depth().current().expect("published");
-        assert_eq!(published.seq, 1, "one version for three messages");
+        assert_eq!(published.seq, 3, "three versions, published as one");
         assert_eq!(published.bids.len(), 3);
         assert_eq!(entry.depth().status().state, SymbolState::Live);
 
@@ -959,8 +994,18 @@ mod tests {
         apply(&mut symbols, &diff(13, 96));
         apply(&mut symbols, &diff(20, 95));
         symbols.publish(&hub);
-        assert_eq!(entry.depth().current().map(|c| c.seq), Some(1));
+        assert_eq!(entry.depth().current().map(|c| c.seq), Some(3));
         assert_eq!(entry.depth().status().state, SymbolState::Stale);
+
+        // A new snapshot: its version follows the one that never went out.
+        let resync = DepthMessage {
+            last_update_id: Some(30),
+            ..snapshot.clone()
+        };
+        apply(&mut symbols, &resync);
+        symbols.publish(&hub);
+        assert_eq!(entry.depth().current().map(|c| c.seq), Some(5));
+        assert_eq!(entry.depth().status().state, SymbolState::Live);
     }
 
     #[test]
