@@ -55,7 +55,7 @@ pub enum Command {
     Record(RecordArgs),
     /// Load a server with many connections; report latency percentiles and efficiency.
     Bench(crate::bench::BenchArgs),
-    /// Run feeds and the book, publish every book version to NATS, and serve
+    /// Run feeds and the book, publish the book's versions to NATS, and serve
     /// clients and HTTP like `serve` (gateways: `serve --source nats://...`).
     Ingest(IngestArgs),
     /// Mint a signed token (JWT) for testing a server that requires one.
@@ -103,8 +103,8 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
-    /// Repeat to merge several files in receive-time order. Binance captures,
-    /// Tardis CSVs and tickwire NDJSON, gzip or plain.
+    /// Repeat to merge several files in receive-time order. Binance and
+    /// Coinbase captures, Tardis CSVs and tickwire NDJSON, gzip or plain.
     #[arg(long, value_name = "[PREFIX=]PATH")]
     pub replay: Vec<String>,
     /// A feed file (`feeds/NAME.toml`); repeat to run several feeds at once.

@@ -45,8 +45,9 @@
 //!   [`auth::Grant`]: the symbols it may see and its caps, which every data
 //!   path filters by; [`limits`] keeps any one client or address from taking
 //!   the server down (connections per IP, `Origin`, inbound message rate).
-//! - [`cluster`] scales out on NATS: `tickwire ingest` publishes every book
-//!   version, top of book and depth ([`cluster::ingest`], encoded by
+//! - [`cluster`] scales out on NATS: `tickwire ingest` publishes the book's
+//!   versions, top of book and depth (the newest per symbol when a burst
+//!   outruns it; [`cluster::ingest`], encoded by
 //!   [`cluster::wire`]), and stateless gateways rebuild the book from NATS
 //!   into their own fan-out ([`cluster::gateway`]), so sessions serve it
 //!   unchanged on both channels.
