@@ -371,23 +371,14 @@ impl Player {
         file: usize,
         symbol: u32,
     ) -> Option<&'a Arc<SymbolEntry>> {
-        let resolved = symbols.resolved.get_mut(file)?;
-        let index = symbol as usize;
-        if resolved.len() <= index {
-            resolved.resize_with(index + 1, || None);
-        }
-        if resolved.get(index)?.is_none() {
-            let raw = merge.files().get(file)?.symbols().get(index)?;
+        if symbols.served_index(file, symbol).is_none() {
+            let raw = merge.files().get(file)?.symbols().get(symbol as usize)?;
             let source = self.config.sources.get(file)?;
             let entry = self.hub.declare(&source.served_name(raw));
             symbols.insert(file, symbol, entry);
         }
-        symbols
-            .resolved
-            .get(file)?
-            .get(index)?
-            .as_ref()
-            .map(|resolved| &resolved.entry)
+        let index = symbols.served_index(file, symbol)?;
+        symbols.served.get(index).map(|served| &served.entry)
     }
 }
 
@@ -417,16 +408,17 @@ fn count_one(counter: &std::sync::atomic::AtomicU64) {
 /// nobody could have seen are not built, published and freed: at full speed
 /// that was a fifth of the replay's time.
 struct Symbols {
-    /// Per file, per symbol index.
-    resolved: Vec<Vec<Option<Resolved>>>,
-    /// One fold per served symbol, shared by every file that carries it (a
-    /// quotes file and its trades file): folds kept per file would publish
-    /// one after the other, and the book would end on the last file's
-    /// updates rather than on the last update read.
-    folds: Vec<Held>,
-    /// Index in `folds` of each served symbol's.
-    fold_of: HashMap<Arc<str>, usize>,
-    /// Indices in `folds` of those holding updates, in the order they took
+    /// Per file, per symbol index: the index in `served` of the symbol it
+    /// is served as.
+    resolved: Vec<Vec<Option<usize>>>,
+    /// Every served symbol met, once however many files carry it (a quotes
+    /// file and its trades file), with one fold: folds kept per file would
+    /// publish one after the other, and the book would end on the last
+    /// file's updates rather than on the last update read.
+    served: Vec<Served>,
+    /// Index in `served` of each served symbol's name.
+    served_by_name: HashMap<Arc<str>, usize>,
+    /// Indices in `served` of those holding updates, in the order they took
     /// their first.
     holding: Vec<usize>,
     depth: DepthBooks,
@@ -437,13 +429,8 @@ struct Symbols {
     batch_started_ns: i64,
 }
 
-struct Resolved {
-    entry: Arc<SymbolEntry>,
-    /// Index of the symbol's in `Symbols::folds`.
-    fold: usize,
-}
-
-struct Held {
+/// A served symbol: its hub entry and the updates it holds.
+struct Served {
     entry: Arc<SymbolEntry>,
     fold: Fold,
 }
@@ -452,8 +439,8 @@ impl Symbols {
     fn new(files: usize, max_book_levels: usize) -> Self {
         Self {
             resolved: std::iter::repeat_with(Vec::new).take(files).collect(),
-            folds: Vec::new(),
-            fold_of: HashMap::new(),
+            served: Vec::new(),
+            served_by_name: HashMap::new(),
             holding: Vec::new(),
             depth: DepthBooks::new(files, max_book_levels),
             held: 0,
@@ -461,8 +448,13 @@ impl Symbols {
         }
     }
 
-    /// Resolves `symbol` of `file` to `entry`, and to the fold of every
-    /// file that carries the same symbol.
+    /// The index in `served` of `symbol` of `file`, once resolved.
+    fn served_index(&self, file: usize, symbol: u32) -> Option<usize> {
+        *self.resolved.get(file)?.get(symbol as usize)?
+    }
+
+    /// Resolves `symbol` of `file` to `entry`, served once for every file
+    /// that carries the same symbol.
     fn insert(&mut self, file: usize, symbol: u32, entry: Arc<SymbolEntry>) {
         let Some(resolved) = self.resolved.get_mut(file) else {
             return;
@@ -471,35 +463,32 @@ impl Symbols {
         if resolved.len() <= index {
             resolved.resize_with(index + 1, || None);
         }
-        let folds = &mut self.folds;
-        let fold = *self.fold_of.entry(entry.name().clone()).or_insert_with(|| {
-            folds.push(Held {
-                entry: entry.clone(),
-                fold: Fold::default(),
+        let served = &mut self.served;
+        let at = *self
+            .served_by_name
+            .entry(entry.name().clone())
+            .or_insert_with(|| {
+                served.push(Served {
+                    entry,
+                    fold: Fold::default(),
+                });
+                served.len() - 1
             });
-            folds.len() - 1
-        });
-        resolved[index] = Some(Resolved { entry, fold });
+        resolved[index] = Some(at);
     }
 
     /// Holds `tick` for its (resolved) symbol until the next publish.
     fn fold(&mut self, file: usize, symbol: u32, tick: &Tick) {
-        let Some(index) = self
-            .resolved
-            .get(file)
-            .and_then(|symbols| symbols.get(symbol as usize))
-            .and_then(Option::as_ref)
-            .map(|resolved| resolved.fold)
-        else {
+        let Some(index) = self.served_index(file, symbol) else {
             return;
         };
-        let Some(held) = self.folds.get_mut(index) else {
+        let Some(served) = self.served.get_mut(index) else {
             return;
         };
-        if held.fold.is_empty() {
+        if served.fold.is_empty() {
             self.holding.push(index);
         }
-        held.fold.add(tick);
+        served.fold.add(tick);
         self.take_in();
     }
 
@@ -529,26 +518,29 @@ impl Symbols {
         }
         let ingest_ts_ns = self.batch_started_ns;
         for index in self.holding.drain(..) {
-            if let Some(held) = self.folds.get_mut(index) {
-                hub.publish_fold(&held.entry, &held.fold, ingest_ts_ns);
-                held.fold = Fold::default();
+            if let Some(served) = self.served.get_mut(index) {
+                hub.publish_fold(&served.entry, &served.fold, ingest_ts_ns);
+                served.fold = Fold::default();
             }
         }
-        for key in self.depth.unpublished.drain(..) {
-            let Some(book) = self.depth.books.get_mut(&key) else {
+        // Taken out while the books are published, and put back: the list
+        // keeps its storage from one batch to the next.
+        let mut unpublished = std::mem::take(&mut self.depth.unpublished);
+        for (file, symbol) in unpublished.drain(..) {
+            let entry = self
+                .served_index(file, symbol)
+                .and_then(|index| self.served.get(index))
+                .map(|served| &served.entry);
+            let Some(book) = self.depth.books.get_mut(&(file, symbol)) else {
                 continue;
             };
-            let entry = self
-                .resolved
-                .get(key.0)
-                .and_then(|symbols| symbols.get(key.1 as usize))
-                .and_then(Option::as_ref);
             book.queued = false;
-            if let (true, Some(resolved)) = (std::mem::take(&mut book.in_sync), entry) {
+            if let (true, Some(entry)) = (std::mem::take(&mut book.in_sync), entry) {
                 let versions = std::mem::take(&mut book.versions);
-                hub.publish_depth(&resolved.entry, &mut book.book, versions, ingest_ts_ns);
+                hub.publish_depth(entry, &mut book.book, versions, ingest_ts_ns);
             }
         }
+        self.depth.unpublished = unpublished;
     }
 }
 
