@@ -51,17 +51,24 @@ pub(crate) struct FlatObject {
     /// venues' keys are one), the index + 1 of the first field under it, or
     /// 0. A message's eight or so lookups would otherwise each walk the
     /// fields.
-    first_of_letter: [u8; 64],
+    first_of_letter: [u8; LETTERS],
 }
 
-/// The first byte [`FlatObject::first_of_letter`] covers.
+/// The first byte [`FlatObject::first_of_letter`] covers, and how many.
 const FIRST_LETTER: u8 = 0x40;
+const LETTERS: usize = 64;
+
+/// The place in [`FlatObject::first_of_letter`] of a key of one byte, if it
+/// has one there.
+fn letter_slot(letter: u8) -> Option<usize> {
+    Some(usize::from(letter.checked_sub(FIRST_LETTER)?)).filter(|&slot| slot < LETTERS)
+}
 
 impl Default for FlatObject {
     fn default() -> Self {
         Self {
             fields: ArrayVec::new(),
-            first_of_letter: [0; 64],
+            first_of_letter: [0; LETTERS],
         }
     }
 }
@@ -70,7 +77,8 @@ impl FlatObject {
     /// The first value under `key` (as simd-json's `Object::get` finds it).
     pub(crate) fn get(&self, bytes: &[u8], key: &str) -> Option<&Scalar> {
         if let [letter] = key.as_bytes() {
-            if let Some(&index) = self.letter_index(*letter) {
+            let slot = letter_slot(*letter).and_then(|at| self.first_of_letter.get(at));
+            if let Some(&index) = slot {
                 let field = usize::from(index).checked_sub(1)?;
                 return self.fields.get(field).map(|(_, value)| value);
             }
@@ -89,28 +97,18 @@ impl FlatObject {
             .map(|(_, value)| value)
     }
 
-    fn letter_index(&self, letter: u8) -> Option<&u8> {
-        self.first_of_letter
-            .get(usize::from(letter.checked_sub(FIRST_LETTER)?))
-    }
-
     fn clear(&mut self) {
         self.fields.clear();
-        self.first_of_letter = [0; 64];
+        self.first_of_letter = [0; LETTERS];
     }
 
     /// Adds a field; `None` past [`MAX_FIELDS`].
     fn push(&mut self, bytes: &[u8], key: Range<usize>, value: Scalar) -> Option<()> {
         if let Some([letter]) = bytes.get(key.clone()) {
-            let letter = *letter;
             let number = u8::try_from(self.fields.len() + 1).ok()?;
-            if let Some(slot) = letter
-                .checked_sub(FIRST_LETTER)
-                .and_then(|offset| self.first_of_letter.get_mut(usize::from(offset)))
-            {
-                if *slot == 0 {
-                    *slot = number;
-                }
+            let slot = letter_slot(*letter).and_then(|at| self.first_of_letter.get_mut(at));
+            if let Some(slot) = slot.filter(|slot| **slot == 0) {
+                *slot = number;
             }
         }
         self.fields.try_push((key, value)).ok()
