@@ -321,7 +321,11 @@ impl Ladder {
     /// The key of `price` at the side's current scale, if it has one: not
     /// when the price has non-zero digits beyond that scale or does not fit.
     fn key_at_scale(&self, price: Decimal) -> Option<i64> {
-        let value = if price.scale() <= self.scale {
+        let value = if price.scale() == self.scale {
+            // The usual case, as a venue writes its prices at one scale: no
+            // 128-bit multiplication by one.
+            price.mantissa()
+        } else if price.scale() < self.scale {
             let factor = power_of_ten(self.scale - price.scale())?;
             price.mantissa().checked_mul(i128::from(factor))?
         } else {
