@@ -205,6 +205,8 @@ impl DepthBook {
 
     /// Appends the best `n` bids and asks, best first.
     pub fn top(&mut self, n: usize, bids: &mut Vec<Level>, asks: &mut Vec<Level>) {
+        self.bids.prepare_top(n);
+        self.asks.prepare_top(n);
         self.bids.top(n, bids);
         self.asks.top(n, asks);
     }

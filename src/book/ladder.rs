@@ -1,18 +1,41 @@
-//! One side of an order book: price levels in one sorted vector, worst first
-//! and best last.
+//! One side of an order book: the best few hundred price levels in one sorted
+//! vector, worst first and best last, and the rest in a hash map.
 //!
 //! Prices are kept as integers at the finest scale the side has seen, so a
-//! lookup is a binary search over plain `i64`s in contiguous memory, and
-//! reading the best `n` levels walks the vector's tail. Inserting into a
-//! sorted vector moves everything above the new level, so the vector keeps
-//! the best level at the end (venues change levels near the top far more than
-//! deep in the book) and a deleted level stays behind as a *vacant* slot: a
-//! later level at that price reuses it, and a new level moves only the levels
-//! between it and a vacant slot nearby (without them, a change on the
-//! Binance captures moved about 200 levels on average). Vacant slots are
-//! dropped from the end at once and compacted away when they outnumber the
-//! levels. Once the vectors have grown to the largest book seen no operation
+//! lookup compares plain `i64`s. Venues change levels near the top of a book
+//! more often than deep in it, but not by much: on the Binance captures a
+//! quarter (spot) to a tenth (USD-M) of a diff's levels lie within 16 of the
+//! best, about a half (spot) and a fifth (USD-M) between 16 and 256, and a
+//! third (spot) to a half (USD-M) deeper, on books of 1,000–5,000 levels a
+//! side. Only the best few hundred are ever read ([`Ladder::top`]).
+//!
+//! So a side is split at a *boundary* key into two parts:
+//!
+//! - the *near* part, the levels better than the boundary (between
+//!   [`NEAR_MIN`] and [`NEAR_MAX`] of them while there are enough), is a
+//!   sorted vector with the best level at the end: a lookup is a binary
+//!   search over a few kilobytes, and reading the best `n` levels walks the
+//!   vector's tail. Inserting into a sorted vector moves everything above the
+//!   new level, so a deleted level stays behind as a *vacant* slot: a later
+//!   level at that price reuses it, and a new level moves only the levels
+//!   between it and a vacant slot nearby. Vacant slots are dropped from the
+//!   end at once and compacted away when they outnumber the levels;
+//! - the *far* part, the levels at or beyond the boundary, is a hash map from
+//!   key to size: setting one is one hash operation, with neither a search
+//!   nor a move, however deep the book.
+//!
+//! When deletions leave the near part with fewer than [`NEAR_MIN`] levels
+//! (or [`Ladder::top`] asks for more than it holds), the boundary moves
+//! worse: the best far levels are selected from the map, sorted, and put in
+//! front of the near part. When the near part grows past [`NEAR_MAX`], its
+//! worst levels go to the map and the boundary moves better. Either moves a
+//! few hundred levels at once, so the cost is spread over at least as many
+//! changes. Once the storage has grown to the largest book seen no operation
 //! allocates. `benches/depth.rs` measures a set.
+//!
+//! (With the whole side in one vector, a change searched up to 5,000 keys and
+//! an insertion deep in the book moved everything above it: 22 % and 5 % of a
+//! looping replay of the captures.)
 //!
 //! A venue decides how many levels it sends, so a side is capped: once it
 //! holds more than an eighth over its limit, the worst levels are dropped in
@@ -25,6 +48,9 @@
 //! move that far, it holds fewer levels rather than wrong ones (see
 //! [`Ladder::is_cut`]), until a snapshot clears it.
 
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
 use rust_decimal::Decimal;
 use thiserror::Error;
 
@@ -43,18 +69,38 @@ pub enum SideKind {
 #[error("price {0} is too large or too precise for the order book")]
 pub struct PriceOutOfRange(pub Decimal);
 
+/// Fewest levels the near part holds while the far part has any: below it,
+/// far levels are moved in.
+pub const NEAR_MIN: usize = 256;
+
+/// Most levels the near part holds: above it, its worst are moved out.
+pub const NEAR_MAX: usize = 1_024;
+
 /// The price levels of one side of a book.
 #[derive(Clone, Debug)]
 pub struct Ladder {
     kind: SideKind,
-    /// Prices as integers at `scale` decimals, negated on the ask side so that
-    /// both sides sort ascending from the worst level to the best.
+    /// The near part's prices as integers at `scale` decimals, negated on the
+    /// ask side so that both sides sort ascending from the worst level to the
+    /// best. Every key is at least `boundary`.
     keys: Vec<i64>,
     /// The size of the level at the same index of `keys`; zero for a vacant
     /// slot. The last slot is never vacant.
     sizes: Vec<Decimal>,
-    /// Slots that are not vacant.
+    /// Slots of the near part that are not vacant.
     levels: usize,
+    /// The far part: the levels whose keys are below `boundary`, none of
+    /// them vacant. While it holds any, the near part holds at least
+    /// `near_min` levels (so the best level is always the last slot).
+    far: HashMap<i64, Decimal, FixedState>,
+    /// Where the parts meet; `i64::MIN` (below every key) while the far part
+    /// is empty.
+    boundary: i64,
+    /// The near part's bounds: [`NEAR_MIN`] and [`NEAR_MAX`] but in tests.
+    near_min: usize,
+    near_max: usize,
+    /// Storage reused when levels move between the parts.
+    moving: Vec<(i64, Decimal)>,
     /// Decimals of every key: the largest scale among the side's prices.
     scale: u32,
     /// Levels kept after the worst are dropped (see the module docs).
@@ -73,12 +119,25 @@ pub struct Ladder {
 impl Ladder {
     /// An empty side holding at most about `max_levels` levels.
     pub fn new(kind: SideKind, max_levels: usize) -> Self {
+        Self::with_near(kind, max_levels, NEAR_MIN, NEAR_MAX)
+    }
+
+    /// An empty side whose near part holds between `near_min` and `near_max`
+    /// levels while the side has enough.
+    fn with_near(kind: SideKind, max_levels: usize, near_min: usize, near_max: usize) -> Self {
         let max_levels = max_levels.max(1);
+        let near_min = near_min.max(1);
         Self {
             kind,
             keys: Vec::new(),
             sizes: Vec::new(),
             levels: 0,
+            far: HashMap::default(),
+            boundary: i64::MIN,
+            near_min,
+            // Room for moves of at least `near_min` levels either way.
+            near_max: near_max.max(3 * near_min),
+            moving: Vec::new(),
             scale: 0,
             max_levels,
             drop_above: max_levels.saturating_add(max_levels / 8),
@@ -102,12 +161,12 @@ impl Ladder {
 
     /// Number of levels.
     pub fn len(&self) -> usize {
-        self.levels
+        self.levels + self.far.len()
     }
 
     /// Whether the side has no level.
     pub fn is_empty(&self) -> bool {
-        self.levels == 0
+        self.len() == 0
     }
 
     /// Removes every level, keeping the storage for reuse.
@@ -115,6 +174,8 @@ impl Ladder {
         self.keys.clear();
         self.sizes.clear();
         self.levels = 0;
+        self.far.clear();
+        self.boundary = i64::MIN;
         self.scale = 0;
         self.cut = None;
     }
@@ -126,15 +187,8 @@ impl Ladder {
         if size.is_zero() {
             // A price the side cannot express at its scale is not in it: a
             // deletion neither rescales the side nor is refused.
-            let found = self
-                .key_at_scale(price)
-                .map(|key| self.keys.binary_search(&key));
-            if let Some(Ok(at)) = found {
-                if !self.sizes[at].is_zero() {
-                    self.levels -= 1;
-                    self.sizes[at] = Decimal::ZERO;
-                    self.drop_vacant();
-                }
+            if let Some(key) = self.key_at_scale(price) {
+                self.remove(key);
             }
             return Ok(());
         }
@@ -145,22 +199,89 @@ impl Ladder {
             return Ok(());
         }
         let key = self.key(price)?;
-        match self.keys.binary_search(&key) {
-            Ok(at) => {
-                if self.sizes[at].is_zero() {
-                    self.levels += 1;
+        if key < self.boundary {
+            self.far.insert(key, size);
+        } else {
+            match self.keys.binary_search(&key) {
+                Ok(at) => {
+                    if self.sizes[at].is_zero() {
+                        self.levels += 1;
+                    }
+                    self.sizes[at] = size;
                 }
-                self.sizes[at] = size;
-            }
-            Err(at) => {
-                self.insert(at, key, size);
-                self.levels += 1;
+                Err(at) => {
+                    self.insert(at, key, size);
+                    self.levels += 1;
+                    if self.levels > self.near_max {
+                        self.push_out();
+                    }
+                }
             }
         }
-        if self.levels > self.drop_above {
+        if self.len() > self.drop_above {
             self.drop_worst();
         }
         Ok(())
+    }
+
+    /// Removes the level at `key`, if there is one.
+    fn remove(&mut self, key: i64) {
+        if key < self.boundary {
+            if self.far.remove(&key).is_some() && self.far.is_empty() {
+                self.boundary = i64::MIN;
+            }
+            return;
+        }
+        if let Ok(at) = self.keys.binary_search(&key) {
+            if !self.sizes[at].is_zero() {
+                self.levels -= 1;
+                self.sizes[at] = Decimal::ZERO;
+                self.drop_vacant();
+                if self.levels < self.near_min && !self.far.is_empty() {
+                    self.pull_in(self.near_target() - self.levels);
+                }
+            }
+        }
+    }
+
+    /// Levels the near part holds after levels moved in or out.
+    fn near_target(&self) -> usize {
+        (self.near_min + self.near_max) / 2
+    }
+
+    /// Moves the near part's worst levels to the far part, down to
+    /// `near_target` levels.
+    fn push_out(&mut self) {
+        self.compact();
+        let out = self.levels - self.near_target();
+        self.boundary = self.keys[out];
+        self.far
+            .extend(self.keys.drain(..out).zip(self.sizes.drain(..out)));
+        self.levels -= out;
+    }
+
+    /// Moves the best `count` far levels (or all of them) to the near part.
+    fn pull_in(&mut self, count: usize) {
+        let mut moving = std::mem::take(&mut self.moving);
+        moving.clear();
+        moving.extend(self.far.iter().map(|(&key, &size)| (key, size)));
+        if count < moving.len() {
+            let first = moving.len() - count;
+            moving.select_nth_unstable_by_key(first, |&(key, _)| key);
+            moving.drain(..first);
+            let boundary = moving[0].0;
+            self.far.retain(|&key, _| key < boundary);
+            self.boundary = boundary;
+        } else {
+            self.far.clear();
+            self.boundary = i64::MIN;
+        }
+        moving.sort_unstable_by_key(|&(key, _)| key);
+        // Every far key is below every near key, vacant slots included.
+        self.keys.splice(..0, moving.iter().map(|&(key, _)| key));
+        self.sizes.splice(..0, moving.iter().map(|&(_, size)| size));
+        self.levels += moving.len();
+        self.moving = moving;
     }
 
     /// Whether `price` is at or beyond the cut, where nothing is known.
@@ -175,22 +296,46 @@ impl Ladder {
         }
     }
 
-    /// Drops the worst levels down to `max_levels`, in one pass.
+    /// Drops the worst levels down to `max_levels`, in one pass: the far
+    /// part's first, then the near part's.
     fn drop_worst(&mut self) {
-        self.compact();
-        let excess = self.levels.saturating_sub(self.max_levels);
-        if let Some(&best_dropped) = excess.checked_sub(1).and_then(|i| self.keys.get(i)) {
-            self.cut = Some(best_dropped);
+        let excess = self.len().saturating_sub(self.max_levels);
+        if excess == 0 {
+            return;
         }
-        self.keys.drain(..excess);
-        self.sizes.drain(..excess);
-        self.levels -= excess;
+        let from_far = excess.min(self.far.len());
+        let mut best_dropped = if from_far == self.far.len() {
+            let best = self.far.keys().max().copied();
+            self.far.clear();
+            self.boundary = i64::MIN;
+            best
+        } else {
+            let mut moving = std::mem::take(&mut self.moving);
+            moving.clear();
+            moving.extend(self.far.iter().map(|(&key, &size)| (key, size)));
+            let (_, &mut (best, _), _) =
+                moving.select_nth_unstable_by_key(from_far - 1, |&(key, _)| key);
+            self.far.retain(|&key, _| key > best);
+            self.moving = moving;
+            Some(best)
+        };
+        let from_near = excess - from_far;
+        if from_near > 0 {
+            self.compact();
+            best_dropped = Some(self.keys[from_near - 1]);
+            self.keys.drain(..from_near);
+            self.sizes.drain(..from_near);
+            self.levels -= from_near;
+        }
+        if best_dropped.is_some() {
+            self.cut = best_dropped;
+        }
         self.dropped += excess as u64;
     }
 
-    /// Puts a new level at index `at`, moving the levels between `at` and the
-    /// nearest vacant slot within [`NEARBY`] (or, failing that, every level
-    /// above `at`) by one.
+    /// Puts a new level at index `at` of the near part, moving the levels
+    /// between `at` and the nearest vacant slot within [`NEARBY`] (or,
+    /// failing that, every level above `at`) by one.
     fn insert(&mut self, at: usize, key: i64, size: Decimal) {
         let len = self.keys.len();
         if at == len {
@@ -254,8 +399,19 @@ impl Ladder {
         Some(self.level(*self.keys.last()?, *self.sizes.last()?))
     }
 
+    /// Moves far levels into the near part until it holds the best `n` (or
+    /// every level), so that [`Ladder::top`] finds them there: a publisher
+    /// calls it first, and the far levels it reads once are not sorted
+    /// again for the next version.
+    pub fn prepare_top(&mut self, n: usize) {
+        if n > self.levels && !self.far.is_empty() {
+            self.pull_in(n.max(self.near_target()) - self.levels);
+        }
+    }
+
     /// Appends the best `n` levels, best first, to `out`. Prices come out at
-    /// the side's scale.
+    /// the side's scale. Levels beyond the near part are sorted for the
+    /// occasion, unless [`Ladder::prepare_top`] moved them in.
     pub fn top(&self, n: usize, out: &mut Vec<Level>) {
         let occupied = self
             .keys
@@ -263,9 +419,23 @@ impl Ladder {
             .zip(&self.sizes)
             .rev()
             .filter(|(_, size)| !size.is_zero());
+        let before = out.len();
         for (&key, &size) in occupied.take(n) {
             out.push(self.level(key, size));
         }
+        let rest = n - (out.len() - before);
+        if rest == 0 || self.far.is_empty() {
+            return;
+        }
+        let mut far: Vec<(i64, Decimal)> =
+            self.far.iter().map(|(&key, &size)| (key, size)).collect();
+        if rest < far.len() {
+            let first = far.len() - rest;
+            far.select_nth_unstable_by_key(first, |&(key, _)| key);
+            far.drain(..first);
+        }
+        far.sort_unstable_by_key(|&(key, _)| std::cmp::Reverse(key));
+        out.extend(far.iter().map(|&(key, size)| self.level(key, size)));
     }
 
     fn level(&self, key: i64, size: Decimal) -> Level {
@@ -292,7 +462,7 @@ impl Ladder {
     /// decimals than the side so far.
     fn key(&mut self, price: Decimal) -> Result<i64, PriceOutOfRange> {
         let out_of_range = PriceOutOfRange(price);
-        if self.keys.is_empty() && self.cut.is_none() {
+        if self.is_empty() && self.cut.is_none() {
             self.scale = price.scale();
         } else if price.scale() > self.scale {
             // Trailing zeros do not need a finer scale ("10.50" is "10.5").
@@ -304,6 +474,7 @@ impl Ladder {
                 if self
                     .keys
                     .iter()
+                    .chain(self.far.keys())
                     .chain(&self.cut)
                     .any(|key| key.checked_mul(factor).is_none())
                 {
@@ -312,6 +483,15 @@ impl Ladder {
                 for key in self.keys.iter_mut().chain(&mut self.cut) {
                     *key *= factor;
                 }
+                let mut moving = std::mem::take(&mut self.moving);
+                moving.clear();
+                moving.extend(self.far.drain());
+                self.far
+                    .extend(moving.iter().map(|&(key, size)| (key * factor, size)));
+                self.moving = moving;
+                // Between the far part's keys and the near part's, which do
+                // not overflow; `i64::MIN` stays below every key.
+                self.boundary = self.boundary.saturating_mul(factor);
                 self.scale = scale;
             }
         }
@@ -599,6 +779,188 @@ mod tests {
             assert!(!ladder.is_cut());
             ladder.set(worst, Decimal::TEN).expect("in range");
             assert_eq!(ladder.len(), 1);
+        }
+    }
+
+    /// A side with a small near part, for the near/far split to move often.
+    fn small(kind: SideKind, max_levels: usize) -> Ladder {
+        Ladder::with_near(kind, max_levels, 8, 24)
+    }
+
+    /// The split's invariants (module docs).
+    fn check_parts(ladder: &Ladder) {
+        let vacant = ladder.sizes.iter().filter(|s| s.is_zero()).count();
+        assert_eq!(ladder.levels + vacant, ladder.keys.len());
+        assert!(ladder.sizes.last().is_none_or(|s| !s.is_zero()));
+        assert!(ladder.keys.windows(2).all(|w| w[0] < w[1]));
+        assert!(ladder.keys.iter().all(|&key| key >= ladder.boundary));
+        assert!(ladder
+            .far
+            .iter()
+            .all(|(&key, size)| key < ladder.boundary && !size.is_zero()));
+        assert_eq!(ladder.far.is_empty(), ladder.boundary == i64::MIN);
+        assert!(ladder.far.is_empty() || ladder.levels >= ladder.near_min);
+    }
+
+    /// What a side should hold: every level, capped and cut as the module
+    /// docs say, in a sorted map.
+    struct Model {
+        kind: SideKind,
+        levels: BTreeMap<Decimal, Decimal>,
+        max_levels: usize,
+        cut: Option<Decimal>,
+        dropped: u64,
+    }
+
+    impl Model {
+        fn set(&mut self, price: Decimal, size: Decimal) {
+            if size.is_zero() {
+                self.levels.remove(&price);
+                return;
+            }
+            let beyond = self.cut.is_some_and(|cut| match self.kind {
+                SideKind::Bids => price <= cut,
+                SideKind::Asks => price >= cut,
+            });
+            if beyond {
+                self.dropped += 1;
+                return;
+            }
+            self.levels.insert(price, size);
+            if self.levels.len() > self.max_levels + self.max_levels / 8 {
+                while self.levels.len() > self.max_levels {
+                    let worst = match self.kind {
+                        SideKind::Bids => self.levels.pop_first(),
+                        SideKind::Asks => self.levels.pop_last(),
+                    };
+                    self.cut = worst.map(|(price, _)| price);
+                    self.dropped += 1;
+                }
+            }
+        }
+
+        fn best_first(&self) -> Vec<Level> {
+            let levels = self
+                .levels
+                .iter()
+                .map(|(&price, &size)| Level { price, size });
+            match self.kind {
+                SideKind::Bids => levels.rev().collect(),
+                SideKind::Asks => levels.collect(),
+            }
+        }
+    }
+
+    #[test]
+    fn levels_moving_between_the_parts_as_the_price_drifts_match_a_sorted_map() {
+        for kind in [SideKind::Bids, SideKind::Asks] {
+            for max_levels in [usize::MAX, 150] {
+                let mut ladder = small(kind, max_levels);
+                let mut model = Model {
+                    kind,
+                    levels: BTreeMap::new(),
+                    max_levels,
+                    cut: None,
+                    dropped: 0,
+                };
+                let (mut pushed, mut pulled) = (0, 0);
+                let mut x: u64 = 11;
+                let mut next = || {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    x >> 16
+                };
+                // The best price, in cents, drifting up and down.
+                let mut center: i64 = 100_000;
+                let mut out = Vec::new();
+                for step in 0..60_000u64 {
+                    let r = next();
+                    if r % 8 == 0 {
+                        // Swings of about 190 levels either way.
+                        let up = (step / 3_000) % 2 == 0;
+                        center += if ((r >> 3) % 4 < 3) == up { 1 } else { -1 };
+                    }
+                    // Most changes near the best price, some deep in the book.
+                    let depth = match (r >> 8) % 10 {
+                        0..=5 => (r >> 12) % 16,
+                        6..=8 => (r >> 12) % 128,
+                        _ => (r >> 12) % 600,
+                    } as i64;
+                    let cents = match kind {
+                        SideKind::Bids => center - depth,
+                        SideKind::Asks => center + depth,
+                    };
+                    // Levels better than the best price are taken: deleted.
+                    let swept = (r >> 24) % 4 == 0;
+                    let deletes = swept || (r >> 26) % 10 < 4;
+                    let price = if swept {
+                        let cents = match kind {
+                            SideKind::Bids => center + 1 + (r >> 30) as i64 % 8,
+                            SideKind::Asks => center - 1 - (r >> 30) as i64 % 8,
+                        };
+                        Decimal::new(cents, 2)
+                    } else if (r >> 34) % 50 == 0 {
+                        // The same value at another scale.
+                        Decimal::new(cents * 10, 3)
+                    } else {
+                        Decimal::new(cents, 2)
+                    };
+                    let size = if deletes {
+                        Decimal::ZERO
+                    } else {
+                        Decimal::new((r >> 40) as i64 % 1000 + 1, 3)
+                    };
+                    let boundary = ladder.boundary;
+                    ladder.set(price, size).expect("in range");
+                    model.set(price, size);
+                    if step == 30_000 {
+                        // A finer price rescales both parts.
+                        let finer = Decimal::new(cents * 10 + 5, 3);
+                        ladder.set(finer, Decimal::ONE).expect("in range");
+                        model.set(finer, Decimal::ONE);
+                    }
+                    match ladder.boundary.cmp(&boundary) {
+                        std::cmp::Ordering::Greater if boundary != i64::MIN => pushed += 1,
+                        std::cmp::Ordering::Less if ladder.boundary != i64::MIN => pulled += 1,
+                        _ => {}
+                    }
+                    check_parts(&ladder);
+                    let expected = model.best_first();
+                    assert_eq!(ladder.len(), expected.len(), "{kind:?} step {step}");
+                    assert_eq!(ladder.best(), expected.first().copied());
+                    assert_eq!(ladder.is_cut(), model.cut.is_some());
+                    if step % 101 == 0 {
+                        // From both parts, and after moving levels in.
+                        for n in [1, 5, 30, 200] {
+                            out.clear();
+                            ladder.top(n, &mut out);
+                            assert_eq!(
+                                out[..],
+                                expected[..n.min(expected.len())],
+                                "{kind:?} {step}"
+                            );
+                        }
+                        assert_eq!(all(&ladder), expected, "{kind:?} after step {step}");
+                        if step % 707 == 0 {
+                            ladder.prepare_top(40);
+                            check_parts(&ladder);
+                            out.clear();
+                            ladder.top(40, &mut out);
+                            assert_eq!(out[..], expected[..40.min(expected.len())]);
+                        }
+                        assert_eq!(ladder.take_dropped(), std::mem::take(&mut model.dropped));
+                    }
+                }
+                assert!(
+                    pushed > 100 && pulled > 100,
+                    "{kind:?} {max_levels}: {pushed} {pulled}"
+                );
+                if max_levels < usize::MAX {
+                    assert!(ladder.is_cut());
+                }
+                assert_eq!(ladder.best().map(|l| l.price.scale()), Some(3));
+            }
         }
     }
 }
