@@ -20,9 +20,10 @@
 //! best ask is [`Outcome::Crossed`]. Neither is ever published as good; the
 //! caller marks the symbol's book stale instead.
 //!
-//! Applying a diff costs a binary search per level plus, for a new level, a
-//! short move within a sorted vector, and allocates nothing once buffers have
-//! grown (see [`ladder`](super::ladder)). A price the book cannot hold is
+//! Applying a diff costs, per level, a binary search over a side's best few
+//! hundred levels plus, for a new one, a short move within a sorted vector,
+//! or one hash operation for a deeper level, and allocates nothing once
+//! buffers have grown (see [`ladder`](super::ladder)). A price the book cannot hold is
 //! [`Outcome::PriceOutOfRange`] and is handled like a gap.
 //! [`DepthBook::publish`] copies only the best `max_depth` levels into a
 //! [`DepthSnapshot`].
