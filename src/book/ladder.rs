@@ -412,7 +412,17 @@ impl Ladder {
     /// every level), so that [`Ladder::top`] finds them there: a publisher
     /// calls it first, and the far levels it reads once are not sorted
     /// again for the next version.
+    ///
+    /// A publisher asks for the same `n` every time, so the near part's
+    /// bounds grow to hold `n` levels from the first call on: were it left at
+    /// [`NEAR_MIN`]–[`NEAR_MAX`] for an `n` of 500, say, every version would
+    /// pull hundreds of levels out of the whole far part again.
     pub fn prepare_top(&mut self, n: usize) {
+        let n = n.min(self.max_levels);
+        if n > self.near_min {
+            self.near_min = n;
+            self.near_max = self.near_max.max(n.saturating_mul(3));
+        }
         if n > self.levels && !self.far.is_empty() {
             self.pull_in(n.max(self.near_target()) - self.levels);
         }
@@ -951,8 +961,12 @@ mod tests {
                             );
                         }
                         assert_eq!(all(&ladder), expected, "{kind:?} after step {step}");
-                        if step % 707 == 0 {
+                        // Late in the run: from then on the near part holds
+                        // at least 40 levels, and moves between the parts
+                        // are rarer.
+                        if step % 707 == 0 && step > 56_000 {
                             ladder.prepare_top(40);
+                            assert!(ladder.near_min >= 40 && ladder.near_max >= 120);
                             check_parts(&ladder);
                             out.clear();
                             ladder.top(40, &mut out);
