@@ -12,7 +12,8 @@
 //! So a side is split at a *boundary* key into two parts:
 //!
 //! - the *near* part, the levels better than the boundary (between
-//!   [`NEAR_MIN`] and [`NEAR_MAX`] of them while the side has more), is a
+//!   [`NEAR_MIN`] and [`NEAR_MAX`] of them while the side has more, or more
+//!   if a publisher reads more: see [`Ladder::prepare_top`]), is a
 //!   sorted vector with the best level at the end: a lookup is a binary
 //!   search over a few kilobytes, and reading the best `n` levels walks the
 //!   vector's tail. Inserting into a sorted vector moves everything above the
@@ -42,9 +43,10 @@
 //! times as many lines per CPU-second (both builds running at once, medians
 //! of their ratio over 5 s rounds). A near part of 256–1,024 levels read
 //! about 2 % less than 128–512 (within the noise), of 512–2,048 levels 5 %
-//! less; one of 64–256 the same within the noise (it falls below the 100 levels published by
-//! default). An open-addressing table of its own (linear probing, Fibonacci
-//! hashing) for the far part was no faster than `HashMap` with `foldhash`.
+//! less; one of 64–256 the same within the noise, but it falls below the 100
+//! levels published by default. An open-addressing table of its own (linear
+//! probing, Fibonacci hashing) for the far part was no faster than `HashMap`
+//! with `foldhash`.
 //!
 //! A venue decides how many levels it sends, so a side is capped: once it
 //! holds more than an eighth over its limit, the worst levels are dropped in
@@ -59,7 +61,7 @@
 
 use std::collections::HashMap;
 
-use foldhash::fast::FixedState;
+use foldhash::fast::RandomState;
 use rust_decimal::Decimal;
 use thiserror::Error;
 
@@ -101,11 +103,14 @@ pub struct Ladder {
     /// The far part: the levels whose keys are below `boundary`, none of
     /// them vacant. While it holds any, the near part holds at least
     /// `near_min` levels (so the best level is always the last slot).
-    far: HashMap<i64, Decimal, FixedState>,
+    /// Seeded per map, so that no feed can be written to collide in it.
+    far: HashMap<i64, Decimal, RandomState>,
     /// Where the parts meet; `i64::MIN` (below every key) while the far part
     /// is empty.
     boundary: i64,
-    /// The near part's bounds: [`NEAR_MIN`] and [`NEAR_MAX`] but in tests.
+    /// The near part's bounds: [`NEAR_MIN`] and [`NEAR_MAX`] (smaller in
+    /// tests), raised by [`Ladder::prepare_top`] for a publisher that reads
+    /// more levels.
     near_min: usize,
     near_max: usize,
     /// Storage reused when levels move between the parts.
@@ -846,7 +851,7 @@ mod tests {
                 return;
             }
             self.levels.insert(price, size);
-            if self.levels.len() > self.max_levels + self.max_levels / 8 {
+            if self.levels.len() > self.max_levels.saturating_add(self.max_levels / 8) {
                 while self.levels.len() > self.max_levels {
                     let worst = match self.kind {
                         SideKind::Bids => self.levels.pop_first(),
