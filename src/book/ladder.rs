@@ -30,23 +30,20 @@
 //! moves worse: the best far levels are selected from the map, sorted, and
 //! put in front of the near part. When the near part grows past
 //! [`NEAR_MAX`], its worst levels go to the map and the boundary moves
-//! better. Either moves at least 192 levels at once (the near part is left
-//! with 320), so its cost is spread over at least as many changes. Once the
-//! storage has grown to the largest book seen no operation allocates.
+//! better. Either moves levels by the hundred (with the default bounds at
+//! least 192, leaving the near part 320; a pull that empties the far part
+//! may move fewer), so its cost is spread over at least as many changes; a
+//! level revived in a vacant slot may take the near part a little past its
+//! upper bound until the next insertion. Once the storage has grown to the
+//! largest book seen no operation allocates, but for a [`Ladder::top`] that
+//! reads far levels without [`Ladder::prepare_top`] first.
 //! `benches/depth.rs` measures a set.
 //!
 //! With the whole side in one sorted vector, a change searched up to 5,000
-//! keys and an insertion deep in the book moved everything above it: 22 %
-//! and about 5 % (in `memmove`) of a looping replay of the captures, the
-//! search most of the 22 %. Split, setting levels is about 19 % (3 of it the
-//! map's insertions) and `memmove` about 1 %, and the replay reads 1.10
-//! times as many lines per CPU-second (both builds running at once, medians
-//! of their ratio over 5 s rounds). A near part of 256–1,024 levels read
-//! about 2 % less than 128–512 (within the noise), of 512–2,048 levels 5 %
-//! less; one of 64–256 the same within the noise, but it falls below the 100
-//! levels published by default. An open-addressing table of its own (linear
-//! probing, Fibonacci hashing) for the far part was no faster than `HashMap`
-//! with `foldhash`.
+//! keys and an insertion deep in the book moved everything above it, which
+//! was over a quarter of a looping replay of the captures; split, the replay
+//! reads a tenth more lines per CPU-second. The bounds and the map were
+//! chosen by measurement: `docs/benchmarks.md` (S5) has the figures.
 //!
 //! A venue decides how many levels it sends, so a side is capped: once it
 //! holds more than an eighth over its limit, the worst levels are dropped in
@@ -87,6 +84,10 @@ pub const NEAR_MIN: usize = 128;
 /// Most levels the near part holds: above it, its worst are moved out.
 pub const NEAR_MAX: usize = 512;
 
+/// The deepest read [`Ladder::prepare_top`] keeps near: four times
+/// [`NEAR_MAX`], above the deepest book a client can subscribe to (500).
+pub const MOST_PREPARED: usize = 4 * NEAR_MAX;
+
 /// The price levels of one side of a book.
 #[derive(Clone, Debug)]
 pub struct Ladder {
@@ -103,7 +104,8 @@ pub struct Ladder {
     /// The far part: the levels whose keys are below `boundary`, none of
     /// them vacant. While it holds any, the near part holds at least
     /// `near_min` levels (so the best level is always the last slot).
-    /// Seeded per map, so that no feed can be written to collide in it.
+    /// Seeded per map, so that a feed prepared in advance cannot collide in
+    /// it.
     far: HashMap<i64, Decimal, RandomState>,
     /// Where the parts meet; `i64::MIN` (below every key) while the far part
     /// is empty.
@@ -150,7 +152,7 @@ impl Ladder {
             boundary: i64::MIN,
             near_min,
             // Room for moves of at least `near_min` levels either way.
-            near_max: near_max.max(3 * near_min),
+            near_max: near_max.max(near_min.saturating_mul(3)),
             moving: Vec::new(),
             scale: 0,
             max_levels,
@@ -260,7 +262,8 @@ impl Ladder {
 
     /// Levels the near part holds after levels moved in or out.
     fn near_target(&self) -> usize {
-        (self.near_min + self.near_max) / 2
+        // Not `(min + max) / 2`, which a side with huge bounds overflows.
+        self.near_min + (self.near_max - self.near_min) / 2
     }
 
     /// Moves the near part's worst levels to the far part, down to
@@ -421,9 +424,15 @@ impl Ladder {
     /// A publisher asks for the same `n` every time, so the near part's
     /// bounds grow to hold `n` levels from the first call on: were it left at
     /// [`NEAR_MIN`]–[`NEAR_MAX`] for an `n` of 500, say, every version would
-    /// pull hundreds of levels out of the whole far part again.
+    /// pull hundreds of levels out of the whole far part again. An `n` above
+    /// [`MOST_PREPARED`] is a one-off read of most of the book (no client
+    /// is served that deep), which moves nothing: `top` sorts the far levels
+    /// for it, rather than the side staying one long vector from then on.
     pub fn prepare_top(&mut self, n: usize) {
         let n = n.min(self.max_levels);
+        if n > MOST_PREPARED {
+            return;
+        }
         if n > self.near_min {
             self.near_min = n;
             self.near_max = self.near_max.max(n.saturating_mul(3));
@@ -988,6 +997,135 @@ mod tests {
                     assert!(ladder.is_cut());
                 }
                 assert_eq!(ladder.best().map(|l| l.price.scale()), Some(3));
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_of_an_uncapped_side_prepared_for_reading() {
+        // A side with no cap (as `Ladder::new(kind, usize::MAX)` in the tests
+        // above) and a far part, asked for every level.
+        let mut ladder = small(SideKind::Bids, usize::MAX);
+        for cents in 0..100 {
+            ladder
+                .set(Decimal::new(cents, 2), Decimal::ONE)
+                .expect("in range");
+        }
+        assert!(!ladder.far.is_empty());
+        ladder.prepare_top(usize::MAX);
+        check_parts(&ladder);
+        let mut out = Vec::new();
+        ladder.top(usize::MAX, &mut out);
+        assert_eq!(out.len(), 100);
+    }
+
+    #[test]
+    fn a_one_off_deep_read_leaves_the_far_part_in_use() {
+        // tests/depth.rs reads the whole book now and then (n = usize::MAX on
+        // a 10,000-level cap); publishing 100 levels afterwards should still
+        // keep the deep levels in the map.
+        let mut ladder = Ladder::new(SideKind::Bids, 10_000);
+        for cents in 0..2_000 {
+            ladder
+                .set(Decimal::new(cents, 2), Decimal::ONE)
+                .expect("in range");
+        }
+        assert!(!ladder.far.is_empty());
+        ladder.prepare_top(usize::MAX);
+        ladder.prepare_top(100);
+        for cents in 2_000..5_000 {
+            ladder
+                .set(Decimal::new(cents, 2), Decimal::ONE)
+                .expect("in range");
+        }
+        assert!(
+            !ladder.far.is_empty(),
+            "near part holds {} levels, bounds {}-{}",
+            ladder.levels,
+            ladder.near_min,
+            ladder.near_max
+        );
+    }
+
+    #[test]
+    fn random_operations_on_small_parts_match_a_sorted_map() {
+        let caps = [1usize, 2, 3, 7, 30, 100, 1_000, usize::MAX];
+        let nears = [(1usize, 1usize), (1, 3), (2, 6), (4, 12), (8, 24)];
+        let mut seed: u64 = 99;
+        for kind in [SideKind::Bids, SideKind::Asks] {
+            for &cap in &caps {
+                for &(nmin, nmax) in &nears {
+                    let mut ladder = Ladder::with_near(kind, cap, nmin, nmax);
+                    let mut model = Model {
+                        kind,
+                        levels: BTreeMap::new(),
+                        max_levels: cap,
+                        cut: None,
+                        dropped: 0,
+                    };
+                    let mut next = || {
+                        seed = seed
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        seed >> 16
+                    };
+                    let mut scale = 2u32;
+                    for step in 0..6_000u64 {
+                        let r = next();
+                        let op = r % 100;
+                        if op == 0 {
+                            ladder.clear();
+                            model.levels.clear();
+                            model.cut = None;
+                        } else if op < 4 {
+                            let n =
+                                [0usize, 1, 3, 10, 50, 200, usize::MAX / 8][(r >> 8) as usize % 7];
+                            ladder.prepare_top(n);
+                            check_parts(&ladder);
+                        } else {
+                            if op == 4 && scale < 5 {
+                                scale += 1;
+                            }
+                            let units = ((r >> 8) % 300) as i64;
+                            let price = Decimal::new(
+                                units * 10i64.pow(scale - 2) + if op == 5 { 1 } else { 0 },
+                                scale,
+                            );
+                            let size = if (r >> 20) % 5 < 2 {
+                                Decimal::ZERO
+                            } else {
+                                Decimal::new(((r >> 24) % 100 + 1) as i64, 1)
+                            };
+                            ladder.set(price, size).expect("in range");
+                            model.set(price, size);
+                        }
+                        check_parts(&ladder);
+                        let expected = model.best_first();
+                        assert_eq!(
+                            ladder.len(),
+                            expected.len(),
+                            "{kind:?} cap {cap} near {nmin} step {step}"
+                        );
+                        assert_eq!(ladder.best(), expected.first().copied());
+                        assert_eq!(ladder.is_cut(), model.cut.is_some());
+                        if step % 37 == 0 {
+                            for n in [1usize, 4, 17, 500] {
+                                let mut out = Vec::new();
+                                ladder.top(n, &mut out);
+                                assert_eq!(
+                                    out[..],
+                                    expected[..n.min(expected.len())],
+                                    "{kind:?} cap {cap} step {step}"
+                                );
+                            }
+                            assert_eq!(
+                                ladder.take_dropped(),
+                                std::mem::take(&mut model.dropped),
+                                "{kind:?} cap {cap} step {step}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
