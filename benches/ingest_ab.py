@@ -22,10 +22,11 @@ import statistics
 import subprocess
 import time
 
-from ingest import free_port, sample
+from ingest import free_port, poll, sample, total
 
 
 def start(binary, core, replays):
+    """A looping max-speed replay of `replays` pinned to `core`, and its port."""
     port = free_port()
     command = ["taskset", "-c", str(core), binary, "serve", "--listen", f"127.0.0.1:{port}",
                "--speed", "max", "--loop"]
@@ -36,21 +37,45 @@ def start(binary, core, replays):
     return server, port
 
 
-def one_round(args, swap):
-    cores = [1, 0] if swap else [0, 1]
-    servers = [start(binary, core, args.replays)
-               for binary, core in zip([args.base, args.candidate], cores)]
+def wait_until_flowing(server, port):
+    """Returns once the server's replay has read its first messages."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        series = poll(server, port)
+        if series and total(series, "tickwire_feed_messages_total") > 0:
+            return
+        time.sleep(0.05)
+    raise SystemExit("a replay did not start within a minute")
+
+
+def stop(servers):
+    for server, _ in servers:
+        server.terminate()
+    for server, _ in servers:
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def one_round(args, cores, swap):
+    if swap:
+        cores = cores[::-1]
+    servers = []
     try:
+        for binary, core in zip([args.base, args.candidate], cores):
+            servers.append(start(binary, core, args.replays))
         # Start-up reads every file once to declare its symbols; the window
         # begins once both have been looping for a while.
+        for server, port in servers:
+            wait_until_flowing(server, port)
         time.sleep(args.settle)
         before = [sample(server, port) for server, port in servers]
         time.sleep(args.window)
         after = [sample(server, port) for server, port in servers]
     finally:
-        for server, _ in servers:
-            server.terminate()
-            server.wait()
+        stop(servers)
     rates = []
     for (messages_after, cpu_after), (messages_before, cpu_before) in zip(after, before):
         cpu = cpu_after - cpu_before
@@ -66,15 +91,16 @@ def main():
     parser.add_argument("--candidate", required=True, help="the build being tried")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--window", type=float, default=5.0, help="seconds measured per round")
-    parser.add_argument("--settle", type=float, default=2.5,
-                        help="seconds between starting the servers and the window")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds between both replays flowing and the window")
     parser.add_argument("replays", nargs="+")
     args = parser.parse_args()
-    if os.cpu_count() is None or os.cpu_count() < 2:
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
         raise SystemExit("needs two cores: the builds run side by side")
     ratios = []
     for round_no in range(args.rounds):
-        base, candidate = one_round(args, swap=round_no % 2 == 1)
+        base, candidate = one_round(args, cores, swap=round_no % 2 == 1)
         ratios.append(candidate / base)
         print(f"round {round_no + 1}: base {base:,.0f}, candidate {candidate:,.0f} "
               f"lines per CPU-second, candidate/base {candidate / base:.3f}", flush=True)
