@@ -98,19 +98,23 @@ def one_pass(args):
     return series, wall, cpu
 
 
+def wait_until_flowing(server, port):
+    """Returns once the server's replay has read its first messages."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        series = poll(server, port)
+        if series and total(series, "tickwire_feed_messages_total") > 0:
+            return
+        time.sleep(0.05)
+    sys.exit("the replay did not start within a minute")
+
+
 def steady(args):
     """Δ messages ÷ Δ CPU-seconds over a window of a looping replay."""
     port = free_port()
     server = start(args, port, looped=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            series = poll(server, port)
-            if series and total(series, "tickwire_feed_messages_total") > 0:
-                break
-            time.sleep(0.05)
-        else:
-            sys.exit("the replay did not start within a minute")
+        wait_until_flowing(server, port)
         time.sleep(1)
         before = sample(server, port)
         time.sleep(args.window)

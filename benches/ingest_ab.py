@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import time
 
-from ingest import free_port, poll, sample, total
+from ingest import free_port, sample, wait_until_flowing
 
 
 def start(binary, core, replays):
@@ -35,17 +35,6 @@ def start(binary, core, replays):
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "RUST_LOG": "warn"})
     return server, port
-
-
-def wait_until_flowing(server, port):
-    """Returns once the server's replay has read its first messages."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        series = poll(server, port)
-        if series and total(series, "tickwire_feed_messages_total") > 0:
-            return
-        time.sleep(0.05)
-    raise SystemExit("a replay did not start within a minute")
 
 
 def stop(servers):
