@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use tickwire::auth::Grant;
 use tickwire::book::{Fold, Snapshot};
 use tickwire::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use tickwire::metrics::Metrics;
@@ -217,7 +218,7 @@ fn bench_fanout_step(c: &mut Criterion) {
     hub.publish(&entry, &quote, 1);
     let mut sessions: Vec<(Subscriptions, Outbox)> = (0..SESSIONS)
         .map(|i| {
-            let mut subs = Subscriptions::new(hub.clone(), 16);
+            let mut subs = Subscriptions::new(hub.clone(), Arc::new(Grant::unrestricted()), 16);
             let mut out = Outbox::new(Framing::WebSocket, hub.metrics().clone(), i as u64);
             subs.subscribe(None, vec!["BTCUSDT".into()], None, &mut out);
             let n = out.buffered();

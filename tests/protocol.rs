@@ -87,6 +87,40 @@ async fn subscribe_answers_then_snapshots_then_live_updates_in_seq_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_name_is_told_the_served_symbols_it_may_mean() {
+    let server = live_server(ServerConfig::default()).await;
+    let (_, names) = server.get("/api/symbols").await;
+    let names: Vec<String> = serde_json::from_str(&names).expect("JSON");
+    let meant: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| name.ends_with(":BTCUSDT"))
+        .collect();
+    assert!(meant.len() >= 2, "{names:?}");
+    let hint = format!(
+        "no such symbol (btcusdt: did you mean {}?)",
+        meant.join(", ")
+    );
+
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op": "subscribe", "id": 1, "symbols": ["btcusdt", "NOPE"]}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "subscribed", "id": 1, "channel": "ticker", "symbols": []})
+    );
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "error", "id": 1, "code": "unknown_symbol", "message": hint, "symbols": ["btcusdt", "NOPE"]})
+    );
+    let (status, body) = server.get("/api/snapshot/btcusdt").await;
+    assert_eq!(status, 404, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body, json!({"error": "unknown_symbol", "message": hint}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_symbols_parameter_is_answered_as_an_empty_subscribe_request() {
     let server = live_server(ServerConfig::default()).await;
     let mut by_url = Client::connect(&server.url("?symbols=")).await;

@@ -242,6 +242,24 @@ async fn unentitled_symbols_never_reach_the_client_on_any_path() {
         }
     }
 
+    // A name the server does not serve is told only of the symbols the
+    // credential covers that it may mean, on both paths.
+    let hint = "no such symbol (spot:btcusdt: did you mean spot:BTCUSDT?)";
+    client
+        .send(json!({"op": "subscribe", "id": 4, "symbols": ["spot:btcusdt"]}))
+        .await;
+    let error = client.recv_type("error").await;
+    assert_eq!(
+        (&error["code"], &error["message"]),
+        (&json!("unknown_symbol"), &json!(hint))
+    );
+    let (status, body) = server
+        .get(&format!("/api/snapshot/spot:btcusdt?token={jwt}"))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["message"], hint);
+
     // HTTP: the symbol list is filtered and a snapshot outside the grant is 403.
     let (status, body) = server.get(&format!("/api/symbols?token={jwt}")).await;
     assert_eq!((status, body.as_str()), (200, r#"["spot:BTCUSDT"]"#));

@@ -323,10 +323,21 @@ pub fn fence_after_clears() {
     fence(Ordering::SeqCst);
 }
 
+/// A symbol's name without its `venue:` prefix, in upper case: what the
+/// client may have meant when it names a symbol the server does not serve.
+fn bare_name(name: &str) -> String {
+    name.rsplit_once(':')
+        .map_or(name, |(_, bare)| bare)
+        .to_ascii_uppercase()
+}
+
 /// The symbol table and publisher side of the fan-out.
 #[derive(Debug)]
 pub struct Hub {
     symbols: RwLock<HashMap<Arc<str>, Arc<SymbolEntry>>>,
+    /// Served names by their bare form (see [`bare_name`]), sorted, so that a
+    /// client asking for `BTCUSDT` or `btcusdt` can be told of `spot:BTCUSDT`.
+    by_bare_name: RwLock<HashMap<Box<str>, Vec<Arc<str>>>>,
     metrics: Arc<Metrics>,
     /// Levels per side kept in each published depth version.
     max_book_depth: usize,
@@ -337,6 +348,7 @@ impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             symbols: RwLock::new(HashMap::new()),
+            by_bare_name: RwLock::new(HashMap::new()),
             metrics,
             max_book_depth: DEFAULT_MAX_BOOK_DEPTH,
         }
@@ -368,10 +380,54 @@ impl Hub {
             return entry;
         }
         let mut symbols = self.symbols.write().unwrap_or_else(|e| e.into_inner());
-        symbols
+        let mut added = None;
+        let entry = symbols
             .entry(Arc::from(name))
-            .or_insert_with_key(|key| Arc::new(SymbolEntry::new(key.clone())))
-            .clone()
+            .or_insert_with_key(|key| {
+                added = Some(key.clone());
+                Arc::new(SymbolEntry::new(key.clone()))
+            })
+            .clone();
+        drop(symbols);
+        if let Some(name) = added {
+            let mut by_bare_name = self.by_bare_name.write().unwrap_or_else(|e| e.into_inner());
+            let names = by_bare_name.entry(bare_name(&name).into()).or_default();
+            if let Err(at) = names.binary_search(&name) {
+                names.insert(at, name);
+            }
+        }
+        entry
+    }
+
+    /// `no such symbol` for the names of `unknown`, and for the first few of
+    /// them (four) the served symbols the client may have meant: those that differ
+    /// only in a `venue:` prefix or in case, as far as `visible` (the
+    /// client's entitlements) lets it see them. The names are the client's
+    /// own, already in the error's `symbols`; the hints are bounded.
+    pub fn no_such_symbol(&self, unknown: &[&str], visible: &dyn Fn(&str) -> bool) -> String {
+        const HINTED_NAMES: usize = 4;
+        const HINTS_PER_NAME: usize = 4;
+        let by_bare_name = self.by_bare_name.read().unwrap_or_else(|e| e.into_inner());
+        let hints: Vec<String> = unknown
+            .iter()
+            .take(HINTED_NAMES)
+            .filter_map(|name| {
+                let similar: Vec<&str> = by_bare_name
+                    .get(bare_name(name).as_str())?
+                    .iter()
+                    .map(|similar| &**similar)
+                    .filter(|&similar| visible(similar))
+                    .take(HINTS_PER_NAME)
+                    .collect();
+                (!similar.is_empty())
+                    .then(|| format!("{name}: did you mean {}?", similar.join(", ")))
+            })
+            .collect();
+        if hints.is_empty() {
+            "no such symbol".to_owned()
+        } else {
+            format!("no such symbol ({})", hints.join("; "))
+        }
     }
 
     /// The entry for `name`, if it is served.
@@ -656,5 +712,64 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let names: Vec<String> = hub.symbol_names().iter().map(|n| n.to_string()).collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_names_are_told_the_served_ones_they_may_mean() {
+        let hub = Hub::new(Arc::default());
+        for name in ["usdm:BTCUSDT", "spot:BTCUSDT", "ETHUSDT", "spot:ETHUSDT"] {
+            hub.declare(name);
+        }
+        hub.declare("spot:BTCUSDT");
+        let everything = |_: &str| true;
+        let cases = [
+            (
+                "BTCUSDT",
+                "BTCUSDT: did you mean spot:BTCUSDT, usdm:BTCUSDT?",
+            ),
+            (
+                "btcusdt",
+                "btcusdt: did you mean spot:BTCUSDT, usdm:BTCUSDT?",
+            ),
+            (
+                "spot:btcusdt",
+                "spot:btcusdt: did you mean spot:BTCUSDT, usdm:BTCUSDT?",
+            ),
+            (
+                "coinbase:ethusdt",
+                "coinbase:ethusdt: did you mean ETHUSDT, spot:ETHUSDT?",
+            ),
+        ];
+        for (name, hint) in cases {
+            assert_eq!(
+                hub.no_such_symbol(&[name], &everything),
+                format!("no such symbol ({hint})")
+            );
+        }
+        assert_eq!(
+            hub.no_such_symbol(&["FOO", ""], &everything),
+            "no such symbol"
+        );
+        // Only what the client may see is named.
+        let usdm_only = |name: &str| name.starts_with("usdm:");
+        assert_eq!(
+            hub.no_such_symbol(&["FOO", "BTCUSDT", "ETHUSDT:"], &usdm_only),
+            "no such symbol (BTCUSDT: did you mean usdm:BTCUSDT?)"
+        );
+        // Hints for the first four names only, each name's hints capped.
+        for venue in 0..10 {
+            hub.declare(&format!("v{venue}:SOLUSDT"));
+        }
+        let names = [
+            "a:SOLUSDT",
+            "b:SOLUSDT",
+            "c:SOLUSDT",
+            "d:SOLUSDT",
+            "e:SOLUSDT",
+        ];
+        let message = hub.no_such_symbol(&names, &everything);
+        assert_eq!(message.matches("did you mean").count(), 4, "{message}");
+        assert!(!message.contains("e:SOLUSDT"), "{message}");
+        assert!(message.starts_with("no such symbol (a:SOLUSDT: did you mean v0:SOLUSDT, v1:SOLUSDT, v2:SOLUSDT, v3:SOLUSDT?;"), "{message}");
     }
 }

@@ -145,7 +145,11 @@ async fn snapshot(
     }
     let Some(entry) = shared.hub.get(&symbol) else {
         shared.hub.metrics().count_error(ErrorCode::UnknownSymbol);
-        return refusal(StatusCode::NOT_FOUND, "unknown_symbol", "no such symbol");
+        let entitlements = &grant.entitlements;
+        let message = shared
+            .hub
+            .no_such_symbol(&[&symbol], &|name| entitlements.allows(name));
+        return refusal(StatusCode::NOT_FOUND, "unknown_symbol", &message);
     };
     let Some(current) = entry.current() else {
         return refusal(

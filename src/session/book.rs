@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::channel::{self, AnnouncedStatus, Channel, PendingAnswer, Registry};
 use super::outbox::Outbox;
 use super::subscriptions::encode_error;
+use crate::auth::Grant;
 use crate::book::depth::{deepest_served, depth_index, BOOK_DEPTHS};
 use crate::fanout::{Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
@@ -39,6 +40,7 @@ pub(super) struct BookSubscription {
 #[derive(Debug)]
 pub struct BookSubscriptions {
     hub: Arc<Hub>,
+    grant: Arc<Grant>,
     mailbox: Arc<Mailbox>,
     max_subscriptions: usize,
     subs: Registry<BookSubscription>,
@@ -46,9 +48,15 @@ pub struct BookSubscriptions {
 
 impl BookSubscriptions {
     /// No subscriptions yet; slots will announce themselves in `mailbox`.
-    pub fn new(hub: Arc<Hub>, mailbox: Arc<Mailbox>, max_subscriptions: usize) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        grant: Arc<Grant>,
+        mailbox: Arc<Mailbox>,
+        max_subscriptions: usize,
+    ) -> Self {
         Self {
             hub,
+            grant,
             mailbox,
             max_subscriptions,
             subs: Registry::default(),
@@ -149,6 +157,10 @@ impl Channel for BookSubscriptions {
 
     fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    fn grant(&self) -> &Grant {
+        &self.grant
     }
 
     fn registry(&self) -> &Registry<BookSubscription> {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::outbox::Outbox;
 use super::subscriptions::encode_error;
+use crate::auth::Grant;
 use crate::fanout::{Hub, SymbolEntry, SymbolState, SymbolStatus};
 use crate::metrics::ErrorCode;
 use crate::protocol::Reply;
@@ -158,6 +159,8 @@ pub(super) trait Channel {
     type Subscription;
 
     fn hub(&self) -> &Hub;
+    /// The client's credentials: the names an error may show it.
+    fn grant(&self) -> &Grant;
     fn registry(&self) -> &Registry<Self::Subscription>;
     fn max_subscriptions(&self) -> usize;
     /// Applies new settings to a subscription and returns its symbol's name.
@@ -271,13 +274,22 @@ pub(super) fn subscribe<C: Channel>(
         _ => C::LIMIT_NOUN,
     };
     let limit = format!("at most {max} {noun} per connection");
-    for (names, code, message) in [
-        (&unknown, ErrorCode::UnknownSymbol, "no such symbol"),
-        (&over_limit, ErrorCode::LimitExceeded, limit.as_str()),
+    for (names, code) in [
+        (&unknown, ErrorCode::UnknownSymbol),
+        (&over_limit, ErrorCode::LimitExceeded),
     ] {
         if !names.is_empty() {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let error = encode_error(channel.hub(), id, code, message, &names);
+            let message = match code {
+                ErrorCode::UnknownSymbol => {
+                    let entitlements = &channel.grant().entitlements;
+                    channel
+                        .hub()
+                        .no_such_symbol(&names, &|name| entitlements.allows(name))
+                }
+                _ => limit.clone(),
+            };
+            let error = encode_error(channel.hub(), id, code, &message, &names);
             pending.reply(error, out);
         }
     }

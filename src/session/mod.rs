@@ -316,7 +316,7 @@ impl Session {
             decoder: Decoder::new(config.max_message_bytes),
             inbound: BytesMut::from(&already_read[..]),
             out: Outbox::new(Framing::WebSocket, hub.metrics().clone(), context.id),
-            subscriptions: Subscriptions::new(hub, max_subscriptions),
+            subscriptions: Subscriptions::new(hub, context.grant.clone(), max_subscriptions),
             ping: PingState::Idle {
                 next_ping: now + config.ping_interval,
             },

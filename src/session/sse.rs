@@ -71,7 +71,8 @@ async fn run(
     let max_subscriptions = grant
         .entitlements
         .subscription_limit(config.max_subscriptions);
-    let mut subscriptions = Subscriptions::new(context.hub.clone(), max_subscriptions);
+    let mut subscriptions =
+        Subscriptions::new(context.hub.clone(), grant.clone(), max_subscriptions);
     entitled::subscribe(
         &mut subscriptions,
         &grant,

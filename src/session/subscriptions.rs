@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::book::{BookSubscriptions, BOOK_SLOT};
 use super::channel::{self, AnnouncedStatus, Channel, PendingAnswer, Registry};
 use super::outbox::Outbox;
+use crate::auth::Grant;
 use crate::fanout::{fence_after_clears, Hub, Mailbox, Slot, SymbolEntry};
 use crate::metrics::ErrorCode;
 use crate::protocol::{self, Reply, TICKER_CHANNEL};
@@ -43,6 +44,7 @@ pub(super) struct Subscription {
 #[derive(Debug)]
 pub struct Subscriptions {
     hub: Arc<Hub>,
+    grant: Arc<Grant>,
     max_subscriptions: usize,
     mailbox: Arc<Mailbox>,
     /// Indices taken from the mailbox, processed from `ready_pos` on.
@@ -62,11 +64,19 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn new(hub: Arc<Hub>, max_subscriptions: usize) -> Self {
+    /// A client's subscriptions under `grant`, at most `max_subscriptions`
+    /// on each channel.
+    pub fn new(hub: Arc<Hub>, grant: Arc<Grant>, max_subscriptions: usize) -> Self {
         let mailbox = Arc::new(Mailbox::default());
         Self {
-            book: BookSubscriptions::new(hub.clone(), mailbox.clone(), max_subscriptions),
+            book: BookSubscriptions::new(
+                hub.clone(),
+                grant.clone(),
+                mailbox.clone(),
+                max_subscriptions,
+            ),
             hub,
+            grant,
             max_subscriptions,
             mailbox,
             ready: Vec::new(),
@@ -363,6 +373,10 @@ impl Channel for Subscriptions {
         &self.hub
     }
 
+    fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
     fn registry(&self) -> &Registry<Subscription> {
         &self.subs
     }
@@ -506,7 +520,8 @@ mod tests {
                 entry
             })
             .collect();
-        let mut subscriptions = Subscriptions::new(hub.clone(), 100);
+        let mut subscriptions =
+            Subscriptions::new(hub.clone(), Arc::new(Grant::unrestricted()), 100);
         let mut out = Outbox::new(Framing::WebSocket, Arc::default(), 0);
         // Fifty snapshots, then a refusal larger than the high-water mark.
         let mut symbols: Vec<String> = entries.iter().map(|e| e.name().to_string()).collect();
@@ -560,7 +575,8 @@ mod tests {
         let entry = hub.declare("test:S");
         hub.publish(&entry, &quote(100), 1);
         hub.set_status(&entry, SymbolState::Stale, "feed disconnected");
-        let mut subscriptions = Subscriptions::new(hub.clone(), 10);
+        let mut subscriptions =
+            Subscriptions::new(hub.clone(), Arc::new(Grant::unrestricted()), 10);
         let mut out = Outbox::new(Framing::WebSocket, Arc::default(), 0);
         let stale = r#""state":"stale","reason":"feed disconnected""#;
         for round in 0..2 {
@@ -588,7 +604,8 @@ mod tests {
         let entry = hub.declare("test:S");
         let reason = "depth gap: waiting for a new snapshot";
         entry.depth().set_status(SymbolState::Stale, reason);
-        let mut subscriptions = Subscriptions::new(hub.clone(), 10);
+        let mut subscriptions =
+            Subscriptions::new(hub.clone(), Arc::new(Grant::unrestricted()), 10);
         let mut out = Outbox::new(Framing::WebSocket, Arc::default(), 0);
         for round in 0..2 {
             let symbols = vec!["test:S".into()];
