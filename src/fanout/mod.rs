@@ -399,11 +399,11 @@ impl Hub {
         entry
     }
 
-    /// `no such symbol` for the names of `unknown`, and for the first few of
-    /// them (four) the served symbols the client may have meant: those that differ
-    /// only in a `venue:` prefix or in case, as far as `visible` (the
-    /// client's entitlements) lets it see them. The names are the client's
-    /// own, already in the error's `symbols`; the hints are bounded.
+    /// `no such symbol` for the names of `unknown`, and for the first four
+    /// of them the served symbols the client may have meant: those that
+    /// differ only in a `venue:` prefix or in case, as far as `visible` (the
+    /// client's entitlements) lets it see them, at most four a name. The
+    /// names are the client's own, already in the error's `symbols`.
     pub fn no_such_symbol(&self, unknown: &[&str], visible: &dyn Fn(&str) -> bool) -> String {
         const HINTED_NAMES: usize = 4;
         const HINTS_PER_NAME: usize = 4;
