@@ -243,16 +243,20 @@ async fn bad_requests_get_bad_request_and_the_connection_stays_open() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_limit_is_enforced_per_connection() {
-    let config = ServerConfig {
+/// A server that lets each connection hold one subscription.
+fn one_subscription_per_connection() -> ServerConfig {
+    ServerConfig {
         session: SessionConfig {
             max_subscriptions: 1,
             ..SessionConfig::default()
         },
         ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_limit_is_enforced_per_connection() {
+    let server = live_server(one_subscription_per_connection()).await;
     let mut client = Client::connect(&server.url("")).await;
     client
         .send(json!({"op": "subscribe", "id": 1, "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT", "usdm:BTCUSDT"]}))
@@ -635,17 +639,6 @@ async fn max_rate_hz_caps_delivery_and_still_converges_to_the_last_version() {
     );
 }
 
-/// Both Binance samples replayed once to the end, so every answer below is
-/// the same whenever it is asked for.
-async fn settled_server(config: ServerConfig) -> TestServer {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
-    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, false)]).await;
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
-    server
-}
-
 /// The error codes a subscribe request can be answered with.
 const SUBSCRIBE_ERRORS: [&str; 3] = ["unknown_symbol", "limit_exceeded", "bad_request"];
 
@@ -784,14 +777,7 @@ async fn the_symbols_parameter_names_exactly_what_a_subscribe_request_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_symbols_parameter_is_held_to_the_subscription_limit_as_a_request_is() {
-    let config = ServerConfig {
-        session: SessionConfig {
-            max_subscriptions: 1,
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = settled_server(config).await;
+    let server = settled_server(one_subscription_per_connection()).await;
     let cases = [
         (
             "spot:BTCUSDT,usdm:BTCUSDT,usdm:BTCUSDT",

@@ -100,15 +100,7 @@ async fn sse_needs_symbols_and_ends_at_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_symbols_parameter_names_the_same_list_as_on_the_websocket() {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
-    let server = TestServer::start(
-        ServerConfig::default(),
-        vec![replay_of(&files, Speed::Max, false, false)],
-    )
-    .await;
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
+    let server = settled_server(ServerConfig::default()).await;
     let mut ws = Client::connect(&server.url("")).await;
     ws.send(json!({"op": "subscribe", "symbols": ["usdm:BTCUSDT", "", " spot:BTCUSDT", ""]}))
         .await;

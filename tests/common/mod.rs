@@ -44,6 +44,17 @@ pub const USDM: &str = "binance-usdm-btcusdt-20240808.gz";
 pub const TARDIS_QUOTES: &str = "tardis-binance-futures-btcusdt-quotes-sample.csv";
 pub const TARDIS_TRADES: &str = "tardis-binance-futures-btcusdt-trades-sample.csv";
 
+/// A server that has replayed both Binance samples (as `spot:` and `usdm:`)
+/// to the end: its books hold still while a test compares what clients see.
+pub async fn settled_server(config: ServerConfig) -> TestServer {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, false)]).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    server
+}
+
 /// A replay of `files` (`(prefix, path)`), paused until started when `paused`.
 pub fn replay_of(
     files: &[(Option<&str>, PathBuf)],
