@@ -1001,16 +1001,21 @@ mod tests {
         }
     }
 
+    /// Sets a level of size one at every price of `cents`.
+    fn set_cents(ladder: &mut Ladder, cents: std::ops::Range<i64>) {
+        for cents in cents {
+            ladder
+                .set(Decimal::new(cents, 2), Decimal::ONE)
+                .expect("in range");
+        }
+    }
+
     #[test]
     fn every_level_of_an_uncapped_side_prepared_for_reading() {
         // A side with no cap (as `Ladder::new(kind, usize::MAX)` in the tests
         // above) and a far part, asked for every level.
         let mut ladder = small(SideKind::Bids, usize::MAX);
-        for cents in 0..100 {
-            ladder
-                .set(Decimal::new(cents, 2), Decimal::ONE)
-                .expect("in range");
-        }
+        set_cents(&mut ladder, 0..100);
         assert!(!ladder.far.is_empty());
         ladder.prepare_top(usize::MAX);
         check_parts(&ladder);
@@ -1025,19 +1030,11 @@ mod tests {
         // a 10,000-level cap); publishing 100 levels afterwards should still
         // keep the deep levels in the map.
         let mut ladder = Ladder::new(SideKind::Bids, 10_000);
-        for cents in 0..2_000 {
-            ladder
-                .set(Decimal::new(cents, 2), Decimal::ONE)
-                .expect("in range");
-        }
+        set_cents(&mut ladder, 0..2_000);
         assert!(!ladder.far.is_empty());
         ladder.prepare_top(usize::MAX);
         ladder.prepare_top(100);
-        for cents in 2_000..5_000 {
-            ladder
-                .set(Decimal::new(cents, 2), Decimal::ONE)
-                .expect("in range");
-        }
+        set_cents(&mut ladder, 2_000..5_000);
         assert!(
             !ladder.far.is_empty(),
             "near part holds {} levels, bounds {}-{}",
