@@ -268,30 +268,25 @@ pub(super) fn subscribe<C: Channel>(
     pending
         .snapshots
         .extend(fresh.into_iter().map(|index| index | C::INDEX_TAG));
-    let max = channel.max_subscriptions();
-    let noun = match max {
-        1 => C::LIMIT_NOUN.trim_end_matches('s'),
-        _ => C::LIMIT_NOUN,
+    let hub = channel.hub();
+    let mut refuse = |code, message: &str, names: &[&str]| {
+        pending.reply(encode_error(hub, id, code, message, names), out);
     };
-    let limit = format!("at most {max} {noun} per connection");
-    for (names, code) in [
-        (&unknown, ErrorCode::UnknownSymbol),
-        (&over_limit, ErrorCode::LimitExceeded),
-    ] {
-        if !names.is_empty() {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let message = match code {
-                ErrorCode::UnknownSymbol => {
-                    let entitlements = &channel.grant().entitlements;
-                    channel
-                        .hub()
-                        .no_such_symbol(&names, &|name| entitlements.allows(name))
-                }
-                _ => limit.clone(),
-            };
-            let error = encode_error(channel.hub(), id, code, &message, &names);
-            pending.reply(error, out);
-        }
+    if !unknown.is_empty() {
+        let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        let entitlements = &channel.grant().entitlements;
+        let message = hub.no_such_symbol(&names, &|name| entitlements.allows(name));
+        refuse(ErrorCode::UnknownSymbol, &message, &names);
+    }
+    if !over_limit.is_empty() {
+        let names: Vec<&str> = over_limit.iter().map(String::as_str).collect();
+        let max = channel.max_subscriptions();
+        let noun = match max {
+            1 => C::LIMIT_NOUN.trim_end_matches('s'),
+            _ => C::LIMIT_NOUN,
+        };
+        let message = format!("at most {max} {noun} per connection");
+        refuse(ErrorCode::LimitExceeded, &message, &names);
     }
 }
 
