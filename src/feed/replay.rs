@@ -266,10 +266,10 @@ impl Player {
                         if !self.wait_until_due(&mut pacer, tick.recv_ts_ns, &mut symbols) {
                             return;
                         }
-                        if self.resolve(&mut symbols, &merge, file, symbol).is_none() {
+                        let Some(served) = self.resolve(&mut symbols, &merge, file, symbol) else {
                             continue;
-                        }
-                        symbols.fold(file, symbol, &tick);
+                        };
+                        symbols.fold(served, &tick);
                         symbols.publish_if_full(&self.hub);
                         count_one(&self.stats.ticks);
                         played = true;
@@ -287,12 +287,14 @@ impl Player {
                         if !self.wait_until_due(&mut pacer, message.recv_ts_ns, &mut symbols) {
                             return;
                         }
-                        let Some(entry) = self.resolve(&mut symbols, &merge, file, symbol) else {
+                        let Some(served) = self.resolve(&mut symbols, &merge, file, symbol) else {
                             continue;
                         };
-                        let entry = entry.clone();
+                        let Some(Served { entry, .. }) = symbols.served.get(served) else {
+                            continue;
+                        };
                         symbols.depth.apply(file, symbol, |book| {
-                            self.hub.update_depth(&entry, book, message)
+                            self.hub.update_depth(entry, book, message)
                         });
                         symbols.take_in();
                         symbols.publish_if_full(&self.hub);
@@ -363,22 +365,22 @@ impl Player {
         Pacer::sleep_until(due, &self.shutdown)
     }
 
-    /// The hub entry of `symbol` in `file`, declared on first use.
-    fn resolve<'a>(
+    /// The index in `symbols.served` of `symbol` in `file`, its hub entry
+    /// declared on first use.
+    fn resolve(
         &self,
-        symbols: &'a mut Symbols,
+        symbols: &mut Symbols,
         merge: &Merge,
         file: usize,
         symbol: u32,
-    ) -> Option<&'a Arc<SymbolEntry>> {
-        if symbols.served_index(file, symbol).is_none() {
-            let raw = merge.files().get(file)?.symbols().get(symbol as usize)?;
-            let source = self.config.sources.get(file)?;
-            let entry = self.hub.declare(&source.served_name(raw));
-            symbols.insert(file, symbol, entry);
+    ) -> Option<usize> {
+        if let Some(index) = symbols.served_index(file, symbol) {
+            return Some(index);
         }
-        let index = symbols.served_index(file, symbol)?;
-        symbols.served.get(index).map(|served| &served.entry)
+        let raw = merge.files().get(file)?.symbols().get(symbol as usize)?;
+        let source = self.config.sources.get(file)?;
+        let entry = self.hub.declare(&source.served_name(raw));
+        symbols.insert(file, symbol, entry)
     }
 }
 
@@ -454,11 +456,9 @@ impl Symbols {
     }
 
     /// Resolves `symbol` of `file` to `entry`, served once for every file
-    /// that carries the same symbol.
-    fn insert(&mut self, file: usize, symbol: u32, entry: Arc<SymbolEntry>) {
-        let Some(resolved) = self.resolved.get_mut(file) else {
-            return;
-        };
+    /// that carries the same symbol; returns its index in `served`.
+    fn insert(&mut self, file: usize, symbol: u32, entry: Arc<SymbolEntry>) -> Option<usize> {
+        let resolved = self.resolved.get_mut(file)?;
         let index = symbol as usize;
         if resolved.len() <= index {
             resolved.resize_with(index + 1, || None);
@@ -475,13 +475,11 @@ impl Symbols {
                 served.len() - 1
             });
         resolved[index] = Some(at);
+        Some(at)
     }
 
-    /// Holds `tick` for its (resolved) symbol until the next publish.
-    fn fold(&mut self, file: usize, symbol: u32, tick: &Tick) {
-        let Some(index) = self.served_index(file, symbol) else {
-            return;
-        };
+    /// Holds `tick` for the served symbol at `index` until the next publish.
+    fn fold(&mut self, index: usize, tick: &Tick) {
         let Some(served) = self.served.get_mut(index) else {
             return;
         };
@@ -915,8 +913,8 @@ mod tests {
         };
         let (symbol, tick) = tick;
         assert!(player.wait_until_due(&mut pacer, tick.recv_ts_ns, &mut symbols));
-        assert!(player.resolve(&mut symbols, &merge, 0, symbol).is_some());
-        symbols.fold(0, symbol, &tick);
+        let served = player.resolve(&mut symbols, &merge, 0, symbol);
+        symbols.fold(served.expect("resolved"), &tick);
         let taken_in_by = wall_clock_ns();
         let entry = player.hub.get("AAA").expect("resolved");
         assert!(entry.current().is_none(), "held while the replay reads on");
