@@ -279,9 +279,7 @@ impl Ladder {
 
     /// Moves the best `count` far levels (or all of them) to the near part.
     fn pull_in(&mut self, count: usize) {
-        let mut moving = std::mem::take(&mut self.moving);
-        moving.clear();
-        moving.extend(self.far.iter().map(|(&key, &size)| (key, size)));
+        let mut moving = self.take_far_levels();
         if count < moving.len() {
             let first = moving.len() - count;
             moving.select_nth_unstable_by_key(first, |&(key, _)| key);
@@ -299,6 +297,15 @@ impl Ladder {
         self.sizes.splice(..0, moving.iter().map(|&(_, size)| size));
         self.levels += moving.len();
         self.moving = moving;
+    }
+
+    /// A copy of the far part's levels, in the storage kept for moving
+    /// levels (`moving`), which the caller puts back when done.
+    fn take_far_levels(&mut self) -> Vec<(i64, Decimal)> {
+        let mut levels = std::mem::take(&mut self.moving);
+        levels.clear();
+        levels.extend(self.far.iter().map(|(&key, &size)| (key, size)));
+        levels
     }
 
     /// Whether `price` is at or beyond the cut, where nothing is known.
@@ -327,9 +334,7 @@ impl Ladder {
             self.boundary = i64::MIN;
             best
         } else {
-            let mut moving = std::mem::take(&mut self.moving);
-            moving.clear();
-            moving.extend(self.far.iter().map(|(&key, &size)| (key, size)));
+            let mut moving = self.take_far_levels();
             let (_, &mut (best, _), _) =
                 moving.select_nth_unstable_by_key(from_far - 1, |&(key, _)| key);
             self.far.retain(|&key, _| key > best);
