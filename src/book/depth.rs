@@ -23,8 +23,8 @@
 //! Applying a diff costs, per level, a binary search over a side's best few
 //! hundred levels plus, for a new one, a short move within a sorted vector,
 //! or one hash operation for a deeper level, and allocates nothing once
-//! buffers have grown (see [`ladder`](super::ladder)). A price the book cannot hold is
-//! [`Outcome::PriceOutOfRange`] and is handled like a gap.
+//! buffers have grown (see [`ladder`](super::ladder)). A price the book
+//! cannot hold is [`Outcome::PriceOutOfRange`] and is handled like a gap.
 //! [`DepthBook::publish`] copies only the best `max_depth` levels into a
 //! [`DepthSnapshot`].
 
