@@ -657,6 +657,70 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_read_at_once_is_paced_like_one_sent_slowly() {
+    // Five at once, then one every 20 ms; more than ten refusals close.
+    let server = live_server(ServerConfig {
+        session: SessionConfig {
+            message_rate: RateConfig {
+                per_second: 50.0,
+                burst: 5,
+                max_strikes: 10,
+            },
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    // Twenty requests in one write, so the server reads them together: were
+    // they handled back to back, the eleventh refusal would close.
+    let burst: Vec<u8> = (0..20)
+        .flat_map(|id| {
+            client_frame(
+                true,
+                0x1,
+                json!({"op": "ping", "id": id}).to_string().as_bytes(),
+            )
+        })
+        .collect();
+    let mut stream = raw_connect(server.addr, "/ws", None).await;
+    stream.write_all(&burst).await.expect("burst sent");
+    let mut frames = ServerFrames::default();
+    let (mut pongs, mut limited) = (Vec::new(), 0);
+    while pongs.len() + limited < 20 {
+        let Some((opcode, payload)) = frames.next(&mut stream).await else {
+            panic!("closed after {pongs:?} and {limited} refusals");
+        };
+        assert_eq!(opcode, 0x1, "{:?}", String::from_utf8_lossy(&payload));
+        let message: Value = serde_json::from_slice(&payload).expect("json");
+        match message["type"].as_str() {
+            Some("pong") => pongs.push(message["id"].as_u64().expect("id")),
+            _ => {
+                assert_eq!(message["code"], "rate_limited", "{message}");
+                limited += 1;
+            }
+        }
+    }
+    // The burst, then about every other one as the bucket refills.
+    assert_eq!(pongs[..5], [0, 1, 2, 3, 4]);
+    assert!(pongs.len() > 5 && pongs.is_sorted(), "{pongs:?}");
+    // Still open, and answering once the client keeps to the rate.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ping = json!({"op": "ping", "id": 99}).to_string();
+    stream
+        .write_all(&client_frame(true, 0x1, ping.as_bytes()))
+        .await
+        .expect("ping sent");
+    let (opcode, payload) = frames.next(&mut stream).await.expect("an answer");
+    let message: Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(
+        (opcode, &message["type"], &message["id"]),
+        (0x1, &json!("pong"), &json!(99))
+    );
+    let series = r#"tickwire_client_errors_total{code="rate_limited"}"#;
+    assert_eq!(metric_value(&server, series).await, limited as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_of_pongs_pings_or_empty_fragments_pay_the_message_rate_too() {
     let server = live_server(strict_rate()).await;
     let floods = [

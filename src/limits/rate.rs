@@ -83,8 +83,12 @@ impl MessageRate {
     pub fn retry_after(&self) -> Duration {
         let missing = (1.0 - self.tokens).max(0.0);
         // A rate so low that the wait does not fit a Duration waits "forever".
-        Duration::try_from_secs_f64(missing / self.config.per_second.max(f64::MIN_POSITIVE))
-            .unwrap_or(Duration::MAX)
+        let wait =
+            Duration::try_from_secs_f64(missing / self.config.per_second.max(f64::MIN_POSITIVE))
+                .unwrap_or(Duration::MAX);
+        // Rounded up, so that the token is whole once the wait is over
+        // rather than a rounding error short of it.
+        wait.saturating_add(Duration::from_micros(1))
     }
 }
 
@@ -157,5 +161,27 @@ mod tests {
         let verdicts: Vec<Verdict> = (0..6).map(|_| rate.check(rested)).collect();
         use Verdict::*;
         assert_eq!(verdicts, [Allow, Allow, Allow, Refuse, Refuse, Abuse]);
+    }
+
+    #[test]
+    fn a_client_that_waits_as_told_is_allowed_the_next_message() {
+        // Rates whose token time is not a whole number of nanoseconds.
+        for per_second in [3.0, 7.0, 50.0, 0.3] {
+            let mut now = Instant::now();
+            let mut rate = MessageRate::new(
+                RateConfig {
+                    per_second,
+                    burst: 1,
+                    max_strikes: 1,
+                },
+                now,
+            );
+            assert_eq!(rate.check(now), Verdict::Allow);
+            for _ in 0..100 {
+                assert_eq!(rate.check(now), Verdict::Refuse, "{per_second}/s");
+                now += rate.retry_after();
+                assert_eq!(rate.check(now), Verdict::Allow, "{per_second}/s");
+            }
+        }
     }
 }

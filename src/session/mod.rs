@@ -288,8 +288,9 @@ struct Session {
     /// then: a flood waits in TCP buffers instead of costing CPU.
     read_paused_until: Option<Instant>,
     /// Requests already read stay in `inbound`, unanswered, because the
-    /// output reached `max_write_buffer` or a subscribe request's answer is
-    /// still being written: they are taken up once that is done.
+    /// output reached `max_write_buffer`, a subscribe request's answer is
+    /// still being written or reading is paused for the rate: they are taken
+    /// up once that is over.
     requests_waiting: bool,
     /// When the credential expires.
     expiry: Option<Instant>,
@@ -609,15 +610,15 @@ impl Session {
     }
 
     /// Answers the requests in `inbound` until it holds no whole frame, or
-    /// until the output reaches its limit or a subscribe request's answer is
-    /// still being written: several requests read at once must not queue
-    /// more replies than one request can.
+    /// until [`Self::takes_requests`] says to stop: several requests read at
+    /// once must not queue more replies than one request can, and a burst
+    /// read at once is paced like one that arrives frame by frame, each
+    /// message over the rate pausing the rest instead of spending every
+    /// strike within a microsecond.
     fn handle_inbound(&mut self) -> Result<(), Closing> {
         self.requests_waiting = false;
         loop {
-            if self.out.buffered() >= self.context.config.max_write_buffer
-                || self.subscriptions.is_answering()
-            {
+            if !self.takes_requests() {
                 self.requests_waiting = !self.inbound.is_empty();
                 return Ok(());
             }
