@@ -114,10 +114,16 @@ impl Decoder {
             }
             return Ok(());
         }
-        match header.opcode {
-            0x2 => return Err(DecodeError::Binary),
-            // Refused before its size is weighed or its payload waited for.
-            0x3..=0x7 => return Err(DecodeError::Protocol("reserved opcode")),
+        // Refused from the header alone, before its size is weighed or its
+        // payload waited for: a peer that declares 64 KiB and sends none of
+        // it is failed at once, not left to the ping timeout.
+        match (header.opcode, self.partial.is_some()) {
+            (0x0, false) => return Err(DecodeError::Protocol("continuation without a message")),
+            (0x1, true) => {
+                return Err(DecodeError::Protocol("new message inside a fragmented one"))
+            }
+            (0x2, _) => return Err(DecodeError::Binary),
+            (0x3..=0x7, _) => return Err(DecodeError::Protocol("reserved opcode")),
             _ => {}
         }
         let buffered = self.partial.as_ref().map_or(0, Vec::len) as u64;
@@ -130,27 +136,26 @@ impl Decoder {
 
     fn on_frame(&mut self, header: &Header, payload: &[u8]) -> Result<Inbound, DecodeError> {
         match header.opcode {
-            0x1 => {
-                if self.partial.is_some() {
-                    return Err(DecodeError::Protocol("new message inside a fragmented one"));
-                }
-                if header.fin {
-                    return text(payload.to_vec());
-                }
-                self.partial = Some(payload.to_vec());
-                Ok(Inbound::Fragment)
-            }
-            0x0 => {
-                let Some(partial) = self.partial.as_mut() else {
-                    return Err(DecodeError::Protocol("continuation without a message"));
-                };
-                partial.extend_from_slice(payload);
-                if !header.fin {
-                    return Ok(Inbound::Fragment);
-                }
-                let whole = std::mem::take(partial);
-                self.partial = None;
+            // `check_frame` made sure a message starts only outside one and
+            // a continuation only inside one.
+            0x1 if header.fin => text(payload.to_vec()),
+            0x0 if header.fin => {
+                let mut whole = self.partial.take().unwrap_or_default();
+                whole.extend_from_slice(payload);
                 text(whole)
+            }
+            0x0 | 0x1 => {
+                let partial = self.partial.get_or_insert_with(Vec::new);
+                // Invalid UTF-8 fails the message as soon as it arrives, not
+                // once a peer that may never finish it sends the last fragment.
+                // What came before was valid so far: checking resumes at its
+                // last character's first byte, which its tail may have cut.
+                let resume = partial.iter().rposition(|&b| b & 0xC0 != 0x80).unwrap_or(0);
+                partial.extend_from_slice(payload);
+                match std::str::from_utf8(&partial[resume..]) {
+                    Err(e) if e.error_len().is_some() => Err(DecodeError::InvalidUtf8),
+                    _ => Ok(Inbound::Fragment),
+                }
             }
             0x2 => Err(DecodeError::Binary),
             0x8 => close(payload),
@@ -399,6 +404,54 @@ mod tests {
                 other => panic!("{bytes:02x?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_valid_fails_before_its_payload_arrives() {
+        // Headers only: each declares a payload it never sends.
+        let stray = masked(true, 0x0, &[b'a'; 600])[..8].to_vec();
+        let mut nested = masked(false, 0x1, b"a");
+        nested.extend_from_slice(&masked(true, 0x1, &[b'a'; 600])[..8]);
+        // Invalid UTF-8 in a first fragment, with the rest never sent.
+        let invalid = masked(false, 0x1, &[b'a', 0xff]);
+        for (bytes, error) in [
+            (stray, "continuation without a message"),
+            (nested, "new message inside a fragmented one"),
+            (invalid, "not valid UTF-8"),
+        ] {
+            let got = decode_all(&mut Decoder::new(1024), &bytes);
+            match got.last() {
+                Some(Err(e)) => assert!(e.to_string().contains(error), "{e}"),
+                other => panic!("{error}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn characters_cut_between_fragments_are_valid_and_bad_ones_are_caught_at_once() {
+        let text = "€ £ ✓ 𝄞";
+        for cut in 1..text.len() {
+            let (head, tail) = text.as_bytes().split_at(cut);
+            // In three fragments: a character may be cut twice.
+            let (middle, last) = tail.split_at(tail.len() / 2);
+            let mut bytes = masked(false, 0x1, head);
+            bytes.extend(masked(false, 0x0, middle));
+            bytes.extend(masked(true, 0x0, last));
+            let got = decode_all(&mut Decoder::new(1024), &bytes);
+            assert_eq!(
+                got.last(),
+                Some(&Ok(Inbound::Text(text.into()))),
+                "cut at {cut}"
+            );
+        }
+        // A continuation byte where a character must start, in the second fragment.
+        let mut bytes = masked(false, 0x1, "€".as_bytes());
+        bytes.extend(masked(false, 0x0, &[0x80]));
+        let got = decode_all(&mut Decoder::new(1024), &bytes);
+        assert_eq!(
+            got,
+            vec![Ok(Inbound::Fragment), Err(DecodeError::InvalidUtf8)]
+        );
     }
 
     #[test]
