@@ -82,10 +82,12 @@ fn bench_args<const N: usize>(server: &Binary, flags: [(&str, String); N]) -> Ve
 fn stalled_readers_the_server_dropped_are_reported_closed() {
     let dir = std::env::temp_dir().join(format!("tickwire-bench-drop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    // A stalled reader is taken for dead once its socket takes nothing more
+    // for a ping round: fast enough a feed fills its buffers at once.
     let server = Binary::serve_synthetic_with(
         &dir,
         5,
-        200.0,
+        2_000.0,
         1,
         &["--ping-interval-secs", "1", "--ping-timeout-secs", "1"],
     );

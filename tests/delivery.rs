@@ -408,3 +408,61 @@ async fn a_stream_of_updates_is_gathered_into_one_write_per_coalescing_window() 
     );
     assert_eq!(server.metrics().updates_held.load(Relaxed), 1);
 }
+
+/// Bytes a client that stopped reading finds between itself and the book's
+/// newest version once it reads again: the server's buffer, the kernel's
+/// and the client's own (a few KiB here).
+async fn backlog_of_a_reader_that_stopped(session: SessionConfig) -> usize {
+    // The replay never starts: this test publishes by hand.
+    let files = [(Some("usdm"), sample(USDM))];
+    let config = ServerConfig {
+        session,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, true)]).await;
+    let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
+    let mut stream = raw_connect(server.addr, "/ws?symbols=usdm:BTCUSDT", Some(4096)).await;
+    // Versions one after the other, each written on its own (a millisecond
+    // apart, too slow to be gathered), long after the client stopped reading.
+    let versions = 800;
+    for price in 1..=versions {
+        let tick = Tick {
+            recv_ts_ns: 0,
+            exchange_ts_ns: None,
+            update: BookUpdate::Trade {
+                price: Decimal::new(price, 0),
+                size: Decimal::ONE,
+            },
+        };
+        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let newest = versions.to_string();
+    let mut frames = ServerFrames::default();
+    let mut backlog = 0;
+    loop {
+        let (_, payload) = frames.next(&mut stream).await.expect("open");
+        backlog += payload.len();
+        let message: Value = serde_json::from_slice(&payload).expect("json");
+        if message["type"] == "ticker" && message["last"] == newest.as_str() {
+            return backlog;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stopped_is_a_few_dozen_kib_behind_not_the_send_buffer() {
+    let backlog = backlog_of_a_reader_that_stopped(SessionConfig::default()).await;
+    let unlimited = backlog_of_a_reader_that_stopped(SessionConfig {
+        unsent_limit_bytes: None,
+        ..SessionConfig::default()
+    })
+    .await;
+    eprintln!("backlog {backlog} bytes; {unlimited} without the unsent limit");
+    // The 16 KiB high-water mark, about as much unsent in the kernel (a
+    // write may pass the limit), and the client's receive buffer.
+    assert!(backlog < 64 * 1024, "{backlog} bytes behind");
+    // The control: the send buffer alone holds about 100 KiB of frames (the
+    // kernel doubles the 64 KiB asked for, and counts its overhead in it).
+    assert!(unlimited > 96 * 1024, "{unlimited} bytes behind");
+}

@@ -567,6 +567,43 @@ async fn a_client_reading_a_long_answer_slowly_is_not_taken_for_dead() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_reading_is_alive_without_answering_pings() {
+    // A slow reader's pings wait behind what it has yet to read, maybe for
+    // longer than the timeout; taking output is a sign of life all the same.
+    let config = ServerConfig {
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(200),
+            ping_timeout: Duration::from_millis(200),
+            ..SessionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    // Dense enough that output never stops for a ping round.
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Factor(10.0), true, false);
+    let server = TestServer::start(config, vec![replay]).await;
+    let mut stream = raw_connect(server.addr, "/ws?symbols=spot:BTCUSDT,usdm:BTCUSDT", None).await;
+    let mut frames = ServerFrames::default();
+    let (mut pings, mut tickers) = (0, 0);
+    // Ten ping rounds' worth, none answered.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let (opcode, _) = frames
+            .next(&mut stream)
+            .await
+            .unwrap_or_else(|| panic!("dropped after {pings} pings and {tickers} tickers"));
+        match opcode {
+            0x9 => pings += 1,
+            _ => tickers += 1,
+        }
+    }
+    assert!(pings > 0);
+    let series = r#"tickwire_connections_closed_total{reason="ping_timeout"}"#;
+    assert_eq!(metric(&server.get("/metrics").await.1, series), 0.0);
+    assert_eq!(server.metrics().connections.load(Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_again_without_max_rate_hz_lifts_the_cap_at_once() {
     let files = [(Some("usdm"), sample(USDM))];
     let replay = replay_of(&files, Speed::Factor(1.0), true, false);

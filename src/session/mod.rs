@@ -80,6 +80,12 @@ pub struct SessionConfig {
     pub max_write_buffer: usize,
     /// Kernel send buffer per socket (`SO_SNDBUF`); bounds data in flight.
     pub send_buffer_bytes: Option<usize>,
+    /// Most bytes the kernel holds unsent per socket (`TCP_NOTSENT_LOWAT`):
+    /// past it a write pushes back, so a reader that stops taking data has
+    /// its updates conflated here instead of queued, stale, in the send
+    /// buffer. Data on its way is not limited, so a fast client's throughput
+    /// is not either.
+    pub unsent_limit_bytes: Option<usize>,
     /// How long a closing session waits for its last bytes and the client's close.
     pub close_linger: Duration,
     /// Inbound message rate per connection.
@@ -104,6 +110,7 @@ impl Default for SessionConfig {
             write_high_water: 16 * 1024,
             max_write_buffer: 256 * 1024,
             send_buffer_bytes: Some(64 * 1024),
+            unsent_limit_bytes: Some(16 * 1024),
             close_linger: Duration::from_secs(2),
             message_rate: RateConfig::default(),
             idle_timeout: Duration::from_secs(300),
@@ -549,13 +556,14 @@ impl Session {
         }
         let written = self.out.written_total();
         match self.ping {
-            // While requests wait (an answer is being written, or the output
-            // is at its limit) nothing is read, the pong included: a client
-            // that keeps taking the output is alive all the same.
+            // A client that took output since the ping is alive, pong or not:
+            // a slow reader has the ping behind what it has yet to read, and
+            // requests (the pong among them) are not read while an answer is
+            // being written or the output is at its limit.
             PingState::Awaiting {
                 deadline,
                 written: then,
-            } if now >= deadline && !self.takes_requests() && written > then => {
+            } if now >= deadline && written > then => {
                 self.ping = PingState::Awaiting {
                     deadline: now + self.context.config.ping_timeout,
                     written,
