@@ -411,7 +411,8 @@ async fn a_stream_of_updates_is_gathered_into_one_write_per_coalescing_window() 
 
 /// Bytes a client that stopped reading finds between itself and the book's
 /// newest version once it reads again: the server's buffer, the kernel's
-/// and the client's own (a few KiB here).
+/// and the client's own (16 KiB asked for, which the kernel doubles; a
+/// buffer much smaller than a loopback segment stalls on window probes).
 async fn backlog_of_a_reader_that_stopped(session: SessionConfig) -> usize {
     // The replay never starts: this test publishes by hand.
     let files = [(Some("usdm"), sample(USDM))];
@@ -421,7 +422,7 @@ async fn backlog_of_a_reader_that_stopped(session: SessionConfig) -> usize {
     };
     let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, true)]).await;
     let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
-    let mut stream = raw_connect(server.addr, "/ws?symbols=usdm:BTCUSDT", Some(4096)).await;
+    let mut stream = raw_connect(server.addr, "/ws?symbols=usdm:BTCUSDT", Some(16 * 1024)).await;
     // Versions one after the other, each written on its own (a millisecond
     // apart, too slow to be gathered), long after the client stopped reading.
     let versions = 800;
@@ -458,10 +459,21 @@ async fn a_reader_that_stopped_is_a_few_dozen_kib_behind_not_the_send_buffer() {
         ..SessionConfig::default()
     })
     .await;
-    eprintln!("backlog {backlog} bytes; {unlimited} without the unsent limit");
-    // The 16 KiB high-water mark, about as much unsent in the kernel (a
-    // write may pass the limit), and the client's receive buffer.
+    // However much one drain may take, updates wait while the last are
+    // unwritten: none of the old versions queue behind them.
+    let large_drains = backlog_of_a_reader_that_stopped(SessionConfig {
+        write_high_water: 256 * 1024,
+        ..SessionConfig::default()
+    })
+    .await;
+    eprintln!(
+        "backlog {backlog} bytes; {unlimited} without the unsent limit, \
+         {large_drains} with 256 KiB drains"
+    );
+    // The client's receive buffer, at most 16 KiB unsent in the kernel (a
+    // write may pass the limit) and one message here.
     assert!(backlog < 64 * 1024, "{backlog} bytes behind");
+    assert!(large_drains < 64 * 1024, "{large_drains} bytes behind");
     // The control: the send buffer alone holds about 100 KiB of frames (the
     // kernel doubles the 64 KiB asked for, and counts its overhead in it).
     assert!(unlimited > 96 * 1024, "{unlimited} bytes behind");

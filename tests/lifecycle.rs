@@ -627,9 +627,10 @@ async fn output_a_closed_client_never_took_is_not_counted_as_delivered() {
     let symbols: Vec<String> = synthetic_symbols(10);
     let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
     let mut stalled = stalled_client(server.addr, &symbols).await;
-    // Its socket is full and the server holds more for it, unwritten.
+    // Its socket is full and the server holds more for it, unwritten (one
+    // drain: newer versions wait, conflated, behind it).
     until_metrics(&server, "output held for the stalled client", |page| {
-        metric(page, "tickwire_write_buffered_bytes") >= 16_384.0
+        metric(page, "tickwire_write_buffered_bytes") > 0.0
     })
     .await;
     let page = http_get(server.addr, "/metrics").await.1;

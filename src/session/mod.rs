@@ -5,9 +5,10 @@
 //! that subscribed symbols have new versions, the socket becoming writable, and
 //! its ping timer. Updates are drained from the mailbox straight into one write
 //! buffer — as many as are ready, up to a high-water mark — and written with as
-//! few `write` calls as the socket allows. Whatever cannot be written stays
-//! conflated in the mailbox, so a slow client holds at most its buffer, never a
-//! backlog.
+//! few `write` calls as the socket allows. No more are drained until those are
+//! all written (and the kernel keeps little unsent, see
+//! [`SessionConfig::unsent_limit_bytes`]): newer versions stay conflated in the
+//! mailbox, so a slow client holds at most one drain, never a backlog.
 //!
 //! A `write` costs the same few microseconds whether it carries one frame or
 //! twenty, so a client that is sent updates fast — at least
@@ -72,8 +73,10 @@ pub struct SessionConfig {
     pub ping_interval: Duration,
     /// How long a client has to answer a ping (with anything) before it is dropped.
     pub ping_timeout: Duration,
-    /// Updates are only taken from the mailbox while less than this is buffered,
-    /// which bounds how stale a slow client's data can be.
+    /// One drain of the mailbox stops once this much is buffered. A WebSocket
+    /// session takes no updates while any are left unwritten, so a slow
+    /// client has at most one drain here, never older versions queued behind
+    /// newer ones.
     pub write_high_water: usize,
     /// Past this much unwritten output the session stops reading requests, so a
     /// client that sends requests but never reads the answers cannot grow memory.
@@ -260,7 +263,7 @@ struct Interest {
     requests: bool,
     /// Wait for the socket to drain (output is buffered).
     writable: bool,
-    /// Take updates (below the high-water mark).
+    /// Take updates (everything taken before is written).
     updates: bool,
     /// Poll the wait on the shutdown token to register it (the first time).
     register_shutdown: bool,
@@ -363,9 +366,13 @@ impl Session {
                 self.hold_until = None;
             }
             // A subscribe request's snapshots are answers, never held back.
+            // Updates are taken only once the last ones are all written: what
+            // the socket has not taken yet would otherwise be followed by
+            // older versions of the same symbols, where conflation gives the
+            // newest when the socket takes more.
             let mut updates_taken = 0;
             loop {
-                if self.hold_until.is_none() {
+                if self.hold_until.is_none() && self.out.buffered() == 0 {
                     updates_taken += self
                         .subscriptions
                         .fill(&mut self.out, config.write_high_water);
@@ -404,7 +411,7 @@ impl Session {
             let wanted = Interest {
                 requests: takes_requests,
                 writable: buffered > 0 || self.stream.has_pending_output(),
-                updates: buffered < config.write_high_water && self.hold_until.is_none(),
+                updates: buffered == 0 && self.hold_until.is_none(),
                 register_shutdown: !shutdown_registered,
             };
             shutdown_registered = true;
