@@ -46,7 +46,7 @@ impl Curve {
 
     /// Reads a `.hgrm` percentile distribution (values in µs), as
     /// [`report::hgrm`](super::report::hgrm) writes it. Values past
-    /// [`MAX_LATENCY_US`] are skipped: no latency is that long, and the
+    /// a year (`MAX_LATENCY_US`) are skipped: no latency is that long, and the
     /// axis, in whole decades, could not reach them.
     pub fn from_hgrm(label: &str, text: &str) -> anyhow::Result<Self> {
         let mut points = Vec::new();

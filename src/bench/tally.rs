@@ -289,7 +289,8 @@ pub enum Received<'a> {
 }
 
 /// Reads one text message: a flat object without escapes (what servers
-/// send) by [`scan`], anything else with serde_json, which reads both the same.
+/// send) by a scan of its own, anything else with serde_json, which reads
+/// both the same.
 pub fn parse(text: &str) -> Received<'_> {
     let wire = match scan(text.as_bytes()) {
         Some(wire) => wire,

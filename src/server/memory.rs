@@ -11,7 +11,7 @@
 //! the same run). It walks each heap under that heap's lock, so it runs on a
 //! blocking thread, and only once the open connections have fallen by
 //! `--memory-trim-after` from their peak and stopped falling (during a longer
-//! decline, every [`MAX_WAIT`] as well). Other allocators and platforms keep
+//! decline, every 10 s as well). Other allocators and platforms keep
 //! memory their own way, and the watch does not run there.
 
 use std::sync::atomic::Ordering::Relaxed;
