@@ -34,11 +34,12 @@ use crate::session::SessionConfig;
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
-    /// Log filter, e.g. `info`, `debug`, `tickwire=debug` (or RUST_LOG).
-    /// The NATS client's own events are left out below `warn` unless the
-    /// filter names `async_nats`: tickwire reports them itself, once each.
-    #[arg(long, global = true, default_value = "info", env = "TICKWIRE_LOG")]
-    pub log: String,
+    /// Log filter, e.g. `info`, `debug`, `tickwire=debug` [default: RUST_LOG
+    /// if set, else info]. The NATS client's own events are left out below
+    /// `warn` unless the filter names `async_nats`: tickwire reports them
+    /// itself, once each.
+    #[arg(long, global = true, env = "TICKWIRE_LOG")]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -110,9 +111,10 @@ pub struct ServeArgs {
     /// A feed file (`feeds/NAME.toml`); repeat to run several feeds at once.
     #[arg(long, value_name = "FILE")]
     pub feed: Vec<PathBuf>,
-    /// Replay speed for --replay and the bundled sample: a factor (1, 10, 0.5) or `max`.
-    #[arg(long, default_value = "1")]
-    pub speed: replay::Speed,
+    /// Replay speed for --replay and the bundled sample: a factor (1, 10, 0.5)
+    /// or `max` [default: 1]. A --feed file sets its own.
+    #[arg(long)]
+    pub speed: Option<replay::Speed>,
     /// Start the --replay files over when they end (the bundled sample always loops
     /// unless --once).
     #[arg(long = "loop")]
@@ -120,9 +122,10 @@ pub struct ServeArgs {
     /// Play the bundled sample once instead of looping.
     #[arg(long, conflicts_with = "looped")]
     pub once: bool,
-    /// Shorten silences in a recording longer than this (milliseconds).
-    #[arg(long, default_value_t = config::DEFAULT_MAX_GAP.as_millis() as u64)]
-    pub max_gap_ms: u64,
+    /// Shorten silences in a recording longer than this (milliseconds), for
+    /// --replay and the bundled sample [default: 5000].
+    #[arg(long)]
+    pub max_gap_ms: Option<u64>,
     /// Most WebSocket and SSE connections at once.
     #[arg(long, default_value_t = ServerConfig::default().max_connections,
           value_parser = at_least_one)]
@@ -351,7 +354,7 @@ fn positive_seconds(text: &str) -> Result<Duration, String> {
 /// Parses the command line, runs the command, and maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    init_tracing(cli.log.as_deref());
     let workers = match &cli.command {
         None => cli.serve.workers,
         Some(Command::Serve(args)) => args.workers,
@@ -435,8 +438,12 @@ fn error_chain(error: &anyhow::Error) -> String {
     line
 }
 
-fn init_tracing(filter: &str) {
-    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+/// Logs to stderr through `filter` (`--log`), else `RUST_LOG`, else `info`.
+fn init_tracing(filter: Option<&str>) {
+    let mut filter = match filter {
+        Some(filter) => filter.to_owned(),
+        None => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+    };
     if !filter.contains("async_nats") {
         filter.push_str(",async_nats=warn");
     }
@@ -449,7 +456,22 @@ fn init_tracing(filter: &str) {
 
 /// The feeds the arguments describe.
 pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
-    let max_gap = Duration::from_millis(args.max_gap_ms);
+    // Flags that would do nothing are refused, not ignored: the user meant
+    // something by them.
+    let replay_flags = args.speed.is_some() || args.looped || args.max_gap_ms.is_some();
+    if replay_flags && args.replay.is_empty() && !args.feed.is_empty() {
+        anyhow::bail!(
+            "--speed, --loop and --max-gap-ms are for --replay files and the bundled sample; \
+             a --feed file sets its own `speed`, `loop` and `max_gap_ms`"
+        );
+    }
+    if args.once && !(args.replay.is_empty() && args.feed.is_empty()) {
+        anyhow::bail!("--once is for the bundled sample; --replay files play once unless --loop");
+    }
+    let speed = args.speed.unwrap_or(replay::Speed::Factor(1.0));
+    let max_gap = args
+        .max_gap_ms
+        .map_or(config::DEFAULT_MAX_GAP, Duration::from_millis);
     // The --feed files' feeds first, in their order: `serve` names the
     // file of a feed that fails to start by its position.
     let mut feeds = Vec::new();
@@ -465,7 +487,7 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
         feeds.push(config::FeedConfig::Replay(replay::ReplayConfig {
             name: "replay".into(),
             sources,
-            speed: args.speed,
+            speed,
             looped: args.looped,
             max_gap,
             start_paused: false,
@@ -487,7 +509,7 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
         feeds.push(config::FeedConfig::Replay(replay::ReplayConfig {
             name: "bundled".into(),
             sources: feed::bundled_sample(),
-            speed: args.speed,
+            speed,
             looped: !args.once,
             max_gap,
             start_paused: false,
@@ -924,6 +946,40 @@ mod tests {
         assert_eq!(warned(200), [("keeps 50".to_owned(), 100)]);
         assert_eq!(warned(50), []);
         assert_eq!(warned(500).len(), 2);
+    }
+
+    #[test]
+    fn replay_flags_that_a_feed_file_would_ignore_are_refused() {
+        use clap::Parser as _;
+        let feeds_of = |args: &[&str]| {
+            let argv = ["tickwire", "serve"].iter().chain(args);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                Some(Command::Serve(args)) => feeds(&args).map(|feeds| feeds.len()),
+                other => panic!("{other:?}"),
+            }
+        };
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/feeds/binance-sample.toml");
+        let replay = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/replay-data/binance-usdm-btcusdt-20240808.gz"
+        );
+        for flags in [
+            &["--speed", "max"][..],
+            &["--loop"],
+            &["--max-gap-ms", "10"],
+        ] {
+            let error = feeds_of(&[&["--feed", sample][..], flags].concat()).expect_err("refused");
+            assert!(
+                error.to_string().contains("sets its own"),
+                "{flags:?}: {error}"
+            );
+            // With --replay files beside the feed file, the flags are theirs.
+            let both = [&["--feed", sample, "--replay", replay][..], flags].concat();
+            assert_eq!(feeds_of(&both).expect("accepted"), 2, "{flags:?}");
+            assert_eq!(feeds_of(flags).expect("the bundled sample"), 1, "{flags:?}");
+        }
+        assert!(feeds_of(&["--once", "--replay", replay]).is_err());
+        assert_eq!(feeds_of(&["--once"]).expect("the bundled sample"), 1);
     }
 
     #[test]
