@@ -441,6 +441,10 @@ fn validate(args: &BenchArgs, per_connection: usize) -> anyhow::Result<()> {
             }
         }
     }
+    // No connection is made in no time: every one would fail.
+    if args.connect_timeout == 0.0 {
+        bail!("--connect-timeout must be more than 0 seconds");
+    }
     Ok(())
 }
 
@@ -810,5 +814,7 @@ mod tests {
         assert!(refused(&["--threads", "2", "--connections", "1"]));
         let huge = usize::MAX.to_string();
         assert!(refused(&["--connections", &huge, "--slow", "1"]));
+        assert!(refused(&["--connect-timeout", "0"]));
+        assert!(!refused(&["--connect-timeout", "0.5"]));
     }
 }
