@@ -7,7 +7,8 @@
 
 Tracks `seq` per symbol and checks that `skipped` is consistent with it.
 Exits with status 0 after --count tickers or when the server shuts down (close
-code 1001), and 1 on any other close or on an inconsistency.
+code 1001), and 1 on any other close, on an inconsistency, or when the server
+accepted none of the symbols.
 """
 
 import argparse
@@ -27,6 +28,7 @@ def decimal_or_none(text):
 
 async def run(url, symbols, count, max_rate_hz):
     last_seq = {}  # symbol -> seq of the last ticker received on this connection
+    accepted = None  # the symbols the `subscribed` reply lists
     tickers = 0
     missed = 0
     async with websockets.connect(url) as ws:  # answers server pings by itself
@@ -68,6 +70,14 @@ async def run(url, symbols, count, max_rate_hz):
                 elif kind == "error":
                     print(f"# error {msg['code']}: {msg['message']} {msg.get('symbols', '')}",
                           file=sys.stderr)
+                    # Errors for refused symbols follow the `subscribed` reply:
+                    # when it accepted none, nothing will ever arrive.
+                    if msg.get("id") == 1 and accepted == []:
+                        print("# nothing subscribed", file=sys.stderr)
+                        return 1
+                elif kind == "subscribed" and msg.get("id") == 1:
+                    accepted = msg["symbols"]
+                    print(f"# {raw}", file=sys.stderr)
                 else:  # subscribed, unsubscribed, symbols, pong, status, ...
                     print(f"# {raw}", file=sys.stderr)
         except websockets.ConnectionClosed:
