@@ -43,13 +43,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: ServeCommand,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replay feeds into the book and serve WebSocket clients and HTTP.
-    Serve(ServeArgs),
+    Serve(ServeCommand),
     /// Connect to a server, subscribe, and print each message as a JSON line.
     Subscribe(SubscribeArgs),
     /// Record a live feed (binance or coinbase feed file) to a replay file.
@@ -164,6 +164,22 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServerConfig::default().memory_trim_after,
           value_name = "CONNECTIONS")]
     pub memory_trim_after: usize,
+    #[command(flatten)]
+    pub security: Box<security::SecurityArgs>,
+}
+
+/// `tickwire serve`: what `ingest` shares, and the gateway's source.
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// `tickwire serve --source`: an edge gateway.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
     /// Serve the book an ingest publishes on NATS (nats://HOST:PORT, several
     /// comma-separated) instead of running feeds: an edge gateway.
     #[arg(long, value_name = "nats://...",
@@ -173,8 +189,26 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = GatewayConfig::default().max_symbols, requires = "source",
           value_parser = at_least_one)]
     pub max_source_symbols: usize,
-    #[command(flatten)]
-    pub security: Box<security::SecurityArgs>,
+}
+
+impl GatewayArgs {
+    /// The gateway these arguments ask for, if any.
+    fn config(&self) -> anyhow::Result<Option<GatewayConfig>> {
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        if !source
+            .split(',')
+            .all(|url| url.trim().starts_with("nats://"))
+        {
+            anyhow::bail!("--source {source}: expected nats://HOST:PORT");
+        }
+        Ok(Some(GatewayConfig {
+            url: source.clone(),
+            max_symbols: self.max_source_symbols,
+            ..GatewayConfig::default()
+        }))
+    }
 }
 
 /// `tickwire subscribe`.
@@ -356,8 +390,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log.as_deref());
     let workers = match &cli.command {
-        None => cli.serve.workers,
-        Some(Command::Serve(args)) => args.workers,
+        None => cli.serve.serve.workers,
+        Some(Command::Serve(args)) => args.serve.workers,
         Some(Command::Ingest(args)) => args.serve.workers,
         Some(_) => None,
     };
@@ -375,7 +409,10 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     let result = runtime.block_on(async {
         match command {
-            Command::Serve(args) => on_a_worker(serve_with(args, None)).await,
+            Command::Serve(args) => match args.gateway.config() {
+                Ok(source) => on_a_worker(serve_with(args.serve, source, None)).await,
+                Err(e) => Err(e),
+            },
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Plot(args) => plot(args),
             Command::Subscribe(args) => {
@@ -391,7 +428,9 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Record(args) => record(args).await,
-            Command::Ingest(args) => on_a_worker(serve_with(args.serve, Some(args.nats))).await,
+            Command::Ingest(args) => {
+                on_a_worker(serve_with(args.serve, None, Some(args.nats))).await
+            }
             Command::Token(args) => security::token(args),
         }
     });
@@ -561,27 +600,17 @@ fn parse_replay_arg(arg: &str) -> replay::ReplaySource {
     }
 }
 
-/// `serve` (standalone, or a gateway with `--source`), or `ingest` when
+/// `serve` (standalone, or a gateway when `source` is set), or `ingest` when
 /// `publish_to` names a NATS server.
-async fn serve_with(args: ServeArgs, publish_to: Option<String>) -> anyhow::Result<()> {
+async fn serve_with(
+    args: ServeArgs,
+    source: Option<GatewayConfig>,
+    publish_to: Option<String>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(metrics.clone()).with_max_book_depth(args.max_book_depth));
     let feeds_shutdown = CancellationToken::new();
-    if let Some(source) = &args.source {
-        if publish_to.is_some() {
-            anyhow::bail!("ingest runs feeds; --source is for gateways (`tickwire serve`)");
-        }
-        if !source
-            .split(',')
-            .all(|url| url.trim().starts_with("nats://"))
-        {
-            anyhow::bail!("--source {source}: expected nats://HOST:PORT");
-        }
-        let config = GatewayConfig {
-            url: source.clone(),
-            max_symbols: args.max_source_symbols,
-            ..GatewayConfig::default()
-        };
+    if let Some(config) = source {
         gateway::spawn(hub.clone(), config, feeds_shutdown.clone()).await?;
     } else {
         // `feeds` lists the --feed files' feeds first, in their order.
@@ -826,6 +855,14 @@ mod tests {
             "--max-source-symbols",
             "5"
         ]));
+        // An ingest runs feeds: it has no gateway's flags to offer.
+        let ingest = |args: &[&str]| {
+            let argv = ["tickwire", "ingest", "--nats", "nats://127.0.0.1:4222"];
+            Cli::try_parse_from(argv.iter().chain(args)).is_ok()
+        };
+        assert!(ingest(&["--speed", "10"]));
+        assert!(!ingest(&["--source", "nats://127.0.0.1:4222"]));
+        assert!(!ingest(&["--max-source-symbols", "5"]));
         let subscribe = |count: &str| {
             let argv = ["tickwire", "subscribe", "--symbols", "X", "--count", count];
             Cli::try_parse_from(argv).is_ok()
@@ -954,7 +991,7 @@ mod tests {
         let feeds_of = |args: &[&str]| {
             let argv = ["tickwire", "serve"].iter().chain(args);
             match Cli::try_parse_from(argv).expect("parses").command {
-                Some(Command::Serve(args)) => feeds(&args).map(|feeds| feeds.len()),
+                Some(Command::Serve(args)) => feeds(&args.serve).map(|feeds| feeds.len()),
                 other => panic!("{other:?}"),
             }
         };
