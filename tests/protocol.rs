@@ -424,6 +424,21 @@ async fn non_websocket_requests_to_ws_get_a_json_400() {
             "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n",
             "400",
         ),
+        // Twice, each one valid on its own.
+        (
+            "GET",
+            "HTTP/1.1",
+            host,
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            "400",
+        ),
+        (
+            "GET",
+            "HTTP/1.1",
+            host,
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            "400",
+        ),
         ("GET", "HTTP/1.1", host, good_key, "101"),
     ];
     for (method, version, host, key, status) in cases {
@@ -451,8 +466,8 @@ async fn non_websocket_requests_to_ws_get_a_json_400() {
     let series = r#"tickwire_handshakes_refused_total{reason="not_websocket"}"#;
     assert_eq!(
         metric(&page, series),
-        6.0,
-        "the plain GET and five handshakes"
+        8.0,
+        "the plain GET and seven handshakes"
     );
 }
 

@@ -857,17 +857,24 @@ async fn a_connection_without_subscriptions_is_closed_when_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_query_string_gets_the_json_400() {
     let server = live_server(ServerConfig::default()).await;
-    let url = server.url("?symbols=a&symbols=b");
-    assert_eq!(
-        refused_with(handshake(&url, &[]).await),
-        (400, "bad_request".into())
-    );
-    let (status, body) = server.get("/sse?symbols=a&symbols=b").await;
-    assert_eq!(status, 400);
-    let body: Value = serde_json::from_str(&body).expect("JSON body");
-    assert_eq!(body["error"], "bad_request", "{body}");
+    // A parameter twice, and bytes that are not UTF-8 once decoded.
+    for query in [
+        "?symbols=a&symbols=b",
+        "?symbols=%FF",
+        "?symbols=spot:BTCUSDT&token=%C0",
+    ] {
+        assert_eq!(
+            refused_with(handshake(&server.url(query), &[]).await),
+            (400, "bad_request".into()),
+            "{query}"
+        );
+        let (status, body) = server.get(&format!("/sse{query}")).await;
+        assert_eq!(status, 400, "{query}");
+        let body: Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(body["error"], "bad_request", "{body}");
+    }
     let series = r#"tickwire_handshakes_refused_total{reason="bad_query"}"#;
-    assert_eq!(metric_value(&server, series).await, 2.0);
+    assert_eq!(metric_value(&server, series).await, 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

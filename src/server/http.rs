@@ -277,15 +277,29 @@ fn client_query(
     shared: &Shared,
     query: Result<Query<ClientQuery>, QueryRejection>,
 ) -> Result<ClientQuery, Refused> {
-    query.map(|Query(query)| query).map_err(|rejection| {
+    let refused = |why: String| {
         Refused::new(
             shared,
             Refusal::BadQuery,
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("malformed query string: {}", rejection.body_text()),
+            format!("malformed query string: {why}"),
         )
-    })
+    };
+    let query = query
+        .map(|Query(query)| query)
+        .map_err(|rejection| refused(rejection.body_text()))?;
+    // The decoder replaces bytes that are not UTF-8 with U+FFFD, which no
+    // symbol or token holds: a name the client never wrote is refused here,
+    // as a path would be, rather than answered as an unknown symbol.
+    let lossy = [&query.symbols, &query.token]
+        .into_iter()
+        .flatten()
+        .any(|value| value.contains(char::REPLACEMENT_CHARACTER));
+    if lossy {
+        return Err(refused("a value is not UTF-8 once decoded".into()));
+    }
+    Ok(query)
 }
 
 /// The caller's grant: unrestricted when authentication is off, otherwise
@@ -537,15 +551,17 @@ fn websocket_key(request: &Request) -> Result<String, &'static str> {
     if !has_token(header::CONNECTION, "upgrade") {
         return Err("expected `Connection: Upgrade`");
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
+    // Each of these must appear once (RFC 6455, 11.3.1 and 11.3.5): with two,
+    // which one the client meant is anyone's guess.
+    let once = |name| {
+        let mut values = headers.get_all(name).iter();
+        values.next().filter(|_| values.next().is_none())
+    };
+    if once(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
         return Err("only WebSocket version 13 is supported");
     }
     use base64::Engine as _;
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
+    once(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|key| {
             let decoded = base64::engine::general_purpose::STANDARD.decode(key);
