@@ -51,6 +51,10 @@ pub const DISCONNECTED_REASON: &str = "source disconnected";
 pub const LAST_VALUES_UNAVAILABLE_REASON: &str =
     "last values unavailable; awaiting the symbol's next version";
 
+/// The status reason of a symbol live again once the link is back, when its
+/// ingest gave none (it never had to: the symbol was live all along).
+pub const RECONNECTED_REASON: &str = "source reconnected";
+
 /// The status reason of a book whose last version could not be read again
 /// after a reconnect: versions published meanwhile may be lost.
 pub const UNCONFIRMED_REASON: &str = "source reconnected; awaiting the book's next version";
@@ -695,14 +699,19 @@ impl Merger {
     fn source_up(&self, books: bool) {
         let mut state = self.lock();
         state.source_up = true;
+        // Clients saw the symbol go stale for the link: coming back, it says so.
+        let reason = |status: &Track| match (status.state, status.reason.as_str()) {
+            (SymbolState::Live, "") => RECONNECTED_REASON.to_owned(),
+            (_, reason) => reason.to_owned(),
+        };
         for held in state.symbols.values() {
-            self.set_ticker_status(&held.entry, held.ticker.state, &held.ticker.reason);
+            self.set_ticker_status(&held.entry, held.ticker.state, &reason(&held.ticker));
             if !held.depth.heard {
                 continue;
             }
             let depth = held.entry.depth();
             if books {
-                depth.set_status(held.depth.state, &held.depth.reason);
+                depth.set_status(held.depth.state, &reason(&held.depth));
             } else {
                 depth.set_status(SymbolState::Stale, UNCONFIRMED_REASON);
             }
@@ -931,7 +940,8 @@ mod tests {
         assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Stale));
         merger.source_up(true);
         assert_eq!(state("A").map(|s| s.state), Some(SymbolState::Live));
-        assert_eq!(state("B").map(|s| s.state), Some(SymbolState::Live));
+        let b = state("B").map(|s| (s.state, s.reason.to_string()));
+        assert_eq!(b, Some((SymbolState::Live, RECONNECTED_REASON.into())));
     }
 
     #[test]
