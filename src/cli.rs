@@ -889,6 +889,20 @@ mod tests {
             ];
             assert!(Cli::try_parse_from(argv).is_err(), "token {rate}");
         }
+        // A token for no symbol, or one expired when minted, is refused.
+        let token = |args: &[&str]| {
+            let argv = ["tickwire", "token", "--secret-file", "s"];
+            Cli::try_parse_from(argv.iter().chain(args)).is_ok()
+        };
+        assert!(token(&[
+            "--symbols",
+            "spot:*,usdm:BTCUSDT",
+            "--ttl-secs",
+            "1"
+        ]));
+        assert!(!token(&["--symbols", ""]));
+        assert!(!token(&["--symbols", "spot:*,"]));
+        assert!(!token(&["--symbols", "spot:*", "--ttl-secs", "0"]));
     }
 
     #[tokio::test]

@@ -162,10 +162,12 @@ pub struct TokenArgs {
     #[arg(long, default_value = "local")]
     pub sub: String,
     /// Symbol patterns the holder may see, comma-separated (`spot:*`, `usdm:BTCUSDT`, `*`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub symbols: Vec<String>,
-    /// Seconds until the token expires.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds until the token expires (at least 1: a token that is expired
+    /// when minted is of no use).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl_secs: u64,
     /// Audience (`aud`), for a server started with `--jwt-audience`.
     #[arg(long)]
