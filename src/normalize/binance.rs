@@ -575,7 +575,14 @@ pub(crate) fn with_tape<'de, R>(
 }
 
 fn json_error(e: &simd_json::Error) -> ParseError {
-    ParseError::Json(e.to_string())
+    // simd-json names its own stages for most malformed input
+    // (`InternalError(TapeError)`), which tells a reader nothing; where the
+    // parse stopped does.
+    let at = match e.character() {
+        Some(c) => format!("byte {} ({c:?})", e.index()),
+        None => format!("byte {}", e.index()),
+    };
+    ParseError::Json(format!("parsing stopped at {at}"))
 }
 
 #[cfg(test)]
@@ -950,6 +957,13 @@ mod tests {
         ));
         assert!(matches!(capture("1 [1,2]"), Err(ParseError::Json(_))));
         assert!(matches!(capture("1 "), Err(ParseError::Json(_))));
+        // The message says where, not which of the parser's stages gave up.
+        let garbled = r#"1 {"e":"bookTicker","u":1,"s":"BTCUSDT","b":"1.0",?}"#;
+        let message = capture(garbled).expect_err("refused").to_string();
+        assert!(
+            message.starts_with("invalid JSON: parsing stopped at byte"),
+            "{message}"
+        );
         assert!(matches!(capture(""), Err(ParseError::Line(_))));
         assert!(matches!(capture("{\"a\":1}"), Err(ParseError::Line(_))));
         assert!(matches!(capture("12x4 {}"), Err(ParseError::Line(_))));
