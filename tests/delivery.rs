@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::Value;
+use tickwire::fanout::SymbolEntry;
 use tickwire::feed::replay::Speed;
 use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
@@ -377,17 +378,7 @@ async fn a_stream_of_updates_is_gathered_into_one_write_per_coalescing_window() 
     };
     let server = TestServer::start(config, vec![replay_of(&files, Speed::Max, false, true)]).await;
     let entry = server.hub.get("usdm:BTCUSDT").expect("symbol");
-    let publish = |price: i64| {
-        let tick = Tick {
-            recv_ts_ns: 0,
-            exchange_ts_ns: None,
-            update: BookUpdate::Trade {
-                price: Decimal::new(price, 0),
-                size: Decimal::ONE,
-            },
-        };
-        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
-    };
+    let publish = |price: i64| publish_trade(&server, &entry, price);
     let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
     client.recv_type("subscribed").await;
 
@@ -427,15 +418,7 @@ async fn backlog_of_a_reader_that_stopped(session: SessionConfig) -> usize {
     // apart, too slow to be gathered), long after the client stopped reading.
     let versions = 800;
     for price in 1..=versions {
-        let tick = Tick {
-            recv_ts_ns: 0,
-            exchange_ts_ns: None,
-            update: BookUpdate::Trade {
-                price: Decimal::new(price, 0),
-                size: Decimal::ONE,
-            },
-        };
-        server.hub.publish(&entry, &tick, tickwire::wall_clock_ns());
+        publish_trade(&server, &entry, price);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let newest = versions.to_string();
@@ -477,4 +460,17 @@ async fn a_reader_that_stopped_is_a_few_dozen_kib_behind_not_the_send_buffer() {
     // The control: the send buffer alone holds about 100 KiB of frames (the
     // kernel doubles the 64 KiB asked for, and counts its overhead in it).
     assert!(unlimited > 96 * 1024, "{unlimited} bytes behind");
+}
+
+/// Publishes a trade at `price` as `symbol`'s next version, by hand.
+fn publish_trade(server: &TestServer, symbol: &SymbolEntry, price: i64) {
+    let tick = Tick {
+        recv_ts_ns: 0,
+        exchange_ts_ns: None,
+        update: BookUpdate::Trade {
+            price: Decimal::new(price, 0),
+            size: Decimal::ONE,
+        },
+    };
+    server.hub.publish(symbol, &tick, tickwire::wall_clock_ns());
 }
