@@ -209,7 +209,9 @@ impl Sink for Recorder {
     }
 
     fn down(&mut self, reason: &str) {
-        tracing::warn!(%reason, "recorded feed is down; the recording continues after it reconnects");
+        // The feed warns of it itself, with its retry; this only adds what
+        // becomes of the recording.
+        tracing::info!(%reason, "recorded feed is down; the recording continues after it reconnects");
     }
 }
 
