@@ -199,26 +199,10 @@ async fn connect_tcp(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpS
 /// other servers hold; `bind()` alone would reserve one for good. Best
 /// effort: without it the bind picks the port.
 #[cfg(target_os = "linux")]
-#[expect(
-    unsafe_code,
-    reason = "a socket option that neither std nor socket2 sets"
-)]
 fn defer_port_choice(socket: &TcpSocket) {
-    use std::os::fd::AsRawFd as _;
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is open for as long as `socket` lives, and the
-    // option value is a `c_int` read for its exact size during the call.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            std::ptr::from_ref(&on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_BIND_ADDRESS_NO_PORT not set");
+    let set = crate::sockopt::set_int(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+    if let Err(error) = set {
+        tracing::debug!(%error, "IP_BIND_ADDRESS_NO_PORT not set");
     }
 }
 

@@ -71,6 +71,8 @@ pub mod normalize;
 pub mod protocol;
 pub mod server;
 pub mod session;
+#[cfg(target_os = "linux")]
+mod sockopt;
 
 /// Wall-clock time as Unix-epoch nanoseconds (the protocol's timestamp unit).
 pub fn wall_clock_ns() -> i64 {

@@ -353,26 +353,11 @@ fn tune_socket(stream: &TcpStream, config: &SessionConfig) -> io::Result<()> {
 /// Best effort: without it a slow reader's backlog is bounded by the send
 /// buffer alone.
 #[cfg(target_os = "linux")]
-#[expect(
-    unsafe_code,
-    reason = "a socket option that neither std nor socket2 sets"
-)]
 fn limit_unsent_bytes(stream: &TcpStream, bytes: usize) {
-    use std::os::fd::AsRawFd as _;
     let limit = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the descriptor is open for as long as `stream` lives, and the
-    // option value is a `c_int` read for its exact size during the call.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            std::ptr::from_ref(&limit).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+    let set = crate::sockopt::set_int(stream, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, limit);
+    if let Err(error) = set {
+        tracing::debug!(%error, "TCP_NOTSENT_LOWAT not set");
     }
 }
 
