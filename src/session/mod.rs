@@ -366,13 +366,9 @@ impl Session {
                 self.hold_until = None;
             }
             // A subscribe request's snapshots are answers, never held back.
-            // Updates are taken only once the last ones are all written: what
-            // the socket has not taken yet would otherwise be followed by
-            // older versions of the same symbols, where conflation gives the
-            // newest when the socket takes more.
             let mut updates_taken = 0;
             loop {
-                if self.hold_until.is_none() && self.out.buffered() == 0 {
+                if self.takes_updates() {
                     updates_taken += self
                         .subscriptions
                         .fill(&mut self.out, config.write_high_water);
@@ -411,7 +407,7 @@ impl Session {
             let wanted = Interest {
                 requests: takes_requests,
                 writable: buffered > 0 || self.stream.has_pending_output(),
-                updates: buffered == 0 && self.hold_until.is_none(),
+                updates: self.takes_updates(),
                 register_shutdown: !shutdown_registered,
             };
             shutdown_registered = true;
@@ -689,6 +685,15 @@ impl Session {
                 self.read_paused_until = Some(Instant::now() + pause);
             }
         }
+    }
+
+    /// Whether updates are taken from the mailbox now: not while they are
+    /// held back for the coalescing window, nor until the last ones are all
+    /// written. What the socket has not taken yet would otherwise be followed
+    /// by older versions of the same symbols, where conflation gives the
+    /// newest once the socket takes more.
+    fn takes_updates(&self) -> bool {
+        self.hold_until.is_none() && self.out.buffered() == 0
     }
 
     /// Whether requests are read now: not while the client leaves too much
