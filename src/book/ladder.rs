@@ -281,9 +281,7 @@ impl Ladder {
     fn pull_in(&mut self, count: usize) {
         let mut moving = self.take_far_levels();
         if count < moving.len() {
-            let first = moving.len() - count;
-            moving.select_nth_unstable_by_key(first, |&(key, _)| key);
-            moving.drain(..first);
+            keep_best(&mut moving, count);
             let boundary = moving[0].0;
             self.far.retain(|&key, _| key < boundary);
             self.boundary = boundary;
@@ -467,11 +465,7 @@ impl Ladder {
         }
         let mut far: Vec<(i64, Decimal)> =
             self.far.iter().map(|(&key, &size)| (key, size)).collect();
-        if rest < far.len() {
-            let first = far.len() - rest;
-            far.select_nth_unstable_by_key(first, |&(key, _)| key);
-            far.drain(..first);
-        }
+        keep_best(&mut far, rest);
         far.sort_unstable_by_key(|&(key, _)| std::cmp::Reverse(key));
         out.extend(far.iter().map(|&(key, size)| self.level(key, size)));
     }
@@ -566,6 +560,16 @@ const NEARBY: usize = 16;
 
 fn power_of_ten(exponent: u32) -> Option<i64> {
     10i64.checked_pow(exponent)
+}
+
+/// Keeps the best `count` of `levels` (the highest keys), in no order but
+/// that, when any were dropped, the worst kept comes first.
+fn keep_best(levels: &mut Vec<(i64, Decimal)>, count: usize) {
+    if count < levels.len() {
+        let first = levels.len() - count;
+        levels.select_nth_unstable_by_key(first, |&(key, _)| key);
+        levels.drain(..first);
+    }
 }
 
 #[cfg(test)]
