@@ -507,7 +507,7 @@ pub fn feeds(args: &ServeArgs) -> anyhow::Result<Vec<config::FeedConfig>> {
     if args.once && !(args.replay.is_empty() && args.feed.is_empty()) {
         anyhow::bail!("--once is for the bundled sample; --replay files play once unless --loop");
     }
-    let speed = args.speed.unwrap_or(replay::Speed::Factor(1.0));
+    let speed = args.speed.unwrap_or(config::DEFAULT_SPEED);
     let max_gap = args
         .max_gap_ms
         .map_or(config::DEFAULT_MAX_GAP, Duration::from_millis);

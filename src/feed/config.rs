@@ -187,6 +187,9 @@ fn default_trade_every() -> u32 {
 /// Default for the longest silence a replay plays out in full.
 pub const DEFAULT_MAX_GAP: Duration = Duration::from_secs(5);
 
+/// Default replay speed: recorded time.
+pub const DEFAULT_SPEED: Speed = Speed::Factor(1.0);
+
 fn default_max_gap_ms() -> u64 {
     DEFAULT_MAX_GAP.as_millis() as u64
 }
@@ -247,7 +250,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
         "replay" => {
             let file: ReplayFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
             let speed = match &file.speed {
-                None => Speed::Factor(1.0),
+                None => DEFAULT_SPEED,
                 Some(value) => match value.get_ref() {
                     // Debug keeps `1e300` short where Display writes every digit.
                     SpeedValue::Number(factor) => format!("{factor:?}"),
