@@ -468,17 +468,11 @@ async fn connections_per_address_are_limited_with_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_read_together_queue_no_more_replies_than_the_output_limit() {
-    let config = ServerConfig {
-        session: SessionConfig {
-            message_rate: RateConfig {
-                per_second: 1_000.0,
-                burst: 1_000,
-                max_strikes: 3,
-            },
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::default()
-    };
+    let config = with_message_rate(RateConfig {
+        per_second: 1_000.0,
+        burst: 1_000,
+        max_strikes: 3,
+    });
     let limit = config.session.max_write_buffer as f64;
     let server = live_server(config).await;
     // Each `list` answer is then about 70 KB.
@@ -488,15 +482,7 @@ async fn requests_read_together_queue_no_more_replies_than_the_output_limit() {
     let mut stream = raw_connect(server.addr, "/ws", Some(4096)).await;
     // Sixty requests in one write, read by the server in one go: 4 MB of
     // answers, to a client that reads nothing for now.
-    let requests: Vec<u8> = (0..60)
-        .flat_map(|id| {
-            client_frame(
-                true,
-                0x1,
-                json!({"op": "list", "id": id}).to_string().as_bytes(),
-            )
-        })
-        .collect();
+    let requests = numbered_requests("list", 60);
     stream.write_all(&requests).await.expect("send");
     let series = "tickwire_write_buffered_bytes";
     let buffered = tokio::time::timeout(GUARD, async {
@@ -613,19 +599,38 @@ async fn one_subscribe_of_thousands_of_symbols_writes_its_snapshots_as_the_clien
     assert_eq!(metric_value(&server, series).await, 1.0);
 }
 
-/// A burst of 5 messages, three strikes, and no token back during a test.
-fn strict_rate() -> ServerConfig {
+/// `count` requests `{"op": op, "id": 0..count}`, framed back to back for
+/// one write.
+fn numbered_requests(op: &str, count: u64) -> Vec<u8> {
+    (0..count)
+        .flat_map(|id| {
+            client_frame(
+                true,
+                0x1,
+                json!({"op": op, "id": id}).to_string().as_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// The default server with `rate` as every connection's message rate.
+fn with_message_rate(rate: RateConfig) -> ServerConfig {
     ServerConfig {
         session: SessionConfig {
-            message_rate: RateConfig {
-                per_second: 0.001,
-                burst: 5,
-                max_strikes: 3,
-            },
+            message_rate: rate,
             ..SessionConfig::default()
         },
         ..ServerConfig::default()
     }
+}
+
+/// A burst of 5 messages, three strikes, and no token back during a test.
+fn strict_rate() -> ServerConfig {
+    with_message_rate(RateConfig {
+        per_second: 0.001,
+        burst: 5,
+        max_strikes: 3,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,29 +664,15 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_read_at_once_is_paced_like_one_sent_slowly() {
     // Five at once, then one every 20 ms; more than ten refusals close.
-    let server = live_server(ServerConfig {
-        session: SessionConfig {
-            message_rate: RateConfig {
-                per_second: 50.0,
-                burst: 5,
-                max_strikes: 10,
-            },
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::default()
-    })
+    let server = live_server(with_message_rate(RateConfig {
+        per_second: 50.0,
+        burst: 5,
+        max_strikes: 10,
+    }))
     .await;
     // Twenty requests in one write, so the server reads them together: were
     // they handled back to back, the eleventh refusal would close.
-    let burst: Vec<u8> = (0..20)
-        .flat_map(|id| {
-            client_frame(
-                true,
-                0x1,
-                json!({"op": "ping", "id": id}).to_string().as_bytes(),
-            )
-        })
-        .collect();
+    let burst = numbered_requests("ping", 20);
     let mut stream = raw_connect(server.addr, "/ws", None).await;
     stream.write_all(&burst).await.expect("burst sent");
     let mut frames = ServerFrames::default();
@@ -760,17 +751,11 @@ async fn floods_of_pongs_pings_or_empty_fragments_pay_the_message_rate_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_client_does_not_starve_the_others() {
     // The abuser is never closed, so it floods for the whole test.
-    let config = ServerConfig {
-        session: SessionConfig {
-            message_rate: RateConfig {
-                max_strikes: u32::MAX,
-                ..RateConfig::default()
-            },
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = live_server(config).await;
+    let server = live_server(with_message_rate(RateConfig {
+        max_strikes: u32::MAX,
+        ..RateConfig::default()
+    }))
+    .await;
     let mut abuser = raw_connect(server.addr, "/ws", None).await;
     let (mut abuser_reader, mut abuser_writer) = abuser.split();
     let request = json!({"op": "subscribe", "symbols": ["spot:BTCUSDT", "usdm:BTCUSDT"]});
