@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 
-use common::{book_top, metric, replay_of, sample, Client, TestServer, GUARD, SPOT, USDM};
+use common::{
+    book_top, metric, replay_of, sample, Client, TestServer, COINBASE, GUARD, SPOT, USDM,
+};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tickwire::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
@@ -773,4 +775,145 @@ async fn a_price_the_book_cannot_hold_makes_it_stale_until_a_new_snapshot() {
     let counted = run.server.metrics().depth.get(DepthEvent::PriceOutOfRange);
     assert_eq!(counted, 1, "one message refused");
     run.finish().await;
+}
+
+/// A level as (price, size).
+type PriceSize = (Decimal, Decimal);
+
+/// What an independent reading of a Coinbase capture (serde_json and sorted
+/// maps, its `snapshot`s and `l2update`s applied literally) says each
+/// product's ticker must end on.
+#[derive(Debug, Default)]
+struct CoinbaseTop {
+    /// The best bid and ask last taken from the book.
+    taken: Option<(Option<PriceSize>, Option<PriceSize>)>,
+    /// Trades (`match`, `last_match`) plus the depth messages that moved the
+    /// best bid or ask: the versions the ticker must count.
+    updates: u64,
+}
+
+fn coinbase_tops(path: &Path) -> BTreeMap<String, CoinbaseTop> {
+    type Side = BTreeMap<Decimal, Decimal>;
+    let mut books: BTreeMap<String, (Side, Side)> = BTreeMap::new();
+    let mut tops: BTreeMap<String, CoinbaseTop> = BTreeMap::new();
+    let number = |v: &Value| v.as_str().and_then(|s| s.parse::<Decimal>().ok());
+    for line in lines(path) {
+        // `<receive time>: <json>`; the recorder's `wss://` lines carry none.
+        let Some((_, json)) = line
+            .split_once(": ")
+            .filter(|_| !line.starts_with("wss://"))
+        else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(json).expect("the capture is JSON");
+        let product = message["product_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let set = |side: &mut Side, price: &Value, size: &Value| {
+            let (Some(price), Some(size)) = (number(price), number(size)) else {
+                panic!("levels are decimal strings: {message}");
+            };
+            if size.is_zero() {
+                side.remove(&price);
+            } else {
+                side.insert(price, size);
+            }
+        };
+        let (bids, asks) = books.entry(product.clone()).or_default();
+        match message["type"].as_str() {
+            Some("match" | "last_match") => {
+                tops.entry(product).or_default().updates += 1;
+                continue;
+            }
+            Some("snapshot") => {
+                bids.clear();
+                asks.clear();
+                for (side, key) in [(&mut *bids, "bids"), (&mut *asks, "asks")] {
+                    for level in message[key].as_array().into_iter().flatten() {
+                        set(side, &level[0], &level[1]);
+                    }
+                }
+            }
+            Some("l2update") => {
+                for change in message["changes"].as_array().into_iter().flatten() {
+                    let side = if change[0] == "buy" {
+                        &mut *bids
+                    } else {
+                        &mut *asks
+                    };
+                    set(side, &change[1], &change[2]);
+                }
+            }
+            _ => continue,
+        }
+        let bid = bids.iter().next_back().map(|(p, s)| (*p, *s));
+        let ask = asks.iter().next().map(|(p, s)| (*p, *s));
+        let top = tops.entry(product).or_default();
+        if top.taken != Some((bid, ask)) {
+            top.taken = Some((bid, ask));
+            top.updates += 1;
+        }
+    }
+    tops
+}
+
+/// A ticker's side as (price, size).
+fn ticker_level(ticker: &Value, side: &str) -> Option<PriceSize> {
+    let price = ticker[side].as_str()?.parse().ok()?;
+    let size = ticker[format!("{side}_size")].as_str()?.parse().ok()?;
+    Some((price, size))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_venue_without_sized_quotes_takes_its_best_bid_and_ask_from_the_depth_book() {
+    let tops = coinbase_tops(&sample(COINBASE));
+    assert_eq!(tops.len(), 10, "the sample's ten products");
+    let replay = replay_of(&[(None, sample(COINBASE))], Speed::Max, false, true);
+    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let symbols: Vec<&str> = tops.keys().map(String::as_str).collect();
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(json!({"op":"subscribe","id":1,"channel":"ticker","symbols":symbols}))
+        .await;
+    assert_eq!(
+        client.recv_type("subscribed").await["symbols"],
+        json!(symbols)
+    );
+    server.replays[0].start();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+
+    let mut held: BTreeMap<String, Value> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !symbols.iter().all(|s| {
+        let served = server.hub.get(s).and_then(|e| e.current()).map(|c| c.seq);
+        let seen = held.get(*s).and_then(|t| t["seq"].as_u64());
+        served.is_some() && seen == served
+    }) {
+        let message = tokio::time::timeout_at(deadline, client.recv())
+            .await
+            .expect("every final ticker in time");
+        if message["type"] == "ticker" {
+            let symbol = message["symbol"].as_str().unwrap_or_default().to_owned();
+            held.insert(symbol, message);
+        }
+    }
+    for (product, top) in &tops {
+        let ticker = &held[product];
+        let (bid, ask) = top.taken.unwrap_or_default();
+        assert!(
+            bid.is_some() && ask.is_some(),
+            "{product}: a two-sided book"
+        );
+        assert_eq!(ticker_level(ticker, "bid"), bid, "{product}: {ticker}");
+        assert_eq!(ticker_level(ticker, "ask"), ask, "{product}: {ticker}");
+        assert_eq!(
+            ticker["seq"].as_u64(),
+            Some(top.updates),
+            "{product}: a version per trade and per move of the top, none for deeper levels"
+        );
+    }
+    server.shutdown().await.expect("clean shutdown");
 }

@@ -616,6 +616,14 @@ async fn a_coinbase_style_feed_subscribes_and_matches_the_replayed_capture() {
         for field in BOOK_FIELDS {
             assert_eq!(from_live[field], from_replay[field], "{product} {field}");
         }
+        // The capture's tickers have no sizes: the best bid and ask are the
+        // depth book's, which the live feed builds from the same messages.
+        assert!(from_live["bid_size"].is_string(), "{product}: {from_live}");
+        assert_eq!(
+            book_top(&server.hub, &format!("live:{product}"), 100),
+            book_top(&server.hub, &format!("replay:{product}"), 100),
+            "{product}: the book"
+        );
     }
     drop(exchange);
 }
@@ -651,4 +659,126 @@ async fn the_synthetic_feed_keeps_its_schedule_and_stamps_intended_times() {
     let feeds: Value = serde_json::from_str(&feeds).expect("JSON");
     assert_eq!(feeds[0]["kind"], "synthetic");
     assert!(feeds[0]["ticks"].as_u64() >= Some(500));
+}
+
+/// A Coinbase capture's received messages for `product`, in order.
+fn coinbase_messages(product: &str) -> Vec<String> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(sample(COINBASE)).expect("sample");
+    std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))
+        .lines()
+        .map(|l| l.expect("line"))
+        .filter(|l| !l.starts_with("wss://"))
+        .filter_map(|l| l.split_once(": ").map(|(_, json)| json.to_owned()))
+        .filter(|json| json.contains(&format!("\"product_id\":\"{product}\"")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_book_goes_stale_with_its_connection_and_resyncs_from_the_next_snapshot() {
+    const PRODUCT: &str = "SKL-USD";
+    let messages = coinbase_messages(PRODUCT);
+    let is_type = |kind: &str| {
+        let tag = format!("\"type\":\"{kind}\"");
+        move |m: &&String| m.contains(&tag)
+    };
+    let snapshot_message = messages
+        .iter()
+        .find(is_type("snapshot"))
+        .expect("a snapshot");
+    let diffs: Vec<&String> = messages.iter().filter(is_type("l2update")).collect();
+    assert!(diffs.len() >= 4, "{} diffs", diffs.len());
+    // Each connection starts with the snapshot, as Coinbase's does; the
+    // second carries the later diffs.
+    let script = |diffs: &[&String]| Script {
+        messages: text_messages(
+            &std::iter::once(snapshot_message)
+                .chain(diffs.iter().copied())
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+        hold: true,
+        keepalive: None,
+    };
+    let (first, second) = diffs.split_at(diffs.len() / 2);
+    let exchange =
+        FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script(first), None).await;
+    let addr = exchange.addr;
+    let live = LiveConfig {
+        name: "coinbase-book".into(),
+        venue: Venue::Coinbase {
+            products: vec![PRODUCT.into()],
+            channels: vec!["level2_batch".into()],
+        },
+        url: format!("ws://{addr}"),
+        symbols: vec![PRODUCT.into()],
+        prefix: Some("live".into()),
+        ..binance_feed(String::new(), Duration::from_secs(30))
+    };
+    let second_connection: String = std::iter::once(snapshot_message)
+        .chain(second.iter().copied())
+        .enumerate()
+        .map(|(i, json)| format!("{}.5: {json}\n", 1_618_677_817 + i))
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "tickwire-live-{}-coinbase-book.ws",
+        std::process::id()
+    ));
+    std::fs::write(&path, second_connection).expect("write capture");
+    let replay = replay_of(&[(Some("replay"), path.clone())], Speed::Max, false, false);
+    let feeds = vec![FeedConfig::Live(live), FeedConfig::Replay(replay)];
+    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
+    let symbol = format!("live:{PRODUCT}");
+    let stats = server.lives[0].stats().clone();
+    eventually("first connection played", || {
+        stats.recognised.load(Relaxed) == 1 + first.len() as u64
+    })
+    .await;
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(serde_json::json!({"op":"subscribe","id":1,"channel":"book","depth":10,"symbols":[&symbol]}))
+        .await;
+    client.recv_type("subscribed").await;
+    let book = client.recv_type("book").await;
+    assert_eq!(book["snapshot"], true);
+
+    exchange.kill().await;
+    let stale = client.recv_type("status").await;
+    assert_eq!(
+        (stale["channel"].as_str(), stale["state"].as_str()),
+        (Some("book"), Some("stale")),
+        "{stale}"
+    );
+    let ticker = snapshot(&server, &symbol).await;
+    assert!(ticker["bid"].is_string(), "the last top is kept: {ticker}");
+
+    // Back on the same port: a fresh snapshot, then the rest of the diffs.
+    let exchange = FakeExchange::start(addr, script(second), None).await;
+    let live_again = client.recv_type("status").await;
+    assert_eq!(
+        (live_again["channel"].as_str(), live_again["state"].as_str()),
+        (Some("book"), Some("live")),
+        "{live_again}"
+    );
+    eventually("second connection played", || {
+        stats.recognised.load(Relaxed) == 2 + diffs.len() as u64
+    })
+    .await;
+
+    // The live book is what replaying the second connection's messages
+    // gives: the first connection's book was dropped with it.
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let _ = std::fs::remove_file(&path);
+    let (_, live_bids, live_asks) = book_top(&server.hub, &symbol, 100);
+    let (_, bids, asks) = book_top(&server.hub, &format!("replay:{PRODUCT}"), 100);
+    assert_eq!((live_bids, live_asks), (bids.clone(), asks.clone()));
+    let ticker = snapshot(&server, &symbol).await;
+    assert_eq!(
+        (&ticker["bid"], &ticker["ask"]),
+        (&bids[0][0], &asks[0][0]),
+        "the ticker's best bid and ask are the book's: {ticker}"
+    );
+    drop(exchange);
 }

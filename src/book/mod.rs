@@ -48,8 +48,9 @@ pub struct Snapshot {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fold {
     updates: u64,
-    bid: Option<Level>,
-    ask: Option<Level>,
+    /// The best bid and ask, when an update set them; either side may be
+    /// `None`, as a book's top is when that side of the book is empty.
+    top: Option<Top>,
     last: Option<Level>,
     /// The last update's venue time (`None` if it had none).
     exchange_ts_ns: Option<i64>,
@@ -72,18 +73,27 @@ impl Fold {
                 ask,
                 ask_size,
             } => {
-                self.bid = Some(Level {
+                let bid = Level {
                     price: bid,
                     size: bid_size,
-                });
-                self.ask = Some(Level {
+                };
+                let ask = Level {
                     price: ask,
                     size: ask_size,
-                });
+                };
+                self.top = Some((Some(bid), Some(ask)));
             }
             BookUpdate::Trade { price, size } => self.last = Some(Level { price, size }),
         }
         self.exchange_ts_ns = tick.exchange_ts_ns;
+        self.updates += 1;
+    }
+
+    /// Folds in a new top of book taken from a depth book (see
+    /// [`TopSource`]): a `None` side empties it.
+    pub fn add_top(&mut self, top: Top, exchange_ts_ns: Option<i64>) {
+        self.top = Some(top);
+        self.exchange_ts_ns = exchange_ts_ns;
         self.updates += 1;
     }
 
@@ -98,6 +108,44 @@ impl Fold {
     }
 }
 
+/// A best bid and ask; either side `None` where that side of the book is empty.
+pub type Top = (Option<Level>, Option<Level>);
+
+/// Where a symbol's best bid and ask come from: its depth book's top until
+/// the symbol has a quote of its own, its quotes from then on.
+///
+/// Some venues send the full book but no top-of-book quotes with sizes
+/// (Coinbase's older `ticker` has none): without the book their tickers
+/// would have no bid or ask at all. Where a venue sends both (Binance's
+/// `bookTicker` beside its depth diffs), its quotes win from the first: they
+/// come on every change, while the diffs come in batches (every 100 ms on
+/// Binance spot).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TopSource {
+    quoted: bool,
+    /// The depth book's top last taken.
+    taken: Option<Top>,
+}
+
+impl TopSource {
+    /// Notes an update of the symbol's own; a quote ends taking the book's top.
+    pub fn saw(&mut self, update: &BookUpdate) {
+        self.quoted |= matches!(update, BookUpdate::Quote { .. });
+    }
+
+    /// Given the depth book's top after a message that left it consistent,
+    /// the top to take as the symbol's best bid and ask: `None` when the
+    /// symbol has quotes of its own or the top has not moved (a change to
+    /// deeper levels makes no version of the ticker).
+    pub fn take_from_depth(&mut self, top: Top) -> Option<Top> {
+        if self.quoted || self.taken == Some(top) {
+            return None;
+        }
+        self.taken = Some(top);
+        Some(top)
+    }
+}
+
 impl Snapshot {
     /// The version that follows `previous` (or the first one) after the
     /// updates in `fold`.
@@ -107,10 +155,11 @@ impl Snapshot {
         fold: &Fold,
         ingest_ts_ns: i64,
     ) -> Snapshot {
-        let (bid, ask, last) = match previous {
-            Some(p) => (fold.bid.or(p.bid), fold.ask.or(p.ask), fold.last.or(p.last)),
-            None => (fold.bid, fold.ask, fold.last),
-        };
+        let (bid, ask) = fold
+            .top
+            .or(previous.map(|p| (p.bid, p.ask)))
+            .unwrap_or_default();
+        let last = fold.last.or(previous.and_then(|p| p.last));
         Snapshot {
             symbol: symbol.clone(),
             seq: previous.map_or(0, |p| p.seq) + fold.updates,
@@ -237,6 +286,43 @@ pub(crate) mod tests {
         );
         assert_eq!(next.exchange_ts_ns, None, "the last update's venue time");
         assert_eq!(next.ingest_ts_ns, 11);
+    }
+
+    #[test]
+    fn a_top_from_depth_replaces_both_sides_and_keeps_the_trade() {
+        let symbol: Arc<str> = Arc::from("BTC-USD");
+        let first = Snapshot::next(None, &symbol, &Fold::of(&quote("1.0", "2.0")), 10);
+        let mut fold = Fold::default();
+        fold.add(&Tick {
+            recv_ts_ns: 3,
+            exchange_ts_ns: None,
+            update: BookUpdate::Trade {
+                price: dec("1.5"),
+                size: dec("0.1"),
+            },
+        });
+        fold.add_top((Some(level("1.1", "4")), None), Some(9));
+        let next = Snapshot::next(Some(&first), &symbol, &fold, 11);
+        assert_eq!(next.seq, 3);
+        assert_eq!(next.bid, Some(level("1.1", "4")));
+        assert_eq!(next.ask, None, "an empty side is no ask, not the old one");
+        assert_eq!(next.last, Some(level("1.5", "0.1")));
+        assert_eq!(next.exchange_ts_ns, Some(9));
+        let trade_only = Snapshot::next(
+            Some(&next),
+            &symbol,
+            &Fold::of(&Tick {
+                recv_ts_ns: 4,
+                exchange_ts_ns: None,
+                update: BookUpdate::Trade {
+                    price: dec("1.6"),
+                    size: dec("0.2"),
+                },
+            }),
+            12,
+        );
+        assert_eq!(trade_only.bid, next.bid, "a trade keeps the top");
+        assert_eq!(trade_only.ask, None);
     }
 
     #[test]

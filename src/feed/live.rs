@@ -8,6 +8,12 @@
 //! snapshot stays), and the task reconnects after an exponential backoff with
 //! full jitter, capped. The first fresh update of a symbol makes it `live`
 //! again (see [`Hub::publish`]).
+//!
+//! A Coinbase feed subscribed to `level2_batch` also keeps each product's
+//! full-depth book from the `snapshot` Coinbase sends first and the
+//! `l2update`s after it; a lost connection drops the book (stale until the
+//! next connection's snapshot). Binance's diffs are left alone: its book
+//! starts from a REST snapshot, which a live feed does not fetch.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,8 +27,11 @@ use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 
 use super::synthetic::SplitMix64;
+use crate::book::depth::{DepthBook, Outcome};
+use crate::book::{Fold, TopSource};
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::{FeedState, FeedStats, WarningLimiter};
+use crate::normalize::depth::DepthMessage;
 use crate::normalize::{binance, coinbase, ParseError, Parsed, Recognised, Tick};
 use crate::wall_clock_ns;
 
@@ -57,10 +66,20 @@ impl Venue {
         }
     }
 
-    fn parse<'a>(&self, message: &'a mut [u8], recv_ts_ns: i64) -> Result<Parsed<'a>, ParseError> {
+    /// Parses one message; a Coinbase `snapshot` or `l2update` is decoded
+    /// into `depth`. Binance's diffs are only recognised: its book starts
+    /// from a REST snapshot, which a live feed does not fetch.
+    fn parse<'a>(
+        &self,
+        message: &'a mut [u8],
+        recv_ts_ns: i64,
+        depth: &mut DepthMessage,
+    ) -> Result<Parsed<'a>, ParseError> {
         match self {
             Venue::Binance => binance::parse_message(message, recv_ts_ns),
-            Venue::Coinbase { .. } => coinbase::parse_message(message, recv_ts_ns),
+            Venue::Coinbase { .. } => {
+                coinbase::parse_message_with_depth(message, recv_ts_ns, depth)
+            }
         }
     }
 }
@@ -190,50 +209,96 @@ fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveErro
 pub trait Sink: Send {
     /// One tick for an upstream symbol.
     fn tick(&mut self, symbol: &str, tick: &Tick);
+    /// One depth message (a book snapshot or diff) for an upstream symbol;
+    /// a recording, which holds ticks, passes it by.
+    fn depth(&mut self, _symbol: &str, _message: &DepthMessage) {}
     /// The upstream is down (or not connected yet) for `reason`.
     fn down(&mut self, reason: &str);
 }
 
-/// Hands parsed ticks to the hub, resolving upstream names once.
+/// Hands parsed ticks and depth messages to the hub, resolving upstream
+/// names once.
 struct Publisher {
     hub: Arc<Hub>,
-    entries: HashMap<Box<str>, Arc<SymbolEntry>>,
+    symbols: HashMap<Box<str>, Carried>,
     config: LiveConfig,
+}
+
+/// An upstream symbol the feed serves.
+struct Carried {
+    entry: Arc<SymbolEntry>,
+    /// Its full-depth book, once a depth message has come: cleared when the
+    /// connection is lost, as the next one starts from a fresh snapshot.
+    book: Option<DepthBook>,
+    top: TopSource,
 }
 
 impl Publisher {
     fn new(hub: Arc<Hub>, config: &LiveConfig) -> Self {
         let mut publisher = Self {
             hub,
-            entries: HashMap::new(),
+            symbols: HashMap::new(),
             config: config.clone(),
         };
         for symbol in &config.symbols {
-            publisher.entry(symbol);
+            publisher.carried(symbol);
         }
         publisher
     }
 
-    fn entry(&mut self, symbol: &str) -> Arc<SymbolEntry> {
-        if let Some(entry) = self.entries.get(symbol) {
-            return entry.clone();
+    fn carried(&mut self, symbol: &str) -> &mut Carried {
+        if !self.symbols.contains_key(symbol) {
+            let entry = self.hub.declare(&self.config.served_name(symbol));
+            let carried = Carried {
+                entry,
+                book: None,
+                top: TopSource::default(),
+            };
+            self.symbols.insert(symbol.into(), carried);
         }
-        let entry = self.hub.declare(&self.config.served_name(symbol));
-        self.entries.insert(symbol.into(), entry.clone());
-        entry
+        // Inserted above when it was missing.
+        self.symbols
+            .get_mut(symbol)
+            .expect("the symbol was just inserted")
     }
 }
 
 impl Sink for Publisher {
     fn tick(&mut self, symbol: &str, tick: &Tick) {
-        let entry = self.entry(symbol);
-        self.hub.publish(&entry, tick, wall_clock_ns());
+        let hub = self.hub.clone();
+        let carried = self.carried(symbol);
+        carried.top.saw(&tick.update);
+        hub.publish(&carried.entry, tick, wall_clock_ns());
     }
 
-    /// Every symbol this feed has served goes stale, keeping its last snapshot.
+    /// Applies the message to the symbol's book and publishes the book
+    /// when it is consistent, and its top as the ticker's best bid and ask
+    /// where the symbol has no quotes of its own (see [`TopSource`]).
+    fn depth(&mut self, symbol: &str, message: &DepthMessage) {
+        let hub = self.hub.clone();
+        let Carried { entry, book, top } = self.carried(symbol);
+        let book = book.get_or_insert_with(DepthBook::default);
+        if hub.update_depth(entry, book, message) != Outcome::Updated {
+            return;
+        }
+        let ingest_ts_ns = wall_clock_ns();
+        hub.publish_depth(entry, book, 1, ingest_ts_ns);
+        if let Some(top) = top.take_from_depth(book.best()) {
+            let mut fold = Fold::default();
+            fold.add_top(top, message.exchange_ts_ns);
+            hub.publish_fold(entry, &fold, ingest_ts_ns);
+        }
+    }
+
+    /// Every symbol this feed has served goes stale, keeping its last
+    /// snapshot; so does its book, which waits for the next connection's.
     fn down(&mut self, reason: &str) {
-        for entry in self.entries.values() {
-            self.hub.set_status(entry, SymbolState::Stale, reason);
+        for carried in self.symbols.values_mut() {
+            self.hub
+                .set_status(&carried.entry, SymbolState::Stale, reason);
+            if carried.book.take().is_some() {
+                carried.entry.depth().set_status(SymbolState::Stale, reason);
+            }
         }
     }
 }
@@ -368,6 +433,7 @@ impl Feed {
         let stats = &self.stats;
         // simd-json parses in place, so each message is copied into one reused buffer.
         let mut scratch: Vec<u8> = Vec::new();
+        let mut depth = DepthMessage::default();
         let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
         let mut warnings = WarningLimiter::every(Duration::from_secs(1));
         let silence = self.config.stale_after;
@@ -413,7 +479,11 @@ impl Feed {
             stats.last_message_ns.store(recv_ts_ns, Relaxed);
             scratch.clear();
             scratch.extend_from_slice(payload);
-            let parsed = match self.config.venue.parse(&mut scratch, recv_ts_ns) {
+            let parsed = match self
+                .config
+                .venue
+                .parse(&mut scratch, recv_ts_ns, &mut depth)
+            {
                 Ok(Parsed::Tick { symbol, tick }) => match self.carried_name(symbol) {
                     Some(symbol) => Ok(Parsed::Tick { symbol, tick }),
                     None => Err(ParseError::UnknownSymbol(symbol.chars().take(40).collect())),
@@ -434,6 +504,22 @@ impl Feed {
                     }
                     sink.tick(symbol, &tick);
                     stats.ticks.fetch_add(1, Relaxed);
+                }
+                Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
+                    if !depth.symbol.is_empty() =>
+                {
+                    stats.recognised.fetch_add(1, Relaxed);
+                    match self.carried_name(&depth.symbol) {
+                        Some(symbol) => sink.depth(symbol, &depth),
+                        None => {
+                            stats.malformed.fetch_add(1, Relaxed);
+                            let error =
+                                ParseError::UnknownSymbol(depth.symbol.chars().take(40).collect());
+                            warnings.warn(|suppressed| {
+                                tracing::warn!(feed = %self.config.name, %error, suppressed, "skipping malformed message");
+                            });
+                        }
+                    }
                 }
                 Ok(Parsed::Recognised(_)) => {
                     stats.recognised.fetch_add(1, Relaxed);

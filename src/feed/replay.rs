@@ -9,6 +9,9 @@
 //! after `MAX_HELD_ITEMS` of them: behind its recording (always, at `--speed max`)
 //! it folds a symbol's updates into one version and applies several diffs to
 //! a depth book before publishing it once (see `Symbols`).
+//!
+//! A symbol whose recording carries a depth book but no quotes of its own
+//! (Coinbase's older captures) takes its best bid and ask from the book's top.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
 use crate::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
-use crate::book::Fold;
+use crate::book::{Fold, TopSource};
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::{FeedStats, WarningLimiter};
 use crate::normalize::Tick;
@@ -293,10 +296,13 @@ impl Player {
                         let Some(Served { entry, .. }) = symbols.served.get(served) else {
                             continue;
                         };
-                        symbols.depth.apply(file, symbol, |book| {
+                        let outcome = symbols.depth.apply(file, symbol, |book| {
                             self.hub.update_depth(entry, book, message)
                         });
                         symbols.take_in();
+                        if outcome == Outcome::Updated {
+                            symbols.top_from_depth(served, (file, symbol), message.exchange_ts_ns);
+                        }
                         symbols.publish_if_full(&self.hub);
                         played = true;
                     }
@@ -435,6 +441,7 @@ struct Symbols {
 struct Served {
     entry: Arc<SymbolEntry>,
     fold: Fold,
+    top: TopSource,
 }
 
 impl Symbols {
@@ -471,6 +478,7 @@ impl Symbols {
                 served.push(Served {
                     entry,
                     fold: Fold::default(),
+                    top: TopSource::default(),
                 });
                 served.len() - 1
             });
@@ -487,7 +495,27 @@ impl Symbols {
             self.holding.push(index);
         }
         served.fold.add(tick);
+        served.top.saw(&tick.update);
         self.take_in();
+    }
+
+    /// Holds the top of the depth book `book` (a file's symbol), consistent
+    /// after its last message, as the best bid and ask of the served symbol
+    /// at `index`, where its [`TopSource`] takes it.
+    fn top_from_depth(&mut self, index: usize, book: (usize, u32), exchange_ts_ns: Option<i64>) {
+        let Some(served) = self.served.get_mut(index) else {
+            return;
+        };
+        let Some(held) = self.depth.books.get(&book) else {
+            return;
+        };
+        let Some(top) = served.top.take_from_depth(held.book.best()) else {
+            return;
+        };
+        if served.fold.is_empty() {
+            self.holding.push(index);
+        }
+        served.fold.add_top(top, exchange_ts_ns);
     }
 
     /// Counts a timed item taken in; the first of a batch reads the clock.
@@ -591,11 +619,16 @@ impl DepthBooks {
         *last
     }
 
-    /// Runs `apply` on the book of `symbol` in `file` and notes whether the
-    /// book now holds a version to publish, keeping the diffs all books
-    /// buffer within `max_pending_levels`: past it, the book that grew drops
-    /// what it buffered.
-    fn apply(&mut self, file: usize, symbol: u32, apply: impl FnOnce(&mut DepthBook) -> Outcome) {
+    /// Runs `apply` on the book of `symbol` in `file`, notes whether the
+    /// book now holds a version to publish, and returns what happened. The
+    /// diffs all books buffer are kept within `max_pending_levels`: past it,
+    /// the book that grew drops what it buffered.
+    fn apply(
+        &mut self,
+        file: usize,
+        symbol: u32,
+        apply: impl FnOnce(&mut DepthBook) -> Outcome,
+    ) -> Outcome {
         let max_levels = self.max_levels;
         let held = self
             .books
@@ -607,7 +640,8 @@ impl DepthBooks {
                 queued: false,
             });
         let before = held.book.pending_levels();
-        match apply(&mut held.book) {
+        let outcome = apply(&mut held.book);
+        match outcome {
             Outcome::Updated => {
                 held.versions += 1;
                 held.in_sync = true;
@@ -628,6 +662,7 @@ impl DepthBooks {
             held.book.drop_pending();
             self.pending_levels -= after;
         }
+        outcome
     }
 }
 
@@ -996,6 +1031,74 @@ mod tests {
         symbols.publish(&hub);
         assert_eq!(entry.depth().current().map(|c| c.seq), Some(5));
         assert_eq!(entry.depth().status().state, SymbolState::Live);
+    }
+
+    /// Until a symbol has a quote of its own, each move of its depth book's
+    /// top is a version of its ticker; from its first quote, quotes alone
+    /// set its best bid and ask.
+    #[test]
+    fn the_depth_books_top_stands_in_for_quotes_until_the_first_quote() {
+        use crate::book::Level;
+        use crate::normalize::depth::{DepthMessage, Sequence};
+        use crate::normalize::BookUpdate;
+        use rust_decimal::Decimal;
+        let level = |price: i64, size: i64| Level {
+            price: Decimal::from(price),
+            size: Decimal::from(size),
+        };
+        let snapshot = DepthMessage {
+            last_update_id: Some(10),
+            bids: vec![level(99, 1), level(98, 1)],
+            asks: vec![level(101, 2)],
+            exchange_ts_ns: Some(7),
+            ..DepthMessage::default()
+        };
+        let diff = |id: u64, bids: Vec<Level>| DepthMessage {
+            sequence: Sequence::Spot {
+                first: id,
+                last: id,
+            },
+            bids,
+            ..DepthMessage::default()
+        };
+        let hub = Hub::new(Arc::default());
+        let entry = hub.declare("AAA");
+        let mut symbols = Symbols::new(1, 100);
+        let served = symbols.insert(0, 0, entry.clone()).expect("resolved");
+        let apply = |symbols: &mut Symbols, message: &DepthMessage| {
+            let outcome = symbols
+                .depth
+                .apply(0, 0, |book| hub.update_depth(&entry, book, message));
+            if outcome == Outcome::Updated {
+                symbols.top_from_depth(served, (0, 0), message.exchange_ts_ns);
+            }
+            symbols.publish(&hub);
+            let current = entry.current().expect("published");
+            (current.seq, current.bid, current.ask)
+        };
+
+        let top = apply(&mut symbols, &snapshot);
+        assert_eq!(top, (1, Some(level(99, 1)), Some(level(101, 2))));
+        assert_eq!(entry.current().and_then(|c| c.exchange_ts_ns), Some(7));
+        // A level below the best moves nothing: no version.
+        assert_eq!(apply(&mut symbols, &diff(11, vec![level(97, 5)])).0, 1);
+        let top = apply(&mut symbols, &diff(12, vec![level(99, 0)]));
+        assert_eq!(top, (2, Some(level(98, 1)), Some(level(101, 2))));
+
+        let quote = Tick {
+            recv_ts_ns: 1,
+            exchange_ts_ns: None,
+            update: BookUpdate::Quote {
+                bid: Decimal::from(95),
+                bid_size: Decimal::ONE,
+                ask: Decimal::from(96),
+                ask_size: Decimal::ONE,
+            },
+        };
+        symbols.fold(served, &quote);
+        symbols.publish(&hub);
+        let quoted = (3, Some(level(95, 1)), Some(level(96, 1)));
+        assert_eq!(apply(&mut symbols, &diff(13, vec![level(100, 3)])), quoted);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn sample(name: &str) -> PathBuf {
 
 pub const SPOT: &str = "binance-spot-btcusdt-20240808.gz";
 pub const USDM: &str = "binance-usdm-btcusdt-20240808.gz";
+pub const COINBASE: &str = "coinbase-sample.ws.gz";
 pub const TARDIS_QUOTES: &str = "tardis-binance-futures-btcusdt-quotes-sample.csv";
 pub const TARDIS_TRADES: &str = "tardis-binance-futures-btcusdt-trades-sample.csv";
 
