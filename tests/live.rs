@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::exchange::{binance_messages, self_signed_tls, FakeExchange, Script};
+use common::exchange::{binance_messages, self_signed_tls, FakeExchange, FakeRest, Script};
 use common::*;
 use serde_json::Value;
+use tickwire::fanout::SymbolState;
 use tickwire::feed::config::FeedConfig;
 use tickwire::feed::live::{Backoff, LiveConfig, Venue};
 use tickwire::feed::replay::Speed;
@@ -24,7 +25,9 @@ const LINES: usize = 3_000;
 fn binance_feed(url: String, stale_after: Duration) -> LiveConfig {
     LiveConfig {
         name: "fake-binance".into(),
-        venue: Venue::Binance,
+        venue: Venue::Binance {
+            depth_snapshot_url: None,
+        },
         url,
         symbols: vec!["BTCUSDT".into()],
         prefix: Some("live".into()),
@@ -781,4 +784,217 @@ async fn a_live_book_goes_stale_with_its_connection_and_resyncs_from_the_next_sn
         "the ticker's best bid and ask are the book's: {ticker}"
     );
     drop(exchange);
+}
+
+/// A live Binance feed with `depth_snapshot_url` pointed at `rest`.
+fn binance_depth_feed(exchange: SocketAddr, rest: &FakeRest, symbols: &[&str]) -> LiveConfig {
+    let streams: Vec<String> = symbols
+        .iter()
+        .map(|s| format!("{0}@bookTicker/{0}@depth@100ms", s.to_ascii_lowercase()))
+        .collect();
+    LiveConfig {
+        venue: Venue::Binance {
+            depth_snapshot_url: Some(rest.template()),
+        },
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        ..binance_feed(
+            format!("ws://{exchange}/stream?streams={}", streams.join("/")),
+            Duration::from_secs(30),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_binance_book_starts_from_the_rest_snapshot_and_matches_the_replay() {
+    let lines = binance_messages(&sample(USDM), 2_000);
+    let (snapshots, stream): (Vec<String>, Vec<String>) = lines
+        .iter()
+        .cloned()
+        .partition(|l| l.contains("\"lastUpdateId\""));
+    assert_eq!(snapshots.len(), 1, "the capture's one REST snapshot");
+    let diffs = stream.iter().filter(|l| l.contains("depthUpdate")).count();
+    assert!(diffs > 50, "{diffs} diffs");
+    let rest = FakeRest::start(vec![("BTCUSDT", vec![(200, snapshots[0].clone())])]).await;
+    let exchange = exchange_playing(&stream).await;
+    let feeds = vec![
+        FeedConfig::Live(binance_depth_feed(exchange.addr, &rest, &["BTCUSDT"])),
+        replay_of_lines(&lines),
+    ];
+    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
+    let live = server.lives[0].stats().clone();
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    eventually("the live feed read the stream", || {
+        live.messages.load(Relaxed) == stream.len() as u64
+    })
+    .await;
+    eventually("the live book is in sync", || {
+        server
+            .hub
+            .get("live:BTCUSDT")
+            .is_some_and(|e| e.depth().status().state == SymbolState::Live)
+    })
+    .await;
+    assert_eq!(live.depth_snapshots.load(Relaxed), 1);
+    assert_eq!(live.depth_snapshot_failures.load(Relaxed), 0);
+    assert_eq!(rest.requests(), 1, "one snapshot was enough");
+    let query = rest
+        .queries
+        .lock()
+        .map(|q| q[0].clone())
+        .unwrap_or_default();
+    assert_eq!(query, "symbol=BTCUSDT&limit=1000");
+    let (_, live_bids, live_asks) = book_top(&server.hub, "live:BTCUSDT", 100);
+    let (_, bids, asks) = book_top(&server.hub, "replay:BTCUSDT", 100);
+    assert_eq!((live_bids, live_asks), (bids, asks), "the same book");
+    // The ticker keeps the venue's own quotes: bookTicker, not the book.
+    let from_live = snapshot(&server, "live:BTCUSDT").await;
+    let from_replay = snapshot(&server, "replay:BTCUSDT").await;
+    for field in BOOK_FIELDS {
+        assert_eq!(from_live[field], from_replay[field], "{field}");
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("tickwire_feed_depth_snapshots_total{feed=\"fake-binance\"} 1"),
+        "{metrics}"
+    );
+    drop(exchange);
+}
+
+/// Spot-style messages for one symbol: a REST snapshot, and a diff.
+fn spot_snapshot(last_update_id: u64, bid: &str, ask: &str) -> String {
+    format!(r#"{{"lastUpdateId":{last_update_id},"bids":[["{bid}","1"]],"asks":[["{ask}","1"]]}}"#)
+}
+
+fn spot_diff(symbol: &str, first: u64, last: u64, bid: &str) -> String {
+    format!(
+        r#"{{"stream":"{}@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"{symbol}","U":{first},"u":{last},"b":[["{bid}","2"]],"a":[]}}}}"#,
+        symbol.to_ascii_lowercase()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_are_counted() {
+    // BTCUSDT syncs from the first snapshot (10) with diff 11; diff 30,
+    // which the exchange then repeats, leaves a gap, and the second snapshot
+    // (29) resyncs the book. ETHUSDT's snapshots are refused: its book waits,
+    // and nothing else is held up.
+    let rest = FakeRest::start(vec![
+        (
+            "BTCUSDT",
+            vec![
+                (200, spot_snapshot(10, "99", "101")),
+                (200, spot_snapshot(29, "95", "105")),
+            ],
+        ),
+        ("ETHUSDT", vec![(503, "busy".into())]),
+    ])
+    .await;
+    let script = Script {
+        messages: text_messages(&[
+            spot_diff("BTCUSDT", 11, 11, "98"),
+            spot_diff("ETHUSDT", 5, 5, "3"),
+        ]),
+        hold: true,
+        keepalive: Some((
+            Duration::from_millis(200),
+            Message::text(spot_diff("BTCUSDT", 30, 30, "94")),
+        )),
+    };
+    let exchange =
+        FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script.clone(), None).await;
+    let config = binance_depth_feed(exchange.addr, &rest, &["BTCUSDT", "ETHUSDT"]);
+    let server =
+        TestServer::start_feeds(ServerConfig::default(), vec![FeedConfig::Live(config)]).await;
+    let live = server.lives[0].stats().clone();
+    let resynced = || {
+        let book = server
+            .hub
+            .get("live:BTCUSDT")
+            .and_then(|e| e.depth().current());
+        book.is_some_and(|b| {
+            b.top(1)
+                .0
+                .first()
+                .is_some_and(|l| l.price.to_string() == "95")
+        })
+    };
+    eventually("BTCUSDT resynced from the second snapshot", resynced).await;
+    let (_, bids, asks) = book_top(&server.hub, "live:BTCUSDT", 10);
+    assert_eq!(bids, serde_json::json!([["95", "1"], ["94", "2"]]));
+    assert_eq!(asks, serde_json::json!([["105", "1"]]));
+    assert_eq!(live.depth_snapshots.load(Relaxed), 2);
+    eventually("ETHUSDT's snapshot was refused", || {
+        live.depth_snapshot_failures.load(Relaxed) == 1
+    })
+    .await;
+    let depth_state = |symbol: &str| server.hub.get(symbol).map(|e| e.depth().status().state);
+    assert_eq!(depth_state("live:ETHUSDT"), Some(SymbolState::Stale));
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("tickwire_feed_depth_snapshot_failures_total{feed=\"fake-binance\"} 1"),
+        "{metrics}"
+    );
+
+    // A lost connection drops the book; the next one fetches a snapshot
+    // again (the API's last answer, 29), which diff 30 bridges.
+    let mut client = Client::connect(&server.url("")).await;
+    client
+        .send(serde_json::json!({"op":"subscribe","id":1,"channel":"book","depth":10,"symbols":["live:BTCUSDT"]}))
+        .await;
+    client.recv_type("subscribed").await;
+    assert_eq!(client.recv_type("book").await["snapshot"], true);
+    let addr = exchange.addr;
+    exchange.kill().await;
+    let stale = client.recv_type("status").await;
+    assert_eq!(
+        (stale["channel"].as_str(), stale["state"].as_str()),
+        (Some("book"), Some("stale"))
+    );
+    let exchange = FakeExchange::start(addr, script, None).await;
+    let live_again = client.recv_type("status").await;
+    assert_eq!(live_again["state"], "live", "{live_again}");
+    assert_eq!(live.depth_snapshots.load(Relaxed), 3);
+    let (_, rebuilt, _) = book_top(&server.hub, "live:BTCUSDT", 10);
+    assert_eq!(rebuilt, serde_json::json!([["95", "1"], ["94", "2"]]));
+    drop(exchange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_snapshots_come_over_https_and_refusals_say_why() {
+    use tickwire::feed::rest;
+    let dir = std::env::temp_dir().join(format!("tickwire-rest-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pem = dir.join("rest.pem");
+    let body = spot_snapshot(10, "99", "101");
+    let api = FakeRest::start_with(
+        vec![
+            ("BTCUSDT", vec![(200, body.clone())]),
+            ("ETHUSDT", vec![(429, "slow down".into())]),
+        ],
+        Some(self_signed_tls(&pem)),
+    )
+    .await;
+    let trusted = tickwire::client::tls_client_config(Some(&pem)).expect("CA file");
+    let untrusted = tickwire::client::tls_client_config(None).expect("web roots");
+    let url = |symbol: &str| rest::snapshot_url(&api.template(), symbol);
+    let timeout = Duration::from_secs(5);
+
+    let fetched = rest::get(&url("BTCUSDT"), &trusted, timeout).await;
+    assert_eq!(fetched.as_deref(), Ok(body.as_bytes()));
+    let refused = rest::get(&url("ETHUSDT"), &trusted, timeout).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("429")),
+        "{refused:?}"
+    );
+    let unknown_issuer = rest::get(&url("BTCUSDT"), &untrusted, timeout).await;
+    assert!(
+        unknown_issuer
+            .as_ref()
+            .is_err_and(|e| e.starts_with("TLS failed")),
+        "{unknown_issuer:?}"
+    );
+    assert_eq!(api.requests(), 2, "the untrusted one never got to ask");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,9 +16,11 @@
 //! ```toml
 //! name = "binance-usdm"
 //! kind = "binance"
-//! url = "wss://fstream.binance.com/stream?streams=btcusdt@bookTicker/btcusdt@trade"
+//! url = "wss://fstream.binance.com/stream?streams=btcusdt@bookTicker/btcusdt@trade/btcusdt@depth@100ms"
 //! prefix = "usdm"
 //! stale_after_ms = 5000
+//! # With `@depth` streams: where each symbol's book snapshot is fetched.
+//! depth_snapshot_url = "https://fapi.binance.com/fapi/v1/depth?symbol={symbol}&limit=1000"
 //! ```
 //!
 //! Relative paths are resolved against the directory of the TOML file, so a feed
@@ -115,6 +117,9 @@ struct LiveFile {
     /// Binance: derived from the URL's streams when absent.
     #[serde(default)]
     symbols: Vec<String>,
+    /// Binance: where each symbol's depth snapshot is fetched (`{symbol}`
+    /// stands for its name), so that the URL's `@depth` diffs keep a book.
+    depth_snapshot_url: Option<toml::Spanned<String>>,
     /// Coinbase: the products to subscribe to.
     #[serde(default)]
     products: Vec<String>,
@@ -295,8 +300,27 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                 if !file.products.is_empty() {
                     return Err(invalid("field `products` is for coinbase feeds; binance streams are chosen in the URL".into()));
                 }
-                Venue::Binance
+                if let Some(template) = &file.depth_snapshot_url {
+                    super::rest::check_template(template.get_ref()).map_err(|e| {
+                        invalid(format!(
+                            "line {}, field `depth_snapshot_url`: {e}",
+                            line_of(template.span())
+                        ))
+                    })?;
+                    if !file.url.get_ref().contains("@depth") {
+                        return Err(invalid(format!(
+                            "line {}, field `depth_snapshot_url`: the book needs the depth diffs too: add `<symbol>@depth@100ms` (or `@depth`) to the URL's streams",
+                            line_of(template.span())
+                        )));
+                    }
+                }
+                Venue::Binance {
+                    depth_snapshot_url: file.depth_snapshot_url.map(toml::Spanned::into_inner),
+                }
             } else {
+                if file.depth_snapshot_url.is_some() {
+                    return Err(invalid("field `depth_snapshot_url` is for binance feeds; a coinbase feed gets its book's snapshot on the stream (channel `level2_batch`)".into()));
+                }
                 if file.products.is_empty() {
                     return Err(invalid(
                         "field `products`: a coinbase feed needs at least one product".into(),
@@ -316,8 +340,8 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                 )));
             }
             let symbols = match &venue {
-                Venue::Binance if file.symbols.is_empty() => binance_stream_symbols(url),
-                Venue::Binance => file.symbols,
+                Venue::Binance { .. } if file.symbols.is_empty() => binance_stream_symbols(url),
+                Venue::Binance { .. } => file.symbols,
                 Venue::Coinbase { products, .. } => products.clone(),
             };
             if symbols.is_empty() {
@@ -471,6 +495,45 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(message.unwrap_or_default().contains("unknown feed kind"));
+    }
+
+    #[test]
+    fn a_binance_depth_snapshot_url_names_the_symbol_and_comes_with_the_diffs() {
+        let file = |url: &str, snapshot: &str| {
+            format!("kind = \"binance\"\nurl = \"{url}\"\ndepth_snapshot_url = \"{snapshot}\"\n")
+        };
+        let streams = "wss://h/stream?streams=btcusdt@bookTicker/btcusdt@depth@100ms";
+        let rest = "https://api.binance.com/api/v3/depth?symbol={symbol}&limit=1000";
+        let parsed = parse(&file(streams, rest), Path::new("b.toml"));
+        let Ok(FeedConfig::Live(config)) = parsed else {
+            panic!("binance feed with depth");
+        };
+        assert_eq!(
+            config.venue,
+            Venue::Binance {
+                depth_snapshot_url: Some(rest.into())
+            }
+        );
+        let error = |text: &str| {
+            parse(text, Path::new("b.toml"))
+                .map(|_| ())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let no_diffs = error(&file("wss://h/stream?streams=btcusdt@bookTicker", rest));
+        assert!(
+            no_diffs.contains("line 3") && no_diffs.contains("@depth"),
+            "{no_diffs}"
+        );
+        let no_symbol = error(&file(streams, "https://h/depth?symbol=BTCUSDT"));
+        assert!(no_symbol.contains("{symbol}"), "{no_symbol}");
+        let not_http = error(&file(streams, "ftp://h/{symbol}"));
+        assert!(not_http.contains("http://"), "{not_http}");
+        let coinbase = error(&format!(
+            "kind = \"coinbase\"\nurl = \"wss://h\"\nproducts = [\"BTC-USD\"]\ndepth_snapshot_url = \"{rest}\"\n"
+        ));
+        assert!(coinbase.contains("level2_batch"), "{coinbase}");
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //! full jitter, capped. The first fresh update of a symbol makes it `live`
 //! again (see [`Hub::publish`]).
 //!
-//! A Coinbase feed subscribed to `level2_batch` also keeps each product's
-//! full-depth book from the `snapshot` Coinbase sends first and the
-//! `l2update`s after it; a lost connection drops the book (stale until the
-//! next connection's snapshot). Binance's diffs are left alone: its book
-//! starts from a REST snapshot, which a live feed does not fetch.
+//! Full-depth books. A Coinbase feed subscribed to `level2_batch` keeps each
+//! product's book from the `snapshot` Coinbase sends first and the
+//! `l2update`s after it. A Binance feed with `depth_snapshot_url` and
+//! `@depth` streams keeps each symbol's book the way Binance prescribes:
+//! diffs are buffered from the first one on, a REST snapshot is fetched
+//! ([`super::rest`]), and the diffs it does not already contain are applied;
+//! a gap fetches a new snapshot (see `DepthSnapshots`). Either way a lost
+//! connection drops the book: stale until the next connection's snapshot.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +24,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +45,13 @@ use crate::wall_clock_ns;
 pub enum Venue {
     /// Binance combined streams (`/stream?streams=btcusdt@bookTicker/...`):
     /// the URL alone selects the data.
-    Binance,
+    Binance {
+        /// Where a symbol's depth snapshot is fetched, `{symbol}` standing
+        /// for its name (`https://api.binance.com/api/v3/depth?symbol={symbol}&limit=1000`);
+        /// with it, the `@depth` diffs in the streams keep a book. `None`:
+        /// diffs are recognised and passed by.
+        depth_snapshot_url: Option<String>,
+    },
     /// Coinbase Exchange: a `subscribe` message selects products and channels.
     Coinbase {
         products: Vec<String>,
@@ -52,23 +63,32 @@ impl Venue {
     /// The name used in metrics and `/api/feeds`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Venue::Binance => "binance",
+            Venue::Binance { .. } => "binance",
             Venue::Coinbase { .. } => "coinbase",
         }
     }
 
     fn subscribe_messages(&self) -> Vec<String> {
         match self {
-            Venue::Binance => Vec::new(),
+            Venue::Binance { .. } => Vec::new(),
             Venue::Coinbase { products, channels } => {
                 vec![coinbase::subscribe_message(products, channels)]
             }
         }
     }
 
-    /// Parses one message; a Coinbase `snapshot` or `l2update` is decoded
-    /// into `depth`. Binance's diffs are only recognised: its book starts
-    /// from a REST snapshot, which a live feed does not fetch.
+    /// The snapshot URL template of a venue whose books start from a REST
+    /// snapshot.
+    fn depth_snapshot_url(&self) -> Option<&str> {
+        match self {
+            Venue::Binance { depth_snapshot_url } => depth_snapshot_url.as_deref(),
+            Venue::Coinbase { .. } => None,
+        }
+    }
+
+    /// Parses one message; a depth snapshot or diff is decoded into `depth`:
+    /// always Coinbase's (its snapshot comes on the stream), Binance's
+    /// where the feed fetches the REST snapshots its book starts from.
     fn parse<'a>(
         &self,
         message: &'a mut [u8],
@@ -76,7 +96,10 @@ impl Venue {
         depth: &mut DepthMessage,
     ) -> Result<Parsed<'a>, ParseError> {
         match self {
-            Venue::Binance => binance::parse_message(message, recv_ts_ns),
+            Venue::Binance {
+                depth_snapshot_url: Some(_),
+            } => binance::parse_message_with_depth(message, recv_ts_ns, depth),
+            Venue::Binance { .. } => binance::parse_message(message, recv_ts_ns),
             Venue::Coinbase { .. } => {
                 coinbase::parse_message_with_depth(message, recv_ts_ns, depth)
             }
@@ -209,9 +232,13 @@ fn tls_config(config: &LiveConfig) -> Result<Arc<rustls::ClientConfig>, LiveErro
 pub trait Sink: Send {
     /// One tick for an upstream symbol.
     fn tick(&mut self, symbol: &str, tick: &Tick);
-    /// One depth message (a book snapshot or diff) for an upstream symbol;
-    /// a recording, which holds ticks, passes it by.
-    fn depth(&mut self, _symbol: &str, _message: &DepthMessage) {}
+    /// One depth message (a book snapshot or diff) for an upstream symbol.
+    /// Returns whether the symbol's book now waits for a snapshot, which a
+    /// venue that serves them over REST is asked for. A recording, which
+    /// holds ticks, passes depth by and keeps no book.
+    fn depth(&mut self, _symbol: &str, _message: &DepthMessage) -> bool {
+        false
+    }
     /// The upstream is down (or not connected yet) for `reason`.
     fn down(&mut self, reason: &str);
 }
@@ -274,12 +301,12 @@ impl Sink for Publisher {
     /// Applies the message to the symbol's book and publishes the book
     /// when it is consistent, and its top as the ticker's best bid and ask
     /// where the symbol has no quotes of its own (see [`TopSource`]).
-    fn depth(&mut self, symbol: &str, message: &DepthMessage) {
+    fn depth(&mut self, symbol: &str, message: &DepthMessage) -> bool {
         let hub = self.hub.clone();
         let Carried { entry, book, top } = self.carried(symbol);
         let book = book.get_or_insert_with(DepthBook::default);
         if hub.update_depth(entry, book, message) != Outcome::Updated {
-            return;
+            return !book.is_synced();
         }
         let ingest_ts_ns = wall_clock_ns();
         hub.publish_depth(entry, book, 1, ingest_ts_ns);
@@ -288,6 +315,7 @@ impl Sink for Publisher {
             fold.add_top(top, message.exchange_ts_ns);
             hub.publish_fold(entry, &fold, ingest_ts_ns);
         }
+        false
     }
 
     /// Every symbol this feed has served goes stale, keeping its last
@@ -422,6 +450,48 @@ impl Feed {
         Ok(socket)
     }
 
+    /// Applies a fetched snapshot of `symbol` to its book, or counts and
+    /// reports why there is none.
+    fn take_snapshot(
+        &self,
+        symbol: &str,
+        answer: Result<Bytes, String>,
+        depth: &mut DepthMessage,
+        snapshots: &mut DepthSnapshots,
+        sink: &mut dyn Sink,
+        warnings: &mut WarningLimiter,
+    ) {
+        let snapshot = answer.and_then(|body| {
+            let mut body = body.to_vec();
+            match binance::parse_message_with_depth(&mut body, wall_clock_ns(), depth) {
+                Ok(Parsed::Recognised(Recognised::DepthSnapshot)) => Ok(()),
+                Ok(_) => Err("the answer is not a depth snapshot".to_owned()),
+                Err(error) => Err(format!("the answer does not parse: {error}")),
+            }
+        });
+        match snapshot {
+            Ok(()) => {
+                self.stats.depth_snapshots.fetch_add(1, Relaxed);
+                let waiting = sink.depth(symbol, depth);
+                snapshots.answered(
+                    symbol,
+                    if waiting {
+                        Answer::TooOld
+                    } else {
+                        Answer::Synced
+                    },
+                );
+            }
+            Err(error) => {
+                snapshots.answered(symbol, Answer::Failed);
+                self.stats.depth_snapshot_failures.fetch_add(1, Relaxed);
+                warnings.warn(|suppressed| {
+                    tracing::warn!(feed = %self.config.name, symbol, %error, suppressed, "depth snapshot request failed; asking again later");
+                });
+            }
+        }
+    }
+
     /// Reads until the connection ends; returns why.
     async fn stream(
         &self,
@@ -434,6 +504,7 @@ impl Feed {
         // simd-json parses in place, so each message is copied into one reused buffer.
         let mut scratch: Vec<u8> = Vec::new();
         let mut depth = DepthMessage::default();
+        let mut snapshots = DepthSnapshots::new(&self.config, &self.tls);
         let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
         let mut warnings = WarningLimiter::every(Duration::from_secs(1));
         let silence = self.config.stale_after;
@@ -450,6 +521,10 @@ impl Feed {
                 }
                 () = &mut quiet => {
                     break format!("no market data for {} ms", silence.as_millis());
+                }
+                (symbol, answer) = snapshots.next(), if snapshots.awaited() => {
+                    self.take_snapshot(&symbol, answer, &mut depth, &mut snapshots, sink, &mut warnings);
+                    continue;
                 }
                 next = socket.next() => next,
             };
@@ -510,7 +585,11 @@ impl Feed {
                 {
                     stats.recognised.fetch_add(1, Relaxed);
                     match self.carried_name(&depth.symbol) {
-                        Some(symbol) => sink.depth(symbol, &depth),
+                        Some(symbol) => {
+                            if sink.depth(symbol, &depth) {
+                                snapshots.request(symbol);
+                            }
+                        }
                         None => {
                             stats.malformed.fetch_add(1, Relaxed);
                             let error =
@@ -534,6 +613,133 @@ impl Feed {
         };
         stats.exchange_latency.record_batch(0, &latencies);
         reason
+    }
+}
+
+/// The REST depth snapshots a live feed's books wait for (Binance's), asked
+/// for when a diff finds its book waiting: at most one request per symbol at
+/// a time, and while the book still waits after an answer, none sooner than
+/// [`SNAPSHOT_RETRY`] after it, doubling after each failure up to
+/// [`SNAPSHOT_RETRY_MAX`]. So neither a snapshot too old to bridge the diffs
+/// nor a venue refusing is asked again in a tight loop (Binance weighs a deep
+/// snapshot at up to 250 of a 6,000 a minute budget). Requests still out
+/// when the connection ends are dropped with it.
+struct DepthSnapshots {
+    template: Option<String>,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    requests: JoinSet<Result<Bytes, String>>,
+    symbols: HashMap<String, SnapshotRequests>,
+    /// The symbol each request out is for.
+    request_symbols: HashMap<tokio::task::Id, String>,
+}
+
+/// One symbol's snapshot requests.
+#[derive(Debug, Default)]
+struct SnapshotRequests {
+    in_flight: bool,
+    not_before: Option<tokio::time::Instant>,
+    failures: u32,
+}
+
+/// How a snapshot request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// The book is in sync.
+    Synced,
+    /// A snapshot, but older than the diffs held: another is needed.
+    TooOld,
+    /// No snapshot (refused, timed out, or not one).
+    Failed,
+}
+
+/// The least time between two snapshot requests for one symbol while its
+/// book waits.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
+/// The most time between them, after failures.
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl DepthSnapshots {
+    fn new(config: &LiveConfig, tls: &Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            template: config.venue.depth_snapshot_url().map(str::to_owned),
+            tls: tls.clone(),
+            timeout: config.connect_timeout,
+            requests: JoinSet::new(),
+            symbols: HashMap::new(),
+            request_symbols: HashMap::new(),
+        }
+    }
+
+    /// Asks for `symbol`'s snapshot, unless one is on its way or asked for
+    /// too recently (the next diff asks again), or the venue serves none.
+    fn request(&mut self, symbol: &str) {
+        let Some(template) = &self.template else {
+            return;
+        };
+        if !self.symbols.contains_key(symbol) {
+            self.symbols
+                .insert(symbol.to_owned(), SnapshotRequests::default());
+        }
+        let Some(state) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if state.in_flight || state.not_before.is_some_and(|t| now < t) {
+            return;
+        }
+        state.in_flight = true;
+        // Binance's REST API names symbols in upper case, its streams in lower.
+        let url = super::rest::snapshot_url(template, &symbol.to_ascii_uppercase());
+        let (tls, timeout) = (self.tls.clone(), self.timeout);
+        let request = self
+            .requests
+            .spawn(async move { super::rest::get(&url, &tls, timeout).await });
+        self.request_symbols.insert(request.id(), symbol.to_owned());
+    }
+
+    /// Whether a request is out.
+    fn awaited(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// The next answer; pending for ever when none is awaited.
+    async fn next(&mut self) -> (String, Result<Bytes, String>) {
+        loop {
+            let (id, answer) = match self.requests.join_next_with_id().await {
+                Some(Ok((id, answer))) => (id, answer),
+                // Only a bug in the client would panic a request; its symbol
+                // asks again, as after any failure.
+                Some(Err(error)) => (error.id(), Err(format!("the request failed: {error}"))),
+                None => std::future::pending().await,
+            };
+            if let Some(symbol) = self.request_symbols.remove(&id) {
+                return (symbol, answer);
+            }
+        }
+    }
+
+    /// Notes that `symbol`'s request ended, and how. A book that synced
+    /// asks again at once should it lose sync later (a gap); one still
+    /// waiting asks again with its next diff after the wait.
+    fn answered(&mut self, symbol: &str, answer: Answer) {
+        let Some(state) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        state.in_flight = false;
+        let failures = match answer {
+            Answer::Synced => {
+                *state = SnapshotRequests::default();
+                return;
+            }
+            Answer::TooOld => 0,
+            Answer::Failed => state.failures + 1,
+        };
+        state.failures = failures;
+        let wait = SNAPSHOT_RETRY
+            .saturating_mul(1 << failures.min(8))
+            .min(SNAPSHOT_RETRY_MAX);
+        state.not_before = Some(tokio::time::Instant::now() + wait);
     }
 }
 
@@ -611,7 +817,9 @@ mod tests {
     fn names_are_renamed_then_prefixed() {
         let config = LiveConfig {
             name: "cb".into(),
-            venue: Venue::Binance,
+            venue: Venue::Binance {
+                depth_snapshot_url: None,
+            },
             url: "ws://x".into(),
             symbols: vec![],
             prefix: Some("cb".into()),
@@ -630,7 +838,9 @@ mod tests {
         let feed = |symbols: &[&str]| {
             let config = LiveConfig {
                 name: "f".into(),
-                venue: Venue::Binance,
+                venue: Venue::Binance {
+                    depth_snapshot_url: None,
+                },
                 url: "ws://x".into(),
                 symbols: symbols.iter().map(|s| s.to_string()).collect(),
                 prefix: None,

@@ -1,6 +1,7 @@
 //! Feed: where ticks come from — the replay of recorded files ([`replay`],
 //! read by [`source`] and merged across files by [`merge`]) or a live exchange
-//! upstream ([`live`]), which [`record`] can also write to a replay file, or
+//! upstream ([`live`], whose Binance books start from a REST snapshot fetched
+//! by [`rest`]), which [`record`] can also write to a replay file, or
 //! made-up random-walk quotes at a set rate ([`synthetic`]).
 //! [`config`] reads the `feeds/*.toml` files that describe a feed, and
 //! [`spawn`] starts one of any kind.
@@ -10,6 +11,7 @@ pub mod live;
 pub mod merge;
 pub mod record;
 pub mod replay;
+pub mod rest;
 pub mod source;
 pub mod synthetic;
 

@@ -108,6 +108,10 @@ pub struct FeedStats {
     pub malformed: AtomicU64,
     /// Times a replay started over (`--loop`).
     pub loops: AtomicU64,
+    /// Depth snapshots a live feed fetched over REST, and requests for one
+    /// that failed (refused, timed out, or not a snapshot).
+    pub depth_snapshots: AtomicU64,
+    pub depth_snapshot_failures: AtomicU64,
     /// Set once a replay without `--loop` has played every file.
     pub ended: AtomicBool,
 }
@@ -127,6 +131,8 @@ impl FeedStats {
             recognised: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             loops: AtomicU64::new(0),
+            depth_snapshots: AtomicU64::new(0),
+            depth_snapshot_failures: AtomicU64::new(0),
             ended: AtomicBool::new(false),
         }
     }
@@ -557,7 +563,7 @@ impl Metrics {
 
     fn render_feeds(&self, out: &mut String) {
         let feeds = self.feeds();
-        let families: [FeedFamily; 9] = [
+        let families: [FeedFamily; 11] = [
             (
                 "tickwire_feed_messages_total",
                 "Messages read from the feed.",
@@ -611,6 +617,18 @@ impl Metrics {
                 "Upstream connections after a loss.",
                 "counter",
                 |f| f.reconnects.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_depth_snapshots_total",
+                "Depth snapshots a live feed fetched over REST.",
+                "counter",
+                |f| f.depth_snapshots.load(Relaxed),
+            ),
+            (
+                "tickwire_feed_depth_snapshot_failures_total",
+                "Depth snapshot requests that failed (refused, timed out, or not a snapshot).",
+                "counter",
+                |f| f.depth_snapshot_failures.load(Relaxed),
             ),
         ];
         for (name, help, kind, value) in families {

@@ -169,3 +169,131 @@ pub fn binance_messages(path: &Path, count: usize) -> Vec<String> {
 
 /// A pause long enough for a reconnecting feed to notice, never asserted on.
 pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// A venue's REST API on 127.0.0.1 serving depth snapshots, optionally over
+/// TLS: for each symbol (the `symbol` query parameter), its answers in turn,
+/// the last one repeated; a symbol without answers gets 404. Keeps every
+/// request's query.
+pub struct FakeRest {
+    pub addr: SocketAddr,
+    pub queries: Arc<std::sync::Mutex<Vec<String>>>,
+    scheme: &'static str,
+    tasks: JoinSet<()>,
+}
+
+/// An answer: HTTP status and body.
+pub type RestAnswer = (u16, String);
+
+type RestAnswers = Arc<
+    std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<RestAnswer>>>,
+>;
+
+impl FakeRest {
+    pub async fn start(answers: Vec<(&str, Vec<RestAnswer>)>) -> Self {
+        Self::start_with(answers, None).await
+    }
+
+    pub async fn start_with(
+        answers: Vec<(&str, Vec<RestAnswer>)>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
+        let answers: RestAnswers = Arc::new(std::sync::Mutex::new(
+            answers
+                .into_iter()
+                .map(|(symbol, answers)| (symbol.to_owned(), answers.into()))
+                .collect(),
+        ));
+        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let log = queries.clone();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (answers, log, tls) = (answers.clone(), log.clone(), tls.clone());
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let answer = Self::answer(&answers, &log, &request);
+                        async move { Ok::<_, std::convert::Infallible>(answer) }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = http.serve_connection(io, service).await;
+                            }
+                        }
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            queries,
+            scheme,
+            tasks,
+        }
+    }
+
+    fn answer(
+        answers: &RestAnswers,
+        log: &std::sync::Mutex<Vec<String>>,
+        request: &hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let symbol = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "symbol")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        if let Ok(mut log) = log.lock() {
+            log.push(query);
+        }
+        let answer = answers.lock().ok().and_then(|mut answers| {
+            let queue = answers.get_mut(&symbol)?;
+            if queue.len() > 1 {
+                queue.pop_front()
+            } else {
+                queue.front().cloned()
+            }
+        });
+        let (status, body) = answer.unwrap_or((404, "no such symbol".into()));
+        let mut response = hyper::Response::new(http_body_util::Full::new(body.into()));
+        *response.status_mut() =
+            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        response
+    }
+
+    /// The snapshot URL template of this API (`localhost`, the name its
+    /// certificate holds, over TLS).
+    pub fn template(&self) -> String {
+        let host = if self.scheme == "https" {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        format!(
+            "{}://{host}:{}/depth?symbol={{symbol}}&limit=1000",
+            self.scheme,
+            self.addr.port()
+        )
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> usize {
+        self.queries.lock().map_or(0, |q| q.len())
+    }
+}
+
+impl Drop for FakeRest {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
