@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::exchange::{binance_messages, self_signed_tls, FakeExchange, FakeRest, Script};
@@ -59,6 +60,21 @@ async fn exchange_playing(lines: &[String]) -> FakeExchange {
         keepalive: None,
     };
     FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script, None).await
+}
+
+/// A server with the feed `live` and, beside it, a replay of `lines` under
+/// the prefix `replay`, played to the end; and the live feed's counters.
+async fn live_beside_replay(
+    live: LiveConfig,
+    lines: &[String],
+) -> (TestServer, Arc<tickwire::metrics::FeedStats>) {
+    let feeds = vec![FeedConfig::Live(live), replay_of_lines(lines)];
+    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
+    tokio::time::timeout(GUARD, server.replays[0].finished())
+        .await
+        .expect("replay ends");
+    let live = server.lives[0].stats().clone();
+    (server, live)
 }
 
 /// The same lines as a capture file, replayed under the prefix `replay`.
@@ -126,19 +142,9 @@ async fn ticks_for_symbols_the_feed_did_not_ask_for_are_refused_and_counted() {
 async fn a_live_feed_builds_the_same_book_as_replaying_the_same_capture() {
     let lines = binance_messages(&sample(USDM), LINES);
     let exchange = exchange_playing(&lines).await;
-    let feeds = vec![
-        FeedConfig::Live(binance_feed(
-            stream_url(exchange.addr),
-            Duration::from_secs(30),
-        )),
-        replay_of_lines(&lines),
-    ];
-    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
+    let live = binance_feed(stream_url(exchange.addr), Duration::from_secs(30));
+    let (server, live) = live_beside_replay(live, &lines).await;
     let replayed = server.replays[0].stats().ticks.load(Relaxed);
-    let live = server.lives[0].stats().clone();
     eventually("live feed caught up", || {
         live.ticks.load(Relaxed) == replayed
     })
@@ -187,15 +193,8 @@ async fn an_exchange_outage_makes_symbols_stale_then_live_and_clients_converge()
     let exchange =
         FakeExchange::start("127.0.0.1:0".parse().expect("addr"), script(first), None).await;
     let addr = exchange.addr;
-    let feeds = vec![
-        FeedConfig::Live(binance_feed(stream_url(addr), Duration::from_secs(30))),
-        replay_of_lines(&lines),
-    ];
-    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
-    let live = server.lives[0].stats().clone();
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
+    let live = binance_feed(stream_url(addr), Duration::from_secs(30));
+    let (server, live) = live_beside_replay(live, &lines).await;
 
     // Subscribe once the feed is live, so the only status is the outage's.
     eventually("first half played", || {
@@ -816,15 +815,8 @@ async fn a_live_binance_book_starts_from_the_rest_snapshot_and_matches_the_repla
     assert!(diffs > 50, "{diffs} diffs");
     let rest = FakeRest::start(vec![("BTCUSDT", vec![(200, snapshots[0].clone())])]).await;
     let exchange = exchange_playing(&stream).await;
-    let feeds = vec![
-        FeedConfig::Live(binance_depth_feed(exchange.addr, &rest, &["BTCUSDT"])),
-        replay_of_lines(&lines),
-    ];
-    let server = TestServer::start_feeds(ServerConfig::default(), feeds).await;
-    let live = server.lives[0].stats().clone();
-    tokio::time::timeout(GUARD, server.replays[0].finished())
-        .await
-        .expect("replay ends");
+    let live = binance_depth_feed(exchange.addr, &rest, &["BTCUSDT"]);
+    let (server, live) = live_beside_replay(live, &lines).await;
     eventually("the live feed read the stream", || {
         live.messages.load(Relaxed) == stream.len() as u64
     })
