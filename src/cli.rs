@@ -702,8 +702,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         .map(|f| f.display().to_string())
         .collect();
     eprintln!(
-        "recorded {} ticks ({} bytes before compression) to {}",
+        "recorded {} ticks and {} depth messages ({} bytes before compression) to {}",
         summary.ticks,
+        summary.depth_messages,
         summary.bytes,
         files.join(", ")
     );
@@ -728,10 +729,11 @@ fn show_progress(progress: Arc<crate::feed::record::Progress>) -> tokio::task::J
         loop {
             tick.tick().await;
             let ticks = progress.ticks.load(Relaxed);
+            let depth = progress.depth_messages.load(Relaxed);
             let bytes = progress.bytes.load(Relaxed);
             let rate = ticks as f64 / started.elapsed().as_secs_f64().max(1e-3);
             bar.set_message(format!(
-                "{ticks} ticks, {:.1} MiB, {rate:.0} ticks/s (Ctrl-C to stop)",
+                "{ticks} ticks, {depth} depth messages, {:.1} MiB, {rate:.0} ticks/s (Ctrl-C to stop)",
                 bytes as f64 / (1 << 20) as f64
             ));
             bar.tick();

@@ -423,7 +423,16 @@ async fn a_recording_replays_to_the_same_book_as_the_capture() {
         .expect("replay ends");
     let ticks = capture.replays[0].stats().ticks.load(Relaxed);
 
-    let exchange = exchange_playing(&lines).await;
+    // The exchange streams everything but the REST snapshot, which its API
+    // serves: the recording holds the diffs, and the snapshot the feed
+    // fetched, at the time it came.
+    let (snapshots, stream): (Vec<String>, Vec<String>) = lines
+        .iter()
+        .cloned()
+        .partition(|l| l.contains("\"lastUpdateId\""));
+    let diffs = stream.iter().filter(|l| l.contains("depthUpdate")).count() as u64;
+    let rest = FakeRest::start(vec![("BTCUSDT", vec![(200, snapshots[0].clone())])]).await;
+    let exchange = exchange_playing(&stream).await;
     let out = std::env::temp_dir().join(format!("tickwire-rec-{}.ndjson.gz", std::process::id()));
     let options = RecordOptions {
         out: out.clone(),
@@ -432,15 +441,21 @@ async fn a_recording_replays_to_the_same_book_as_the_capture() {
     };
     let progress = std::sync::Arc::new(Progress::default());
     let stop = tokio_util::sync::CancellationToken::new();
-    let feed = binance_feed(stream_url(exchange.addr), Duration::from_secs(30));
+    let feed = binance_depth_feed(exchange.addr, &rest, &["BTCUSDT"]);
     let recording = tokio::spawn(record(feed, options, progress.clone(), stop.clone()));
-    eventually("every tick recorded", || {
-        progress.ticks.load(Relaxed) == ticks
+    eventually("every tick and depth message recorded", || {
+        progress.ticks.load(Relaxed) == ticks && progress.depth_messages.load(Relaxed) == diffs + 1
     })
     .await;
     stop.cancel();
     let summary = recording.await.expect("task").expect("recording");
     assert_eq!(summary.ticks, ticks);
+    assert_eq!(
+        summary.depth_messages,
+        diffs + 1,
+        "every diff and one snapshot"
+    );
+    assert_eq!(rest.requests(), 1);
     assert!(
         summary.files.len() > 1,
         "rotation at 256 KiB: {:?}",
@@ -466,6 +481,10 @@ async fn a_recording_replays_to_the_same_book_as_the_capture() {
     for field in BOOK_FIELDS {
         assert_eq!(from_recording[field], from_capture[field], "{field}");
     }
+    // The depth book too, across the files the recording was split into.
+    let (_, bids, asks) = book_top(&replayed.hub, "replay:BTCUSDT", 100);
+    let (_, capture_bids, capture_asks) = book_top(&capture.hub, "replay:BTCUSDT", 100);
+    assert_eq!((bids, asks), (capture_bids, capture_asks));
     for file in &summary.files {
         let _ = std::fs::remove_file(file);
     }
@@ -883,10 +902,18 @@ async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_
         ("ETHUSDT", vec![(503, "busy".into())]),
     ])
     .await;
+    // Two diffs that are refused and counted: a negative size, and a
+    // symbol the feed did not ask for.
+    let refused = [
+        spot_diff("BTCUSDT", 12, 12, "97").replace(r#""2"]"#, r#""-2"]"#),
+        spot_diff("XRPUSDT", 1, 1, "1"),
+    ];
     let script = Script {
         messages: text_messages(&[
+            refused[0].clone(),
             spot_diff("BTCUSDT", 11, 11, "98"),
             spot_diff("ETHUSDT", 5, 5, "3"),
+            refused[1].clone(),
         ]),
         hold: true,
         keepalive: Some((
@@ -923,6 +950,7 @@ async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_
     .await;
     let depth_state = |symbol: &str| server.hub.get(symbol).map(|e| e.depth().status().state);
     assert_eq!(depth_state("live:ETHUSDT"), Some(SymbolState::Stale));
+    assert_eq!(live.malformed.load(Relaxed), refused.len() as u64);
     let (_, metrics) = server.get("/metrics").await;
     assert!(
         metrics.contains("tickwire_feed_depth_snapshot_failures_total{feed=\"fake-binance\"} 1"),

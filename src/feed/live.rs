@@ -464,6 +464,9 @@ impl Feed {
         let snapshot = answer.and_then(|body| {
             let mut body = body.to_vec();
             match binance::parse_message_with_depth(&mut body, wall_clock_ns(), depth) {
+                Ok(Parsed::Recognised(Recognised::DepthSnapshot)) if depth.has_negative_size() => {
+                    Err("the snapshot has a negative size".to_owned())
+                }
                 Ok(Parsed::Recognised(Recognised::DepthSnapshot)) => Ok(()),
                 Ok(_) => Err("the answer is not a depth snapshot".to_owned()),
                 Err(error) => Err(format!("the answer does not parse: {error}")),
@@ -584,16 +587,21 @@ impl Feed {
                     if !depth.symbol.is_empty() =>
                 {
                     stats.recognised.fetch_add(1, Relaxed);
-                    match self.carried_name(&depth.symbol) {
-                        Some(symbol) => {
+                    let carried = match self.carried_name(&depth.symbol) {
+                        _ if depth.has_negative_size() => Err(ParseError::Line("negative size")),
+                        Some(symbol) => Ok(symbol),
+                        None => Err(ParseError::UnknownSymbol(
+                            depth.symbol.chars().take(40).collect(),
+                        )),
+                    };
+                    match carried {
+                        Ok(symbol) => {
                             if sink.depth(symbol, &depth) {
                                 snapshots.request(symbol);
                             }
                         }
-                        None => {
+                        Err(error) => {
                             stats.malformed.fetch_add(1, Relaxed);
-                            let error =
-                                ParseError::UnknownSymbol(depth.symbol.chars().take(40).collect());
                             warnings.warn(|suppressed| {
                                 tracing::warn!(feed = %self.config.name, %error, suppressed, "skipping malformed message");
                             });

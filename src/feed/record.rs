@@ -1,12 +1,16 @@
 //! Recording: a live feed written to tickwire's NDJSON replay format (see
 //! `replay-data/README.md`), gzip-compressed, with receive timestamps, so the
-//! recording replays to the same book as the live session that produced it.
+//! recording replays to the same book as the live session that produced it:
+//! its ticks, and the depth snapshots and diffs of a feed that keeps books
+//! (a Binance feed's REST snapshots included, which the recorder has the
+//! feed fetch as a server would).
 //!
 //! Lines are written whole into the compressor and the gzip stream is finished
 //! on every exit path (Ctrl-C, `--duration`, rotation), so a file never ends
 //! mid-line. Optional rotation starts `NAME-1.ndjson.gz`, `NAME-2...` once a
 //! file holds the configured number of uncompressed bytes.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -19,7 +23,9 @@ use flate2::Compression;
 use tokio_util::sync::CancellationToken;
 
 use super::live::{self, LiveConfig, LiveError, Sink};
+use crate::book::depth::DepthBook;
 use crate::metrics::Metrics;
+use crate::normalize::depth::DepthMessage;
 use crate::normalize::{native, Tick};
 
 /// How to record.
@@ -38,6 +44,8 @@ pub struct RecordOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordSummary {
     pub ticks: u64,
+    /// Depth snapshots and diffs.
+    pub depth_messages: u64,
     /// Uncompressed bytes, all files.
     pub bytes: u64,
     pub files: Vec<PathBuf>,
@@ -56,6 +64,7 @@ pub enum RecordError {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub ticks: AtomicU64,
+    pub depth_messages: AtomicU64,
     pub bytes: AtomicU64,
 }
 
@@ -97,6 +106,9 @@ struct Recorder {
     /// The first write error; recording stops at it.
     failed: Option<RecordError>,
     stop: CancellationToken,
+    /// Each symbol's book, kept only to know when it waits for a snapshot
+    /// (which a Binance feed then fetches, and the recording holds).
+    books: HashMap<String, DepthBook>,
 }
 
 impl Recorder {
@@ -116,6 +128,7 @@ impl Recorder {
             progress,
             failed: None,
             stop,
+            books: HashMap::new(),
         };
         recorder.open_next()?;
         Ok(recorder)
@@ -161,6 +174,23 @@ impl Recorder {
     fn write_tick(&mut self, symbol: &str, tick: &Tick) -> Result<(), RecordError> {
         self.line.clear();
         native::encode_tick(&mut self.line, symbol, tick);
+        self.write_line()?;
+        self.summary.ticks += 1;
+        self.progress.ticks.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn write_depth(&mut self, symbol: &str, message: &DepthMessage) -> Result<(), RecordError> {
+        self.line.clear();
+        native::encode_depth(&mut self.line, symbol, message);
+        self.write_line()?;
+        self.summary.depth_messages += 1;
+        self.progress.depth_messages.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Writes `self.line`, and starts the next file once this one is full.
+    fn write_line(&mut self) -> Result<(), RecordError> {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(());
         };
@@ -173,8 +203,6 @@ impl Recorder {
         let written = self.line.len() as u64;
         self.file_bytes += written;
         self.summary.bytes += written;
-        self.summary.ticks += 1;
-        self.progress.ticks.fetch_add(1, Relaxed);
         self.progress.bytes.fetch_add(written, Relaxed);
         if self
             .options
@@ -196,19 +224,46 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Keeps the first write error and stops the recording at it.
+    fn fail(&mut self, error: RecordError) {
+        tracing::error!(%error, "recording stops");
+        self.failed = Some(error);
+        self.stop.cancel();
+    }
+}
+
 impl Sink for Recorder {
     fn tick(&mut self, symbol: &str, tick: &Tick) {
         if self.failed.is_some() {
             return;
         }
         if let Err(error) = self.write_tick(symbol, tick) {
-            tracing::error!(%error, "recording stops");
-            self.failed = Some(error);
-            self.stop.cancel();
+            self.fail(error);
         }
     }
 
+    fn depth(&mut self, symbol: &str, message: &DepthMessage) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        if let Err(error) = self.write_depth(symbol, message) {
+            self.fail(error);
+            return false;
+        }
+        if !self.books.contains_key(symbol) {
+            self.books.insert(symbol.to_owned(), DepthBook::default());
+        }
+        let Some(book) = self.books.get_mut(symbol) else {
+            return false;
+        };
+        book.apply(message);
+        !book.is_synced()
+    }
+
     fn down(&mut self, reason: &str) {
+        // The next connection starts from a snapshot of its own.
+        self.books.clear();
         // The feed warns of it itself, with its retry; this only adds what
         // becomes of the recording.
         tracing::info!(%reason, "recorded feed is down; the recording continues after it reconnects");

@@ -296,12 +296,12 @@ impl Player {
                         let Some(Served { entry, .. }) = symbols.served.get(served) else {
                             continue;
                         };
-                        let outcome = symbols.depth.apply(file, symbol, |book| {
-                            self.hub.update_depth(entry, book, message)
-                        });
+                        let outcome = symbols
+                            .depth
+                            .apply(served, |book| self.hub.update_depth(entry, book, message));
                         symbols.take_in();
                         if outcome == Outcome::Updated {
-                            symbols.top_from_depth(served, (file, symbol), message.exchange_ts_ns);
+                            symbols.top_from_depth(served, message.exchange_ts_ns);
                         }
                         symbols.publish_if_full(&self.hub);
                         played = true;
@@ -499,14 +499,14 @@ impl Symbols {
         self.take_in();
     }
 
-    /// Holds the top of the depth book `book` (a file's symbol), consistent
-    /// after its last message, as the best bid and ask of the served symbol
-    /// at `index`, where its [`TopSource`] takes it.
-    fn top_from_depth(&mut self, index: usize, book: (usize, u32), exchange_ts_ns: Option<i64>) {
+    /// Holds the top of the depth book of the served symbol at `index`,
+    /// consistent after its last message, as that symbol's best bid and ask,
+    /// where its [`TopSource`] takes it.
+    fn top_from_depth(&mut self, index: usize, exchange_ts_ns: Option<i64>) {
         let Some(served) = self.served.get_mut(index) else {
             return;
         };
-        let Some(held) = self.depth.books.get(&book) else {
+        let Some(held) = self.depth.books.get(&index) else {
             return;
         };
         let Some(top) = served.top.take_from_depth(held.book.best()) else {
@@ -552,12 +552,9 @@ impl Symbols {
         // Taken out while the books are published, and put back: the list
         // keeps its storage from one batch to the next.
         let mut unpublished = std::mem::take(&mut self.depth.unpublished);
-        for (file, symbol) in unpublished.drain(..) {
-            let entry = self
-                .served_index(file, symbol)
-                .and_then(|index| self.served.get(index))
-                .map(|served| &served.entry);
-            let Some(book) = self.depth.books.get_mut(&(file, symbol)) else {
+        for index in unpublished.drain(..) {
+            let entry = self.served.get(index).map(|served| &served.entry);
+            let Some(book) = self.depth.books.get_mut(&index) else {
                 continue;
             };
             book.queued = false;
@@ -570,12 +567,14 @@ impl Symbols {
     }
 }
 
-/// The full-depth books a replay builds, per (file, symbol).
+/// The full-depth books a replay builds, one per served symbol: files
+/// served under one name (a recording split into several) build one book.
 struct DepthBooks {
-    books: HashMap<(usize, u32), ReplayBook>,
+    /// By index in `Symbols::served`.
+    books: HashMap<usize, ReplayBook>,
     /// Books updated since the replay last published, in the order of
     /// their first update; a book that fell out of sync since is skipped.
-    unpublished: Vec<(usize, u32)>,
+    unpublished: Vec<usize>,
     max_levels: usize,
     /// Levels in the diffs every book holds while awaiting its snapshot, and
     /// their bound.
@@ -619,26 +618,19 @@ impl DepthBooks {
         *last
     }
 
-    /// Runs `apply` on the book of `symbol` in `file`, notes whether the
-    /// book now holds a version to publish, and returns what happened. The
-    /// diffs all books buffer are kept within `max_pending_levels`: past it,
-    /// the book that grew drops what it buffered.
-    fn apply(
-        &mut self,
-        file: usize,
-        symbol: u32,
-        apply: impl FnOnce(&mut DepthBook) -> Outcome,
-    ) -> Outcome {
+    /// Runs `apply` on the book of the served symbol at `served`, notes
+    /// whether the book now holds a version to publish, and returns what
+    /// happened. The diffs all books buffer are kept within
+    /// `max_pending_levels`: past it, the book that grew drops what it
+    /// buffered.
+    fn apply(&mut self, served: usize, apply: impl FnOnce(&mut DepthBook) -> Outcome) -> Outcome {
         let max_levels = self.max_levels;
-        let held = self
-            .books
-            .entry((file, symbol))
-            .or_insert_with(|| ReplayBook {
-                book: DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels),
-                versions: 0,
-                in_sync: false,
-                queued: false,
-            });
+        let held = self.books.entry(served).or_insert_with(|| ReplayBook {
+            book: DepthBook::new(DEFAULT_MAX_PENDING_DIFFS, max_levels),
+            versions: 0,
+            in_sync: false,
+            queued: false,
+        });
         let before = held.book.pending_levels();
         let outcome = apply(&mut held.book);
         match outcome {
@@ -646,7 +638,7 @@ impl DepthBooks {
                 held.versions += 1;
                 held.in_sync = true;
                 if !std::mem::replace(&mut held.queued, true) {
-                    self.unpublished.push((file, symbol));
+                    self.unpublished.push(served);
                 }
             }
             // What it held before is no longer the venue's book, and it
@@ -829,15 +821,13 @@ mod tests {
         let mut books = DepthBooks::new(1, 10);
         books.max_pending_levels = 10 * levels;
         for symbol in 0..10 {
-            books.apply(0, symbol, |book| book.apply(&diff));
-            assert_eq!(books.pending_levels, (symbol as usize + 1) * levels);
+            books.apply(symbol, |book| book.apply(&diff));
+            assert_eq!(books.pending_levels, (symbol + 1) * levels);
         }
         // The eleventh book drops what it buffered; the others keep theirs.
-        books.apply(0, 10, |book| book.apply(&diff));
+        books.apply(10, |book| book.apply(&diff));
         assert_eq!(books.pending_levels, 10 * levels);
-        let held: Vec<usize> = (0..=10)
-            .map(|s| books.books[&(0, s)].book.pending())
-            .collect();
+        let held: Vec<usize> = (0..=10).map(|s| books.books[&s].book.pending()).collect();
         assert_eq!(held, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
     }
 
@@ -1003,7 +993,7 @@ mod tests {
         let apply = |symbols: &mut Symbols, message: &DepthMessage| {
             symbols
                 .depth
-                .apply(0, 0, |book| hub.update_depth(&entry, book, message));
+                .apply(0, |book| hub.update_depth(&entry, book, message));
         };
         for message in [&snapshot, &diff(11, 98), &diff(12, 97)] {
             apply(&mut symbols, message);
@@ -1068,9 +1058,9 @@ mod tests {
         let apply = |symbols: &mut Symbols, message: &DepthMessage| {
             let outcome = symbols
                 .depth
-                .apply(0, 0, |book| hub.update_depth(&entry, book, message));
+                .apply(0, |book| hub.update_depth(&entry, book, message));
             if outcome == Outcome::Updated {
-                symbols.top_from_depth(served, (0, 0), message.exchange_ts_ns);
+                symbols.top_from_depth(served, message.exchange_ts_ns);
             }
             symbols.publish(&hub);
             let current = entry.current().expect("published");

@@ -321,7 +321,7 @@ impl ReplayFile {
             Parser::Coinbase => {
                 coinbase::parse_capture_line_with_depth(&mut self.line, &mut self.depth)
             }
-            Parser::Native => native::parse_line(&mut self.line),
+            Parser::Native => native::parse_line_with_depth(&mut self.line, &mut self.depth),
             Parser::Tardis(csv) => match std::str::from_utf8(&self.line) {
                 Ok(text) => csv.parse_line(text),
                 Err(_) => Err(ParseError::Line("not valid UTF-8")),
@@ -335,9 +335,8 @@ impl ReplayFile {
                     error: ParseError::Line(reason),
                 },
             },
-            Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
-                if matches!(self.parser, Parser::Binance | Parser::Coinbase) =>
-            {
+            // Every parser that recognises a depth message has decoded it.
+            Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot)) => {
                 if self.depth.has_negative_size() {
                     return Item::Malformed {
                         line: self.line_no,

@@ -1,10 +1,19 @@
-//! tickwire's own replay format: NDJSON, one already-normalized tick per line.
+//! tickwire's own replay format: NDJSON, one already-normalized tick or
+//! depth message per line.
 //!
 //! ```text
 //! {"tickwire_replay":1,"source":"free text"}
 //! {"recv_ts_ns":1723161255088169167,"symbol":"BTCUSDT","exchange_ts_ns":1723161256313000000,"type":"quote","bid":"61800.20","bid_size":"2.507","ask":"61800.30","ask_size":"2.510"}
 //! {"recv_ts_ns":1723161255088176367,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"trade","price":"61800.30","size":"0.006"}
+//! {"recv_ts_ns":1723161255319702566,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"book_snapshot","last_update_id":5123107852948,"bids":[["61800.20","2.507"]],"asks":[["61800.30","2.510"]]}
+//! {"recv_ts_ns":1723161255400000000,"symbol":"BTCUSDT","exchange_ts_ns":1723161256400000000,"type":"book_diff","first_update_id":5123107852950,"last_update_id":5123107852960,"previous_update_id":5123107852948,"bids":[["61800.20","0"]],"asks":[]}
 //! ```
+//!
+//! A depth line is a venue's book snapshot or diff as it came, with its
+//! update ids, so that a replay applies the venue's own sync rules to it:
+//! `last_update_id` on a snapshot (absent where the venue numbers nothing,
+//! as Coinbase); `first_update_id` and `last_update_id` on a Binance spot
+//! diff, plus `previous_update_id` on a USD-M one, none on an unnumbered one.
 //!
 //! Prices and sizes are JSON strings: a JSON number would pass through binary
 //! floating point in most readers and lose the exact decimal, so numbers are
@@ -15,8 +24,10 @@ use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
 use simd_json::ValueType;
 
-use super::binance::with_tape;
+use super::binance::{levels, with_tape};
+use super::depth::{DepthMessage, Sequence};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
+use crate::book::Level;
 
 /// The format version written in, and accepted from, the header line.
 pub const VERSION: i64 = 1;
@@ -35,12 +46,27 @@ pub fn refused_header(first_line: &[u8]) -> Option<String> {
     }
 }
 
-/// Parses one line (a header or a tick). simd-json unescapes in place, hence `&mut`.
+/// Parses one line (a header or a tick; a depth line is recognised). simd-json
+/// unescapes in place, hence `&mut`.
 pub fn parse_line(line: &mut [u8]) -> Result<Parsed<'_>, ParseError> {
-    with_tape(line, parse_root)
+    with_tape(line, |root| parse_root(root, None))
 }
 
-fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
+/// As [`parse_line`], and also decodes a depth line into `depth` (cleared
+/// first): when the result is `Recognised(DepthUpdate | DepthSnapshot)`,
+/// `depth` holds that message.
+pub fn parse_line_with_depth<'a>(
+    line: &'a mut [u8],
+    depth: &mut DepthMessage,
+) -> Result<Parsed<'a>, ParseError> {
+    depth.clear();
+    with_tape(line, |root| parse_root(root, Some(depth)))
+}
+
+fn parse_root<'de>(
+    root: Value<'_, 'de>,
+    depth: Option<&mut DepthMessage>,
+) -> Result<Parsed<'de>, ParseError> {
     let obj = root
         .as_object()
         .ok_or_else(|| ParseError::Json("line is not a JSON object".into()))?;
@@ -81,9 +107,55 @@ fn parse_root<'de>(root: Value<'_, 'de>) -> Result<Parsed<'de>, ParseError> {
             price: dec(&obj, "price")?,
             size: dec(&obj, "size")?,
         },
+        "book_snapshot" | "book_diff" => {
+            let snapshot = kind == "book_snapshot";
+            if let Some(depth) = depth {
+                depth.symbol.push_str(symbol);
+                depth.recv_ts_ns = recv_ts_ns;
+                depth.exchange_ts_ns = exchange_ts_ns;
+                depth_fields(&obj, snapshot, depth)?;
+            }
+            return Ok(Parsed::Recognised(if snapshot {
+                Recognised::DepthSnapshot
+            } else {
+                Recognised::DepthUpdate
+            }));
+        }
         other => return Err(ParseError::UnknownType(other.chars().take(40).collect())),
     };
     Parsed::tick(symbol, recv_ts_ns, exchange_ts_ns, update)
+}
+
+/// The update ids and levels of a depth line.
+fn depth_fields(
+    obj: &Object<'_, '_>,
+    snapshot: bool,
+    depth: &mut DepthMessage,
+) -> Result<(), ParseError> {
+    let id = |key: &'static str| match obj.get(key) {
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or(ParseError::Field(key)),
+    };
+    let last = id("last_update_id")?;
+    depth.sequence = if snapshot {
+        depth.last_update_id = last;
+        Sequence::Snapshot
+    } else {
+        match (id("first_update_id")?, last, id("previous_update_id")?) {
+            (None, None, None) => Sequence::Unsequenced,
+            (Some(first), Some(last), None) => Sequence::Spot { first, last },
+            (Some(first), Some(last), Some(previous)) => Sequence::Futures {
+                first,
+                last,
+                previous,
+            },
+            (None, ..) => return Err(ParseError::Field("first_update_id")),
+            (Some(_), None, _) => return Err(ParseError::Field("last_update_id")),
+        }
+    };
+    levels(obj, "bids", &mut depth.bids)?;
+    levels(obj, "asks", &mut depth.asks)
 }
 
 fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<Decimal, ParseError> {
@@ -139,6 +211,80 @@ pub fn encode_tick(out: &mut Vec<u8>, symbol: &str, tick: &Tick) {
             push_decimal(out, "price", price);
             push_decimal(out, "size", size);
         }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends one depth line, terminated by `\n`, that
+/// [`parse_line_with_depth`] reads back exactly. `depth.symbol` is not
+/// written: the line names `symbol`.
+pub fn encode_depth(out: &mut Vec<u8>, symbol: &str, depth: &DepthMessage) {
+    out.extend_from_slice(b"{\"recv_ts_ns\":");
+    push_int(out, depth.recv_ts_ns);
+    out.extend_from_slice(b",\"symbol\":");
+    crate::protocol::write_json_string(out, symbol);
+    out.extend_from_slice(b",\"exchange_ts_ns\":");
+    match depth.exchange_ts_ns {
+        Some(ts) => push_int(out, ts),
+        None => out.extend_from_slice(b"null"),
+    }
+    let (kind, ids): (&[u8], [(&str, Option<u64>); 3]) = match depth.sequence {
+        Sequence::Snapshot => (
+            b"book_snapshot",
+            [
+                ("last_update_id", depth.last_update_id),
+                ("", None),
+                ("", None),
+            ],
+        ),
+        Sequence::Spot { first, last } => (
+            b"book_diff",
+            [
+                ("first_update_id", Some(first)),
+                ("last_update_id", Some(last)),
+                ("", None),
+            ],
+        ),
+        Sequence::Futures {
+            first,
+            last,
+            previous,
+        } => (
+            b"book_diff",
+            [
+                ("first_update_id", Some(first)),
+                ("last_update_id", Some(last)),
+                ("previous_update_id", Some(previous)),
+            ],
+        ),
+        Sequence::Unsequenced => (b"book_diff", [("", None); 3]),
+    };
+    out.extend_from_slice(b",\"type\":\"");
+    out.extend_from_slice(kind);
+    out.push(b'"');
+    for (key, value) in ids {
+        if let Some(value) = value {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        }
+    }
+    for (key, side) in [("bids", &depth.bids), ("asks", &depth.asks)] {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":[");
+        for (i, Level { price, size }) in side.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"[\"");
+            crate::protocol::write_decimal(out, *price);
+            out.extend_from_slice(b"\",\"");
+            crate::protocol::write_decimal(out, *size);
+            out.extend_from_slice(b"\"]");
+        }
+        out.push(b']');
     }
     out.extend_from_slice(b"}\n");
 }
@@ -234,6 +380,106 @@ mod tests {
                 assert_eq!(back, tick);
                 assert_eq!(format!("{:?}", back.update), format!("{:?}", tick.update));
             }
+        }
+    }
+
+    const BOOK_SNAPSHOT: &str = r#"{"recv_ts_ns":1723161255319702566,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"book_snapshot","last_update_id":5123107852948,"bids":[["61800.20","2.507"]],"asks":[["61800.30","2.510"]]}"#;
+    const BOOK_DIFF: &str = r#"{"recv_ts_ns":1723161255400000000,"symbol":"BTCUSDT","exchange_ts_ns":1723161256400000000,"type":"book_diff","first_update_id":5123107852950,"last_update_id":5123107852960,"previous_update_id":5123107852948,"bids":[["61800.20","0"]],"asks":[]}"#;
+
+    fn parse_depth(line: &str) -> Result<(Recognised, DepthMessage), ParseError> {
+        let mut buf = line.as_bytes().to_vec();
+        let mut depth = DepthMessage::default();
+        match parse_line_with_depth(&mut buf, &mut depth)? {
+            Parsed::Recognised(r) => Ok((r, depth)),
+            Parsed::Tick { .. } => Err(ParseError::Line("a tick")),
+        }
+    }
+
+    #[test]
+    fn depth_lines_round_trip_with_their_update_ids() {
+        let (kind, snapshot) = parse_depth(BOOK_SNAPSHOT).expect("snapshot parses");
+        assert_eq!(kind, Recognised::DepthSnapshot);
+        assert_eq!(snapshot.sequence, Sequence::Snapshot);
+        assert_eq!(snapshot.last_update_id, Some(5_123_107_852_948));
+        assert_eq!(snapshot.symbol, "BTCUSDT");
+        let (kind, diff) = parse_depth(BOOK_DIFF).expect("diff parses");
+        assert_eq!(kind, Recognised::DepthUpdate);
+        assert_eq!(
+            diff.sequence,
+            Sequence::Futures {
+                first: 5_123_107_852_950,
+                last: 5_123_107_852_960,
+                previous: 5_123_107_852_948
+            }
+        );
+        assert_eq!(diff.exchange_ts_ns, Some(1_723_161_256_400_000_000));
+        assert_eq!(diff.bids.len(), 1);
+        assert!(diff.asks.is_empty());
+        for line in [BOOK_SNAPSHOT, BOOK_DIFF] {
+            let (_, depth) = parse_depth(line).expect("parses");
+            let mut out = Vec::new();
+            encode_depth(&mut out, "BTCUSDT", &depth);
+            assert_eq!(out, format!("{line}\n").into_bytes());
+        }
+        // Every kind of numbering, and none, reads back as written.
+        let mut message = DepthMessage {
+            recv_ts_ns: 7,
+            asks: vec![Level {
+                price: dec("1.50"),
+                size: dec("3"),
+            }],
+            ..DepthMessage::default()
+        };
+        for sequence in [
+            Sequence::Snapshot,
+            Sequence::Spot { first: 3, last: 4 },
+            Sequence::Unsequenced,
+        ] {
+            message.sequence = sequence;
+            let mut out = Vec::new();
+            encode_depth(&mut out, "BTC-USD", &message);
+            let text = String::from_utf8_lossy(&out[..out.len() - 1]).into_owned();
+            let (_, back) = parse_depth(&text).expect("encoded line parses");
+            assert_eq!(back.sequence, sequence, "{text}");
+            assert_eq!(back.last_update_id, None, "{text}");
+            assert_eq!(
+                (back.bids, back.asks),
+                (message.bids.clone(), message.asks.clone())
+            );
+        }
+        // Without a depth buffer a depth line is only recognised.
+        let mut buf = BOOK_DIFF.as_bytes().to_vec();
+        assert_eq!(
+            parse_line(&mut buf),
+            Ok(Parsed::Recognised(Recognised::DepthUpdate))
+        );
+    }
+
+    #[test]
+    fn bad_depth_lines_are_errors() {
+        let line =
+            |rest: &str| format!(r#"{{"recv_ts_ns":1,"symbol":"X","type":"book_diff",{rest}}}"#);
+        let cases = [
+            (
+                line(r#""last_update_id":2,"bids":[],"asks":[]"#),
+                ParseError::Field("first_update_id"),
+            ),
+            (
+                line(r#""first_update_id":2,"bids":[],"asks":[]"#),
+                ParseError::Field("last_update_id"),
+            ),
+            (
+                line(r#""first_update_id":"2","last_update_id":3,"bids":[],"asks":[]"#),
+                ParseError::Field("first_update_id"),
+            ),
+            (
+                line(r#""bids":[["1",2]],"asks":[]"#),
+                ParseError::Field("bids"),
+            ),
+            (line(r#""bids":[]"#), ParseError::Field("asks")),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_depth(&text).map(|_| ()), Err(expected), "{text}");
         }
     }
 
