@@ -835,6 +835,10 @@ fn coinbase_tops(path: &Path) -> BTreeMap<String, CoinbaseTop> {
                     }
                 }
             }
+            // Coinbase's diffs apply to the book its snapshot began.
+            Some("l2update") if tops.get(&product).is_none_or(|t| t.taken.is_none()) => {
+                continue;
+            }
             Some("l2update") => {
                 for change in message["changes"].as_array().into_iter().flatten() {
                     let side = if change[0] == "buy" {

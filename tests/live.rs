@@ -888,9 +888,10 @@ fn spot_diff(symbol: &str, first: u64, last: u64, bid: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_are_counted() {
     // BTCUSDT syncs from the first snapshot (10) with diff 11; diff 30,
-    // which the exchange then repeats, leaves a gap, and the second snapshot
-    // (29) resyncs the book. ETHUSDT's snapshots are refused: its book waits,
-    // and nothing else is held up.
+    // which the exchange sends from 200 ms on and repeats, leaves a gap, and
+    // the second snapshot (29) resyncs the book. ETHUSDT's first request is
+    // refused: its book waits, nothing else is held up, and it asks again
+    // by itself, with no diff to prompt it.
     let rest = FakeRest::start(vec![
         (
             "BTCUSDT",
@@ -899,7 +900,10 @@ async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_
                 (200, spot_snapshot(29, "95", "105")),
             ],
         ),
-        ("ETHUSDT", vec![(503, "busy".into())]),
+        (
+            "ETHUSDT",
+            vec![(503, "busy".into()), (200, spot_snapshot(4, "2", "4"))],
+        ),
     ])
     .await;
     // Two diffs that are refused and counted: a negative size, and a
@@ -943,13 +947,19 @@ async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_
     let (_, bids, asks) = book_top(&server.hub, "live:BTCUSDT", 10);
     assert_eq!(bids, serde_json::json!([["95", "1"], ["94", "2"]]));
     assert_eq!(asks, serde_json::json!([["105", "1"]]));
-    assert_eq!(live.depth_snapshots.load(Relaxed), 2);
-    eventually("ETHUSDT's snapshot was refused", || {
-        live.depth_snapshot_failures.load(Relaxed) == 1
+    let depth_state = |symbol: &str| server.hub.get(symbol).map(|e| e.depth().status().state);
+    eventually("ETHUSDT synced on its second request", || {
+        depth_state("live:ETHUSDT") == Some(SymbolState::Live)
     })
     .await;
-    let depth_state = |symbol: &str| server.hub.get(symbol).map(|e| e.depth().status().state);
-    assert_eq!(depth_state("live:ETHUSDT"), Some(SymbolState::Stale));
+    let (_, eth_bids, _) = book_top(&server.hub, "live:ETHUSDT", 10);
+    assert_eq!(eth_bids, serde_json::json!([["3", "2"], ["2", "1"]]));
+    assert_eq!(live.depth_snapshot_failures.load(Relaxed), 1);
+    let asked_for = |symbol: &str| {
+        let queries = rest.queries.lock().map(|q| q.clone()).unwrap_or_default();
+        queries.iter().filter(|q| q.contains(symbol)).count()
+    };
+    assert_eq!(asked_for("ETHUSDT"), 2, "refused, then asked again");
     assert_eq!(live.malformed.load(Relaxed), refused.len() as u64);
     let (_, metrics) = server.get("/metrics").await;
     assert!(
@@ -975,9 +985,10 @@ async fn a_gap_in_live_diffs_or_a_reconnect_fetches_a_new_snapshot_and_refusals_
     let exchange = FakeExchange::start(addr, script, None).await;
     let live_again = client.recv_type("status").await;
     assert_eq!(live_again["state"], "live", "{live_again}");
-    assert_eq!(live.depth_snapshots.load(Relaxed), 3);
-    let (_, rebuilt, _) = book_top(&server.hub, "live:BTCUSDT", 10);
-    assert_eq!(rebuilt, serde_json::json!([["95", "1"], ["94", "2"]]));
+    eventually("BTCUSDT rebuilt, diff 30 on the new snapshot", || {
+        book_top(&server.hub, "live:BTCUSDT", 10).1 == serde_json::json!([["95", "1"], ["94", "2"]])
+    })
+    .await;
     drop(exchange);
 }
 
@@ -1005,14 +1016,16 @@ async fn rest_snapshots_come_over_https_and_refusals_say_why() {
     assert_eq!(fetched.as_deref(), Ok(body.as_bytes()));
     let refused = rest::get(&url("ETHUSDT"), &trusted, timeout).await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.contains("429")),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("429")),
         "{refused:?}"
     );
     let unknown_issuer = rest::get(&url("BTCUSDT"), &untrusted, timeout).await;
     assert!(
         unknown_issuer
             .as_ref()
-            .is_err_and(|e| e.starts_with("TLS failed")),
+            .is_err_and(|e| e.to_string().starts_with("TLS failed")),
         "{unknown_issuer:?}"
     );
     assert_eq!(api.requests(), 2, "the untrusted one never got to ask");

@@ -65,6 +65,47 @@ const SPARE_LEVELS: usize = 4_096;
 /// are dropped and counted (see [`ladder`](super::ladder)).
 pub const DEFAULT_MAX_BOOK_LEVELS: usize = 10_000;
 
+/// Levels that all of a feed's books together buffer while they await
+/// their snapshots (128 MB). Each book is bounded on its own, but a feed
+/// may carry many symbols.
+pub const DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS: usize = 4_000_000;
+
+/// The levels a set of books (a feed's) buffer together, and their bound:
+/// past it, the book that grew drops what it buffered.
+#[derive(Debug)]
+pub struct PendingBudget {
+    held: usize,
+    max: usize,
+}
+
+impl PendingBudget {
+    pub fn new(max: usize) -> Self {
+        Self { held: 0, max }
+    }
+
+    /// Levels held now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Accounts for `book` after it took a message, `before` being what it
+    /// buffered until then; drops what it buffers if all books now hold too
+    /// much.
+    pub fn settle(&mut self, before: usize, book: &mut DepthBook) {
+        let after = book.pending_levels();
+        self.held = self.held.saturating_sub(before) + after;
+        if self.held > self.max {
+            book.drop_pending();
+            self.held -= after;
+        }
+    }
+
+    /// Forgets what `book`, about to be dropped, buffers.
+    pub fn release(&mut self, book: &DepthBook) {
+        self.held = self.held.saturating_sub(book.pending_levels());
+    }
+}
+
 /// What applying one depth message did to the book.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -187,6 +228,11 @@ impl DepthBook {
     /// refused beyond the cut, since the last call.
     pub fn take_dropped_levels(&mut self) -> u64 {
         self.bids.take_dropped() + self.asks.take_dropped()
+    }
+
+    /// The venue's time of the last snapshot or diff applied, if it stamped one.
+    pub fn exchange_ts_ns(&self) -> Option<i64> {
+        self.exchange_ts_ns
     }
 
     /// Number of bid and ask levels.

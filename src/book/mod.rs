@@ -111,38 +111,81 @@ impl Fold {
 /// A best bid and ask; either side `None` where that side of the book is empty.
 pub type Top = (Option<Level>, Option<Level>);
 
-/// Where a symbol's best bid and ask come from: its depth book's top until
-/// the symbol has a quote of its own, its quotes from then on.
-///
-/// Some venues send the full book but no top-of-book quotes with sizes
-/// (Coinbase's older `ticker` has none): without the book their tickers
-/// would have no bid or ask at all. Where a venue sends both (Binance's
-/// `bookTicker` beside its depth diffs), its quotes win from the first: they
-/// come on every change, while the diffs come in batches (every 100 ms on
-/// Binance spot).
+/// Which of a symbol's two sources of a best bid and ask wins, where it has
+/// both quotes and a depth book.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TopRule {
+    /// Quotes, from the symbol's first; the book's top until then. For
+    /// venues whose quotes come on every change of the top (Binance's
+    /// `bookTicker`), sooner than their depth diffs, which come in batches
+    /// (every 100 ms on Binance spot).
+    #[default]
+    QuotesFirst,
+    /// The book's top while the book is in sync; quotes only while it is
+    /// not. For venues whose quotes lag the book (Coinbase's `ticker` comes
+    /// with trades only, and its 2021 one had no sizes at all).
+    BookFirst,
+}
+
+/// Where a symbol's best bid and ask come from, by its [`TopRule`]; a
+/// symbol with no book has only its quotes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TopSource {
+    rule: TopRule,
     quoted: bool,
-    /// The depth book's top last taken.
+    /// The depth book's top last taken, while the book is the source.
     taken: Option<Top>,
 }
 
 impl TopSource {
-    /// Notes an update of the symbol's own; a quote ends taking the book's top.
-    pub fn saw(&mut self, update: &BookUpdate) {
-        self.quoted |= matches!(update, BookUpdate::Quote { .. });
+    pub fn new(rule: TopRule) -> Self {
+        Self {
+            rule,
+            ..Self::default()
+        }
+    }
+
+    /// Whether an update of the symbol's own is to be applied: not a quote
+    /// while the book's top stands for it by [`TopRule::BookFirst`].
+    pub fn takes(&mut self, update: &BookUpdate) -> bool {
+        if !matches!(update, BookUpdate::Quote { .. }) {
+            return true;
+        }
+        self.quoted = true;
+        !(self.rule == TopRule::BookFirst && self.taken.is_some())
+    }
+
+    /// Whether the book's top stands for the symbol's best bid and ask.
+    fn book_is_source(&self) -> bool {
+        self.rule == TopRule::BookFirst || !self.quoted
     }
 
     /// Given the depth book's top after a message that left it consistent,
-    /// the top to take as the symbol's best bid and ask: `None` when the
-    /// symbol has quotes of its own or the top has not moved (a change to
-    /// deeper levels makes no version of the ticker).
+    /// the top to take as the symbol's best bid and ask: `None` when its
+    /// quotes are the source or the top has not moved (a change to deeper
+    /// levels makes no version of the ticker).
     pub fn take_from_depth(&mut self, top: Top) -> Option<Top> {
-        if self.quoted || self.taken == Some(top) {
+        if !self.book_is_source() || self.taken == Some(top) {
             return None;
         }
         self.taken = Some(top);
         Some(top)
+    }
+
+    /// The book left sync (a gap, a crossed book, a price it cannot hold):
+    /// the top taken from it is no longer known, so the best bid and ask
+    /// are emptied (the `Some` to publish) until the book is in sync again,
+    /// or a quote comes.
+    pub fn book_lost(&mut self) -> Option<Top> {
+        let was_taken = self.taken.take();
+        let empty = (None, None);
+        (self.book_is_source() && was_taken.is_some_and(|top| top != empty)).then_some(empty)
+    }
+
+    /// The book was dropped with the feed's connection: the symbol is stale,
+    /// keeping its last top, and the next book's top is taken afresh.
+    pub fn book_dropped(&mut self) {
+        self.taken = None;
     }
 }
 
@@ -323,6 +366,49 @@ pub(crate) mod tests {
         );
         assert_eq!(trade_only.bid, next.bid, "a trade keeps the top");
         assert_eq!(trade_only.ask, None);
+    }
+
+    fn quote_update(bid: &str) -> BookUpdate {
+        BookUpdate::Quote {
+            bid: dec(bid),
+            bid_size: dec("1"),
+            ask: dec("9"),
+            ask_size: dec("1"),
+        }
+    }
+
+    #[test]
+    fn quotes_first_takes_the_books_top_only_until_the_first_quote() {
+        let mut source = TopSource::new(TopRule::QuotesFirst);
+        let top = (Some(level("1", "1")), Some(level("2", "1")));
+        assert_eq!(source.take_from_depth(top), Some(top));
+        assert_eq!(source.take_from_depth(top), None, "an unmoved top");
+        assert!(source.takes(&quote_update("1.5")));
+        let moved = (Some(level("1.1", "1")), top.1);
+        assert_eq!(source.take_from_depth(moved), None, "quotes win now");
+        assert_eq!(source.book_lost(), None, "the quotes' top stands");
+    }
+
+    #[test]
+    fn book_first_takes_quotes_only_while_the_book_is_out_of_sync() {
+        let mut source = TopSource::new(TopRule::BookFirst);
+        assert!(source.takes(&quote_update("1.5")), "no book yet");
+        let top = (Some(level("1", "1")), Some(level("2", "1")));
+        assert_eq!(source.take_from_depth(top), Some(top));
+        assert!(!source.takes(&quote_update("1.6")), "the book's top stands");
+        let trade = BookUpdate::Trade {
+            price: dec("1"),
+            size: dec("1"),
+        };
+        assert!(source.takes(&trade), "trades always count");
+        assert_eq!(source.book_lost(), Some((None, None)), "emptied");
+        assert!(
+            source.takes(&quote_update("1.7")),
+            "quotes while out of sync"
+        );
+        assert_eq!(source.take_from_depth(top), Some(top), "taken afresh");
+        source.book_dropped();
+        assert_eq!(source.take_from_depth(top), Some(top), "a new book's top");
     }
 
     #[test]

@@ -307,12 +307,12 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                             line_of(template.span())
                         ))
                     })?;
-                    if !file.url.get_ref().contains("@depth") {
-                        return Err(invalid(format!(
-                            "line {}, field `depth_snapshot_url`: the book needs the depth diffs too: add `<symbol>@depth@100ms` (or `@depth`) to the URL's streams",
+                    check_depth_streams(file.url.get_ref()).map_err(|e| {
+                        invalid(format!(
+                            "line {}, field `depth_snapshot_url`: {e}",
                             line_of(template.span())
-                        )));
-                    }
+                        ))
+                    })?;
                 }
                 Venue::Binance {
                     depth_snapshot_url: file.depth_snapshot_url.map(toml::Spanned::into_inner),
@@ -422,15 +422,49 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
     }
 }
 
-/// The symbols a Binance stream URL names: `...streams=btcusdt@bookTicker/ethusdt@trade`
-/// or `/ws/btcusdt@bookTicker` → `BTCUSDT`, `ETHUSDT`.
-pub fn binance_stream_symbols(url: &str) -> Vec<String> {
+/// The stream names of a Binance URL: a combined stream's
+/// (`/stream?streams=a@x/b@y`) or a raw stream's (`/ws/a@x`).
+fn binance_streams(url: &str) -> impl Iterator<Item = &str> {
     let streams = match url.split_once("streams=") {
         Some((_, query)) => query.split('&').next().unwrap_or(""),
         None => url.rsplit('/').next().unwrap_or(""),
     };
+    streams.split('/')
+}
+
+/// That a Binance URL with a depth snapshot URL carries diff streams
+/// (`<symbol>@depth` or `<symbol>@depth@100ms`) and no partial-book ones
+/// (`<symbol>@depth20`: the top levels, not diffs, which would corrupt a
+/// book they were applied to).
+fn check_depth_streams(url: &str) -> Result<(), String> {
+    let mut diffs = 0;
+    for stream in binance_streams(url) {
+        let Some(rest) = stream
+            .split_once('@')
+            .and_then(|(_, kind)| kind.strip_prefix("depth"))
+        else {
+            continue;
+        };
+        let every_ms = rest.strip_prefix('@').and_then(|s| s.strip_suffix("ms"));
+        let is_number = |ms: &str| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit());
+        if !(rest.is_empty() || every_ms.is_some_and(is_number)) {
+            return Err(format!(
+                "stream `{stream}` is not a diff stream (a partial book, its top levels only); use `<symbol>@depth@100ms` or `<symbol>@depth`"
+            ));
+        }
+        diffs += 1;
+    }
+    if diffs == 0 {
+        return Err("the book needs the depth diffs too: add `<symbol>@depth@100ms` (or `@depth`) to the URL's streams".into());
+    }
+    Ok(())
+}
+
+/// The symbols a Binance stream URL names: `...streams=btcusdt@bookTicker/ethusdt@trade`
+/// or `/ws/btcusdt@bookTicker` → `BTCUSDT`, `ETHUSDT`.
+pub fn binance_stream_symbols(url: &str) -> Vec<String> {
     let mut symbols: Vec<String> = Vec::new();
-    for stream in streams.split('/') {
+    for stream in binance_streams(url) {
         if let Some((symbol, _)) = stream.split_once('@') {
             let symbol = symbol.to_ascii_uppercase();
             if !symbol.is_empty() && !symbols.contains(&symbol) {
@@ -526,6 +560,17 @@ mod tests {
             no_diffs.contains("line 3") && no_diffs.contains("@depth"),
             "{no_diffs}"
         );
+        let partial = error(&file(
+            "wss://h/stream?streams=btcusdt@depth@100ms/ethusdt@depth20@100ms",
+            rest,
+        ));
+        assert!(partial.contains("`ethusdt@depth20@100ms`"), "{partial}");
+        for good in [
+            "wss://h/ws/btcusdt@depth",
+            "wss://h/stream?streams=a@depth@250ms/b@trade",
+        ] {
+            assert_eq!(error(&file(good, rest)), "", "{good}");
+        }
         let no_symbol = error(&file(streams, "https://h/depth?symbol=BTCUSDT"));
         assert!(no_symbol.contains("{symbol}"), "{no_symbol}");
         let not_http = error(&file(streams, "ftp://h/{symbol}"));

@@ -24,16 +24,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 
+use super::rest::FetchError;
+use super::snapshots::{Answer, DepthSnapshots};
 use super::synthetic::SplitMix64;
-use crate::book::depth::{DepthBook, Outcome};
-use crate::book::{Fold, TopSource};
+use crate::book::depth::{DepthBook, Outcome, PendingBudget, DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS};
+use crate::book::{Fold, TopRule, TopSource};
 use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::{FeedState, FeedStats, WarningLimiter};
 use crate::normalize::depth::DepthMessage;
@@ -74,6 +74,20 @@ impl Venue {
             Venue::Coinbase { products, channels } => {
                 vec![coinbase::subscribe_message(products, channels)]
             }
+        }
+    }
+
+    /// Which source of a best bid and ask wins: the book for a Coinbase
+    /// feed that has one (its `ticker` comes with trades only), quotes
+    /// otherwise.
+    pub fn top_rule(&self) -> TopRule {
+        match self {
+            Venue::Coinbase { channels, .. }
+                if channels.iter().any(|c| c.starts_with("level2")) =>
+            {
+                TopRule::BookFirst
+            }
+            _ => TopRule::QuotesFirst,
         }
     }
 
@@ -249,12 +263,16 @@ struct Publisher {
     hub: Arc<Hub>,
     symbols: HashMap<Box<str>, Carried>,
     config: LiveConfig,
+    /// Which source of a best bid and ask wins for this feed's symbols.
+    top_rule: TopRule,
+    /// What all the feed's books buffer while they await snapshots.
+    pending: PendingBudget,
 }
 
 /// An upstream symbol the feed serves.
 struct Carried {
     entry: Arc<SymbolEntry>,
-    /// Its full-depth book, once a depth message has come: cleared when the
+    /// Its full-depth book, once a depth message has come: dropped when the
     /// connection is lost, as the next one starts from a fresh snapshot.
     book: Option<DepthBook>,
     top: TopSource,
@@ -266,56 +284,70 @@ impl Publisher {
             hub,
             symbols: HashMap::new(),
             config: config.clone(),
+            top_rule: config.venue.top_rule(),
+            pending: PendingBudget::new(DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS),
         };
         for symbol in &config.symbols {
-            publisher.carried(symbol);
+            publisher.declare(symbol);
         }
         publisher
     }
 
-    fn carried(&mut self, symbol: &str) -> &mut Carried {
+    /// Declares `symbol` on first sight.
+    fn declare(&mut self, symbol: &str) {
         if !self.symbols.contains_key(symbol) {
-            let entry = self.hub.declare(&self.config.served_name(symbol));
             let carried = Carried {
-                entry,
+                entry: self.hub.declare(&self.config.served_name(symbol)),
                 book: None,
-                top: TopSource::default(),
+                top: TopSource::new(self.top_rule),
             };
             self.symbols.insert(symbol.into(), carried);
         }
-        // Inserted above when it was missing.
-        self.symbols
-            .get_mut(symbol)
-            .expect("the symbol was just inserted")
     }
 }
 
 impl Sink for Publisher {
     fn tick(&mut self, symbol: &str, tick: &Tick) {
-        let hub = self.hub.clone();
-        let carried = self.carried(symbol);
-        carried.top.saw(&tick.update);
-        hub.publish(&carried.entry, tick, wall_clock_ns());
+        self.declare(symbol);
+        let Some(carried) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        if carried.top.takes(&tick.update) {
+            self.hub.publish(&carried.entry, tick, wall_clock_ns());
+        }
     }
 
     /// Applies the message to the symbol's book and publishes the book
     /// when it is consistent, and its top as the ticker's best bid and ask
-    /// where the symbol has no quotes of its own (see [`TopSource`]).
+    /// where the book is the source (see [`TopSource`]). Returns whether the
+    /// book waits for a snapshot: it has none in sync, or it can no longer
+    /// vouch for the levels it serves.
     fn depth(&mut self, symbol: &str, message: &DepthMessage) -> bool {
-        let hub = self.hub.clone();
-        let Carried { entry, book, top } = self.carried(symbol);
+        self.declare(symbol);
+        let Some(Carried { entry, book, top }) = self.symbols.get_mut(symbol) else {
+            return false;
+        };
         let book = book.get_or_insert_with(DepthBook::default);
-        if hub.update_depth(entry, book, message) != Outcome::Updated {
-            return !book.is_synced();
-        }
+        let before = book.pending_levels();
+        let outcome = self.hub.update_depth(entry, book, message);
+        self.pending.settle(before, book);
         let ingest_ts_ns = wall_clock_ns();
-        hub.publish_depth(entry, book, 1, ingest_ts_ns);
-        if let Some(top) = top.take_from_depth(book.best()) {
+        let new_top = match outcome {
+            Outcome::Updated => {
+                self.hub.publish_depth(entry, book, 1, ingest_ts_ns);
+                top.take_from_depth(book.best())
+            }
+            // Far levels are in doubt, not the best ones.
+            Outcome::CutShort => top.take_from_depth(book.best()),
+            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => top.book_lost(),
+            Outcome::Buffered | Outcome::Outdated => None,
+        };
+        if let Some(new_top) = new_top {
             let mut fold = Fold::default();
-            fold.add_top(top, message.exchange_ts_ns);
-            hub.publish_fold(entry, &fold, ingest_ts_ns);
+            fold.add_top(new_top, book.exchange_ts_ns());
+            self.hub.publish_fold(entry, &fold, ingest_ts_ns);
         }
-        false
+        !book.is_synced() || outcome == Outcome::CutShort
     }
 
     /// Every symbol this feed has served goes stale, keeping its last
@@ -324,8 +356,10 @@ impl Sink for Publisher {
         for carried in self.symbols.values_mut() {
             self.hub
                 .set_status(&carried.entry, SymbolState::Stale, reason);
-            if carried.book.take().is_some() {
+            if let Some(book) = carried.book.take() {
+                self.pending.release(&book);
                 carried.entry.depth().set_status(SymbolState::Stale, reason);
+                carried.top.book_dropped();
             }
         }
     }
@@ -392,6 +426,12 @@ impl Feed {
         let name = &self.config.name;
         let mut attempt: u32 = 0;
         let mut jitter = Jitter::seeded(wall_clock_ns() as u64 ^ name.len() as u64);
+        // Kept across connections: see `snapshots`.
+        let mut snapshots = DepthSnapshots::new(
+            self.config.venue.depth_snapshot_url().map(str::to_owned),
+            self.tls.clone(),
+            self.config.connect_timeout,
+        );
         while !self.shutdown.is_cancelled() {
             self.stats.set_state(FeedState::Connecting);
             let reason = match self.connect().await {
@@ -403,7 +443,9 @@ impl Feed {
                     self.stats.set_state(FeedState::Live);
                     tracing::info!(feed = %name, url = %self.config.url, "feed connected");
                     attempt = 0;
-                    self.stream(socket, sink).await
+                    let reason = self.stream(socket, sink, &mut snapshots).await;
+                    snapshots.connection_lost();
+                    reason
                 }
                 Err(reason) => reason,
             };
@@ -455,39 +497,27 @@ impl Feed {
     fn take_snapshot(
         &self,
         symbol: &str,
-        answer: Result<Bytes, String>,
-        depth: &mut DepthMessage,
+        answer: Result<DepthMessage, FetchError>,
         snapshots: &mut DepthSnapshots,
         sink: &mut dyn Sink,
         warnings: &mut WarningLimiter,
     ) {
-        let snapshot = answer.and_then(|body| {
-            let mut body = body.to_vec();
-            match binance::parse_message_with_depth(&mut body, wall_clock_ns(), depth) {
-                Ok(Parsed::Recognised(Recognised::DepthSnapshot)) if depth.has_negative_size() => {
-                    Err("the snapshot has a negative size".to_owned())
-                }
-                Ok(Parsed::Recognised(Recognised::DepthSnapshot)) => Ok(()),
-                Ok(_) => Err("the answer is not a depth snapshot".to_owned()),
-                Err(error) => Err(format!("the answer does not parse: {error}")),
-            }
-        });
-        match snapshot {
-            Ok(()) => {
+        match answer {
+            Ok(snapshot) => {
                 self.stats.depth_snapshots.fetch_add(1, Relaxed);
-                let waiting = sink.depth(symbol, depth);
-                snapshots.answered(
-                    symbol,
-                    if waiting {
-                        Answer::TooOld
-                    } else {
-                        Answer::Synced
-                    },
-                );
+                let answer = if sink.depth(symbol, &snapshot) {
+                    Answer::StillWaiting
+                } else {
+                    Answer::Synced
+                };
+                snapshots.answered(symbol, answer);
             }
             Err(error) => {
-                snapshots.answered(symbol, Answer::Failed);
                 self.stats.depth_snapshot_failures.fetch_add(1, Relaxed);
+                if let Some(wait) = error.back_off() {
+                    snapshots.back_off(wait);
+                }
+                snapshots.answered(symbol, Answer::StillWaiting);
                 warnings.warn(|suppressed| {
                     tracing::warn!(feed = %self.config.name, symbol, %error, suppressed, "depth snapshot request failed; asking again later");
                 });
@@ -502,12 +532,12 @@ impl Feed {
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
         >,
         sink: &mut dyn Sink,
+        snapshots: &mut DepthSnapshots,
     ) -> String {
         let stats = &self.stats;
         // simd-json parses in place, so each message is copied into one reused buffer.
         let mut scratch: Vec<u8> = Vec::new();
         let mut depth = DepthMessage::default();
-        let mut snapshots = DepthSnapshots::new(&self.config, &self.tls);
         let mut latencies: Vec<u64> = Vec::with_capacity(LATENCY_BATCH);
         let mut warnings = WarningLimiter::every(Duration::from_secs(1));
         let silence = self.config.stale_after;
@@ -517,6 +547,7 @@ impl Feed {
         let quiet = tokio::time::sleep(silence);
         tokio::pin!(quiet);
         let reason = loop {
+            let snapshot_due = snapshots.next_due();
             let next = tokio::select! {
                 () = self.shutdown.cancelled() => {
                     let _ = socket.close(None).await;
@@ -525,8 +556,12 @@ impl Feed {
                 () = &mut quiet => {
                     break format!("no market data for {} ms", silence.as_millis());
                 }
-                (symbol, answer) = snapshots.next(), if snapshots.awaited() => {
-                    self.take_snapshot(&symbol, answer, &mut depth, &mut snapshots, sink, &mut warnings);
+                (symbol, answer) = snapshots.next_answer(), if snapshots.awaited() => {
+                    self.take_snapshot(&symbol, answer, snapshots, sink, &mut warnings);
+                    continue;
+                }
+                () = sleep_until_or_never(snapshot_due) => {
+                    snapshots.start_due();
                     continue;
                 }
                 next = socket.next() => next,
@@ -566,6 +601,19 @@ impl Feed {
                     Some(symbol) => Ok(Parsed::Tick { symbol, tick }),
                     None => Err(ParseError::UnknownSymbol(symbol.chars().take(40).collect())),
                 },
+                // A depth message is refused before it counts as market data.
+                Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
+                    if !depth.symbol.is_empty() && self.carried_name(&depth.symbol).is_none() =>
+                {
+                    Err(ParseError::UnknownSymbol(
+                        depth.symbol.chars().take(40).collect(),
+                    ))
+                }
+                Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
+                    if depth.has_negative_size() =>
+                {
+                    Err(ParseError::Line("negative size"))
+                }
                 parsed => parsed,
             };
             if parsed.as_ref().is_ok_and(is_market_data) {
@@ -583,28 +631,13 @@ impl Feed {
                     sink.tick(symbol, &tick);
                     stats.ticks.fetch_add(1, Relaxed);
                 }
-                Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot))
-                    if !depth.symbol.is_empty() =>
-                {
+                Ok(Parsed::Recognised(Recognised::DepthUpdate | Recognised::DepthSnapshot)) => {
                     stats.recognised.fetch_add(1, Relaxed);
-                    let carried = match self.carried_name(&depth.symbol) {
-                        _ if depth.has_negative_size() => Err(ParseError::Line("negative size")),
-                        Some(symbol) => Ok(symbol),
-                        None => Err(ParseError::UnknownSymbol(
-                            depth.symbol.chars().take(40).collect(),
-                        )),
-                    };
-                    match carried {
-                        Ok(symbol) => {
-                            if sink.depth(symbol, &depth) {
-                                snapshots.request(symbol);
-                            }
-                        }
-                        Err(error) => {
-                            stats.malformed.fetch_add(1, Relaxed);
-                            warnings.warn(|suppressed| {
-                                tracing::warn!(feed = %self.config.name, %error, suppressed, "skipping malformed message");
-                            });
+                    // Decoded only where the feed keeps books: else empty.
+                    let decoded = !depth.symbol.is_empty();
+                    if let Some(symbol) = self.carried_name(&depth.symbol).filter(|_| decoded) {
+                        if sink.depth(symbol, &depth) {
+                            snapshots.want(symbol);
                         }
                     }
                 }
@@ -624,130 +657,11 @@ impl Feed {
     }
 }
 
-/// The REST depth snapshots a live feed's books wait for (Binance's), asked
-/// for when a diff finds its book waiting: at most one request per symbol at
-/// a time, and while the book still waits after an answer, none sooner than
-/// [`SNAPSHOT_RETRY`] after it, doubling after each failure up to
-/// [`SNAPSHOT_RETRY_MAX`]. So neither a snapshot too old to bridge the diffs
-/// nor a venue refusing is asked again in a tight loop (Binance weighs a deep
-/// snapshot at up to 250 of a 6,000 a minute budget). Requests still out
-/// when the connection ends are dropped with it.
-struct DepthSnapshots {
-    template: Option<String>,
-    tls: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-    requests: JoinSet<Result<Bytes, String>>,
-    symbols: HashMap<String, SnapshotRequests>,
-    /// The symbol each request out is for.
-    request_symbols: HashMap<tokio::task::Id, String>,
-}
-
-/// One symbol's snapshot requests.
-#[derive(Debug, Default)]
-struct SnapshotRequests {
-    in_flight: bool,
-    not_before: Option<tokio::time::Instant>,
-    failures: u32,
-}
-
-/// How a snapshot request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    /// The book is in sync.
-    Synced,
-    /// A snapshot, but older than the diffs held: another is needed.
-    TooOld,
-    /// No snapshot (refused, timed out, or not one).
-    Failed,
-}
-
-/// The least time between two snapshot requests for one symbol while its
-/// book waits.
-const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
-/// The most time between them, after failures.
-const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
-
-impl DepthSnapshots {
-    fn new(config: &LiveConfig, tls: &Arc<rustls::ClientConfig>) -> Self {
-        Self {
-            template: config.venue.depth_snapshot_url().map(str::to_owned),
-            tls: tls.clone(),
-            timeout: config.connect_timeout,
-            requests: JoinSet::new(),
-            symbols: HashMap::new(),
-            request_symbols: HashMap::new(),
-        }
-    }
-
-    /// Asks for `symbol`'s snapshot, unless one is on its way or asked for
-    /// too recently (the next diff asks again), or the venue serves none.
-    fn request(&mut self, symbol: &str) {
-        let Some(template) = &self.template else {
-            return;
-        };
-        if !self.symbols.contains_key(symbol) {
-            self.symbols
-                .insert(symbol.to_owned(), SnapshotRequests::default());
-        }
-        let Some(state) = self.symbols.get_mut(symbol) else {
-            return;
-        };
-        let now = tokio::time::Instant::now();
-        if state.in_flight || state.not_before.is_some_and(|t| now < t) {
-            return;
-        }
-        state.in_flight = true;
-        // Binance's REST API names symbols in upper case, its streams in lower.
-        let url = super::rest::snapshot_url(template, &symbol.to_ascii_uppercase());
-        let (tls, timeout) = (self.tls.clone(), self.timeout);
-        let request = self
-            .requests
-            .spawn(async move { super::rest::get(&url, &tls, timeout).await });
-        self.request_symbols.insert(request.id(), symbol.to_owned());
-    }
-
-    /// Whether a request is out.
-    fn awaited(&self) -> bool {
-        !self.requests.is_empty()
-    }
-
-    /// The next answer; pending for ever when none is awaited.
-    async fn next(&mut self) -> (String, Result<Bytes, String>) {
-        loop {
-            let (id, answer) = match self.requests.join_next_with_id().await {
-                Some(Ok((id, answer))) => (id, answer),
-                // Only a bug in the client would panic a request; its symbol
-                // asks again, as after any failure.
-                Some(Err(error)) => (error.id(), Err(format!("the request failed: {error}"))),
-                None => std::future::pending().await,
-            };
-            if let Some(symbol) = self.request_symbols.remove(&id) {
-                return (symbol, answer);
-            }
-        }
-    }
-
-    /// Notes that `symbol`'s request ended, and how. A book that synced
-    /// asks again at once should it lose sync later (a gap); one still
-    /// waiting asks again with its next diff after the wait.
-    fn answered(&mut self, symbol: &str, answer: Answer) {
-        let Some(state) = self.symbols.get_mut(symbol) else {
-            return;
-        };
-        state.in_flight = false;
-        let failures = match answer {
-            Answer::Synced => {
-                *state = SnapshotRequests::default();
-                return;
-            }
-            Answer::TooOld => 0,
-            Answer::Failed => state.failures + 1,
-        };
-        state.failures = failures;
-        let wait = SNAPSHOT_RETRY
-            .saturating_mul(1 << failures.min(8))
-            .min(SNAPSHOT_RETRY_MAX);
-        state.not_before = Some(tokio::time::Instant::now() + wait);
+/// Sleeps until `at`, or for ever.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod merge;
 pub mod record;
 pub mod replay;
 pub mod rest;
+pub mod snapshots;
 pub mod source;
 pub mod synthetic;
 

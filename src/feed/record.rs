@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::{self, LiveConfig, LiveError, Sink};
 use crate::book::depth::DepthBook;
+use crate::book::TopRule;
 use crate::metrics::Metrics;
 use crate::normalize::depth::DepthMessage;
 use crate::normalize::{native, Tick};
@@ -87,7 +88,8 @@ pub async fn record(
     // earlier recording at that path is not truncated for nothing.
     live::prepare(&config)?;
     let source = format!("{} {}", config.name, config.url);
-    let mut recorder = Recorder::create(options, source, progress, stop.clone())?;
+    let top_rule = config.venue.top_rule();
+    let mut recorder = Recorder::create(options, source, top_rule, progress, stop.clone())?;
     let stats = Metrics::default().register_feed(&config.name, config.venue.kind());
     let fed = live::run_into(config, stats, &mut recorder, stop).await;
     let summary = recorder.finish()?;
@@ -98,6 +100,8 @@ pub async fn record(
 struct Recorder {
     options: RecordOptions,
     source: String,
+    /// Written in each file's header, so a replay takes the feed's rule.
+    top_rule: TopRule,
     writer: Option<GzEncoder<BufWriter<File>>>,
     line: Vec<u8>,
     file_bytes: u64,
@@ -115,12 +119,14 @@ impl Recorder {
     fn create(
         options: RecordOptions,
         source: String,
+        top_rule: TopRule,
         progress: Arc<Progress>,
         stop: CancellationToken,
     ) -> Result<Self, RecordError> {
         let mut recorder = Self {
             options,
             source,
+            top_rule,
             writer: None,
             line: Vec::with_capacity(256),
             file_bytes: 0,
@@ -143,7 +149,7 @@ impl Recorder {
         })?;
         let mut writer = GzEncoder::new(BufWriter::new(file), Compression::default());
         self.line.clear();
-        native::encode_header(&mut self.line, &self.source);
+        native::encode_header(&mut self.line, &self.source, self.top_rule);
         writer
             .write_all(&self.line)
             .map_err(|error| RecordError::Write {

@@ -10,8 +10,9 @@
 //! it folds a symbol's updates into one version and applies several diffs to
 //! a depth book before publishing it once (see `Symbols`).
 //!
-//! A symbol whose recording carries a depth book but no quotes of its own
-//! (Coinbase's older captures) takes its best bid and ask from the book's top.
+//! A symbol whose recording carries a depth book may take its best bid and
+//! ask from the book's top, by its file's [`TopRule`] (the book, for a
+//! Coinbase capture).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,8 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::merge::Merge;
 use super::source::{Item, ReplayFile, SourceError};
-use crate::book::depth::{DepthBook, Outcome, DEFAULT_MAX_PENDING_DIFFS};
-use crate::book::{Fold, TopSource};
+use crate::book::depth::{
+    DepthBook, Outcome, PendingBudget, DEFAULT_MAX_PENDING_DIFFS,
+    DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS,
+};
+use crate::book::{Fold, TopRule, TopSource};
 use crate::fanout::{Hub, SymbolEntry};
 use crate::metrics::{FeedStats, WarningLimiter};
 use crate::normalize::Tick;
@@ -300,9 +304,7 @@ impl Player {
                             .depth
                             .apply(served, |book| self.hub.update_depth(entry, book, message));
                         symbols.take_in();
-                        if outcome == Outcome::Updated {
-                            symbols.top_from_depth(served, message.exchange_ts_ns);
-                        }
+                        symbols.top_from_depth(served, outcome);
                         symbols.publish_if_full(&self.hub);
                         played = true;
                     }
@@ -383,10 +385,11 @@ impl Player {
         if let Some(index) = symbols.served_index(file, symbol) {
             return Some(index);
         }
-        let raw = merge.files().get(file)?.symbols().get(symbol as usize)?;
+        let replayed = merge.files().get(file)?;
+        let raw = replayed.symbols().get(symbol as usize)?;
         let source = self.config.sources.get(file)?;
         let entry = self.hub.declare(&source.served_name(raw));
-        symbols.insert(file, symbol, entry)
+        symbols.insert(file, symbol, entry, replayed.top_rule())
     }
 }
 
@@ -463,8 +466,15 @@ impl Symbols {
     }
 
     /// Resolves `symbol` of `file` to `entry`, served once for every file
-    /// that carries the same symbol; returns its index in `served`.
-    fn insert(&mut self, file: usize, symbol: u32, entry: Arc<SymbolEntry>) -> Option<usize> {
+    /// that carries the same symbol (by the [`TopRule`] of the first);
+    /// returns its index in `served`.
+    fn insert(
+        &mut self,
+        file: usize,
+        symbol: u32,
+        entry: Arc<SymbolEntry>,
+        top_rule: TopRule,
+    ) -> Option<usize> {
         let resolved = self.resolved.get_mut(file)?;
         let index = symbol as usize;
         if resolved.len() <= index {
@@ -478,7 +488,7 @@ impl Symbols {
                 served.push(Served {
                     entry,
                     fold: Fold::default(),
-                    top: TopSource::default(),
+                    top: TopSource::new(top_rule),
                 });
                 served.len() - 1
             });
@@ -491,31 +501,39 @@ impl Symbols {
         let Some(served) = self.served.get_mut(index) else {
             return;
         };
-        if served.fold.is_empty() {
-            self.holding.push(index);
+        if served.top.takes(&tick.update) {
+            if served.fold.is_empty() {
+                self.holding.push(index);
+            }
+            served.fold.add(tick);
         }
-        served.fold.add(tick);
-        served.top.saw(&tick.update);
         self.take_in();
     }
 
-    /// Holds the top of the depth book of the served symbol at `index`,
-    /// consistent after its last message, as that symbol's best bid and ask,
-    /// where its [`TopSource`] takes it.
-    fn top_from_depth(&mut self, index: usize, exchange_ts_ns: Option<i64>) {
+    /// After a depth message had `outcome` on the book of the served symbol
+    /// at `index`, holds the book's top as that symbol's best bid and ask
+    /// where its [`TopSource`] takes it: the new top of a book in sync, or
+    /// none for one that left sync.
+    fn top_from_depth(&mut self, index: usize, outcome: Outcome) {
         let Some(served) = self.served.get_mut(index) else {
             return;
         };
         let Some(held) = self.depth.books.get(&index) else {
             return;
         };
-        let Some(top) = served.top.take_from_depth(held.book.best()) else {
+        let top = match outcome {
+            // Far levels of a book cut short are in doubt, not the best ones.
+            Outcome::Updated | Outcome::CutShort => served.top.take_from_depth(held.book.best()),
+            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => served.top.book_lost(),
+            Outcome::Buffered | Outcome::Outdated => None,
+        };
+        let Some(top) = top else {
             return;
         };
         if served.fold.is_empty() {
             self.holding.push(index);
         }
-        served.fold.add_top(top, exchange_ts_ns);
+        served.fold.add_top(top, held.book.exchange_ts_ns());
     }
 
     /// Counts a timed item taken in; the first of a batch reads the clock.
@@ -578,8 +596,7 @@ struct DepthBooks {
     max_levels: usize,
     /// Levels in the diffs every book holds while awaiting its snapshot, and
     /// their bound.
-    pending_levels: usize,
-    max_pending_levels: usize,
+    pending: PendingBudget,
     /// Each file's last diff symbol: a Binance REST snapshot names no symbol,
     /// and belongs to the symbol whose diffs the capture carries.
     last_symbol: Vec<Option<u32>>,
@@ -603,8 +620,7 @@ impl DepthBooks {
             books: HashMap::new(),
             unpublished: Vec::new(),
             max_levels,
-            pending_levels: 0,
-            max_pending_levels: MAX_REPLAY_PENDING_LEVELS,
+            pending: PendingBudget::new(DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS),
             last_symbol: vec![None; files],
         }
     }
@@ -621,7 +637,7 @@ impl DepthBooks {
     /// Runs `apply` on the book of the served symbol at `served`, notes
     /// whether the book now holds a version to publish, and returns what
     /// happened. The diffs all books buffer are kept within
-    /// `max_pending_levels`: past it, the book that grew drops what it
+    /// the feed's `pending` budget: past it, the book that grew drops what it
     /// buffered.
     fn apply(&mut self, served: usize, apply: impl FnOnce(&mut DepthBook) -> Outcome) -> Outcome {
         let max_levels = self.max_levels;
@@ -648,20 +664,10 @@ impl DepthBooks {
             }
             Outcome::Buffered | Outcome::Outdated => {}
         }
-        let after = held.book.pending_levels();
-        self.pending_levels = self.pending_levels.saturating_sub(before) + after;
-        if self.pending_levels > self.max_pending_levels {
-            held.book.drop_pending();
-            self.pending_levels -= after;
-        }
+        self.pending.settle(before, &mut held.book);
         outcome
     }
 }
-
-/// Levels buffered by all of a replay's books together while they await
-/// their snapshots (128 MB). Each book is bounded on its own, but a file
-/// may name many symbols.
-const MAX_REPLAY_PENDING_LEVELS: usize = 4_000_000;
 
 /// Maps recorded receive times onto the wall clock.
 struct Pacer {
@@ -819,14 +825,14 @@ mod tests {
             ..DepthMessage::default()
         };
         let mut books = DepthBooks::new(1, 10);
-        books.max_pending_levels = 10 * levels;
+        books.pending = PendingBudget::new(10 * levels);
         for symbol in 0..10 {
             books.apply(symbol, |book| book.apply(&diff));
-            assert_eq!(books.pending_levels, (symbol + 1) * levels);
+            assert_eq!(books.pending.held(), (symbol + 1) * levels);
         }
         // The eleventh book drops what it buffered; the others keep theirs.
         books.apply(10, |book| book.apply(&diff));
-        assert_eq!(books.pending_levels, 10 * levels);
+        assert_eq!(books.pending.held(), 10 * levels);
         let held: Vec<usize> = (0..=10).map(|s| books.books[&s].book.pending()).collect();
         assert_eq!(held, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
     }
@@ -989,7 +995,7 @@ mod tests {
         let hub = Hub::new(Arc::default());
         let entry = hub.declare("AAA");
         let mut symbols = Symbols::new(1, 100);
-        symbols.insert(0, 0, entry.clone());
+        symbols.insert(0, 0, entry.clone(), TopRule::QuotesFirst);
         let apply = |symbols: &mut Symbols, message: &DepthMessage| {
             symbols
                 .depth
@@ -1054,14 +1060,14 @@ mod tests {
         let hub = Hub::new(Arc::default());
         let entry = hub.declare("AAA");
         let mut symbols = Symbols::new(1, 100);
-        let served = symbols.insert(0, 0, entry.clone()).expect("resolved");
+        let served = symbols
+            .insert(0, 0, entry.clone(), TopRule::QuotesFirst)
+            .expect("resolved");
         let apply = |symbols: &mut Symbols, message: &DepthMessage| {
             let outcome = symbols
                 .depth
                 .apply(0, |book| hub.update_depth(&entry, book, message));
-            if outcome == Outcome::Updated {
-                symbols.top_from_depth(served, message.exchange_ts_ns);
-            }
+            symbols.top_from_depth(served, outcome);
             symbols.publish(&hub);
             let current = entry.current().expect("published");
             (current.seq, current.bid, current.ask)
@@ -1074,6 +1080,15 @@ mod tests {
         assert_eq!(apply(&mut symbols, &diff(11, vec![level(97, 5)])).0, 1);
         let top = apply(&mut symbols, &diff(12, vec![level(99, 0)]));
         assert_eq!(top, (2, Some(level(98, 1)), Some(level(101, 2))));
+        // A gap clears the book, and the top taken from it, until a snapshot.
+        let gap = apply(&mut symbols, &diff(15, vec![level(97, 1)]));
+        assert_eq!(gap, (3, None, None));
+        let resync = DepthMessage {
+            last_update_id: Some(20),
+            ..snapshot.clone()
+        };
+        let top = apply(&mut symbols, &resync);
+        assert_eq!(top, (4, Some(level(99, 1)), Some(level(101, 2))));
 
         let quote = Tick {
             recv_ts_ns: 1,
@@ -1087,8 +1102,8 @@ mod tests {
         };
         symbols.fold(served, &quote);
         symbols.publish(&hub);
-        let quoted = (3, Some(level(95, 1)), Some(level(96, 1)));
-        assert_eq!(apply(&mut symbols, &diff(13, vec![level(100, 3)])), quoted);
+        let quoted = (5, Some(level(95, 1)), Some(level(96, 1)));
+        assert_eq!(apply(&mut symbols, &diff(21, vec![level(100, 3)])), quoted);
     }
 
     #[test]

@@ -20,7 +20,47 @@ use tokio_rustls::TlsConnector;
 
 /// The largest snapshot body read: Binance's deepest (5,000 levels a side)
 /// is about 400 KB.
-pub const MAX_SNAPSHOT_BYTES: usize = 16 << 20;
+pub const MAX_SNAPSHOT_BYTES: usize = 4 << 20;
+
+/// How long to hold off after a `429` or `418` that does not say.
+pub const DEFAULT_BACK_OFF: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` taken as said.
+const MAX_BACK_OFF: Duration = Duration::from_secs(3_600);
+
+/// Why a GET brought no body.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The API answered, but not `200 OK`.
+    #[error("HTTP {status}")]
+    Refused {
+        status: u16,
+        /// What its `Retry-After` said, in seconds (an HTTP date is not read).
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connect, TLS, a timeout, a body too large, or one that
+    /// does not hold what was asked for.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl FetchError {
+    /// How long every request of the feed should wait, when the API said
+    /// to slow down: `429 Too Many Requests`, or Binance's `418` (an IP ban
+    /// for requests that went on after a 429).
+    pub fn back_off(&self) -> Option<Duration> {
+        match self {
+            FetchError::Refused {
+                status: 429 | 418,
+                retry_after,
+            } => Some(
+                retry_after
+                    .unwrap_or(DEFAULT_BACK_OFF)
+                    .clamp(Duration::from_secs(1), MAX_BACK_OFF),
+            ),
+            _ => None,
+        }
+    }
+}
 
 /// `template` with `{symbol}` replaced by `symbol`, which is escaped for a
 /// URL query (a symbol is the venue's, so this is belt and braces).
@@ -50,35 +90,38 @@ pub async fn get(
     url: &str,
     tls: &Arc<rustls::ClientConfig>,
     timeout: Duration,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, FetchError> {
     tokio::time::timeout(timeout, get_unbounded(url, tls))
         .await
-        .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+        .map_err(|_| FetchError::Failed(format!("no answer within {} ms", timeout.as_millis())))?
 }
 
 trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
 
-async fn get_unbounded(url: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Bytes, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
-    let (host, port) = crate::client::server_host_port(&parsed).ok_or("the URL has no host")?;
+async fn get_unbounded(url: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Bytes, FetchError> {
+    let failed = FetchError::Failed;
+    let parsed = url::Url::parse(url).map_err(|e| failed(format!("bad URL: {e}")))?;
+    let (host, port) = crate::client::server_host_port(&parsed)
+        .ok_or_else(|| failed("the URL has no host".into()))?;
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("connect failed: {e}"))?;
+        .map_err(|e| failed(format!("connect failed: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Connection> = if parsed.scheme() == "https" {
-        let name = ServerName::try_from(host.clone()).map_err(|e| format!("TLS name: {e}"))?;
+        let name =
+            ServerName::try_from(host.clone()).map_err(|e| failed(format!("TLS name: {e}")))?;
         let tls = TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS failed: {e}"))?;
+            .map_err(|e| failed(format!("TLS failed: {e}")))?;
         Box::new(tls)
     } else {
         Box::new(tcp)
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        .map_err(|e| failed(format!("HTTP handshake failed: {e}")))?;
     // The connection is driven beside the request and ends with it.
     let connection = tokio::spawn(connection);
     let target = match parsed.query() {
@@ -93,20 +136,29 @@ async fn get_unbounded(url: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Byt
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "tickwire")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| failed(format!("request: {e}")))?;
     let result = async {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|e| failed(format!("request failed: {e}")))?;
         let status = response.status();
         if status != hyper::StatusCode::OK {
-            return Err(format!("HTTP {status}"));
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(FetchError::Refused {
+                status: status.as_u16(),
+                retry_after,
+            });
         }
         let body = Limited::new(response.into_body(), MAX_SNAPSHOT_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("reading the body: {e}"))?;
+            .map_err(|e| failed(format!("reading the body: {e}")))?;
         Ok(body.to_bytes())
     }
     .await;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
+use crate::book::TopRule;
 use crate::normalize::depth::DepthMessage;
 use crate::normalize::tardis::TardisCsv;
 use crate::normalize::{binance, coinbase, native, ParseError, Parsed, Recognised, Tick};
@@ -136,6 +137,8 @@ pub struct ReplayFile {
     symbols: SymbolTable,
     /// The last depth message read (see [`Item::Depth`]).
     depth: DepthMessage,
+    /// Which source of a best bid and ask wins for the file's symbols.
+    top_rule: TopRule,
 }
 
 impl fmt::Debug for ReplayFile {
@@ -196,6 +199,7 @@ impl ReplayFile {
             done: false,
             symbols: SymbolTable::default(),
             depth: DepthMessage::default(),
+            top_rule: TopRule::QuotesFirst,
         };
         loop {
             match file.read_line() {
@@ -224,6 +228,7 @@ impl ReplayFile {
             file.pending = true;
         } else if is_coinbase_capture(first) {
             file.parser = Parser::Coinbase;
+            file.top_rule = TopRule::BookFirst;
             file.pending = true;
         } else if first.trim_ascii_start().starts_with(b"{") {
             if let Some(reason) = native::refused_header(first) {
@@ -233,6 +238,7 @@ impl ReplayFile {
                 });
             }
             file.parser = Parser::Native;
+            file.top_rule = native::header_top_rule(first);
             file.pending = true;
         } else {
             let header = std::str::from_utf8(first)
@@ -267,6 +273,13 @@ impl ReplayFile {
             Parser::Tardis(_) => Format::TardisCsv,
             Parser::Native => Format::Native,
         }
+    }
+
+    /// Which source of a best bid and ask wins for the file's symbols: the
+    /// book for a Coinbase capture (its tickers come with trades, if they
+    /// have sizes at all), and for a recording whose header says so.
+    pub fn top_rule(&self) -> TopRule {
+        self.top_rule
     }
 
     /// Symbols seen so far, indexed by [`Item::Tick`]'s `symbol`.

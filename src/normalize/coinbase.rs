@@ -25,8 +25,8 @@
 //! `match`/`last_match` alone. A current ticker (with sizes) becomes a quote and
 //! its trade half is likewise left to the `matches` channel: subscribe to both
 //! `ticker` and `matches` (a ticker-only feed without sizes yields no ticks).
-//! A replay of a capture that also holds the `level2` channel takes the best
-//! bid and ask from the depth book instead (see [`crate::feed::replay`]).
+//! A feed or capture that also holds the `level2` channel takes the best bid
+//! and ask from the depth book instead ([`crate::book::TopRule::BookFirst`]).
 //!
 //! A capture line, as cryptofeed's raw-data recorder writes it, is one of
 //!

@@ -27,7 +27,7 @@ use simd_json::ValueType;
 use super::binance::{levels, with_tape};
 use super::depth::{DepthMessage, Sequence};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
-use crate::book::Level;
+use crate::book::{Level, TopRule};
 
 /// The format version written in, and accepted from, the header line.
 pub const VERSION: i64 = 1;
@@ -43,6 +43,24 @@ pub fn refused_header(first_line: &[u8]) -> Option<String> {
             Some("tickwire_replay is not an integer version".into())
         }
         _ => None,
+    }
+}
+
+/// The [`TopRule`] a header line names (`"top_of_book":"book"`), for a
+/// recording of a feed whose book's top wins over its quotes; quotes first
+/// for any other line.
+pub fn header_top_rule(first_line: &[u8]) -> TopRule {
+    let mut line = first_line.to_vec();
+    let book = with_tape(&mut line, |root| {
+        let obj = root.as_object().ok_or(ParseError::Line("not an object"))?;
+        let named = obj.get("tickwire_replay").is_some()
+            && obj.get("top_of_book").and_then(|v| v.into_string()) == Some("book");
+        Ok(named)
+    });
+    if book == Ok(true) {
+        TopRule::BookFirst
+    } else {
+        TopRule::QuotesFirst
     }
 }
 
@@ -172,12 +190,16 @@ fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<Decimal, ParseError> {
     }
 }
 
-/// Appends the header line, `{"tickwire_replay":1,"source":"..."}` and `\n`.
-pub fn encode_header(out: &mut Vec<u8>, source: &str) {
+/// Appends the header line, `{"tickwire_replay":1,"source":"..."}` and
+/// `\n`, with `"top_of_book":"book"` for [`TopRule::BookFirst`].
+pub fn encode_header(out: &mut Vec<u8>, source: &str, top_rule: TopRule) {
     out.extend_from_slice(b"{\"tickwire_replay\":");
     push_int(out, VERSION);
     out.extend_from_slice(b",\"source\":");
     crate::protocol::write_json_string(out, source);
+    if top_rule == TopRule::BookFirst {
+        out.extend_from_slice(b",\"top_of_book\":\"book\"");
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -486,7 +508,7 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let mut out = Vec::new();
-        encode_header(&mut out, "binance \"spot\" capture");
+        encode_header(&mut out, "binance \"spot\" capture", TopRule::QuotesFirst);
         assert_eq!(
             out,
             b"{\"tickwire_replay\":1,\"source\":\"binance \\\"spot\\\" capture\"}\n"

@@ -96,9 +96,11 @@ where
     }
     if script.hold {
         // Read (and answer pings) until the client goes away; send no data.
-        let mut keepalive = script
-            .keepalive
-            .map(|(every, message)| (tokio::time::interval(every), message));
+        // The first one after a period, not at once.
+        let mut keepalive = script.keepalive.map(|(every, message)| {
+            let first = tokio::time::Instant::now() + every;
+            (tokio::time::interval_at(first, every), message)
+        });
         loop {
             let due = async {
                 match &mut keepalive {
