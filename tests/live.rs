@@ -1029,5 +1029,30 @@ async fn rest_snapshots_come_over_https_and_refusals_say_why() {
         "{unknown_issuer:?}"
     );
     assert_eq!(api.requests(), 2, "the untrusted one never got to ask");
+    assert_eq!(
+        refused.err().and_then(|e| e.back_off()),
+        Some(rest::DEFAULT_BACK_OFF),
+        "a 429 without Retry-After holds the feed for the default"
+    );
+
+    // A 429 that says how long: the feed holds back for that long.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let answer = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request).await;
+        let reply = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n";
+        stream.write_all(reply.as_bytes()).await.expect("reply");
+    });
+    let told = rest::get(&format!("http://{addr}/depth"), &trusted, timeout).await;
+    assert_eq!(
+        told.err().and_then(|e| e.back_off()),
+        Some(Duration::from_secs(7))
+    );
+    answer.await.expect("served");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -320,8 +320,9 @@ impl Sink for Publisher {
     /// Applies the message to the symbol's book and publishes the book
     /// when it is consistent, and its top as the ticker's best bid and ask
     /// where the book is the source (see [`TopSource`]). Returns whether the
-    /// book waits for a snapshot: it has none in sync, or it can no longer
-    /// vouch for the levels it serves.
+    /// book waits for a snapshot: it has none in sync, it can no longer vouch
+    /// for the levels it serves, or it is crossed, which a book that applied
+    /// every numbered diff in turn should never be.
     fn depth(&mut self, symbol: &str, message: &DepthMessage) -> bool {
         self.declare(symbol);
         let Some(Carried { entry, book, top }) = self.symbols.get_mut(symbol) else {
@@ -347,7 +348,7 @@ impl Sink for Publisher {
             fold.add_top(new_top, book.exchange_ts_ns());
             self.hub.publish_fold(entry, &fold, ingest_ts_ns);
         }
-        !book.is_synced() || outcome == Outcome::CutShort
+        !book.is_synced() || matches!(outcome, Outcome::CutShort | Outcome::Crossed)
     }
 
     /// Every symbol this feed has served goes stale, keeping its last

@@ -100,7 +100,8 @@ pub struct FeedStats {
     pub exchange_latency: LatencyRecorder,
     /// Messages read from the source (ticks, recognised and malformed alike).
     pub messages: AtomicU64,
-    /// Messages that became a book update.
+    /// Quotes and trades read (a quote passed by because the symbol's book
+    /// gives its top, see `book::TopRule`, counts too).
     pub ticks: AtomicU64,
     /// Well-formed messages the top of book does not use (depth diffs, snapshots).
     pub recognised: AtomicU64,
@@ -572,7 +573,7 @@ impl Metrics {
             ),
             (
                 "tickwire_feed_ticks_total",
-                "Feed messages that updated the book.",
+                "Quotes and trades read from the feed.",
                 "counter",
                 |f| f.ticks.load(Relaxed),
             ),
