@@ -261,6 +261,19 @@ impl DepthBook {
     /// Applies one snapshot or diff following the venue's rules (module docs).
     pub fn apply(&mut self, message: &DepthMessage) -> Outcome {
         if message.is_snapshot() {
+            // A snapshot older than a book in sync would take it back in
+            // time, and the next diff would not follow on.
+            if let (
+                SyncState::Synced {
+                    last: Some(last), ..
+                },
+                Some(id),
+            ) = (self.state, message.last_update_id)
+            {
+                if id < last {
+                    return Outcome::Outdated;
+                }
+            }
             return self.apply_snapshot(message);
         }
         match self.state {
@@ -632,6 +645,18 @@ mod tests {
         );
         assert_eq!(book.apply(&snapshot(106)), Outcome::Updated);
         assert_eq!(book.last_update_id(), Some(107));
+        // A snapshot older than the book in sync changes nothing.
+        let before = best_bid(&book);
+        assert_eq!(book.apply(&snapshot(105)), Outcome::Outdated);
+        assert_eq!(
+            (best_bid(&book), book.last_update_id()),
+            (before, Some(107))
+        );
+        assert_eq!(
+            book.apply(&snapshot(107)),
+            Outcome::Updated,
+            "as new: taken"
+        );
     }
 
     #[test]

@@ -182,10 +182,12 @@ impl TopSource {
         (self.book_is_source() && was_taken.is_some_and(|top| top != empty)).then_some(empty)
     }
 
-    /// The book was dropped with the feed's connection: the symbol is stale,
-    /// keeping its last top, and the next book's top is taken afresh.
-    pub fn book_dropped(&mut self) {
-        self.taken = None;
+    /// The book was dropped with the feed's connection: as for
+    /// [`Self::book_lost`], the top it gave is emptied (a trade before the
+    /// next book is in sync must not serve it as live), and the next book's
+    /// top is taken afresh.
+    pub fn book_dropped(&mut self) -> Option<Top> {
+        self.book_lost()
     }
 }
 
@@ -407,7 +409,7 @@ pub(crate) mod tests {
             "quotes while out of sync"
         );
         assert_eq!(source.take_from_depth(top), Some(top), "taken afresh");
-        source.book_dropped();
+        assert_eq!(source.book_dropped(), Some((None, None)), "emptied");
         assert_eq!(source.take_from_depth(top), Some(top), "a new book's top");
     }
 

@@ -248,8 +248,8 @@ pub trait Sink: Send {
     fn tick(&mut self, symbol: &str, tick: &Tick);
     /// One depth message (a book snapshot or diff) for an upstream symbol.
     /// Returns whether the symbol's book now waits for a snapshot, which a
-    /// venue that serves them over REST is asked for. A recording, which
-    /// holds ticks, passes depth by and keeps no book.
+    /// venue that serves them over REST is asked for. By default depth is
+    /// passed by and no book kept.
     fn depth(&mut self, _symbol: &str, _message: &DepthMessage) -> bool {
         false
     }
@@ -352,16 +352,23 @@ impl Sink for Publisher {
     }
 
     /// Every symbol this feed has served goes stale, keeping its last
-    /// snapshot; so does its book, which waits for the next connection's.
+    /// snapshot (but a best bid and ask its book gave); so does its book,
+    /// which waits for the next connection's.
     fn down(&mut self, reason: &str) {
         for carried in self.symbols.values_mut() {
-            self.hub
-                .set_status(&carried.entry, SymbolState::Stale, reason);
             if let Some(book) = carried.book.take() {
                 self.pending.release(&book);
                 carried.entry.depth().set_status(SymbolState::Stale, reason);
-                carried.top.book_dropped();
+                if let Some(empty) = carried.top.book_dropped() {
+                    let mut fold = Fold::default();
+                    fold.add_top(empty, book.exchange_ts_ns());
+                    self.hub
+                        .publish_fold(&carried.entry, &fold, wall_clock_ns());
+                }
             }
+            // After the emptied top, which counts as a fresh update.
+            self.hub
+                .set_status(&carried.entry, SymbolState::Stale, reason);
         }
     }
 }
@@ -504,7 +511,10 @@ impl Feed {
         warnings: &mut WarningLimiter,
     ) {
         match answer {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                // Received now, as far as the book and a recording go:
+                // after every diff applied before it.
+                snapshot.recv_ts_ns = wall_clock_ns();
                 self.stats.depth_snapshots.fetch_add(1, Relaxed);
                 let answer = if sink.depth(symbol, &snapshot) {
                     Answer::StillWaiting
@@ -547,8 +557,19 @@ impl Feed {
         // prices, and its symbols must go stale all the same.
         let quiet = tokio::time::sleep(silence);
         tokio::pin!(quiet);
+        // When the next snapshot request may start; armed only while one is
+        // queued, and reset only when that time moves.
+        let snapshot_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(snapshot_timer);
+        let mut snapshot_due = None;
         let reason = loop {
-            let snapshot_due = snapshots.next_due();
+            let due = snapshots.next_due();
+            if due != snapshot_due {
+                snapshot_due = due;
+                if let Some(due) = due {
+                    snapshot_timer.as_mut().reset(due);
+                }
+            }
             let next = tokio::select! {
                 () = self.shutdown.cancelled() => {
                     let _ = socket.close(None).await;
@@ -561,8 +582,9 @@ impl Feed {
                     self.take_snapshot(&symbol, answer, snapshots, sink, &mut warnings);
                     continue;
                 }
-                () = sleep_until_or_never(snapshot_due) => {
+                () = &mut snapshot_timer, if snapshot_due.is_some() => {
                     snapshots.start_due();
+                    snapshot_due = None;
                     continue;
                 }
                 next = socket.next() => next,
@@ -658,14 +680,6 @@ impl Feed {
     }
 }
 
-/// Sleeps until `at`, or for ever.
-async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Whether a message carries prices, served or not; acknowledgements and
 /// keep-alives do not, and do not keep a feed live.
 fn is_market_data(parsed: &Parsed<'_>) -> bool {
@@ -734,6 +748,26 @@ mod tests {
         let spread: std::collections::HashSet<Duration> =
             (0..20).map(|_| jitter.backoff(backoff, 10)).collect();
         assert!(spread.len() > 10, "jitter spreads retries");
+    }
+
+    #[test]
+    fn coinbase_with_its_level2_book_takes_the_books_top() {
+        let coinbase = |channels: &[&str]| Venue::Coinbase {
+            products: vec!["BTC-USD".into()],
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+        };
+        assert_eq!(
+            coinbase(&["ticker", "level2_batch"]).top_rule(),
+            TopRule::BookFirst
+        );
+        assert_eq!(
+            coinbase(&["ticker", "matches"]).top_rule(),
+            TopRule::QuotesFirst
+        );
+        let binance = Venue::Binance {
+            depth_snapshot_url: Some("https://h/{symbol}".into()),
+        };
+        assert_eq!(binance.top_rule(), TopRule::QuotesFirst);
     }
 
     #[test]

@@ -268,8 +268,16 @@ impl Sink for Recorder {
     }
 
     fn down(&mut self, reason: &str) {
-        // The next connection starts from a snapshot of its own.
+        // The next connection starts from a snapshot of its own; a replay
+        // of the recording drops its books here too.
         self.books.clear();
+        if self.failed.is_none() {
+            self.line.clear();
+            native::encode_disconnect(&mut self.line, crate::wall_clock_ns(), reason);
+            if let Err(error) = self.write_line() {
+                self.fail(error);
+            }
+        }
         // The feed warns of it itself, with its retry; this only adds what
         // becomes of the recording.
         tracing::info!(%reason, "recorded feed is down; the recording continues after it reconnects");

@@ -31,9 +31,9 @@ use crate::book::depth::{
     DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS,
 };
 use crate::book::{Fold, TopRule, TopSource};
-use crate::fanout::{Hub, SymbolEntry};
+use crate::fanout::{Hub, SymbolEntry, SymbolState};
 use crate::metrics::{FeedStats, WarningLimiter};
-use crate::normalize::Tick;
+use crate::normalize::{Recognised, Tick};
 use crate::wall_clock_ns;
 
 /// Where a replay file comes from.
@@ -308,6 +308,10 @@ impl Player {
                         symbols.publish_if_full(&self.hub);
                         played = true;
                     }
+                    Item::Recognised(Recognised::Disconnect) => {
+                        count_one(&self.stats.recognised);
+                        symbols.disconnect(file, &self.hub);
+                    }
                     Item::Recognised(_) => count_one(&self.stats.recognised),
                     Item::Malformed { line, error } => {
                         count_one(&self.stats.malformed);
@@ -534,6 +538,35 @@ impl Symbols {
             self.holding.push(index);
         }
         served.fold.add_top(top, held.book.exchange_ts_ns());
+    }
+
+    /// The recorded feed of `file` lost its connection here: as the live
+    /// feed did, its symbols go stale, their books are dropped until the
+    /// next snapshot, and a best bid and ask a book gave is emptied. What is
+    /// held goes out first, so that these come after it.
+    fn disconnect(&mut self, file: usize, hub: &Hub) {
+        const REASON: &str = "the recorded feed disconnected";
+        self.publish(hub);
+        let Some(resolved) = self.resolved.get(file) else {
+            return;
+        };
+        let indices: Vec<usize> = resolved.iter().flatten().copied().collect();
+        for index in indices {
+            let Some(served) = self.served.get_mut(index) else {
+                continue;
+            };
+            if let Some(held) = self.depth.books.remove(&index) {
+                self.depth.pending.release(&held.book);
+                self.depth.unpublished.retain(|&queued| queued != index);
+                served.entry.depth().set_status(SymbolState::Stale, REASON);
+                if let Some(empty) = served.top.book_dropped() {
+                    let mut fold = Fold::default();
+                    fold.add_top(empty, held.book.exchange_ts_ns());
+                    hub.publish_fold(&served.entry, &fold, wall_clock_ns());
+                }
+            }
+            hub.set_status(&served.entry, SymbolState::Stale, REASON);
+        }
     }
 
     /// Counts a timed item taken in; the first of a batch reads the clock.

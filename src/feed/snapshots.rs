@@ -8,13 +8,18 @@
 //! (`418`). So, for the whole feed and across its connections:
 //!
 //! - at most [`MAX_IN_FLIGHT`] requests are out at once, and one starts at
-//!   most every [`SPACING`]: a reconnect that finds a hundred books waiting
-//!   asks for them over 50 s, not at once;
-//! - a book still waiting after an answer (refused, or too old to bridge the
-//!   diffs held) asks again after [`RETRY`], doubling with each such answer
-//!   up to [`MAX_RETRY`], whether or not more diffs come;
+//!   most every [`SPACING`] (at `limit=1000`, half of Binance's budget for
+//!   an IP, spot or USD-M): a reconnect that finds a hundred books waiting
+//!   asks for them over 100 s, not at once;
+//! - a book still waiting after an answer (refused, too old to bridge the
+//!   diffs held, or cut off by a lost connection) asks again after
+//!   [`RETRY`], doubling with each such miss up to [`MAX_RETRY`], whether
+//!   or not more diffs come; so does a book that loses sync again within
+//!   [`STEADY`] of the last snapshot;
 //! - a `429` or `418` holds every request back for its `Retry-After`
 //!   ([`FetchError::back_off`]).
+//!
+//! The pace is the feed's own: two feeds on one IP each keep theirs.
 //!
 //! The requests run as tasks of their own and parse what they fetch, so a
 //! large snapshot never holds up the feed's reading of its stream.
@@ -34,11 +39,13 @@ use crate::wall_clock_ns;
 /// Requests out at once, per feed.
 pub const MAX_IN_FLIGHT: usize = 2;
 /// The least time between the starts of two requests, per feed.
-pub const SPACING: Duration = Duration::from_millis(500);
+pub const SPACING: Duration = Duration::from_secs(1);
 /// The first wait before a book that is still waiting asks again.
 pub const RETRY: Duration = Duration::from_secs(1);
 /// The longest such wait.
 pub const MAX_RETRY: Duration = Duration::from_secs(30);
+/// A book in sync this long has its misses forgotten.
+pub const STEADY: Duration = Duration::from_secs(30);
 
 /// How a snapshot request ended, for the book that asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +65,19 @@ struct Requests {
     misses: u32,
     /// Not asked again before this.
     not_before: Option<Instant>,
+    /// When its last snapshot brought the book in sync.
+    synced_at: Option<Instant>,
+}
+
+impl Requests {
+    /// One more miss: the next request waits longer.
+    fn missed(&mut self, now: Instant) {
+        self.misses = self.misses.saturating_add(1);
+        let wait = RETRY
+            .saturating_mul(1 << (self.misses - 1).min(8))
+            .min(MAX_RETRY);
+        self.not_before = Some(now + wait);
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,6 +138,15 @@ impl DepthSnapshots {
             return;
         };
         if requests.state == State::Idle {
+            // Out of sync again: soon after the last snapshot, a miss.
+            if let Some(synced_at) = requests.synced_at.take() {
+                let now = Instant::now();
+                if now.duration_since(synced_at) < STEADY {
+                    requests.missed(now);
+                } else {
+                    requests.misses = 0;
+                }
+            }
             requests.state = State::Queued;
             self.queue.push_back(symbol.to_owned());
         }
@@ -203,14 +232,14 @@ impl DepthSnapshots {
         let Some(requests) = self.symbols.get_mut(symbol) else {
             return;
         };
+        requests.state = State::Idle;
         match answer {
-            Answer::Synced => *requests = Requests::default(),
+            Answer::Synced => {
+                requests.not_before = None;
+                requests.synced_at = Some(Instant::now());
+            }
             Answer::StillWaiting => {
-                requests.misses = requests.misses.saturating_add(1);
-                let wait = RETRY
-                    .saturating_mul(1 << (requests.misses - 1).min(8))
-                    .min(MAX_RETRY);
-                requests.not_before = Some(Instant::now() + wait);
+                requests.missed(Instant::now());
                 requests.state = State::Queued;
                 self.queue.push_back(symbol.to_owned());
             }
@@ -225,15 +254,20 @@ impl DepthSnapshots {
     }
 
     /// The connection is lost, and with it the books: requests out are
-    /// dropped and nothing is asked for until the next connection's diffs
-    /// ask again. Waits and holds stay, so a flapping connection does not
-    /// make the feed ask more often.
+    /// dropped (each a miss: the venue counted it) and nothing is asked for
+    /// until the next connection's diffs ask again. Waits and holds stay, so
+    /// a flapping connection does not make the feed ask more often.
     pub fn connection_lost(&mut self) {
         self.requests = JoinSet::new();
         self.request_symbols.clear();
         self.queue.clear();
+        let now = Instant::now();
         for requests in self.symbols.values_mut() {
+            if requests.state == State::InFlight {
+                requests.missed(now);
+            }
             requests.state = State::Idle;
+            requests.synced_at = None;
         }
     }
 }
@@ -315,12 +349,40 @@ mod tests {
         snapshots.want("AAA");
         assert_eq!(snapshots.next_due(), Some(second));
 
-        // In sync, a book asks at once after a later gap.
+        // A request cut off by a lost connection is a miss too.
+        snapshots.symbols.get_mut("AAA").expect("known").not_before = Some(Instant::now());
+        snapshots.next_start = Instant::now();
+        snapshots.start_due();
+        assert_eq!(snapshots.requests.len(), 1);
+        let lost = Instant::now();
+        snapshots.connection_lost();
+        snapshots.want("AAA");
+        let third = snapshots.next_due().expect("queued");
+        assert!(third >= lost + 4 * RETRY, "the wait doubled again");
+    }
+
+    #[tokio::test]
+    async fn a_book_that_loses_sync_soon_after_a_snapshot_waits_longer_each_time() {
+        let mut snapshots = snapshots();
+        snapshots.want("AAA");
+        let _ = snapshots.next_answer().await;
         snapshots.answered("AAA", Answer::Synced);
-        snapshots.queue.clear();
+        // Long in sync: a gap asks at once.
+        let requests = snapshots.symbols.get_mut("AAA").expect("known");
+        requests.synced_at = Some(Instant::now() - STEADY);
+        requests.misses = 3;
         snapshots.next_start = Instant::now();
         snapshots.want("AAA");
-        assert_eq!(snapshots.requests.len(), 1);
+        assert_eq!(snapshots.requests.len(), 1, "asked at once");
+        assert_eq!(snapshots.symbols["AAA"].misses, 0, "misses forgotten");
+        let _ = snapshots.next_answer().await;
+        // In sync, then out again at once: a miss, and a wait.
+        snapshots.answered("AAA", Answer::Synced);
+        let gap = Instant::now();
+        snapshots.next_start = gap;
+        snapshots.want("AAA");
+        assert!(snapshots.requests.is_empty(), "not at once");
+        assert!(snapshots.next_due().expect("queued") >= gap + RETRY);
     }
 
     #[tokio::test]

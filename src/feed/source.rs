@@ -584,6 +584,19 @@ mod tests {
         assert_eq!(binance.format(), Format::BinanceCapture);
         let native = memory("n", "\n{\"tickwire_replay\":1,\"source\":\"x\"}\n").expect("native");
         assert_eq!(native.format(), Format::Native);
+        assert_eq!(native.top_rule(), TopRule::QuotesFirst);
+        let book_first = "{\"tickwire_replay\":1,\"source\":\"x\",\"top_of_book\":\"book\"}\n";
+        let book_first = memory("n", book_first).expect("native");
+        assert_eq!(book_first.top_rule(), TopRule::BookFirst);
+        let mut header = Vec::new();
+        native::encode_header(&mut header, "coinbase", TopRule::BookFirst);
+        let written = memory("n", String::from_utf8_lossy(&header).into_owned()).expect("native");
+        assert_eq!(
+            written.top_rule(),
+            TopRule::BookFirst,
+            "what a recording writes"
+        );
+        assert_eq!(binance.top_rule(), TopRule::QuotesFirst);
         let tardis = memory(
             "t",
             "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\r\n",
@@ -903,6 +916,11 @@ mod tests {
     #[test]
     fn bundled_coinbase_sample() {
         let mut file = ReplayFile::open(&sample("coinbase-sample.ws.gz")).expect("sample opens");
+        assert_eq!(
+            file.top_rule(),
+            TopRule::BookFirst,
+            "Coinbase's book gives the top"
+        );
         assert_eq!(file.format(), Format::CoinbaseCapture);
         let Some(Item::Recognised(Recognised::ConnectionEvent)) = file.next_item() else {
             panic!("the capture starts with the connection");

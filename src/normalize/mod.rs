@@ -96,6 +96,9 @@ pub enum Recognised {
     /// A recorder's note in a capture: a connection opened, or a message the
     /// client sent (Coinbase captures' `wss://...` lines).
     ConnectionEvent,
+    /// A recording's note that the recorded feed lost its connection: the
+    /// books it kept start over from the next connection's snapshot.
+    Disconnect,
     /// An older Coinbase `ticker` (2021 captures): best bid and ask without sizes,
     /// so no quote, and a trade that the matching `match` message already carries.
     TickerWithoutSizes,

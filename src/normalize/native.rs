@@ -1,5 +1,5 @@
 //! tickwire's own replay format: NDJSON, one already-normalized tick or
-//! depth message per line.
+//! depth message per line, and a line where a recorded feed disconnected.
 //!
 //! ```text
 //! {"tickwire_replay":1,"source":"free text"}
@@ -7,6 +7,7 @@
 //! {"recv_ts_ns":1723161255088176367,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"trade","price":"61800.30","size":"0.006"}
 //! {"recv_ts_ns":1723161255319702566,"symbol":"BTCUSDT","exchange_ts_ns":null,"type":"book_snapshot","last_update_id":5123107852948,"bids":[["61800.20","2.507"]],"asks":[["61800.30","2.510"]]}
 //! {"recv_ts_ns":1723161255400000000,"symbol":"BTCUSDT","exchange_ts_ns":1723161256400000000,"type":"book_diff","first_update_id":5123107852950,"last_update_id":5123107852960,"previous_update_id":5123107852948,"bids":[["61800.20","0"]],"asks":[]}
+//! {"recv_ts_ns":1723161299000000000,"type":"disconnect","reason":"read failed: connection reset"}
 //! ```
 //!
 //! A depth line is a venue's book snapshot or diff as it came, with its
@@ -97,6 +98,9 @@ fn parse_root<'de>(
         };
     }
 
+    if obj.get("type").and_then(|v| v.into_string()) == Some("disconnect") {
+        return Ok(Parsed::Recognised(Recognised::Disconnect));
+    }
     let recv_ts_ns = obj
         .get("recv_ts_ns")
         .and_then(|v| v.as_i64())
@@ -311,6 +315,16 @@ pub fn encode_depth(out: &mut Vec<u8>, symbol: &str, depth: &DepthMessage) {
     out.extend_from_slice(b"}\n");
 }
 
+/// Appends a disconnect line, `{"recv_ts_ns":..,"type":"disconnect","reason":".."}`
+/// and `\n`: the recorded feed lost its connection at `recv_ts_ns`.
+pub fn encode_disconnect(out: &mut Vec<u8>, recv_ts_ns: i64, reason: &str) {
+    out.extend_from_slice(b"{\"recv_ts_ns\":");
+    push_int(out, recv_ts_ns);
+    out.extend_from_slice(b",\"type\":\"disconnect\",\"reason\":");
+    crate::protocol::write_json_string(out, reason);
+    out.extend_from_slice(b"}\n");
+}
+
 fn push_int(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
@@ -469,6 +483,12 @@ mod tests {
                 (message.bids.clone(), message.asks.clone())
             );
         }
+        let mut out = Vec::new();
+        encode_disconnect(&mut out, 5, "read failed: \"reset\"");
+        assert_eq!(
+            parse_line(&mut out),
+            Ok(Parsed::Recognised(Recognised::Disconnect))
+        );
         // Without a depth buffer a depth line is only recognised.
         let mut buf = BOOK_DIFF.as_bytes().to_vec();
         assert_eq!(
