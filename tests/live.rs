@@ -77,6 +77,23 @@ async fn live_beside_replay(
     (server, live)
 }
 
+/// A server that replayed the files of a recording, under the prefix
+/// `replay`, to the end, finding nothing malformed.
+async fn replay_of_recording(files: &[std::path::PathBuf]) -> TestServer {
+    let files: Vec<(Option<&str>, std::path::PathBuf)> =
+        files.iter().map(|f| (Some("replay"), f.clone())).collect();
+    let replayed = TestServer::start(
+        ServerConfig::default(),
+        vec![replay_of(&files, Speed::Max, false, false)],
+    )
+    .await;
+    tokio::time::timeout(GUARD, replayed.replays[0].finished())
+        .await
+        .expect("replay ends");
+    assert_eq!(replayed.replays[0].stats().malformed.load(Relaxed), 0);
+    replayed
+}
+
 /// The same lines as a capture file, replayed under the prefix `replay`.
 fn replay_of_lines(lines: &[String]) -> FeedConfig {
     let path = std::env::temp_dir().join(format!(
@@ -462,20 +479,7 @@ async fn a_recording_replays_to_the_same_book_as_the_capture() {
         summary.files
     );
 
-    let files: Vec<(Option<&str>, std::path::PathBuf)> = summary
-        .files
-        .iter()
-        .map(|f| (Some("replay"), f.clone()))
-        .collect();
-    let replayed = TestServer::start(
-        ServerConfig::default(),
-        vec![replay_of(&files, Speed::Max, false, false)],
-    )
-    .await;
-    tokio::time::timeout(GUARD, replayed.replays[0].finished())
-        .await
-        .expect("replay ends");
-    assert_eq!(replayed.replays[0].stats().malformed.load(Relaxed), 0);
+    let replayed = replay_of_recording(&summary.files).await;
     let from_recording = snapshot(&replayed, "replay:BTCUSDT").await;
     let from_capture = snapshot(&capture, "replay:BTCUSDT").await;
     for field in BOOK_FIELDS {
@@ -1137,20 +1141,7 @@ async fn a_coinbase_recording_across_a_reconnect_replays_to_what_was_served_live
     stop.cancel();
     let summary = recording.await.expect("task").expect("recording");
 
-    let files: Vec<(Option<&str>, std::path::PathBuf)> = summary
-        .files
-        .iter()
-        .map(|f| (Some("replay"), f.clone()))
-        .collect();
-    let replayed = TestServer::start(
-        ServerConfig::default(),
-        vec![replay_of(&files, Speed::Max, false, false)],
-    )
-    .await;
-    tokio::time::timeout(GUARD, replayed.replays[0].finished())
-        .await
-        .expect("replay ends");
-    assert_eq!(replayed.replays[0].stats().malformed.load(Relaxed), 0);
+    let replayed = replay_of_recording(&summary.files).await;
     let from_live = snapshot(&server, &format!("live:{PRODUCT}")).await;
     let from_recording = snapshot(&replayed, &format!("replay:{PRODUCT}")).await;
     for field in BOOK_FIELDS {

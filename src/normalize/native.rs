@@ -210,15 +210,7 @@ pub fn encode_header(out: &mut Vec<u8>, source: &str, top_rule: TopRule) {
 /// Appends one tick line, terminated by `\n`, that [`parse_line`] reads back
 /// exactly (decimals keep their scale).
 pub fn encode_tick(out: &mut Vec<u8>, symbol: &str, tick: &Tick) {
-    out.extend_from_slice(b"{\"recv_ts_ns\":");
-    push_int(out, tick.recv_ts_ns);
-    out.extend_from_slice(b",\"symbol\":");
-    crate::protocol::write_json_string(out, symbol);
-    out.extend_from_slice(b",\"exchange_ts_ns\":");
-    match tick.exchange_ts_ns {
-        Some(ts) => push_int(out, ts),
-        None => out.extend_from_slice(b"null"),
-    }
+    push_line_start(out, tick.recv_ts_ns, symbol, tick.exchange_ts_ns);
     match tick.update {
         BookUpdate::Quote {
             bid,
@@ -245,15 +237,7 @@ pub fn encode_tick(out: &mut Vec<u8>, symbol: &str, tick: &Tick) {
 /// [`parse_line_with_depth`] reads back exactly. `depth.symbol` is not
 /// written: the line names `symbol`.
 pub fn encode_depth(out: &mut Vec<u8>, symbol: &str, depth: &DepthMessage) {
-    out.extend_from_slice(b"{\"recv_ts_ns\":");
-    push_int(out, depth.recv_ts_ns);
-    out.extend_from_slice(b",\"symbol\":");
-    crate::protocol::write_json_string(out, symbol);
-    out.extend_from_slice(b",\"exchange_ts_ns\":");
-    match depth.exchange_ts_ns {
-        Some(ts) => push_int(out, ts),
-        None => out.extend_from_slice(b"null"),
-    }
+    push_line_start(out, depth.recv_ts_ns, symbol, depth.exchange_ts_ns);
     let (kind, ids): (&[u8], [(&str, Option<u64>); 3]) = match depth.sequence {
         Sequence::Snapshot => (
             b"book_snapshot",
@@ -323,6 +307,20 @@ pub fn encode_disconnect(out: &mut Vec<u8>, recv_ts_ns: i64, reason: &str) {
     out.extend_from_slice(b",\"type\":\"disconnect\",\"reason\":");
     crate::protocol::write_json_string(out, reason);
     out.extend_from_slice(b"}\n");
+}
+
+/// `{"recv_ts_ns":..,"symbol":"..","exchange_ts_ns":..`, the start every
+/// tick and depth line shares.
+fn push_line_start(out: &mut Vec<u8>, recv_ts_ns: i64, symbol: &str, exchange_ts_ns: Option<i64>) {
+    out.extend_from_slice(b"{\"recv_ts_ns\":");
+    push_int(out, recv_ts_ns);
+    out.extend_from_slice(b",\"symbol\":");
+    crate::protocol::write_json_string(out, symbol);
+    out.extend_from_slice(b",\"exchange_ts_ns\":");
+    match exchange_ts_ns {
+        Some(ts) => push_int(out, ts),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn push_int(out: &mut Vec<u8>, value: i64) {
