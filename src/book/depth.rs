@@ -148,7 +148,7 @@ impl Outcome {
                 Some("a price too large or too precise for the book; waiting for a new snapshot")
             }
             Outcome::CutShort => Some(
-                "the price moved past where the book was cut at its level cap; waiting for a new snapshot",
+                "the price moved past where the book was cut at its level cap; waiting for levels to come back or a new snapshot",
             ),
             _ => None,
         }
