@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 
 use crate::normalize::{BookUpdate, Tick};
 use crate::protocol;
+use depth::Outcome;
 
 /// A price level: price and size, exactly as the venue sent them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +88,13 @@ impl Fold {
         }
         self.exchange_ts_ns = tick.exchange_ts_ns;
         self.updates += 1;
+    }
+
+    /// A fold of one new top of book taken from a depth book.
+    pub fn of_top(top: Top, exchange_ts_ns: Option<i64>) -> Self {
+        let mut fold = Self::default();
+        fold.add_top(top, exchange_ts_ns);
+        fold
     }
 
     /// Folds in a new top of book taken from a depth book (see
@@ -172,22 +180,27 @@ impl TopSource {
         Some(top)
     }
 
-    /// The book left sync (a gap, a crossed book, a price it cannot hold):
-    /// the top taken from it is no longer known, so the best bid and ask
-    /// are emptied (the `Some` to publish) until the book is in sync again,
-    /// or a quote comes.
+    /// After a depth message had `outcome` on the symbol's book, whose best
+    /// levels are now `best`: the top to publish as the symbol's best bid
+    /// and ask, if any (see [`Self::take_from_depth`], [`Self::book_lost`]).
+    pub fn after_depth(&mut self, outcome: Outcome, best: Top) -> Option<Top> {
+        match outcome {
+            // Far levels of a book cut short are in doubt, not the best ones.
+            Outcome::Updated | Outcome::CutShort => self.take_from_depth(best),
+            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => self.book_lost(),
+            Outcome::Buffered | Outcome::Outdated => None,
+        }
+    }
+
+    /// The book left sync (a gap, a crossed book, a price it cannot hold),
+    /// or was dropped with the feed's connection: the top taken from it is
+    /// no longer known, so the best bid and ask are emptied (the `Some` to
+    /// publish; a trade before the book is in sync again must not serve
+    /// them as live) until the book is in sync again, or a quote comes.
     pub fn book_lost(&mut self) -> Option<Top> {
         let was_taken = self.taken.take();
         let empty = (None, None);
         (self.book_is_source() && was_taken.is_some_and(|top| top != empty)).then_some(empty)
-    }
-
-    /// The book was dropped with the feed's connection: as for
-    /// [`Self::book_lost`], the top it gave is emptied (a trade before the
-    /// next book is in sync must not serve it as live), and the next book's
-    /// top is taken afresh.
-    pub fn book_dropped(&mut self) -> Option<Top> {
-        self.book_lost()
     }
 }
 
@@ -409,7 +422,7 @@ pub(crate) mod tests {
             "quotes while out of sync"
         );
         assert_eq!(source.take_from_depth(top), Some(top), "taken afresh");
-        assert_eq!(source.book_dropped(), Some((None, None)), "emptied");
+        assert_eq!(source.book_lost(), Some((None, None)), "emptied");
         assert_eq!(source.take_from_depth(top), Some(top), "a new book's top");
     }
 

@@ -333,19 +333,11 @@ impl Sink for Publisher {
         let outcome = self.hub.update_depth(entry, book, message);
         self.pending.settle(before, book);
         let ingest_ts_ns = wall_clock_ns();
-        let new_top = match outcome {
-            Outcome::Updated => {
-                self.hub.publish_depth(entry, book, 1, ingest_ts_ns);
-                top.take_from_depth(book.best())
-            }
-            // Far levels are in doubt, not the best ones.
-            Outcome::CutShort => top.take_from_depth(book.best()),
-            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => top.book_lost(),
-            Outcome::Buffered | Outcome::Outdated => None,
-        };
-        if let Some(new_top) = new_top {
-            let mut fold = Fold::default();
-            fold.add_top(new_top, book.exchange_ts_ns());
+        if outcome == Outcome::Updated {
+            self.hub.publish_depth(entry, book, 1, ingest_ts_ns);
+        }
+        if let Some(new_top) = top.after_depth(outcome, book.best()) {
+            let fold = Fold::of_top(new_top, book.exchange_ts_ns());
             self.hub.publish_fold(entry, &fold, ingest_ts_ns);
         }
         !book.is_synced() || matches!(outcome, Outcome::CutShort | Outcome::Crossed)
@@ -359,9 +351,8 @@ impl Sink for Publisher {
             if let Some(book) = carried.book.take() {
                 self.pending.release(&book);
                 carried.entry.depth().set_status(SymbolState::Stale, reason);
-                if let Some(empty) = carried.top.book_dropped() {
-                    let mut fold = Fold::default();
-                    fold.add_top(empty, book.exchange_ts_ns());
+                if let Some(empty) = carried.top.book_lost() {
+                    let fold = Fold::of_top(empty, book.exchange_ts_ns());
                     self.hub
                         .publish_fold(&carried.entry, &fold, wall_clock_ns());
                 }

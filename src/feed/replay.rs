@@ -525,13 +525,7 @@ impl Symbols {
         let Some(held) = self.depth.books.get(&index) else {
             return;
         };
-        let top = match outcome {
-            // Far levels of a book cut short are in doubt, not the best ones.
-            Outcome::Updated | Outcome::CutShort => served.top.take_from_depth(held.book.best()),
-            Outcome::Gap | Outcome::Crossed | Outcome::PriceOutOfRange => served.top.book_lost(),
-            Outcome::Buffered | Outcome::Outdated => None,
-        };
-        let Some(top) = top else {
+        let Some(top) = served.top.after_depth(outcome, held.book.best()) else {
             return;
         };
         if served.fold.is_empty() {
@@ -559,9 +553,8 @@ impl Symbols {
                 self.depth.pending.release(&held.book);
                 self.depth.unpublished.retain(|&queued| queued != index);
                 served.entry.depth().set_status(SymbolState::Stale, REASON);
-                if let Some(empty) = served.top.book_dropped() {
-                    let mut fold = Fold::default();
-                    fold.add_top(empty, held.book.exchange_ts_ns());
+                if let Some(empty) = served.top.book_lost() {
+                    let fold = Fold::of_top(empty, held.book.exchange_ts_ns());
                     hub.publish_fold(&served.entry, &fold, wall_clock_ns());
                 }
             }
@@ -669,9 +662,8 @@ impl DepthBooks {
 
     /// Runs `apply` on the book of the served symbol at `served`, notes
     /// whether the book now holds a version to publish, and returns what
-    /// happened. The diffs all books buffer are kept within
-    /// the feed's `pending` budget: past it, the book that grew drops what it
-    /// buffered.
+    /// happened. The diffs all books buffer are kept within the replay's
+    /// `pending` budget: past it, the book that grew drops what it buffered.
     fn apply(&mut self, served: usize, apply: impl FnOnce(&mut DepthBook) -> Outcome) -> Outcome {
         let max_levels = self.max_levels;
         let held = self.books.entry(served).or_insert_with(|| ReplayBook {
