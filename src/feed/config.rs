@@ -301,18 +301,14 @@ pub fn parse(text: &str, path: &Path) -> Result<FeedConfig, ConfigError> {
                     return Err(invalid("field `products` is for coinbase feeds; binance streams are chosen in the URL".into()));
                 }
                 if let Some(template) = &file.depth_snapshot_url {
-                    super::rest::check_template(template.get_ref()).map_err(|e| {
-                        invalid(format!(
-                            "line {}, field `depth_snapshot_url`: {e}",
-                            line_of(template.span())
-                        ))
-                    })?;
-                    check_depth_streams(file.url.get_ref()).map_err(|e| {
-                        invalid(format!(
-                            "line {}, field `depth_snapshot_url`: {e}",
-                            line_of(template.span())
-                        ))
-                    })?;
+                    super::rest::check_template(template.get_ref())
+                        .and_then(|()| check_depth_streams(file.url.get_ref()))
+                        .map_err(|e| {
+                            invalid(format!(
+                                "line {}, field `depth_snapshot_url`: {e}",
+                                line_of(template.span())
+                            ))
+                        })?;
                 }
                 Venue::Binance {
                     depth_snapshot_url: file.depth_snapshot_url.map(toml::Spanned::into_inner),

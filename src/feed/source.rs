@@ -231,14 +231,16 @@ impl ReplayFile {
             file.top_rule = TopRule::BookFirst;
             file.pending = true;
         } else if first.trim_ascii_start().starts_with(b"{") {
-            if let Some(reason) = native::refused_header(first) {
-                return Err(SourceError::UnsupportedVersion {
-                    name: file.name,
-                    reason,
-                });
-            }
+            file.top_rule = match native::read_header(first) {
+                Ok(top_rule) => top_rule,
+                Err(reason) => {
+                    return Err(SourceError::UnsupportedVersion {
+                        name: file.name,
+                        reason,
+                    })
+                }
+            };
             file.parser = Parser::Native;
-            file.top_rule = native::header_top_rule(first);
             file.pending = true;
         } else {
             let header = std::str::from_utf8(first)

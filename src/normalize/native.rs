@@ -33,35 +33,29 @@ use crate::book::{Level, TopRule};
 /// The format version written in, and accepted from, the header line.
 pub const VERSION: i64 = 1;
 
-/// Why a file's first line refuses the whole file: a header of a format
-/// version this build cannot read, whose ticks would otherwise be read as
-/// version 1's. `None` for a good header and for any other line.
-pub fn refused_header(first_line: &[u8]) -> Option<String> {
+/// What a file's first line says of the whole file: the [`TopRule`] a
+/// header names (`"top_of_book":"book"`, for a recording of a feed whose
+/// book's top wins over its quotes; quotes first otherwise, and for any
+/// line that is not a header), or why it refuses the file: a header of a
+/// format version this build cannot read, whose ticks would otherwise be
+/// read as version 1's.
+pub fn read_header(first_line: &[u8]) -> Result<TopRule, String> {
     let mut line = first_line.to_vec();
-    match parse_line(&mut line) {
-        Err(error @ ParseError::UnsupportedVersion(_)) => Some(error.to_string()),
-        Err(ParseError::Field("tickwire_replay")) => {
-            Some("tickwire_replay is not an integer version".into())
-        }
-        _ => None,
-    }
-}
-
-/// The [`TopRule`] a header line names (`"top_of_book":"book"`), for a
-/// recording of a feed whose book's top wins over its quotes; quotes first
-/// for any other line.
-pub fn header_top_rule(first_line: &[u8]) -> TopRule {
-    let mut line = first_line.to_vec();
-    let book = with_tape(&mut line, |root| {
-        let obj = root.as_object().ok_or(ParseError::Line("not an object"))?;
-        let named = obj.get("tickwire_replay").is_some()
-            && obj.get("top_of_book").and_then(|v| v.into_string()) == Some("book");
-        Ok(named)
+    let header = with_tape(&mut line, |root| {
+        let Some(obj) = root.as_object() else {
+            return Ok(None);
+        };
+        let Some(version) = obj.get("tickwire_replay") else {
+            return Ok(None);
+        };
+        let book = obj.get("top_of_book").and_then(|v| v.into_string()) == Some("book");
+        Ok(Some((version.as_i64(), book)))
     });
-    if book == Ok(true) {
-        TopRule::BookFirst
-    } else {
-        TopRule::QuotesFirst
+    match header {
+        Ok(Some((Some(VERSION), true))) => Ok(TopRule::BookFirst),
+        Ok(Some((Some(VERSION), false))) | Ok(None) | Err(_) => Ok(TopRule::QuotesFirst),
+        Ok(Some((Some(other), _))) => Err(ParseError::UnsupportedVersion(other).to_string()),
+        Ok(Some((None, _))) => Err("tickwire_replay is not an integer version".into()),
     }
 }
 
