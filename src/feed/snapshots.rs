@@ -413,6 +413,33 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_a_snapshot_or_a_failure_that_says_why() {
+        let parsed = |body: &str| parse_snapshot(body.as_bytes().to_vec());
+        let snapshot = parsed(r#"{"lastUpdateId":10,"bids":[["99","1"]],"asks":[["101","2"]]}"#)
+            .expect("a REST snapshot");
+        assert_eq!(snapshot.last_update_id, Some(10));
+        assert_eq!((snapshot.bids.len(), snapshot.asks.len()), (1, 1));
+        for (body, says) in [
+            ("<html>busy</html>", "does not parse"),
+            (
+                r#"{"code":-1121,"msg":"Invalid symbol."}"#,
+                "does not parse",
+            ),
+            (
+                r#"{"e":"depthUpdate","s":"X","U":1,"u":1,"b":[],"a":[]}"#,
+                "not a depth snapshot",
+            ),
+            (
+                r#"{"lastUpdateId":10,"bids":[["99","-1"]],"asks":[]}"#,
+                "negative size",
+            ),
+        ] {
+            let error = parsed(body).expect_err(body).to_string();
+            assert!(error.contains(says), "{body}: {error}");
+        }
+    }
+
+    #[test]
     fn a_feed_without_a_snapshot_url_asks_for_nothing() {
         let tls = crate::client::tls_client_config(None).expect("web roots");
         let mut snapshots = DepthSnapshots::new(None, tls, Duration::from_secs(1));
