@@ -100,7 +100,8 @@ pub struct ServeArgs {
     pub listen: ListenAddresses,
     /// Threads serving connections and live and synthetic feeds (default: one
     /// per core); replays run on threads of their own. Fewer leave cores to
-    /// whatever shares the machine, such as a load generator.
+    /// whatever shares the machine, such as a load generator. One thread
+    /// serves its tasks strictly in the order they became ready.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
@@ -395,11 +396,7 @@ pub fn main() -> ExitCode {
         Some(Command::Ingest(args)) => args.serve.workers,
         Some(_) => None,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(usize::from(workers));
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime_for(workers).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -443,11 +440,32 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A runtime with `workers` threads (default: one per core). One worker is a
+/// current-thread runtime, whose run queue is one FIFO list. A multi-thread
+/// runtime's worker queues 256 tasks locally and moves the oldest half of a
+/// longer queue to a shared one, which it visits only every few dozen tasks:
+/// an update for a symbol with 800 subscribers wakes 800 sessions at once,
+/// and on one worker those pushed out waited behind the next updates'
+/// sessions, which doubled the server's tail latency (see
+/// `docs/benchmarks.md`). Several workers need the multi-thread runtime,
+/// which steals work between them.
+fn runtime_for(workers: Option<u16>) -> tokio::runtime::Builder {
+    let cores = || std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = workers.map_or_else(cores, usize::from);
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers);
+    builder
+}
+
 /// Runs `serve` on one of the runtime's workers instead of the thread that
-/// blocks on it. The accept loop then spawns each connection's task onto its
-/// own worker's queue; from the blocking thread, every accepted connection
-/// cost a cross-thread wake-up (an `eventfd` write and a `futex`) and ran the
-/// accept path on a core the sessions and a co-located load client need.
+/// blocks on it (on a current-thread runtime, the two are one). The accept
+/// loop then spawns each connection's task onto its own worker's queue; from
+/// the blocking thread, every accepted connection cost a cross-thread wake-up
+/// (an `eventfd` write and a `futex`) and ran the accept path on a core the
+/// sessions and a co-located load client need.
 async fn on_a_worker<F>(serving: F) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -794,6 +812,17 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_worker_is_a_current_thread_runtime_and_more_share_work() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |workers| {
+            let runtime = runtime_for(Some(workers)).enable_all().build();
+            runtime.map(|r| r.handle().runtime_flavor()).ok()
+        };
+        assert_eq!(flavor(1), Some(RuntimeFlavor::CurrentThread));
+        assert_eq!(flavor(2), Some(RuntimeFlavor::MultiThread));
+    }
 
     /// A SIGTERM that comes before anything waits for it (right after the
     /// server said where it listens) is caught, not the default kill, which
