@@ -9,6 +9,10 @@
 //! accumulates nothing: its slots are already queued, so newer versions simply
 //! replace older ones (conflation), and its memory is bounded by its
 //! subscriptions, never by the feed rate.
+//!
+//! A publisher on a thread of its own (a replay) wakes sessions through a
+//! [`WakeRelay`], a task on the runtime that wakes a whole publish's sessions
+//! there, rather than one cross-thread wake-up per session.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -20,8 +24,10 @@ use arc_swap::ArcSwapOption;
 use futures_util::task::AtomicWaker;
 
 pub mod depth;
+mod relay;
 mod subscribers;
 
+pub use relay::{RelayGuard, WakeRelay};
 use subscribers::Subscribers;
 
 use crate::book::depth::{deepest_served, DEFAULT_MAX_BOOK_DEPTH};
@@ -249,7 +255,9 @@ impl Mailbox {
 
     fn notify(&self) {
         self.pending.store(true, Ordering::Release);
-        self.waker.wake();
+        if !relay::collect(&self.waker) {
+            self.waker.wake();
+        }
     }
 }
 

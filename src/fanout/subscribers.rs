@@ -91,7 +91,8 @@ impl Subscribers {
     }
 
     /// Queues every slot after a change their sessions must see (a new
-    /// version, a new status). The fence pairs with the one in
+    /// version, a new status), and hands the wake-ups a thread off the
+    /// runtime collected to its relay ([`super::WakeRelay`]). The fence pairs with the one in
     /// [`Slot::clear`]: it orders the change before the flag loads in
     /// `Slot::mark`.
     pub(super) fn queue_all(&self) {
@@ -110,6 +111,7 @@ impl Subscribers {
                 chunk[usize::from(i)].mark();
             }
         }
+        super::relay::hand_over();
     }
 
     #[cfg(test)]

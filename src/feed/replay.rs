@@ -31,7 +31,7 @@ use crate::book::depth::{
     DEFAULT_MAX_PENDING_LEVELS_ALL_BOOKS,
 };
 use crate::book::{Fold, TopRule, TopSource};
-use crate::fanout::{Hub, SymbolEntry, SymbolState};
+use crate::fanout::{Hub, SymbolEntry, SymbolState, WakeRelay};
 use crate::metrics::{FeedStats, WarningLimiter};
 use crate::normalize::{Recognised, Tick};
 use crate::wall_clock_ns;
@@ -186,9 +186,12 @@ pub fn spawn(
         config,
         shutdown,
     };
+    // Sessions are woken on the runtime, a publish's at once.
+    let relay = WakeRelay::start();
     std::thread::Builder::new()
         .name(format!("replay-{}", player.config.name))
         .spawn(move || {
+            let _relayed = relay.as_ref().map(WakeRelay::enter);
             if player.config.start_paused && !player.wait_for_start(&start_rx) {
                 return;
             }
