@@ -12,9 +12,9 @@
 //!
 //! The hand-over happens at the end of every [`Subscribers::queue_all`], the
 //! one place publishers queue slots, so a wake-up is never held past the
-//! publish that made it. At most one waker per session is queued: a session's
-//! waker is taken when it is handed over and comes back only when the session
-//! waits again.
+//! publish that made it. A session's waker is taken when it is collected and
+//! comes back only once the session waits again, so the list grows with the
+//! sessions woken, not with the publishes.
 //!
 //! [`Subscribers::queue_all`]: super::subscribers::Subscribers::queue_all
 
