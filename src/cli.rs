@@ -101,7 +101,7 @@ pub struct ServeArgs {
     /// Threads serving connections and live and synthetic feeds (default: one
     /// per core); replays run on threads of their own. Fewer leave cores to
     /// whatever shares the machine, such as a load generator. One thread
-    /// serves its tasks strictly in the order they became ready.
+    /// serves its tasks first come, first served.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
@@ -440,24 +440,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A runtime with `workers` threads (default: one per core). One worker is a
-/// current-thread runtime, whose run queue is one FIFO list. A multi-thread
-/// runtime's worker queues 256 tasks locally and moves the oldest half of a
-/// longer queue to a shared one, which it visits only every few dozen tasks:
-/// an update for a symbol with 800 subscribers wakes 800 sessions at once,
-/// and on one worker those pushed out waited behind the next updates'
-/// sessions, which doubled the server's tail latency (see
-/// `docs/benchmarks.md`). Several workers need the multi-thread runtime,
-/// which steals work between them.
+/// A runtime with `workers` threads (default: tokio's, one per core). One
+/// worker is a current-thread runtime, whose run queue is one FIFO list. A
+/// multi-thread runtime's worker runs the task woken last next, queues 256
+/// more locally and moves the oldest half of a longer queue to a shared one,
+/// which it visits only every few dozen tasks: an update for a symbol with
+/// 800 subscribers wakes 800 sessions at once, and on one worker those pushed
+/// out waited behind the next updates' sessions, which doubled the server's
+/// tail latency. The price is that a handshake's next step no longer jumps
+/// the queue either, so connecting takes longer while thousands of clients
+/// stream (see `docs/benchmarks.md`). Several workers need the multi-thread
+/// runtime, which steals work between them.
 fn runtime_for(workers: Option<u16>) -> tokio::runtime::Builder {
-    let cores = || std::thread::available_parallelism().map_or(1, usize::from);
-    let workers = workers.map_or_else(cores, usize::from);
-    if workers == 1 {
-        return tokio::runtime::Builder::new_current_thread();
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(workers));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(workers);
-    builder
 }
 
 /// Runs `serve` on one of the runtime's workers instead of the thread that

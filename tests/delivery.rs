@@ -154,6 +154,43 @@ async fn every_client_converges_to_the_file_and_the_snapshot_whatever_its_speed(
     assert!(metric(&page, "tickwire_updates_conflated_total") >= slow_skipped as f64);
 }
 
+/// On a current-thread runtime, the server's with one worker, a replay hands
+/// the wake-ups of what it publishes to a task on the runtime
+/// (`fanout::WakeRelay`). Paced in real time, the replay is far from over
+/// when every client has had live updates, and with no pings to wake a
+/// session, each of them came through that task.
+#[tokio::test]
+async fn on_one_thread_a_paced_replay_reaches_every_client_while_it_plays() {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Factor(1.0), false, true);
+    let mut config = ServerConfig::default();
+    config.session.ping_interval = Duration::from_secs(24 * 3600);
+    let server = TestServer::start(config, vec![replay]).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client = Client::connect(&server.url("")).await;
+        client
+            .send(serde_json::json!({"op": "subscribe", "id": 1, "symbols": SYMBOLS}))
+            .await;
+        client.recv_type("subscribed").await;
+        clients.push(client);
+    }
+    server.replays[0].start();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut live_updates = 0;
+        while live_updates < 20 {
+            let message = tokio::time::timeout(GUARD, client.recv_type("ticker"))
+                .await
+                .unwrap_or_else(|_| panic!("client {i} is sent live updates"));
+            live_updates += usize::from(message["snapshot"] == false);
+        }
+    }
+    assert!(
+        !server.replays[0].stats().ended.load(Relaxed),
+        "the replay still plays"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tardis_quotes_and_trades_merge_into_one_book() {
     let files = [(None, sample(TARDIS_QUOTES)), (None, sample(TARDIS_TRADES))];

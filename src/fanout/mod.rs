@@ -10,9 +10,10 @@
 //! replace older ones (conflation), and its memory is bounded by its
 //! subscriptions, never by the feed rate.
 //!
-//! A publisher on a thread of its own (a replay) wakes sessions through a
-//! [`WakeRelay`], a task on the runtime that wakes a whole publish's sessions
-//! there, rather than one cross-thread wake-up per session.
+//! On a current-thread runtime, a publisher on a thread of its own (a replay)
+//! wakes sessions through a [`WakeRelay`], a task on the runtime that wakes a
+//! whole publish's sessions there, rather than one cross-thread wake-up per
+//! session.
 
 use std::collections::HashMap;
 use std::future::poll_fn;

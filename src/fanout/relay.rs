@@ -1,20 +1,22 @@
 //! Wake-ups from publishers that run off the runtime, handed over in batches.
 //!
 //! A replay plays on a thread of its own, so every session it wakes is woken
-//! from outside the runtime: on a current-thread runtime each such wake-up
-//! writes to the runtime's `eventfd` (a system call, every time), and on a
-//! multi-thread one it takes the lock of the shared queue. A thread that has
-//! entered a [`WakeRelay`] instead collects the wakers one publish reaches and
-//! hands them over at once to a task on the runtime, which wakes them there,
-//! where a wake-up is a push onto a local queue. A publish then costs at most
-//! one cross-thread wake-up (none while the relaying task is already due to
-//! run), however many sessions it reaches.
+//! from outside the runtime, and a current-thread runtime (the server's with
+//! one worker) writes to its `eventfd` for each such wake-up: a system call
+//! per session. A thread that has entered a [`WakeRelay`] instead collects
+//! the wakers one publish reaches and hands them over at once to a task on
+//! the runtime, which wakes them there, where a wake-up is a push onto the
+//! local queue. A publish then costs at most one cross-thread wake-up (none
+//! while the relaying task is already due to run), however many sessions it
+//! reaches. A multi-thread runtime keeps its own way: it makes a system call
+//! only to rouse an idle worker, and a task waking hundreds of others there
+//! would overflow its worker's local queue.
 //!
 //! The hand-over happens at the end of every [`Subscribers::queue_all`], the
 //! one place publishers queue slots, so a wake-up is never held past the
 //! publish that made it. A session's waker is taken when it is collected and
-//! comes back only once the session waits again, so the list grows with the
-//! sessions woken, not with the publishes.
+//! is back only once the session has been polled again, so the list holds
+//! about one waker per session woken since the relaying task last ran.
 //!
 //! [`Subscribers::queue_all`]: super::subscribers::Subscribers::queue_all
 
@@ -38,6 +40,9 @@ struct Shared {
     handed_over: Mutex<Vec<Waker>>,
     relaying_task: AtomicWaker,
     closed: AtomicBool,
+    /// Set once the relaying task has ended or was dropped with its runtime:
+    /// from then on wake-ups go straight to their tasks.
+    gone: AtomicBool,
 }
 
 thread_local! {
@@ -52,26 +57,33 @@ struct Relayed {
 }
 
 impl WakeRelay {
-    /// Starts the relaying task on the current runtime. Outside one there is
-    /// nothing to relay to (`None`): wake-ups then go straight to their tasks.
+    /// Starts the relaying task on the current runtime if that is a
+    /// current-thread one. Otherwise (`None`) wake-ups go straight to their
+    /// tasks: outside a runtime there is nothing to relay to, and a
+    /// multi-thread runtime is better left to place them itself.
     pub fn start() -> Option<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
         let shared = Arc::new(Shared::default());
         runtime.spawn(relay(shared.clone()));
         Some(Self { shared })
     }
 
-    /// Routes this thread's wake-ups through the relay until the guard is
-    /// dropped.
-    pub fn enter(&self) -> RelayGuard {
+    /// Routes this thread's wake-ups through the relay until the guard,
+    /// which cannot outlive the relay, is dropped. One relay per thread.
+    pub fn enter(&self) -> RelayGuard<'_> {
         RELAYED.with(|relayed| {
-            *relayed.borrow_mut() = Some(Relayed {
+            let mut relayed = relayed.borrow_mut();
+            debug_assert!(relayed.is_none(), "this thread already relays");
+            *relayed = Some(Relayed {
                 shared: self.shared.clone(),
                 collected: Vec::new(),
             });
         });
         RelayGuard {
-            _not_send: std::marker::PhantomData,
+            _relay: std::marker::PhantomData,
         }
     }
 }
@@ -87,39 +99,48 @@ impl Drop for WakeRelay {
 /// Keeps the thread that made it publishing through a relay; dropping it
 /// hands over anything collected and ends that.
 #[derive(Debug)]
-pub struct RelayGuard {
-    /// The setting belongs to the thread that entered.
-    _not_send: std::marker::PhantomData<*const ()>,
+pub struct RelayGuard<'relay> {
+    /// Borrows the relay, and is not `Send`: the setting belongs to the
+    /// thread that entered.
+    _relay: std::marker::PhantomData<(&'relay WakeRelay, *const ())>,
 }
 
-impl Drop for RelayGuard {
+impl Drop for RelayGuard<'_> {
     fn drop(&mut self) {
         hand_over();
-        RELAYED.with(|relayed| relayed.borrow_mut().take());
+        let _ = RELAYED.try_with(|relayed| {
+            if let Ok(mut relayed) = relayed.try_borrow_mut() {
+                relayed.take();
+            }
+        });
     }
 }
 
 /// Takes `waker`'s waker for the relay if this thread publishes through one
 /// (true), else leaves it to be woken at once (false).
 pub(super) fn collect(waker: &AtomicWaker) -> bool {
-    RELAYED.with(|relayed| {
+    let collected = RELAYED.try_with(|relayed| {
         let Ok(mut relayed) = relayed.try_borrow_mut() else {
             return false;
         };
         let Some(relayed) = relayed.as_mut() else {
             return false;
         };
+        if relayed.shared.gone.load(Ordering::Acquire) {
+            return false;
+        }
         if let Some(waker) = waker.take() {
             relayed.collected.push(waker);
         }
         true
-    })
+    });
+    collected.unwrap_or(false)
 }
 
 /// Hands what this thread collected to the relaying task, waking that task
 /// if it had nothing pending (else it is already due to run).
 pub(super) fn hand_over() {
-    RELAYED.with(|relayed| {
+    let _ = RELAYED.try_with(|relayed| {
         let Ok(mut relayed) = relayed.try_borrow_mut() else {
             return;
         };
@@ -129,20 +150,38 @@ pub(super) fn hand_over() {
         if relayed.collected.is_empty() {
             return;
         }
+        let shared = &relayed.shared;
         let was_idle = {
-            let shared = &relayed.shared;
             let mut handed_over = shared.handed_over.lock().unwrap_or_else(|e| e.into_inner());
             let was_idle = handed_over.is_empty();
             handed_over.append(&mut relayed.collected);
             was_idle
         };
-        if was_idle {
-            relayed.shared.relaying_task.wake();
+        if shared.gone.load(Ordering::Acquire) {
+            // Nobody will take them: wake them here, as without a relay.
+            let orphans =
+                std::mem::take(&mut *shared.handed_over.lock().unwrap_or_else(|e| e.into_inner()));
+            orphans.into_iter().for_each(Waker::wake);
+        } else if was_idle {
+            shared.relaying_task.wake();
         }
     });
 }
 
+/// Marks the relay gone when its task ends, or is dropped with its runtime.
+struct MarkGone(Arc<Shared>);
+
+impl Drop for MarkGone {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Release);
+    }
+}
+
+/// Wakes what is handed over until the relay is closed. It does not yield
+/// between batches: on a current-thread runtime none of the sessions it woke
+/// can wait again (and be collected again) before it does.
 async fn relay(shared: Arc<Shared>) {
+    let _gone = MarkGone(shared.clone());
     // Swapped with the shared list, so both keep their storage.
     let mut taken = Vec::new();
     loop {
@@ -236,6 +275,8 @@ mod tests {
             let _inside = runtime.enter();
             WakeRelay::start().expect("started inside a runtime")
         };
+        // Waiting for a hand-over, as it does between publishes.
+        run_tasks(&runtime);
         let sessions: Vec<Session> = (0..100).map(|_| Session::waiting()).collect();
         let subscribers = Subscribers::default();
         for session in &sessions {
@@ -273,6 +314,36 @@ mod tests {
         subscribers.queue_all();
         assert_eq!(session.wakes(), 1);
         assert!(WakeRelay::start().is_none(), "no runtime to relay to");
+    }
+
+    #[test]
+    fn a_multi_thread_runtime_places_its_wake_ups_itself() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("a multi-thread runtime");
+        let _inside = runtime.enter();
+        assert!(WakeRelay::start().is_none());
+    }
+
+    #[test]
+    fn once_its_runtime_is_gone_a_relay_lets_wake_ups_through() {
+        let runtime = runtime();
+        let relay = {
+            let _inside = runtime.enter();
+            WakeRelay::start().expect("started inside a runtime")
+        };
+        run_tasks(&runtime);
+        // Shutting the runtime down drops the relaying task unfinished.
+        drop(runtime);
+        let session = Session::waiting();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _relayed = relay.enter();
+                session.mailbox.notify();
+            });
+        });
+        assert_eq!(session.wakes(), 1);
     }
 
     #[test]
