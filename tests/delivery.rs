@@ -49,16 +49,10 @@ async fn read_until_converged(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_client_converges_to_the_file_and_the_snapshot_whatever_its_speed() {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
-    let replay = replay_of(&files, Speed::Max, false, true);
-    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
-
-    // Everyone subscribes before the first update, so the slow reader is
-    // behind from the start.
+/// `count` clients, each subscribed to both symbols.
+async fn subscribed_clients(server: &TestServer, count: usize) -> Vec<Client> {
     let mut clients = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..count {
         let mut client = Client::connect(&server.url("")).await;
         client
             .send(serde_json::json!({"op": "subscribe", "id": 1, "symbols": SYMBOLS}))
@@ -69,6 +63,18 @@ async fn every_client_converges_to_the_file_and_the_snapshot_whatever_its_speed(
         );
         clients.push(client);
     }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_converges_to_the_file_and_the_snapshot_whatever_its_speed() {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    let replay = replay_of(&files, Speed::Max, false, true);
+    let server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+
+    // Everyone subscribes before the first update, so the slow reader is
+    // behind from the start.
+    let clients = subscribed_clients(&server, 8).await;
     server.replays[0].start();
 
     let mut readers = Vec::new();
@@ -166,15 +172,7 @@ async fn on_one_thread_a_paced_replay_reaches_every_client_while_it_plays() {
     let mut config = ServerConfig::default();
     config.session.ping_interval = Duration::from_secs(24 * 3600);
     let server = TestServer::start(config, vec![replay]).await;
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let mut client = Client::connect(&server.url("")).await;
-        client
-            .send(serde_json::json!({"op": "subscribe", "id": 1, "symbols": SYMBOLS}))
-            .await;
-        client.recv_type("subscribed").await;
-        clients.push(client);
-    }
+    let mut clients = subscribed_clients(&server, 8).await;
     server.replays[0].start();
     for (i, client) in clients.iter_mut().enumerate() {
         let mut live_updates = 0;
