@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 
 use super::{Hub, Slot, Status, Subscribers, SymbolEntry, SymbolState, SymbolStatus};
 use crate::book::depth::{DepthBook, DepthSnapshot, Outcome};
+use crate::book::{Fold, TopSource};
 use crate::metrics::depth::DepthEvent;
 use crate::normalize::depth::DepthMessage;
 
@@ -125,6 +126,24 @@ impl Hub {
         }
         metrics.count(DepthEvent::from(outcome));
         outcome
+    }
+
+    /// A feed dropped `entry`'s book `book` with the connection it came
+    /// on (a live feed's, or a recording's `disconnect` line): the book is
+    /// stale for `reason` until the next connection's snapshot, and a best
+    /// bid and ask it gave the ticker (by `top`) is emptied.
+    pub fn drop_depth_book(
+        &self,
+        entry: &SymbolEntry,
+        book: &DepthBook,
+        top: &mut TopSource,
+        reason: &str,
+    ) {
+        entry.depth().set_status(SymbolState::Stale, reason);
+        if let Some(empty) = top.book_lost() {
+            let fold = Fold::of_top(empty, book.exchange_ts_ns());
+            self.publish_fold(entry, &fold, crate::wall_clock_ns());
+        }
     }
 
     /// Publishes the best levels of `book`, which the last

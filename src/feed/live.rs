@@ -350,12 +350,8 @@ impl Sink for Publisher {
         for carried in self.symbols.values_mut() {
             if let Some(book) = carried.book.take() {
                 self.pending.release(&book);
-                carried.entry.depth().set_status(SymbolState::Stale, reason);
-                if let Some(empty) = carried.top.book_lost() {
-                    let fold = Fold::of_top(empty, book.exchange_ts_ns());
-                    self.hub
-                        .publish_fold(&carried.entry, &fold, wall_clock_ns());
-                }
+                self.hub
+                    .drop_depth_book(&carried.entry, &book, &mut carried.top, reason);
             }
             // After the emptied top, which counts as a fresh update.
             self.hub

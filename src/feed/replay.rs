@@ -555,11 +555,7 @@ impl Symbols {
             if let Some(held) = self.depth.books.remove(&index) {
                 self.depth.pending.release(&held.book);
                 self.depth.unpublished.retain(|&queued| queued != index);
-                served.entry.depth().set_status(SymbolState::Stale, REASON);
-                if let Some(empty) = served.top.book_lost() {
-                    let fold = Fold::of_top(empty, held.book.exchange_ts_ns());
-                    hub.publish_fold(&served.entry, &fold, wall_clock_ns());
-                }
+                hub.drop_depth_book(&served.entry, &held.book, &mut served.top, REASON);
             }
             hub.set_status(&served.entry, SymbolState::Stale, REASON);
         }
