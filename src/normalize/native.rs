@@ -29,6 +29,7 @@ use super::binance::{levels, with_tape};
 use super::depth::{DepthMessage, Sequence};
 use super::{decimal, BookUpdate, ParseError, Parsed, Recognised, Tick};
 use crate::book::{Level, TopRule};
+use crate::protocol::{write_decimal, write_int, write_json_string};
 
 /// The format version written in, and accepted from, the header line.
 pub const VERSION: i64 = 1;
@@ -192,9 +193,9 @@ fn dec(obj: &Object<'_, '_>, key: &'static str) -> Result<Decimal, ParseError> {
 /// `\n`, with `"top_of_book":"book"` for [`TopRule::BookFirst`].
 pub fn encode_header(out: &mut Vec<u8>, source: &str, top_rule: TopRule) {
     out.extend_from_slice(b"{\"tickwire_replay\":");
-    push_int(out, VERSION);
+    write_int(out, VERSION);
     out.extend_from_slice(b",\"source\":");
-    crate::protocol::write_json_string(out, source);
+    write_json_string(out, source);
     if top_rule == TopRule::BookFirst {
         out.extend_from_slice(b",\"top_of_book\":\"book\"");
     }
@@ -271,7 +272,7 @@ pub fn encode_depth(out: &mut Vec<u8>, symbol: &str, depth: &DepthMessage) {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"\":");
-            out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            write_int(out, value);
         }
     }
     for (key, side) in [("bids", &depth.bids), ("asks", &depth.asks)] {
@@ -283,9 +284,9 @@ pub fn encode_depth(out: &mut Vec<u8>, symbol: &str, depth: &DepthMessage) {
                 out.push(b',');
             }
             out.extend_from_slice(b"[\"");
-            crate::protocol::write_decimal(out, *price);
+            write_decimal(out, *price);
             out.extend_from_slice(b"\",\"");
-            crate::protocol::write_decimal(out, *size);
+            write_decimal(out, *size);
             out.extend_from_slice(b"\"]");
         }
         out.push(b']');
@@ -297,9 +298,9 @@ pub fn encode_depth(out: &mut Vec<u8>, symbol: &str, depth: &DepthMessage) {
 /// and `\n`: the recorded feed lost its connection at `recv_ts_ns`.
 pub fn encode_disconnect(out: &mut Vec<u8>, recv_ts_ns: i64, reason: &str) {
     out.extend_from_slice(b"{\"recv_ts_ns\":");
-    push_int(out, recv_ts_ns);
+    write_int(out, recv_ts_ns);
     out.extend_from_slice(b",\"type\":\"disconnect\",\"reason\":");
-    crate::protocol::write_json_string(out, reason);
+    write_json_string(out, reason);
     out.extend_from_slice(b"}\n");
 }
 
@@ -307,18 +308,14 @@ pub fn encode_disconnect(out: &mut Vec<u8>, recv_ts_ns: i64, reason: &str) {
 /// tick and depth line shares.
 fn push_line_start(out: &mut Vec<u8>, recv_ts_ns: i64, symbol: &str, exchange_ts_ns: Option<i64>) {
     out.extend_from_slice(b"{\"recv_ts_ns\":");
-    push_int(out, recv_ts_ns);
+    write_int(out, recv_ts_ns);
     out.extend_from_slice(b",\"symbol\":");
-    crate::protocol::write_json_string(out, symbol);
+    write_json_string(out, symbol);
     out.extend_from_slice(b",\"exchange_ts_ns\":");
     match exchange_ts_ns {
-        Some(ts) => push_int(out, ts),
+        Some(ts) => write_int(out, ts),
         None => out.extend_from_slice(b"null"),
     }
-}
-
-fn push_int(out: &mut Vec<u8>, value: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Writes `,"key":"value"`; keys are plain identifiers and a decimal's text
@@ -327,7 +324,7 @@ fn push_decimal(out: &mut Vec<u8>, key: &str, value: Decimal) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":\"");
-    crate::protocol::write_decimal(out, value);
+    write_decimal(out, value);
     out.push(b'"');
 }
 
