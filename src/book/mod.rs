@@ -383,22 +383,13 @@ pub(crate) mod tests {
         assert_eq!(trade_only.ask, None);
     }
 
-    fn quote_update(bid: &str) -> BookUpdate {
-        BookUpdate::Quote {
-            bid: dec(bid),
-            bid_size: dec("1"),
-            ask: dec("9"),
-            ask_size: dec("1"),
-        }
-    }
-
     #[test]
     fn quotes_first_takes_the_books_top_only_until_the_first_quote() {
         let mut source = TopSource::new(TopRule::QuotesFirst);
         let top = (Some(level("1", "1")), Some(level("2", "1")));
         assert_eq!(source.take_from_depth(top), Some(top));
         assert_eq!(source.take_from_depth(top), None, "an unmoved top");
-        assert!(source.takes(&quote_update("1.5")));
+        assert!(source.takes(&quote("1.5", "9").update));
         let moved = (Some(level("1.1", "1")), top.1);
         assert_eq!(source.take_from_depth(moved), None, "quotes win now");
         assert_eq!(source.book_lost(), None, "the quotes' top stands");
@@ -407,10 +398,13 @@ pub(crate) mod tests {
     #[test]
     fn book_first_takes_quotes_only_while_the_book_is_out_of_sync() {
         let mut source = TopSource::new(TopRule::BookFirst);
-        assert!(source.takes(&quote_update("1.5")), "no book yet");
+        assert!(source.takes(&quote("1.5", "9").update), "no book yet");
         let top = (Some(level("1", "1")), Some(level("2", "1")));
         assert_eq!(source.take_from_depth(top), Some(top));
-        assert!(!source.takes(&quote_update("1.6")), "the book's top stands");
+        assert!(
+            !source.takes(&quote("1.6", "9").update),
+            "the book's top stands"
+        );
         let trade = BookUpdate::Trade {
             price: dec("1"),
             size: dec("1"),
@@ -418,7 +412,7 @@ pub(crate) mod tests {
         assert!(source.takes(&trade), "trades always count");
         assert_eq!(source.book_lost(), Some((None, None)), "emptied");
         assert!(
-            source.takes(&quote_update("1.7")),
+            source.takes(&quote("1.7", "9").update),
             "quotes while out of sync"
         );
         assert_eq!(source.take_from_depth(top), Some(top), "taken afresh");

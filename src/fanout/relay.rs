@@ -253,10 +253,16 @@ mod tests {
         }
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
+    /// A current-thread runtime and a relay started on it.
+    fn runtime_with_relay() -> (tokio::runtime::Runtime, WakeRelay) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
-            .expect("a current-thread runtime")
+            .expect("a current-thread runtime");
+        let relay = {
+            let _inside = runtime.enter();
+            WakeRelay::start().expect("started inside a runtime")
+        };
+        (runtime, relay)
     }
 
     /// Gives the runtime's tasks (the relaying one) their turns.
@@ -270,11 +276,7 @@ mod tests {
 
     #[test]
     fn a_publish_off_the_runtime_wakes_its_sessions_on_the_runtime() {
-        let runtime = runtime();
-        let relay = {
-            let _inside = runtime.enter();
-            WakeRelay::start().expect("started inside a runtime")
-        };
+        let (runtime, relay) = runtime_with_relay();
         // Waiting for a hand-over, as it does between publishes.
         run_tasks(&runtime);
         let sessions: Vec<Session> = (0..100).map(|_| Session::waiting()).collect();
@@ -328,11 +330,7 @@ mod tests {
 
     #[test]
     fn once_its_runtime_is_gone_a_relay_lets_wake_ups_through() {
-        let runtime = runtime();
-        let relay = {
-            let _inside = runtime.enter();
-            WakeRelay::start().expect("started inside a runtime")
-        };
+        let (runtime, relay) = runtime_with_relay();
         run_tasks(&runtime);
         // Shutting the runtime down drops the relaying task unfinished.
         drop(runtime);
@@ -348,11 +346,7 @@ mod tests {
 
     #[test]
     fn leaving_the_relay_hands_over_what_it_holds_and_closing_it_ends_its_task() {
-        let runtime = runtime();
-        let relay = {
-            let _inside = runtime.enter();
-            WakeRelay::start().expect("started inside a runtime")
-        };
+        let (runtime, relay) = runtime_with_relay();
         let session = Session::waiting();
         std::thread::scope(|scope| {
             scope.spawn(|| {

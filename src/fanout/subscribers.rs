@@ -92,9 +92,9 @@ impl Subscribers {
 
     /// Queues every slot after a change their sessions must see (a new
     /// version, a new status), and hands the wake-ups a thread off the
-    /// runtime collected to its relay ([`super::WakeRelay`]). The fence pairs with the one in
-    /// [`Slot::clear`]: it orders the change before the flag loads in
-    /// `Slot::mark`.
+    /// runtime collected to its relay ([`super::WakeRelay`]). The fence
+    /// pairs with the one in [`Slot::clear`]: it orders the change before
+    /// the flag loads in `Slot::mark`.
     pub(super) fn queue_all(&self) {
         fence(Ordering::SeqCst);
         for chunk in self.chunks.load().iter() {

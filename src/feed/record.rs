@@ -228,9 +228,7 @@ impl Recorder {
         self.close_current()?;
         Ok(self.summary)
     }
-}
 
-impl Recorder {
     /// Keeps the first write error and stops the recording at it.
     fn fail(&mut self, error: RecordError) {
         tracing::error!(%error, "recording stops");
