@@ -101,7 +101,8 @@ pub struct ServeArgs {
     /// Threads serving connections and live and synthetic feeds (default: one
     /// per core); replays run on threads of their own. Fewer leave cores to
     /// whatever shares the machine, such as a load generator. One thread
-    /// serves its tasks first come, first served.
+    /// serves its tasks first come, first served, and HTTP (handshakes
+    /// included) then runs on a thread of its own.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
@@ -447,10 +448,10 @@ pub fn main() -> ExitCode {
 /// which it visits only every few dozen tasks: an update for a symbol with
 /// 800 subscribers wakes 800 sessions at once, and on one worker those pushed
 /// out waited behind the next updates' sessions, which doubled the server's
-/// tail latency. The price is that a handshake's next step no longer jumps
-/// the queue either, so connecting takes longer while thousands of clients
-/// stream (see `docs/benchmarks.md`). Several workers need the multi-thread
-/// runtime, which steals work between them.
+/// tail latency. A handshake's next step would no longer jump the queue
+/// either, so on one worker HTTP runs on a thread of its own
+/// ([`server::run_fronted`]). Several workers need the multi-thread runtime,
+/// which steals work between them.
 fn runtime_for(workers: Option<u16>) -> tokio::runtime::Builder {
     match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -681,7 +682,14 @@ async fn serve_with(
             if symbols == 1 { "" } else { "s" }
         );
     }
-    server::run_on(listeners, hub, config, shutdown).await?;
+    // One current-thread worker runs woken tasks in order: handshakes get a
+    // thread of their own rather than queue behind the streaming sessions.
+    let flavor = tokio::runtime::Handle::current().runtime_flavor();
+    if flavor == tokio::runtime::RuntimeFlavor::CurrentThread {
+        server::run_fronted(listeners, hub, config, shutdown).await?;
+    } else {
+        server::run_on(listeners, hub, config, shutdown).await?;
+    }
     feeds_shutdown.cancel();
     if let Some(publisher) = publisher {
         publisher.stopped().await;

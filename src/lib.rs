@@ -38,7 +38,8 @@
 //!   ([`session::transport`]).
 //! - [`server`] accepts connections (TLS with [`server::tls`]), serves HTTP
 //!   (the dashboard, `/healthz`, `/metrics`, `/api/...`), admits or refuses
-//!   clients, upgrades `/ws` into sessions, streams `/sse`, gives the memory
+//!   clients, upgrades `/ws` into sessions (on a thread of its own when
+//!   one worker serves them: [`server::run_fronted`]), streams `/sse`, gives the memory
 //!   of clients that left back to the system ([`server::memory`]), and shuts
 //!   down with 1001.
 //! - [`auth`] checks a client's credentials (JWTs, API keys) into a

@@ -120,7 +120,7 @@ impl Gateway {
         self.server
             .hub
             .metrics()
-            .render(self.server.hub.symbol_count())
+            .render(self.server.hub.symbol_count(), None)
     }
 }
 

@@ -10,15 +10,62 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use tickwire::feed::replay::Speed;
+use tickwire::feed::replay::{ReplayConfig, Speed};
 use tickwire::server::ServerConfig;
 use tokio::io::AsyncWriteExt as _;
 
+fn looping_usdm() -> Vec<ReplayConfig> {
+    let files = [(Some("usdm"), sample(USDM))];
+    vec![replay_of(&files, Speed::Factor(1.0), true, false)]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_every_client_with_1001() {
-    let files = [(Some("usdm"), sample(USDM))];
-    let replay = replay_of(&files, Speed::Factor(1.0), true, false);
-    let mut server = TestServer::start(ServerConfig::default(), vec![replay]).await;
+    let server = TestServer::start(ServerConfig::default(), looping_usdm()).await;
+    closes_every_client_with_1001(server).await;
+}
+
+#[tokio::test]
+async fn with_http_on_its_own_thread_shutdown_closes_every_client_with_1001() {
+    let server = TestServer::start_fronted(ServerConfig::default(), looping_usdm()).await;
+    closes_every_client_with_1001(server).await;
+}
+
+#[tokio::test]
+async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_are_busy() {
+    let server = TestServer::start_fronted(ServerConfig::default(), looping_usdm()).await;
+    let (addr, url) = (server.addr, server.url("?symbols=usdm:BTCUSDT"));
+    let (answered, handshaken) = std::sync::mpsc::channel();
+    let (streamed, client_done) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        runtime.block_on(async move {
+            let (health, _) = http_get(addr, "/healthz").await;
+            let mut client = Client::connect(&url).await;
+            let _ = answered.send(health);
+            client.recv_type("subscribed").await;
+            let ticker = client.recv_type("ticker").await;
+            let _ = streamed.send(ticker);
+        });
+    });
+    // This thread runs the sessions' runtime: until this returns, only the
+    // HTTP thread can answer.
+    let health = handshaken
+        .recv_timeout(GUARD)
+        .expect("HTTP and the handshake answered while the sessions' runtime was held");
+    assert_eq!(health, 200);
+    // Given its runtime back, the session takes over the socket and streams.
+    let ticker = tokio::time::timeout(GUARD, client_done)
+        .await
+        .expect("the session streams in time")
+        .expect("the client saw a subscription and a ticker");
+    assert_eq!(ticker["symbol"], "usdm:BTCUSDT");
+}
+
+async fn closes_every_client_with_1001(mut server: TestServer) {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;

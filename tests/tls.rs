@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
-use tickwire::feed::replay::Speed;
+use tickwire::feed::replay::{ReplayConfig, Speed};
 use tickwire::server::ServerConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -56,23 +56,39 @@ fn certificate() -> Certificate {
     }
 }
 
-async fn tls_server(certificate: &Certificate) -> TestServer {
+fn tls_setup(certificate: &Certificate) -> (ServerConfig, Vec<ReplayConfig>) {
     let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
     let config = ServerConfig {
         tls: Some(certificate.server.clone()),
         ..ServerConfig::default()
     };
-    TestServer::start(
+    (
         config,
         vec![replay_of(&files, Speed::Factor(1.0), true, false)],
     )
-    .await
+}
+
+async fn tls_server(certificate: &Certificate) -> TestServer {
+    let (config, replays) = tls_setup(certificate);
+    TestServer::start(config, replays).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_clients_get_the_same_protocol_over_tls() {
     let certificate = certificate();
     let server = tls_server(&certificate).await;
+    speaks_the_protocol_over_tls(&server, &certificate).await;
+}
+
+#[tokio::test]
+async fn a_wss_session_keeps_its_tls_state_when_it_leaves_the_http_thread() {
+    let certificate = certificate();
+    let (config, replays) = tls_setup(&certificate);
+    let server = TestServer::start_fronted(config, replays).await;
+    speaks_the_protocol_over_tls(&server, &certificate).await;
+}
+
+async fn speaks_the_protocol_over_tls(server: &TestServer, certificate: &Certificate) {
     let url = format!(
         "wss://localhost:{}/ws?symbols=spot:BTCUSDT,usdm:BTCUSDT",
         server.addr.port()

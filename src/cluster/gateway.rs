@@ -1116,7 +1116,7 @@ mod tests {
             book(&merger, "A").map(|(_, _, s)| s.state),
             Some(SymbolState::Stale)
         );
-        let page = merger.hub.metrics().render(1);
+        let page = merger.hub.metrics().render(1, None);
         assert!(
             page.contains("tickwire_depth_messages_total{outcome=\"crossed\"} 2"),
             "{page}"
@@ -1193,7 +1193,7 @@ mod tests {
         assert_eq!((seq, bids, status.state), (1, 40, SymbolState::Stale));
         assert!(status.reason.starts_with("cut short"), "{}", status.reason);
         // Each record cut short is counted where a standalone server counts its own.
-        let page = deeper.hub.metrics().render(1);
+        let page = deeper.hub.metrics().render(1, None);
         assert!(
             page.contains("tickwire_depth_messages_total{outcome=\"cut_short\"} 2"),
             "{page}"

@@ -412,8 +412,9 @@ impl Metrics {
         self.refusals[refusal as usize].fetch_add(1, Relaxed);
     }
 
-    /// Renders everything in the Prometheus text exposition format.
-    pub fn render(&self, symbols: usize) -> String {
+    /// Renders everything in the Prometheus text exposition format;
+    /// `workers` is how many threads run the sessions, when known.
+    pub fn render(&self, symbols: usize, workers: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = writeln!(
@@ -446,11 +447,11 @@ impl Metrics {
             "Symbols the server can serve.",
             symbols as i64,
         );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if let Some(workers) = workers {
             gauge(
                 "tickwire_runtime_workers",
-                "Threads serving connections (--workers).",
-                runtime.metrics().num_workers() as i64,
+                "Threads serving WebSocket sessions (--workers).",
+                workers as i64,
             );
         }
         let mut counter = |name: &str, help: &str, value: u64| {

@@ -79,7 +79,15 @@ fn static_asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = shared.hub.metrics().render(shared.hub.symbol_count());
+    // The sessions' runtime: with HTTP on a thread of its own, not this one.
+    let workers = match &shared.config.sessions_runtime {
+        Some(runtime) => runtime.metrics().num_workers(),
+        None => tokio::runtime::Handle::current().metrics().num_workers(),
+    };
+    let body = shared
+        .hub
+        .metrics()
+        .render(shared.hub.symbol_count(), Some(workers));
     (
         [(
             header::CONTENT_TYPE,
@@ -478,7 +486,13 @@ async fn upgrade(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let context = session_context(&shared, grant);
-    shared.sessions.spawn(async move {
+    // With HTTP on a thread of its own, the session runs on the serving
+    // runtime and takes its socket there.
+    let (runtime, moves) = match &shared.config.sessions_runtime {
+        Some(runtime) => (runtime.clone(), true),
+        None => (tokio::runtime::Handle::current(), false),
+    };
+    let session = async move {
         // The permit was counted in; a connection that ends before its
         // session starts is counted out here.
         let upgraded = match on_upgrade.await {
@@ -507,8 +521,21 @@ async fn upgrade(
                 }
             },
         };
+        let stream = if moves {
+            match stream.into_current_runtime() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot move the connection to its session");
+                    context.hub.metrics().count_close(CloseReason::Io);
+                    return;
+                }
+            }
+        } else {
+            stream
+        };
         session::run(stream, read_buf, initial_symbols, context, permit).await
-    });
+    };
+    shared.sessions.spawn_on(session, &runtime);
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();

@@ -4,6 +4,8 @@
 //! The accept loop is ours rather than `axum::serve` so that every socket gets
 //! `TCP_NODELAY` and its send-buffer size before the first byte, and so an upgraded
 //! connection comes back to us as the plain `TcpStream` the session writes to.
+//! [`run_fronted`] serves HTTP on a thread of its own and hands each session,
+//! its socket included, to the runtime that called it.
 
 mod http;
 pub mod memory;
@@ -62,6 +64,9 @@ pub struct ServerConfig {
     /// Give freed memory back to the system once this many connections have
     /// closed since the most were open (0: never); see [`memory`].
     pub memory_trim_after: usize,
+    /// The runtime WebSocket sessions run on; `None`: the one serving HTTP.
+    /// [`run_fronted`] sets it.
+    pub sessions_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             tls: None,
             memory_trim_after: 1_000,
+            sessions_runtime: None,
         }
     }
 }
@@ -247,6 +253,63 @@ pub async fn run_on(
         tracing::warn!(?grace, "some connections did not close in time");
     }
     Ok(())
+}
+
+/// [`run_on`] with HTTP on a thread of its own: accepting, TLS and WebSocket
+/// handshakes, the JSON API, metrics and SSE streams run on a current-thread
+/// runtime there, while each WebSocket session runs on the runtime this is
+/// called on, its socket moved over once the handshake is done. The thread
+/// starts when this is called, not when the future is first polled, and the
+/// future resolves when [`run_on`] returns there.
+///
+/// For a current-thread runtime that serves thousands of streaming sessions:
+/// it runs woken tasks in the order they were woken, so each step of a
+/// handshake would queue behind every session woken before it. On a thread
+/// of its own, a handshake waits only for the operating system to schedule
+/// that thread, and `/metrics` answers however busy the sessions are.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn run_fronted(
+    listeners: Vec<TcpListener>,
+    hub: Arc<Hub>,
+    mut config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = io::Result<()>> {
+    config.sessions_runtime = Some(tokio::runtime::Handle::current());
+    let (done, result) = tokio::sync::oneshot::channel();
+    let started = listeners
+        .into_iter()
+        // Each listener moves to the HTTP thread's reactor.
+        .map(TcpListener::into_std)
+        .collect::<io::Result<Vec<_>>>()
+        .and_then(|listeners| {
+            std::thread::Builder::new()
+                .name("tickwire-http".into())
+                .spawn(move || {
+                    let served = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|runtime| {
+                            runtime.block_on(async move {
+                                let listeners = listeners
+                                    .into_iter()
+                                    .map(TcpListener::from_std)
+                                    .collect::<io::Result<Vec<_>>>()?;
+                                run_on(listeners, hub, config, shutdown).await
+                            })
+                        });
+                    let _ = done.send(served);
+                })
+        });
+    async move {
+        started?;
+        // The sessions keep running on this runtime while this waits.
+        result
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the HTTP thread ended without a result")))
+    }
 }
 
 /// Runs `connection` to its end, or drops it (and so closes its socket) once

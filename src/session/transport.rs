@@ -50,6 +50,34 @@ impl Transport {
         }))
     }
 
+    /// The same connection, its socket moved to the reactor of the runtime
+    /// this is called on. A socket's readiness comes from the runtime that
+    /// registered it, however many others poll it; a session that runs
+    /// elsewhere than its handshake (see `server::run_fronted`) moves its
+    /// socket so that its events stay on its own thread. Re-registering
+    /// reports whatever the socket is ready for already, so nothing that
+    /// arrived in between is missed.
+    pub fn into_current_runtime(self) -> io::Result<Self> {
+        fn moved(tcp: TcpStream) -> io::Result<TcpStream> {
+            TcpStream::from_std(tcp.into_std()?)
+        }
+        Ok(match self {
+            Transport::Plain(tcp) => Transport::Plain(moved(tcp)?),
+            Transport::Tls(tls) => {
+                let TlsTransport {
+                    tcp,
+                    tls,
+                    plaintext,
+                } = *tls;
+                Transport::Tls(Box::new(TlsTransport {
+                    tcp: moved(tcp)?,
+                    tls,
+                    plaintext,
+                }))
+            }
+        })
+    }
+
     /// Ready when a read may make progress; registers `cx` to be woken when
     /// it may, without a waiter list (one task owns the connection).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

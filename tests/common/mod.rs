@@ -100,6 +100,18 @@ impl TestServer {
 
     /// A server with feeds of any kind.
     pub async fn start_feeds(config: ServerConfig, feeds: Vec<FeedConfig>) -> Self {
+        Self::launch(config, feeds, false).await
+    }
+
+    /// A server whose HTTP, handshakes included, runs on a thread of its
+    /// own ([`server::run_fronted`]) while its sessions run on the test's
+    /// runtime, as `tickwire serve --workers 1` runs them.
+    pub async fn start_fronted(config: ServerConfig, replays: Vec<ReplayConfig>) -> Self {
+        let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
+        Self::launch(config, feeds, true).await
+    }
+
+    async fn launch(config: ServerConfig, feeds: Vec<FeedConfig>, fronted: bool) -> Self {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::default())));
         let cancel = CancellationToken::new();
         let mut replays = Vec::new();
@@ -115,9 +127,19 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, hub.clone(), config, async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let task = if fronted {
+            tokio::spawn(server::run_fronted(
+                vec![listener],
+                hub.clone(),
+                config,
+                shutdown,
+            ))
+        } else {
+            tokio::spawn(server::run(listener, hub.clone(), config, shutdown))
+        };
         Self {
             addr,
             hub,
