@@ -206,10 +206,19 @@ fn bench_reports_slow_stalled_and_churning_clients_apart() {
     let churn = &report["churn"];
     assert!(churn["completed"].as_u64() > Some(0), "{report:#}");
     assert_eq!(churn["failed"], 0, "{report:#}");
-    assert_eq!(
-        churn["handshake_us"]["count"], churn["completed"],
-        "one handshake sample per cycle"
-    );
+    for times in ["handshake_us", "subscribed_us"] {
+        assert_eq!(
+            churn[times]["count"], churn["completed"],
+            "one {times} sample per cycle"
+        );
+    }
+    // Each cycle's answer comes after its handshake, so every percentile does.
+    for p in ["p50", "p99", "max"] {
+        assert!(
+            churn["subscribed_us"][p].as_f64() >= churn["handshake_us"][p].as_f64(),
+            "{p}: {report:#}"
+        );
+    }
     assert!(
         report["connect"]["rss_per_connection"].as_f64() > Some(0.0),
         "{report:#}"

@@ -74,6 +74,7 @@ def figures(r):
         "churn_s": churn.get("completed_per_sec") if churn else None,
         "churn_failed": churn.get("failed") if churn else None,
         "handshake_p99": (churn.get("handshake_us") or {}).get("p99") if churn else None,
+        "subscribed_p99": (churn.get("subscribed_us") or {}).get("p99") if churn else None,
         "rss_before_mib": (connect["server_rss_before"] / 1048576
                            if connect.get("server_rss_before") is not None else None),
         "rss_closed_mib": (after_close["server_rss"] / 1048576
@@ -149,7 +150,7 @@ def main():
         ("slow_p99", "slow p99 µs", 0), ("slow_age_p99", "slow age p99 µs", 0),
         ("handshakes_s", "connects/s", 0),
         ("kib_per_conn", "KiB/conn", 1), ("churn_s", "churn/s", 0),
-        ("handshake_p99", "handshake p99 µs", 0),
+        ("handshake_p99", "handshake p99 µs", 0), ("subscribed_p99", "subscribed p99 µs", 0),
         ("rss_closed_mib", "RSS after close MiB", 1), ("kept_pct", "% of growth kept", 0),
     ]
     extras = [e for e in extras if any(r[e[0]] is not None for r in rows)]

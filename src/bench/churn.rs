@@ -38,6 +38,9 @@ pub struct ChurnOutcome {
     pub behind: u64,
     /// From TCP connect to `101 Switching Protocols`, ns.
     pub handshake: Histogram<u64>,
+    /// From TCP connect to the `subscribed` answer, ns: the handshake and
+    /// then the session's first turn.
+    pub subscribed: Histogram<u64>,
 }
 
 impl Default for ChurnOutcome {
@@ -48,6 +51,7 @@ impl Default for ChurnOutcome {
             first_error: None,
             behind: 0,
             handshake: new_histogram(),
+            subscribed: new_histogram(),
         }
     }
 }
@@ -61,6 +65,7 @@ pub struct ChurnReport {
     pub failed: u64,
     pub behind: u64,
     pub handshake_us: super::report::Percentiles,
+    pub subscribed_us: super::report::Percentiles,
 }
 
 /// Starts the churn thread: `rate` cycles per second during [`Phase::Measure`],
@@ -156,13 +161,17 @@ async fn churn(
     outcome
 }
 
-fn record(outcome: &mut ChurnOutcome, result: Result<u64, String>) {
+fn record(outcome: &mut ChurnOutcome, result: Result<CycleTimes, String>) {
     match result {
-        Ok(handshake_ns) => {
+        Ok(times) => {
             outcome.completed += 1;
-            let _ = outcome
-                .handshake
-                .record(handshake_ns.clamp(1, super::tally::HIGHEST_NS));
+            for (histogram, time) in [
+                (&mut outcome.handshake, times.handshake),
+                (&mut outcome.subscribed, times.subscribed),
+            ] {
+                let ns = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+                let _ = histogram.record(ns.clamp(1, super::tally::HIGHEST_NS));
+            }
         }
         Err(error) => {
             outcome.failed += 1;
@@ -171,13 +180,19 @@ fn record(outcome: &mut ChurnOutcome, result: Result<u64, String>) {
     }
 }
 
-/// One connect → subscribe → answer → close cycle; returns the handshake time.
+/// How long a cycle took to reach its two answers, from TCP connect.
+struct CycleTimes {
+    handshake: Duration,
+    subscribed: Duration,
+}
+
+/// One connect → subscribe → answer → close cycle.
 async fn cycle(
     url: &str,
     tls: &Arc<rustls::ClientConfig>,
     source: Option<IpAddr>,
     request: &str,
-) -> Result<u64, String> {
+) -> Result<CycleTimes, String> {
     let started = Instant::now();
     let mut socket = connect_from(url, tls, source)
         .await
@@ -198,6 +213,10 @@ async fn cycle(
             None => return Err("closed before answering".into()),
         }
     }
+    let subscribed = started.elapsed();
     let _ = socket.close(None).await;
-    Ok(u64::try_from(handshake.as_nanos()).unwrap_or(u64::MAX))
+    Ok(CycleTimes {
+        handshake,
+        subscribed,
+    })
 }

@@ -644,6 +644,7 @@ fn build_report(run: Run<'_>) -> Report {
         failed: churn.failed,
         behind: churn.behind,
         handshake_us: Percentiles::of(&churn.handshake),
+        subscribed_us: Percentiles::of(&churn.subscribed),
     });
     if let Some(error) = run.churn.and_then(|c| c.first_error.as_ref()) {
         tracing::warn!("a churn cycle failed: {error}");

@@ -379,12 +379,13 @@ pub fn table(report: &Report) -> String {
     if let Some(churn) = &report.churn {
         let _ = writeln!(
             out,
-            "churn         {}/s of {}/s target ({} failed, {} skipped behind); handshake {}",
+            "churn         {}/s of {}/s target ({} failed, {} skipped behind)\n  handshake   {}\n  subscribed  {}",
             group(churn.completed_per_sec.round() as u64),
             group(churn.target_per_sec.round() as u64),
             churn.failed,
             churn.behind,
-            percentiles(&churn.handshake_us)
+            percentiles(&churn.handshake_us),
+            percentiles(&churn.subscribed_us)
         );
     }
     if let Some(after) = &report.after_close {
