@@ -101,8 +101,9 @@ pub struct ServeArgs {
     /// Threads serving connections and live and synthetic feeds (default: one
     /// per core); replays run on threads of their own. Fewer leave cores to
     /// whatever shares the machine, such as a load generator. One thread
-    /// serves its tasks first come, first served, and HTTP (handshakes
-    /// included) then runs on a thread of its own.
+    /// serves its tasks first come, first served; HTTP (accepting, TLS,
+    /// handshakes, the API, SSE streams) then runs on a second thread of its
+    /// own, busy only while clients connect or use HTTP.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).
@@ -397,6 +398,11 @@ pub fn main() -> ExitCode {
         Some(Command::Ingest(args)) => args.serve.workers,
         Some(_) => None,
     };
+    if workers == Some(1) {
+        // Before any thread starts: HTTP gets a thread of its own beside the
+        // one worker, and the two should share one heap.
+        server::memory::share_one_heap();
+    }
     let runtime = match runtime_for(workers).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

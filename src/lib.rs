@@ -38,9 +38,10 @@
 //!   ([`session::transport`]).
 //! - [`server`] accepts connections (TLS with [`server::tls`]), serves HTTP
 //!   (the dashboard, `/healthz`, `/metrics`, `/api/...`), admits or refuses
-//!   clients, upgrades `/ws` into sessions (on a thread of its own when
-//!   one worker serves them: [`server::run_fronted`]), streams `/sse`, gives the memory
-//!   of clients that left back to the system ([`server::memory`]), and shuts
+//!   clients, upgrades `/ws` into sessions (with one worker, HTTP and the
+//!   upgrade run on a thread of their own: [`server::run_fronted`]), streams
+//!   `/sse`, gives the memory of clients that left back to the system
+//!   ([`server::memory`]), and shuts
 //!   down with 1001.
 //! - [`auth`] checks a client's credentials (JWTs, API keys) into a
 //!   [`auth::Grant`]: the symbols it may see and its caps, which every data

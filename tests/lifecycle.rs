@@ -32,10 +32,10 @@ async fn with_http_on_its_own_thread_shutdown_closes_every_client_with_1001() {
 }
 
 #[tokio::test]
-async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_are_busy() {
+async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_are_stuck() {
     let server = TestServer::start_fronted(ServerConfig::default(), looping_usdm()).await;
-    let (addr, url) = (server.addr, server.url("?symbols=usdm:BTCUSDT"));
-    let (answered, handshaken) = std::sync::mpsc::channel();
+    let (addr, url) = (server.addr, server.url(""));
+    let (answered, while_stuck) = std::sync::mpsc::channel();
     let (streamed, client_done) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -43,26 +43,49 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
             .build()
             .expect("client runtime");
         runtime.block_on(async move {
-            let (health, _) = http_get(addr, "/healthz").await;
+            let (status, _) = http_get(addr, "/api/symbols").await;
             let mut client = Client::connect(&url).await;
-            let _ = answered.send(health);
-            client.recv_type("subscribed").await;
+            // Sent before any session runs: it waits in the socket while the
+            // socket changes hands.
+            client
+                .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
+                .await;
+            let stalled = loop {
+                let (health, body) = http_get(addr, "/healthz").await;
+                if health == 503 {
+                    break body;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let _ = answered.send((status, stalled));
+            let subscribed = client.recv_type("subscribed").await;
             let ticker = client.recv_type("ticker").await;
-            let _ = streamed.send(ticker);
+            let healthy = loop {
+                let (health, body) = http_get(addr, "/healthz").await;
+                if health == 200 {
+                    break body;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let _ = streamed.send((subscribed, ticker, healthy));
         });
     });
     // This thread runs the sessions' runtime: until this returns, only the
     // HTTP thread can answer.
-    let health = handshaken
+    let (status, stalled) = while_stuck
         .recv_timeout(GUARD)
-        .expect("HTTP and the handshake answered while the sessions' runtime was held");
-    assert_eq!(health, 200);
-    // Given its runtime back, the session takes over the socket and streams.
-    let ticker = tokio::time::timeout(GUARD, client_done)
+        .expect("HTTP answered while the sessions' runtime was stuck");
+    assert_eq!(status, 200);
+    assert!(stalled.starts_with("stalled: "), "{stalled}");
+    // Given its runtime back, the session takes over the socket, reads the
+    // request that waited in it, and streams.
+    let (subscribed, ticker, healthy) = tokio::time::timeout(GUARD, client_done)
         .await
         .expect("the session streams in time")
-        .expect("the client saw a subscription and a ticker");
+        .expect("the client saw its answer and a ticker");
+    assert_eq!(subscribed["id"], 1);
     assert_eq!(ticker["symbol"], "usdm:BTCUSDT");
+    assert_eq!(healthy, "ok\n");
 }
 
 async fn closes_every_client_with_1001(mut server: TestServer) {

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -18,7 +19,7 @@ use super::stall::WriteStall;
 use super::{ConnectionAbort, PeerAddr, Shared};
 use crate::auth::{self, Grant};
 use crate::limits::Admission;
-use crate::metrics::{CloseReason, ErrorCode, Refusal};
+use crate::metrics::{CloseReason, ErrorCode, Metrics, Refusal};
 use crate::protocol;
 use crate::session::transport::Transport;
 use crate::session::{self, sse, SessionContext};
@@ -41,8 +42,24 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or `503` once the runtime serving the sessions has stopped running
+/// tasks (see `heartbeat`).
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let stalled = shared
+        .sessions_elsewhere
+        .as_ref()
+        .and_then(|elsewhere| elsewhere.heartbeat.stalled());
+    match stalled {
+        None => "ok\n".into_response(),
+        Some(silence) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stalled: the sessions' worker has run nothing for {} ms\n",
+                silence.as_millis()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// The browser dashboard (`src/server/dashboard/`), compiled into the binary.
@@ -80,10 +97,7 @@ fn static_asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     // The sessions' runtime: with HTTP on a thread of its own, not this one.
-    let workers = match &shared.config.sessions_runtime {
-        Some(runtime) => runtime.metrics().num_workers(),
-        None => tokio::runtime::Handle::current().metrics().num_workers(),
-    };
+    let workers = shared.sessions_runtime().metrics().num_workers();
     let body = shared
         .hub
         .metrics()
@@ -486,56 +500,39 @@ async fn upgrade(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let context = session_context(&shared, grant);
-    // With HTTP on a thread of its own, the session runs on the serving
-    // runtime and takes its socket there.
-    let (runtime, moves) = match &shared.config.sessions_runtime {
-        Some(runtime) => (runtime.clone(), true),
-        None => (tokio::runtime::Handle::current(), false),
-    };
-    let session = async move {
+    let elsewhere = shared
+        .sessions_elsewhere
+        .as_ref()
+        .map(|elsewhere| elsewhere.handle.clone());
+    let sessions = shared.sessions.clone();
+    shared.sessions.spawn(async move {
         // The permit was counted in; a connection that ends before its
         // session starts is counted out here.
-        let upgraded = match on_upgrade.await {
+        let metrics = context.hub.metrics();
+        let (stream, read_buf) = match upgraded(on_upgrade).await {
             Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                context.hub.metrics().count_close(CloseReason::Io);
-                return;
+            Err(e) => return lost_before_its_session(metrics, "upgrade failed", &e),
+        };
+        let Some(runtime) = elsewhere else {
+            return session::run(stream, read_buf, initial_symbols, context, permit).await;
+        };
+        // The socket leaves this thread's reactor here and joins the sessions'
+        // runtime's there, so that its events wake the session on its own
+        // thread.
+        let connection = match stream.detach() {
+            Ok(connection) => connection,
+            Err(e) => return lost_before_its_session(metrics, HANDING_OVER, &e),
+        };
+        let session = async move {
+            match connection.attach() {
+                Ok(stream) => {
+                    session::run(stream, read_buf, initial_symbols, context, permit).await;
+                }
+                Err(e) => lost_before_its_session(context.hub.metrics(), HANDING_OVER, &e),
             }
         };
-        let (stream, read_buf) = match upgraded.downcast::<TokioIo<WriteStall<TcpStream>>>() {
-            Ok(parts) => (
-                Transport::Plain(parts.io.into_inner().into_inner()),
-                parts.read_buf,
-            ),
-            Err(upgraded) => match upgraded.downcast::<TokioIo<WriteStall<TlsStream<TcpStream>>>>()
-            {
-                Ok(parts) => {
-                    let (tcp, tls) = parts.io.into_inner().into_inner().into_inner();
-                    (Transport::tls(tcp, tls), parts.read_buf)
-                }
-                Err(_) => {
-                    tracing::error!("upgraded connection is neither TCP nor TLS");
-                    context.hub.metrics().count_close(CloseReason::Io);
-                    return;
-                }
-            },
-        };
-        let stream = if moves {
-            match stream.into_current_runtime() {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot move the connection to its session");
-                    context.hub.metrics().count_close(CloseReason::Io);
-                    return;
-                }
-            }
-        } else {
-            stream
-        };
-        session::run(stream, read_buf, initial_symbols, context, permit).await
-    };
-    shared.sessions.spawn_on(session, &runtime);
+        sessions.spawn_on(session, &runtime);
+    });
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
@@ -551,6 +548,38 @@ async fn upgrade(
         );
     }
     response
+}
+
+const HANDING_OVER: &str = "cannot hand the connection to its session";
+
+/// Counts out a connection that ended between its `101` and its session.
+fn lost_before_its_session(metrics: &Metrics, what: &str, error: &dyn std::fmt::Display) {
+    tracing::debug!(%error, "{what}");
+    metrics.count_close(CloseReason::Io);
+}
+
+/// The socket hyper hands over once it has sent `101`, and a copy of the
+/// bytes it had already read past the request: hyper's own shares, and so
+/// keeps, its whole read buffer (8 KiB or more) however little it holds,
+/// for as long as the connection waits for its session.
+async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Result<(Transport, Bytes), String> {
+    let upgraded = on_upgrade.await.map_err(|e| e.to_string())?;
+    let upgraded = match upgraded.downcast::<TokioIo<WriteStall<TcpStream>>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner().into_inner();
+            let read_buf = Bytes::copy_from_slice(&parts.read_buf);
+            return Ok((Transport::Plain(tcp), read_buf));
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<WriteStall<TlsStream<TcpStream>>>>() {
+        Ok(parts) => {
+            let (tcp, tls) = parts.io.into_inner().into_inner().into_inner();
+            let read_buf = Bytes::copy_from_slice(&parts.read_buf);
+            Ok((Transport::tls(tcp, tls), read_buf))
+        }
+        Err(_) => Err("the upgraded connection is neither TCP nor TLS".into()),
+    }
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request, or why it is not one.

@@ -7,6 +7,7 @@
 //! [`run_fronted`] serves HTTP on a thread of its own and hands each session,
 //! its socket included, to the runtime that called it.
 
+mod heartbeat;
 mod http;
 pub mod memory;
 mod stall;
@@ -33,6 +34,7 @@ use crate::fanout::Hub;
 use crate::limits::{LimitsConfig, PeerConnections};
 use crate::metrics::Refusal;
 use crate::session::{SessionConfig, Shutdown};
+use heartbeat::Heartbeat;
 use waiting::{Waiting, WaitingSlot};
 
 /// Server-wide settings.
@@ -64,9 +66,6 @@ pub struct ServerConfig {
     /// Give freed memory back to the system once this many connections have
     /// closed since the most were open (0: never); see [`memory`].
     pub memory_trim_after: usize,
-    /// The runtime WebSocket sessions run on; `None`: the one serving HTTP.
-    /// [`run_fronted`] sets it.
-    pub sessions_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for ServerConfig {
@@ -82,7 +81,6 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             tls: None,
             memory_trim_after: 1_000,
-            sessions_runtime: None,
         }
     }
 }
@@ -103,12 +101,32 @@ pub(crate) struct Shared {
     /// Every address's sockets still waiting for a request head, together.
     waiting: Arc<Waiting>,
     next_id: AtomicU64,
+    /// Where WebSocket sessions run when that is not where HTTP runs
+    /// ([`run_fronted`]); `None`: here.
+    pub sessions_elsewhere: Option<SessionsRuntime>,
 }
 
 impl Shared {
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Relaxed)
     }
+
+    /// The runtime WebSocket sessions run on.
+    pub fn sessions_runtime(&self) -> tokio::runtime::Handle {
+        match &self.sessions_elsewhere {
+            Some(elsewhere) => elsewhere.handle.clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+/// The runtime that runs the WebSocket sessions, apart from HTTP's.
+#[derive(Debug)]
+pub(crate) struct SessionsRuntime {
+    handle: tokio::runtime::Handle,
+    /// Answering HTTP no longer shows that this runtime runs: `/healthz`
+    /// asks this instead.
+    heartbeat: Arc<Heartbeat>,
 }
 
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown` resolves,
@@ -131,6 +149,17 @@ pub async fn run_on(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve(listeners, hub, config, None, shutdown).await
+}
+
+/// [`run_on`], with the WebSocket sessions on `sessions_elsewhere` if given.
+async fn serve(
+    listeners: Vec<TcpListener>,
+    hub: Arc<Hub>,
+    config: ServerConfig,
+    sessions_elsewhere: Option<SessionsRuntime>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let shared = Arc::new(Shared {
         waiting: Arc::new(Waiting::new(
             config.max_waiting,
@@ -145,6 +174,7 @@ pub async fn run_on(
         peers: Arc::new(PeerConnections::default()),
         http_peers: Arc::new(PeerConnections::default()),
         next_id: AtomicU64::new(1),
+        sessions_elsewhere,
     });
     let router = http::router(shared.clone());
     let tls = shared
@@ -259,25 +289,40 @@ pub async fn run_on(
 /// handshakes, the JSON API, metrics and SSE streams run on a current-thread
 /// runtime there, while each WebSocket session runs on the runtime this is
 /// called on, its socket moved over once the handshake is done. The thread
-/// starts when this is called, not when the future is first polled, and the
-/// future resolves when [`run_on`] returns there.
+/// starts when this is called, not when the future is first polled; the
+/// future resolves when [`run_on`] returns there, re-raises its panic, and
+/// when dropped before that shuts the thread's server down.
 ///
 /// For a current-thread runtime that serves thousands of streaming sessions:
 /// it runs woken tasks in the order they were woken, so each step of a
 /// handshake would queue behind every session woken before it. On a thread
 /// of its own, a handshake waits only for the operating system to schedule
-/// that thread, and `/metrics` answers however busy the sessions are.
+/// that thread. A session's first turn on its runtime still waits for the
+/// sessions queued before it. `/healthz` answers `503` once the sessions'
+/// runtime has run nothing for two seconds.
 ///
 /// # Panics
 ///
-/// Outside a tokio runtime.
+/// Outside a tokio runtime. The runtime must have I/O and time enabled.
 pub fn run_fronted(
     listeners: Vec<TcpListener>,
     hub: Arc<Hub>,
-    mut config: ServerConfig,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = io::Result<()>> {
-    config.sessions_runtime = Some(tokio::runtime::Handle::current());
+    let handle = tokio::runtime::Handle::current();
+    let sessions = SessionsRuntime {
+        heartbeat: Heartbeat::start(&handle),
+        handle,
+    };
+    let dropped = CancellationToken::new();
+    let stop_on_drop = dropped.clone().drop_guard();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = dropped.cancelled() => {}
+        }
+    };
     let (done, result) = tokio::sync::oneshot::channel();
     let started = listeners
         .into_iter()
@@ -288,28 +333,42 @@ pub fn run_fronted(
             std::thread::Builder::new()
                 .name("tickwire-http".into())
                 .spawn(move || {
-                    let served = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .and_then(|runtime| {
-                            runtime.block_on(async move {
-                                let listeners = listeners
-                                    .into_iter()
-                                    .map(TcpListener::from_std)
-                                    .collect::<io::Result<Vec<_>>>()?;
-                                run_on(listeners, hub, config, shutdown).await
-                            })
-                        });
+                    let serving = || serve_http_thread(listeners, hub, config, sessions, shutdown);
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(serving));
                     let _ = done.send(served);
                 })
         });
     async move {
+        let _stop_on_drop = stop_on_drop;
         started?;
         // The sessions keep running on this runtime while this waits.
-        result
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the HTTP thread ended without a result")))
+        match result.await {
+            Ok(Ok(served)) => served,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(io::Error::other("the HTTP thread ended without a result")),
+        }
     }
+}
+
+/// The thread of [`run_fronted`]: [`serve`] on a current-thread runtime of
+/// its own.
+fn serve_http_thread(
+    listeners: Vec<std::net::TcpListener>,
+    hub: Arc<Hub>,
+    config: ServerConfig,
+    sessions: SessionsRuntime,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listeners = listeners
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<io::Result<Vec<_>>>()?;
+        serve(listeners, hub, config, Some(sessions), shutdown).await
+    })
 }
 
 /// Runs `connection` to its end, or drops it (and so closes its socket) once

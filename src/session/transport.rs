@@ -25,6 +25,31 @@ pub enum Transport {
     Tls(Box<TlsTransport>),
 }
 
+/// A connection registered with no runtime: see [`Transport::detach`].
+#[derive(Debug)]
+pub struct Detached {
+    tcp: std::net::TcpStream,
+    /// A TLS connection's session, and the decrypted bytes it holds unread.
+    tls: Option<(Box<ServerConnection>, usize)>,
+}
+
+impl Detached {
+    /// The connection again, registered with the reactor of the runtime this
+    /// is called on. Registering reports whatever the socket is ready for
+    /// already, so nothing that arrived while it was detached is missed.
+    pub fn attach(self) -> io::Result<Transport> {
+        let tcp = TcpStream::from_std(self.tcp)?;
+        Ok(match self.tls {
+            None => Transport::Plain(tcp),
+            Some((tls, plaintext)) => Transport::Tls(Box::new(TlsTransport {
+                tcp,
+                tls: *tls,
+                plaintext,
+            })),
+        })
+    }
+}
+
 /// TCP carrying a TLS session whose handshake is done.
 #[derive(Debug)]
 pub struct TlsTransport {
@@ -50,30 +75,28 @@ impl Transport {
         }))
     }
 
-    /// The same connection, its socket moved to the reactor of the runtime
-    /// this is called on. A socket's readiness comes from the runtime that
-    /// registered it, however many others poll it; a session that runs
-    /// elsewhere than its handshake (see `server::run_fronted`) moves its
-    /// socket so that its events stay on its own thread. Re-registering
-    /// reports whatever the socket is ready for already, so nothing that
-    /// arrived in between is missed.
-    pub fn into_current_runtime(self) -> io::Result<Self> {
-        fn moved(tcp: TcpStream) -> io::Result<TcpStream> {
-            TcpStream::from_std(tcp.into_std()?)
-        }
+    /// Takes the socket off the reactor of the runtime that registered it, to
+    /// be [attached](Detached::attach) to another's. A socket's readiness
+    /// comes from the runtime it is registered with, whichever polls it; a
+    /// session that runs elsewhere than its handshake (see
+    /// `server::run_fronted`) takes its socket along so that its events wake
+    /// it on its own thread.
+    pub fn detach(self) -> io::Result<Detached> {
         Ok(match self {
-            Transport::Plain(tcp) => Transport::Plain(moved(tcp)?),
+            Transport::Plain(tcp) => Detached {
+                tcp: tcp.into_std()?,
+                tls: None,
+            },
             Transport::Tls(tls) => {
                 let TlsTransport {
                     tcp,
                     tls,
                     plaintext,
                 } = *tls;
-                Transport::Tls(Box::new(TlsTransport {
-                    tcp: moved(tcp)?,
-                    tls,
-                    plaintext,
-                }))
+                Detached {
+                    tcp: tcp.into_std()?,
+                    tls: Some((Box::new(tls), plaintext)),
+                }
             }
         })
     }
@@ -261,5 +284,67 @@ impl TlsTransport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const GUARD: Duration = Duration::from_secs(60);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_detached_connection_outlives_its_first_runtime_and_misses_nothing() {
+        let first = runtime();
+        let (detached, mut peer) = first.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let address = listener.local_addr().expect("address");
+            let peer = std::net::TcpStream::connect(address).expect("connect");
+            let (tcp, _) = listener.accept().await.expect("accept");
+            // Polled on this runtime, as the handshake leaves it.
+            tcp.writable().await.expect("writable");
+            let detached = Transport::Plain(tcp).detach().expect("detaches");
+            (detached, peer)
+        });
+        // The reactor it was registered with is gone.
+        drop(first);
+        peer.write_all(b"ping").expect("peer writes");
+
+        runtime().block_on(async {
+            let mut transport = detached.attach().expect("attaches");
+            let mut received = BytesMut::with_capacity(16);
+            let read = async {
+                while received.len() < 4 {
+                    transport.readable().await?;
+                    match transport.try_read_buf(&mut received) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok::<_, io::Error>(())
+            };
+            tokio::time::timeout(GUARD, read)
+                .await
+                .expect("what arrived while detached is reported")
+                .expect("reads");
+            assert_eq!(&received[..], b"ping");
+            transport.write_all(b"pong").await.expect("writes");
+        });
+        peer.set_read_timeout(Some(GUARD)).expect("timeout");
+        let mut answer = [0; 4];
+        peer.read_exact(&mut answer).expect("peer reads");
+        assert_eq!(&answer, b"pong");
     }
 }

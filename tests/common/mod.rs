@@ -160,7 +160,8 @@ impl TestServer {
         self.hub.metrics()
     }
 
-    /// Triggers shutdown and waits for `server::run` to return.
+    /// Triggers shutdown and waits for the server (`server::run` or
+    /// `server::run_fronted`) to return.
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
