@@ -103,7 +103,8 @@ pub struct ServeArgs {
     /// whatever shares the machine, such as a load generator. One thread
     /// serves its tasks first come, first served; HTTP (accepting, TLS,
     /// handshakes, the API, SSE streams) then runs on a second thread of its
-    /// own, busy only while clients connect or use HTTP.
+    /// own, busy while clients connect or use HTTP (SSE streams included),
+    /// and the threads share one heap (see `server::memory`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     /// A file to replay, as PATH or PREFIX=PATH (`spot=f.gz` serves `spot:BTCUSDT`).

@@ -16,8 +16,10 @@ use tokio::time::MissedTickBehavior;
 const PERIOD: Duration = Duration::from_millis(100);
 
 /// How long the runtime may go without stamping before `/healthz` says
-/// `503`: far beyond the queueing of a busy runtime (tens of milliseconds),
-/// well within a health checker's patience.
+/// `503`: beyond the queueing of a busy runtime (a few hundred milliseconds
+/// at most with 15,000 clients connecting), well within a health checker's
+/// patience. A runtime that still runs tasks, only later than this, counts
+/// as stalled too.
 pub const STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// When a runtime last ran its heartbeat task.

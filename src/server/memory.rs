@@ -151,9 +151,12 @@ fn release_free_pages() {}
 /// sessions they hand over allocate on the worker. Apart, the HTTP thread's
 /// heap kept the high-water mark of a burst, free but held: 15,000 clients
 /// connecting at once cost the server 4.2 KiB each instead of 3.8 KiB. In
-/// one heap, what the handshakes free, the sessions reuse; the two threads
-/// seldom allocate at the same moment, and small blocks come from each
-/// thread's own cache without the lock.
+/// one heap, what the handshakes free, the sessions reuse. The two threads
+/// seldom allocate at the same moment; blocks up to about 1 KiB that a
+/// thread frees and allocates again come from its own cache without the
+/// heap's lock, larger ones and those freed by the other thread take it.
+/// Replay threads and tokio's blocking threads share the heap too, and an
+/// operator's `MALLOC_ARENA_MAX` is overridden.
 ///
 /// [`run_fronted`]: super::run_fronted
 pub fn share_one_heap() {
