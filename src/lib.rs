@@ -41,8 +41,7 @@
 //!   clients, upgrades `/ws` into sessions (with one worker, HTTP and the
 //!   upgrade run on a thread of their own: [`server::run_fronted`]), streams
 //!   `/sse`, gives the memory of clients that left back to the system
-//!   ([`server::memory`]), and shuts
-//!   down with 1001.
+//!   ([`server::memory`]), and shuts down with 1001.
 //! - [`auth`] checks a client's credentials (JWTs, API keys) into a
 //!   [`auth::Grant`]: the symbols it may see and its caps, which every data
 //!   path filters by; [`limits`] keeps any one client or address from taking

@@ -48,7 +48,8 @@ impl Heartbeat {
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    /// Whether the runtime has run nothing for [`STALLED_AFTER`].
+    /// How long the runtime has run nothing, once that is longer than
+    /// [`STALLED_AFTER`].
     pub fn stalled(&self) -> Option<Duration> {
         Some(self.silence()).filter(|silence| *silence > STALLED_AFTER)
     }

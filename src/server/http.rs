@@ -578,7 +578,11 @@ async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Result<(Transport, B
             let read_buf = Bytes::copy_from_slice(&parts.read_buf);
             Ok((Transport::tls(tcp, tls), read_buf))
         }
-        Err(_) => Err("the upgraded connection is neither TCP nor TLS".into()),
+        Err(_) => {
+            // Every connection is served as one of the two: a bug if not.
+            tracing::error!("upgraded connection is neither TCP nor TLS");
+            Err("the upgraded connection is neither TCP nor TLS".into())
+        }
     }
 }
 
