@@ -50,23 +50,11 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
             client
                 .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
                 .await;
-            let stalled = loop {
-                let (health, body) = http_get(addr, "/healthz").await;
-                if health == 503 {
-                    break body;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let stalled = healthz_once_it_says(addr, 503).await;
             let _ = answered.send((status, stalled));
             let subscribed = client.recv_type("subscribed").await;
             let ticker = client.recv_type("ticker").await;
-            let healthy = loop {
-                let (health, body) = http_get(addr, "/healthz").await;
-                if health == 200 {
-                    break body;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let healthy = healthz_once_it_says(addr, 200).await;
             let _ = streamed.send((subscribed, ticker, healthy));
         });
     });
@@ -86,6 +74,17 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
     assert_eq!(subscribed["id"], 1);
     assert_eq!(ticker["symbol"], "usdm:BTCUSDT");
     assert_eq!(healthy, "ok\n");
+}
+
+/// `/healthz`'s body once it answers with `status`.
+async fn healthz_once_it_says(addr: std::net::SocketAddr, status: u16) -> String {
+    loop {
+        let (answer, body) = http_get(addr, "/healthz").await;
+        if answer == status {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn closes_every_client_with_1001(mut server: TestServer) {

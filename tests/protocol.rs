@@ -15,14 +15,8 @@ use tickwire::session::SessionConfig;
 use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Both Binance samples, looping at 1× so updates keep coming.
 async fn live_server(config: ServerConfig) -> TestServer {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
-    TestServer::start(
-        config,
-        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
-    )
-    .await
+    TestServer::start(config, both_samples_looping()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

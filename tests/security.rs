@@ -62,12 +62,7 @@ fn with_auth(config: ServerConfig, api_keys: Option<std::path::PathBuf>) -> Serv
 }
 
 async fn live_server(config: ServerConfig) -> TestServer {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
-    let server = TestServer::start(
-        config,
-        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
-    )
-    .await;
+    let server = TestServer::start(config, both_samples_looping()).await;
     for name in ["spot:BTCUSDT", "usdm:BTCUSDT"] {
         let entry = server.hub.get(name).expect("symbol");
         eventually("first update", || entry.current().is_some()).await;

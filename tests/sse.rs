@@ -9,19 +9,14 @@ use common::*;
 use rust_decimal::Decimal;
 use serde_json::json;
 use tickwire::fanout::SymbolState;
-use tickwire::feed::replay::{ReplayConfig, Speed};
+use tickwire::feed::replay::Speed;
 use tickwire::normalize::{BookUpdate, Tick};
 use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 use tokio::io::AsyncReadExt as _;
 
-fn looping_spot_and_usdm() -> Vec<ReplayConfig> {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
-    vec![replay_of(&files, Speed::Factor(1.0), true, false)]
-}
-
 async fn live_server() -> TestServer {
-    TestServer::start(ServerConfig::default(), looping_spot_and_usdm()).await
+    TestServer::start(ServerConfig::default(), both_samples_looping()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +26,7 @@ async fn sse_streams_the_same_messages_as_the_websocket() {
 
 #[tokio::test]
 async fn with_http_on_its_own_thread_sse_streams_the_same_messages() {
-    let server = TestServer::start_fronted(ServerConfig::default(), looping_spot_and_usdm()).await;
+    let server = TestServer::start_fronted(ServerConfig::default(), both_samples_looping()).await;
     streams_like_the_websocket(server).await;
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
-use tickwire::feed::replay::{ReplayConfig, Speed};
+use tickwire::feed::replay::ReplayConfig;
 use tickwire::server::ServerConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -57,15 +57,11 @@ fn certificate() -> Certificate {
 }
 
 fn tls_setup(certificate: &Certificate) -> (ServerConfig, Vec<ReplayConfig>) {
-    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
     let config = ServerConfig {
         tls: Some(certificate.server.clone()),
         ..ServerConfig::default()
     };
-    (
-        config,
-        vec![replay_of(&files, Speed::Factor(1.0), true, false)],
-    )
+    (config, both_samples_looping())
 }
 
 async fn tls_server(certificate: &Certificate) -> TestServer {

@@ -80,6 +80,13 @@ pub fn replay_of(
     }
 }
 
+/// Both Binance samples (`spot:` and `usdm:`), looping at 1× so that updates
+/// keep coming.
+pub fn both_samples_looping() -> Vec<ReplayConfig> {
+    let files = [(Some("spot"), sample(SPOT)), (Some("usdm"), sample(USDM))];
+    vec![replay_of(&files, Speed::Factor(1.0), true, false)]
+}
+
 /// The server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
