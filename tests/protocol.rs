@@ -379,6 +379,24 @@ async fn client_close_is_answered_and_everything_is_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_with_the_upgrade_request_are_answered() {
+    let server = live_server(ServerConfig::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    answers_requests_sent_with_the_upgrade(&mut stream, server.addr).await;
+}
+
+#[tokio::test]
+async fn with_http_on_its_own_thread_requests_sent_with_the_upgrade_request_are_answered() {
+    let server = TestServer::start_fronted(ServerConfig::default(), both_samples_looping()).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    answers_requests_sent_with_the_upgrade(&mut stream, server.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_websocket_requests_to_ws_get_a_json_400() {
     let server = live_server(ServerConfig::default()).await;
     let (status, body) = server.get("/ws").await;

@@ -122,6 +122,18 @@ async fn speaks_the_protocol_over_tls(server: &TestServer, certificate: &Certifi
     assert_eq!(client.close_code().await, Some(1000));
 }
 
+#[tokio::test]
+async fn wss_requests_sent_with_the_upgrade_request_are_answered_after_the_hand_over() {
+    let certificate = certificate();
+    let (config, replays) = tls_setup(&certificate);
+    let server = TestServer::start_fronted(config, replays).await;
+    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    answers_requests_sent_with_the_upgrade(&mut tls, "localhost").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_serves_the_api_and_plain_http_is_not_answered() {
     let certificate = certificate();

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use bytes::Bytes;
+use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -509,7 +509,7 @@ async fn upgrade(
         // The permit was counted in; a connection that ends before its
         // session starts is counted out here.
         let metrics = context.hub.metrics();
-        let (stream, read_buf) = match upgraded(on_upgrade).await {
+        let (stream, mut read_buf) = match upgraded(on_upgrade).await {
             Ok(upgraded) => upgraded,
             Err(e) => return lost_before_its_session(metrics, "upgrade failed", &e),
         };
@@ -524,7 +524,7 @@ async fn upgrade(
             Err(e) => return lost_before_its_session(metrics, HANDING_OVER, &e),
         };
         let session = async move {
-            match connection.attach() {
+            match connection.attach(&mut read_buf) {
                 Ok(stream) => {
                     session::run(stream, read_buf, initial_symbols, context, permit).await;
                 }
@@ -562,12 +562,12 @@ fn lost_before_its_session(metrics: &Metrics, what: &str, error: &dyn std::fmt::
 /// bytes it had already read past the request: hyper's own shares, and so
 /// keeps, its whole read buffer (8 KiB or more) however little it holds,
 /// for as long as the connection waits for its session.
-async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Result<(Transport, Bytes), String> {
+async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Result<(Transport, BytesMut), String> {
     let upgraded = on_upgrade.await.map_err(|e| e.to_string())?;
     let upgraded = match upgraded.downcast::<TokioIo<WriteStall<TcpStream>>>() {
         Ok(parts) => {
             let tcp = parts.io.into_inner().into_inner();
-            let read_buf = Bytes::copy_from_slice(&parts.read_buf);
+            let read_buf = BytesMut::from(&parts.read_buf[..]);
             return Ok((Transport::Plain(tcp), read_buf));
         }
         Err(upgraded) => upgraded,
@@ -575,7 +575,7 @@ async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Result<(Transport, B
     match upgraded.downcast::<TokioIo<WriteStall<TlsStream<TcpStream>>>>() {
         Ok(parts) => {
             let (tcp, tls) = parts.io.into_inner().into_inner().into_inner();
-            let read_buf = Bytes::copy_from_slice(&parts.read_buf);
+            let read_buf = BytesMut::from(&parts.read_buf[..]);
             Ok((Transport::tls(tcp, tls), read_buf))
         }
         Err(_) => {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -182,7 +182,7 @@ impl SessionContext {
 /// client until it is gone.
 pub async fn run(
     stream: Transport,
-    already_read: Bytes,
+    already_read: BytesMut,
     initial_symbols: Option<Vec<String>>,
     context: SessionContext,
     permit: Admission,
@@ -315,7 +315,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(stream: Transport, already_read: Bytes, context: SessionContext) -> Self {
+    fn new(stream: Transport, already_read: BytesMut, context: SessionContext) -> Self {
         let config = &context.config;
         let hub = context.hub.clone();
         let max_subscriptions = context
@@ -325,7 +325,7 @@ impl Session {
         let now = Instant::now();
         Self {
             decoder: Decoder::new(config.max_message_bytes),
-            inbound: BytesMut::from(&already_read[..]),
+            inbound: already_read,
             out: Outbox::new(Framing::WebSocket, hub.metrics().clone(), context.id),
             subscriptions: Subscriptions::new(hub, context.grant.clone(), max_subscriptions),
             ping: PingState::Idle {

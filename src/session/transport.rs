@@ -35,11 +35,41 @@ pub struct Detached {
 
 impl Detached {
     /// The connection again, registered with the reactor of the runtime this
-    /// is called on. Registering reports whatever the socket is ready for
-    /// already, so nothing that arrived while it was detached is missed.
-    pub fn attach(self) -> io::Result<Transport> {
-        let tcp = TcpStream::from_std(self.tcp)?;
-        Ok(match self.tls {
+    /// is called on, with what the peer sent while it was detached read
+    /// first: plaintext is appended to `arrived`, TLS records are decrypted
+    /// and left in rustls for the first read.
+    ///
+    /// Registering reports whatever the socket is ready for already, so
+    /// nothing is missed either way; but that report reaches the session
+    /// only when the runtime next polls its reactor, and then the session
+    /// waits its turn behind every task queued before it. A client sends
+    /// its first request as soon as it has the `101`, which is usually
+    /// before its session starts: reading it here answers it on the
+    /// session's first turn instead of its second.
+    pub fn attach(self, arrived: &mut BytesMut) -> io::Result<Transport> {
+        let Detached { tcp, tls } = self;
+        let tls = match tls {
+            None => {
+                read_arrived(&tcp, arrived)?;
+                None
+            }
+            Some((mut tls, mut plaintext)) => {
+                match tls.read_tls(&mut &tcp) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        let state = tls
+                            .process_new_packets()
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        plaintext = state.plaintext_bytes_to_read();
+                    }
+                    Err(e) if nothing_yet(&e) => {}
+                    Err(e) => return Err(e),
+                }
+                Some((tls, plaintext))
+            }
+        };
+        let tcp = TcpStream::from_std(tcp)?;
+        Ok(match tls {
             None => Transport::Plain(tcp),
             Some((tls, plaintext)) => Transport::Tls(Box::new(TlsTransport {
                 tcp,
@@ -48,6 +78,25 @@ impl Detached {
             })),
         })
     }
+}
+
+/// One non-blocking read of what is waiting on a detached socket. The end of
+/// the stream is left for the session to find: it reads as the end again.
+fn read_arrived(mut tcp: &std::net::TcpStream, arrived: &mut BytesMut) -> io::Result<()> {
+    let mut chunk = [0u8; 4096];
+    match tcp.read(&mut chunk) {
+        Ok(n) => arrived.extend_from_slice(&chunk[..n]),
+        Err(e) if nothing_yet(&e) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn nothing_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// TCP carrying a TLS session whose handshake is done.
@@ -301,48 +350,163 @@ mod tests {
             .expect("runtime")
     }
 
-    #[test]
-    fn a_detached_connection_outlives_its_first_runtime_and_misses_nothing() {
+    /// Waits until `n` bytes are waiting on the detached socket, as they
+    /// would once a client's request has crossed loopback.
+    fn until_waiting(detached: &Detached, n: usize) {
+        let mut peeked = vec![0u8; n];
+        let deadline = std::time::Instant::now() + GUARD;
+        while !matches!(detached.tcp.peek(&mut peeked), Ok(got) if got >= n) {
+            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A plain connection accepted and polled on a runtime that is then
+    /// dropped, as the HTTP thread leaves it, and its peer.
+    fn detached_plain() -> (Detached, std::net::TcpStream) {
         let first = runtime();
-        let (detached, mut peer) = first.block_on(async {
+        let pair = first.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             let address = listener.local_addr().expect("address");
             let peer = std::net::TcpStream::connect(address).expect("connect");
             let (tcp, _) = listener.accept().await.expect("accept");
-            // Polled on this runtime, as the handshake leaves it.
             tcp.writable().await.expect("writable");
             let detached = Transport::Plain(tcp).detach().expect("detaches");
             (detached, peer)
         });
         // The reactor it was registered with is gone.
         drop(first);
+        pair
+    }
+
+    /// Reads until `received` holds `n` bytes, waiting for readiness.
+    async fn read_until(transport: &mut Transport, received: &mut BytesMut, n: usize) {
+        let read = async {
+            while received.len() < n {
+                transport.readable().await?;
+                match transport.try_read_buf(received) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, io::Error>(())
+        };
+        tokio::time::timeout(GUARD, read)
+            .await
+            .expect("readiness is reported")
+            .expect("reads");
+    }
+
+    #[test]
+    fn a_detached_connection_outlives_its_first_runtime_and_reads_what_arrived_meanwhile() {
+        let (detached, mut peer) = detached_plain();
         peer.write_all(b"ping").expect("peer writes");
+        until_waiting(&detached, 4);
 
         runtime().block_on(async {
-            let mut transport = detached.attach().expect("attaches");
-            let mut received = BytesMut::with_capacity(16);
-            let read = async {
-                while received.len() < 4 {
-                    transport.readable().await?;
-                    match transport.try_read_buf(&mut received) {
-                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok::<_, io::Error>(())
-            };
-            tokio::time::timeout(GUARD, read)
-                .await
-                .expect("what arrived while detached is reported")
-                .expect("reads");
-            assert_eq!(&received[..], b"ping");
+            let mut arrived = BytesMut::from(&b"GET"[..]);
+            let mut transport = detached.attach(&mut arrived).expect("attaches");
+            // Read on attaching, before any readiness could be reported.
+            assert_eq!(&arrived[..], b"GETping");
+            peer.write_all(b"more").expect("peer writes");
+            let mut received = BytesMut::new();
+            read_until(&mut transport, &mut received, 4).await;
+            assert_eq!(&received[..], b"more");
             transport.write_all(b"pong").await.expect("writes");
         });
         peer.set_read_timeout(Some(GUARD)).expect("timeout");
+        let mut answer = [0; 4];
+        peer.read_exact(&mut answer).expect("peer reads");
+        assert_eq!(&answer, b"pong");
+    }
+
+    #[test]
+    fn a_detached_connection_the_peer_closed_reads_as_closed() {
+        let (detached, peer) = detached_plain();
+        drop(peer);
+        runtime().block_on(async {
+            let mut arrived = BytesMut::new();
+            let mut transport = detached.attach(&mut arrived).expect("attaches");
+            assert!(arrived.is_empty());
+            let read = async {
+                transport.readable().await?;
+                transport.try_read(&mut [0u8; 16])
+            };
+            let read = tokio::time::timeout(GUARD, read).await.expect("reported");
+            assert_eq!(read.expect("reads the end"), 0);
+        });
+    }
+
+    #[test]
+    fn a_detached_tls_connection_decrypts_what_arrived_meanwhile() {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).expect("root");
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let client = rustls::ClientConnection::new(std::sync::Arc::new(client_config), name)
+            .expect("client");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (mut tcp, _) = listener.accept().expect("accept");
+        let mut server = ServerConnection::new(std::sync::Arc::new(server_config)).expect("server");
+        // The handshake over blocking sockets, the peer's side on a thread.
+        let peer = std::thread::spawn(move || {
+            let mut peer = rustls::StreamOwned::new(client, peer);
+            while peer.conn.is_handshaking() {
+                peer.conn
+                    .complete_io(&mut peer.sock)
+                    .expect("client handshake");
+            }
+            peer
+        });
+        while server.is_handshaking() {
+            server.complete_io(&mut tcp).expect("server handshake");
+        }
+        let mut peer = peer.join().expect("client thread");
+        peer.write_all(b"ping").expect("peer writes");
+        peer.flush().expect("peer flushes");
+        tcp.set_nonblocking(true).expect("non-blocking");
+        let detached = Detached {
+            tcp,
+            tls: Some((Box::new(server), 0)),
+        };
+        // Four bytes of plaintext are a record of more than four.
+        until_waiting(&detached, 5);
+
+        runtime().block_on(async {
+            let mut arrived = BytesMut::new();
+            let mut transport = detached.attach(&mut arrived).expect("attaches");
+            assert!(arrived.is_empty(), "TLS plaintext stays in rustls");
+            // Readable at once: decrypted on attaching, so no readiness is needed.
+            let ready = std::future::poll_fn(|cx| Poll::Ready(transport.poll_read_ready(cx))).await;
+            assert!(matches!(ready, Poll::Ready(Ok(()))));
+            let mut received = [0u8; 16];
+            let n = transport.try_read(&mut received).expect("reads");
+            assert_eq!(&received[..n], b"ping");
+            transport.write_all(b"pong").await.expect("writes");
+        });
+        peer.sock.set_read_timeout(Some(GUARD)).expect("timeout");
         let mut answer = [0; 4];
         peer.read_exact(&mut answer).expect("peer reads");
         assert_eq!(&answer, b"pong");

@@ -445,12 +445,29 @@ pub async fn raw_connect(addr: SocketAddr, path: &str, recv_buffer: Option<u32>)
         Some(size) => connect_with_receive_buffer(addr, size).await,
         None => TcpStream::connect(addr).await.expect("connect"),
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    upgrade_sending(&mut stream, addr, path, &[]).await;
+    stream
+}
+
+/// Sends the upgrade request for `path` with `after_request` in the same
+/// write, and reads the `101`'s head, byte by byte so no frame after it is
+/// consumed here.
+pub async fn upgrade_sending<S>(
+    stream: &mut S,
+    host: impl std::fmt::Display,
+    path: &str,
+    after_request: &[u8],
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    // Byte by byte, so no frame after the head is consumed here.
+    )
+    .into_bytes();
+    request.extend_from_slice(after_request);
+    stream.write_all(&request).await.expect("send");
+    stream.flush().await.expect("flush");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let byte = tokio::time::timeout(GUARD, stream.read_u8())
@@ -465,7 +482,37 @@ pub async fn raw_connect(addr: SocketAddr, path: &str, recv_buffer: Option<u32>)
         head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         "RFC 6455 accept key: {head}"
     );
-    stream
+}
+
+/// Upgrades with two requests sent in the same write as the upgrade request,
+/// so they reach the server with it, and checks both are answered.
+pub async fn answers_requests_sent_with_the_upgrade<S>(stream: &mut S, host: impl std::fmt::Display)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut requests = client_frame(
+        true,
+        0x1,
+        br#"{"op":"subscribe","id":1,"symbols":["usdm:BTCUSDT"]}"#,
+    );
+    requests.extend(client_frame(true, 0x1, br#"{"op":"list","id":2}"#));
+    upgrade_sending(stream, host, "/ws", &requests).await;
+    let mut frames = ServerFrames::default();
+    let (mut subscribed, mut listed) = (None, None);
+    while subscribed.is_none() || listed.is_none() {
+        let (opcode, payload) = frames.next(stream).await.expect("answers before closing");
+        assert_eq!(opcode, 0x1, "a text frame");
+        let message: Value = serde_json::from_slice(&payload).expect("JSON");
+        match message["type"].as_str() {
+            Some("subscribed") => subscribed = Some(message),
+            Some("symbols") => listed = Some(message),
+            _ => {}
+        }
+    }
+    let (subscribed, listed) = (subscribed.unwrap_or_default(), listed.unwrap_or_default());
+    assert_eq!(subscribed["id"], 1);
+    assert_eq!(subscribed["symbols"], serde_json::json!(["usdm:BTCUSDT"]));
+    assert_eq!(listed["id"], 2);
 }
 
 /// A client that subscribes to `symbols` and then never reads a byte.
@@ -497,7 +544,10 @@ pub struct ServerFrames {
 impl ServerFrames {
     /// The next frame's opcode and payload; `None` once the server closed
     /// the connection.
-    pub async fn next(&mut self, stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    pub async fn next<S>(&mut self, stream: &mut S) -> Option<(u8, Vec<u8>)>
+    where
+        S: tokio::io::AsyncRead + Unpin,
+    {
         loop {
             if let Some(frame) = self.take() {
                 return Some(frame);
