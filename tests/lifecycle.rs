@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::json;
 use tickwire::feed::replay::{ReplayConfig, Speed};
 use tickwire::server::ServerConfig;
@@ -31,6 +32,59 @@ async fn with_http_on_its_own_thread_shutdown_closes_every_client_with_1001() {
     closes_every_client_with_1001(server).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_serves_the_same_feed() {
+    let server =
+        TestServer::start_listening(ServerConfig::default(), looping_usdm(), 2, false).await;
+    serves_on_every_listener(server).await;
+}
+
+#[tokio::test]
+async fn with_http_on_its_own_thread_every_listener_serves_the_same_feed() {
+    let server =
+        TestServer::start_listening(ServerConfig::default(), looping_usdm(), 2, true).await;
+    serves_on_every_listener(server).await;
+}
+
+async fn serves_on_every_listener(mut server: TestServer) {
+    let mut clients = Vec::new();
+    for addr in &server.addrs {
+        let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
+        client
+            .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
+            .await;
+        assert_eq!(client.recv_type("subscribed").await["id"], 1);
+        assert_eq!(client.recv_type("ticker").await["symbol"], "usdm:BTCUSDT");
+        clients.push(client);
+    }
+    let metrics = server.metrics();
+    assert_eq!(metrics.connections.load(Relaxed), 2, "one count for both");
+    server.shutdown().await.expect("clean shutdown");
+    for client in &mut clients {
+        assert_eq!(client.close_code().await, Some(1001));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dropped_without_its_shutdown_closes_every_client_with_1001() {
+    let server = TestServer::start(ServerConfig::default(), looping_usdm()).await;
+    closes_every_client_with_1001_when_dropped(server).await;
+}
+
+#[tokio::test]
+async fn with_http_on_its_own_thread_a_server_dropped_without_its_shutdown_closes_every_client_with_1001(
+) {
+    let server = TestServer::start_fronted(ServerConfig::default(), looping_usdm()).await;
+    closes_every_client_with_1001_when_dropped(server).await;
+}
+
+async fn closes_every_client_with_1001_when_dropped(mut server: TestServer) {
+    let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+    server.abort().await;
+    assert_eq!(client.close_code().await, Some(1001));
+}
+
 #[tokio::test]
 async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_are_stuck() {
     let server = TestServer::start_fronted(ServerConfig::default(), looping_usdm()).await;
@@ -51,40 +105,77 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
                 .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
                 .await;
             let stalled = healthz_once_it_says(addr, 503).await;
-            let _ = answered.send((status, stalled));
+            // Two seconds on, an answer from a session on this thread would
+            // have arrived by now.
+            let unanswered = client.ws.next().now_or_never().is_none();
+            let refused = refusal(&url).await;
+            let _ = answered.send((status, stalled, unanswered, refused));
             let subscribed = client.recv_type("subscribed").await;
             let ticker = client.recv_type("ticker").await;
             let healthy = healthz_once_it_says(addr, 200).await;
-            let _ = streamed.send((subscribed, ticker, healthy));
+            let mut later = Client::connect(&url).await;
+            later
+                .send(json!({"op": "subscribe", "id": 2, "symbols": ["usdm:BTCUSDT"]}))
+                .await;
+            let later = later.recv_type("subscribed").await;
+            let _ = streamed.send((subscribed, ticker, healthy, later));
         });
     });
     // This thread runs the sessions' runtime: until this returns, only the
     // HTTP thread can answer.
-    let (status, stalled) = while_stuck
+    let (status, stalled, unanswered, (refused, body)) = while_stuck
         .recv_timeout(GUARD)
         .expect("HTTP answered while the sessions' runtime was stuck");
     assert_eq!(status, 200);
     assert!(stalled.starts_with("stalled: "), "{stalled}");
+    assert!(unanswered, "no session runs on the HTTP thread");
+    // A new client is told to go elsewhere rather than given a `101` and
+    // then nothing.
+    assert_eq!(refused, 503);
+    assert_eq!(body["error"], "stalled", "{body}");
     // Given its runtime back, the session takes over the socket, reads the
-    // request that waited in it, and streams.
-    let (subscribed, ticker, healthy) = tokio::time::timeout(GUARD, client_done)
+    // request that waited in it, and streams; new clients are served again.
+    let (subscribed, ticker, healthy, later) = tokio::time::timeout(GUARD, client_done)
         .await
         .expect("the session streams in time")
         .expect("the client saw its answer and a ticker");
     assert_eq!(subscribed["id"], 1);
     assert_eq!(ticker["symbol"], "usdm:BTCUSDT");
     assert_eq!(healthy, "ok\n");
+    assert_eq!(later["id"], 2);
+    let (_, page) = server.get("/metrics").await;
+    let series = r#"tickwire_handshakes_refused_total{reason="stalled"}"#;
+    assert_eq!(metric(&page, series), 1.0);
+}
+
+/// The status and JSON body of a WebSocket handshake that is refused.
+async fn refusal(url: &str) -> (u16, serde_json::Value) {
+    use tokio_tungstenite::tungstenite::Error;
+    match tokio_tungstenite::connect_async(url).await {
+        Err(Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let body = serde_json::from_slice(body).expect("a JSON body");
+            (response.status().as_u16(), body)
+        }
+        Err(e) => panic!("handshake failed without an answer: {e}"),
+        Ok(_) => panic!("handshake accepted"),
+    }
 }
 
 /// `/healthz`'s body once it answers with `status`.
 async fn healthz_once_it_says(addr: std::net::SocketAddr, status: u16) -> String {
-    loop {
-        let (answer, body) = http_get(addr, "/healthz").await;
-        if answer == status {
-            return body;
+    let poll = async {
+        loop {
+            let (answer, body) = http_get(addr, "/healthz").await;
+            if answer == status {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    tokio::time::timeout(GUARD, poll)
+        .await
+        .unwrap_or_else(|_| panic!("/healthz never said {status}"))
 }
 
 async fn closes_every_client_with_1001(mut server: TestServer) {

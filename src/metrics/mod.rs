@@ -259,10 +259,12 @@ pub enum Refusal {
     PeerHttpLimit,
     /// A query string that does not parse, or `/sse` without symbols (400).
     BadQuery,
+    /// A WebSocket upgrade while the sessions' runtime is stalled (503).
+    Stalled,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 9] = [
         Refusal::NotWebSocket,
         Refusal::ConnectionLimit,
         Refusal::ShuttingDown,
@@ -271,6 +273,7 @@ impl Refusal {
         Refusal::PeerLimit,
         Refusal::PeerHttpLimit,
         Refusal::BadQuery,
+        Refusal::Stalled,
     ];
 
     fn label(self) -> &'static str {
@@ -283,6 +286,7 @@ impl Refusal {
             Refusal::PeerLimit => "peer_limit",
             Refusal::PeerHttpLimit => "peer_http_limit",
             Refusal::BadQuery => "bad_query",
+            Refusal::Stalled => "stalled",
         }
     }
 }

@@ -42,14 +42,19 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// `ok`, or `503` once the runtime serving the sessions has stopped running
-/// tasks (see `heartbeat`).
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    let stalled = shared
+/// How long the runtime serving the sessions has run nothing, once it counts
+/// as stalled (see `heartbeat`); never where HTTP shares that runtime.
+fn sessions_stalled(shared: &Shared) -> Option<std::time::Duration> {
+    shared
         .sessions_elsewhere
         .as_ref()
-        .and_then(|elsewhere| elsewhere.heartbeat.stalled());
-    match stalled {
+        .and_then(|elsewhere| elsewhere.heartbeat.stalled())
+}
+
+/// `ok`, or `503` once the runtime serving the sessions has stopped running
+/// tasks.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match sessions_stalled(&shared) {
         None => "ok\n".into_response(),
         Some(silence) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -485,6 +490,22 @@ async fn upgrade(
             return response;
         }
     };
+    // A session handed to a stalled runtime would get its `101` and then
+    // nothing; refused, its client can try again, or another server.
+    if let Some(silence) = sessions_stalled(&shared) {
+        let message = format!(
+            "the server's WebSocket worker has run nothing for {} ms",
+            silence.as_millis()
+        );
+        let refused = Refused::new(
+            &shared,
+            Refusal::Stalled,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stalled",
+            message,
+        );
+        return refused.into_response();
+    }
     let admitted = client_query(&shared, query)
         .and_then(|query| Ok((admission(&shared, peer, request.headers(), &query)?, query)));
     let ((permit, grant), query) = match admitted {

@@ -176,6 +176,10 @@ async fn serve(
         next_id: AtomicU64::new(1),
         sessions_elsewhere,
     });
+    // The sessions are tasks of their own: a server that stops without its
+    // shutdown (its future dropped, or unwound by a panic) still has them
+    // close with 1001 rather than stream on unserved.
+    let _close_sessions = CloseSessionsOnDrop(shared.shutdown.clone());
     let router = http::router(shared.clone());
     let tls = shared
         .config
@@ -285,6 +289,15 @@ async fn serve(
     Ok(())
 }
 
+/// Begins the sessions' shutdown when dropped.
+struct CloseSessionsOnDrop(Shutdown);
+
+impl Drop for CloseSessionsOnDrop {
+    fn drop(&mut self) {
+        self.0.begin();
+    }
+}
+
 /// [`run_on`] with HTTP on a thread of its own: accepting, TLS and WebSocket
 /// handshakes, the JSON API, metrics and SSE streams run on a current-thread
 /// runtime there, while each WebSocket session runs on the runtime this is
@@ -297,9 +310,11 @@ async fn serve(
 /// it runs woken tasks in the order they were woken, so each step of a
 /// handshake would queue behind every session woken before it. On a thread
 /// of its own, a handshake waits only for the operating system to schedule
-/// that thread. A session's first turn on its runtime still waits for the
-/// sessions queued before it. `/healthz` answers `503` once the sessions'
-/// runtime has run nothing for two seconds.
+/// that thread. A session starts once its runtime next takes tasks spawned
+/// from other threads, and answers on its first turn what its client sent
+/// meanwhile. Once the sessions' runtime has run nothing for two seconds,
+/// `/healthz` answers `503` and new WebSocket clients are refused with
+/// `503` too.
 ///
 /// # Panics
 ///

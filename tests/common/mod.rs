@@ -89,7 +89,10 @@ pub fn both_samples_looping() -> Vec<ReplayConfig> {
 
 /// The server running in this process.
 pub struct TestServer {
+    /// The first of [`TestServer::addrs`].
     pub addr: SocketAddr,
+    /// Each listening socket's address.
+    pub addrs: Vec<SocketAddr>,
     pub hub: Arc<Hub>,
     pub replays: Vec<ReplayHandle>,
     pub lives: Vec<tickwire::feed::live::LiveHandle>,
@@ -107,7 +110,7 @@ impl TestServer {
 
     /// A server with feeds of any kind.
     pub async fn start_feeds(config: ServerConfig, feeds: Vec<FeedConfig>) -> Self {
-        Self::launch(config, feeds, false).await
+        Self::launch(config, feeds, false, 1).await
     }
 
     /// A server whose HTTP, handshakes included, runs on a thread of its
@@ -115,10 +118,27 @@ impl TestServer {
     /// runtime, as `tickwire serve --workers 1` runs them.
     pub async fn start_fronted(config: ServerConfig, replays: Vec<ReplayConfig>) -> Self {
         let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
-        Self::launch(config, feeds, true).await
+        Self::launch(config, feeds, true, 1).await
     }
 
-    async fn launch(config: ServerConfig, feeds: Vec<FeedConfig>, fronted: bool) -> Self {
+    /// A server on `listeners` listening sockets at once, with HTTP on a
+    /// thread of its own if `fronted`.
+    pub async fn start_listening(
+        config: ServerConfig,
+        replays: Vec<ReplayConfig>,
+        listeners: usize,
+        fronted: bool,
+    ) -> Self {
+        let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
+        Self::launch(config, feeds, fronted, listeners).await
+    }
+
+    async fn launch(
+        config: ServerConfig,
+        feeds: Vec<FeedConfig>,
+        fronted: bool,
+        listeners: usize,
+    ) -> Self {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::default())));
         let cancel = CancellationToken::new();
         let mut replays = Vec::new();
@@ -131,24 +151,26 @@ impl TestServer {
                 FeedHandle::Synthetic(handle) => synthetics.push(handle),
             }
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
+        let mut bound = Vec::new();
+        for _ in 0..listeners {
+            bound.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let addrs: Vec<SocketAddr> = bound
+            .iter()
+            .map(|listener| listener.local_addr().expect("local addr"))
+            .collect();
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = rx.await;
         };
         let task = if fronted {
-            tokio::spawn(server::run_fronted(
-                vec![listener],
-                hub.clone(),
-                config,
-                shutdown,
-            ))
+            tokio::spawn(server::run_fronted(bound, hub.clone(), config, shutdown))
         } else {
-            tokio::spawn(server::run(listener, hub.clone(), config, shutdown))
+            tokio::spawn(server::run_on(bound, hub.clone(), config, shutdown))
         };
         Self {
-            addr,
+            addr: addrs[0],
+            addrs,
             hub,
             replays,
             lives,
@@ -185,6 +207,15 @@ impl TestServer {
 
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path).await
+    }
+
+    /// Drops the server's future without its shutdown, as a caller that
+    /// stops polling it (or a panic) would, and waits until it is gone.
+    pub async fn abort(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = tokio::time::timeout(GUARD, task).await.expect("aborted");
+        }
     }
 }
 
