@@ -34,15 +34,22 @@ async fn with_http_on_its_own_thread_shutdown_closes_every_client_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_serves_the_same_feed() {
-    let server =
-        TestServer::start_listening(ServerConfig::default(), looping_usdm(), 2, false).await;
+    let serving = Serving {
+        listeners: 2,
+        ..Serving::default()
+    };
+    let server = TestServer::start_serving(ServerConfig::default(), looping_usdm(), serving).await;
     serves_on_every_listener(server).await;
 }
 
 #[tokio::test]
 async fn with_http_on_its_own_thread_every_listener_serves_the_same_feed() {
-    let server =
-        TestServer::start_listening(ServerConfig::default(), looping_usdm(), 2, true).await;
+    let serving = Serving {
+        listeners: 2,
+        fronted: true,
+        ..Serving::default()
+    };
+    let server = TestServer::start_serving(ServerConfig::default(), looping_usdm(), serving).await;
     serves_on_every_listener(server).await;
 }
 
@@ -85,10 +92,37 @@ async fn closes_every_client_with_1001_when_dropped(mut server: TestServer) {
     assert_eq!(client.close_code().await, Some(1001));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_unwound_by_a_panic_closes_every_client_with_1001() {
+    closes_every_client_with_1001_when_unwound(false).await;
+}
+
+#[tokio::test]
+async fn with_http_on_its_own_thread_a_server_unwound_by_a_panic_closes_every_client_with_1001() {
+    closes_every_client_with_1001_when_unwound(true).await;
+}
+
+async fn closes_every_client_with_1001_when_unwound(fronted: bool) {
+    let serving = Serving {
+        fronted,
+        panic_at_shutdown: true,
+        ..Serving::default()
+    };
+    let mut server =
+        TestServer::start_serving(ServerConfig::default(), looping_usdm(), serving).await;
+    let mut client = Client::connect(&server.url("?symbols=usdm:BTCUSDT")).await;
+    client.recv_type("subscribed").await;
+    server.shutdown_unwinding().await;
+    assert_eq!(client.close_code().await, Some(1001));
+}
+
 #[tokio::test]
 async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_are_stuck() {
     let server = TestServer::start_fronted(ServerConfig::default(), looping_usdm()).await;
     let (addr, url) = (server.addr, server.url(""));
+    // The heartbeat beats once at least, so that the stall is counted from
+    // when this thread blocks below, not from the server's start.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let (answered, while_stuck) = std::sync::mpsc::channel();
     let (streamed, client_done) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -105,10 +139,10 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
                 .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
                 .await;
             let stalled = healthz_once_it_says(addr, 503).await;
-            // Two seconds on, an answer from a session on this thread would
-            // have arrived by now.
+            // Two seconds on, a session running on the HTTP thread would
+            // have answered by now.
             let unanswered = client.ws.next().now_or_never().is_none();
-            let refused = refusal(&url).await;
+            let refused = handshake_refusal(&url).await;
             let _ = answered.send((status, stalled, unanswered, refused));
             let subscribed = client.recv_type("subscribed").await;
             let ticker = client.recv_type("ticker").await;
@@ -123,7 +157,7 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
     });
     // This thread runs the sessions' runtime: until this returns, only the
     // HTTP thread can answer.
-    let (status, stalled, unanswered, (refused, body)) = while_stuck
+    let (status, stalled, unanswered, refused) = while_stuck
         .recv_timeout(GUARD)
         .expect("HTTP answered while the sessions' runtime was stuck");
     assert_eq!(status, 200);
@@ -131,8 +165,12 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
     assert!(unanswered, "no session runs on the HTTP thread");
     // A new client is told to go elsewhere rather than given a `101` and
     // then nothing.
-    assert_eq!(refused, 503);
-    assert_eq!(body["error"], "stalled", "{body}");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"], "worker_stalled", "{}", refused.body);
+    assert_eq!(
+        refused.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"2"[..])
+    );
     // Given its runtime back, the session takes over the socket, reads the
     // request that waited in it, and streams; new clients are served again.
     let (subscribed, ticker, healthy, later) = tokio::time::timeout(GUARD, client_done)
@@ -144,22 +182,8 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
     assert_eq!(healthy, "ok\n");
     assert_eq!(later["id"], 2);
     let (_, page) = server.get("/metrics").await;
-    let series = r#"tickwire_handshakes_refused_total{reason="stalled"}"#;
+    let series = r#"tickwire_handshakes_refused_total{reason="worker_stalled"}"#;
     assert_eq!(metric(&page, series), 1.0);
-}
-
-/// The status and JSON body of a WebSocket handshake that is refused.
-async fn refusal(url: &str) -> (u16, serde_json::Value) {
-    use tokio_tungstenite::tungstenite::Error;
-    match tokio_tungstenite::connect_async(url).await {
-        Err(Error::Http(response)) => {
-            let body = response.body().as_deref().unwrap_or_default();
-            let body = serde_json::from_slice(body).expect("a JSON body");
-            (response.status().as_u16(), body)
-        }
-        Err(e) => panic!("handshake failed without an answer: {e}"),
-        Ok(_) => panic!("handshake accepted"),
-    }
 }
 
 /// `/healthz`'s body once it answers with `status`.

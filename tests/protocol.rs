@@ -379,7 +379,7 @@ async fn client_close_is_answered_and_everything_is_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_sent_with_the_upgrade_request_are_answered() {
+async fn requests_read_with_the_upgrade_request_are_answered() {
     let server = live_server(ServerConfig::default()).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr)
         .await
@@ -388,7 +388,7 @@ async fn requests_sent_with_the_upgrade_request_are_answered() {
 }
 
 #[tokio::test]
-async fn with_http_on_its_own_thread_requests_sent_with_the_upgrade_request_are_answered() {
+async fn with_http_on_its_own_thread_requests_read_with_the_upgrade_request_are_answered() {
     let server = TestServer::start_fronted(ServerConfig::default(), both_samples_looping()).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr)
         .await
@@ -491,16 +491,9 @@ async fn connection_limit_refuses_with_503_and_json() {
     };
     let server = live_server(config).await;
     let _first = Client::connect(&server.url("")).await;
-    let refused = tokio_tungstenite::connect_async(server.url("")).await;
-    match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503);
-            let body = response.body().as_deref().unwrap_or_default();
-            let body: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
-            assert_eq!(body["error"], "connection_limit");
-        }
-        other => panic!("expected a 503 refusal, got {other:?}"),
-    }
+    let refused = handshake_refusal(&server.url("")).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"], "connection_limit");
 }
 
 /// A ping after 200 ms of silence, to be answered within 200 ms.

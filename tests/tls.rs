@@ -123,7 +123,7 @@ async fn speaks_the_protocol_over_tls(server: &TestServer, certificate: &Certifi
 }
 
 #[tokio::test]
-async fn wss_requests_sent_with_the_upgrade_request_are_answered_after_the_hand_over() {
+async fn wss_requests_read_with_the_upgrade_request_are_answered_after_the_hand_over() {
     let certificate = certificate();
     let (config, replays) = tls_setup(&certificate);
     let server = TestServer::start_fronted(config, replays).await;
@@ -132,6 +132,49 @@ async fn wss_requests_sent_with_the_upgrade_request_are_answered_after_the_hand_
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
     answers_requests_sent_with_the_upgrade(&mut tls, "localhost").await;
+}
+
+/// This test's runtime runs the sessions: while it waits, blocked, for the
+/// client to have sent its request, no session can start, so the request is
+/// in the socket when the session takes the connection over.
+#[tokio::test]
+async fn a_wss_request_sent_before_its_session_starts_is_answered_on_taking_over() {
+    let certificate = certificate();
+    let (config, replays) = tls_setup(&certificate);
+    let server = TestServer::start_fronted(config, replays).await;
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let connector = Connector::Rustls(certificate.client.clone());
+    let (sent, request_sent) = std::sync::mpsc::channel();
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        runtime.block_on(async move {
+            let (ws, _) =
+                tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                    .await
+                    .expect("wss handshake");
+            let mut client = Client { ws };
+            client
+                .send(json!({"op": "subscribe", "id": 3, "symbols": ["usdm:BTCUSDT"]}))
+                .await;
+            let _ = sent.send(());
+            let subscribed = client.recv_type("subscribed").await;
+            let ticker = client.recv_type("ticker").await;
+            let _ = answered.send((subscribed, ticker));
+        });
+    });
+    request_sent
+        .recv_timeout(GUARD)
+        .expect("handshake and request while the sessions wait");
+    let (subscribed, ticker) = tokio::time::timeout(GUARD, answer)
+        .await
+        .expect("answered in time")
+        .expect("the client saw its answer and a ticker");
+    assert_eq!(subscribed["id"], 3);
+    assert_eq!(ticker["symbol"], "usdm:BTCUSDT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

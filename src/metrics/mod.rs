@@ -260,7 +260,7 @@ pub enum Refusal {
     /// A query string that does not parse, or `/sse` without symbols (400).
     BadQuery,
     /// A WebSocket upgrade while the sessions' runtime is stalled (503).
-    Stalled,
+    WorkerStalled,
 }
 
 impl Refusal {
@@ -273,7 +273,7 @@ impl Refusal {
         Refusal::PeerLimit,
         Refusal::PeerHttpLimit,
         Refusal::BadQuery,
-        Refusal::Stalled,
+        Refusal::WorkerStalled,
     ];
 
     fn label(self) -> &'static str {
@@ -286,7 +286,7 @@ impl Refusal {
             Refusal::PeerLimit => "peer_limit",
             Refusal::PeerHttpLimit => "peer_http_limit",
             Refusal::BadQuery => "bad_query",
-            Refusal::Stalled => "stalled",
+            Refusal::WorkerStalled => "worker_stalled",
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Where HTTP has a thread of its own ([`run_fronted`](super::run_fronted)),
 //! answering `/healthz` shows only that that thread runs: a sessions' runtime
-//! stuck in one task would still accept clients and answer `101`, then never
-//! serve them. A task on that runtime stamps the time every
-//! [`PERIOD`]; `/healthz` reads how long ago it last did.
+//! stuck in one task would still see clients accepted and answered `101`,
+//! then never serve them. A task on that runtime stamps the time every
+//! [`PERIOD`]; `/healthz` reads how long ago it last did, and so does each
+//! WebSocket upgrade, refused while the runtime is stalled.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -16,10 +17,11 @@ use tokio::time::MissedTickBehavior;
 const PERIOD: Duration = Duration::from_millis(100);
 
 /// How long the runtime may go without stamping before `/healthz` says
-/// `503`: beyond the queueing of a busy runtime (a few hundred milliseconds
-/// at most with 15,000 clients connecting), well within a health checker's
-/// patience. A runtime that still runs tasks, only later than this, counts
-/// as stalled too.
+/// `503` and new WebSocket clients are refused: beyond the queueing of a
+/// busy runtime (a few hundred milliseconds at most with 15,000 clients
+/// connecting), well within a health checker's patience. A runtime that
+/// still runs tasks, only later than this, counts as stalled too, and sheds
+/// new clients on purpose: each would wait longer still.
 pub const STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// When a runtime last ran its heartbeat task.

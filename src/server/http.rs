@@ -51,6 +51,17 @@ fn sessions_stalled(shared: &Shared) -> Option<std::time::Duration> {
         .and_then(|elsewhere| elsewhere.heartbeat.stalled())
 }
 
+fn stalled_message(silence: std::time::Duration) -> String {
+    format!(
+        "the sessions' worker has run nothing for {} ms",
+        silence.as_millis()
+    )
+}
+
+/// A stall is counted from two seconds of silence: a client refused for one
+/// tries again after about as long.
+const STALLED_RETRY_AFTER_SECS: u32 = 2;
+
 /// `ok`, or `503` once the runtime serving the sessions has stopped running
 /// tasks.
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
@@ -58,10 +69,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         None => "ok\n".into_response(),
         Some(silence) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "stalled: the sessions' worker has run nothing for {} ms\n",
-                silence.as_millis()
-            ),
+            format!("stalled: {}\n", stalled_message(silence)),
         )
             .into_response(),
     }
@@ -274,6 +282,8 @@ struct Refused {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u32>,
 }
 
 impl Refused {
@@ -289,13 +299,28 @@ impl Refused {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Tells the client when to try again.
+    fn retry_after(self, secs: u32) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..self
         }
     }
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        refusal(self.status, self.code, &self.message)
+        let mut response = refusal(self.status, self.code, &self.message);
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -353,11 +378,22 @@ fn authenticate(
         })
 }
 
+/// Which kind of streaming client asks to be admitted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Streaming {
+    /// Served by a session on the sessions' runtime.
+    WebSocket,
+    /// Served where HTTP is.
+    Sse,
+}
+
 /// Admits a new streaming client, or refuses it: while shutting down (503),
 /// from a browser origin not allowed (403), without valid credentials (401),
-/// over its address's limit (429) or the server's (503).
+/// a WebSocket client while the sessions' worker is stalled (503), over its
+/// address's limit (429) or the server's (503).
 fn admission(
     shared: &Shared,
+    streaming: Streaming,
     peer: Option<Extension<PeerAddr>>,
     headers: &HeaderMap,
     query: &ClientQuery,
@@ -383,6 +419,18 @@ fn admission(
         ));
     }
     let grant = authenticate(shared, headers, query)?;
+    // A session handed to a stalled runtime would get its `101` and then
+    // nothing; refused, its client can try again later, or another server.
+    if let Some(silence) = sessions_stalled(shared).filter(|_| streaming == Streaming::WebSocket) {
+        let refused = Refused::new(
+            shared,
+            Refusal::WorkerStalled,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker_stalled",
+            stalled_message(silence),
+        );
+        return Err(refused.retry_after(STALLED_RETRY_AFTER_SECS));
+    }
     let peer = match peer {
         Some(Extension(PeerAddr(addr))) => Some(
             shared
@@ -441,7 +489,7 @@ async fn event_stream(
         shared.hub.metrics().count_refusal(Refusal::BadQuery);
         return refusal(StatusCode::BAD_REQUEST, "bad_request", "give symbols=A,B");
     }
-    let (permit, grant) = match admission(&shared, peer, &headers, &query) {
+    let (permit, grant) = match admission(&shared, Streaming::Sse, peer, &headers, &query) {
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
@@ -490,24 +538,16 @@ async fn upgrade(
             return response;
         }
     };
-    // A session handed to a stalled runtime would get its `101` and then
-    // nothing; refused, its client can try again, or another server.
-    if let Some(silence) = sessions_stalled(&shared) {
-        let message = format!(
-            "the server's WebSocket worker has run nothing for {} ms",
-            silence.as_millis()
-        );
-        let refused = Refused::new(
+    let admitted = client_query(&shared, query).and_then(|query| {
+        let admitted = admission(
             &shared,
-            Refusal::Stalled,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stalled",
-            message,
-        );
-        return refused.into_response();
-    }
-    let admitted = client_query(&shared, query)
-        .and_then(|query| Ok((admission(&shared, peer, request.headers(), &query)?, query)));
+            Streaming::WebSocket,
+            peer,
+            request.headers(),
+            &query,
+        )?;
+        Ok((admitted, query))
+    });
     let ((permit, grant), query) = match admitted {
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
@@ -571,7 +611,7 @@ async fn upgrade(
     response
 }
 
-const HANDING_OVER: &str = "cannot hand the connection to its session";
+const HANDING_OVER: &str = "connection lost while handed to its session";
 
 /// Counts out a connection that ended between its `101` and its session.
 fn lost_before_its_session(metrics: &Metrics, what: &str, error: &dyn std::fmt::Display) {

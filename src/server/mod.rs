@@ -125,13 +125,14 @@ impl Shared {
 pub(crate) struct SessionsRuntime {
     handle: tokio::runtime::Handle,
     /// Answering HTTP no longer shows that this runtime runs: `/healthz`
-    /// asks this instead.
+    /// and WebSocket upgrades ask this instead.
     heartbeat: Arc<Heartbeat>,
 }
 
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown` resolves,
 /// then closes every session with 1001 and returns once they are gone (or the
-/// grace period is over).
+/// grace period is over). Dropped before that, or unwound by a panic, it
+/// still has every session close with 1001, without waiting for them.
 pub async fn run(
     listener: TcpListener,
     hub: Arc<Hub>,
@@ -312,7 +313,7 @@ impl Drop for CloseSessionsOnDrop {
 /// of its own, a handshake waits only for the operating system to schedule
 /// that thread. A session starts once its runtime next takes tasks spawned
 /// from other threads, and answers on its first turn what its client sent
-/// meanwhile. Once the sessions' runtime has run nothing for two seconds,
+/// meanwhile, as far as one read takes it. Once the sessions' runtime has run nothing for two seconds,
 /// `/healthz` answers `503` and new WebSocket clients are refused with
 /// `503` too.
 ///

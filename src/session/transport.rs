@@ -36,10 +36,11 @@ pub struct Detached {
 impl Detached {
     /// The connection again, registered with the reactor of the runtime this
     /// is called on, with what the peer sent while it was detached read
-    /// first: plaintext is appended to `arrived`, TLS records are decrypted
-    /// and left in rustls for the first read.
+    /// first, as far as one read takes it: plaintext is appended to
+    /// `arrived`, TLS records are decrypted and left in rustls for the first
+    /// read.
     ///
-    /// Registering reports whatever the socket is ready for already, so
+    /// Registering reports whatever the socket is still ready for, so
     /// nothing is missed either way; but that report reaches the session
     /// only when the runtime next polls its reactor, and then the session
     /// waits its turn behind every task queued before it. A client sends
@@ -54,16 +55,10 @@ impl Detached {
                 None
             }
             Some((mut tls, mut plaintext)) => {
-                match tls.read_tls(&mut &tcp) {
-                    Ok(0) => {}
-                    Ok(_) => {
-                        let state = tls
-                            .process_new_packets()
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        plaintext = state.plaintext_bytes_to_read();
-                    }
-                    Err(e) if nothing_yet(&e) => {}
-                    Err(e) => return Err(e),
+                // Not while plaintext waits: rustls takes no more records
+                // then (and refuses to past 16 KiB of it).
+                if tls.wants_read() {
+                    plaintext = decrypt_arrived(&tcp, &mut tls)?;
                 }
                 Some((tls, plaintext))
             }
@@ -80,10 +75,14 @@ impl Detached {
     }
 }
 
+/// Most bytes a detached socket's first read takes: a request or a few. The
+/// rest waits in the socket, and registering reports it.
+const FIRST_READ_BYTES: usize = 4096;
+
 /// One non-blocking read of what is waiting on a detached socket. The end of
 /// the stream is left for the session to find: it reads as the end again.
 fn read_arrived(mut tcp: &std::net::TcpStream, arrived: &mut BytesMut) -> io::Result<()> {
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; FIRST_READ_BYTES];
     match tcp.read(&mut chunk) {
         Ok(n) => arrived.extend_from_slice(&chunk[..n]),
         Err(e) if nothing_yet(&e) => {}
@@ -92,6 +91,29 @@ fn read_arrived(mut tcp: &std::net::TcpStream, arrived: &mut BytesMut) -> io::Re
     Ok(())
 }
 
+/// One non-blocking read of TLS records from a detached socket, decrypted;
+/// the plaintext rustls then holds. A record only partly arrived is
+/// completed by the session's reads.
+fn decrypt_arrived(mut tcp: &std::net::TcpStream, tls: &mut ServerConnection) -> io::Result<usize> {
+    match tls.read_tls(&mut tcp) {
+        Ok(0) => return Ok(0),
+        Ok(_) => {}
+        Err(e) if nothing_yet(&e) => return Ok(0),
+        Err(e) => return Err(e),
+    }
+    match tls.process_new_packets() {
+        Ok(state) => Ok(state.plaintext_bytes_to_read()),
+        Err(e) => {
+            // The alert rustls queued for the peer, sent on a best-effort basis
+            // as the connection ends here.
+            let _ = tls.write_tls(&mut tcp);
+            Err(io::Error::new(io::ErrorKind::InvalidData, e))
+        }
+    }
+}
+
+/// Whether a non-blocking read found nothing yet. An interrupted read is not
+/// retried: registering reports whatever it would have read.
 fn nothing_yet(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -155,7 +177,7 @@ impl Transport {
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Plain(tcp) => tcp.poll_read_ready(cx),
-            Transport::Tls(t) if t.plaintext > 0 => Poll::Ready(Ok(())),
+            Transport::Tls(t) if t.has_input() => Poll::Ready(Ok(())),
             Transport::Tls(t) => t.tcp.poll_read_ready(cx),
         }
     }
@@ -172,7 +194,7 @@ impl Transport {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => tcp.readable().await,
-            Transport::Tls(t) if t.plaintext > 0 => Ok(()),
+            Transport::Tls(t) if t.has_input() => Ok(()),
             Transport::Tls(t) => t.tcp.readable().await,
         }
     }
@@ -287,6 +309,13 @@ impl io::Write for SyncTcp<'_> {
 }
 
 impl TlsTransport {
+    /// Whether a read returns at once, without the socket: decrypted bytes
+    /// wait in rustls, or the peer's `close_notify` was read already (by
+    /// [`Detached::attach`], say), which no socket event would report again.
+    fn has_input(&self) -> bool {
+        self.plaintext > 0 || !self.tls.wants_read()
+    }
+
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.plaintext > 0 {
@@ -428,6 +457,13 @@ mod tests {
     fn a_detached_connection_the_peer_closed_reads_as_closed() {
         let (detached, peer) = detached_plain();
         drop(peer);
+        // The end of the stream is there before attaching: the first read
+        // finds it and leaves it for the session.
+        let deadline = std::time::Instant::now() + GUARD;
+        while !matches!(detached.tcp.peek(&mut [0u8; 1]), Ok(0)) {
+            assert!(std::time::Instant::now() < deadline, "no FIN");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         runtime().block_on(async {
             let mut arrived = BytesMut::new();
             let mut transport = detached.attach(&mut arrived).expect("attaches");
@@ -441,8 +477,9 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_detached_tls_connection_decrypts_what_arrived_meanwhile() {
+    /// A TLS connection whose handshake is done over blocking sockets: the
+    /// server's side, non-blocking and detached, and the client's.
+    fn detached_tls() -> (Detached, rustls::ClientConnection, std::net::TcpStream) {
         let certified =
             rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -462,53 +499,170 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let client = rustls::ClientConnection::new(std::sync::Arc::new(client_config), name)
+        let mut client = rustls::ClientConnection::new(std::sync::Arc::new(client_config), name)
             .expect("client");
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer =
+        let mut peer =
             std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
         let (mut tcp, _) = listener.accept().expect("accept");
         let mut server = ServerConnection::new(std::sync::Arc::new(server_config)).expect("server");
-        // The handshake over blocking sockets, the peer's side on a thread.
-        let peer = std::thread::spawn(move || {
-            let mut peer = rustls::StreamOwned::new(client, peer);
-            while peer.conn.is_handshaking() {
-                peer.conn
-                    .complete_io(&mut peer.sock)
-                    .expect("client handshake");
+        let client_side = std::thread::spawn(move || {
+            while client.is_handshaking() {
+                client.complete_io(&mut peer).expect("client handshake");
             }
-            peer
+            (client, peer)
         });
         while server.is_handshaking() {
             server.complete_io(&mut tcp).expect("server handshake");
         }
-        let mut peer = peer.join().expect("client thread");
-        peer.write_all(b"ping").expect("peer writes");
-        peer.flush().expect("peer flushes");
+        while server.wants_write() {
+            server.write_tls(&mut tcp).expect("session tickets");
+        }
+        let (client, peer) = client_side.join().expect("client thread");
         tcp.set_nonblocking(true).expect("non-blocking");
         let detached = Detached {
             tcp,
             tls: Some((Box::new(server), 0)),
         };
-        // Four bytes of plaintext are a record of more than four.
-        until_waiting(&detached, 5);
+        (detached, client, peer)
+    }
+
+    /// Encrypts `plaintext` into the records the client would send.
+    fn records(client: &mut rustls::ClientConnection, plaintext: &[u8]) -> Vec<u8> {
+        client.writer().write_all(plaintext).expect("encrypts");
+        let mut records = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut records).expect("records");
+        }
+        records
+    }
+
+    /// Reads the transport until `n` plaintext bytes are in, waiting for
+    /// readiness as a session does.
+    async fn read_plaintext(transport: &mut Transport, n: usize) -> Vec<u8> {
+        let mut received = BytesMut::new();
+        read_until(transport, &mut received, n).await;
+        received.to_vec()
+    }
+
+    /// Whether a read would return at once.
+    async fn ready_at_once(transport: &Transport) -> bool {
+        let ready = std::future::poll_fn(|cx| Poll::Ready(transport.poll_read_ready(cx))).await;
+        matches!(ready, Poll::Ready(Ok(())))
+    }
+
+    #[test]
+    fn a_detached_tls_connection_decrypts_what_arrived_meanwhile() {
+        let (detached, mut client, mut peer) = detached_tls();
+        let sent = records(&mut client, b"ping");
+        peer.write_all(&sent).expect("peer writes");
+        until_waiting(&detached, sent.len());
 
         runtime().block_on(async {
             let mut arrived = BytesMut::new();
             let mut transport = detached.attach(&mut arrived).expect("attaches");
             assert!(arrived.is_empty(), "TLS plaintext stays in rustls");
-            // Readable at once: decrypted on attaching, so no readiness is needed.
-            let ready = std::future::poll_fn(|cx| Poll::Ready(transport.poll_read_ready(cx))).await;
-            assert!(matches!(ready, Poll::Ready(Ok(()))));
+            // Decrypted on attaching, so no readiness is needed.
+            assert!(ready_at_once(&transport).await);
             let mut received = [0u8; 16];
             let n = transport.try_read(&mut received).expect("reads");
             assert_eq!(&received[..n], b"ping");
             transport.write_all(b"pong").await.expect("writes");
         });
+        let mut peer = rustls::StreamOwned::new(client, peer);
         peer.sock.set_read_timeout(Some(GUARD)).expect("timeout");
         let mut answer = [0; 4];
         peer.read_exact(&mut answer).expect("peer reads");
         assert_eq!(&answer, b"pong");
+    }
+
+    #[test]
+    fn a_tls_record_split_by_attaching_is_completed_by_the_next_read() {
+        let (detached, mut client, mut peer) = detached_tls();
+        let sent = records(&mut client, b"split in two");
+        let (first, second) = sent.split_at(sent.len() / 2);
+        peer.write_all(first).expect("peer writes");
+        until_waiting(&detached, first.len());
+
+        runtime().block_on(async {
+            let mut arrived = BytesMut::new();
+            let mut transport = detached.attach(&mut arrived).expect("attaches");
+            assert!(
+                !ready_at_once(&transport).await,
+                "half a record is no input"
+            );
+            peer.write_all(second).expect("peer writes");
+            assert_eq!(read_plaintext(&mut transport, 12).await, b"split in two");
+        });
+    }
+
+    #[test]
+    fn a_detached_tls_connection_holding_all_the_plaintext_rustls_takes_attaches() {
+        let (mut detached, mut client, mut peer) = detached_tls();
+        let message: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = records(&mut client, &message);
+        let writer = std::thread::spawn(move || {
+            peer.write_all(&sent).expect("peer writes");
+            peer
+        });
+        // Records read and decrypted, unread, until rustls refuses to take
+        // more (past 16 KiB of plaintext): the most a connection can hold
+        // when it is handed over.
+        let mut plaintext = 0;
+        if let Some((tls, held)) = detached.tls.as_mut() {
+            let deadline = std::time::Instant::now() + GUARD;
+            loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "records never arrived"
+                );
+                match tls.read_tls(&mut &detached.tcp) {
+                    Ok(0) => panic!("the peer closed"),
+                    Ok(_) => {
+                        let state = tls.process_new_packets().expect("records");
+                        plaintext = state.plaintext_bytes_to_read();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => break,
+                }
+            }
+            *held = plaintext;
+        }
+        assert!(plaintext > 16 * 1024, "{plaintext}");
+
+        runtime().block_on(async {
+            let mut arrived = BytesMut::new();
+            let mut transport = detached.attach(&mut arrived).expect("attaches");
+            let received = read_plaintext(&mut transport, message.len()).await;
+            assert_eq!(received, message);
+        });
+        writer.join().expect("writer");
+    }
+
+    #[test]
+    fn a_close_notify_read_on_attaching_reads_as_closed_without_a_fin() {
+        let (detached, mut client, mut peer) = detached_tls();
+        client.send_close_notify();
+        let mut sent = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut sent).expect("alert");
+        }
+        // The TCP connection stays open, waiting for our close_notify.
+        peer.write_all(&sent).expect("peer writes");
+        until_waiting(&detached, sent.len());
+
+        runtime().block_on(async {
+            let mut arrived = BytesMut::new();
+            let mut transport = detached.attach(&mut arrived).expect("attaches");
+            assert!(
+                ready_at_once(&transport).await,
+                "no socket event would report it"
+            );
+            assert_eq!(transport.try_read(&mut [0u8; 16]).expect("reads"), 0);
+        });
+        drop(peer);
     }
 }

@@ -87,6 +87,27 @@ pub fn both_samples_looping() -> Vec<ReplayConfig> {
     vec![replay_of(&files, Speed::Factor(1.0), true, false)]
 }
 
+/// How a [`TestServer`] serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    /// HTTP on a thread of its own ([`server::run_fronted`]).
+    pub fronted: bool,
+    /// Listening sockets, each on an address of its own.
+    pub listeners: usize,
+    /// The server panics where it would shut down.
+    pub panic_at_shutdown: bool,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Self {
+            fronted: false,
+            listeners: 1,
+            panic_at_shutdown: false,
+        }
+    }
+}
+
 /// The server running in this process.
 pub struct TestServer {
     /// The first of [`TestServer::addrs`].
@@ -104,41 +125,36 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: ServerConfig, replays: Vec<ReplayConfig>) -> Self {
-        let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
-        Self::start_feeds(config, feeds).await
+        Self::start_serving(config, replays, Serving::default()).await
     }
 
     /// A server with feeds of any kind.
     pub async fn start_feeds(config: ServerConfig, feeds: Vec<FeedConfig>) -> Self {
-        Self::launch(config, feeds, false, 1).await
+        Self::launch(config, feeds, Serving::default()).await
     }
 
     /// A server whose HTTP, handshakes included, runs on a thread of its
     /// own ([`server::run_fronted`]) while its sessions run on the test's
     /// runtime, as `tickwire serve --workers 1` runs them.
     pub async fn start_fronted(config: ServerConfig, replays: Vec<ReplayConfig>) -> Self {
-        let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
-        Self::launch(config, feeds, true, 1).await
+        let serving = Serving {
+            fronted: true,
+            ..Serving::default()
+        };
+        Self::start_serving(config, replays, serving).await
     }
 
-    /// A server on `listeners` listening sockets at once, with HTTP on a
-    /// thread of its own if `fronted`.
-    pub async fn start_listening(
+    /// A server served as `serving` says.
+    pub async fn start_serving(
         config: ServerConfig,
         replays: Vec<ReplayConfig>,
-        listeners: usize,
-        fronted: bool,
+        serving: Serving,
     ) -> Self {
         let feeds = replays.into_iter().map(FeedConfig::Replay).collect();
-        Self::launch(config, feeds, fronted, listeners).await
+        Self::launch(config, feeds, serving).await
     }
 
-    async fn launch(
-        config: ServerConfig,
-        feeds: Vec<FeedConfig>,
-        fronted: bool,
-        listeners: usize,
-    ) -> Self {
+    async fn launch(config: ServerConfig, feeds: Vec<FeedConfig>, serving: Serving) -> Self {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::default())));
         let cancel = CancellationToken::new();
         let mut replays = Vec::new();
@@ -152,7 +168,7 @@ impl TestServer {
             }
         }
         let mut bound = Vec::new();
-        for _ in 0..listeners {
+        for _ in 0..serving.listeners.max(1) {
             bound.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
         }
         let addrs: Vec<SocketAddr> = bound
@@ -160,10 +176,12 @@ impl TestServer {
             .map(|listener| listener.local_addr().expect("local addr"))
             .collect();
         let (tx, rx) = oneshot::channel::<()>();
-        let shutdown = async {
+        let panics = serving.panic_at_shutdown;
+        let shutdown = async move {
             let _ = rx.await;
+            assert!(!panics, "the server unwinds instead of shutting down");
         };
-        let task = if fronted {
+        let task = if serving.fronted {
             tokio::spawn(server::run_fronted(bound, hub.clone(), config, shutdown))
         } else {
             tokio::spawn(server::run_on(bound, hub.clone(), config, shutdown))
@@ -210,11 +228,25 @@ impl TestServer {
     }
 
     /// Drops the server's future without its shutdown, as a caller that
-    /// stops polling it (or a panic) would, and waits until it is gone.
+    /// stops polling it would, and waits until it is gone.
     pub async fn abort(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
-            let _ = tokio::time::timeout(GUARD, task).await.expect("aborted");
+            let ended = tokio::time::timeout(GUARD, task).await.expect("aborted");
+            assert!(ended.is_err_and(|e| e.is_cancelled()), "dropped, not ended");
+        }
+    }
+
+    /// Triggers the shutdown of a server started with
+    /// [`Serving::panic_at_shutdown`], and waits until its panic has
+    /// unwound it.
+    pub async fn shutdown_unwinding(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let ended = tokio::time::timeout(GUARD, task).await.expect("unwound");
+            assert!(ended.is_err_and(|e| e.is_panic()), "the server panicked");
         }
     }
 }
@@ -516,7 +548,8 @@ pub async fn upgrade_sending<S>(
 }
 
 /// Upgrades with two requests sent in the same write as the upgrade request,
-/// so they reach the server with it, and checks both are answered.
+/// so that the HTTP layer reads them with it and hands them over as
+/// leftovers, and checks both are answered, in order.
 pub async fn answers_requests_sent_with_the_upgrade<S>(stream: &mut S, host: impl std::fmt::Display)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -529,21 +562,51 @@ where
     requests.extend(client_frame(true, 0x1, br#"{"op":"list","id":2}"#));
     upgrade_sending(stream, host, "/ws", &requests).await;
     let mut frames = ServerFrames::default();
-    let (mut subscribed, mut listed) = (None, None);
-    while subscribed.is_none() || listed.is_none() {
-        let (opcode, payload) = frames.next(stream).await.expect("answers before closing");
-        assert_eq!(opcode, 0x1, "a text frame");
-        let message: Value = serde_json::from_slice(&payload).expect("JSON");
-        match message["type"].as_str() {
-            Some("subscribed") => subscribed = Some(message),
-            Some("symbols") => listed = Some(message),
-            _ => {}
+    let mut answers = Vec::new();
+    // Tickers stream meanwhile: a lost answer must fail, not wait for ever.
+    let answered = async {
+        while answers.len() < 2 {
+            let (opcode, payload) = frames.next(stream).await.expect("answers before closing");
+            assert_eq!(opcode, 0x1, "a text frame");
+            let message: Value = serde_json::from_slice(&payload).expect("JSON");
+            if message["type"] == "subscribed" || message["type"] == "symbols" {
+                answers.push(message);
+            }
         }
+    };
+    tokio::time::timeout(GUARD, answered)
+        .await
+        .expect("both requests answered in time");
+    assert_eq!(answers[0]["type"], "subscribed", "{answers:?}");
+    assert_eq!(answers[0]["id"], 1);
+    assert_eq!(answers[0]["symbols"], serde_json::json!(["usdm:BTCUSDT"]));
+    assert_eq!(answers[1]["type"], "symbols", "{answers:?}");
+    assert_eq!(answers[1]["id"], 2);
+}
+
+/// A WebSocket handshake the server refused with an HTTP answer.
+pub struct Refused {
+    pub status: u16,
+    /// The JSON body every refusal has.
+    pub body: Value,
+    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
+}
+
+/// Tries a handshake that must be refused, and returns the answer.
+pub async fn handshake_refusal(url: &str) -> Refused {
+    use tokio_tungstenite::tungstenite::Error;
+    match tokio_tungstenite::connect_async(url).await {
+        Err(Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            Refused {
+                status: response.status().as_u16(),
+                body: serde_json::from_slice(body).expect("refusals have a JSON body"),
+                headers: response.headers().clone(),
+            }
+        }
+        Err(e) => panic!("handshake failed without an answer: {e}"),
+        Ok(_) => panic!("handshake accepted"),
     }
-    let (subscribed, listed) = (subscribed.unwrap_or_default(), listed.unwrap_or_default());
-    assert_eq!(subscribed["id"], 1);
-    assert_eq!(subscribed["symbols"], serde_json::json!(["usdm:BTCUSDT"]));
-    assert_eq!(listed["id"], 2);
 }
 
 /// A client that subscribes to `symbols` and then never reads a byte.
