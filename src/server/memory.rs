@@ -98,7 +98,10 @@ impl Watch {
     /// Whether to trim now, `open` connections being open at `now` and at
     /// most `high` at once since the last check.
     fn check(&mut self, open: i64, high: i64, now: Instant) -> bool {
-        let falling = open < self.last;
+        // Below the count of the last check, or below the mark since then:
+        // a crowd that arrived and is leaving between two checks is caught
+        // on its way down, not at its end.
+        let falling = open < self.last.max(high);
         self.last = open;
         self.peak = self.peak.max(open).max(high);
         if self.peak - open < self.trim_after {
@@ -190,13 +193,27 @@ mod tests {
     }
 
     #[test]
-    fn a_crowd_that_came_and_went_between_two_checks_is_trimmed() {
+    fn a_crowd_that_came_and_went_between_two_checks_is_trimmed_once_the_count_holds() {
         let start = Instant::now();
         let mut watch = Watch::new(500, 0);
         assert!(!watch.check(0, 0, start + CHECK_EVERY));
-        // 2,000 came and left within the second: only the mark saw them.
-        assert!(watch.check(0, 2_000, start + CHECK_EVERY * 2));
+        // 2,000 came and left within the second: only the mark saw them,
+        // and whether they are all gone shows at the next check.
+        assert!(!watch.check(0, 2_000, start + CHECK_EVERY * 2));
+        assert!(watch.check(0, 0, start + CHECK_EVERY * 3));
+        assert!(!watch.check(0, 0, start + CHECK_EVERY * 4));
+    }
+
+    #[test]
+    fn a_crowd_caught_leaving_at_a_check_is_trimmed_once_it_has_left() {
+        let start = Instant::now();
+        let mut watch = Watch::new(500, 0);
+        assert!(!watch.check(0, 0, start + CHECK_EVERY));
+        // 2,000 arrived since, and half have left again: more than the
+        // last check's count, yet falling.
+        assert!(!watch.check(1_008, 2_000, start + CHECK_EVERY * 2));
         assert!(!watch.check(0, 0, start + CHECK_EVERY * 3));
+        assert!(watch.check(0, 0, start + CHECK_EVERY * 4));
     }
 
     #[test]
