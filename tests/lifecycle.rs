@@ -125,35 +125,29 @@ async fn with_http_on_its_own_thread_handshakes_are_answered_while_the_sessions_
     tokio::time::sleep(Duration::from_millis(250)).await;
     let (answered, while_stuck) = std::sync::mpsc::channel();
     let (streamed, client_done) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("client runtime");
-        runtime.block_on(async move {
-            let (status, _) = http_get(addr, "/api/symbols").await;
-            let mut client = Client::connect(&url).await;
-            // Sent before any session runs: it waits in the socket while the
-            // socket changes hands.
-            client
-                .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
-                .await;
-            let stalled = healthz_once_it_says(addr, 503).await;
-            // Two seconds on, a session running on the HTTP thread would
-            // have answered by now.
-            let unanswered = client.ws.next().now_or_never().is_none();
-            let refused = handshake_refusal(&url).await;
-            let _ = answered.send((status, stalled, unanswered, refused));
-            let subscribed = client.recv_type("subscribed").await;
-            let ticker = client.recv_type("ticker").await;
-            let healthy = healthz_once_it_says(addr, 200).await;
-            let mut later = Client::connect(&url).await;
-            later
-                .send(json!({"op": "subscribe", "id": 2, "symbols": ["usdm:BTCUSDT"]}))
-                .await;
-            let later = later.recv_type("subscribed").await;
-            let _ = streamed.send((subscribed, ticker, healthy, later));
-        });
+    on_a_thread_of_its_own(async move {
+        let (status, _) = http_get(addr, "/api/symbols").await;
+        let mut client = Client::connect(&url).await;
+        // Sent before any session runs: it waits in the socket while the
+        // socket changes hands.
+        client
+            .send(json!({"op": "subscribe", "id": 1, "symbols": ["usdm:BTCUSDT"]}))
+            .await;
+        let stalled = healthz_once_it_says(addr, 503).await;
+        // Two seconds on, a session running on the HTTP thread would
+        // have answered by now.
+        let unanswered = client.ws.next().now_or_never().is_none();
+        let refused = handshake_refusal(&url).await;
+        let _ = answered.send((status, stalled, unanswered, refused));
+        let subscribed = client.recv_type("subscribed").await;
+        let ticker = client.recv_type("ticker").await;
+        let healthy = healthz_once_it_says(addr, 200).await;
+        let mut later = Client::connect(&url).await;
+        later
+            .send(json!({"op": "subscribe", "id": 2, "symbols": ["usdm:BTCUSDT"]}))
+            .await;
+        let later = later.recv_type("subscribed").await;
+        let _ = streamed.send((subscribed, ticker, healthy, later));
     });
     // This thread runs the sessions' runtime: until this returns, only the
     // HTTP thread can answer.

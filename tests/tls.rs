@@ -146,25 +146,19 @@ async fn a_wss_request_sent_before_its_session_starts_is_answered_on_taking_over
     let connector = Connector::Rustls(certificate.client.clone());
     let (sent, request_sent) = std::sync::mpsc::channel();
     let (answered, answer) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("client runtime");
-        runtime.block_on(async move {
-            let (ws, _) =
-                tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
-                    .await
-                    .expect("wss handshake");
-            let mut client = Client { ws };
-            client
-                .send(json!({"op": "subscribe", "id": 3, "symbols": ["usdm:BTCUSDT"]}))
-                .await;
-            let _ = sent.send(());
-            let subscribed = client.recv_type("subscribed").await;
-            let ticker = client.recv_type("ticker").await;
-            let _ = answered.send((subscribed, ticker));
-        });
+    on_a_thread_of_its_own(async move {
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await
+                .expect("wss handshake");
+        let mut client = Client { ws };
+        client
+            .send(json!({"op": "subscribe", "id": 3, "symbols": ["usdm:BTCUSDT"]}))
+            .await;
+        let _ = sent.send(());
+        let subscribed = client.recv_type("subscribed").await;
+        let ticker = client.recv_type("ticker").await;
+        let _ = answered.send((subscribed, ticker));
     });
     request_sent
         .recv_timeout(GUARD)

@@ -349,6 +349,7 @@ impl Session {
         if let Err(closing) = self.handle_inbound() {
             return self.close(closing).await;
         }
+        self.drop_empty_read_buffer();
         let config = self.context.config.clone();
         // The waits live across iterations: each is registered once, not
         // re-created (and re-registered in a shared list) on every wake-up.
@@ -613,11 +614,15 @@ impl Session {
             next_ping: Instant::now() + self.context.config.ping_interval,
         };
         self.handle_inbound()?;
+        self.drop_empty_read_buffer();
+        Ok(())
+    }
+
+    /// Idle connections keep no read buffer.
+    fn drop_empty_read_buffer(&mut self) {
         if self.inbound.is_empty() {
-            // Idle connections keep no read buffer.
             self.inbound = BytesMut::new();
         }
-        Ok(())
     }
 
     /// Answers the requests in `inbound` until it holds no whole frame, or

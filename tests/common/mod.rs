@@ -584,6 +584,19 @@ where
     assert_eq!(answers[1]["id"], 2);
 }
 
+/// Runs `client` on a thread with a runtime of its own, so that it goes on
+/// while the test's runtime, which runs a fronted server's sessions, is
+/// blocked.
+pub fn on_a_thread_of_its_own(client: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime")
+            .block_on(client);
+    });
+}
+
 /// A WebSocket handshake the server refused with an HTTP answer.
 pub struct Refused {
     pub status: u16,
