@@ -313,9 +313,9 @@ impl Drop for CloseSessionsOnDrop {
 /// of its own, a handshake waits only for the operating system to schedule
 /// that thread. A session starts once its runtime next takes tasks spawned
 /// from other threads, and answers on its first turn what its client sent
-/// meanwhile, as far as one read takes it. Once the sessions' runtime has run nothing for two seconds,
-/// `/healthz` answers `503` and new WebSocket clients are refused with
-/// `503` too.
+/// meanwhile, as far as one read takes it. Once the sessions' runtime has
+/// run nothing for two seconds, `/healthz` answers `503` and new WebSocket
+/// clients are refused with `503` too.
 ///
 /// # Panics
 ///
