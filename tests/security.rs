@@ -18,8 +18,6 @@ use tickwire::server::ServerConfig;
 use tickwire::session::SessionConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const SECRET: &[u8] = b"integration test secret";
 
@@ -70,49 +68,20 @@ async fn live_server(config: ServerConfig) -> TestServer {
     server
 }
 
-/// A handshake's outcome: the status, and the JSON body of a refusal.
-async fn handshake(
-    url: &str,
-    headers: &[(&'static str, &str)],
-) -> Result<(Client, Option<String>), (u16, Value)> {
-    let mut request = url.into_client_request().expect("request");
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, HeaderValue::from_str(value).expect("header"));
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, response)) => {
-            let protocol = response
-                .headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            Ok((Client { ws }, protocol))
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response.body().clone().unwrap_or_default();
-            let value = serde_json::from_slice(&body).expect("refusals have a JSON body");
-            Err((response.status().as_u16(), value))
-        }
-        Err(e) => panic!("handshake failed without a response: {e}"),
-    }
-}
-
-fn refused_with(result: Result<(Client, Option<String>), (u16, Value)>) -> (u16, String) {
+fn refused_with(result: Result<(Client, Option<String>), Refused>) -> (u16, String) {
     match result {
         Ok(_) => panic!("handshake was accepted"),
-        Err((status, body)) => {
+        Err(Refused { status, body, .. }) => {
             assert!(body["message"].is_string(), "{body}");
             (status, body["error"].as_str().unwrap_or("").to_owned())
         }
     }
 }
 
-fn accepted(result: Result<(Client, Option<String>), (u16, Value)>) -> (Client, Option<String>) {
+fn accepted(result: Result<(Client, Option<String>), Refused>) -> (Client, Option<String>) {
     match result {
         Ok(accepted) => accepted,
-        Err((status, body)) => panic!("refused with {status}: {body}"),
+        Err(Refused { status, body, .. }) => panic!("refused with {status}: {body}"),
     }
 }
 
@@ -1149,7 +1118,7 @@ async fn clients_past_what_the_open_files_hold_are_refused_with_503() {
     for _ in 0..40 {
         match handshake(&url, &[]).await {
             Ok(client) => clients.push(client),
-            Err((status, body)) => {
+            Err(Refused { status, body, .. }) => {
                 assert_eq!((status, &body["error"]), (503, &json!("connection_limit")));
                 refused += 1;
             }

@@ -598,6 +598,7 @@ pub fn on_a_thread_of_its_own(client: impl std::future::Future<Output = ()> + Se
 }
 
 /// A WebSocket handshake the server refused with an HTTP answer.
+#[derive(Debug)]
 pub struct Refused {
     pub status: u16,
     /// The JSON body every refusal has.
@@ -605,20 +606,47 @@ pub struct Refused {
     pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
 }
 
-/// Tries a handshake that must be refused, and returns the answer.
-pub async fn handshake_refusal(url: &str) -> Refused {
+/// A handshake to `url` with extra request `headers`: the client and the
+/// subprotocol the server chose, or the server's refusal.
+pub async fn handshake(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(Client, Option<String>), Refused> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
     use tokio_tungstenite::tungstenite::Error;
-    match tokio_tungstenite::connect_async(url).await {
+    let mut request = url.into_client_request().expect("request");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, HeaderValue::from_str(value).expect("header"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => {
+            let protocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok((Client { ws }, protocol))
+        }
         Err(Error::Http(response)) => {
             let body = response.body().as_deref().unwrap_or_default();
-            Refused {
+            Err(Refused {
                 status: response.status().as_u16(),
                 body: serde_json::from_slice(body).expect("refusals have a JSON body"),
                 headers: response.headers().clone(),
-            }
+            })
         }
-        Err(e) => panic!("handshake failed without an answer: {e}"),
+        Err(e) => panic!("handshake failed without a response: {e}"),
+    }
+}
+
+/// Tries a handshake that must be refused, and returns the answer.
+pub async fn handshake_refusal(url: &str) -> Refused {
+    match handshake(url, &[]).await {
         Ok(_) => panic!("handshake accepted"),
+        Err(refused) => refused,
     }
 }
 
