@@ -379,7 +379,7 @@ fn authenticate(
 }
 
 /// Which kind of streaming client asks to be admitted.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Streaming {
     /// Served by a session on the sessions' runtime.
     WebSocket,
@@ -421,7 +421,11 @@ fn admission(
     let grant = authenticate(shared, headers, query)?;
     // A session handed to a stalled runtime would get its `101` and then
     // nothing; refused, its client can try again later, or another server.
-    if let Some(silence) = sessions_stalled(shared).filter(|_| streaming == Streaming::WebSocket) {
+    let stalled = match streaming {
+        Streaming::WebSocket => sessions_stalled(shared),
+        Streaming::Sse => None,
+    };
+    if let Some(silence) = stalled {
         let refused = Refused::new(
             shared,
             Refusal::WorkerStalled,

@@ -185,35 +185,37 @@ mod tests {
     /// Feeds `counts`, one check a second, and returns the seconds at which
     /// a trim is made.
     fn trims(trim_after: usize, counts: &[i64]) -> Vec<usize> {
+        let checks: Vec<(i64, i64)> = counts.iter().map(|&count| (count, count)).collect();
+        trims_marked(trim_after, &checks)
+    }
+
+    /// [`trims`] with each check's count and the high-water mark since the
+    /// check before, as `(open, high)`.
+    fn trims_marked(trim_after: usize, checks: &[(i64, i64)]) -> Vec<usize> {
         let start = Instant::now();
-        let mut watch = Watch::new(trim_after, counts[0]);
-        (1..counts.len())
-            .filter(|&i| watch.check(counts[i], counts[i], start + CHECK_EVERY * i as u32))
+        let mut watch = Watch::new(trim_after, checks[0].0);
+        (1..checks.len())
+            .filter(|&i| {
+                let (open, high) = checks[i];
+                watch.check(open, high, start + CHECK_EVERY * i as u32)
+            })
             .collect()
     }
 
     #[test]
     fn a_crowd_that_came_and_went_between_two_checks_is_trimmed_once_the_count_holds() {
-        let start = Instant::now();
-        let mut watch = Watch::new(500, 0);
-        assert!(!watch.check(0, 0, start + CHECK_EVERY));
-        // 2,000 came and left within the second: only the mark saw them,
-        // and whether they are all gone shows at the next check.
-        assert!(!watch.check(0, 2_000, start + CHECK_EVERY * 2));
-        assert!(watch.check(0, 0, start + CHECK_EVERY * 3));
-        assert!(!watch.check(0, 0, start + CHECK_EVERY * 4));
+        // 2,000 came and left within the second before check 2: only the
+        // mark saw them, and whether they are all gone shows at check 3.
+        let checks = [(0, 0), (0, 0), (0, 2_000), (0, 0), (0, 0)];
+        assert_eq!(trims_marked(500, &checks), vec![3]);
     }
 
     #[test]
     fn a_crowd_caught_leaving_at_a_check_is_trimmed_once_it_has_left() {
-        let start = Instant::now();
-        let mut watch = Watch::new(500, 0);
-        assert!(!watch.check(0, 0, start + CHECK_EVERY));
-        // 2,000 arrived since, and half have left again: more than the
-        // last check's count, yet falling.
-        assert!(!watch.check(1_008, 2_000, start + CHECK_EVERY * 2));
-        assert!(!watch.check(0, 0, start + CHECK_EVERY * 3));
-        assert!(watch.check(0, 0, start + CHECK_EVERY * 4));
+        // 2,000 arrived before check 2, and half had left again by then:
+        // more than the check before saw, yet falling.
+        let checks = [(0, 0), (0, 0), (1_008, 2_000), (0, 0), (0, 0)];
+        assert_eq!(trims_marked(500, &checks), vec![4]);
     }
 
     #[test]

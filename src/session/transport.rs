@@ -382,10 +382,16 @@ mod tests {
     /// Waits until `n` bytes are waiting on the detached socket, as they
     /// would once a client's request has crossed loopback.
     fn until_waiting(detached: &Detached, n: usize) {
-        let mut peeked = vec![0u8; n];
+        until_peeked(detached, n, "bytes never arrived", |got| got >= n);
+    }
+
+    /// Waits until peeking at most `len` bytes of the detached socket gives
+    /// a count that is `done`.
+    fn until_peeked(detached: &Detached, len: usize, what: &str, done: impl Fn(usize) -> bool) {
+        let mut peeked = vec![0u8; len];
         let deadline = std::time::Instant::now() + GUARD;
-        while !matches!(detached.tcp.peek(&mut peeked), Ok(got) if got >= n) {
-            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+        while !detached.tcp.peek(&mut peeked).is_ok_and(&done) {
+            assert!(std::time::Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -459,11 +465,7 @@ mod tests {
         drop(peer);
         // The end of the stream is there before attaching: the first read
         // finds it and leaves it for the session.
-        let deadline = std::time::Instant::now() + GUARD;
-        while !matches!(detached.tcp.peek(&mut [0u8; 1]), Ok(0)) {
-            assert!(std::time::Instant::now() < deadline, "no FIN");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        until_peeked(&detached, 1, "no FIN", |got| got == 0);
         runtime().block_on(async {
             let mut arrived = BytesMut::new();
             let mut transport = detached.attach(&mut arrived).expect("attaches");
@@ -531,6 +533,11 @@ mod tests {
     /// Encrypts `plaintext` into the records the client would send.
     fn records(client: &mut rustls::ClientConnection, plaintext: &[u8]) -> Vec<u8> {
         client.writer().write_all(plaintext).expect("encrypts");
+        pending_records(client)
+    }
+
+    /// The records the client has queued to send.
+    fn pending_records(client: &mut rustls::ClientConnection) -> Vec<u8> {
         let mut records = Vec::new();
         while client.wants_write() {
             client.write_tls(&mut records).expect("records");
@@ -646,10 +653,7 @@ mod tests {
     fn a_close_notify_read_on_attaching_reads_as_closed_without_a_fin() {
         let (detached, mut client, mut peer) = detached_tls();
         client.send_close_notify();
-        let mut sent = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut sent).expect("alert");
-        }
+        let sent = pending_records(&mut client);
         // The TCP connection stays open, waiting for our close_notify.
         peer.write_all(&sent).expect("peer writes");
         until_waiting(&detached, sent.len());
