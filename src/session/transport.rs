@@ -95,21 +95,31 @@ fn read_arrived(mut tcp: &std::net::TcpStream, arrived: &mut BytesMut) -> io::Re
 /// the plaintext rustls then holds. A record only partly arrived is
 /// completed by the session's reads.
 fn decrypt_arrived(mut tcp: &std::net::TcpStream, tls: &mut ServerConnection) -> io::Result<usize> {
-    match tls.read_tls(&mut tcp) {
-        Ok(0) => return Ok(0),
-        Ok(_) => {}
-        Err(e) if nothing_yet(&e) => return Ok(0),
-        Err(e) => return Err(e),
-    }
-    match tls.process_new_packets() {
-        Ok(state) => Ok(state.plaintext_bytes_to_read()),
+    match receive_records(tls, tcp) {
+        Ok(state) => Ok(state.map_or(0, |state| state.plaintext_bytes_to_read())),
+        Err(e) if nothing_yet(&e) => Ok(0),
         Err(e) => {
-            // The alert rustls queued for the peer, sent on a best-effort basis
-            // as the connection ends here.
+            // An alert rustls queued for the peer (a bad record), sent on a
+            // best-effort basis as the connection ends here.
             let _ = tls.write_tls(&mut tcp);
-            Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            Err(e)
         }
     }
+}
+
+/// Reads TLS records from `socket` once and decrypts them: rustls's state
+/// after, or `None` at the end of the stream.
+fn receive_records(
+    tls: &mut ServerConnection,
+    mut socket: impl io::Read,
+) -> io::Result<Option<rustls::IoState>> {
+    if tls.read_tls(&mut socket)? == 0 {
+        return Ok(None);
+    }
+    let state = tls
+        .process_new_packets()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some(state))
 }
 
 /// Whether a non-blocking read found nothing yet. An interrupted read is not
@@ -323,13 +333,9 @@ impl TlsTransport {
                 self.plaintext -= n.min(self.plaintext);
                 return Ok(n);
             }
-            if self.tls.read_tls(&mut SyncTcp(&self.tcp))? == 0 {
+            let Some(state) = receive_records(&mut self.tls, SyncTcp(&self.tcp))? else {
                 return Ok(0);
-            }
-            let state = self
-                .tls
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            };
             self.plaintext = state.plaintext_bytes_to_read();
             // Alerts and key updates may want an answer.
             match self.flush_records() {
