@@ -64,6 +64,16 @@ fn tls_setup(certificate: &Certificate) -> (ServerConfig, Vec<ReplayConfig>) {
     (config, both_samples_looping())
 }
 
+/// A TLS client over `tcp` that trusts `certificate`, its handshake done.
+async fn tls_over(
+    tcp: TcpStream,
+    certificate: &Certificate,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
 async fn tls_server(certificate: &Certificate) -> TestServer {
     let (config, replays) = tls_setup(certificate);
     TestServer::start(config, replays).await
@@ -127,10 +137,8 @@ async fn wss_requests_read_with_the_upgrade_request_are_answered_after_the_hand_
     let certificate = certificate();
     let (config, replays) = tls_setup(&certificate);
     let server = TestServer::start_fronted(config, replays).await;
-    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut tls = tls_over(tcp, &certificate).await;
     answers_requests_sent_with_the_upgrade(&mut tls, "localhost").await;
 }
 
@@ -175,10 +183,8 @@ async fn a_wss_request_sent_before_its_session_starts_is_answered_on_taking_over
 async fn https_serves_the_api_and_plain_http_is_not_answered() {
     let certificate = certificate();
     let server = tls_server(&certificate).await;
-    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut tls = tls_over(tcp, &certificate).await;
     tls.write_all(b"GET /api/symbols HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .expect("send");
@@ -297,9 +303,7 @@ async fn an_https_client_that_stops_reading_its_responses_is_dropped() {
     };
     let server = TestServer::start(config, Vec::new()).await;
     let tcp = connect_with_receive_buffer(server.addr, 4096).await;
-    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut tls = tls_over(tcp, &certificate).await;
     // Far more copies of the dashboard script than rustls and the socket
     // buffers hold, asked for at once, and never read.
     let request = b"GET /app.js HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(64);
@@ -337,11 +341,9 @@ async fn sockets_that_never_begin_their_tls_handshake_make_room_for_one_that_doe
         .await
         .expect("the socket that waited longest was closed");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let connector = tokio_rustls::TlsConnector::from(certificate.client.clone());
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
     let response = tokio::time::timeout(in_time, async {
-        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let mut tls = tls_over(tcp, &certificate).await;
         tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .expect("send");
