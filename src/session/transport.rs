@@ -591,6 +591,21 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_tls_record_found_on_attaching_fails_the_attach() {
+        let (detached, _client, mut peer) = detached_tls();
+        // Application data whose authentication cannot check out.
+        let forged = [&[0x17, 0x03, 0x03, 0x00, 0x20][..], &[0xab; 0x20]].concat();
+        peer.write_all(&forged).expect("peer writes");
+        until_waiting(&detached, forged.len());
+
+        runtime().block_on(async {
+            let mut arrived = BytesMut::new();
+            let error = detached.attach(&mut arrived).expect_err("refused");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        });
+    }
+
+    #[test]
     fn a_tls_record_split_by_attaching_is_completed_by_the_next_read() {
         let (detached, mut client, mut peer) = detached_tls();
         let sent = records(&mut client, b"split in two");
